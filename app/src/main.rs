@@ -1,0 +1,2 @@
+//! Neoscope app.
+fn main() {}

@@ -1,0 +1,122 @@
+//! Benchmark workloads on the loaded model: medians of several timed runs after a warm-up.
+//! The token ids come from a fixed English text, so other implementations can run the very same
+//! inputs (they are part of the report).
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::hooks::HookSpec;
+use crate::infer::{GenerateOptions, generate};
+use crate::model::{Batch, LoadedModel, PadSide};
+use crate::sampling::Sampling;
+
+/// The text whose tokens feed every workload.
+pub const BENCH_TEXT: &str = "A pun is a form of word play that exploits multiple meanings of a \
+term, or of similar-sounding words, for an intended humorous or rhetorical effect. These \
+ambiguities can arise from the intentional use of homophonic, homographic, metonymic, or \
+figurative language. A pun differs from a malapropism in that a malapropism is an incorrect \
+variation on a correct expression, while a pun involves expressions with multiple correct \
+interpretations. Puns may be regarded as in-jokes or idiomatic constructions.";
+
+/// Timed runs per workload (after one warm-up).
+pub const RUNS: usize = 5;
+
+/// Benchmark results; every field name carries its unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Device in words.
+    pub device: String,
+    /// CPU threads candle uses.
+    pub threads: usize,
+    /// Timed runs per workload (median reported).
+    pub runs: usize,
+    /// Forward pass of 1×64 tokens, logits at every position.
+    pub forward_1x64_s: f64,
+    /// Forward pass of a right-padded 8×24 batch, logits at every position.
+    pub forward_8x24_s: f64,
+    /// Greedy generation of 50 new tokens from a 16-token prompt, with the KV cache.
+    pub generate_50_tokens_per_s: f64,
+    /// The ids used (first 64 tokens of [`BENCH_TEXT`]).
+    pub input_ids: Vec<u32>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn time_runs(
+    name: &str,
+    base: f32,
+    step: f32,
+    progress: &mut dyn FnMut(&str, f32) -> bool,
+    f: &mut dyn FnMut() -> Result<()>,
+) -> Result<f64> {
+    f()?; // warm-up
+    let mut times = Vec::with_capacity(RUNS);
+    for r in 0..RUNS {
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let frac = base + step * (r as f32 / RUNS as f32);
+        if !progress(name, frac) {
+            return Err(EngineError::Cancelled);
+        }
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+/// The 8 rows of the padded batch: lengths 24, 22, …, 10.
+pub fn batch_rows(ids: &[u32]) -> Vec<Vec<u32>> {
+    (0..8)
+        .map(|r| ids[r..r + 24 - 2 * r].to_vec())
+        .collect()
+}
+
+/// Runs every workload; `progress(stage, fraction)` returns `false` to cancel.
+pub fn run(m: &LoadedModel, progress: &mut dyn FnMut(&str, f32) -> bool) -> Result<BenchReport> {
+    let ids = m.tokenizer.encode(BENCH_TEXT)?;
+    if ids.len() < 64 {
+        return Err(EngineError::Invalid("benchmark text too short for this tokenizer".into()));
+    }
+    let ids: Vec<u32> = ids[..64].to_vec();
+    let dev = m.llama.device();
+    let none = HookSpec::default();
+    let b1 = Batch::new(&[ids.clone()], PadSide::Right, dev)?;
+    let f1 = time_runs("forward 1×64", 0.0, 0.33, progress, &mut || {
+        let out = m.llama.forward(&b1, &none, None)?;
+        // Force the computation to finish (and leave the device) as a user would.
+        let _ = out.logits.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    let b8 = Batch::new(&batch_rows(&ids), PadSide::Right, dev)?;
+    let f8 = time_runs("forward 8×24", 0.33, 0.33, progress, &mut || {
+        let out = m.llama.forward(&b8, &none, None)?;
+        let _ = out.logits.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    let prompt = &ids[..16];
+    let opts = GenerateOptions {
+        max_new_tokens: 50,
+        sampling: Sampling::GREEDY,
+        stop_at_eos: false,
+    };
+    let g = time_runs("generate 50 tokens", 0.66, 0.34, progress, &mut || {
+        let out = generate(m, prompt, opts, &none, &mut |_, _| true)?;
+        debug_assert_eq!(out.len(), 50);
+        Ok(())
+    })?;
+    progress("done", 1.0);
+    Ok(BenchReport {
+        device: m.info.device.clone(),
+        threads: candle_core::utils::get_num_threads(),
+        runs: RUNS,
+        forward_1x64_s: f1,
+        forward_8x24_s: f8,
+        generate_50_tokens_per_s: 50.0 / g,
+        input_ids: ids,
+    })
+}

@@ -1,0 +1,17 @@
+//! Neoscope's engine: loads language models, runs a hooked transformer on candle, and provides
+//! the analyses the app and the CLI show. No GUI dependency; front ends talk to it through
+//! [`api`] messages handled by the engine thread in [`worker`].
+
+pub mod api;
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod fetch;
+pub mod hooks;
+pub mod infer;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+pub mod worker;
+
+pub use error::{EngineError, Result};

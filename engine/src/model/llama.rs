@@ -1,0 +1,440 @@
+//! Our hooked Llama-family transformer: logits at every position, captures and interventions at
+//! TransformerLens-named hook points, padded batches, and a KV cache for generation.
+//!
+//! Weights are plain f32 tensors in Hugging Face layout (q/k rows in rotate-half order). All
+//! ops are differentiable compositions (see `ops`), so a trainable input gets real gradients.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::batch::Batch;
+use super::cache::KvCache;
+use super::ops::{linear, rms_norm, rope, softmax_last};
+use crate::config::LlamaConfig;
+use crate::error::{EngineError, Result};
+use crate::hooks::{HookPoint, HookSpec, InterventionOp, Positions};
+
+/// Added to attention scores of masked keys (finite so that fully masked padding rows stay
+/// finite; `exp` of it underflows to exactly zero).
+const MASKED: f32 = -1e9;
+
+/// Weights of one transformer block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// RMSNorm before attention.
+    pub attn_norm: Tensor,
+    /// Query projection (n_heads·d_head, d_model).
+    pub wq: Tensor,
+    /// Key projection (n_kv_heads·d_head, d_model).
+    pub wk: Tensor,
+    /// Value projection (n_kv_heads·d_head, d_model).
+    pub wv: Tensor,
+    /// Output projection (d_model, n_heads·d_head).
+    pub wo: Tensor,
+    /// RMSNorm before the MLP.
+    pub mlp_norm: Tensor,
+    /// Gate projection (d_mlp, d_model).
+    pub w_gate: Tensor,
+    /// Up projection (d_mlp, d_model).
+    pub w_up: Tensor,
+    /// Down projection (d_model, d_mlp).
+    pub w_down: Tensor,
+}
+
+/// The whole model.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    /// Configuration.
+    pub cfg: LlamaConfig,
+    /// Token embedding (d_vocab, d_model).
+    pub embed: Tensor,
+    /// Blocks.
+    pub blocks: Vec<Block>,
+    /// Final RMSNorm weight.
+    pub final_norm: Tensor,
+    /// Output head (d_vocab, d_model); `None` when tied to the embedding.
+    pub lm_head: Option<Tensor>,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// An intervention resolved into tensors for one batch.
+#[derive(Debug, Clone)]
+pub struct ResolvedIntervention {
+    /// Where.
+    pub point: HookPoint,
+    /// (B, T, 1) selection, u8.
+    pub mask: Tensor,
+    /// What.
+    pub op: ResolvedOp,
+}
+
+/// The tensor form of an [`InterventionOp`]; vectors broadcast to (B, T, d_model).
+#[derive(Debug, Clone)]
+pub enum ResolvedOp {
+    /// `x ← v`.
+    Replace(Tensor),
+    /// `x ← x + v` (scale already applied).
+    Add(Tensor),
+    /// `x ← (1−α)x + αt`.
+    Interpolate(Tensor, f64),
+}
+
+/// Result of a forward pass.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// Logits (B, T, d_vocab) for every position.
+    pub logits: Tensor,
+    /// Captured activations (B, T, d_model) by hook point.
+    pub captures: BTreeMap<HookPoint, Tensor>,
+}
+
+impl Llama {
+    /// Assembles a model from weights, checking every shape against the configuration.
+    pub fn new(
+        cfg: LlamaConfig,
+        embed: Tensor,
+        blocks: Vec<Block>,
+        final_norm: Tensor,
+        lm_head: Option<Tensor>,
+    ) -> Result<Self> {
+        cfg.validate().map_err(EngineError::Invalid)?;
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (q, kv, m) = (cfg.num_attention_heads * hd, cfg.kv_heads() * hd, cfg.intermediate_size);
+        let check = |name: String, t: &Tensor, want: &[usize]| -> Result<()> {
+            if t.dims() == want {
+                Ok(())
+            } else {
+                Err(EngineError::Invalid(format!(
+                    "weight {name} has shape {:?}, expected {want:?}",
+                    t.dims()
+                )))
+            }
+        };
+        check("embedding".into(), &embed, &[cfg.vocab_size, d])?;
+        check("final norm".into(), &final_norm, &[d])?;
+        if let Some(h) = &lm_head {
+            check("output head".into(), h, &[cfg.vocab_size, d])?;
+        }
+        if blocks.len() != cfg.num_hidden_layers {
+            return Err(EngineError::Invalid(format!(
+                "{} blocks given, config says {}",
+                blocks.len(),
+                cfg.num_hidden_layers
+            )));
+        }
+        for (l, b) in blocks.iter().enumerate() {
+            check(format!("blocks.{l}.attn_norm"), &b.attn_norm, &[d])?;
+            check(format!("blocks.{l}.wq"), &b.wq, &[q, d])?;
+            check(format!("blocks.{l}.wk"), &b.wk, &[kv, d])?;
+            check(format!("blocks.{l}.wv"), &b.wv, &[kv, d])?;
+            check(format!("blocks.{l}.wo"), &b.wo, &[d, q])?;
+            check(format!("blocks.{l}.mlp_norm"), &b.mlp_norm, &[d])?;
+            check(format!("blocks.{l}.w_gate"), &b.w_gate, &[m, d])?;
+            check(format!("blocks.{l}.w_up"), &b.w_up, &[m, d])?;
+            check(format!("blocks.{l}.w_down"), &b.w_down, &[d, m])?;
+        }
+        let (cos, sin) = rope_tables(&cfg, embed.device())?;
+        Ok(Self {
+            cfg,
+            embed,
+            blocks,
+            final_norm,
+            lm_head,
+            cos,
+            sin,
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// Output head weight (the embedding when tied).
+    pub fn unembed(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Final norm followed by the unembedding: residual (…, d_model) → logits (…, d_vocab).
+    pub fn project(&self, resid: &Tensor) -> Result<Tensor> {
+        let n = rms_norm(resid, &self.final_norm, self.cfg.rms_norm_eps)?;
+        Ok(linear(&n, self.unembed())?)
+    }
+
+    /// Turns plain-data hook interventions into tensors for a batch of shape (rows, width).
+    pub fn resolve(
+        &self,
+        spec: &HookSpec,
+        rows: usize,
+        width: usize,
+    ) -> Result<Vec<ResolvedIntervention>> {
+        let d = self.cfg.hidden_size;
+        let dev = self.device();
+        for p in &spec.capture {
+            self.check_point(*p)?;
+        }
+        spec.interventions
+            .iter()
+            .map(|iv| {
+                self.check_point(iv.point)?;
+                let mut mask = vec![0u8; rows * width];
+                let mut set = |r: usize, c: usize| -> Result<()> {
+                    if r >= rows || c >= width {
+                        return Err(EngineError::Invalid(format!(
+                            "intervention at {} touches row {r}, position {c}, outside the \
+                             {rows}×{width} batch",
+                            iv.point
+                        )));
+                    }
+                    mask[r * width + c] = 1;
+                    Ok(())
+                };
+                match &iv.positions {
+                    Positions::All => (0..rows * width).try_for_each(|i| set(i / width, i % width))?,
+                    Positions::Columns(cs) => {
+                        for r in 0..rows {
+                            cs.iter().try_for_each(|c| set(r, *c))?;
+                        }
+                    }
+                    Positions::Cells(cells) => cells.iter().try_for_each(|(r, c)| set(*r, *c))?,
+                }
+                let vec_t = |v: &[f32]| -> Result<Tensor> {
+                    if v.len() == d {
+                        Ok(Tensor::from_slice(v, d, dev)?)
+                    } else {
+                        Err(EngineError::Invalid(format!(
+                            "intervention vector at {} has {} values, d_model is {d}",
+                            iv.point,
+                            v.len()
+                        )))
+                    }
+                };
+                let op = match &iv.op {
+                    InterventionOp::Replace(v) => ResolvedOp::Replace(vec_t(v)?),
+                    InterventionOp::Add { vector, scale } => {
+                        ResolvedOp::Add(vec_t(vector)?.affine(f64::from(*scale), 0.0)?)
+                    }
+                    InterventionOp::Interpolate { target, alpha } => {
+                        ResolvedOp::Interpolate(vec_t(target)?, f64::from(*alpha))
+                    }
+                };
+                Ok(ResolvedIntervention {
+                    point: iv.point,
+                    mask: Tensor::from_vec(mask, (rows, width, 1), dev)?,
+                    op,
+                })
+            })
+            .collect()
+    }
+
+    fn check_point(&self, p: HookPoint) -> Result<()> {
+        match p.layer() {
+            Some(l) if l >= self.cfg.num_hidden_layers => Err(EngineError::Invalid(format!(
+                "hook point {p}: the model has layers 0..{}",
+                self.cfg.num_hidden_layers - 1
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forward pass with plain-data hooks.
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        hooks: &HookSpec,
+        cache: Option<&mut KvCache>,
+    ) -> Result<ForwardOutput> {
+        let ivs = self.resolve(hooks, batch.rows(), batch.width())?;
+        let x = self.embed.embedding(&batch.ids.flatten_all()?)?.reshape((
+            batch.rows(),
+            batch.width(),
+            self.cfg.hidden_size,
+        ))?;
+        self.forward_embeds(x, batch, &hooks.capture, &ivs, cache)
+    }
+
+    /// Forward pass from input embeddings (B, T, d_model) with resolved interventions; the
+    /// entry point for training, where interventions hold trainable tensors.
+    pub fn forward_embeds(
+        &self,
+        embeds: Tensor,
+        batch: &Batch,
+        capture: &[HookPoint],
+        ivs: &[ResolvedIntervention],
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<ForwardOutput> {
+        let (b, t) = (batch.rows(), batch.width());
+        let mut captures = BTreeMap::new();
+        let mut hook = |p: HookPoint, x: Tensor| -> Result<Tensor> {
+            let mut x = x;
+            for iv in ivs.iter().filter(|iv| iv.point == p) {
+                x = apply(&x, iv)?;
+            }
+            if capture.contains(&p) {
+                captures.insert(p, x.clone());
+            }
+            Ok(x)
+        };
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let (key_valid, positions) = match cache.as_deref_mut() {
+            Some(c) => {
+                if c.valid.is_empty() {
+                    c.valid = vec![Vec::new(); b];
+                    c.next_pos = vec![0; b];
+                } else if c.valid.len() != b {
+                    return Err(EngineError::Invalid("cache batch size differs".into()));
+                }
+                let mut positions = Vec::with_capacity(b);
+                for r in 0..b {
+                    let mut p = c.next_pos[r];
+                    let row: Vec<u32> = batch.valid[r]
+                        .iter()
+                        .map(|v| {
+                            let here = p;
+                            if *v {
+                                p += 1;
+                            }
+                            here
+                        })
+                        .collect();
+                    c.next_pos[r] = p;
+                    c.valid[r].extend_from_slice(&batch.valid[r]);
+                    positions.push(row);
+                }
+                (c.valid.clone(), positions)
+            }
+            None => (batch.valid.clone(), batch.positions.clone()),
+        };
+        let s = past + t;
+        let mut mask = vec![MASKED; b * t * s];
+        for r in 0..b {
+            for i in 0..t {
+                for j in 0..=(past + i) {
+                    if key_valid[r][j] {
+                        mask[(r * t + i) * s + j] = 0.0;
+                    }
+                }
+            }
+        }
+        let dev = embeds.device().clone();
+        let mask = Tensor::from_vec(mask, (b, 1, t, s), &dev)?;
+        let pos: Vec<u32> = positions.concat();
+        let max_pos = self.cos.dim(0)?;
+        if let Some(p) = pos.iter().find(|p| **p as usize >= max_pos) {
+            return Err(EngineError::Invalid(format!(
+                "position {p} exceeds the model's context of {max_pos} tokens"
+            )));
+        }
+        let pos = Tensor::from_vec(pos, b * t, &dev)?;
+        let half = self.cfg.head_dim() / 2;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+        let cos = Tensor::cat(&[&cos, &cos], 3)?;
+        let sin = Tensor::cat(&[&sin, &sin], 3)?;
+
+        let mut x = hook(HookPoint::Embed, embeds)?;
+        for (l, blk) in self.blocks.iter().enumerate() {
+            x = hook(HookPoint::ResidPre(l), x)?;
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let a = self.attention(blk, &x, &mask, &cos, &sin, kv)?;
+            x = hook(HookPoint::ResidMid(l), (x + a)?)?;
+            let h = rms_norm(&x, &blk.mlp_norm, self.cfg.rms_norm_eps)?;
+            let gate = linear(&h, &blk.w_gate)?.silu()?;
+            let m = linear(&(gate * linear(&h, &blk.w_up)?)?, &blk.w_down)?;
+            x = hook(HookPoint::ResidPost(l), (x + m)?)?;
+        }
+        let n = hook(
+            HookPoint::LnFinal,
+            rms_norm(&x, &self.final_norm, self.cfg.rms_norm_eps)?,
+        )?;
+        let logits = linear(&n, self.unembed())?;
+        Ok(ForwardOutput { logits, captures })
+    }
+
+    fn attention(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.kv_heads(),
+            self.cfg.head_dim(),
+        );
+        let rep = nh / nkv;
+        let h = rms_norm(x, &blk.attn_norm, self.cfg.rms_norm_eps)?;
+        let q = linear(&h, &blk.wq)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+        let k = linear(&h, &blk.wk)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        let v = linear(&h, &blk.wv)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        let q = rope(&q.contiguous()?, cos, sin)?;
+        let mut k = rope(&k.contiguous()?, cos, sin)?;
+        let mut v = v.contiguous()?;
+        if let Some(slot) = kv {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let s = k.dim(2)?;
+        // Query heads that share a key/value head are folded into the row dimension, so keys and
+        // values are never copied per head.
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        #[expect(clippy::cast_precision_loss, reason = "head width is small")]
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?
+            .reshape((b, nh, t, s))?
+            .broadcast_add(mask)?;
+        let p = softmax_last(&scores)?.reshape((b, nkv, rep * t, s))?;
+        let o = p
+            .matmul(&v)?
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        Ok(linear(&o, &blk.wo)?)
+    }
+}
+
+fn apply(x: &Tensor, iv: &ResolvedIntervention) -> Result<Tensor> {
+    let shape = x.shape();
+    let m = iv.mask.broadcast_as(shape)?;
+    Ok(match &iv.op {
+        ResolvedOp::Replace(v) => m.where_cond(&v.broadcast_as(shape)?, x)?,
+        ResolvedOp::Add(v) => {
+            let mf = iv.mask.to_dtype(DType::F32)?;
+            x.broadcast_add(&mf.broadcast_mul(v)?)?
+        }
+        ResolvedOp::Interpolate(t, a) => {
+            let mixed = ((x * (1.0 - a))? + t.broadcast_as(shape)?.affine(*a, 0.0)?)?;
+            m.where_cond(&mixed, x)?
+        }
+    })
+}
+
+/// RoPE cos/sin tables (n_ctx, d_head/2), computed in f32 as the reference implementations do.
+fn rope_tables(cfg: &LlamaConfig, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let hd = cfg.head_dim();
+    #[expect(clippy::cast_possible_truncation, reason = "RoPE base fits f32")]
+    let base = cfg.rope_theta as f32;
+    #[expect(clippy::cast_precision_loss, reason = "small integers")]
+    let inv: Vec<f32> = (0..hd)
+        .step_by(2)
+        .map(|i| 1.0 / base.powf(i as f32 / hd as f32))
+        .collect();
+    let n = cfg.max_position_embeddings;
+    let mut angles = Vec::with_capacity(n * inv.len());
+    for p in 0..n {
+        #[expect(clippy::cast_precision_loss, reason = "positions < 2^24")]
+        let pf = p as f32;
+        angles.extend(inv.iter().map(|f| pf * f));
+    }
+    let ang = Tensor::from_vec(angles, (n, inv.len()), dev)?;
+    Ok((ang.cos()?, ang.sin()?))
+}

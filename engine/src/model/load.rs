@@ -1,0 +1,295 @@
+//! Loading models from GGUF files (weights dequantized to f32) and Hugging Face directories
+//! (`config.json`, `*.safetensors`, `tokenizer.json`), and saving the latter.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::llama::{Block, Llama};
+use crate::config::{Dims, LlamaConfig};
+use crate::error::{EngineError, Result};
+use crate::fetch::sha256_file;
+use crate::tokenizer::ModelTokenizer;
+
+/// What a loaded model is: enough to identify it in files and to show it to the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Display name (file or folder name).
+    pub name: String,
+    /// The file or folder it came from.
+    pub path: PathBuf,
+    /// `gguf` or `hf`.
+    pub format: String,
+    /// SHA-256 of the weights file (the GGUF, or the first safetensors file).
+    pub sha256: String,
+    /// Dimensions.
+    pub dims: Dims,
+    /// Architecture name.
+    pub architecture: String,
+    /// Device, in words.
+    pub device: String,
+    /// Whether a chat template is available.
+    pub has_chat_template: bool,
+}
+
+/// A model ready to run: weights, tokenizer, identity.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    /// The transformer.
+    pub llama: Llama,
+    /// Its tokenizer.
+    pub tokenizer: ModelTokenizer,
+    /// Its identity.
+    pub info: ModelInfo,
+}
+
+/// Device in words.
+pub fn device_name(dev: &Device) -> String {
+    match dev {
+        Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
+        Device::Cuda(_) => "cuda:0".to_owned(),
+        Device::Metal(_) => "metal".to_owned(),
+    }
+}
+
+/// Loads a model from a `.gguf` file or a Hugging Face directory.
+pub fn load_model(path: &Path, dev: &Device) -> Result<LoadedModel> {
+    if path.is_dir() {
+        load_hf_dir(path, dev)
+    } else {
+        load_gguf(path, dev)
+    }
+}
+
+fn md_usize(md: &HashMap<String, gguf_file::Value>, key: &str, path: &Path) -> Result<usize> {
+    let v = md
+        .get(key)
+        .ok_or_else(|| EngineError::bad_model(path, format!("missing metadata `{key}`")))?;
+    v.to_u32()
+        .map(|x| x as usize)
+        .or_else(|_| v.to_u64().map(|x| usize::try_from(x).unwrap_or(usize::MAX)))
+        .map_err(|e| EngineError::bad_model(path, format!("`{key}`: {e}")))
+}
+
+fn md_f64(md: &HashMap<String, gguf_file::Value>, key: &str) -> Option<f64> {
+    md.get(key)
+        .and_then(|v| v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok())
+}
+
+/// llama.cpp stores q/k rows permuted for interleaved RoPE; this undoes it, giving the
+/// rotate-half layout of Hugging Face checkpoints.
+fn unpermute_qk(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let hd = rows / heads;
+    Ok(w.reshape((heads, hd / 2, 2, cols))?
+        .transpose(1, 2)?
+        .reshape((rows, cols))?
+        .contiguous()?)
+}
+
+/// Loads a GGUF file, dequantizing every weight to f32.
+pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
+    let mut f = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let content = gguf_file::Content::read(&mut f)
+        .map_err(|e| EngineError::bad_model(path, format!("not a readable GGUF file: {e}")))?;
+    let md = &content.metadata;
+    let arch = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if arch != "llama" {
+        return Err(EngineError::bad_model(
+            path,
+            format!("architecture `{arch}` is not supported yet (Llama family only)"),
+        ));
+    }
+    let mut get = |name: &str| -> Result<Tensor> {
+        let q = content
+            .tensor(&mut f, name, dev)
+            .map_err(|e| EngineError::bad_model(path, format!("tensor `{name}`: {e}")))?;
+        Ok(q.dequantize(dev)?.to_dtype(DType::F32)?)
+    };
+    let embed = get("token_embd.weight")?;
+    let n_layers = md_usize(md, "llama.block_count", path)?;
+    let heads = md_usize(md, "llama.attention.head_count", path)?;
+    let kv_heads = md_usize(md, "llama.attention.head_count_kv", path).unwrap_or(heads);
+    let cfg = LlamaConfig {
+        hidden_size: md_usize(md, "llama.embedding_length", path)?,
+        intermediate_size: md_usize(md, "llama.feed_forward_length", path)?,
+        num_hidden_layers: n_layers,
+        num_attention_heads: heads,
+        num_key_value_heads: Some(kv_heads),
+        vocab_size: embed.dim(0)?,
+        rms_norm_eps: md_f64(md, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        rope_theta: md_f64(md, "llama.rope.freq_base").unwrap_or(10_000.0),
+        max_position_embeddings: md_usize(md, "llama.context_length", path).unwrap_or(2048),
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        model_type: "llama".into(),
+    };
+    let mut blocks = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        let p = format!("blk.{l}");
+        blocks.push(Block {
+            attn_norm: get(&format!("{p}.attn_norm.weight"))?,
+            wq: unpermute_qk(&get(&format!("{p}.attn_q.weight"))?, heads)?,
+            wk: unpermute_qk(&get(&format!("{p}.attn_k.weight"))?, kv_heads)?,
+            wv: get(&format!("{p}.attn_v.weight"))?,
+            wo: get(&format!("{p}.attn_output.weight"))?,
+            mlp_norm: get(&format!("{p}.ffn_norm.weight"))?,
+            w_gate: get(&format!("{p}.ffn_gate.weight"))?,
+            w_up: get(&format!("{p}.ffn_up.weight"))?,
+            w_down: get(&format!("{p}.ffn_down.weight"))?,
+        });
+    }
+    let final_norm = get("output_norm.weight")?;
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(get("output.weight")?)
+    };
+    let tokenizer = ModelTokenizer::from_gguf(md, path)?;
+    let llama = Llama::new(cfg, embed, blocks, final_norm, lm_head)
+        .map_err(|e| EngineError::bad_model(path, e.to_string()))?;
+    let info = ModelInfo {
+        name: file_name(path),
+        path: path.to_path_buf(),
+        format: "gguf".into(),
+        sha256: sha256_file(path)?,
+        dims: llama.cfg.dims(),
+        architecture: arch,
+        device: device_name(dev),
+        has_chat_template: tokenizer.has_chat_template(),
+    };
+    Ok(LoadedModel {
+        llama,
+        tokenizer,
+        info,
+    })
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Loads a Hugging Face model directory.
+pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
+    let cfg: LlamaConfig = serde_json::from_str(&text)
+        .map_err(|e| EngineError::bad_model(&cfg_path, e.to_string()))?;
+    if !matches!(cfg.model_type.as_str(), "llama" | "mistral" | "qwen2") {
+        return Err(EngineError::bad_model(
+            &cfg_path,
+            format!("model_type `{}` is not supported yet", cfg.model_type),
+        ));
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| EngineError::io(dir, e))?
+        .filter_map(std::result::Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    let first = files
+        .first()
+        .cloned()
+        .ok_or_else(|| EngineError::bad_model(dir, "no *.safetensors file"))?;
+    let mut tensors = HashMap::new();
+    for f in &files {
+        let t = candle_core::safetensors::load(f, dev)
+            .map_err(|e| EngineError::bad_model(f, e.to_string()))?;
+        tensors.extend(t);
+    }
+    let mut get = |name: &str| -> Result<Tensor> {
+        let t = tensors
+            .remove(name)
+            .ok_or_else(|| EngineError::bad_model(dir, format!("missing tensor `{name}`")))?;
+        Ok(t.to_dtype(DType::F32)?)
+    };
+    let embed = get("model.embed_tokens.weight")?;
+    let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        blocks.push(Block {
+            attn_norm: get(&format!("{p}.input_layernorm.weight"))?,
+            wq: get(&format!("{p}.self_attn.q_proj.weight"))?,
+            wk: get(&format!("{p}.self_attn.k_proj.weight"))?,
+            wv: get(&format!("{p}.self_attn.v_proj.weight"))?,
+            wo: get(&format!("{p}.self_attn.o_proj.weight"))?,
+            mlp_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
+            w_gate: get(&format!("{p}.mlp.gate_proj.weight"))?,
+            w_up: get(&format!("{p}.mlp.up_proj.weight"))?,
+            w_down: get(&format!("{p}.mlp.down_proj.weight"))?,
+        });
+    }
+    let final_norm = get("model.norm.weight")?;
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(get("lm_head.weight")?)
+    };
+    let tokenizer = ModelTokenizer::from_hf_dir(dir)?;
+    let arch = cfg.model_type.clone();
+    let llama = Llama::new(cfg, embed, blocks, final_norm, lm_head)
+        .map_err(|e| EngineError::bad_model(dir, e.to_string()))?;
+    let info = ModelInfo {
+        name: file_name(dir),
+        path: dir.to_path_buf(),
+        format: "hf".into(),
+        sha256: sha256_file(&first)?,
+        dims: llama.cfg.dims(),
+        architecture: arch,
+        device: device_name(dev),
+        has_chat_template: tokenizer.has_chat_template(),
+    };
+    Ok(LoadedModel {
+        llama,
+        tokenizer,
+        info,
+    })
+}
+
+/// Saves a model as a Hugging Face directory (config, one safetensors file, tokenizer).
+pub fn save_hf_dir(llama: &Llama, tokenizer: &ModelTokenizer, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    t.insert("model.embed_tokens.weight".into(), llama.embed.clone());
+    t.insert("model.norm.weight".into(), llama.final_norm.clone());
+    if let Some(h) = &llama.lm_head {
+        t.insert("lm_head.weight".into(), h.clone());
+    }
+    for (l, b) in llama.blocks.iter().enumerate() {
+        let p = format!("model.layers.{l}");
+        for (n, w) in [
+            ("input_layernorm", &b.attn_norm),
+            ("self_attn.q_proj", &b.wq),
+            ("self_attn.k_proj", &b.wk),
+            ("self_attn.v_proj", &b.wv),
+            ("self_attn.o_proj", &b.wo),
+            ("post_attention_layernorm", &b.mlp_norm),
+            ("mlp.gate_proj", &b.w_gate),
+            ("mlp.up_proj", &b.w_up),
+            ("mlp.down_proj", &b.w_down),
+        ] {
+            t.insert(format!("{p}.{n}.weight"), w.clone());
+        }
+    }
+    let st = dir.join("model.safetensors");
+    candle_core::safetensors::save(&t, &st)?;
+    let cfg_path = dir.join("config.json");
+    let cfg = serde_json::to_string_pretty(&llama.cfg)
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    std::fs::write(&cfg_path, cfg).map_err(|e| EngineError::io(&cfg_path, e))?;
+    let tok_path = dir.join("tokenizer.json");
+    tokenizer
+        .inner()
+        .save(&tok_path, false)
+        .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! Models: configuration, weights, the hooked forward pass, batches, KV cache and loading.
+
+pub mod batch;
+pub mod cache;
+pub mod llama;
+pub mod load;
+pub mod ops;
+
+pub use batch::{Batch, PadSide};
+pub use cache::KvCache;
+pub use llama::{ForwardOutput, Llama};
+pub use load::{LoadedModel, ModelInfo, load_model};

@@ -1,0 +1,108 @@
+//! Differentiable building blocks. candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope`
+//! kernels have no backward pass, so a trainable input behind them would silently get no
+//! gradient; these compositions of primitive ops are differentiable end to end.
+
+use candle_core::{D, Result, Tensor};
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) · w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    x.broadcast_mul(&inv)?.broadcast_mul(w)
+}
+
+/// Numerically stable softmax over the last dimension.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&s)
+}
+
+/// Log-softmax over the last dimension.
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// `x @ wᵀ` for `x` of shape (…, in) and `w` of shape (out, in), done as one flattened matmul.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let inner = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+    let mut out = dims[..dims.len() - 1].to_vec();
+    out.push(w.dim(0)?);
+    y.reshape(out)
+}
+
+/// Rotate-half RoPE: `x·cos + rotate_half(x)·sin`, with `cos`/`sin` of shape (B, 1, T, d_head)
+/// broadcast over heads; `x` is (B, H, T, d_head).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn softmax_matches_fused_kernel_and_has_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::new(&[[1.0f32, 2.0, 3.0], [0.5, -1.0, 4.0]], &dev).unwrap();
+        let ours = softmax_last(x.as_tensor()).unwrap();
+        let fused = candle_nn::ops::softmax_last_dim(x.as_tensor()).unwrap();
+        let diff = (ours.clone() - fused)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6);
+        // d/dx of p[0][2]: p2(δ − p). Checked against a central finite difference.
+        let g = ours.get(0).unwrap().get(2).unwrap().backward().unwrap();
+        let g = g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let f = |v: [f32; 3]| {
+            let m = v.iter().cloned().fold(f32::MIN, f32::max);
+            let s: f32 = v.iter().map(|a| (a - m).exp()).sum();
+            (v[2] - m).exp() / s
+        };
+        let h = 1e-3;
+        let fd0 = (f([1.0 + h, 2.0, 3.0]) - f([1.0 - h, 2.0, 3.0])) / (2.0 * h);
+        assert!((g[0][0] - fd0).abs() < 1e-3, "{} vs {fd0}", g[0][0]);
+        assert!(g[0][0].abs() > 1e-3);
+        assert!(g[1].iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn rms_norm_matches_fused_kernel_and_has_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::new(&[[1.0f32, -2.0, 3.0, 0.5]], &dev).unwrap();
+        let w = Tensor::new(&[1.0f32, 0.5, 2.0, -1.0], &dev).unwrap();
+        let ours = rms_norm(x.as_tensor(), &w, 1e-5).unwrap();
+        let fused = candle_nn::ops::rms_norm(x.as_tensor(), &w, 1e-5).unwrap();
+        let diff = (ours.clone() - fused).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+        let grads = ours.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        // Central finite difference of sum(rms_norm(x)·w) in x[0].
+        let f = |x0: f32| {
+            let v = [x0, -2.0, 3.0, 0.5];
+            let ms = v.iter().map(|a| a * a).sum::<f32>() / 4.0;
+            let inv = 1.0 / (ms + 1e-5).sqrt();
+            v.iter().zip([1.0, 0.5, 2.0, -1.0]).map(|(a, w)| a * inv * w).sum::<f32>()
+        };
+        let fd = (f(1.0 + 1e-3) - f(1.0 - 1e-3)) / 2e-3;
+        assert!((g[0][0] - fd).abs() < 1e-3, "{} vs {fd}", g[0][0]);
+        assert!(g[0][0].abs() > 1e-3);
+    }
+}
