@@ -11,6 +11,7 @@ pub mod hooks;
 pub mod infer;
 pub mod model;
 pub mod sampling;
+pub mod tiny;
 pub mod tokenizer;
 pub mod worker;
 
