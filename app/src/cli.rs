@@ -1,0 +1,310 @@
+//! The command-line front end: the same engine `Command`s as the app, printed as readable text
+//! or, with `--json`, as exactly one JSON object on stdout (progress and logs go to stderr).
+
+#![expect(clippy::print_stdout, reason = "the CLI's output goes to stdout")]
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use neoscope_engine::api::{Command, Event, JobResult};
+use neoscope_engine::hooks::HookSpec;
+use neoscope_engine::sampling::Sampling;
+use neoscope_engine::worker::{DeviceChoice, EngineHandle, EngineOptions};
+use serde_json::json;
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(name = "neoscope", version, about = "Look inside language models.")]
+pub struct Args {
+    /// Options shared by the app and every subcommand.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to do; none opens the app.
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+/// Options shared by every front end.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// A `.gguf` file or Hugging Face model folder (default: SmolLM2-135M-Instruct, fetched on
+    /// first use).
+    #[arg(long, global = true)]
+    pub model: Option<PathBuf>,
+    /// Model cache folder (default: $NEOSCOPE_MODEL_DIR, else ~/.cache/neoscope/models).
+    #[arg(long, global = true)]
+    pub model_dir: Option<PathBuf>,
+    /// Device to run on.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Device choice on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    /// CUDA if built with it and present, else CPU.
+    Auto,
+    /// CPU.
+    Cpu,
+    /// CUDA GPU 0.
+    Cuda,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Download and verify the default model into the cache.
+    Fetch,
+    /// Show the model's dimensions, device, file and hash.
+    Info,
+    /// Show token ids and pieces of a text.
+    Tokenize {
+        /// Render the chat template (user turn + generation prompt) first.
+        #[arg(long)]
+        chat: bool,
+        /// The text.
+        text: String,
+    },
+    /// Show the most likely next tokens after a text.
+    Logits {
+        /// How many.
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// Chat mode.
+        #[arg(long)]
+        chat: bool,
+        /// The text.
+        text: String,
+    },
+    /// Generate a continuation.
+    Generate {
+        /// Token budget.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// Greedy decoding (the default unless a temperature is given).
+        #[arg(long, conflicts_with = "temperature")]
+        greedy: bool,
+        /// Sampling temperature.
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Nucleus mass.
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        /// Random seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Chat mode.
+        #[arg(long)]
+        chat: bool,
+        /// The prompt.
+        text: String,
+    },
+    /// Time the standard workloads on the loaded model.
+    Bench,
+}
+
+impl Global {
+    /// Engine options from the flags.
+    pub fn engine_options(&self) -> EngineOptions {
+        let mut o = EngineOptions::default();
+        if let Some(d) = &self.model_dir {
+            o.model_dir.clone_from(d);
+        }
+        o.device = match self.device {
+            DeviceArg::Auto => DeviceChoice::Auto,
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Cuda => DeviceChoice::Cuda,
+        };
+        o
+    }
+
+    /// The command that loads the chosen model.
+    pub fn load_command(&self) -> Command {
+        match &self.model {
+            Some(path) => Command::Load { path: path.clone() },
+            None => Command::LoadDefault,
+        }
+    }
+}
+
+/// Shows progress on stderr, one line per stage.
+fn progress_to_stderr(ev: &Event) {
+    if let Event::Progress {
+        stage, fraction, ..
+    } = ev
+    {
+        let mut err = std::io::stderr();
+        match fraction {
+            Some(f) => {
+                let _ = write!(err, "\r{stage}: {:>5.1}%   ", f * 100.0);
+                if *f >= 1.0 {
+                    let _ = writeln!(err);
+                }
+            }
+            None => {
+                let _ = writeln!(err, "{stage}…");
+            }
+        }
+    }
+}
+
+fn call(engine: &mut EngineHandle, cmd: Command) -> Result<JobResult> {
+    engine
+        .call(cmd, &mut progress_to_stderr)
+        .map_err(anyhow::Error::msg)
+}
+
+fn emit(json_mode: bool, value: &serde_json::Value, text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json_mode {
+        writeln!(out, "{}", serde_json::to_string(value)?)?;
+    } else {
+        writeln!(out, "{text}")?;
+    }
+    Ok(())
+}
+
+/// Runs one subcommand.
+pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
+    let mut engine = EngineHandle::spawn(g.engine_options(), Box::new(|| {}))
+        .context("starting the engine")?;
+    if let Cmd::Fetch = cmd {
+        let JobResult::Fetched { path } = call(&mut engine, Command::Fetch)? else {
+            bail!("unexpected engine reply");
+        };
+        let sha = neoscope_engine::fetch::sha256_file(&path)?;
+        return emit(
+            g.json,
+            &json!({"path": path, "sha256": sha}),
+            &format!("default model ready at {} (SHA-256 {sha})", path.display()),
+        );
+    }
+    let JobResult::Loaded(info) = call(&mut engine, g.load_command())? else {
+        bail!("unexpected engine reply");
+    };
+    match cmd {
+        Cmd::Fetch => Ok(()),
+        Cmd::Info => {
+            let d = info.dims;
+            let v = json!({
+                "name": info.name, "model_file": info.path, "sha256": info.sha256,
+                "format": info.format, "architecture": info.architecture,
+                "device": info.device, "chat_template": info.has_chat_template,
+                "d_model": d.d_model, "n_layers": d.n_layers, "d_vocab": d.d_vocab,
+                "n_heads": d.n_heads, "n_kv_heads": d.n_kv_heads, "d_head": d.d_head,
+                "d_mlp": d.d_mlp, "n_ctx": d.n_ctx,
+            });
+            let text = format!(
+                "{} ({}, {})\n  file     {}\n  sha256   {}\n  device   {}\n  d_model {}  n_layers {}  d_vocab {}  n_heads {}  n_kv_heads {}  d_head {}  d_mlp {}  n_ctx {}",
+                info.name, info.architecture, info.format, info.path.display(), info.sha256,
+                info.device, d.d_model, d.n_layers, d.d_vocab, d.n_heads, d.n_kv_heads, d.d_head,
+                d.d_mlp, d.n_ctx
+            );
+            emit(g.json, &v, &text)
+        }
+        Cmd::Tokenize { chat, text } => {
+            let JobResult::Tokens { ids, pieces } =
+                call(&mut engine, Command::Tokenize { text, chat })?
+            else {
+                bail!("unexpected engine reply");
+            };
+            let table: Vec<String> = ids
+                .iter()
+                .zip(&pieces)
+                .map(|(i, p)| format!("{i:>6}  {p:?}"))
+                .collect();
+            emit(
+                g.json,
+                &json!({"ids": ids, "pieces": pieces}),
+                &format!("{} tokens\n{}", ids.len(), table.join("\n")),
+            )
+        }
+        Cmd::Logits { top_k, chat, text } => {
+            let JobResult::NextToken { ids, top } = call(
+                &mut engine,
+                Command::NextToken {
+                    text,
+                    chat,
+                    top_k,
+                    hooks: HookSpec::default(),
+                },
+            )?
+            else {
+                bail!("unexpected engine reply");
+            };
+            let rows: Vec<String> = top
+                .iter()
+                .map(|t| format!("{:>6}  {:>9.4}  {:>7.4}  {:?}", t.id, t.logit, t.prob, t.text))
+                .collect();
+            emit(
+                g.json,
+                &json!({"ids": ids, "top": top}),
+                &format!("    id      logit     prob  text\n{}", rows.join("\n")),
+            )
+        }
+        Cmd::Generate {
+            max_new_tokens,
+            greedy,
+            temperature,
+            top_p,
+            seed,
+            chat,
+            text,
+        } => {
+            let sampling = match (greedy, temperature) {
+                (false, Some(t)) => Sampling {
+                    temperature: t,
+                    top_p,
+                    seed,
+                },
+                _ => Sampling::GREEDY,
+            };
+            let json_mode = g.json;
+            let id = engine.send(Command::Generate {
+                text,
+                chat,
+                max_new_tokens,
+                sampling,
+                hooks: HookSpec::default(),
+            });
+            loop {
+                match engine.recv() {
+                    Some(Event::Token { text, .. }) if !json_mode => {
+                        print!("{text}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    Some(Event::Finished { id: i, result }) if i == id => {
+                        let JobResult::Generated { new_ids, text, .. } = *result else {
+                            bail!("unexpected engine reply");
+                        };
+                        if json_mode {
+                            emit(true, &json!({"new_ids": new_ids, "text": text}), "")?;
+                        } else {
+                            println!();
+                        }
+                        return Ok(());
+                    }
+                    Some(Event::Failed { id: i, error, .. }) if i == id => bail!(error),
+                    Some(_) => {}
+                    None => bail!("the engine stopped"),
+                }
+            }
+        }
+        Cmd::Bench => {
+            let JobResult::Bench(r) = call(&mut engine, Command::Bench)? else {
+                bail!("unexpected engine reply");
+            };
+            let text = format!(
+                "device {} ({} threads), median of {} runs\n  forward 1×64          {:.4} s\n  forward 8×24 padded   {:.4} s\n  generate 50 tokens    {:.1} tokens/s",
+                r.device, r.threads, r.runs, r.forward_1x64_s, r.forward_8x24_s,
+                r.generate_50_tokens_per_s
+            );
+            emit(g.json, &serde_json::to_value(&r)?, &text)
+        }
+    }
+}

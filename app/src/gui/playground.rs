@@ -1,0 +1,211 @@
+//! The Playground panel: a prompt, chat or plain mode, sampling settings, streamed generation
+//! with a stop button, and the next-token top-k table.
+
+use neoscope_engine::api::{Command, RequestId};
+use neoscope_engine::hooks::HookSpec;
+use neoscope_engine::sampling::{Sampling, TokenScore};
+
+use super::{NeoApp, Owner};
+
+/// State of the Playground.
+pub struct Playground {
+    /// The prompt.
+    pub prompt: String,
+    /// Chat template on.
+    pub chat: bool,
+    /// Greedy decoding.
+    pub greedy: bool,
+    /// Temperature when sampling.
+    pub temperature: f32,
+    /// Nucleus mass when sampling.
+    pub top_p: f32,
+    /// Seed when sampling.
+    pub seed: u64,
+    /// Token budget.
+    pub max_new_tokens: usize,
+    /// Rows of the next-token table.
+    pub top_k: usize,
+    /// Generated text (streamed).
+    pub output: String,
+    /// Number of generated tokens.
+    pub new_tokens: usize,
+    /// Prompt length in tokens (from the last prediction).
+    pub prompt_tokens: usize,
+    /// Next-token table.
+    pub top: Vec<TokenScore>,
+    /// Running generation.
+    pub generating: Option<RequestId>,
+    /// Running prediction.
+    pub predicting: Option<RequestId>,
+}
+
+impl Default for Playground {
+    fn default() -> Self {
+        Self {
+            prompt: "What is a pun?".into(),
+            chat: true,
+            greedy: true,
+            temperature: 0.8,
+            top_p: 0.95,
+            seed: 0,
+            max_new_tokens: 96,
+            top_k: 10,
+            output: String::new(),
+            new_tokens: 0,
+            prompt_tokens: 0,
+            top: Vec::new(),
+            generating: None,
+            predicting: None,
+        }
+    }
+}
+
+impl Playground {
+    fn sampling(&self) -> Sampling {
+        if self.greedy {
+            Sampling::GREEDY
+        } else {
+            Sampling {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                seed: self.seed,
+            }
+        }
+    }
+}
+
+/// Starts a generation and a next-token prediction for the current prompt.
+pub fn start(app: &mut NeoApp) {
+    let p = &app.playground;
+    let gen_cmd = Command::Generate {
+        text: p.prompt.clone(),
+        chat: p.chat,
+        max_new_tokens: p.max_new_tokens,
+        sampling: p.sampling(),
+        hooks: HookSpec::default(),
+    };
+    let next_cmd = Command::NextToken {
+        text: p.prompt.clone(),
+        chat: p.chat,
+        top_k: p.top_k,
+        hooks: HookSpec::default(),
+    };
+    app.playground.output.clear();
+    app.playground.new_tokens = 0;
+    app.playground.predicting = app.send(next_cmd, Owner::NextToken);
+    app.playground.generating = app.send(gen_cmd, Owner::Generate);
+}
+
+/// Draws the Playground.
+pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
+    ui.heading("Playground");
+    let loaded = app.model_info().is_some();
+    if !loaded {
+        ui.label("Load a model in the Model panel first.");
+    }
+    egui::Panel::right("playground_settings")
+        .resizable(false)
+        .exact_size(300.0)
+        .show(ui, |ui| settings(app, ui));
+    egui::CentralPanel::default().show(ui, |ui| {
+        let p = &mut app.playground;
+        ui.horizontal(|ui| {
+            ui.label("Mode:");
+            ui.selectable_value(&mut p.chat, true, "Chat")
+                .on_hover_text("Wrap the prompt in the model's chat template as a user turn");
+            ui.selectable_value(&mut p.chat, false, "Plain")
+                .on_hover_text("Continue the text as it is");
+        });
+        ui.add(
+            egui::TextEdit::multiline(&mut p.prompt)
+                .hint_text("Type a prompt…")
+                .desired_rows(4)
+                .desired_width(f32::INFINITY),
+        );
+        ui.horizontal(|ui| {
+            let running = app.playground.generating;
+            match running {
+                Some(id) => {
+                    if ui.button("⏹ Stop").clicked() {
+                        app.cancel(id);
+                    }
+                    ui.spinner();
+                }
+                None => {
+                    let ready = loaded && !app.playground.prompt.trim().is_empty();
+                    if ui.add_enabled(ready, egui::Button::new("▶ Generate")).clicked() {
+                        start(app);
+                    }
+                }
+            }
+        });
+        ui.add_space(6.0);
+        ui.strong("Output");
+        egui::Frame::group(ui.style()).show(ui, |ui| {
+            ui.set_min_height(120.0);
+            ui.set_width(ui.available_width());
+            egui::ScrollArea::vertical()
+                .max_height(220.0)
+                .stick_to_bottom(true)
+                .show(ui, |ui| {
+                    if app.playground.output.is_empty() {
+                        ui.weak("Generated text appears here as it streams.");
+                    } else {
+                        ui.label(&app.playground.output);
+                    }
+                });
+        });
+        ui.add_space(6.0);
+        top_k_table(ui, &app.playground);
+    });
+}
+
+fn settings(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let p = &mut app.playground;
+    ui.strong("Sampling");
+    ui.checkbox(&mut p.greedy, "Greedy (arg-max)");
+    ui.add_enabled_ui(!p.greedy, |ui| {
+        ui.add(egui::Slider::new(&mut p.temperature, 0.05..=2.0).text("temperature"));
+        ui.add(egui::Slider::new(&mut p.top_p, 0.05..=1.0).text("top-p"));
+        ui.horizontal(|ui| {
+            ui.label("seed");
+            ui.add(egui::DragValue::new(&mut p.seed));
+        });
+    });
+    ui.add(egui::Slider::new(&mut p.max_new_tokens, 1..=512).text("max new tokens"));
+    ui.add(egui::Slider::new(&mut p.top_k, 1..=50).text("top-k rows"));
+}
+
+fn top_k_table(ui: &mut egui::Ui, p: &Playground) {
+    ui.strong(if p.prompt_tokens > 0 {
+        format!("Next token after the prompt ({} tokens)", p.prompt_tokens)
+    } else {
+        "Next token".to_owned()
+    });
+    if p.top.is_empty() {
+        ui.weak("Generate to see the model's most likely next tokens.");
+        return;
+    }
+    egui::Grid::new("top_k")
+        .num_columns(4)
+        .striped(true)
+        .spacing([16.0, 3.0])
+        .show(ui, |ui| {
+            ui.strong("token");
+            ui.strong("id");
+            ui.strong("logit");
+            ui.strong("probability");
+            ui.end_row();
+            for t in &p.top {
+                ui.monospace(format!("{:?}", t.text));
+                ui.monospace(t.id.to_string());
+                ui.monospace(format!("{:.3}", t.logit));
+                ui.add(
+                    egui::ProgressBar::new(t.prob)
+                        .text(format!("{:.1}%", t.prob * 100.0))
+                        .desired_width(160.0),
+                );
+                ui.end_row();
+            }
+        });
+}
