@@ -1,10 +1,8 @@
 //! Neoscope: a desktop app for looking inside language models, and a CLI over the same engine.
 //! `neoscope` with no subcommand opens the app; `neoscope <subcommand>` runs headless.
 
-mod cli;
-mod gui;
-
 use clap::Parser;
+use neoscope::{cli, gui};
 
 fn main() -> std::process::ExitCode {
     let args = cli::Args::parse();

@@ -96,11 +96,14 @@ pub struct NeoApp {
     pending: HashMap<RequestId, Owner>,
     /// The last error, shown in the status bar until dismissed.
     pub error: Option<String>,
+    /// Model cache folder in use.
+    pub model_dir: std::path::PathBuf,
 }
 
 impl NeoApp {
     /// Starts the engine thread; a failure to start is shown in the app, not a panic.
     pub fn new(opts: EngineOptions, waker: Waker) -> Self {
+        let model_dir = opts.model_dir.clone();
         let (engine, device, error) = match EngineHandle::spawn(opts, waker) {
             Ok(h) => {
                 let d = h.device.clone();
@@ -116,6 +119,7 @@ impl NeoApp {
             playground: Playground::default(),
             pending: HashMap::new(),
             error,
+            model_dir,
         }
     }
 
@@ -243,7 +247,7 @@ impl NeoApp {
         egui::Panel::bottom("status_bar").show(ui, |ui| {
             ui.horizontal(|ui| {
                 if let Some(err) = self.error.clone() {
-                    ui.colored_label(ui.visuals().error_fg_color, format!("⚠ {err}"));
+                    ui.colored_label(ui.visuals().error_fg_color, format!("Error: {err}"));
                     if ui.small_button("Dismiss").clicked() {
                         self.error = None;
                     }
@@ -257,8 +261,8 @@ impl NeoApp {
             .exact_size(150.0)
             .show(ui, |ui| {
                 ui.add_space(6.0);
-                ui.selectable_value(&mut self.panel, PanelKind::Model, "🗄  Model");
-                ui.selectable_value(&mut self.panel, PanelKind::Playground, "💬  Playground");
+                ui.selectable_value(&mut self.panel, PanelKind::Model, "Model");
+                ui.selectable_value(&mut self.panel, PanelKind::Playground, "Playground");
                 ui.separator();
                 ui.weak("Planned");
                 for (name, what) in PLANNED {

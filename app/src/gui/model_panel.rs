@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, channel};
 
 use neoscope_engine::api::Command;
-use neoscope_engine::fetch::{DEFAULT_MODEL_PACKAGE, model_cache_dir};
+use neoscope_engine::fetch::DEFAULT_MODEL_PACKAGE;
 use neoscope_engine::model::ModelInfo;
 
 use super::{JobView, NeoApp, Owner};
@@ -100,7 +100,7 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             app.send(Command::Load { path: path.into() }, Owner::Model);
         }
     });
-    ui.weak(format!("Model cache: {}", model_cache_dir().display()));
+    ui.weak(format!("Model cache: {}", app.model_dir.display()));
     ui.add_space(10.0);
     let device = app.device.clone();
     match &app.model.info {

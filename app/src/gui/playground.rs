@@ -126,14 +126,14 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             let running = app.playground.generating;
             match running {
                 Some(id) => {
-                    if ui.button("⏹ Stop").clicked() {
+                    if ui.button("Stop").clicked() {
                         app.cancel(id);
                     }
                     ui.spinner();
                 }
                 None => {
                     let ready = loaded && !app.playground.prompt.trim().is_empty();
-                    if ui.add_enabled(ready, egui::Button::new("▶ Generate")).clicked() {
+                    if ui.add_enabled(ready, egui::Button::new("Generate")).clicked() {
                         start(app);
                     }
                 }

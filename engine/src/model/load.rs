@@ -49,7 +49,7 @@ pub struct LoadedModel {
 /// Device in words.
 pub fn device_name(dev: &Device) -> String {
     match dev {
-        Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
+        Device::Cpu => "cpu".to_owned(),
         Device::Cuda(_) => "cuda:0".to_owned(),
         Device::Metal(_) => "metal".to_owned(),
     }

@@ -1,0 +1,5 @@
+//! Neoscope's front ends: the desktop app ([`gui`]) and the command line ([`cli`]), both over
+//! the engine's message API.
+
+pub mod cli;
+pub mod gui;

@@ -1,0 +1,121 @@
+//! App interaction tests with egui_kittest (headless, no GPU, no display): a tiny random model
+//! saved as a Hugging Face folder is loaded through the real engine thread and the Model panel,
+//! then the Playground generates and shows the next-token table.
+
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use neoscope::gui::{NeoApp, PanelKind};
+use neoscope_engine::model::load::save_hf_dir;
+use neoscope_engine::tiny::tiny_model;
+use neoscope_engine::worker::{DeviceChoice, EngineOptions};
+
+/// `model_text`: the test shows model output, which can hold characters no bundled font draws
+/// (tofu is then the honest rendering); otherwise every glyph of the app's own text must exist.
+fn harness(dir: &std::path::Path, model_text: bool) -> Harness<'static, NeoApp> {
+    let opts = EngineOptions {
+        model_dir: dir.join("cache"),
+        python: "python3".into(),
+        device: DeviceChoice::Cpu,
+    };
+    let app = NeoApp::new(opts, Box::new(|| {}));
+    let mut b = Harness::builder().with_size([1000.0, 700.0]);
+    if model_text {
+        b = b.allow_missing_glyphs();
+    }
+    b
+        .build_ui_state(
+            |ui, app: &mut NeoApp| {
+                app.poll(ui.ctx());
+                app.draw(ui);
+            },
+            app,
+        )
+}
+
+/// Steps frames until the app has no request outstanding.
+fn settle(h: &mut Harness<'static, NeoApp>) {
+    let start = Instant::now();
+    h.step();
+    while h.state().busy() {
+        assert!(start.elapsed() < Duration::from_secs(60), "engine did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+        h.step();
+    }
+    h.step();
+}
+
+#[test]
+fn load_a_model_by_path_then_generate_in_the_playground() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny");
+    let m = tiny_model(3, &Device::Cpu).unwrap();
+    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
+
+    let mut h = harness(dir.path(), true);
+    h.step();
+    h.get_by_label("Load default model");
+    h.state_mut().model.path_input = model_dir.display().to_string();
+    h.step();
+    h.get_by_label("Load").click();
+    settle(&mut h);
+    let info = h.state().model_info().cloned().expect("model loaded");
+    assert_eq!(info.format, "hf");
+    h.get_by_label("d_model");
+    h.get_by_label("32");
+
+    h.get_by_label("Playground").click();
+    h.step();
+    assert_eq!(h.state().panel, PanelKind::Playground);
+    {
+        let p = &mut h.state_mut().playground;
+        p.chat = false; // the tiny model has no chat template
+        p.prompt = "the cat".into();
+        p.max_new_tokens = 8;
+    }
+    h.step();
+    h.get_by_label("Generate").click();
+    settle(&mut h);
+    let p = &h.state().playground;
+    assert_eq!(p.new_tokens, 8, "error: {:?}", h.state().error);
+    assert!(!p.output.is_empty());
+    assert_eq!(p.top.len(), p.top_k);
+    let first = format!("{:?}", p.top[0].text);
+    h.get_by_label(&first);
+}
+
+#[test]
+fn chat_mode_on_a_model_without_template_shows_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny");
+    let m = tiny_model(4, &Device::Cpu).unwrap();
+    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
+    let mut h = harness(dir.path(), true);
+    h.state_mut().model.path_input = model_dir.display().to_string();
+    h.step();
+    h.get_by_label("Load").click();
+    settle(&mut h);
+    h.state_mut().panel = PanelKind::Playground;
+    h.state_mut().playground.chat = true;
+    h.step();
+    h.get_by_label("Generate").click();
+    settle(&mut h);
+    let err = h.state().error.clone().expect("an error is shown");
+    assert!(err.contains("chat template"), "{err}");
+    h.get_by_label_contains("chat template");
+}
+
+#[test]
+fn loading_a_missing_file_reports_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path(), false);
+    h.state_mut().model.path_input = "/no/such/model.gguf".into();
+    h.step();
+    h.get_by_label("Load").click();
+    settle(&mut h);
+    let err = h.state().error.clone().expect("an error is shown");
+    assert!(err.contains("/no/such/model.gguf"), "{err}");
+    assert!(h.state().model_info().is_none());
+}

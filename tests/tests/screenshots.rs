@@ -1,0 +1,72 @@
+//! Screenshots of the real app with the real default model loaded, rendered headless through
+//! wgpu (lavapipe software rendering) into `screenshots/`. The README shows them.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use neoscope::gui::{NeoApp, PanelKind, Owner};
+use neoscope_engine::api::Command;
+use neoscope_engine::worker::{DeviceChoice, EngineOptions};
+
+fn settle(h: &mut Harness<'static, NeoApp>, limit: Duration) {
+    let start = Instant::now();
+    h.step();
+    while h.state().busy() {
+        assert!(start.elapsed() < limit, "engine did not finish in {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    h.run_steps(3);
+}
+
+fn save(h: &mut Harness<'static, NeoApp>, name: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = h.render().expect("render with wgpu (needs Mesa's lavapipe)");
+    let path = dir.join(name);
+    img.save(&path).unwrap();
+    eprintln!("wrote {}", path.display());
+}
+
+#[test]
+fn model_and_playground_panels_with_the_real_model() {
+    let model_path = common::default_model_path();
+    let opts = EngineOptions {
+        model_dir: model_path.parent().unwrap().to_path_buf(),
+        python: "python3".into(),
+        device: DeviceChoice::Cpu,
+    };
+    let mut app = NeoApp::new(opts, Box::new(|| {}));
+    app.send(Command::LoadDefault, Owner::Model);
+    let mut h = Harness::builder()
+        .with_size([1100.0, 720.0])
+        .wgpu()
+        .allow_missing_glyphs()
+        .build_ui_state(
+            |ui, app: &mut NeoApp| {
+                app.poll(ui.ctx());
+                app.draw(ui);
+            },
+            app,
+        );
+    settle(&mut h, Duration::from_secs(120));
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    h.get_by_label("SmolLM2-135M-Instruct.Q4_1.gguf");
+    save(&mut h, "model.png");
+
+    h.get_by_label("Playground").click();
+    h.step();
+    assert_eq!(h.state().panel, PanelKind::Playground);
+    h.state_mut().playground.max_new_tokens = 60;
+    h.step();
+    h.get_by_label("Generate").click();
+    settle(&mut h, Duration::from_secs(120));
+    let p = &h.state().playground;
+    assert!(p.output.to_lowercase().contains("pun"), "{}", p.output);
+    assert_eq!(p.top.len(), 10);
+    save(&mut h, "playground.png");
+}
