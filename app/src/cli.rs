@@ -171,8 +171,8 @@ fn emit(json_mode: bool, value: &serde_json::Value, text: &str) -> Result<()> {
 
 /// Runs one subcommand.
 pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
-    let mut engine = EngineHandle::spawn(g.engine_options(), Box::new(|| {}))
-        .context("starting the engine")?;
+    let mut engine =
+        EngineHandle::spawn(g.engine_options(), Box::new(|| {})).context("starting the engine")?;
     if let Cmd::Fetch = cmd {
         let JobResult::Fetched { path } = call(&mut engine, Command::Fetch)? else {
             bail!("unexpected engine reply");
@@ -201,9 +201,20 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
             });
             let text = format!(
                 "{} ({}, {})\n  file     {}\n  sha256   {}\n  device   {}\n  d_model {}  n_layers {}  d_vocab {}  n_heads {}  n_kv_heads {}  d_head {}  d_mlp {}  n_ctx {}",
-                info.name, info.architecture, info.format, info.path.display(), info.sha256,
-                info.device, d.d_model, d.n_layers, d.d_vocab, d.n_heads, d.n_kv_heads, d.d_head,
-                d.d_mlp, d.n_ctx
+                info.name,
+                info.architecture,
+                info.format,
+                info.path.display(),
+                info.sha256,
+                info.device,
+                d.d_model,
+                d.n_layers,
+                d.d_vocab,
+                d.n_heads,
+                d.n_kv_heads,
+                d.d_head,
+                d.d_mlp,
+                d.n_ctx
             );
             emit(g.json, &v, &text)
         }
@@ -239,7 +250,12 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
             };
             let rows: Vec<String> = top
                 .iter()
-                .map(|t| format!("{:>6}  {:>9.4}  {:>7.4}  {:?}", t.id, t.logit, t.prob, t.text))
+                .map(|t| {
+                    format!(
+                        "{:>6}  {:>9.4}  {:>7.4}  {:?}",
+                        t.id, t.logit, t.prob, t.text
+                    )
+                })
                 .collect();
             emit(
                 g.json,
@@ -301,7 +317,11 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
             };
             let text = format!(
                 "device {} ({} threads), median of {} runs\n  forward 1×64          {:.4} s\n  forward 8×24 padded   {:.4} s\n  generate 50 tokens    {:.1} tokens/s",
-                r.device, r.threads, r.runs, r.forward_1x64_s, r.forward_8x24_s,
+                r.device,
+                r.threads,
+                r.runs,
+                r.forward_1x64_s,
+                r.forward_8x24_s,
                 r.generate_50_tokens_per_s
             );
             emit(g.json, &serde_json::to_value(&r)?, &text)

@@ -25,14 +25,13 @@ fn harness(dir: &std::path::Path, model_text: bool) -> Harness<'static, NeoApp> 
     if model_text {
         b = b.allow_missing_glyphs();
     }
-    b
-        .build_ui_state(
-            |ui, app: &mut NeoApp| {
-                app.poll(ui.ctx());
-                app.draw(ui);
-            },
-            app,
-        )
+    b.build_ui_state(
+        |ui, app: &mut NeoApp| {
+            app.poll(ui.ctx());
+            app.draw(ui);
+        },
+        app,
+    )
 }
 
 /// Steps frames until the app has no request outstanding.
@@ -40,7 +39,10 @@ fn settle(h: &mut Harness<'static, NeoApp>) {
     let start = Instant::now();
     h.step();
     while h.state().busy() {
-        assert!(start.elapsed() < Duration::from_secs(60), "engine did not finish");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "engine did not finish"
+        );
         std::thread::sleep(Duration::from_millis(5));
         h.step();
     }

@@ -71,21 +71,21 @@ fn time_runs(
 
 /// The 8 rows of the padded batch: lengths 24, 22, …, 10.
 pub fn batch_rows(ids: &[u32]) -> Vec<Vec<u32>> {
-    (0..8)
-        .map(|r| ids[r..r + 24 - 2 * r].to_vec())
-        .collect()
+    (0..8).map(|r| ids[r..r + 24 - 2 * r].to_vec()).collect()
 }
 
 /// Runs every workload; `progress(stage, fraction)` returns `false` to cancel.
 pub fn run(m: &LoadedModel, progress: &mut dyn FnMut(&str, f32) -> bool) -> Result<BenchReport> {
     let ids = m.tokenizer.encode(BENCH_TEXT)?;
     if ids.len() < 64 {
-        return Err(EngineError::Invalid("benchmark text too short for this tokenizer".into()));
+        return Err(EngineError::Invalid(
+            "benchmark text too short for this tokenizer".into(),
+        ));
     }
     let ids: Vec<u32> = ids[..64].to_vec();
     let dev = m.llama.device();
     let none = HookSpec::default();
-    let b1 = Batch::new(&[ids.clone()], PadSide::Right, dev)?;
+    let b1 = Batch::new(std::slice::from_ref(&ids), PadSide::Right, dev)?;
     let f1 = time_runs("forward 1×64", 0.0, 0.33, progress, &mut || {
         let out = m.llama.forward(&b1, &none, None)?;
         // Force the computation to finish (and leave the device) as a user would.

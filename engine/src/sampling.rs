@@ -153,7 +153,10 @@ mod tests {
             (0..50).map(|_| s.sample(&logits)).collect()
         };
         assert_eq!(a, b);
-        assert!(a.iter().all(|t| *t < 2), "top-p keeps only the two likely tokens");
+        assert!(
+            a.iter().all(|t| *t < 2),
+            "top-p keeps only the two likely tokens"
+        );
         assert!(a.contains(&0) && a.contains(&1));
     }
 }

@@ -77,7 +77,9 @@ fn randn(rng: &mut StdRng, shape: &[usize], std: f32, dev: &Device) -> Result<Te
 }
 
 fn norm_weight(rng: &mut StdRng, d: usize, dev: &Device) -> Result<Tensor> {
-    let v: Vec<f32> = (0..d).map(|_| 1.0 + 0.1 * (rng.random::<f32>() - 0.5)).collect();
+    let v: Vec<f32> = (0..d)
+        .map(|_| 1.0 + 0.1 * (rng.random::<f32>() - 0.5))
+        .collect();
     Ok(Tensor::from_vec(v, d, dev)?)
 }
 

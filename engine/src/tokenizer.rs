@@ -116,7 +116,9 @@ impl ModelTokenizer {
             .map(|(i, m)| {
                 m.split_once(' ')
                     .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                    .ok_or_else(|| EngineError::bad_model(path, format!("merge {i} `{m}` malformed")))
+                    .ok_or_else(|| {
+                        EngineError::bad_model(path, format!("merge {i} `{m}` malformed"))
+                    })
             })
             .collect::<Result<_>>()?;
         let bpe = BPE::builder()
@@ -177,7 +179,10 @@ impl ModelTokenizer {
         };
         let id_of = |key: &str| {
             cfg.get(key)
-                .and_then(|v| v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str())))
+                .and_then(|v| {
+                    v.as_str()
+                        .or_else(|| v.get("content").and_then(|c| c.as_str()))
+                })
                 .and_then(|s| inner.token_to_id(s))
         };
         let eos_id = id_of("eos_token");

@@ -124,7 +124,9 @@ impl EngineHandle {
                 thread: Some(thread),
             }),
             Ok(Event::Failed { error, .. }) => Err(EngineError::Invalid(error)),
-            _ => Err(EngineError::Invalid("the engine thread stopped during startup".into())),
+            _ => Err(EngineError::Invalid(
+                "the engine thread stopped during startup".into(),
+            )),
         }
     }
 

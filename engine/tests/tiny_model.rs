@@ -1,5 +1,6 @@
 //! Engine integration tests on a tiny random-weight Llama built in code (fixed seed): the real
 //! Hugging Face loader, hooks, interventions, the KV cache and generation.
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use candle_core::{Device, IndexOp, Tensor};
 use neoscope_engine::hooks::{HookPoint, HookSpec, Intervention, InterventionOp, Positions};
@@ -25,7 +26,10 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn batch(m: &LoadedModel, texts: &[&str]) -> Batch {
-    let rows: Vec<Vec<u32>> = texts.iter().map(|t| m.tokenizer.encode(t).unwrap()).collect();
+    let rows: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| m.tokenizer.encode(t).unwrap())
+        .collect();
     Batch::new(&rows, PadSide::Right, &Device::Cpu).unwrap()
 }
 
@@ -38,10 +42,21 @@ fn saved_hf_directory_reloads_with_identical_logits() {
     assert_eq!(r.info.format, "hf");
     assert_eq!(r.info.dims, m.info.dims);
     let text = "the cat and the hat";
-    assert_eq!(r.tokenizer.encode(text).unwrap(), m.tokenizer.encode(text).unwrap());
+    assert_eq!(
+        r.tokenizer.encode(text).unwrap(),
+        m.tokenizer.encode(text).unwrap()
+    );
     let b = batch(&m, &[text, "an ant"]);
-    let a = m.llama.forward(&b, &HookSpec::default(), None).unwrap().logits;
-    let c = r.llama.forward(&b, &HookSpec::default(), None).unwrap().logits;
+    let a = m
+        .llama
+        .forward(&b, &HookSpec::default(), None)
+        .unwrap()
+        .logits;
+    let c = r
+        .llama
+        .forward(&b, &HookSpec::default(), None)
+        .unwrap()
+        .logits;
     assert_eq!(max_diff(&a, &c), 0.0);
 }
 
@@ -49,7 +64,9 @@ fn saved_hf_directory_reloads_with_identical_logits() {
 fn bad_hf_directory_is_reported_with_its_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), "{\"hidden_size\": 8}").unwrap();
-    let err = load_model(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    let err = load_model(dir.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("config.json"), "{err}");
     let err = load_model(&dir.path().join("missing.gguf"), &Device::Cpu)
         .unwrap_err()
@@ -64,7 +81,11 @@ fn captures_and_zero_additions_leave_logits_bit_identical() {
     let plain = m.llama.forward(&b, &HookSpec::default(), None).unwrap();
     let all_points: Vec<HookPoint> = std::iter::once(HookPoint::Embed)
         .chain((0..2).flat_map(|l| {
-            [HookPoint::ResidPre(l), HookPoint::ResidMid(l), HookPoint::ResidPost(l)]
+            [
+                HookPoint::ResidPre(l),
+                HookPoint::ResidMid(l),
+                HookPoint::ResidPost(l),
+            ]
         }))
         .chain(std::iter::once(HookPoint::LnFinal))
         .collect();
@@ -90,7 +111,10 @@ fn captures_and_zero_additions_leave_logits_bit_identical() {
         ),
         0.0
     );
-    let projected = m.llama.project(&hooked.captures[&HookPoint::ResidPost(1)]).unwrap();
+    let projected = m
+        .llama
+        .project(&hooked.captures[&HookPoint::ResidPost(1)])
+        .unwrap();
     assert_eq!(max_diff(&projected, &plain.logits), 0.0);
 }
 
@@ -101,9 +125,18 @@ fn intervention_at_layer_leaves_earlier_layers_and_other_positions_unchanged() {
     let capture: Vec<HookPoint> = (0..2).map(HookPoint::ResidPost).collect();
     let base = m
         .llama
-        .forward(&b, &HookSpec { capture: capture.clone(), interventions: vec![] }, None)
+        .forward(
+            &b,
+            &HookSpec {
+                capture: capture.clone(),
+                interventions: vec![],
+            },
+            None,
+        )
         .unwrap();
-    let v: Vec<f32> = (0..32).map(|i| if i % 3 == 0 { 1.5 } else { -0.5 }).collect();
+    let v: Vec<f32> = (0..32)
+        .map(|i| if i % 3 == 0 { 1.5 } else { -0.5 })
+        .collect();
     let spec = HookSpec {
         capture,
         interventions: vec![Intervention {
@@ -168,14 +201,23 @@ fn kv_cache_matches_full_forward() {
     let m = tiny();
     let ids = m.tokenizer.encode("the cat and the ant then").unwrap();
     let full = Batch::new(std::slice::from_ref(&ids), PadSide::Right, &Device::Cpu).unwrap();
-    let want = m.llama.forward(&full, &HookSpec::default(), None).unwrap().logits;
+    let want = m
+        .llama
+        .forward(&full, &HookSpec::default(), None)
+        .unwrap()
+        .logits;
     let mut cache = KvCache::new(2);
     let split = 4;
     let first = Batch::new(&[ids[..split].to_vec()], PadSide::Right, &Device::Cpu).unwrap();
-    m.llama.forward(&first, &HookSpec::default(), Some(&mut cache)).unwrap();
+    m.llama
+        .forward(&first, &HookSpec::default(), Some(&mut cache))
+        .unwrap();
     for (i, id) in ids.iter().enumerate().skip(split) {
         let step = Batch::new(&[vec![*id]], PadSide::Right, &Device::Cpu).unwrap();
-        let got = m.llama.forward(&step, &HookSpec::default(), Some(&mut cache)).unwrap();
+        let got = m
+            .llama
+            .forward(&step, &HookSpec::default(), Some(&mut cache))
+            .unwrap();
         let d = max_diff(&got.logits.i((0, 0)).unwrap(), &want.i((0, i)).unwrap());
         assert!(d < 1e-5, "position {i}: {d}");
     }
@@ -190,8 +232,16 @@ fn left_and_right_padding_give_the_same_logits_per_row() {
         .collect();
     let r = Batch::new(&rows, PadSide::Right, &Device::Cpu).unwrap();
     let l = Batch::new(&rows, PadSide::Left, &Device::Cpu).unwrap();
-    let lr = m.llama.forward(&r, &HookSpec::default(), None).unwrap().logits;
-    let ll = m.llama.forward(&l, &HookSpec::default(), None).unwrap().logits;
+    let lr = m
+        .llama
+        .forward(&r, &HookSpec::default(), None)
+        .unwrap()
+        .logits;
+    let ll = m
+        .llama
+        .forward(&l, &HookSpec::default(), None)
+        .unwrap()
+        .logits;
     for (row, ids) in rows.iter().enumerate() {
         let pad = l.width() - ids.len();
         for t in 0..ids.len() {
@@ -235,8 +285,16 @@ fn seeded_generation_is_deterministic_and_greedy_matches_argmax() {
     let mut seq = prompt.clone();
     for id in &greedy {
         let b = Batch::new(std::slice::from_ref(&seq), PadSide::Right, &Device::Cpu).unwrap();
-        let logits = m.llama.forward(&b, &HookSpec::default(), None).unwrap().logits;
-        let row = logits.i((0, seq.len() - 1)).unwrap().to_vec1::<f32>().unwrap();
+        let logits = m
+            .llama
+            .forward(&b, &HookSpec::default(), None)
+            .unwrap()
+            .logits;
+        let row = logits
+            .i((0, seq.len() - 1))
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(neoscope_engine::sampling::argmax(&row), *id);
         seq.push(*id);
     }

@@ -1,5 +1,6 @@
 //! End-to-end checks on the real default model: hooks leave logits unchanged, the lens identity
 //! holds at the last layer, and generation is deterministic and sensible.
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
 
@@ -10,14 +11,29 @@ use neoscope_engine::model::{Batch, PadSide};
 use neoscope_engine::sampling::Sampling;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
 fn dimensions_are_reported_with_transformer_lens_names() {
     let d = common::model().info.dims;
     assert_eq!(
-        (d.d_model, d.n_layers, d.d_vocab, d.n_heads, d.n_kv_heads, d.d_head, d.d_mlp),
+        (
+            d.d_model,
+            d.n_layers,
+            d.d_vocab,
+            d.n_heads,
+            d.n_kv_heads,
+            d.d_head,
+            d.d_mlp
+        ),
         (576, 30, 49152, 9, 3, 64, 1536)
     );
     assert_eq!(
@@ -29,15 +45,23 @@ fn dimensions_are_reported_with_transformer_lens_names() {
 #[test]
 fn hooks_do_not_change_logits_and_last_layer_lens_equals_logits() {
     let m = common::model();
-    let rows: Vec<Vec<u32>> = ["Why did the scarecrow win an award?", "Time flies like an arrow"]
-        .iter()
-        .map(|t| m.tokenizer.encode(t).unwrap())
-        .collect();
+    let rows: Vec<Vec<u32>> = [
+        "Why did the scarecrow win an award?",
+        "Time flies like an arrow",
+    ]
+    .iter()
+    .map(|t| m.tokenizer.encode(t).unwrap())
+    .collect();
     let b = Batch::new(&rows, PadSide::Right, &Device::Cpu).unwrap();
     let plain = m.llama.forward(&b, &HookSpec::default(), None).unwrap();
     let last = HookPoint::ResidPost(29);
     let capture = HookSpec {
-        capture: vec![HookPoint::Embed, HookPoint::ResidMid(10), last, HookPoint::LnFinal],
+        capture: vec![
+            HookPoint::Embed,
+            HookPoint::ResidMid(10),
+            last,
+            HookPoint::LnFinal,
+        ],
         interventions: vec![],
     };
     let captured = m.llama.forward(&b, &capture, None).unwrap();
@@ -59,7 +83,12 @@ fn hooks_do_not_change_logits_and_last_layer_lens_equals_logits() {
     assert_eq!(max_diff(&plain.logits, &added.logits), 0.0);
     // Logits come for every position, not just the last.
     assert_eq!(plain.logits.dims(), &[2, b.width(), 49152]);
-    assert!(max_diff(&plain.logits.i((0, 0)).unwrap(), &plain.logits.i((0, 1)).unwrap()) > 1.0);
+    assert!(
+        max_diff(
+            &plain.logits.i((0, 0)).unwrap(),
+            &plain.logits.i((0, 1)).unwrap()
+        ) > 1.0
+    );
 }
 
 #[test]
@@ -81,10 +110,16 @@ fn greedy_chat_answer_is_sensible_english_and_sampling_is_seeded() {
     eprintln!("greedy answer: {text:?}");
     assert_eq!(streamed, text);
     let lower = text.to_lowercase();
-    assert!(lower.contains("pun") || lower.contains("word") || lower.contains("joke"), "{text}");
+    assert!(
+        lower.contains("pun") || lower.contains("word") || lower.contains("joke"),
+        "{text}"
+    );
     let words = text.split_whitespace().count();
     let ascii = text.chars().filter(char::is_ascii).count();
-    assert!(words >= 10 && ascii * 10 >= text.chars().count() * 9, "{text}");
+    assert!(
+        words >= 10 && ascii * 10 >= text.chars().count() * 9,
+        "{text}"
+    );
 
     let sampled = |seed| {
         let opts = GenerateOptions {

@@ -5,6 +5,7 @@
 //!
 //! Tolerance: max |Δlogit| < 2e-3 (logits here span about ±30; measured ~1e-4 to 5e-4, from
 //! differing summation orders and interleaved vs rotate-half RoPE).
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
 
@@ -23,8 +24,16 @@ fn reference_last_logits(rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
     rows.iter()
         .map(|ids| {
             // A fresh cache per prompt: index_pos 0 resets the model's KV cache.
-            let x = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-            m.forward(&x, 0).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap()
+            let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            m.forward(&x, 0)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         })
         .collect()
 }
@@ -51,9 +60,17 @@ fn logits_match_dequantized_quantized_llama() {
     for (ids, want) in rows.iter().zip(&reference) {
         let b = Batch::new(std::slice::from_ref(ids), PadSide::Right, &Device::Cpu).unwrap();
         let out = m.llama.forward(&b, &HookSpec::default(), None).unwrap();
-        let got = out.logits.i((0, ids.len() - 1)).unwrap().to_vec1::<f32>().unwrap();
+        let got = out
+            .logits
+            .i((0, ids.len() - 1))
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let d = common::max_abs_diff(&got, want);
-        eprintln!("single prompt of {} tokens: max |Δlogit| = {d:e}", ids.len());
+        eprintln!(
+            "single prompt of {} tokens: max |Δlogit| = {d:e}",
+            ids.len()
+        );
         assert!(d < TOL, "max |Δlogit| {d} ≥ {TOL}");
     }
     // The same prompts as one padded batch, both padding sides.

@@ -1,5 +1,6 @@
 //! Screenshots of the real app with the real default model loaded, rendered headless through
 //! wgpu (lavapipe software rendering) into `screenshots/`. The README shows them.
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use neoscope::gui::{NeoApp, PanelKind, Owner};
+use neoscope::gui::{NeoApp, Owner, PanelKind};
 use neoscope_engine::api::Command;
 use neoscope_engine::worker::{DeviceChoice, EngineOptions};
 
@@ -16,7 +17,10 @@ fn settle(h: &mut Harness<'static, NeoApp>, limit: Duration) {
     let start = Instant::now();
     h.step();
     while h.state().busy() {
-        assert!(start.elapsed() < limit, "engine did not finish in {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "engine did not finish in {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
         h.step();
     }
@@ -26,7 +30,9 @@ fn settle(h: &mut Harness<'static, NeoApp>, limit: Duration) {
 fn save(h: &mut Harness<'static, NeoApp>, name: &str) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../screenshots");
     std::fs::create_dir_all(&dir).unwrap();
-    let img = h.render().expect("render with wgpu (needs Mesa's lavapipe)");
+    let img = h
+        .render()
+        .unwrap_or_else(|e| panic!("render with wgpu (needs Mesa lavapipe): {e}"));
     let path = dir.join(name);
     img.save(&path).unwrap();
     eprintln!("wrote {}", path.display());

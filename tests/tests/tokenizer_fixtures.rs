@@ -22,7 +22,11 @@ fn gguf_tokenizer_matches_reference_ids() {
             .collect();
         let got = tok.encode(text).unwrap();
         assert_eq!(got, want, "ids differ for {text:?}");
-        assert_eq!(tok.decode(&got).unwrap(), text, "decode does not round-trip {text:?}");
+        assert_eq!(
+            tok.decode(&got).unwrap(),
+            text,
+            "decode does not round-trip {text:?}"
+        );
     }
 }
 
@@ -33,7 +37,9 @@ fn chat_template_matches_reference() {
     let tok = &common::model().tokenizer;
     let rendered = tok
         .apply_chat_template(
-            &[neoscope_engine::tokenizer::ChatMessage::user("What is a pun?")],
+            &[neoscope_engine::tokenizer::ChatMessage::user(
+                "What is a pun?",
+            )],
             true,
         )
         .unwrap();

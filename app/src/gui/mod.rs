@@ -109,7 +109,11 @@ impl NeoApp {
                 let d = h.device.clone();
                 (Some(h), d, None)
             }
-            Err(e) => (None, "none".into(), Some(format!("The engine could not start: {e}"))),
+            Err(e) => (
+                None,
+                "none".into(),
+                Some(format!("The engine could not start: {e}")),
+            ),
         };
         Self {
             engine,

@@ -79,7 +79,10 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             app.send(Command::LoadDefault, Owner::Model);
         }
         if ui
-            .add_enabled(!busy && app.model.dialog.is_none(), egui::Button::new("Open GGUF…"))
+            .add_enabled(
+                !busy && app.model.dialog.is_none(),
+                egui::Button::new("Open GGUF…"),
+            )
             .clicked()
         {
             app.model.dialog = Some(open_dialog());
@@ -135,7 +138,10 @@ fn info_grid(ui: &mut egui::Ui, info: &ModelInfo) {
                     ("d_head", d.d_head.to_string()),
                     ("d_mlp", d.d_mlp.to_string()),
                     ("n_ctx", d.n_ctx.to_string()),
-                    ("chat template", if info.has_chat_template { "yes" } else { "no" }.into()),
+                    (
+                        "chat template",
+                        if info.has_chat_template { "yes" } else { "no" }.into(),
+                    ),
                     ("file", info.path.display().to_string()),
                     ("SHA-256", info.sha256.clone()),
                 ];

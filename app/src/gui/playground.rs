@@ -133,7 +133,10 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
                 }
                 None => {
                     let ready = loaded && !app.playground.prompt.trim().is_empty();
-                    if ui.add_enabled(ready, egui::Button::new("Generate")).clicked() {
+                    if ui
+                        .add_enabled(ready, egui::Button::new("Generate"))
+                        .clicked()
+                    {
                         start(app);
                     }
                 }

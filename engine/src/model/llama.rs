@@ -101,7 +101,11 @@ impl Llama {
     ) -> Result<Self> {
         cfg.validate().map_err(EngineError::Invalid)?;
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
-        let (q, kv, m) = (cfg.num_attention_heads * hd, cfg.kv_heads() * hd, cfg.intermediate_size);
+        let (q, kv, m) = (
+            cfg.num_attention_heads * hd,
+            cfg.kv_heads() * hd,
+            cfg.intermediate_size,
+        );
         let check = |name: String, t: &Tensor, want: &[usize]| -> Result<()> {
             if t.dims() == want {
                 Ok(())
@@ -192,7 +196,9 @@ impl Llama {
                     Ok(())
                 };
                 match &iv.positions {
-                    Positions::All => (0..rows * width).try_for_each(|i| set(i / width, i % width))?,
+                    Positions::All => {
+                        (0..rows * width).try_for_each(|i| set(i / width, i % width))?
+                    }
                     Positions::Columns(cs) => {
                         for r in 0..rows {
                             cs.iter().try_for_each(|c| set(r, *c))?;
@@ -370,9 +376,15 @@ impl Llama {
         );
         let rep = nh / nkv;
         let h = rms_norm(x, &blk.attn_norm, self.cfg.rms_norm_eps)?;
-        let q = linear(&h, &blk.wq)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-        let k = linear(&h, &blk.wk)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-        let v = linear(&h, &blk.wv)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        let q = linear(&h, &blk.wq)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?;
+        let k = linear(&h, &blk.wk)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
+        let v = linear(&h, &blk.wv)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
         let q = rope(&q.contiguous()?, cos, sin)?;
         let mut k = rope(&k.contiguous()?, cos, sin)?;
         let mut v = v.contiguous()?;

@@ -90,7 +90,12 @@ mod tests {
         let w = Tensor::new(&[1.0f32, 0.5, 2.0, -1.0], &dev).unwrap();
         let ours = rms_norm(x.as_tensor(), &w, 1e-5).unwrap();
         let fused = candle_nn::ops::rms_norm(x.as_tensor(), &w, 1e-5).unwrap();
-        let diff = (ours.clone() - fused).unwrap().abs().unwrap().max_all().unwrap();
+        let diff = (ours.clone() - fused)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
         let grads = ours.sum_all().unwrap().backward().unwrap();
         let g = grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
@@ -99,7 +104,10 @@ mod tests {
             let v = [x0, -2.0, 3.0, 0.5];
             let ms = v.iter().map(|a| a * a).sum::<f32>() / 4.0;
             let inv = 1.0 / (ms + 1e-5).sqrt();
-            v.iter().zip([1.0, 0.5, 2.0, -1.0]).map(|(a, w)| a * inv * w).sum::<f32>()
+            v.iter()
+                .zip([1.0, 0.5, 2.0, -1.0])
+                .map(|(a, w)| a * inv * w)
+                .sum::<f32>()
         };
         let fd = (f(1.0 + 1e-3) - f(1.0 - 1e-3)) / 2e-3;
         assert!((g[0][0] - fd).abs() < 1e-3, "{} vs {fd}", g[0][0]);

@@ -14,8 +14,10 @@ use neoscope_engine::model::{LoadedModel, load_model};
 pub fn default_model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        ensure_default_model(&model_cache_dir(), &python_from_env(), &mut |_| {}, &|| false)
-            .unwrap_or_else(|e| panic!("cannot obtain the default model: {e}"))
+        ensure_default_model(&model_cache_dir(), &python_from_env(), &mut |_| {}, &|| {
+            false
+        })
+        .unwrap_or_else(|e| panic!("cannot obtain the default model: {e}"))
     })
     .clone()
 }
@@ -32,5 +34,8 @@ pub fn model() -> &'static LoadedModel {
 /// Largest absolute difference of two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
