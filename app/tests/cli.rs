@@ -1,6 +1,8 @@
 //! The CLI contract: with `--json`, exactly one JSON object on stdout. Runs the real binary on a
 //! tiny random model saved as a Hugging Face folder (fast), and checks error reporting.
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
 use std::process::Command;
 
 use candle_core::Device;
