@@ -9,6 +9,10 @@ use crate::bench::BenchReport;
 use crate::hooks::HookSpec;
 use crate::model::ModelInfo;
 use crate::sampling::{Sampling, TokenScore};
+use crate::words::analysis::{CompareConfig, Definition, Neighbor, PlugIn, Steering, WordReport};
+use crate::words::dataset::Example;
+use crate::words::train::{StopReason, TrainConfig, TrainStep};
+use crate::words::{Init, Injection};
 
 /// Identifies one request and every event it causes.
 pub type RequestId = u64;
@@ -58,6 +62,109 @@ pub enum Command {
     },
     /// Run the benchmark workloads.
     Bench,
+    /// Create (or reset) a new word.
+    CreateWord {
+        /// Name, e.g. `<pun>`.
+        name: String,
+        /// Initial vector.
+        init: Init,
+        /// Injection point.
+        injection: Injection,
+    },
+    /// Forget a word.
+    RemoveWord {
+        /// Name.
+        name: String,
+    },
+    /// Train words jointly on examples (progress comes as `TrainStep` events).
+    TrainWords {
+        /// Names of the words to train (all must exist).
+        names: Vec<String>,
+        /// Training data.
+        data: Vec<Example>,
+        /// Settings.
+        config: TrainConfig,
+    },
+    /// Save words to a file pair (`.safetensors` + `.json`).
+    SaveWords {
+        /// Names.
+        names: Vec<String>,
+        /// Path (extension replaced).
+        path: PathBuf,
+    },
+    /// Load words from a file pair.
+    LoadWords {
+        /// Path.
+        path: PathBuf,
+    },
+    /// Ask the model what a word means.
+    DefineWord {
+        /// Name.
+        name: String,
+        /// Prompts (`{w}` = the word) and chat flags.
+        prompts: Vec<(String, bool)>,
+        /// Tokens per answer.
+        max_new_tokens: usize,
+        /// Sampling.
+        sampling: Sampling,
+    },
+    /// Nearest base tokens of a word or of an arithmetic expression (`<pun> - <lit> + joke`).
+    Neighbors {
+        /// Word name or expression.
+        expr: String,
+        /// How many.
+        k: usize,
+        /// Ordinary words to report similarity to.
+        others: Vec<String>,
+        /// Save the result as a new word with this name.
+        save_as: Option<String>,
+    },
+    /// Next-token logit differences and generations with and without the word.
+    Steer {
+        /// Name.
+        name: String,
+        /// Prompt containing the word.
+        prompt: String,
+        /// Text replacing the word in the baseline (empty: removed).
+        baseline: String,
+        /// Chat mode.
+        chat: bool,
+        /// Tokens generated.
+        max_new_tokens: usize,
+    },
+    /// Plug-in evaluation on held-out pairs.
+    Evaluate {
+        /// Name.
+        name: String,
+        /// Held-out (prompt with the word, target) pairs.
+        heldout: Vec<(String, String)>,
+        /// Text put in place of the word (e.g. its verbalization).
+        text: String,
+    },
+    /// Everything about two words side by side.
+    Compare {
+        /// First word.
+        a: String,
+        /// Second word.
+        b: String,
+        /// Named held-out sets of (prompt with `{w}`, target).
+        heldout: Vec<(String, Vec<(String, String)>)>,
+        /// Settings.
+        config: CompareConfig,
+    },
+}
+
+/// A word as the front end sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WordInfo {
+    /// Name.
+    pub name: String,
+    /// Injection point.
+    pub injection: Injection,
+    /// Vector norm.
+    pub norm: f32,
+    /// Per-step losses of its last training (empty if untrained).
+    pub losses: Vec<f32>,
 }
 
 /// The successful result of a request.
@@ -97,6 +204,39 @@ pub enum JobResult {
     },
     /// Benchmark numbers.
     Bench(BenchReport),
+    /// The words the engine knows now (after create, remove, load).
+    Words(Vec<WordInfo>),
+    /// Training ended.
+    Trained {
+        /// Per-step losses.
+        losses: Vec<f32>,
+        /// Per-epoch mean losses.
+        epoch_losses: Vec<f32>,
+        /// How it ended.
+        stop: StopReason,
+        /// The words after training.
+        words: Vec<WordInfo>,
+    },
+    /// Words were saved.
+    Saved {
+        /// The JSON metadata file.
+        path: PathBuf,
+    },
+    /// Definitions.
+    Definitions(Vec<Definition>),
+    /// Neighbours.
+    Neighbors {
+        /// Nearest tokens.
+        nearest: Vec<Neighbor>,
+        /// Similarity to the requested words.
+        similarities: Vec<(String, f32)>,
+    },
+    /// Steering.
+    Steering(Box<Steering>),
+    /// Plug-in evaluation.
+    Evaluation(PlugIn),
+    /// Comparison.
+    Comparison(Box<[WordReport; 2]>),
 }
 
 /// What the engine tells the front end.
@@ -125,6 +265,13 @@ pub enum Event {
         /// Text it adds.
         text: String,
     },
+    /// One training step finished.
+    TrainStep {
+        /// Request.
+        id: RequestId,
+        /// The step.
+        step: TrainStep,
+    },
     /// The job succeeded (exactly one `Finished` or `Failed` per request).
     Finished {
         /// Request.
@@ -150,6 +297,7 @@ impl Event {
             Self::Ready { .. } => None,
             Self::Progress { id, .. }
             | Self::Token { id, .. }
+            | Self::TrainStep { id, .. }
             | Self::Finished { id, .. }
             | Self::Failed { id, .. } => Some(*id),
         }

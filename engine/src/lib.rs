@@ -16,3 +16,4 @@ pub mod tokenizer;
 pub mod worker;
 
 pub use error::{EngineError, Result};
+pub mod words;

@@ -253,24 +253,45 @@ impl Llama {
         cache: Option<&mut KvCache>,
     ) -> Result<ForwardOutput> {
         let ivs = self.resolve(hooks, batch.rows(), batch.width())?;
-        let x = self.embed.embedding(&batch.ids.flatten_all()?)?.reshape((
-            batch.rows(),
-            batch.width(),
-            self.cfg.hidden_size,
-        ))?;
+        let x = self.embed_ids(batch)?;
         self.forward_embeds(x, batch, &hooks.capture, &ivs, cache)
     }
 
-    /// Forward pass from input embeddings (B, T, d_model) with resolved interventions; the
-    /// entry point for training, where interventions hold trainable tensors.
+    /// Forward pass from input embeddings (B, T, d_model) with resolved interventions, logits
+    /// at every position.
     pub fn forward_embeds(
         &self,
         embeds: Tensor,
         batch: &Batch,
         capture: &[HookPoint],
         ivs: &[ResolvedIntervention],
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<ForwardOutput> {
+        let (normed, captures) = self.hidden_embeds(embeds, batch, capture, ivs, cache)?;
+        let logits = linear(&normed, self.unembed())?;
+        Ok(ForwardOutput { logits, captures })
+    }
+
+    /// Embeds token ids (B, T) into (B, T, d_model).
+    pub fn embed_ids(&self, batch: &Batch) -> Result<Tensor> {
+        Ok(self.embed.embedding(&batch.ids.flatten_all()?)?.reshape((
+            batch.rows(),
+            batch.width(),
+            self.cfg.hidden_size,
+        ))?)
+    }
+
+    /// The final-normed residual stream (B, T, d_model) and the captures, without the
+    /// unembedding; training unembeds only the positions it scores. Interventions may hold
+    /// trainable tensors, so gradients flow into them.
+    pub fn hidden_embeds(
+        &self,
+        embeds: Tensor,
+        batch: &Batch,
+        capture: &[HookPoint],
+        ivs: &[ResolvedIntervention],
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<(Tensor, BTreeMap<HookPoint, Tensor>)> {
         let (b, t) = (batch.rows(), batch.width());
         let mut captures = BTreeMap::new();
         let mut hook = |p: HookPoint, x: Tensor| -> Result<Tensor> {
@@ -355,8 +376,7 @@ impl Llama {
             HookPoint::LnFinal,
             rms_norm(&x, &self.final_norm, self.cfg.rms_norm_eps)?,
         )?;
-        let logits = linear(&n, self.unembed())?;
-        Ok(ForwardOutput { logits, captures })
+        Ok((n, captures))
     }
 
     fn attention(

@@ -15,6 +15,10 @@ use crate::error::{EngineError, Result};
 use crate::fetch::{FetchStage, ensure_default_model};
 use crate::infer::{GenerateOptions, generate, next_token_top_k};
 use crate::model::{LoadedModel, load_model};
+use crate::words::Word;
+use crate::words::train::TrainConfig;
+
+mod words;
 
 /// Wakes the front end when events are waiting (built from `ctx.request_repaint()` in the app).
 pub type Waker = Box<dyn Fn() + Send>;
@@ -102,6 +106,8 @@ impl EngineHandle {
                     opts,
                     dev,
                     model: None,
+                    words: Vec::new(),
+                    records: std::collections::HashMap::new(),
                     events: ev_tx,
                     waker,
                     cancel: cancel2,
@@ -209,10 +215,16 @@ impl Throttle {
     }
 }
 
+/// A word's last training: settings, per-step and per-epoch losses.
+type TrainRecord = (TrainConfig, Vec<f32>, Vec<f32>);
+
 struct Worker {
     opts: EngineOptions,
     dev: Device,
     model: Option<LoadedModel>,
+    /// New words, in creation order (a word's id is base vocabulary + its index).
+    words: Vec<Word>,
+    records: std::collections::HashMap<String, TrainRecord>,
     events: Sender<Event>,
     waker: Waker,
     cancel: Arc<AtomicU64>,
@@ -286,6 +298,11 @@ impl Worker {
         });
         let m = load_model(&path, &self.dev)?;
         let info = m.info.clone();
+        if self.model.as_ref().is_some_and(|old| old.info.sha256 != info.sha256) {
+            // Words belong to the model they were made for.
+            self.words.clear();
+            self.records.clear();
+        }
         self.model = Some(m);
         Ok(JobResult::Loaded(info))
     }
@@ -302,9 +319,21 @@ impl Worker {
             Command::Load { path } => self.load(id, path),
             Command::Tokenize { text, chat } => {
                 let m = self.model()?;
-                let ids = m.tokenizer.encode_prompt(&text, chat)?;
-                let pieces = ids.iter().map(|i| m.tokenizer.piece(*i)).collect();
-                Ok(JobResult::Tokens { ids, pieces })
+                let names: Vec<&str> = self.words.iter().map(|w| w.name.as_str()).collect();
+                let wt = crate::words::encode_prompt_with_words(m, &text, chat, &names)?;
+                let base = m.llama.cfg.vocab_size;
+                let pieces = wt
+                    .ids
+                    .iter()
+                    .map(|i| match (*i as usize).checked_sub(base) {
+                        Some(w) => names.get(w).map_or_else(String::new, |n| (*n).to_owned()),
+                        None => m.tokenizer.piece(*i),
+                    })
+                    .collect();
+                Ok(JobResult::Tokens {
+                    ids: wt.ids,
+                    pieces,
+                })
             }
             Command::NextToken {
                 text,
@@ -313,8 +342,10 @@ impl Worker {
                 hooks,
             } => {
                 let m = self.model()?;
-                let ids = m.tokenizer.encode_prompt(&text, chat)?;
-                let top = next_token_top_k(m, &ids, top_k, &hooks)?;
+                let (ids, mut spec) = crate::words::prepare(m, &text, chat, &self.words)?;
+                spec.interventions.extend(hooks.interventions);
+                spec.capture = hooks.capture;
+                let top = next_token_top_k(m, &ids, top_k, &spec)?;
                 Ok(JobResult::NextToken { ids, top })
             }
             Command::Generate {
@@ -325,7 +356,9 @@ impl Worker {
                 hooks,
             } => {
                 let m = self.model()?;
-                let prompt_ids = m.tokenizer.encode_prompt(&text, chat)?;
+                let (prompt_ids, mut spec) = crate::words::prepare(m, &text, chat, &self.words)?;
+                spec.interventions.extend(hooks.interventions);
+                let hooks = spec;
                 let mut stopped = false;
                 let opts = GenerateOptions {
                     max_new_tokens,
@@ -364,6 +397,7 @@ impl Worker {
                 })?;
                 Ok(JobResult::Bench(report))
             }
+            other => self.execute_word(id, other),
         }
     }
 }

@@ -1,0 +1,441 @@
+//! What a trained word does: self-verbalization (ask the model what it means), plug-in
+//! evaluation (does its verbalization recover its effect?), nearest tokens, similarity,
+//! arithmetic, steering (logit differences and generations with and without the word), and a
+//! side-by-side comparison of two words.
+
+use serde::{Deserialize, Serialize};
+
+use super::train::{ScoredSeq, scored_seq, seq_logprobs};
+use super::{Injection, Word, prepare};
+use crate::error::{EngineError, Result};
+use crate::infer::{GenerateOptions, generate, last_logits};
+use crate::model::LoadedModel;
+use crate::sampling::{Sampling, top_indices};
+
+/// The plain definition prompts (`{w}` stands for the word).
+pub const PLAIN_DEFINITION_PROMPTS: [&str; 3] = [
+    "The word {w} means",
+    "A {w} is defined as",
+    "When someone says {w}, they mean",
+];
+/// The chat definition prompt.
+pub const CHAT_DEFINITION_PROMPT: &str = "What does the word {w} mean?";
+
+/// One definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    /// The prompt as asked (with the word's name).
+    pub prompt: String,
+    /// Chat mode.
+    pub chat: bool,
+    /// The model's answer.
+    pub text: String,
+}
+
+fn generate_with(
+    m: &LoadedModel,
+    words: &[Word],
+    prompt: &str,
+    chat: bool,
+    max_new_tokens: usize,
+    sampling: Sampling,
+    cancel: &dyn Fn() -> bool,
+) -> Result<String> {
+    let (ids, hooks) = prepare(m, prompt, chat, words)?;
+    let opts = GenerateOptions {
+        max_new_tokens,
+        sampling,
+        stop_at_eos: true,
+    };
+    let out = generate(m, &ids, opts, &hooks, &mut |_, _| !cancel())?;
+    m.tokenizer.decode(&out)
+}
+
+/// Asks the model what `word` means, with each prompt (plain and chat).
+pub fn define(
+    m: &LoadedModel,
+    word: &Word,
+    prompts: &[(String, bool)],
+    max_new_tokens: usize,
+    sampling: Sampling,
+    cancel: &dyn Fn() -> bool,
+) -> Result<Vec<Definition>> {
+    prompts
+        .iter()
+        .map(|(p, chat)| {
+            let prompt = p.replace("{w}", &word.name);
+            let text = generate_with(
+                m,
+                std::slice::from_ref(word),
+                &prompt,
+                *chat,
+                max_new_tokens,
+                sampling,
+                cancel,
+            )?;
+            Ok(Definition {
+                prompt,
+                chat: *chat,
+                text: text.trim().to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The default definition prompts: the plain ones and the chat one.
+pub fn default_definition_prompts() -> Vec<(String, bool)> {
+    PLAIN_DEFINITION_PROMPTS
+        .iter()
+        .map(|p| ((*p).to_owned(), false))
+        .chain(std::iter::once((CHAT_DEFINITION_PROMPT.to_owned(), true)))
+        .collect()
+}
+
+/// Mean over examples of the completion's mean token log-probability.
+pub fn mean_logprob(
+    m: &LoadedModel,
+    words: &[Word],
+    pairs: &[(String, String)],
+) -> Result<f32> {
+    let names: Vec<&str> = words.iter().map(|w| w.name.as_str()).collect();
+    let seqs: Vec<ScoredSeq> = pairs
+        .iter()
+        .map(|(p, t)| scored_seq(m, p, t, &names))
+        .collect::<Result<_>>()?;
+    let vectors = words
+        .iter()
+        .map(|w| candle_core::Tensor::from_slice(&w.vector, w.vector.len(), m.llama.device()))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut total = 0.0f32;
+    for chunk in seqs.chunks(8) {
+        let refs: Vec<&ScoredSeq> = chunk.iter().collect();
+        let lp = seq_logprobs(m, words, &vectors, &refs)?.to_vec1::<f32>()?;
+        for (s, l) in chunk.iter().zip(lp) {
+            #[expect(clippy::cast_precision_loss, reason = "small counts")]
+            let n = s.targets.len() as f32;
+            total += l / n;
+        }
+    }
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    Ok(total / pairs.len().max(1) as f32)
+}
+
+/// Plug-in evaluation of a word on held-out (prompt, target) pairs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlugIn {
+    /// Mean target log-prob with the word.
+    pub with_word: f32,
+    /// With the word's name replaced by the replacement text.
+    pub with_text: f32,
+    /// With the word removed.
+    pub without_word: f32,
+    /// The replacement text.
+    pub text: String,
+    /// (with_text − without) / (with_word − without): how much of the word's effect the text
+    /// recovers (1 = all of it).
+    pub recovered: f32,
+}
+
+/// Replaces the word by `text` (e.g. its verbalization) and measures how much of the word's
+/// effect on the held-out targets it recovers.
+pub fn plug_in(
+    m: &LoadedModel,
+    word: &Word,
+    heldout: &[(String, String)],
+    text: &str,
+) -> Result<PlugIn> {
+    if heldout.is_empty() {
+        return Err(EngineError::Invalid("no held-out examples".into()));
+    }
+    let swap = |with: &str| -> Vec<(String, String)> {
+        heldout
+            .iter()
+            .map(|(p, t)| {
+                let p = if with.is_empty() {
+                    p.replace(&format!(" {}", word.name), "").replace(&word.name, "")
+                } else {
+                    p.replace(&word.name, with)
+                };
+                (p, t.clone())
+            })
+            .collect()
+    };
+    let with_word = mean_logprob(m, std::slice::from_ref(word), heldout)?;
+    let with_text = mean_logprob(m, &[], &swap(text))?;
+    let without_word = mean_logprob(m, &[], &swap(""))?;
+    let denom = with_word - without_word;
+    Ok(PlugIn {
+        with_word,
+        with_text,
+        without_word,
+        text: text.to_owned(),
+        recovered: if denom.abs() > 1e-6 {
+            (with_text - without_word) / denom
+        } else {
+            0.0
+        },
+    })
+}
+
+/// A token and its similarity to a vector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Neighbor {
+    /// Token id.
+    pub id: u32,
+    /// Token text.
+    pub text: String,
+    /// Cosine similarity.
+    pub cosine: f32,
+}
+
+/// Cosine similarity of `v` to every base token embedding.
+pub fn cosines(m: &LoadedModel, v: &[f32]) -> Result<Vec<f32>> {
+    let e = &m.llama.embed;
+    let dev = e.device();
+    let q = candle_core::Tensor::from_slice(v, v.len(), dev)?;
+    let qn = q.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?.max(1e-12);
+    let dots = e.matmul(&q.unsqueeze(1)?)?.squeeze(1)?;
+    let norms = e.sqr()?.sum(1)?.sqrt()?;
+    let c = (dots / (norms * f64::from(qn))?)?;
+    Ok(c.to_vec1::<f32>()?)
+}
+
+/// The `k` base tokens closest to `v` by cosine similarity (ties by id).
+pub fn nearest(m: &LoadedModel, v: &[f32], k: usize) -> Result<Vec<Neighbor>> {
+    let c = cosines(m, v)?;
+    Ok(top_indices(&c, k)
+        .into_iter()
+        .map(|i| {
+            let id = u32::try_from(i).unwrap_or(0);
+            Neighbor {
+                id,
+                text: m.tokenizer.piece(id),
+                cosine: c[i],
+            }
+        })
+        .collect())
+}
+
+/// Vector of a term in word arithmetic: a trained word by name, or an ordinary word (mean of
+/// its token embeddings).
+pub fn term_vector(m: &LoadedModel, words: &[Word], term: &str) -> Result<Vec<f32>> {
+    if let Some(w) = words.iter().find(|w| w.name == term) {
+        return Ok(w.vector.clone());
+    }
+    super::init_vector(m, &super::Init::Words(vec![term.to_owned()]))
+}
+
+/// Similarity of a word's vector to each listed ordinary word.
+pub fn similarity_to(
+    m: &LoadedModel,
+    word: &Word,
+    others: &[String],
+) -> Result<Vec<(String, f32)>> {
+    others
+        .iter()
+        .map(|o| {
+            let v = term_vector(m, &[], o)?;
+            Ok((o.clone(), cosine(&word.vector, &v)))
+        })
+        .collect()
+}
+
+/// Cosine similarity of two vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb).max(1e-12)
+}
+
+/// Evaluates `a - b + c …`: terms joined by `+`/`-`, each a trained word or an ordinary word.
+pub fn arithmetic(m: &LoadedModel, words: &[Word], expr: &str) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; m.llama.cfg.hidden_size];
+    let mut sign = 1.0f32;
+    let mut any = false;
+    let spaced = expr.replace('+', " + ").replace(" - ", " − ");
+    for tok in spaced.split_whitespace() {
+        match tok {
+            "+" => sign = 1.0,
+            "−" | "-" => sign = -1.0,
+            term => {
+                let v = term_vector(m, words, term)?;
+                out.iter_mut().zip(v).for_each(|(o, x)| *o += sign * x);
+                sign = 1.0;
+                any = true;
+            }
+        }
+    }
+    if any {
+        Ok(out)
+    } else {
+        Err(EngineError::Invalid(format!("`{expr}` has no terms")))
+    }
+}
+
+/// A token whose logit the word moves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogitShift {
+    /// Token id.
+    pub id: u32,
+    /// Token text.
+    pub text: String,
+    /// Logit with the word minus logit without it.
+    pub delta: f32,
+}
+
+/// Steering: next-token logit differences and generations, with and without the word.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Steering {
+    /// The prompt with the word.
+    pub prompt_with: String,
+    /// The prompt without it.
+    pub prompt_without: String,
+    /// Tokens the word promotes most.
+    pub promoted: Vec<LogitShift>,
+    /// Tokens the word suppresses most.
+    pub suppressed: Vec<LogitShift>,
+    /// Generation with the word.
+    pub generation_with: String,
+    /// Generation without it.
+    pub generation_without: String,
+}
+
+/// Compares a prompt containing the word with the same prompt where the word is replaced by
+/// `baseline` (empty: removed).
+pub fn steer(
+    m: &LoadedModel,
+    word: &Word,
+    prompt: &str,
+    baseline: &str,
+    chat: bool,
+    top: usize,
+    max_new_tokens: usize,
+    cancel: &dyn Fn() -> bool,
+) -> Result<Steering> {
+    if !prompt.contains(&word.name) {
+        return Err(EngineError::Invalid(format!(
+            "the steering prompt must contain {}",
+            word.name
+        )));
+    }
+    let without = if baseline.is_empty() {
+        prompt.replace(&format!(" {}", word.name), "").replace(&word.name, "")
+    } else {
+        prompt.replace(&word.name, baseline)
+    };
+    let words = std::slice::from_ref(word);
+    let (ids_w, hooks_w) = prepare(m, prompt, chat, words)?;
+    let (ids_o, hooks_o) = prepare(m, &without, chat, &[])?;
+    let lw = last_logits(m, &ids_w, &hooks_w)?;
+    let lo = last_logits(m, &ids_o, &hooks_o)?;
+    let delta: Vec<f32> = lw.iter().zip(&lo).map(|(a, b)| a - b).collect();
+    let neg: Vec<f32> = delta.iter().map(|d| -d).collect();
+    let shift = |i: usize| LogitShift {
+        id: u32::try_from(i).unwrap_or(0),
+        text: m.tokenizer.piece(u32::try_from(i).unwrap_or(0)),
+        delta: delta[i],
+    };
+    let greedy = Sampling::GREEDY;
+    Ok(Steering {
+        promoted: top_indices(&delta, top).into_iter().map(shift).collect(),
+        suppressed: top_indices(&neg, top).into_iter().map(shift).collect(),
+        generation_with: generate_with(m, words, prompt, chat, max_new_tokens, greedy, cancel)?,
+        generation_without: generate_with(m, &[], &without, chat, max_new_tokens, greedy, cancel)?,
+        prompt_with: prompt.to_owned(),
+        prompt_without: without,
+    })
+}
+
+/// Everything about one word, for side-by-side comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WordReport {
+    /// Name.
+    pub name: String,
+    /// Injection point.
+    pub injection: Injection,
+    /// L2 norm of the vector.
+    pub norm: f32,
+    /// Definitions.
+    pub definitions: Vec<Definition>,
+    /// Nearest base tokens.
+    pub neighbors: Vec<Neighbor>,
+    /// Held-out mean log-prob of the targets with this word, per held-out set (by name).
+    pub heldout: Vec<(String, f32)>,
+    /// Steering on the shared prompt.
+    pub steering: Steering,
+}
+
+/// Settings of a comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompareConfig {
+    /// Definition prompts (`{w}` = the word) and whether each is a chat prompt.
+    pub definition_prompts: Vec<(String, bool)>,
+    /// Tokens per definition.
+    pub max_new_tokens: usize,
+    /// Neighbours per word.
+    pub neighbors: usize,
+    /// Steering prompt (`{w}` = the word).
+    pub steer_prompt: String,
+}
+
+impl Default for CompareConfig {
+    fn default() -> Self {
+        Self {
+            definition_prompts: default_definition_prompts(),
+            max_new_tokens: 40,
+            neighbors: 10,
+            steer_prompt: "Tell me something funny about {w} cats:".into(),
+        }
+    }
+}
+
+/// Reports on two words side by side. `heldout` holds named held-out sets of (prompt with the
+/// placeholder `{w}`, target); each word is scored on each set.
+pub fn compare(
+    m: &LoadedModel,
+    a: &Word,
+    b: &Word,
+    heldout: &[(String, Vec<(String, String)>)],
+    cfg: &CompareConfig,
+    cancel: &dyn Fn() -> bool,
+) -> Result<[WordReport; 2]> {
+    let report = |w: &Word| -> Result<WordReport> {
+        let held = heldout
+            .iter()
+            .map(|(name, pairs)| {
+                let pairs: Vec<(String, String)> = pairs
+                    .iter()
+                    .map(|(p, t)| (p.replace("{w}", &w.name), t.clone()))
+                    .collect();
+                Ok((name.clone(), mean_logprob(m, std::slice::from_ref(w), &pairs)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(WordReport {
+            name: w.name.clone(),
+            injection: w.injection,
+            norm: w.vector.iter().map(|x| x * x).sum::<f32>().sqrt(),
+            definitions: define(
+                m,
+                w,
+                &cfg.definition_prompts,
+                cfg.max_new_tokens,
+                Sampling::GREEDY,
+                cancel,
+            )?,
+            neighbors: nearest(m, &w.vector, cfg.neighbors)?,
+            heldout: held,
+            steering: steer(
+                m,
+                w,
+                &cfg.steer_prompt.replace("{w}", &w.name),
+                "",
+                false,
+                10,
+                cfg.max_new_tokens,
+                cancel,
+            )?,
+        })
+    };
+    Ok([report(a)?, report(b)?])
+}

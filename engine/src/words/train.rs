@@ -1,0 +1,477 @@
+//! Embedding-only training of new words: everything in the model is frozen, only the words'
+//! vectors are `Var`s. Loss (a): cross-entropy on target completions (mean over each example's
+//! target tokens, then over the batch), as in the seed. Loss (b): preference — DPO plus an
+//! APO-up term, `−log σ(β(Δc − Δr)) − log σ(βΔc)` with `Δ = log π − log π_ref` summed over the
+//! completion, the reference being the same model with the initial vectors.
+
+use candle_core::{D, DType, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::dataset::Example;
+use super::{Injection, Word, encode_with_words};
+use crate::error::{EngineError, Result};
+use crate::hooks::HookPoint;
+use crate::model::LoadedModel;
+use crate::model::batch::{Batch, PadSide};
+use crate::model::llama::{ResolvedIntervention, ResolvedOp};
+use crate::model::ops::{linear, log_softmax_last};
+
+/// Which loss to train with.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Loss {
+    /// Cross-entropy on `target` completions.
+    CrossEntropy,
+    /// DPO + APO-up on `chosen`/`rejected` triples.
+    Preference {
+        /// Inverse temperature β (default 0.2).
+        beta: f64,
+    },
+}
+
+/// Training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Loss.
+    pub loss: Loss,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW weight decay (on the trained vectors only; nothing else is trained).
+    pub weight_decay: f64,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Shuffling seed.
+    pub seed: u64,
+    /// Clip the gradient's global norm to this, if set.
+    pub clip_norm: Option<f64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            loss: Loss::CrossEntropy,
+            lr: 0.05,
+            weight_decay: 0.0,
+            epochs: 20,
+            batch_size: 4,
+            seed: 0,
+            clip_norm: Some(1.0),
+        }
+    }
+}
+
+/// One optimiser step, reported as progress.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainStep {
+    /// Step number (from 1).
+    pub step: usize,
+    /// Total steps planned.
+    pub total_steps: usize,
+    /// Epoch (from 1).
+    pub epoch: usize,
+    /// Loss of this step's batch.
+    pub loss: f32,
+}
+
+/// Why training ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// All epochs ran.
+    Completed,
+    /// The user cancelled; the best vectors so far were kept.
+    Cancelled,
+    /// The loss became NaN or exploded; the last good vectors were kept.
+    Diverged(String),
+}
+
+/// The result of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    /// Trained vectors, one per word.
+    pub vectors: Vec<Vec<f32>>,
+    /// Loss of every step.
+    pub losses: Vec<f32>,
+    /// Mean loss of every completed epoch.
+    pub epoch_losses: Vec<f32>,
+    /// How it ended.
+    pub stop: StopReason,
+}
+
+/// A tokenized sequence to score: model ids, word occurrences, and (position, target id) pairs
+/// where the logits at `position` should predict `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoredSeq {
+    /// Ids the model sees (words replaced by the carrier).
+    pub ids: Vec<u32>,
+    /// (position, word index) of word occurrences.
+    pub occ: Vec<(usize, usize)>,
+    /// (position, target id) pairs.
+    pub targets: Vec<(usize, u32)>,
+}
+
+/// Tokenizes `prompt` (with words) followed by `completion` for scoring the completion.
+pub fn scored_seq(
+    m: &LoadedModel,
+    prompt: &str,
+    completion: &str,
+    names: &[&str],
+) -> Result<ScoredSeq> {
+    let wt = encode_with_words(m, prompt, names)?;
+    let comp = m.tokenizer.encode(completion)?;
+    if comp.is_empty() {
+        return Err(EngineError::Invalid(format!(
+            "the completion of `{prompt}` is empty"
+        )));
+    }
+    if wt.ids.is_empty() {
+        return Err(EngineError::Invalid("empty prompt".into()));
+    }
+    let mut ids = wt.model_ids();
+    let p = ids.len();
+    let targets = comp.iter().enumerate().map(|(i, t)| (p - 1 + i, *t)).collect();
+    ids.extend(&comp);
+    Ok(ScoredSeq {
+        ids,
+        occ: wt.occurrences,
+        targets,
+    })
+}
+
+/// Interventions placing `vectors` (one (d_model) tensor per word, trainable or not) at the word
+/// occurrences of a batch made from `seqs`.
+pub fn word_tensor_interventions(
+    words: &[Word],
+    vectors: &[Tensor],
+    seqs: &[&ScoredSeq],
+    width: usize,
+) -> Result<Vec<ResolvedIntervention>> {
+    let rows = seqs.len();
+    let mut out = Vec::new();
+    let Some(first) = vectors.first() else {
+        return Ok(out);
+    };
+    let dev = first.device();
+    for (wi, (w, v)) in words.iter().zip(vectors).enumerate() {
+        let mut mask = vec![0u8; rows * width];
+        let mut any = false;
+        for (r, s) in seqs.iter().enumerate() {
+            for (p, i) in &s.occ {
+                if *i == wi {
+                    mask[r * width + p] = 1;
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            continue;
+        }
+        let mask = Tensor::from_vec(mask, (rows, width, 1), dev)?;
+        if let Injection::ResidPre(_) = w.injection {
+            out.push(ResolvedIntervention {
+                point: HookPoint::Embed,
+                mask: mask.clone(),
+                op: ResolvedOp::Replace(v.zeros_like()?.detach()),
+            });
+        }
+        out.push(ResolvedIntervention {
+            point: w.injection.point(),
+            mask,
+            op: ResolvedOp::Replace(v.clone()),
+        });
+    }
+    Ok(out)
+}
+
+/// Summed log-probabilities of each sequence's targets (n_seqs,), differentiable in `vectors`.
+pub fn seq_logprobs(
+    m: &LoadedModel,
+    words: &[Word],
+    vectors: &[Tensor],
+    seqs: &[&ScoredSeq],
+) -> Result<Tensor> {
+    let rows: Vec<Vec<u32>> = seqs.iter().map(|s| s.ids.clone()).collect();
+    let dev = m.llama.device();
+    let batch = Batch::new(&rows, PadSide::Right, dev)?;
+    let width = batch.width();
+    let ivs = word_tensor_interventions(words, vectors, seqs, width)?;
+    let embeds = m.llama.embed_ids(&batch)?;
+    let (h, _) = m.llama.hidden_embeds(embeds, &batch, &[], &ivs, None)?;
+    let d = m.llama.cfg.hidden_size;
+    let mut flat = Vec::new();
+    let mut tgt = Vec::new();
+    let mut owner = Vec::new();
+    for (r, s) in seqs.iter().enumerate() {
+        for (p, t) in &s.targets {
+            flat.push(u32::try_from(r * width + p).unwrap_or(0));
+            tgt.push(*t);
+            owner.push(r);
+        }
+    }
+    let n = flat.len();
+    let flat = Tensor::from_vec(flat, n, dev)?;
+    // Unembed only the scored positions: the vocabulary projection dominates otherwise.
+    let hs = h.reshape((rows.len() * width, d))?.index_select(&flat, 0)?;
+    let lp = log_softmax_last(&linear(&hs, m.llama.unembed())?)?;
+    let tgt = Tensor::from_vec(tgt, (n, 1), dev)?;
+    let picked = lp.gather(&tgt, 1)?; // (n, 1)
+    let mut sel = vec![0f32; seqs.len() * n];
+    for (j, r) in owner.iter().enumerate() {
+        sel[r * n + j] = 1.0;
+    }
+    let sel = Tensor::from_vec(sel, (seqs.len(), n), dev)?;
+    Ok(sel.matmul(&picked)?.squeeze(D::Minus1)?)
+}
+
+fn token_counts(seqs: &[&ScoredSeq], dev: &candle_core::Device) -> Result<Tensor> {
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    let c: Vec<f32> = seqs.iter().map(|s| s.targets.len() as f32).collect();
+    Ok(Tensor::from_vec(c, seqs.len(), dev)?)
+}
+
+/// `softplus(x) = log(1 + eˣ)`, computed stably as `relu(x) + log(1 + e^{−|x|})`.
+fn softplus(x: &Tensor) -> Result<Tensor> {
+    let tail = ((x.abs()?.neg()?.exp()? + 1.0)?).log()?;
+    Ok((x.relu()? + tail)?)
+}
+
+/// Prepared training items.
+enum Item {
+    Ce(ScoredSeq),
+    Pref {
+        chosen: ScoredSeq,
+        rejected: ScoredSeq,
+        ref_chosen: f32,
+        ref_rejected: f32,
+    },
+}
+
+fn prepare(
+    m: &LoadedModel,
+    words: &[Word],
+    data: &[Example],
+    loss: Loss,
+) -> Result<Vec<Item>> {
+    let names: Vec<&str> = words.iter().map(|w| w.name.as_str()).collect();
+    let init: Vec<Tensor> = words
+        .iter()
+        .map(|w| Tensor::from_slice(&w.vector, w.vector.len(), m.llama.device()))
+        .collect::<candle_core::Result<_>>()?;
+    let mut items = Vec::with_capacity(data.len());
+    for ex in data {
+        match (ex, loss) {
+            (Example::Completion { prompt, target }, Loss::CrossEntropy) => {
+                items.push(Item::Ce(scored_seq(m, prompt, target, &names)?));
+            }
+            (
+                Example::Preference {
+                    prompt,
+                    chosen,
+                    rejected,
+                },
+                Loss::Preference { .. },
+            ) => {
+                let c = scored_seq(m, prompt, chosen, &names)?;
+                let r = scored_seq(m, prompt, rejected, &names)?;
+                let refs = seq_logprobs(m, words, &init, &[&c, &r])?.to_vec1::<f32>()?;
+                items.push(Item::Pref {
+                    chosen: c,
+                    rejected: r,
+                    ref_chosen: refs[0],
+                    ref_rejected: refs[1],
+                });
+            }
+            (Example::Completion { .. }, Loss::Preference { .. }) => {
+                return Err(EngineError::Invalid(
+                    "the preference loss needs `chosen`/`rejected` rows, the data has `target`"
+                        .into(),
+                ));
+            }
+            (Example::Preference { .. }, Loss::CrossEntropy) => {
+                return Err(EngineError::Invalid(
+                    "the cross-entropy loss needs `target` rows, the data has `chosen`/`rejected`"
+                        .into(),
+                ));
+            }
+        }
+    }
+    Ok(items)
+}
+
+fn batch_loss(m: &LoadedModel, words: &[Word], vars: &[Tensor], batch: &[&Item], loss: Loss) -> Result<Tensor> {
+    let dev = m.llama.device();
+    match loss {
+        Loss::CrossEntropy => {
+            let seqs: Vec<&ScoredSeq> = batch
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Ce(s) => Some(s),
+                    Item::Pref { .. } => None,
+                })
+                .collect();
+            let lp = seq_logprobs(m, words, vars, &seqs)?;
+            let per_example = (lp / token_counts(&seqs, dev)?)?;
+            Ok(per_example.mean_all()?.neg()?)
+        }
+        Loss::Preference { beta } => {
+            let mut seqs = Vec::new();
+            let mut refs = Vec::new();
+            for i in batch {
+                if let Item::Pref {
+                    chosen,
+                    rejected,
+                    ref_chosen,
+                    ref_rejected,
+                } = i
+                {
+                    seqs.push(chosen);
+                    seqs.push(rejected);
+                    refs.push(*ref_chosen);
+                    refs.push(*ref_rejected);
+                }
+            }
+            let n = refs.len() / 2;
+            let lp = seq_logprobs(m, words, vars, &seqs)?;
+            let delta = (lp - Tensor::from_vec(refs, 2 * n, dev)?)?.reshape((n, 2))?;
+            let dc = delta.narrow(1, 0, 1)?.squeeze(1)?;
+            let dr = delta.narrow(1, 1, 1)?.squeeze(1)?;
+            let dpo = softplus(&((&dc - &dr)? * (-beta))?)?;
+            let apo_up = softplus(&(&dc * (-beta))?)?;
+            Ok((dpo + apo_up)?.mean_all()?)
+        }
+    }
+}
+
+/// Trains the vectors of `words` on `data`. `on_step` sees every step and returns `false` to
+/// cancel. Gradients reach only the words' vectors (they are the only `Var`s).
+pub fn train(
+    m: &LoadedModel,
+    words: &[Word],
+    data: &[Example],
+    cfg: &TrainConfig,
+    on_step: &mut dyn FnMut(&TrainStep) -> bool,
+) -> Result<TrainOutcome> {
+    if words.is_empty() {
+        return Err(EngineError::Invalid("no word to train".into()));
+    }
+    if data.is_empty() {
+        return Err(EngineError::Invalid("no training examples".into()));
+    }
+    if cfg.batch_size == 0 || cfg.epochs == 0 || !(cfg.lr > 0.0) {
+        return Err(EngineError::Invalid(
+            "batch size and epochs must be ≥ 1 and the learning rate > 0".into(),
+        ));
+    }
+    let items = prepare(m, words, data, cfg.loss)?;
+    let dev = m.llama.device();
+    let vars: Vec<Var> = words
+        .iter()
+        .map(|w| Var::from_slice(&w.vector, w.vector.len(), dev))
+        .collect::<candle_core::Result<_>>()?;
+    let mut opt = AdamW::new(
+        vars.clone(),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let snapshot = |vars: &[Var]| -> Result<Vec<Vec<f32>>> {
+        vars.iter()
+            .map(|v| Ok(v.as_tensor().to_vec1::<f32>()?))
+            .collect()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    let steps_per_epoch = items.len().div_ceil(cfg.batch_size);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let mut losses = Vec::with_capacity(total_steps);
+    let mut epoch_losses = Vec::with_capacity(cfg.epochs);
+    let mut last_good = snapshot(&vars)?;
+    let mut best: Option<(f32, Vec<Vec<f32>>)> = None;
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let mut step = 0;
+    for epoch in 1..=cfg.epochs {
+        order.shuffle(&mut rng);
+        let mut sum = 0.0f32;
+        for chunk in order.chunks(cfg.batch_size) {
+            step += 1;
+            let batch: Vec<&Item> = chunk.iter().map(|i| &items[*i]).collect();
+            let loss_t = batch_loss(m, words, &tensors, &batch, cfg.loss)?;
+            let loss = loss_t.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            if !loss.is_finite() || loss > 1e4 {
+                return Ok(TrainOutcome {
+                    vectors: last_good,
+                    losses,
+                    epoch_losses,
+                    stop: StopReason::Diverged(format!(
+                        "the loss became {loss} at step {step}; try a lower learning rate. The \
+                         last good vectors were kept."
+                    )),
+                });
+            }
+            let mut grads = loss_t.backward()?;
+            if let Some(clip) = cfg.clip_norm {
+                let mut sq = 0.0f64;
+                for v in &vars {
+                    if let Some(g) = grads.get(v.as_tensor()) {
+                        sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                    }
+                }
+                let norm = sq.sqrt();
+                if !norm.is_finite() {
+                    return Ok(TrainOutcome {
+                        vectors: last_good,
+                        losses,
+                        epoch_losses,
+                        stop: StopReason::Diverged(format!(
+                            "the gradient became {norm} at step {step}; the last good vectors \
+                             were kept."
+                        )),
+                    });
+                }
+                if norm > clip {
+                    for v in &vars {
+                        if let Some(g) = grads.remove(v.as_tensor()) {
+                            grads.insert(v.as_tensor(), (g * (clip / norm))?);
+                        }
+                    }
+                }
+            }
+            opt.step(&grads)?;
+            losses.push(loss);
+            sum += loss;
+            last_good = snapshot(&vars)?;
+            let report = TrainStep {
+                step,
+                total_steps,
+                epoch,
+                loss,
+            };
+            if !on_step(&report) {
+                let vectors = best.map_or(last_good, |(_, v)| v);
+                return Ok(TrainOutcome {
+                    vectors,
+                    losses,
+                    epoch_losses,
+                    stop: StopReason::Cancelled,
+                });
+            }
+        }
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let mean = sum / steps_per_epoch as f32;
+        epoch_losses.push(mean);
+        if best.as_ref().is_none_or(|(b, _)| mean < *b) {
+            best = Some((mean, last_good.clone()));
+        }
+    }
+    Ok(TrainOutcome {
+        vectors: last_good,
+        losses,
+        epoch_losses,
+        stop: StopReason::Completed,
+    })
+}
