@@ -186,6 +186,7 @@ impl NeoApp {
                 }
             }
             Event::Token { text, .. } => self.playground.output.push_str(&text),
+            Event::TrainStep { .. } => {}
             Event::Finished { result, .. } => {
                 self.pending.remove(&id);
                 self.finished(owner, *result);

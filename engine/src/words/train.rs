@@ -54,7 +54,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             loss: Loss::CrossEntropy,
-            lr: 0.05,
+            lr: 0.02,
             weight_decay: 0.0,
             epochs: 20,
             batch_size: 4,

@@ -14,6 +14,8 @@ use neoscope_engine::sampling::Sampling;
 use neoscope_engine::worker::{DeviceChoice, EngineHandle, EngineOptions};
 use serde_json::json;
 
+pub mod word;
+
 /// Command-line arguments.
 #[derive(Debug, Parser)]
 #[command(name = "neoscope", version, about = "Look inside language models.")]
@@ -106,6 +108,19 @@ pub enum Cmd {
     },
     /// Time the standard workloads on the loaded model.
     Bench,
+    /// New words: train, define, neighbours, steer, evaluate, compare.
+    #[command(subcommand)]
+    Word(word::WordCmd),
+    /// Ready-made demonstrations.
+    #[command(subcommand)]
+    Demo(DemoCmd),
+}
+
+/// Demonstrations.
+#[derive(Debug, Subcommand)]
+pub enum DemoCmd {
+    /// Train `<pun>` and `<lit>` on the shipped datasets and compare them side by side.
+    PunVsLiteral(word::DemoArgs),
 }
 
 impl Global {
@@ -154,9 +169,15 @@ fn progress_to_stderr(ev: &Event) {
 }
 
 fn call(engine: &mut EngineHandle, cmd: Command) -> Result<JobResult> {
-    engine
-        .call(cmd, &mut progress_to_stderr)
-        .map_err(anyhow::Error::msg)
+    call_with(engine, cmd, &mut progress_to_stderr)
+}
+
+fn call_with(
+    engine: &mut EngineHandle,
+    cmd: Command,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<JobResult> {
+    engine.call(cmd, on_event).map_err(anyhow::Error::msg)
 }
 
 fn emit(json_mode: bool, value: &serde_json::Value, text: &str) -> Result<()> {
@@ -189,6 +210,8 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
     };
     match cmd {
         Cmd::Fetch => Ok(()),
+        Cmd::Word(w) => word::run(&mut engine, g.json, w),
+        Cmd::Demo(DemoCmd::PunVsLiteral(a)) => word::demo(&mut engine, g.json, &a),
         Cmd::Info => {
             let d = info.dims;
             let v = json!({

@@ -1,0 +1,587 @@
+//! `neoscope word …` and `neoscope demo pun-vs-literal`: new words from the command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use neoscope_engine::api::{Command, JobResult};
+use neoscope_engine::sampling::Sampling;
+use neoscope_engine::words::analysis::{
+    CompareConfig, WordReport, default_definition_prompts,
+};
+use neoscope_engine::words::dataset::{self, Example};
+use neoscope_engine::words::train::{Loss, StopReason, TrainConfig};
+use neoscope_engine::words::{Init, Injection};
+use neoscope_engine::worker::EngineHandle;
+use serde_json::json;
+
+use super::{call, emit};
+
+/// Word subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WordCmd {
+    /// Create a word and train its vector on a dataset; saves it.
+    Train(TrainArgs),
+    /// Ask the model what a trained word means.
+    Define {
+        /// Word file(s) to load.
+        #[arg(long = "words", required = true)]
+        files: Vec<PathBuf>,
+        /// The word.
+        #[arg(long)]
+        name: String,
+        /// A prompt (`{w}` = the word); repeatable. Default: the plain and chat definition
+        /// prompts.
+        #[arg(long = "prompt")]
+        prompts: Vec<String>,
+        /// Render the given prompts with the chat template.
+        #[arg(long)]
+        chat: bool,
+        /// Tokens per answer.
+        #[arg(long, default_value_t = 40)]
+        max_new_tokens: usize,
+    },
+    /// Nearest base tokens of a word or of arithmetic (`"<pun> - <lit> + joke"`).
+    Neighbors {
+        /// Word file(s) to load.
+        #[arg(long = "words")]
+        files: Vec<PathBuf>,
+        /// Word name or expression.
+        expr: String,
+        /// How many.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Ordinary words to compare with; repeatable.
+        #[arg(long = "similar")]
+        similar: Vec<String>,
+    },
+    /// Logit differences and generations with and without the word.
+    Steer {
+        /// Word file(s) to load.
+        #[arg(long = "words", required = true)]
+        files: Vec<PathBuf>,
+        /// The word.
+        #[arg(long)]
+        name: String,
+        /// Prompt containing the word.
+        #[arg(long)]
+        prompt: String,
+        /// Text in place of the word for the baseline (default: the word removed).
+        #[arg(long, default_value = "")]
+        baseline: String,
+        /// Chat mode.
+        #[arg(long)]
+        chat: bool,
+        /// Tokens generated.
+        #[arg(long, default_value_t = 30)]
+        max_new_tokens: usize,
+    },
+    /// Plug-in evaluation: does a text in place of the word recover its effect?
+    Evaluate {
+        /// Word file(s) to load.
+        #[arg(long = "words", required = true)]
+        files: Vec<PathBuf>,
+        /// The word.
+        #[arg(long)]
+        name: String,
+        /// Held-out dataset (file, or shipped name such as `pun.heldout`).
+        #[arg(long)]
+        heldout: String,
+        /// Text in place of the word (default: the word's own plain definition).
+        #[arg(long)]
+        text: Option<String>,
+    },
+    /// Two words side by side.
+    Compare {
+        /// Word file(s) to load.
+        #[arg(long = "words", required = true)]
+        files: Vec<PathBuf>,
+        /// First word.
+        #[arg(long)]
+        a: String,
+        /// Second word.
+        #[arg(long)]
+        b: String,
+        /// Held-out datasets as NAME=FILE (prompts may name either word); repeatable.
+        #[arg(long = "heldout")]
+        heldout: Vec<String>,
+    },
+}
+
+/// Loss on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LossArg {
+    /// Cross-entropy on targets.
+    Ce,
+    /// DPO + APO-up on chosen/rejected.
+    Preference,
+}
+
+/// `word train` arguments.
+#[derive(Debug, ClapArgs)]
+pub struct TrainArgs {
+    /// The word's name, e.g. `<pun>`.
+    #[arg(long)]
+    pub name: String,
+    /// Dataset: a .jsonl/.csv file, or a shipped name (`pun`, `literal`).
+    #[arg(long)]
+    pub data: String,
+    /// Where to save (`NAME.safetensors` + `NAME.json`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Loss.
+    #[arg(long, value_enum, default_value_t = LossArg::Ce)]
+    pub loss: LossArg,
+    /// β of the preference loss.
+    #[arg(long, default_value_t = 0.2)]
+    pub beta: f64,
+    /// Learning rate.
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    pub lr: f64,
+    /// Epochs.
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+    pub batch_size: usize,
+    /// Shuffling and initialisation seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Gradient clipping norm (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Initialise from these words' embeddings (mean) instead of small random values;
+    /// repeatable. `--init-zero` starts from zeros.
+    #[arg(long = "init-word")]
+    pub init_words: Vec<String>,
+    /// Start from a zero vector.
+    #[arg(long)]
+    pub init_zero: bool,
+    /// Inject into the residual stream before this layer instead of the embedding.
+    #[arg(long)]
+    pub layer: Option<usize>,
+}
+
+impl TrainArgs {
+    fn init(&self) -> Init {
+        if self.init_zero {
+            Init::Zero
+        } else if self.init_words.is_empty() {
+            Init::Random {
+                std: 0.02,
+                seed: self.seed,
+            }
+        } else {
+            Init::Words(self.init_words.clone())
+        }
+    }
+
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            loss: match self.loss {
+                LossArg::Ce => Loss::CrossEntropy,
+                LossArg::Preference => Loss::Preference { beta: self.beta },
+            },
+            lr: self.lr,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            clip_norm: (self.clip > 0.0).then_some(self.clip),
+            ..TrainConfig::default()
+        }
+    }
+}
+
+/// Reads a dataset from a file or the shipped assets.
+pub fn read_dataset(spec: &str) -> Result<Vec<Example>> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return Ok(dataset::load(path)?.examples);
+    }
+    let text = crate::assets::dataset(spec).with_context(|| {
+        format!("no file {spec} and no shipped dataset of that name (pun, literal, pun.heldout, literal.heldout)")
+    })?;
+    Ok(dataset::parse_jsonl(text, Path::new(spec))?.examples)
+}
+
+fn pairs(examples: &[Example]) -> Vec<(String, String)> {
+    examples
+        .iter()
+        .filter_map(|e| match e {
+            Example::Completion { prompt, target } => Some((prompt.clone(), target.clone())),
+            Example::Preference { .. } => None,
+        })
+        .collect()
+}
+
+fn load_words(engine: &mut EngineHandle, files: &[PathBuf]) -> Result<()> {
+    for f in files {
+        call(engine, Command::LoadWords { path: f.clone() })?;
+    }
+    Ok(())
+}
+
+/// Trains one word and saves it; returns the JSON summary.
+fn train_word(engine: &mut EngineHandle, a: &TrainArgs, json_mode: bool) -> Result<serde_json::Value> {
+    let data = read_dataset(&a.data)?;
+    let injection = a.layer.map_or(Injection::Embedding, Injection::ResidPre);
+    call(
+        engine,
+        Command::CreateWord {
+            name: a.name.clone(),
+            init: a.init(),
+            injection,
+        },
+    )?;
+    let n = data.len();
+    let JobResult::Trained {
+        losses,
+        epoch_losses,
+        stop,
+        words,
+    } = super::call_with(
+        engine,
+        Command::TrainWords {
+            names: vec![a.name.clone()],
+            data,
+            config: a.config(),
+        },
+        &mut |ev| {
+            if let neoscope_engine::api::Event::TrainStep { step, .. } = ev
+                && (!json_mode || step.step == step.total_steps)
+            {
+                eprint!(
+                    "\r{} step {}/{} epoch {} loss {:.3}   ",
+                    a.name, step.step, step.total_steps, step.epoch, step.loss
+                );
+            }
+        },
+    )?
+    else {
+        bail!("unexpected engine reply");
+    };
+    eprintln!();
+    if let StopReason::Diverged(msg) = &stop {
+        eprintln!("warning: {msg}");
+    }
+    let JobResult::Saved { path } = call(
+        engine,
+        Command::SaveWords {
+            names: vec![a.name.clone()],
+            path: a.out.clone(),
+        },
+    )?
+    else {
+        bail!("unexpected engine reply");
+    };
+    let norm = words.iter().find(|w| w.name == a.name).map_or(0.0, |w| w.norm);
+    Ok(json!({
+        "name": a.name, "examples": n, "losses": losses, "epoch_losses": epoch_losses,
+        "stop": stop, "path": path, "norm": norm,
+    }))
+}
+
+fn fmt_losses(v: &serde_json::Value) -> String {
+    let e: Vec<f64> = v["epoch_losses"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
+    match (e.first(), e.last()) {
+        (Some(f), Some(l)) => format!(
+            "epoch loss {f:.3} → {l:.3} ({:+.1}%) over {} epochs",
+            (l / f - 1.0) * 100.0,
+            e.len()
+        ),
+        _ => "no complete epoch".into(),
+    }
+}
+
+/// Runs a word subcommand.
+pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<()> {
+    match cmd {
+        WordCmd::Train(a) => {
+            let v = train_word(engine, &a, json_mode)?;
+            let text = format!(
+                "trained {} on {} examples: {}; saved {}",
+                a.name,
+                v["examples"],
+                fmt_losses(&v),
+                v["path"].as_str().unwrap_or("")
+            );
+            emit(json_mode, &v, &text)
+        }
+        WordCmd::Define {
+            files,
+            name,
+            prompts,
+            chat,
+            max_new_tokens,
+        } => {
+            load_words(engine, &files)?;
+            let prompts = if prompts.is_empty() {
+                default_definition_prompts()
+            } else {
+                prompts.into_iter().map(|p| (p, chat)).collect()
+            };
+            let JobResult::Definitions(defs) = call(
+                engine,
+                Command::DefineWord {
+                    name,
+                    prompts,
+                    max_new_tokens,
+                    sampling: Sampling::GREEDY,
+                },
+            )?
+            else {
+                bail!("unexpected engine reply");
+            };
+            let text: Vec<String> = defs
+                .iter()
+                .map(|d| format!("{}{}\n  → {}", d.prompt, if d.chat { " (chat)" } else { "" }, d.text))
+                .collect();
+            let first = defs.first().map(|d| d.text.clone()).unwrap_or_default();
+            emit(
+                json_mode,
+                &json!({"text": first, "definitions": defs}),
+                &text.join("\n"),
+            )
+        }
+        WordCmd::Neighbors {
+            files,
+            expr,
+            k,
+            similar,
+        } => {
+            load_words(engine, &files)?;
+            let JobResult::Neighbors {
+                nearest,
+                similarities,
+            } = call(
+                engine,
+                Command::Neighbors {
+                    expr: expr.clone(),
+                    k,
+                    others: similar,
+                    save_as: None,
+                },
+            )?
+            else {
+                bail!("unexpected engine reply");
+            };
+            let mut lines: Vec<String> = nearest
+                .iter()
+                .map(|n| format!("{:>7.4}  {:?}", n.cosine, n.text))
+                .collect();
+            lines.extend(similarities.iter().map(|(w, c)| format!("similarity to {w:?}: {c:.4}")));
+            emit(
+                json_mode,
+                &json!({"expr": expr, "nearest": nearest, "similarities": similarities}),
+                &format!("nearest tokens to {expr}:\n{}", lines.join("\n")),
+            )
+        }
+        WordCmd::Steer {
+            files,
+            name,
+            prompt,
+            baseline,
+            chat,
+            max_new_tokens,
+        } => {
+            load_words(engine, &files)?;
+            let JobResult::Steering(s) = call(
+                engine,
+                Command::Steer {
+                    name,
+                    prompt,
+                    baseline,
+                    chat,
+                    max_new_tokens,
+                },
+            )?
+            else {
+                bail!("unexpected engine reply");
+            };
+            let text = steering_text(&s);
+            emit(json_mode, &serde_json::to_value(&*s)?, &text)
+        }
+        WordCmd::Evaluate {
+            files,
+            name,
+            heldout,
+            text,
+        } => {
+            load_words(engine, &files)?;
+            let pairs = pairs(&read_dataset(&heldout)?);
+            let text = match text {
+                Some(t) => t,
+                None => {
+                    let JobResult::Definitions(d) = call(
+                        engine,
+                        Command::DefineWord {
+                            name: name.clone(),
+                            prompts: vec![("The word {w} means".into(), false)],
+                            max_new_tokens: 12,
+                            sampling: Sampling::GREEDY,
+                        },
+                    )?
+                    else {
+                        bail!("unexpected engine reply");
+                    };
+                    d.first().map(|d| d.text.clone()).unwrap_or_default()
+                }
+            };
+            let JobResult::Evaluation(e) = call(
+                engine,
+                Command::Evaluate {
+                    name,
+                    heldout: pairs,
+                    text,
+                },
+            )?
+            else {
+                bail!("unexpected engine reply");
+            };
+            let t = format!(
+                "mean target log-prob: with the word {:.3}, with {:?} {:.3}, without {:.3}; recovered {:.1}%",
+                e.with_word, e.text, e.with_text, e.without_word, e.recovered * 100.0
+            );
+            emit(json_mode, &serde_json::to_value(&e)?, &t)
+        }
+        WordCmd::Compare {
+            files,
+            a,
+            b,
+            heldout,
+        } => {
+            load_words(engine, &files)?;
+            let mut sets = Vec::new();
+            for h in heldout {
+                let (n, f) = h
+                    .split_once('=')
+                    .with_context(|| format!("--heldout {h}: expected NAME=FILE"))?;
+                let p = pairs(&read_dataset(f)?)
+                    .into_iter()
+                    .map(|(p, t)| (p.replace(&a, "{w}").replace(&b, "{w}"), t))
+                    .collect();
+                sets.push((n.to_owned(), p));
+            }
+            let r = compare_words(engine, &a, &b, sets)?;
+            emit(json_mode, &serde_json::to_value(&r)?, &report_text(&r))
+        }
+    }
+}
+
+fn compare_words(
+    engine: &mut EngineHandle,
+    a: &str,
+    b: &str,
+    heldout: Vec<(String, Vec<(String, String)>)>,
+) -> Result<[WordReport; 2]> {
+    let JobResult::Comparison(r) = call(
+        engine,
+        Command::Compare {
+            a: a.into(),
+            b: b.into(),
+            heldout,
+            config: CompareConfig::default(),
+        },
+    )?
+    else {
+        bail!("unexpected engine reply");
+    };
+    Ok(*r)
+}
+
+fn steering_text(s: &neoscope_engine::words::analysis::Steering) -> String {
+    let list = |v: &[neoscope_engine::words::analysis::LogitShift]| {
+        v.iter()
+            .map(|x| format!("{:?} {:+.2}", x.text, x.delta))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "with:    {:?}\n  → {}\nwithout: {:?}\n  → {}\npromoted:   {}\nsuppressed: {}",
+        s.prompt_with,
+        s.generation_with.trim(),
+        s.prompt_without,
+        s.generation_without.trim(),
+        list(&s.promoted),
+        list(&s.suppressed)
+    )
+}
+
+/// The side-by-side report as text.
+pub fn report_text(r: &[WordReport; 2]) -> String {
+    let mut out = String::new();
+    for w in r {
+        out.push_str(&format!("══ {} (norm {:.2}, {:?})\n", w.name, w.norm, w.injection));
+        out.push_str("definitions:\n");
+        for d in &w.definitions {
+            out.push_str(&format!("  {} → {}\n", d.prompt, d.text.replace('\n', " ")));
+        }
+        let n: Vec<String> = w.neighbors.iter().map(|n| format!("{:?}", n.text)).collect();
+        out.push_str(&format!("nearest tokens: {}\n", n.join(" ")));
+        for (set, lp) in &w.heldout {
+            out.push_str(&format!("held-out {set}: mean target log-prob {lp:.3}\n"));
+        }
+        out.push_str(&steering_text(&w.steering));
+        out.push_str("\n\n");
+    }
+    out
+}
+
+/// `demo pun-vs-literal` arguments.
+#[derive(Debug, ClapArgs)]
+pub struct DemoArgs {
+    /// Epochs per word.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Where to save the two words (folder).
+    #[arg(long, default_value = "neoscope-demo")]
+    pub out_dir: PathBuf,
+}
+
+/// Trains `<pun>` and `<lit>` on the shipped datasets and reports them side by side.
+pub fn demo(engine: &mut EngineHandle, json_mode: bool, a: &DemoArgs) -> Result<()> {
+    let mut summaries = Vec::new();
+    for (name, data, file) in [("<pun>", "pun", "pun"), ("<lit>", "literal", "lit")] {
+        let args = TrainArgs {
+            name: name.into(),
+            data: data.into(),
+            out: a.out_dir.join(file),
+            loss: LossArg::Ce,
+            beta: 0.2,
+            lr: TrainConfig::default().lr,
+            epochs: a.epochs,
+            batch_size: TrainConfig::default().batch_size,
+            seed: 0,
+            clip: 1.0,
+            init_words: Vec::new(),
+            init_zero: false,
+            layer: None,
+        };
+        summaries.push(train_word(engine, &args, json_mode)?);
+    }
+    let to_template = |ex: Vec<Example>| -> Vec<(String, String)> {
+        pairs(&ex)
+            .into_iter()
+            .map(|(p, t)| (p.replace("<pun>", "{w}").replace("<lit>", "{w}"), t))
+            .collect()
+    };
+    let heldout = vec![
+        ("pun".to_owned(), to_template(read_dataset("pun.heldout")?)),
+        ("literal".to_owned(), to_template(read_dataset("literal.heldout")?)),
+    ];
+    let r = compare_words(engine, "<pun>", "<lit>", heldout)?;
+    let mut text = String::new();
+    for s in &summaries {
+        text.push_str(&format!("{}: {}\n", s["name"].as_str().unwrap_or(""), fmt_losses(s)));
+    }
+    text.push('\n');
+    text.push_str(&report_text(&r));
+    emit(
+        json_mode,
+        &json!({"training": summaries, "comparison": r}),
+        &text,
+    )
+}
