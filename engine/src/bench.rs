@@ -38,6 +38,11 @@ pub struct BenchReport {
     pub forward_8x24_s: f64,
     /// Greedy generation of 50 new tokens from a 16-token prompt, with the KV cache.
     pub generate_50_tokens_per_s: f64,
+    /// One neologism training step (forward + backward + AdamW) on a batch of 4 examples of
+    /// ~24 tokens.
+    pub train_step_4x24_s: f64,
+    /// A full neologism run: 20 epochs over 8 examples, batch 4 (40 steps).
+    pub train_20_epochs_8_examples_s: f64,
     /// The ids used (first 64 tokens of [`BENCH_TEXT`]).
     pub input_ids: Vec<u32>,
 }
@@ -67,6 +72,67 @@ fn time_runs(
         times.push(t.elapsed().as_secs_f64());
     }
     Ok(median(times))
+}
+
+/// The neologism workloads' examples: 8 pun setups (~24 tokens each with the punchline).
+pub const TRAIN_EXAMPLES: [(&str, &str); 8] = [
+    ("Here is an example of <w>: Why do electricians make good swimmers?", " Because they know the current."),
+    ("This is <w>: I used to be a banker, but I lost", " interest."),
+    ("A classic <w>: Time flies like an arrow; fruit flies like a", " banana."),
+    ("Here's <w>: Why can't a bicycle stand on its own?", " Because it's two tired."),
+    ("This is <w>: I'm reading a book about anti-gravity.", " It's impossible to put down."),
+    ("<w> example: What do you call a fish without eyes?", " A fsh."),
+    ("Another <w>: The math teacher called in sick because she had too many", " problems."),
+    ("Classic <w>: I used to work at a calendar factory but got fired for taking", " a day off."),
+];
+
+fn bench_training(
+    m: &LoadedModel,
+    progress: &mut dyn FnMut(&str, f32) -> bool,
+) -> Result<(f64, f64)> {
+    use crate::words::dataset::Example;
+    use crate::words::train::{TrainConfig, train};
+    use crate::words::{Init, Injection, OutputRow, Word, init_vector};
+    let init = Init::default();
+    let word = Word {
+        name: "<w>".into(),
+        vector: init_vector(m, &init)?,
+        injection: Injection::Embedding,
+        init,
+        output: OutputRow::None,
+    };
+    let data: Vec<Example> = TRAIN_EXAMPLES
+        .iter()
+        .map(|(p, t)| Example::Completion {
+            prompt: (*p).to_owned(),
+            target: (*t).to_owned(),
+        })
+        .collect();
+    let one_step = TrainConfig {
+        epochs: 1,
+        batch_size: 4,
+        ..TrainConfig::default()
+    };
+    let step = time_runs("training step 4×24", 0.7, 0.1, progress, &mut || {
+        train(m, std::slice::from_ref(&word), &data[..4], &one_step, &mut |_| true)?;
+        Ok(())
+    })?;
+    let full = TrainConfig {
+        epochs: 20,
+        batch_size: 4,
+        ..TrainConfig::default()
+    };
+    // A full run is long: three timed runs, no warm-up (its first steps warm up).
+    let mut times = Vec::new();
+    for r in 0..3u8 {
+        if !progress("20-epoch neologism run", 0.8 + 0.065 * f32::from(r)) {
+            return Err(EngineError::Cancelled);
+        }
+        let t = Instant::now();
+        train(m, std::slice::from_ref(&word), &data, &full, &mut |_| true)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok((step, median(times)))
 }
 
 /// The 8 rows of the padded batch: lengths 24, 22, …, 10.
@@ -104,13 +170,16 @@ pub fn run(m: &LoadedModel, progress: &mut dyn FnMut(&str, f32) -> bool) -> Resu
         sampling: Sampling::GREEDY,
         stop_at_eos: false,
     };
-    let g = time_runs("generate 50 tokens", 0.66, 0.34, progress, &mut || {
+    let g = time_runs("generate 50 tokens", 0.5, 0.2, progress, &mut || {
         let out = generate(m, prompt, opts, &none, &mut |_, _| true)?;
         debug_assert_eq!(out.len(), 50);
         Ok(())
     })?;
+    let (step_s, full_s) = bench_training(m, progress)?;
     progress("done", 1.0);
     Ok(BenchReport {
+        train_step_4x24_s: step_s,
+        train_20_epochs_8_examples_s: full_s,
         device: m.info.device.clone(),
         threads: candle_core::utils::get_num_threads(),
         runs: RUNS,
