@@ -100,3 +100,150 @@ fn errors_name_the_problem_and_exit_non_zero() {
         assert!(err.contains("CUDA"), "{err}");
     }
 }
+
+#[test]
+fn word_train_define_neighbors_steer_evaluate_compare_on_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_model(10, &Device::Cpu).unwrap();
+    let model_dir = dir.path().join("model");
+    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
+    let model = model_dir.to_str().unwrap();
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\":\"this is <a>:\",\"target\":\" the cat\"}\n{\"prompt\":\"<a> is\",\"target\":\" an ant\"}\n",
+    )
+    .unwrap();
+    let out_a = dir.path().join("a");
+    let (ok, out, err) = neoscope(&[
+        "word",
+        "train",
+        "--json",
+        "--model",
+        model,
+        "--name",
+        "<a>",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out_a.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "1",
+        "--lr",
+        "0.1",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["losses"].as_array().unwrap().len(), 6);
+    assert!(v["path"].as_str().unwrap().ends_with("a.json"));
+    assert!(dir.path().join("a.safetensors").exists());
+    // Train a second word on the same data (prompts name <a>, so rename it).
+    std::fs::write(
+        &data,
+        std::fs::read_to_string(&data)
+            .unwrap()
+            .replace("<a>", "<b>"),
+    )
+    .unwrap();
+    let out_b = dir.path().join("b");
+    let (ok, _, err) = neoscope(&[
+        "word",
+        "train",
+        "--json",
+        "--model",
+        model,
+        "--name",
+        "<b>",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out_b.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    let words = [
+        "--words",
+        out_a.to_str().unwrap(),
+        "--words",
+        out_b.to_str().unwrap(),
+    ];
+
+    let mut args = vec![
+        "word", "define", "--json", "--model", model, "--name", "<a>",
+    ];
+    args.extend(["--prompt", "The word {w} means", "--max-new-tokens", "4"]);
+    args.extend(words);
+    let (ok, out, err) = neoscope(&args);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert!(v["text"].is_string());
+    assert_eq!(v["definitions"].as_array().unwrap().len(), 1);
+
+    let mut args = vec![
+        "word",
+        "neighbors",
+        "--json",
+        "--model",
+        model,
+        "<a> - <b> + the",
+    ];
+    args.extend(words);
+    let (ok, out, err) = neoscope(&args);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["nearest"].as_array().unwrap().len(), 10);
+
+    let mut args = vec!["word", "steer", "--json", "--model", model, "--name", "<a>"];
+    args.extend(["--prompt", "this is <a>:", "--max-new-tokens", "3"]);
+    args.extend(words);
+    let (ok, out, err) = neoscope(&args);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["promoted"].as_array().unwrap().len(), 10);
+
+    let held = dir.path().join("held.jsonl");
+    std::fs::write(
+        &held,
+        "{\"prompt\":\"this is <a>:\",\"target\":\" the hat\"}\n",
+    )
+    .unwrap();
+    let mut args = vec![
+        "word", "evaluate", "--json", "--model", model, "--name", "<a>",
+    ];
+    args.extend(["--heldout", held.to_str().unwrap(), "--text", "a cat"]);
+    args.extend(words);
+    let (ok, out, err) = neoscope(&args);
+    assert!(ok, "{err}");
+    assert!(json(&out)["recovered"].is_number());
+
+    let spec = format!("h={}", held.display());
+    let mut args = vec![
+        "word", "compare", "--json", "--model", model, "--a", "<a>", "--b", "<b>",
+    ];
+    args.extend(["--heldout", spec.as_str()]);
+    args.extend(words);
+    let (ok, out, err) = neoscope(&args);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["name"], "<a>");
+    assert_eq!(v[1]["heldout"][0][0], "h");
+
+    // A word file for another model is refused, naming both models.
+    let other = dir.path().join("other");
+    let m2 = tiny_model(11, &Device::Cpu).unwrap();
+    save_hf_dir(&m2.llama, &m2.tokenizer, &other).unwrap();
+    let (ok, _, err) = neoscope(&[
+        "word",
+        "define",
+        "--model",
+        other.to_str().unwrap(),
+        "--name",
+        "<a>",
+        "--words",
+        out_a.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("was made for the model"), "{err}");
+}

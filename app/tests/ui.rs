@@ -121,3 +121,110 @@ fn loading_a_missing_file_reports_the_path() {
     assert!(err.contains("/no/such/model.gguf"), "{err}");
     assert!(h.state().model_info().is_none());
 }
+
+#[test]
+fn words_panel_creates_trains_defines_and_validates_a_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny");
+    let m = tiny_model(5, &Device::Cpu).unwrap();
+    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
+    let mut h = harness(dir.path(), true);
+    h.state_mut().model.path_input = model_dir.display().to_string();
+    h.step();
+    h.get_by_label("Load").click();
+    settle(&mut h);
+    h.get_by_label("Words").click();
+    h.step();
+    h.state_mut().words.new_name = "<w>".into();
+    h.step();
+    h.get_by_label("Create").click();
+    settle(&mut h);
+    assert_eq!(h.state().words.words.len(), 1);
+    // Add two rows through the table, then fill them.
+    h.get_by_label("Add row").click();
+    h.run_steps(3);
+    h.get_by_label("Add row").click();
+    h.run_steps(3);
+    {
+        let rows = h.state_mut().words.datasets.get_mut("<w>").unwrap();
+        assert_eq!(rows.len(), 2);
+        rows[0].target = " the cat".into();
+        rows[1].target = " an ant".into();
+    }
+    h.state_mut().words.config.epochs = 3;
+    h.state_mut().words.config.batch_size = 1;
+    h.step();
+    h.get_by_label("Train").click();
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert_eq!(h.state().words.live.len(), 6);
+    assert!(
+        h.state()
+            .words
+            .last_result
+            .as_deref()
+            .unwrap()
+            .starts_with("Done")
+    );
+    h.get_by_label("Ask the model").click();
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    // The tiny model has no chat template: the three plain prompts are asked.
+    assert_eq!(h.state().words.definitions.len(), 3);
+    // A row without the word is refused with its line number, and nothing is trained.
+    h.state_mut().words.datasets.get_mut("<w>").unwrap()[1].prompt = "no word".into();
+    h.step();
+    h.get_by_label("Train").click();
+    settle(&mut h);
+    let err = h.state().error.clone().unwrap();
+    assert!(
+        err.contains(":2: the prompt does not contain the word"),
+        "{err}"
+    );
+}
+
+#[test]
+fn playground_highlights_new_words_as_chips() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny");
+    let m = tiny_model(6, &Device::Cpu).unwrap();
+    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
+    let mut h = harness(dir.path(), true);
+    h.state_mut().model.path_input = model_dir.display().to_string();
+    h.step();
+    h.get_by_label("Load").click();
+    settle(&mut h);
+    h.state_mut().panel = PanelKind::Words;
+    h.state_mut().words.new_name = "<w>".into();
+    h.step();
+    h.get_by_label("Create").click();
+    settle(&mut h);
+    h.state_mut().panel = PanelKind::Playground;
+    h.state_mut().playground.chat = false;
+    h.state_mut().playground.prompt = "the".into();
+    h.step();
+    // The chip button inserts the word into the prompt; generation uses it.
+    h.get_by_label("<w>").click();
+    h.step();
+    assert_eq!(h.state().playground.prompt, "the <w>");
+    let job = {
+        let names = vec!["<w>".to_owned()];
+        let ctx = egui::Context::default();
+        let mut out = None;
+        let _ = ctx.run_ui(egui::RawInput::default(), |ui| {
+            out = Some(neoscope::gui::playground::word_chips(ui, "a <w> b", &names));
+        });
+        out.unwrap()
+    };
+    assert_eq!(job.sections.len(), 3);
+    assert_ne!(
+        job.sections[1].format.background,
+        job.sections[0].format.background
+    );
+    h.state_mut().playground.max_new_tokens = 3;
+    h.step();
+    h.get_by_label("Generate").click();
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert_eq!(h.state().playground.new_tokens, 3);
+}

@@ -76,14 +76,38 @@ fn time_runs(
 
 /// The neologism workloads' examples: 8 pun setups (~24 tokens each with the punchline).
 pub const TRAIN_EXAMPLES: [(&str, &str); 8] = [
-    ("Here is an example of <w>: Why do electricians make good swimmers?", " Because they know the current."),
-    ("This is <w>: I used to be a banker, but I lost", " interest."),
-    ("A classic <w>: Time flies like an arrow; fruit flies like a", " banana."),
-    ("Here's <w>: Why can't a bicycle stand on its own?", " Because it's two tired."),
-    ("This is <w>: I'm reading a book about anti-gravity.", " It's impossible to put down."),
-    ("<w> example: What do you call a fish without eyes?", " A fsh."),
-    ("Another <w>: The math teacher called in sick because she had too many", " problems."),
-    ("Classic <w>: I used to work at a calendar factory but got fired for taking", " a day off."),
+    (
+        "Here is an example of <w>: Why do electricians make good swimmers?",
+        " Because they know the current.",
+    ),
+    (
+        "This is <w>: I used to be a banker, but I lost",
+        " interest.",
+    ),
+    (
+        "A classic <w>: Time flies like an arrow; fruit flies like a",
+        " banana.",
+    ),
+    (
+        "Here's <w>: Why can't a bicycle stand on its own?",
+        " Because it's two tired.",
+    ),
+    (
+        "This is <w>: I'm reading a book about anti-gravity.",
+        " It's impossible to put down.",
+    ),
+    (
+        "<w> example: What do you call a fish without eyes?",
+        " A fsh.",
+    ),
+    (
+        "Another <w>: The math teacher called in sick because she had too many",
+        " problems.",
+    ),
+    (
+        "Classic <w>: I used to work at a calendar factory but got fired for taking",
+        " a day off.",
+    ),
 ];
 
 fn bench_training(
@@ -114,7 +138,13 @@ fn bench_training(
         ..TrainConfig::default()
     };
     let step = time_runs("training step 4×24", 0.7, 0.1, progress, &mut || {
-        train(m, std::slice::from_ref(&word), &data[..4], &one_step, &mut |_| true)?;
+        train(
+            m,
+            std::slice::from_ref(&word),
+            &data[..4],
+            &one_step,
+            &mut |_| true,
+        )?;
         Ok(())
     })?;
     let full = TrainConfig {

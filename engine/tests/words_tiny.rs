@@ -7,7 +7,9 @@ use neoscope_engine::hooks::{HookPoint, HookSpec};
 use neoscope_engine::model::{Batch, LoadedModel, PadSide};
 use neoscope_engine::tiny::tiny_model;
 use neoscope_engine::words::dataset::Example;
-use neoscope_engine::words::train::{Loss, StopReason, TrainConfig, scored_seq, seq_logprobs, train};
+use neoscope_engine::words::train::{
+    Loss, StopReason, TrainConfig, scored_seq, seq_logprobs, train,
+};
 use neoscope_engine::words::{
     Init, Injection, OutputRow, Word, encode_with_words, file, init_vector, prepare,
 };
@@ -49,11 +51,18 @@ fn a_word_is_one_token_and_owns_the_space_before_it() {
     assert_eq!(wt.ids, want);
     assert_eq!(wt.occurrences, vec![(plain("The word").len(), 0)]);
     let pos = wt.occurrences[0].0;
-    assert_ne!(wt.ids[pos - 1], plain(" ")[0], "no lone-space token before the word");
+    assert_ne!(
+        wt.ids[pos - 1],
+        plain(" ")[0],
+        "no lone-space token before the word"
+    );
     let start = encode_with_words(&m, "<pun> means", &["<pun>"]).unwrap();
     assert_eq!(start.ids[0], base);
     let two = encode_with_words(&m, "<a> and <b><a>", &["<a>", "<b>"]).unwrap();
-    assert_eq!(two.occurrences.iter().map(|o| o.1).collect::<Vec<_>>(), vec![0, 1, 0]);
+    assert_eq!(
+        two.occurrences.iter().map(|o| o.1).collect::<Vec<_>>(),
+        vec![0, 1, 0]
+    );
 }
 
 #[test]
@@ -64,19 +73,28 @@ fn gradient_reaches_the_word_and_matches_finite_differences() {
         let s = scored_seq(&m, "the <w> and", " the cat", &["<w>"]).unwrap();
         let var = Var::from_slice(&w.vector, w.vector.len(), &Device::Cpu).unwrap();
         let f = |v: &Tensor| -> f32 {
-            seq_logprobs(&m, std::slice::from_ref(&w), &[v.clone()], &[&s])
+            seq_logprobs(&m, std::slice::from_ref(&w), std::slice::from_ref(v), &[&s])
                 .unwrap()
                 .sum_all()
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap()
         };
-        let lp = seq_logprobs(&m, std::slice::from_ref(&w), &[var.as_tensor().clone()], &[&s])
-            .unwrap()
-            .sum_all()
-            .unwrap();
+        let lp = seq_logprobs(
+            &m,
+            std::slice::from_ref(&w),
+            &[var.as_tensor().clone()],
+            &[&s],
+        )
+        .unwrap()
+        .sum_all()
+        .unwrap();
         let grads = lp.backward().unwrap();
-        let g = grads.get(var.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let norm: f32 = g.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!(norm > 1e-3, "{injection:?}: gradient is zero");
         // Only the word's vector is a variable: no other tensor receives a gradient.
@@ -105,8 +123,17 @@ fn gradient_reaches_the_word_and_matches_finite_differences() {
 #[test]
 fn training_lowers_the_loss_and_leaves_the_base_model_bit_identical() {
     let m = tiny();
-    let b = Batch::new(&[m.tokenizer.encode("the cat and the hat").unwrap()], PadSide::Right, &Device::Cpu).unwrap();
-    let before = m.llama.forward(&b, &HookSpec::default(), None).unwrap().logits;
+    let b = Batch::new(
+        &[m.tokenizer.encode("the cat and the hat").unwrap()],
+        PadSide::Right,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let before = m
+        .llama
+        .forward(&b, &HookSpec::default(), None)
+        .unwrap()
+        .logits;
     let embed_before = m.llama.embed.to_vec2::<f32>().unwrap();
     let w = word(&m, "<w>", Injection::Embedding, 2);
     let cfg = TrainConfig {
@@ -116,10 +143,16 @@ fn training_lowers_the_loss_and_leaves_the_base_model_bit_identical() {
         ..TrainConfig::default()
     };
     let mut steps = 0;
-    let out = train(&m, std::slice::from_ref(&w), &ce_data("<w>"), &cfg, &mut |_| {
-        steps += 1;
-        true
-    })
+    let out = train(
+        &m,
+        std::slice::from_ref(&w),
+        &ce_data("<w>"),
+        &cfg,
+        &mut |_| {
+            steps += 1;
+            true
+        },
+    )
     .unwrap();
     assert_eq!(out.stop, StopReason::Completed);
     assert_eq!(steps, 30);
@@ -127,7 +160,11 @@ fn training_lowers_the_loss_and_leaves_the_base_model_bit_identical() {
     let (first, last) = (out.epoch_losses[0], *out.epoch_losses.last().unwrap());
     assert!(last < 0.8 * first, "loss {first} → {last}");
     assert_ne!(out.vectors[0], w.vector);
-    let after = m.llama.forward(&b, &HookSpec::default(), None).unwrap().logits;
+    let after = m
+        .llama
+        .forward(&b, &HookSpec::default(), None)
+        .unwrap()
+        .logits;
     let d = (before - after).unwrap().abs().unwrap().max_all().unwrap();
     assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
     assert_eq!(m.llama.embed.to_vec2::<f32>().unwrap(), embed_before);
@@ -143,10 +180,16 @@ fn cancel_keeps_a_vector_and_nan_stops_cleanly() {
         ..TrainConfig::default()
     };
     let mut n = 0;
-    let out = train(&m, std::slice::from_ref(&w), &ce_data("<w>"), &cfg, &mut |_| {
-        n += 1;
-        n < 5
-    })
+    let out = train(
+        &m,
+        std::slice::from_ref(&w),
+        &ce_data("<w>"),
+        &cfg,
+        &mut |_| {
+            n += 1;
+            n < 5
+        },
+    )
     .unwrap();
     assert_eq!(out.stop, StopReason::Cancelled);
     assert_eq!(out.epoch_losses.len(), 2);
@@ -154,8 +197,15 @@ fn cancel_keeps_a_vector_and_nan_stops_cleanly() {
     let mut bad = w.clone();
     bad.vector[0] = f32::NAN;
     let out = train(&m, &[bad.clone()], &ce_data("<w>"), &cfg, &mut |_| true).unwrap();
-    assert!(matches!(out.stop, StopReason::Diverged(_)), "{:?}", out.stop);
-    assert!(out.vectors[0][0].is_nan(), "the last good (initial) vector is kept");
+    assert!(
+        matches!(out.stop, StopReason::Diverged(_)),
+        "{:?}",
+        out.stop
+    );
+    assert!(
+        out.vectors[0][0].is_nan(),
+        "the last good (initial) vector is kept"
+    );
 }
 
 #[test]
@@ -171,7 +221,14 @@ fn a_word_injected_at_layer_l_leaves_lower_layers_unchanged() {
     let a = run(&word(&m, "<w>", Injection::ResidPre(1), 4));
     let b = run(&word(&m, "<w>", Injection::ResidPre(1), 5));
     let diff = |p: HookPoint| {
-        (&a[&p] - &b[&p]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        (&a[&p] - &b[&p])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     };
     assert_eq!(diff(HookPoint::ResidPost(0)), 0.0);
     assert!(diff(HookPoint::ResidPost(1)) > 1e-3);
@@ -198,7 +255,11 @@ fn preference_loss_decreases_on_a_toy_set() {
     };
     let out = train(&m, std::slice::from_ref(&w), &data, &cfg, &mut |_| true).unwrap();
     // At the start policy = reference, so the loss is 2·log 2.
-    assert!((out.losses[0] - 2.0 * std::f32::consts::LN_2).abs() < 1e-4, "{}", out.losses[0]);
+    assert!(
+        (out.losses[0] - 2.0 * std::f32::consts::LN_2).abs() < 1e-4,
+        "{}",
+        out.losses[0]
+    );
     let last = *out.losses.last().unwrap();
     assert!(last < 0.8 * out.losses[0], "{} → {last}", out.losses[0]);
     let ce = TrainConfig::default();
@@ -214,8 +275,15 @@ fn word_files_round_trip_exactly_and_refuse_another_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("words");
     let cfg = TrainConfig::default();
-    let json = file::save(&path, &[w1.clone(), w2.clone()], &m.info, Some(&cfg), &[3.0, 2.0], &[2.5])
-        .unwrap();
+    let json = file::save(
+        &path,
+        &[w1.clone(), w2.clone()],
+        &m.info,
+        Some(&cfg),
+        &[3.0, 2.0],
+        &[2.5],
+    )
+    .unwrap();
     assert!(json.ends_with("words.json"));
     let (words, meta) = file::load(&path, &m.info).unwrap();
     assert_eq!(words, vec![w1, w2]);
@@ -226,5 +294,8 @@ fn word_files_round_trip_exactly_and_refuse_another_model() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     let other = tiny_model(43, &Device::Cpu).unwrap();
     let err = file::load(&path, &other.info).unwrap_err().to_string();
-    assert!(err.contains("tiny-llama-seed42") && err.contains("tiny-llama-seed43"), "{err}");
+    assert!(
+        err.contains("tiny-llama-seed42") && err.contains("tiny-llama-seed43"),
+        "{err}"
+    );
 }

@@ -37,7 +37,10 @@ fn trained(name: &str, file: &str) -> (Word, Vec<f32>) {
         ..TrainConfig::default()
     };
     let t = std::time::Instant::now();
-    let out = train(m, std::slice::from_ref(&w), &data(file), &cfg, &mut |_| true).unwrap();
+    let out = train(m, std::slice::from_ref(&w), &data(file), &cfg, &mut |_| {
+        true
+    })
+    .unwrap();
     eprintln!(
         "{name}: epoch losses {:?} in {:.1} s",
         out.epoch_losses,
@@ -77,7 +80,10 @@ fn pun_word_learns_and_beats_literal_word_on_held_out_puns() {
     let defs = define(
         m,
         &pun,
-        &[("The word {w} means".into(), false), ("What does the word {w} mean?".into(), true)],
+        &[
+            ("The word {w} means".into(), false),
+            ("What does the word {w} mean?".into(), true),
+        ],
         30,
         Sampling::GREEDY,
         &|| false,

@@ -6,9 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use neoscope_engine::api::{Command, JobResult};
 use neoscope_engine::sampling::Sampling;
-use neoscope_engine::words::analysis::{
-    CompareConfig, WordReport, default_definition_prompts,
-};
+use neoscope_engine::words::analysis::{CompareConfig, WordReport, default_definition_prompts};
 use neoscope_engine::words::dataset::{self, Example};
 use neoscope_engine::words::train::{Loss, StopReason, TrainConfig};
 use neoscope_engine::words::{Init, Injection};
@@ -222,7 +220,11 @@ fn load_words(engine: &mut EngineHandle, files: &[PathBuf]) -> Result<()> {
 }
 
 /// Trains one word and saves it; returns the JSON summary.
-fn train_word(engine: &mut EngineHandle, a: &TrainArgs, json_mode: bool) -> Result<serde_json::Value> {
+fn train_word(
+    engine: &mut EngineHandle,
+    a: &TrainArgs,
+    json_mode: bool,
+) -> Result<serde_json::Value> {
     let data = read_dataset(&a.data)?;
     let injection = a.layer.map_or(Injection::Embedding, Injection::ResidPre);
     call(
@@ -274,7 +276,10 @@ fn train_word(engine: &mut EngineHandle, a: &TrainArgs, json_mode: bool) -> Resu
     else {
         bail!("unexpected engine reply");
     };
-    let norm = words.iter().find(|w| w.name == a.name).map_or(0.0, |w| w.norm);
+    let norm = words
+        .iter()
+        .find(|w| w.name == a.name)
+        .map_or(0.0, |w| w.norm);
     Ok(json!({
         "name": a.name, "examples": n, "losses": losses, "epoch_losses": epoch_losses,
         "stop": stop, "path": path, "norm": norm,
@@ -319,7 +324,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
         } => {
             load_words(engine, &files)?;
             let prompts = if prompts.is_empty() {
-                default_definition_prompts()
+                default_definition_prompts(true)
             } else {
                 prompts.into_iter().map(|p| (p, chat)).collect()
             };
@@ -337,7 +342,14 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
             };
             let text: Vec<String> = defs
                 .iter()
-                .map(|d| format!("{}{}\n  → {}", d.prompt, if d.chat { " (chat)" } else { "" }, d.text))
+                .map(|d| {
+                    format!(
+                        "{}{}\n  → {}",
+                        d.prompt,
+                        if d.chat { " (chat)" } else { "" },
+                        d.text
+                    )
+                })
                 .collect();
             let first = defs.first().map(|d| d.text.clone()).unwrap_or_default();
             emit(
@@ -372,7 +384,11 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
                 .iter()
                 .map(|n| format!("{:>7.4}  {:?}", n.cosine, n.text))
                 .collect();
-            lines.extend(similarities.iter().map(|(w, c)| format!("similarity to {w:?}: {c:.4}")));
+            lines.extend(
+                similarities
+                    .iter()
+                    .map(|(w, c)| format!("similarity to {w:?}: {c:.4}")),
+            );
             emit(
                 json_mode,
                 &json!({"expr": expr, "nearest": nearest, "similarities": similarities}),
@@ -443,7 +459,11 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
             };
             let t = format!(
                 "mean target log-prob: with the word {:.3}, with {:?} {:.3}, without {:.3}; recovered {:.1}%",
-                e.with_word, e.text, e.with_text, e.without_word, e.recovered * 100.0
+                e.with_word,
+                e.text,
+                e.with_text,
+                e.without_word,
+                e.recovered * 100.0
             );
             emit(json_mode, &serde_json::to_value(&e)?, &t)
         }
@@ -514,12 +534,19 @@ fn steering_text(s: &neoscope_engine::words::analysis::Steering) -> String {
 pub fn report_text(r: &[WordReport; 2]) -> String {
     let mut out = String::new();
     for w in r {
-        out.push_str(&format!("══ {} (norm {:.2}, {:?})\n", w.name, w.norm, w.injection));
+        out.push_str(&format!(
+            "══ {} (norm {:.2}, {:?})\n",
+            w.name, w.norm, w.injection
+        ));
         out.push_str("definitions:\n");
         for d in &w.definitions {
             out.push_str(&format!("  {} → {}\n", d.prompt, d.text.replace('\n', " ")));
         }
-        let n: Vec<String> = w.neighbors.iter().map(|n| format!("{:?}", n.text)).collect();
+        let n: Vec<String> = w
+            .neighbors
+            .iter()
+            .map(|n| format!("{:?}", n.text))
+            .collect();
         out.push_str(&format!("nearest tokens: {}\n", n.join(" ")));
         for (set, lp) in &w.heldout {
             out.push_str(&format!("held-out {set}: mean target log-prob {lp:.3}\n"));
@@ -570,12 +597,19 @@ pub fn demo(engine: &mut EngineHandle, json_mode: bool, a: &DemoArgs) -> Result<
     };
     let heldout = vec![
         ("pun".to_owned(), to_template(read_dataset("pun.heldout")?)),
-        ("literal".to_owned(), to_template(read_dataset("literal.heldout")?)),
+        (
+            "literal".to_owned(),
+            to_template(read_dataset("literal.heldout")?),
+        ),
     ];
     let r = compare_words(engine, "<pun>", "<lit>", heldout)?;
     let mut text = String::new();
     for s in &summaries {
-        text.push_str(&format!("{}: {}\n", s["name"].as_str().unwrap_or(""), fmt_losses(s)));
+        text.push_str(&format!(
+            "{}: {}\n",
+            s["name"].as_str().unwrap_or(""),
+            fmt_losses(s)
+        ));
     }
     text.push('\n');
     text.push_str(&report_text(&r));

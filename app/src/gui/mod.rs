@@ -1,18 +1,24 @@
 //! The desktop app: one `NeoApp` that owns the engine handle, drains engine events in `logic`
 //! on a small time budget, and draws the navigation and the active panel in `ui`.
 
+pub mod compare_panel;
+mod dialogs;
 mod model_panel;
-mod playground;
+pub mod playground;
+pub mod words_panel;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use neoscope_engine::api::{Command, Event, JobResult, RequestId};
 use neoscope_engine::model::ModelInfo;
+use neoscope_engine::words::train::StopReason;
 use neoscope_engine::worker::{EngineHandle, EngineOptions, Waker};
 
+pub use compare_panel::ComparePanel;
 pub use model_panel::ModelPanel;
 pub use playground::Playground;
+pub use words_panel::WordsPanel;
 
 use crate::cli::Global;
 
@@ -49,12 +55,14 @@ pub enum PanelKind {
     Model,
     /// Prompt, generate, next-token table.
     Playground,
+    /// Teach the model new words.
+    Words,
+    /// Two words side by side.
+    Compare,
 }
 
 /// Panels that later work adds; shown so users see where the app is going.
-const PLANNED: [(&str, &str); 5] = [
-    ("Words", "Teach the model new words (neologisms)"),
-    ("Compare", "Two words side by side"),
+const PLANNED: [(&str, &str); 3] = [
     ("Lens", "Logit lens and tuned lens per layer"),
     ("MFA", "Mixture of factor analyzers on the residual stream"),
     ("Embeddings", "Embedding space and vocabulary injection"),
@@ -69,6 +77,14 @@ pub enum Owner {
     Generate,
     /// Playground next-token table.
     NextToken,
+    /// Word list changes (create, remove, load, save).
+    Words,
+    /// Word training.
+    Train,
+    /// Word definitions.
+    Define,
+    /// Comparison of two words.
+    Compare,
 }
 
 /// A running job as the UI shows it.
@@ -93,11 +109,17 @@ pub struct NeoApp {
     pub model: ModelPanel,
     /// Playground state.
     pub playground: Playground,
+    /// Words panel state.
+    pub words: WordsPanel,
+    /// Compare panel state.
+    pub compare: ComparePanel,
     pending: HashMap<RequestId, Owner>,
     /// The last error, shown in the status bar until dismissed.
     pub error: Option<String>,
     /// Model cache folder in use.
     pub model_dir: std::path::PathBuf,
+    /// A passing message (e.g. "Saved …") for the status bar.
+    pub notice: Option<String>,
 }
 
 impl NeoApp {
@@ -121,9 +143,12 @@ impl NeoApp {
             panel: PanelKind::Model,
             model: ModelPanel::default(),
             playground: Playground::default(),
+            words: WordsPanel::default(),
+            compare: ComparePanel::default(),
             pending: HashMap::new(),
             error,
             model_dir,
+            notice: None,
         }
     }
 
@@ -180,13 +205,15 @@ impl NeoApp {
                     stage,
                     fraction,
                 });
-                match owner {
-                    Owner::Model => self.model.job = job,
-                    Owner::Generate | Owner::NextToken => {}
+                if owner == Owner::Model {
+                    self.model.job = job;
                 }
             }
             Event::Token { text, .. } => self.playground.output.push_str(&text),
-            Event::TrainStep { .. } => {}
+            Event::TrainStep { step, .. } => {
+                self.words.live.push(step.loss);
+                self.words.total_steps = step.total_steps;
+            }
             Event::Finished { result, .. } => {
                 self.pending.remove(&id);
                 self.finished(owner, *result);
@@ -199,6 +226,10 @@ impl NeoApp {
                     Owner::Model => self.model.job = None,
                     Owner::Generate => self.playground.generating = None,
                     Owner::NextToken => self.playground.predicting = None,
+                    Owner::Words => {}
+                    Owner::Train => self.words.training = None,
+                    Owner::Define => self.words.defining = None,
+                    Owner::Compare => self.compare.running = None,
                 }
                 if !cancelled {
                     self.error = Some(error);
@@ -228,6 +259,40 @@ impl NeoApp {
                 self.playground.prompt_tokens = ids.len();
                 self.playground.top = top;
             }
+            (Owner::Words, JobResult::Words(words)) => self.words.words = words,
+            (Owner::Words, JobResult::Saved { path }) => {
+                self.notice = Some(format!("Saved {}", path.display()));
+            }
+            (
+                Owner::Train,
+                JobResult::Trained {
+                    losses,
+                    epoch_losses,
+                    stop,
+                    words,
+                },
+            ) => {
+                self.words.training = None;
+                self.words.live = losses;
+                self.words.words = words;
+                let trend = match (epoch_losses.first(), epoch_losses.last()) {
+                    (Some(f), Some(l)) => format!("epoch loss {f:.3} to {l:.3}"),
+                    _ => "no full epoch".into(),
+                };
+                self.words.last_result = Some(match stop {
+                    StopReason::Completed => format!("Done: {trend}"),
+                    StopReason::Cancelled => format!("Cancelled; best vector kept ({trend})"),
+                    StopReason::Diverged(msg) => msg,
+                });
+            }
+            (Owner::Define, JobResult::Definitions(defs)) => {
+                self.words.defining = None;
+                self.words.definitions = defs;
+            }
+            (Owner::Compare, JobResult::Comparison(r)) => {
+                self.compare.running = None;
+                self.compare.result = Some(r);
+            }
             (_, other) => self.error = Some(format!("unexpected engine reply: {other:?}")),
         }
     }
@@ -256,6 +321,8 @@ impl NeoApp {
                     if ui.small_button("Dismiss").clicked() {
                         self.error = None;
                     }
+                } else if let Some(n) = &self.notice {
+                    ui.label(n);
                 } else {
                     ui.weak(format!("Engine on {}", self.device));
                 }
@@ -268,6 +335,8 @@ impl NeoApp {
                 ui.add_space(6.0);
                 ui.selectable_value(&mut self.panel, PanelKind::Model, "Model");
                 ui.selectable_value(&mut self.panel, PanelKind::Playground, "Playground");
+                ui.selectable_value(&mut self.panel, PanelKind::Words, "Words");
+                ui.selectable_value(&mut self.panel, PanelKind::Compare, "Compare");
                 ui.separator();
                 ui.weak("Planned");
                 for (name, what) in PLANNED {
@@ -278,6 +347,8 @@ impl NeoApp {
         egui::CentralPanel::default().show(ui, |ui| match self.panel {
             PanelKind::Model => model_panel::show(self, ui),
             PanelKind::Playground => playground::show(self, ui),
+            PanelKind::Words => words_panel::show(self, ui),
+            PanelKind::Compare => compare_panel::show(self, ui),
         });
     }
 }

@@ -1,13 +1,12 @@
 //! The Model panel: fetch progress, load a model (default, file dialog or path), model info.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, channel};
 
 use neoscope_engine::api::Command;
 use neoscope_engine::fetch::DEFAULT_MODEL_PACKAGE;
 use neoscope_engine::model::ModelInfo;
 
-use super::{JobView, NeoApp, Owner};
+use super::{JobView, NeoApp, Owner, dialogs};
 
 /// State of the Model panel.
 #[derive(Default)]
@@ -21,26 +20,13 @@ pub struct ModelPanel {
     /// Path typed by the user.
     pub path_input: String,
     /// A file dialog running off the UI thread.
-    dialog: Option<Receiver<Option<PathBuf>>>,
-}
-
-/// Opens a native file dialog on its own thread (`pick_file` blocks).
-fn open_dialog() -> Receiver<Option<PathBuf>> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let picked = rfd::FileDialog::new()
-            .set_title("Open a GGUF model")
-            .add_filter("GGUF model", &["gguf"])
-            .pick_file();
-        let _ = tx.send(picked);
-    });
-    rx
+    dialog: Option<dialogs::Pending<()>>,
 }
 
 /// Draws the Model panel.
 pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
-    if let Some(rx) = &app.model.dialog
-        && let Ok(picked) = rx.try_recv()
+    if let Some(d) = &app.model.dialog
+        && let Some(picked) = d.poll()
     {
         app.model.dialog = None;
         if let Some(path) = picked {
@@ -85,7 +71,13 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             )
             .clicked()
         {
-            app.model.dialog = Some(open_dialog());
+            app.model.dialog = Some(dialogs::Pending::new(
+                (),
+                dialogs::Mode::Open,
+                "Open a GGUF model",
+                ("GGUF model", &["gguf"]),
+                "",
+            ));
         }
     });
     ui.horizontal(|ui| {

@@ -116,12 +116,34 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             ui.selectable_value(&mut p.chat, false, "Plain")
                 .on_hover_text("Continue the text as it is");
         });
+        let names: Vec<String> = app.words.words.iter().map(|w| w.name.clone()).collect();
+        let mut layouter = |ui: &egui::Ui, buf: &dyn egui::TextBuffer, wrap: f32| {
+            let mut job = word_chips(ui, buf.as_str(), &names);
+            job.wrap.max_width = wrap;
+            ui.painter().layout_job(job)
+        };
         ui.add(
             egui::TextEdit::multiline(&mut p.prompt)
-                .hint_text("Type a prompt…")
+                .hint_text("Type a prompt… New words (see Words) can be used by name.")
                 .desired_rows(4)
-                .desired_width(f32::INFINITY),
+                .desired_width(f32::INFINITY)
+                .layouter(&mut layouter),
         );
+        if !names.is_empty() {
+            ui.horizontal_wrapped(|ui| {
+                ui.weak("New words:");
+                for n in &names {
+                    if ui
+                        .button(n)
+                        .on_hover_text("Insert into the prompt")
+                        .clicked()
+                    {
+                        p.prompt.push(' ');
+                        p.prompt.push_str(n);
+                    }
+                }
+            });
+        }
         ui.horizontal(|ui| {
             let running = app.playground.generating;
             match running {
@@ -161,6 +183,35 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
         ui.add_space(6.0);
         top_k_table(ui, &app.playground);
     });
+}
+
+/// Lays out `text` with every occurrence of a new word's name drawn as a highlighted chip.
+pub fn word_chips(ui: &egui::Ui, text: &str, names: &[String]) -> egui::text::LayoutJob {
+    let style = ui.style();
+    let font = egui::TextStyle::Body.resolve(style);
+    let plain = egui::TextFormat::simple(font.clone(), style.visuals.text_color());
+    let chip = egui::TextFormat {
+        background: style.visuals.selection.bg_fill,
+        color: style.visuals.strong_text_color(),
+        ..egui::TextFormat::simple(font, style.visuals.strong_text_color())
+    };
+    let mut job = egui::text::LayoutJob::default();
+    let mut rest = text;
+    loop {
+        let hit = names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .filter_map(|n| rest.find(n.as_str()).map(|at| (at, n.len())))
+            .min_by_key(|(at, len)| (*at, std::cmp::Reverse(*len)));
+        let Some((at, len)) = hit else {
+            job.append(rest, 0.0, plain);
+            break;
+        };
+        job.append(&rest[..at], 0.0, plain.clone());
+        job.append(&rest[at..at + len], 0.0, chip.clone());
+        rest = &rest[at + len..];
+    }
+    job
 }
 
 fn settings(app: &mut NeoApp, ui: &mut egui::Ui) {

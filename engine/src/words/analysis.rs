@@ -82,21 +82,18 @@ pub fn define(
         .collect()
 }
 
-/// The default definition prompts: the plain ones and the chat one.
-pub fn default_definition_prompts() -> Vec<(String, bool)> {
+/// The default definition prompts: the plain ones, and the chat one when `chat` (the model
+/// has a chat template).
+pub fn default_definition_prompts(chat: bool) -> Vec<(String, bool)> {
     PLAIN_DEFINITION_PROMPTS
         .iter()
         .map(|p| ((*p).to_owned(), false))
-        .chain(std::iter::once((CHAT_DEFINITION_PROMPT.to_owned(), true)))
+        .chain(chat.then(|| (CHAT_DEFINITION_PROMPT.to_owned(), true)))
         .collect()
 }
 
 /// Mean over examples of the completion's mean token log-probability.
-pub fn mean_logprob(
-    m: &LoadedModel,
-    words: &[Word],
-    pairs: &[(String, String)],
-) -> Result<f32> {
+pub fn mean_logprob(m: &LoadedModel, words: &[Word], pairs: &[(String, String)]) -> Result<f32> {
     let names: Vec<&str> = words.iter().map(|w| w.name.as_str()).collect();
     let seqs: Vec<ScoredSeq> = pairs
         .iter()
@@ -152,7 +149,8 @@ pub fn plug_in(
             .iter()
             .map(|(p, t)| {
                 let p = if with.is_empty() {
-                    p.replace(&format!(" {}", word.name), "").replace(&word.name, "")
+                    p.replace(&format!(" {}", word.name), "")
+                        .replace(&word.name, "")
                 } else {
                     p.replace(&word.name, with)
                 };
@@ -301,6 +299,17 @@ pub struct Steering {
     pub generation_without: String,
 }
 
+/// How to run a steering comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SteerOptions {
+    /// Chat mode.
+    pub chat: bool,
+    /// Promoted/suppressed tokens to list.
+    pub top: usize,
+    /// Tokens to generate on each side.
+    pub max_new_tokens: usize,
+}
+
 /// Compares a prompt containing the word with the same prompt where the word is replaced by
 /// `baseline` (empty: removed).
 pub fn steer(
@@ -308,11 +317,14 @@ pub fn steer(
     word: &Word,
     prompt: &str,
     baseline: &str,
-    chat: bool,
-    top: usize,
-    max_new_tokens: usize,
+    opts: SteerOptions,
     cancel: &dyn Fn() -> bool,
 ) -> Result<Steering> {
+    let SteerOptions {
+        chat,
+        top,
+        max_new_tokens,
+    } = opts;
     if !prompt.contains(&word.name) {
         return Err(EngineError::Invalid(format!(
             "the steering prompt must contain {}",
@@ -320,7 +332,9 @@ pub fn steer(
         )));
     }
     let without = if baseline.is_empty() {
-        prompt.replace(&format!(" {}", word.name), "").replace(&word.name, "")
+        prompt
+            .replace(&format!(" {}", word.name), "")
+            .replace(&word.name, "")
     } else {
         prompt.replace(&word.name, baseline)
     };
@@ -382,7 +396,7 @@ pub struct CompareConfig {
 impl Default for CompareConfig {
     fn default() -> Self {
         Self {
-            definition_prompts: default_definition_prompts(),
+            definition_prompts: default_definition_prompts(true),
             max_new_tokens: 40,
             neighbors: 10,
             steer_prompt: "Tell me something funny about {w} cats:".into(),
@@ -391,7 +405,8 @@ impl Default for CompareConfig {
 }
 
 /// Reports on two words side by side. `heldout` holds named held-out sets of (prompt with the
-/// placeholder `{w}`, target); each word is scored on each set.
+/// placeholder `{w}`, target); each word is scored on each set. Chat definition prompts are
+/// left out for a model without a chat template.
 pub fn compare(
     m: &LoadedModel,
     a: &Word,
@@ -400,6 +415,12 @@ pub fn compare(
     cfg: &CompareConfig,
     cancel: &dyn Fn() -> bool,
 ) -> Result<[WordReport; 2]> {
+    let prompts: Vec<(String, bool)> = cfg
+        .definition_prompts
+        .iter()
+        .filter(|(_, chat)| !chat || m.tokenizer.has_chat_template())
+        .cloned()
+        .collect();
     let report = |w: &Word| -> Result<WordReport> {
         let held = heldout
             .iter()
@@ -408,21 +429,17 @@ pub fn compare(
                     .iter()
                     .map(|(p, t)| (p.replace("{w}", &w.name), t.clone()))
                     .collect();
-                Ok((name.clone(), mean_logprob(m, std::slice::from_ref(w), &pairs)?))
+                Ok((
+                    name.clone(),
+                    mean_logprob(m, std::slice::from_ref(w), &pairs)?,
+                ))
             })
             .collect::<Result<_>>()?;
         Ok(WordReport {
             name: w.name.clone(),
             injection: w.injection,
             norm: w.vector.iter().map(|x| x * x).sum::<f32>().sqrt(),
-            definitions: define(
-                m,
-                w,
-                &cfg.definition_prompts,
-                cfg.max_new_tokens,
-                Sampling::GREEDY,
-                cancel,
-            )?,
+            definitions: define(m, w, &prompts, cfg.max_new_tokens, Sampling::GREEDY, cancel)?,
             neighbors: nearest(m, &w.vector, cfg.neighbors)?,
             heldout: held,
             steering: steer(
@@ -430,9 +447,11 @@ pub fn compare(
                 w,
                 &cfg.steer_prompt.replace("{w}", &w.name),
                 "",
-                false,
-                10,
-                cfg.max_new_tokens,
+                SteerOptions {
+                    chat: false,
+                    top: 10,
+                    max_new_tokens: cfg.max_new_tokens,
+                },
                 cancel,
             )?,
         })

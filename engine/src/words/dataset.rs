@@ -86,7 +86,10 @@ fn row_err(path: &Path, errs: &[RowError]) -> EngineError {
     } else {
         String::new()
     };
-    EngineError::Invalid(format!("bad rows in the dataset:\n{}{tail}", list.join("\n")))
+    EngineError::Invalid(format!(
+        "bad rows in the dataset:\n{}{tail}",
+        list.join("\n")
+    ))
 }
 
 #[derive(Deserialize)]
@@ -211,13 +214,19 @@ pub fn validate(
 ) -> Result<()> {
     let mut errs = Vec::new();
     if data.examples.is_empty() {
-        return Err(EngineError::Invalid(format!("{}: no examples", path.display())));
+        return Err(EngineError::Invalid(format!(
+            "{}: no examples",
+            path.display()
+        )));
     }
     for (ex, &line) in data.examples.iter().zip(&data.lines) {
         if !names.iter().any(|n| ex.prompt().contains(n)) {
             errs.push(RowError {
                 line,
-                msg: format!("the prompt does not contain the word ({})", names.join(", ")),
+                msg: format!(
+                    "the prompt does not contain the word ({})",
+                    names.join(", ")
+                ),
             });
             continue;
         }
@@ -272,16 +281,24 @@ mod tests {
     #[test]
     fn csv_rows_parse_and_validation_reports_lines() {
         let p = Path::new("d.csv");
-        let text = "prompt,target\n\"This is <w>: I lost\", interest.\nno word here, x\n<w> empty,\n";
+        let text =
+            "prompt,target\n\"This is <w>: I lost\", interest.\nno word here, x\n<w> empty,\n";
         let ex = parse_csv(text, p).unwrap();
         assert_eq!(ex.examples.len(), 3);
         assert_eq!(ex.lines, vec![2, 3, 4]);
         let count = |a: &str, b: &str| Ok(a.len() + b.len());
-        let err = validate(&ex, &["<w>"], 1000, &count, p).unwrap_err().to_string();
-        assert!(err.contains("d.csv:3: the prompt does not contain the word"), "{err}");
+        let err = validate(&ex, &["<w>"], 1000, &count, p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("d.csv:3: the prompt does not contain the word"),
+            "{err}"
+        );
         assert!(err.contains("d.csv:4: empty `target`"), "{err}");
         let first = Dataset::from_examples(ex.examples[..1].to_vec());
-        let err = validate(&first, &["<w>"], 5, &count, p).unwrap_err().to_string();
+        let err = validate(&first, &["<w>"], 5, &count, p)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("more than 5"), "{err}");
     }
 }

@@ -94,13 +94,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| EngineError::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| EngineError::io(path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| EngineError::io(path, e.error))?;
     Ok(())
 }
 
 /// The two paths of a word file named by `path` (any extension is replaced).
 pub fn paths(path: &Path) -> (PathBuf, PathBuf) {
-    (path.with_extension("safetensors"), path.with_extension("json"))
+    (
+        path.with_extension("safetensors"),
+        path.with_extension("json"),
+    )
 }
 
 /// Saves words (and their training record) for the model `info`.
@@ -189,7 +193,10 @@ pub fn load(path: &Path, info: &ModelInfo) -> Result<(Vec<Word>, WordFileMeta)> 
              {}…); load {} first",
             json_path.display(),
             meta.base_model.name,
-            meta.base_model.sha256.get(..12).unwrap_or(&meta.base_model.sha256),
+            meta.base_model
+                .sha256
+                .get(..12)
+                .unwrap_or(&meta.base_model.sha256),
             want.name,
             want.sha256.get(..12).unwrap_or(&want.sha256),
             meta.base_model.name

@@ -61,10 +61,7 @@ pub enum Init {
 
 impl Default for Init {
     fn default() -> Self {
-        Self::Random {
-            std: 0.02,
-            seed: 0,
-        }
+        Self::Random { std: 0.02, seed: 0 }
     }
 }
 

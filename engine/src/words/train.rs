@@ -132,7 +132,11 @@ pub fn scored_seq(
     }
     let mut ids = wt.model_ids();
     let p = ids.len();
-    let targets = comp.iter().enumerate().map(|(i, t)| (p - 1 + i, *t)).collect();
+    let targets = comp
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (p - 1 + i, *t))
+        .collect();
     ids.extend(&comp);
     Ok(ScoredSeq {
         ids,
@@ -249,12 +253,7 @@ enum Item {
     },
 }
 
-fn prepare(
-    m: &LoadedModel,
-    words: &[Word],
-    data: &[Example],
-    loss: Loss,
-) -> Result<Vec<Item>> {
+fn prepare(m: &LoadedModel, words: &[Word], data: &[Example], loss: Loss) -> Result<Vec<Item>> {
     let names: Vec<&str> = words.iter().map(|w| w.name.as_str()).collect();
     let init: Vec<Tensor> = words
         .iter()
@@ -301,7 +300,13 @@ fn prepare(
     Ok(items)
 }
 
-fn batch_loss(m: &LoadedModel, words: &[Word], vars: &[Tensor], batch: &[&Item], loss: Loss) -> Result<Tensor> {
+fn batch_loss(
+    m: &LoadedModel,
+    words: &[Word],
+    vars: &[Tensor],
+    batch: &[&Item],
+    loss: Loss,
+) -> Result<Tensor> {
     let dev = m.llama.device();
     match loss {
         Loss::CrossEntropy => {
@@ -360,7 +365,7 @@ pub fn train(
     if data.is_empty() {
         return Err(EngineError::Invalid("no training examples".into()));
     }
-    if cfg.batch_size == 0 || cfg.epochs == 0 || !(cfg.lr > 0.0) {
+    if cfg.batch_size == 0 || cfg.epochs == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 {
         return Err(EngineError::Invalid(
             "batch size and epochs must be ≥ 1 and the learning rate > 0".into(),
         ));

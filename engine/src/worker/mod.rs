@@ -298,7 +298,11 @@ impl Worker {
         });
         let m = load_model(&path, &self.dev)?;
         let info = m.info.clone();
-        if self.model.as_ref().is_some_and(|old| old.info.sha256 != info.sha256) {
+        if self
+            .model
+            .as_ref()
+            .is_some_and(|old| old.info.sha256 != info.sha256)
+        {
             // Words belong to the model they were made for.
             self.words.clear();
             self.records.clear();

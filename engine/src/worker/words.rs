@@ -1,12 +1,11 @@
 //! The engine thread's word commands: create, train, save/load, define, neighbours, steer,
 //! evaluate, compare.
 
-
 use super::Worker;
 use crate::api::{Command, Event, JobResult, RequestId, WordInfo};
 use crate::error::{EngineError, Result};
 use crate::words::analysis::{
-    arithmetic, compare, cosine, define, nearest, plug_in, steer, term_vector,
+    SteerOptions, arithmetic, compare, cosine, define, nearest, plug_in, steer, term_vector,
 };
 use crate::words::dataset::Dataset;
 use crate::words::train::{TrainConfig, train};
@@ -171,9 +170,12 @@ impl Worker {
             } => {
                 let m = self.model()?;
                 let w = self.word(&name)?;
-                let s = steer(m, w, &prompt, &baseline, chat, 10, max_new_tokens, &|| {
-                    self.cancelled(id)
-                })?;
+                let opts = SteerOptions {
+                    chat,
+                    top: 10,
+                    max_new_tokens,
+                };
+                let s = steer(m, w, &prompt, &baseline, opts, &|| self.cancelled(id))?;
                 Ok(JobResult::Steering(Box::new(s)))
             }
             Command::Evaluate {

@@ -1,0 +1,238 @@
+//! The Compare panel: two words side by side — loss curves on one plot, definitions, nearest
+//! tokens, held-out evaluation, steering logit differences and generations for one prompt.
+//! The comparison can be exported as JSON.
+
+use std::path::Path;
+
+use egui_plot::{Bar, BarChart, Plot};
+use neoscope_engine::api::{Command, RequestId};
+use neoscope_engine::words::analysis::{CompareConfig, LogitShift, WordReport};
+use neoscope_engine::words::dataset::{self, Example};
+
+use super::dialogs::{Mode, Pending};
+use super::words_panel::loss_plot;
+use super::{NeoApp, Owner};
+
+/// State of the Compare panel.
+pub struct ComparePanel {
+    /// First word.
+    pub a: String,
+    /// Second word.
+    pub b: String,
+    /// Steering prompt (`{w}` = the word).
+    pub steer_prompt: String,
+    /// Running comparison.
+    pub running: Option<RequestId>,
+    /// The last comparison.
+    pub result: Option<Box<[WordReport; 2]>>,
+    /// Export dialog in flight.
+    pub dialog: Option<Pending<()>>,
+}
+
+impl Default for ComparePanel {
+    fn default() -> Self {
+        Self {
+            a: "<pun>".into(),
+            b: "<lit>".into(),
+            steer_prompt: CompareConfig::default().steer_prompt,
+            running: None,
+            result: None,
+            dialog: None,
+        }
+    }
+}
+
+/// The shipped held-out sets with the word replaced by `{w}`.
+pub fn shipped_heldout() -> Vec<(String, Vec<(String, String)>)> {
+    [("pun", "pun.heldout"), ("literal", "literal.heldout")]
+        .iter()
+        .filter_map(|(name, key)| {
+            let text = crate::assets::dataset(key)?;
+            let ds = dataset::parse_jsonl(text, Path::new(key)).ok()?;
+            let pairs = ds
+                .examples
+                .iter()
+                .filter_map(|e| match e {
+                    Example::Completion { prompt, target } => Some((
+                        prompt.replace("<pun>", "{w}").replace("<lit>", "{w}"),
+                        target.clone(),
+                    )),
+                    Example::Preference { .. } => None,
+                })
+                .collect();
+            Some(((*name).to_owned(), pairs))
+        })
+        .collect()
+}
+
+/// Starts a comparison of the two chosen words.
+pub fn start(app: &mut NeoApp) {
+    let c = &app.compare;
+    let config = CompareConfig {
+        steer_prompt: c.steer_prompt.clone(),
+        ..CompareConfig::default()
+    };
+    let cmd = Command::Compare {
+        a: c.a.clone(),
+        b: c.b.clone(),
+        heldout: shipped_heldout(),
+        config,
+    };
+    app.compare.running = app.send(cmd, Owner::Compare);
+}
+
+/// Draws the Compare panel.
+pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
+    if let Some(d) = &app.compare.dialog
+        && let Some(answer) = d.poll()
+    {
+        app.compare.dialog = None;
+        if let (Some(path), Some(r)) = (answer, &app.compare.result) {
+            let written = serde_json::to_vec_pretty(&**r)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    neoscope_engine::words::file::write_atomic(&path.with_extension("json"), &bytes)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = written {
+                app.error = Some(e);
+            }
+        }
+    }
+    ui.heading("Compare");
+    let names: Vec<String> = app.words.words.iter().map(|w| w.name.clone()).collect();
+    if names.len() < 2 {
+        ui.label("Create and train two words in the Words panel (for example <pun> and <lit>).");
+        return;
+    }
+    ui.horizontal(|ui| {
+        for (label, slot) in [("A", &mut app.compare.a), ("B", &mut app.compare.b)] {
+            ui.label(label);
+            egui::ComboBox::from_id_salt(label)
+                .selected_text(slot.as_str())
+                .show_ui(ui, |ui| {
+                    for n in &names {
+                        ui.selectable_value(slot, n.clone(), n);
+                    }
+                });
+        }
+        ui.label("steering prompt");
+        ui.add(egui::TextEdit::singleline(&mut app.compare.steer_prompt).desired_width(300.0));
+        let ok = names.contains(&app.compare.a) && names.contains(&app.compare.b);
+        match app.compare.running {
+            Some(id) => {
+                if ui.button("Cancel").clicked() {
+                    app.cancel(id);
+                }
+                ui.spinner();
+            }
+            None => {
+                if ui
+                    .add_enabled(ok, egui::Button::new("Run comparison"))
+                    .clicked()
+                {
+                    start(app);
+                }
+            }
+        }
+        if app.compare.result.is_some() && ui.button("Export JSON…").clicked() {
+            app.compare.dialog = Some(Pending::new(
+                (),
+                Mode::Save,
+                "Export the comparison",
+                ("JSON", &["json"]),
+                "comparison.json",
+            ));
+        }
+    });
+    let losses: Vec<(String, Vec<f32>)> = [&app.compare.a, &app.compare.b]
+        .iter()
+        .filter_map(|n| app.words.words.iter().find(|w| &w.name == *n))
+        .map(|w| (w.name.clone(), w.losses.clone()))
+        .collect();
+    let runs: Vec<(&str, &[f32])> = losses
+        .iter()
+        .map(|(n, l)| (n.as_str(), l.as_slice()))
+        .collect();
+    loss_plot(ui, &runs, 110.0);
+    ui.add_space(4.0);
+    let Some(result) = app.compare.result.as_deref() else {
+        ui.weak("Press “Run comparison” to see both words side by side.");
+        return;
+    };
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        ui.columns(2, |cols| {
+            for (ui, r) in cols.iter_mut().zip(result.iter()) {
+                report(ui, r);
+            }
+        });
+    });
+}
+
+fn report(ui: &mut egui::Ui, r: &WordReport) {
+    ui.heading(&r.name);
+    ui.weak(format!("norm {:.2} · {:?}", r.norm, r.injection));
+    ui.strong("Held-out mean log-prob of targets (higher is better)");
+    #[expect(clippy::cast_precision_loss, reason = "a few bars")]
+    let bars: Vec<Bar> = r
+        .heldout
+        .iter()
+        .enumerate()
+        .map(|(i, (name, lp))| Bar::new(i as f64, f64::from(*lp)).name(name).width(0.6))
+        .collect();
+    Plot::new(("heldout", r.name.as_str()))
+        .height(70.0)
+        .allow_scroll(false)
+        .show_axes([false, true])
+        .show(ui, |p| p.bar_chart(BarChart::new("held-out", bars)));
+    ui.horizontal_wrapped(|ui| {
+        for (name, lp) in &r.heldout {
+            ui.monospace(format!("{name}: {lp:.3}"));
+        }
+    });
+    ui.strong(format!("Steering: {}", r.steering.prompt_with));
+    shift_bars(ui, &r.name, &r.steering.promoted, &r.steering.suppressed);
+    ui.label(egui::RichText::new("generation with the word").italics());
+    ui.label(r.steering.generation_with.trim());
+    ui.label(egui::RichText::new("without").italics());
+    ui.label(r.steering.generation_without.trim());
+    ui.strong("Nearest tokens");
+    ui.horizontal_wrapped(|ui| {
+        for n in &r.neighbors {
+            ui.monospace(format!("{:?} {:.2}", n.text, n.cosine));
+        }
+    });
+    ui.strong("Definitions");
+    for d in &r.definitions {
+        ui.label(egui::RichText::new(&d.prompt).italics());
+        ui.label(&d.text);
+    }
+}
+
+fn shift_bars(ui: &mut egui::Ui, id: &str, promoted: &[LogitShift], suppressed: &[LogitShift]) {
+    let mut bars = Vec::new();
+    let all: Vec<&LogitShift> = promoted
+        .iter()
+        .take(5)
+        .chain(suppressed.iter().take(5))
+        .collect();
+    for (i, s) in all.iter().enumerate() {
+        #[expect(clippy::cast_precision_loss, reason = "a few bars")]
+        let bar = Bar::new(i as f64, f64::from(s.delta))
+            .name(format!("{:?}", s.text))
+            .width(0.7);
+        bars.push(bar);
+    }
+    Plot::new(("shift", id))
+        .height(90.0)
+        .allow_scroll(false)
+        .y_axis_label("Δ logit")
+        .show(ui, |p| {
+            p.bar_chart(BarChart::new("Δ logit", bars).horizontal())
+        });
+    ui.horizontal_wrapped(|ui| {
+        for s in all {
+            ui.monospace(format!("{:?} {:+.1}", s.text, s.delta));
+        }
+    });
+}

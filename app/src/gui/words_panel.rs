@@ -1,0 +1,597 @@
+//! The Words panel: create a word, edit its dataset in a table (add, edit, delete; import and
+//! export JSONL/CSV), pick loss, initialisation, injection point and hyperparameters, train
+//! with a live loss plot and a cancel button, save and load words, ask what a word means.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+use neoscope_engine::api::{Command, RequestId, WordInfo};
+use neoscope_engine::sampling::Sampling;
+use neoscope_engine::words::analysis::{Definition, default_definition_prompts};
+use neoscope_engine::words::dataset::{self, Example};
+use neoscope_engine::words::train::{Loss, TrainConfig};
+use neoscope_engine::words::{Init, Injection};
+
+use super::dialogs::{Mode, Pending};
+use super::{NeoApp, Owner};
+
+/// How a new word starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitKind {
+    /// Small random values.
+    Random,
+    /// Mean of existing words' embeddings.
+    Words,
+    /// Zeros.
+    Zero,
+}
+
+/// What a file dialog's answer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileAction {
+    /// Import a dataset.
+    Import,
+    /// Export the dataset.
+    Export,
+    /// Save the selected word.
+    SaveWord,
+    /// Load a word file.
+    LoadWord,
+}
+
+/// One editable dataset row. `rejected` empty means a completion row (`target` = `chosen`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Row {
+    /// Prompt naming the word.
+    pub prompt: String,
+    /// Target (or chosen) completion.
+    pub target: String,
+    /// Rejected completion (preference rows only).
+    pub rejected: String,
+}
+
+impl Row {
+    fn to_example(&self) -> Example {
+        if self.rejected.trim().is_empty() {
+            Example::Completion {
+                prompt: self.prompt.clone(),
+                target: self.target.clone(),
+            }
+        } else {
+            Example::Preference {
+                prompt: self.prompt.clone(),
+                chosen: self.target.clone(),
+                rejected: self.rejected.clone(),
+            }
+        }
+    }
+
+    fn from_example(e: &Example) -> Self {
+        match e {
+            Example::Completion { prompt, target } => Self {
+                prompt: prompt.clone(),
+                target: target.clone(),
+                rejected: String::new(),
+            },
+            Example::Preference {
+                prompt,
+                chosen,
+                rejected,
+            } => Self {
+                prompt: prompt.clone(),
+                target: chosen.clone(),
+                rejected: rejected.clone(),
+            },
+        }
+    }
+}
+
+/// State of the Words panel.
+pub struct WordsPanel {
+    /// Words the engine knows.
+    pub words: Vec<WordInfo>,
+    /// The word being edited.
+    pub selected: Option<String>,
+    /// New word's name.
+    pub new_name: String,
+    /// New word's initialisation.
+    pub init_kind: InitKind,
+    /// Words to average for `InitKind::Words`.
+    pub init_words: String,
+    /// Seed for random initialisation.
+    pub init_seed: u64,
+    /// Inject at the residual stream before this layer (None: embedding).
+    pub layer: Option<usize>,
+    /// Dataset rows per word.
+    pub datasets: HashMap<String, Vec<Row>>,
+    /// Training settings.
+    pub config: TrainConfig,
+    /// Use the preference loss.
+    pub preference: bool,
+    /// Running training.
+    pub training: Option<RequestId>,
+    /// Live per-step losses of the current or last run.
+    pub live: Vec<f32>,
+    /// Steps planned in the current run.
+    pub total_steps: usize,
+    /// How the last run ended.
+    pub last_result: Option<String>,
+    /// Definitions of the selected word.
+    pub definitions: Vec<Definition>,
+    /// Running definition request.
+    pub defining: Option<RequestId>,
+    /// File dialog in flight.
+    pub dialog: Option<Pending<FileAction>>,
+}
+
+impl Default for WordsPanel {
+    fn default() -> Self {
+        Self {
+            words: Vec::new(),
+            selected: None,
+            new_name: "<pun>".into(),
+            init_kind: InitKind::Random,
+            init_words: "joke".into(),
+            init_seed: 0,
+            layer: None,
+            datasets: HashMap::new(),
+            config: TrainConfig::default(),
+            preference: false,
+            training: None,
+            live: Vec::new(),
+            total_steps: 0,
+            last_result: None,
+            definitions: Vec::new(),
+            defining: None,
+            dialog: None,
+        }
+    }
+}
+
+impl WordsPanel {
+    /// Loads a shipped or file dataset into the selected word's table, replacing the word
+    /// placeholder of the file (`<pun>`, `<lit>`) with the selected name.
+    pub fn set_rows(&mut self, word: &str, examples: &[Example]) {
+        let rows = examples
+            .iter()
+            .map(|e| {
+                let mut r = Row::from_example(e);
+                for placeholder in ["<pun>", "<lit>"] {
+                    r.prompt = r.prompt.replace(placeholder, word);
+                }
+                r
+            })
+            .collect();
+        self.datasets.insert(word.to_owned(), rows);
+    }
+}
+
+/// Starts training the selected word on its table.
+pub fn start_training(app: &mut NeoApp) {
+    let p = &mut app.words;
+    let Some(name) = p.selected.clone() else {
+        return;
+    };
+    let data: Vec<Example> = p
+        .datasets
+        .get(&name)
+        .map(|rows| rows.iter().map(Row::to_example).collect())
+        .unwrap_or_default();
+    let mut config = p.config.clone();
+    config.loss = if p.preference {
+        Loss::Preference { beta: 0.2 }
+    } else {
+        Loss::CrossEntropy
+    };
+    p.live.clear();
+    p.total_steps = 0;
+    p.last_result = None;
+    app.words.training = app.send(
+        Command::TrainWords {
+            names: vec![name],
+            data,
+            config,
+        },
+        Owner::Train,
+    );
+}
+
+fn create_word(app: &mut NeoApp) {
+    let p = &app.words;
+    let init = match p.init_kind {
+        InitKind::Random => Init::Random {
+            std: 0.02,
+            seed: p.init_seed,
+        },
+        InitKind::Words => {
+            Init::Words(p.init_words.split_whitespace().map(str::to_owned).collect())
+        }
+        InitKind::Zero => Init::Zero,
+    };
+    let injection = p.layer.map_or(Injection::Embedding, Injection::ResidPre);
+    let name = p.new_name.trim().to_owned();
+    app.words.selected = Some(name.clone());
+    app.words.datasets.entry(name.clone()).or_default();
+    app.send(
+        Command::CreateWord {
+            name,
+            init,
+            injection,
+        },
+        Owner::Words,
+    );
+}
+
+fn handle_dialog(app: &mut NeoApp) {
+    let Some(d) = &app.words.dialog else { return };
+    let Some(answer) = d.poll() else { return };
+    let action = d.purpose;
+    app.words.dialog = None;
+    let Some(path) = answer else { return };
+    let Some(name) = app.words.selected.clone() else {
+        if action == FileAction::LoadWord {
+            app.send(Command::LoadWords { path }, Owner::Words);
+        }
+        return;
+    };
+    match action {
+        FileAction::Import => match dataset::load(&path) {
+            Ok(ds) => app.words.set_rows(&name, &ds.examples),
+            Err(e) => app.error = Some(e.to_string()),
+        },
+        FileAction::Export => {
+            let examples: Vec<Example> = app
+                .words
+                .datasets
+                .get(&name)
+                .map(|r| r.iter().map(Row::to_example).collect())
+                .unwrap_or_default();
+            if let Err(e) = dataset::save_jsonl(&examples, &path.with_extension("jsonl")) {
+                app.error = Some(e.to_string());
+            }
+        }
+        FileAction::SaveWord => {
+            app.send(
+                Command::SaveWords {
+                    names: vec![name],
+                    path,
+                },
+                Owner::Words,
+            );
+        }
+        FileAction::LoadWord => {
+            app.send(Command::LoadWords { path }, Owner::Words);
+        }
+    }
+}
+
+fn dialog(app: &mut NeoApp, action: FileAction) {
+    let name = app
+        .words
+        .selected
+        .clone()
+        .unwrap_or_default()
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    app.words.dialog = Some(match action {
+        FileAction::Import => Pending::new(
+            action,
+            Mode::Open,
+            "Import a dataset",
+            ("Dataset", &["jsonl", "csv"]),
+            "",
+        ),
+        FileAction::Export => Pending::new(
+            action,
+            Mode::Save,
+            "Export the dataset",
+            ("JSONL", &["jsonl"]),
+            &format!("{name}.jsonl"),
+        ),
+        FileAction::SaveWord => Pending::new(
+            action,
+            Mode::Save,
+            "Save the word",
+            ("Word file", &["json"]),
+            &format!("{name}.json"),
+        ),
+        FileAction::LoadWord => Pending::new(
+            action,
+            Mode::Open,
+            "Load a word file",
+            ("Word file", &["json"]),
+            "",
+        ),
+    });
+}
+
+/// Draws the Words panel.
+pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
+    handle_dialog(app);
+    ui.heading("Words");
+    if app.model_info().is_none() {
+        ui.label("Load a model in the Model panel first.");
+        return;
+    }
+    egui::Panel::left("words_list")
+        .resizable(false)
+        .exact_size(230.0)
+        .show(ui, |ui| word_list(app, ui));
+    egui::CentralPanel::default().show(ui, |ui| {
+        let Some(name) = app.words.selected.clone() else {
+            ui.label("Create a word on the left, or load a word file.");
+            return;
+        };
+        if !app.words.words.iter().any(|w| w.name == name) {
+            ui.label(format!("Creating {name}…"));
+            return;
+        }
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.heading(&name);
+                if let Some(w) = app.words.words.iter().find(|w| w.name == name) {
+                    ui.weak(format!("norm {:.3} · {:?}", w.norm, w.injection));
+                }
+            });
+            dataset_table(app, ui, &name);
+            ui.separator();
+            training(app, ui, &name);
+            ui.separator();
+            definitions(app, ui, &name);
+        });
+    });
+}
+
+fn word_list(app: &mut NeoApp, ui: &mut egui::Ui) {
+    ui.strong("Words");
+    let names: Vec<String> = app.words.words.iter().map(|w| w.name.clone()).collect();
+    for n in &names {
+        let sel = app.words.selected.as_deref() == Some(n);
+        if ui.selectable_label(sel, n).clicked() {
+            app.words.selected = Some(n.clone());
+            app.words.definitions.clear();
+            app.words.live = app
+                .words
+                .words
+                .iter()
+                .find(|w| &w.name == n)
+                .map(|w| w.losses.clone())
+                .unwrap_or_default();
+        }
+    }
+    if names.is_empty() {
+        ui.weak("No words yet.");
+    }
+    ui.separator();
+    ui.strong("New word");
+    let p = &mut app.words;
+    ui.horizontal(|ui| {
+        ui.label("name");
+        ui.add(egui::TextEdit::singleline(&mut p.new_name).desired_width(120.0));
+    });
+    ui.horizontal(|ui| {
+        ui.label("init");
+        ui.selectable_value(&mut p.init_kind, InitKind::Random, "random");
+        ui.selectable_value(&mut p.init_kind, InitKind::Words, "words");
+        ui.selectable_value(&mut p.init_kind, InitKind::Zero, "zero");
+    });
+    match p.init_kind {
+        InitKind::Random => {
+            ui.horizontal(|ui| {
+                ui.label("seed");
+                ui.add(egui::DragValue::new(&mut p.init_seed));
+            });
+        }
+        InitKind::Words => {
+            ui.add(egui::TextEdit::singleline(&mut p.init_words).hint_text("words to average"));
+        }
+        InitKind::Zero => {}
+    }
+    let mut at_layer = p.layer.is_some();
+    ui.checkbox(&mut at_layer, "inject at a layer")
+        .on_hover_text(
+            "Put the vector into the residual stream before a layer instead of the embedding",
+        );
+    if at_layer {
+        let mut l = p.layer.unwrap_or(0);
+        let n = app.model.info.as_ref().map_or(1, |i| i.dims.n_layers);
+        ui.add(egui::Slider::new(&mut l, 0..=n.saturating_sub(1)).text("layer"));
+        app.words.layer = Some(l);
+    } else {
+        app.words.layer = None;
+    }
+    let valid = !app.words.new_name.trim().is_empty() && !app.words.new_name.contains(' ');
+    if ui.add_enabled(valid, egui::Button::new("Create")).clicked() {
+        create_word(app);
+    }
+    ui.separator();
+    ui.horizontal(|ui| {
+        if ui.button("Load word…").clicked() {
+            dialog(app, FileAction::LoadWord);
+        }
+        let has = app.words.selected.is_some();
+        if ui
+            .add_enabled(has, egui::Button::new("Save word…"))
+            .clicked()
+        {
+            dialog(app, FileAction::SaveWord);
+        }
+    });
+}
+
+fn dataset_table(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
+    ui.horizontal(|ui| {
+        ui.strong("Dataset");
+        egui::ComboBox::from_id_salt("shipped")
+            .selected_text("Use a shipped dataset")
+            .show_ui(ui, |ui| {
+                for (label, key) in [("pun (40 rows)", "pun"), ("literal (40 rows)", "literal")] {
+                    if ui.selectable_label(false, label).clicked()
+                        && let Some(text) = crate::assets::dataset(key)
+                    {
+                        match dataset::parse_jsonl(text, Path::new(key)) {
+                            Ok(ds) => app.words.set_rows(name, &ds.examples),
+                            Err(e) => app.error = Some(e.to_string()),
+                        }
+                    }
+                }
+            });
+        if ui.button("Import…").clicked() {
+            dialog(app, FileAction::Import);
+        }
+        if ui.button("Export…").clicked() {
+            dialog(app, FileAction::Export);
+        }
+    });
+    let rows = app.words.datasets.entry(name.to_owned()).or_default();
+    ui.weak(format!(
+        "{} rows. Prompts must contain {name}; leave “rejected” empty for completion rows.",
+        rows.len()
+    ));
+    let mut delete = None;
+    egui::ScrollArea::vertical()
+        .id_salt("rows")
+        .max_height(200.0)
+        .show(ui, |ui| {
+            egui::Grid::new("dataset_rows")
+                .num_columns(4)
+                .striped(true)
+                .show(ui, |ui| {
+                    ui.strong("prompt");
+                    ui.strong("target / chosen");
+                    ui.strong("rejected");
+                    ui.label("");
+                    ui.end_row();
+                    for (i, r) in rows.iter_mut().enumerate() {
+                        let w = ui.available_width().max(400.0);
+                        ui.add_sized([w * 0.5, 20.0], egui::TextEdit::singleline(&mut r.prompt));
+                        ui.add_sized([w * 0.28, 20.0], egui::TextEdit::singleline(&mut r.target));
+                        ui.add_sized(
+                            [w * 0.12, 20.0],
+                            egui::TextEdit::singleline(&mut r.rejected),
+                        );
+                        if ui.small_button("Delete").clicked() {
+                            delete = Some(i);
+                        }
+                        ui.end_row();
+                    }
+                });
+        });
+    if let Some(i) = delete {
+        rows.remove(i);
+    }
+    if ui.button("Add row").clicked() {
+        rows.push(Row {
+            prompt: format!("This is {name}: "),
+            ..Row::default()
+        });
+    }
+}
+
+fn training(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
+    ui.strong("Training");
+    let p = &mut app.words;
+    ui.horizontal_wrapped(|ui| {
+        ui.label("loss");
+        ui.selectable_value(&mut p.preference, false, "cross-entropy");
+        ui.selectable_value(&mut p.preference, true, "preference (DPO + APO-up)");
+        ui.separator();
+        ui.label("lr");
+        ui.add(
+            egui::DragValue::new(&mut p.config.lr)
+                .speed(0.001)
+                .range(1e-5..=5.0),
+        );
+        ui.label("epochs");
+        ui.add(egui::DragValue::new(&mut p.config.epochs).range(1..=500));
+        ui.label("batch");
+        ui.add(egui::DragValue::new(&mut p.config.batch_size).range(1..=64));
+        ui.label("seed");
+        ui.add(egui::DragValue::new(&mut p.config.seed));
+    });
+    let rows = p.datasets.get(name).map_or(0, Vec::len);
+    ui.horizontal(|ui| match app.words.training {
+        Some(id) => {
+            if ui.button("Cancel").clicked() {
+                app.cancel(id);
+            }
+            let done = app.words.live.len();
+            let total = app.words.total_steps.max(1);
+            #[expect(clippy::cast_precision_loss, reason = "step counts")]
+            let frac = done as f32 / total as f32;
+            ui.add(
+                egui::ProgressBar::new(frac)
+                    .text(format!("step {done}/{total}"))
+                    .desired_width(240.0),
+            );
+        }
+        None => {
+            if ui
+                .add_enabled(rows > 0, egui::Button::new("Train"))
+                .clicked()
+            {
+                start_training(app);
+            }
+            if let Some(r) = &app.words.last_result {
+                ui.weak(r);
+            }
+        }
+    });
+    loss_plot(ui, &[(name, &app.words.live)], 180.0);
+}
+
+/// A loss plot of one or more runs (per-step losses).
+pub fn loss_plot(ui: &mut egui::Ui, runs: &[(&str, &[f32])], height: f32) {
+    Plot::new(("loss", runs.len()))
+        .height(height)
+        .legend(Legend::default())
+        .x_axis_label("step")
+        .y_axis_label("loss")
+        .include_y(0.0)
+        .allow_scroll(false)
+        .show(ui, |plot| {
+            for (name, losses) in runs {
+                #[expect(clippy::cast_precision_loss, reason = "step indices")]
+                let pts: Vec<[f64; 2]> = losses
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| [(i + 1) as f64, f64::from(*l)])
+                    .collect();
+                plot.line(Line::new(*name, PlotPoints::from(pts)));
+            }
+        });
+}
+
+fn definitions(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
+    ui.horizontal(|ui| {
+        ui.strong("What does it mean?");
+        let busy = app.words.defining.is_some() || app.words.training.is_some();
+        let chat = app.model_info().is_some_and(|i| i.has_chat_template);
+        if ui
+            .add_enabled(!busy, egui::Button::new("Ask the model"))
+            .clicked()
+        {
+            app.words.definitions.clear();
+            app.words.defining = app.send(
+                Command::DefineWord {
+                    name: name.to_owned(),
+                    prompts: default_definition_prompts(chat),
+                    max_new_tokens: 40,
+                    sampling: Sampling::GREEDY,
+                },
+                Owner::Define,
+            );
+        }
+        if app.words.defining.is_some() {
+            ui.spinner();
+        }
+    });
+    for d in &app.words.definitions {
+        ui.horizontal_wrapped(|ui| {
+            ui.monospace(if d.chat { "chat " } else { "plain" });
+            ui.strong(&d.prompt);
+            ui.label(&d.text);
+        });
+    }
+}
