@@ -147,6 +147,8 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Dataset> {
         .headers()
         .map_err(|e| EngineError::Invalid(format!("{}:1: {e}", path.display())))?
         .clone();
+    let col = |name: &str| headers.iter().position(|h| h.trim() == name);
+    let (ip, it, ic, ir) = (col("prompt"), col("target"), col("chosen"), col("rejected"));
     for rec in rdr.records() {
         let (line, parsed) = match rec {
             Ok(r) => {
@@ -154,11 +156,20 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Dataset> {
                     .position()
                     .and_then(|p| usize::try_from(p.line()).ok())
                     .unwrap_or(0);
-                let row = r
-                    .deserialize::<Row>(Some(&headers))
-                    .map_err(|e| e.to_string())
-                    .and_then(row_to_example);
-                (line, row)
+                // A present but empty cell stays an empty string (reported by `validate`),
+                // except in the columns of the other row kind of a mixed file.
+                let get = |i: Option<usize>| i.and_then(|i| r.get(i)).map(str::to_owned);
+                let nonempty = |i| get(i).filter(|v| !v.is_empty());
+                let (chosen, rejected) = (nonempty(ic), nonempty(ir));
+                let pref = chosen.is_some() || rejected.is_some();
+                let target = if pref { nonempty(it) } else { get(it) };
+                let row = Row {
+                    prompt: get(ip),
+                    target,
+                    chosen,
+                    rejected,
+                };
+                (line, row_to_example(row))
             }
             Err(e) => (
                 e.position()
