@@ -2,7 +2,7 @@
 //! kernels have no backward pass, so a trainable input behind them would silently get no
 //! gradient; these compositions of primitive ops are differentiable end to end.
 
-use candle_core::{D, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape, Tensor};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) · w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
@@ -27,12 +27,53 @@ pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
+/// `x @ wᵀ` with a frozen `w`: candle's stock matmul backward also computes the gradient of the
+/// weight (a full (out, in) matrix per layer per step, thrown away when only a word's vector
+/// trains). This op's backward returns the input gradient alone. Written by hand because no
+/// crate offers a partial-gradient matmul for candle.
+struct FrozenMatmul {
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen matmul: input not contiguous".into()))?;
+        let x = Tensor::from_slice(
+            &storage.as_slice::<f32>()?[start..end],
+            layout.shape(),
+            &Device::Cpu,
+        )?;
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
+}
+
 /// `x @ wᵀ` for `x` of shape (…, in) and `w` of shape (out, in), done as one flattened matmul.
+/// When `x` carries a gradient and `w` does not (training new words), the backward pass skips
+/// the weight gradient.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let inner = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+    let x2 = x.reshape((rows, inner))?;
+    let frozen_path =
+        x2.track_op() && !w.track_op() && x2.device().is_cpu() && x2.dtype() == DType::F32;
+    let y = if frozen_path {
+        x2.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
     let mut out = dims[..dims.len() - 1].to_vec();
     out.push(w.dim(0)?);
     y.reshape(out)
@@ -81,6 +122,38 @@ mod tests {
         assert!((g[0][0] - fd0).abs() < 1e-3, "{} vs {fd0}", g[0][0]);
         assert!(g[0][0].abs() > 1e-3);
         assert!(g[1].iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn frozen_linear_matches_plain_matmul_in_value_and_input_gradient() {
+        let dev = Device::Cpu;
+        let xv: Vec<f32> = (0..24).map(|i| (i as f32 * 0.37).sin()).collect();
+        let wv: Vec<f32> = (0..20).map(|i| (i as f32 * 0.11).cos()).collect();
+        let w = Tensor::from_vec(wv, (5, 4), &dev).unwrap();
+        let x = Var::from_vec(xv, (2, 3, 4), &dev).unwrap();
+        let ours = linear(x.as_tensor(), &w).unwrap();
+        let plain = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap();
+        let d = (&ours - &plain).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+        let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = plain.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+        assert!(
+            a.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.1
+        );
+        // The frozen weight gets no gradient.
+        assert!(g1.get(&w).is_none());
     }
 
     #[test]
