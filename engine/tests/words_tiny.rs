@@ -299,3 +299,31 @@ fn word_files_round_trip_exactly_and_refuse_another_model() {
         "{err}"
     );
 }
+
+#[test]
+fn two_words_train_jointly() {
+    let m = tiny();
+    let a = word(&m, "<a>", Injection::Embedding, 9);
+    let b = word(&m, "<b>", Injection::Embedding, 10);
+    let data = vec![
+        Example::Completion {
+            prompt: "<a> and <b>:".into(),
+            target: " the cat".into(),
+        },
+        Example::Completion {
+            prompt: "<b> then".into(),
+            target: " an ant".into(),
+        },
+    ];
+    let cfg = TrainConfig {
+        lr: 0.1,
+        epochs: 10,
+        batch_size: 2,
+        ..TrainConfig::default()
+    };
+    let out = train(&m, &[a.clone(), b.clone()], &data, &cfg, &mut |_| true).unwrap();
+    assert_eq!(out.vectors.len(), 2);
+    assert_ne!(out.vectors[0], a.vector);
+    assert_ne!(out.vectors[1], b.vector);
+    assert!(out.losses.last().unwrap() < &out.losses[0]);
+}

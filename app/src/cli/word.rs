@@ -52,6 +52,12 @@ pub enum WordCmd {
         /// Ordinary words to compare with; repeatable.
         #[arg(long = "similar")]
         similar: Vec<String>,
+        /// Keep the result as a new word with this name (saved with `--out`).
+        #[arg(long, requires = "out")]
+        save_as: Option<String>,
+        /// Where to save the new word.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Logit differences and generations with and without the word.
     Steer {
@@ -363,6 +369,8 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
             expr,
             k,
             similar,
+            save_as,
+            out,
         } => {
             load_words(engine, &files)?;
             let JobResult::Neighbors {
@@ -374,11 +382,27 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
                     expr: expr.clone(),
                     k,
                     others: similar,
-                    save_as: None,
+                    save_as: save_as.clone(),
                 },
             )?
             else {
                 bail!("unexpected engine reply");
+            };
+            let saved = match (save_as, out) {
+                (Some(name), Some(path)) => {
+                    let JobResult::Saved { path } = call(
+                        engine,
+                        Command::SaveWords {
+                            names: vec![name],
+                            path,
+                        },
+                    )?
+                    else {
+                        bail!("unexpected engine reply");
+                    };
+                    Some(path)
+                }
+                _ => None,
             };
             let mut lines: Vec<String> = nearest
                 .iter()
@@ -389,9 +413,12 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
                     .iter()
                     .map(|(w, c)| format!("similarity to {w:?}: {c:.4}")),
             );
+            if let Some(p) = &saved {
+                lines.push(format!("saved as {}", p.display()));
+            }
             emit(
                 json_mode,
-                &json!({"expr": expr, "nearest": nearest, "similarities": similarities}),
+                &json!({"expr": expr, "nearest": nearest, "similarities": similarities, "saved": saved}),
                 &format!("nearest tokens to {expr}:\n{}", lines.join("\n")),
             )
         }

@@ -38,6 +38,8 @@ pub enum FileAction {
     SaveWord,
     /// Load a word file.
     LoadWord,
+    /// Export the loss history as CSV.
+    ExportLosses,
 }
 
 /// One editable dataset row. `rejected` empty means a completion row (`target` = `chosen`).
@@ -263,7 +265,23 @@ fn handle_dialog(app: &mut NeoApp) {
         FileAction::LoadWord => {
             app.send(Command::LoadWords { path }, Owner::Words);
         }
+        FileAction::ExportLosses => {
+            let csv = losses_csv(&app.words.live);
+            let path = path.with_extension("csv");
+            if let Err(e) = neoscope_engine::words::file::write_atomic(&path, csv.as_bytes()) {
+                app.error = Some(e.to_string());
+            }
+        }
     }
+}
+
+/// The per-step losses as CSV (`step,loss`).
+pub fn losses_csv(losses: &[f32]) -> String {
+    let mut out = String::from("step,loss\n");
+    for (i, l) in losses.iter().enumerate() {
+        out.push_str(&format!("{},{l}\n", i + 1));
+    }
+    out
 }
 
 fn dialog(app: &mut NeoApp, action: FileAction) {
@@ -302,6 +320,13 @@ fn dialog(app: &mut NeoApp, action: FileAction) {
             "Load a word file",
             ("Word file", &["json"]),
             "",
+        ),
+        FileAction::ExportLosses => Pending::new(
+            action,
+            Mode::Save,
+            "Export the losses",
+            ("CSV", &["csv"]),
+            &format!("{name}-losses.csv"),
         ),
     });
 }
@@ -532,6 +557,9 @@ fn training(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
                 .clicked()
             {
                 start_training(app);
+            }
+            if !app.words.live.is_empty() && ui.button("Export losses…").clicked() {
+                dialog(app, FileAction::ExportLosses);
             }
             if let Some(r) = &app.words.last_result {
                 ui.weak(r);
