@@ -27,6 +27,8 @@ pub struct ComparePanel {
     pub result: Option<Box<[WordReport; 2]>>,
     /// Export dialog in flight.
     pub dialog: Option<Pending<()>>,
+    /// Where the comparison was drawn last frame (for PNG export).
+    pub view_rect: Option<egui::Rect>,
 }
 
 impl Default for ComparePanel {
@@ -38,6 +40,7 @@ impl Default for ComparePanel {
             running: None,
             result: None,
             dialog: None,
+            view_rect: None,
         }
     }
 }
@@ -135,6 +138,13 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
                 }
             }
         }
+        if let Some(rect) = app.compare.view_rect
+            && app.compare.result.is_some()
+            && app.png.is_none()
+            && ui.button("Save as PNG…").clicked()
+        {
+            app.png = Some(super::png_export::PngExport::start(rect, "comparison.png"));
+        }
         if app.compare.result.is_some() && ui.button("Export JSON…").clicked() {
             app.compare.dialog = Some(Pending::new(
                 (),
@@ -154,19 +164,20 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
         .iter()
         .map(|(n, l)| (n.as_str(), l.as_slice()))
         .collect();
-    loss_plot(ui, &runs, 110.0);
+    let plot_rect = loss_plot(ui, &runs, 110.0);
     ui.add_space(4.0);
     let Some(result) = app.compare.result.as_deref() else {
         ui.weak("Press “Run comparison” to see both words side by side.");
         return;
     };
-    egui::ScrollArea::vertical().show(ui, |ui| {
+    let view = egui::ScrollArea::vertical().show(ui, |ui| {
         ui.columns(2, |cols| {
             for (ui, r) in cols.iter_mut().zip(result.iter()) {
                 report(ui, r);
             }
         });
     });
+    app.compare.view_rect = Some(plot_rect.union(view.inner_rect));
 }
 
 fn report(ui: &mut egui::Ui, r: &WordReport) {

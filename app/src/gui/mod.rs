@@ -5,6 +5,7 @@ pub mod compare_panel;
 mod dialogs;
 mod model_panel;
 pub mod playground;
+pub mod png_export;
 pub mod words_panel;
 
 use std::collections::HashMap;
@@ -120,6 +121,8 @@ pub struct NeoApp {
     pub model_dir: std::path::PathBuf,
     /// A passing message (e.g. "Saved …") for the status bar.
     pub notice: Option<String>,
+    /// A PNG export in progress.
+    pub png: Option<png_export::PngExport>,
 }
 
 impl NeoApp {
@@ -149,6 +152,7 @@ impl NeoApp {
             error,
             model_dir,
             notice: None,
+            png: None,
         }
     }
 
@@ -179,6 +183,16 @@ impl NeoApp {
 
     /// Drains engine events for at most a few milliseconds (the rest waits for the next frame).
     pub fn poll(&mut self, ctx: &egui::Context) {
+        if let Some(p) = &mut self.png
+            && let Some(outcome) = p.poll(ctx)
+        {
+            self.png = None;
+            match outcome {
+                Ok(Some(path)) => self.notice = Some(format!("Saved {}", path.display())),
+                Ok(None) => {}
+                Err(e) => self.error = Some(e),
+            }
+        }
         let start = Instant::now();
         let budget = Duration::from_millis(4);
         while start.elapsed() < budget {

@@ -566,11 +566,18 @@ fn training(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
             }
         }
     });
-    loss_plot(ui, &[(name, &app.words.live)], 180.0);
+    let rect = loss_plot(ui, &[(name, &app.words.live)], 180.0);
+    if !app.words.live.is_empty()
+        && app.png.is_none()
+        && ui.small_button("Save plot as PNG…").clicked()
+    {
+        let file = format!("{}-loss.png", name.trim_matches(|c| c == '<' || c == '>'));
+        app.png = Some(super::png_export::PngExport::start(rect, &file));
+    }
 }
 
-/// A loss plot of one or more runs (per-step losses).
-pub fn loss_plot(ui: &mut egui::Ui, runs: &[(&str, &[f32])], height: f32) {
+/// A loss plot of one or more runs (per-step losses); returns where it was drawn.
+pub fn loss_plot(ui: &mut egui::Ui, runs: &[(&str, &[f32])], height: f32) -> egui::Rect {
     Plot::new(("loss", runs.len()))
         .height(height)
         .legend(Legend::default())
@@ -588,7 +595,9 @@ pub fn loss_plot(ui: &mut egui::Ui, runs: &[(&str, &[f32])], height: f32) {
                     .collect();
                 plot.line(Line::new(*name, PlotPoints::from(pts)));
             }
-        });
+        })
+        .response
+        .rect
 }
 
 fn definitions(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
