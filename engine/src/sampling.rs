@@ -71,6 +71,18 @@ pub fn argmax(values: &[f32]) -> u32 {
     u32::try_from(i).unwrap_or(0)
 }
 
+/// `n` normal samples with standard deviation `std` (Box–Muller on the generator's uniform
+/// draws; `rand` itself has no normal distribution without `rand_distr`).
+pub fn normal_vec(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f32 = rng.random::<f32>().max(1e-7);
+            let u2: f32 = rng.random::<f32>();
+            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
+}
+
 /// A stateful sampler.
 #[derive(Debug, Clone)]
 pub struct Sampler {

@@ -65,15 +65,11 @@ pub fn tiny_tokenizer() -> Result<ModelTokenizer> {
 
 fn randn(rng: &mut StdRng, shape: &[usize], std: f32, dev: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();
-    // Box–Muller from uniform draws: normal samples without another dependency.
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            let u1: f32 = rng.random::<f32>().max(1e-7);
-            let u2: f32 = rng.random::<f32>();
-            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-        })
-        .collect();
-    Ok(Tensor::from_vec(v, shape, dev)?)
+    Ok(Tensor::from_vec(
+        crate::sampling::normal_vec(rng, n, std),
+        shape,
+        dev,
+    )?)
 }
 
 fn norm_weight(rng: &mut StdRng, d: usize, dev: &Device) -> Result<Tensor> {

@@ -154,13 +154,26 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
     let tokenizer = ModelTokenizer::from_gguf(md, path)?;
     let llama = Llama::new(cfg, embed, blocks, final_norm, lm_head)
         .map_err(|e| EngineError::bad_model(path, e.to_string()))?;
+    finish(llama, tokenizer, path, "gguf", path, arch, dev)
+}
+
+/// Wraps an assembled model with its identity (the weights file's SHA-256, dimensions, device).
+fn finish(
+    llama: Llama,
+    tokenizer: ModelTokenizer,
+    path: &Path,
+    format: &str,
+    weights_file: &Path,
+    architecture: String,
+    dev: &Device,
+) -> Result<LoadedModel> {
     let info = ModelInfo {
         name: file_name(path),
         path: path.to_path_buf(),
-        format: "gguf".into(),
-        sha256: sha256_file(path)?,
+        format: format.into(),
+        sha256: sha256_file(weights_file)?,
         dims: llama.cfg.dims(),
-        architecture: arch,
+        architecture,
         device: device_name(dev),
         has_chat_template: tokenizer.has_chat_template(),
     };
@@ -238,21 +251,7 @@ pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
     let arch = cfg.model_type.clone();
     let llama = Llama::new(cfg, embed, blocks, final_norm, lm_head)
         .map_err(|e| EngineError::bad_model(dir, e.to_string()))?;
-    let info = ModelInfo {
-        name: file_name(dir),
-        path: dir.to_path_buf(),
-        format: "hf".into(),
-        sha256: sha256_file(&first)?,
-        dims: llama.cfg.dims(),
-        architecture: arch,
-        device: device_name(dev),
-        has_chat_template: tokenizer.has_chat_template(),
-    };
-    Ok(LoadedModel {
-        llama,
-        tokenizer,
-        info,
-    })
+    finish(llama, tokenizer, dir, "hf", &first, arch, dev)
 }
 
 /// Saves a model as a Hugging Face directory (config, one safetensors file, tokenizer).

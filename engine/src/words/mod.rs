@@ -100,19 +100,13 @@ pub fn check_name(name: &str) -> Result<()> {
 
 /// Draws an initial vector for a new word.
 pub fn init_vector(m: &LoadedModel, init: &Init) -> Result<Vec<f32>> {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let d = m.llama.cfg.hidden_size;
     match init {
         Init::Zero => Ok(vec![0.0; d]),
         Init::Random { std, seed } => {
             let mut rng = rand::rngs::StdRng::seed_from_u64(*seed);
-            Ok((0..d)
-                .map(|_| {
-                    let u1: f32 = rng.random::<f32>().max(1e-7);
-                    let u2: f32 = rng.random::<f32>();
-                    std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-                })
-                .collect())
+            Ok(crate::sampling::normal_vec(&mut rng, d, *std))
         }
         Init::Words(words) => {
             if words.is_empty() {
