@@ -247,3 +247,78 @@ fn word_train_define_neighbors_steer_evaluate_compare_on_a_tiny_model() {
     assert!(!ok);
     assert!(err.contains("was made for the model"), "{err}");
 }
+
+#[test]
+fn lens_json_has_every_layer_and_tuned_lens_trains_and_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_model(12, &Device::Cpu).unwrap();
+    let model_dir = dir.path().join("model");
+    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
+    let model = model_dir.to_str().unwrap();
+    let csv = dir.path().join("cells.csv");
+    let (ok, out, err) = neoscope(&[
+        "lens",
+        "--json",
+        "--model",
+        model,
+        "--target",
+        " the",
+        "--top-k",
+        "3",
+        "--csv",
+        csv.to_str().unwrap(),
+        "the cat and the",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for (l, layer) in layers.iter().enumerate() {
+        assert_eq!(layer["layer"], l);
+        assert_eq!(layer["top"].as_array().unwrap().len(), 3);
+        assert!(layer["p_target"].as_f64().unwrap() > 0.0);
+        assert!(layer["rank_target"].is_u64());
+    }
+    let n_tokens = v["tokens"].as_array().unwrap().len();
+    assert_eq!(v["position"], n_tokens - 1);
+    let rows = std::fs::read_to_string(&csv).unwrap().lines().count();
+    assert_eq!(rows, 1 + 2 * n_tokens);
+
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "the cat and the hat then the ant ".repeat(200)).unwrap();
+    let tuned = dir.path().join("tuned");
+    let (ok, out, err) = neoscope(&[
+        "lens",
+        "train-tuned",
+        "--json",
+        "--model",
+        model,
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--out",
+        tuned.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["report"]["tuned_kl"].as_array().unwrap().len(), 2);
+    let (ok, out, err) = neoscope(&[
+        "lens",
+        "--json",
+        "--model",
+        model,
+        "--lens",
+        "tuned",
+        "--tuned",
+        tuned.to_str().unwrap(),
+        "--position",
+        "1",
+        "the cat and",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["position"], 1);
+    let (ok, _, err) = neoscope(&["lens", "--model", model, "--lens", "tuned", "the cat"]);
+    assert!(!ok);
+    assert!(err.contains("no tuned lens"), "{err}");
+}

@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::bench::BenchReport;
 use crate::hooks::HookSpec;
+use crate::lens::{LensKind, LensResult};
 use crate::model::ModelInfo;
 use crate::sampling::{Sampling, TokenScore};
+use crate::tuned::{TunedConfig, TunedReport};
 use crate::words::analysis::{CompareConfig, Definition, Neighbor, PlugIn, Steering, WordReport};
 use crate::words::dataset::Example;
 use crate::words::train::{StopReason, TrainConfig, TrainStep};
@@ -141,6 +143,38 @@ pub enum Command {
         /// Text put in place of the word (e.g. its verbalization).
         text: String,
     },
+    /// The lens over one or more prompts (new words and interventions allowed).
+    Lens {
+        /// Prompts.
+        prompts: Vec<String>,
+        /// Chat mode.
+        chat: bool,
+        /// Which lens.
+        lens: LensKind,
+        /// Target texts (first token of each is followed).
+        targets: Vec<String>,
+        /// Top-k per cell.
+        top_k: usize,
+        /// Extra interventions (steering).
+        hooks: HookSpec,
+    },
+    /// Train a tuned lens on a corpus (progress as `Progress` events).
+    TrainTunedLens {
+        /// The text.
+        corpus: String,
+        /// Settings.
+        config: TunedConfig,
+    },
+    /// Save the current tuned lens.
+    SaveTunedLens {
+        /// Path (extension replaced).
+        path: PathBuf,
+    },
+    /// Load a tuned lens.
+    LoadTunedLens {
+        /// Path.
+        path: PathBuf,
+    },
     /// Everything about two words side by side.
     Compare {
         /// First word.
@@ -237,6 +271,10 @@ pub enum JobResult {
     Evaluation(PlugIn),
     /// Comparison.
     Comparison(Box<[WordReport; 2]>),
+    /// Lens results, one per prompt.
+    Lens(Vec<LensResult>),
+    /// A tuned lens is ready (trained or loaded); the held-out report when known.
+    TunedLens(Option<TunedReport>),
 }
 
 /// What the engine tells the front end.

@@ -43,6 +43,8 @@ pub struct BenchReport {
     pub train_step_4x24_s: f64,
     /// A full neologism run: 20 epochs over 8 examples, batch 4 (40 steps).
     pub train_20_epochs_8_examples_s: f64,
+    /// The full logit lens (every layer × every position, top-10) on a 16-token prompt.
+    pub lens_16_tokens_s: f64,
     /// The ids used (first 64 tokens of [`BENCH_TEXT`]).
     pub input_ids: Vec<u32>,
 }
@@ -205,9 +207,22 @@ pub fn run(m: &LoadedModel, progress: &mut dyn FnMut(&str, f32) -> bool) -> Resu
         debug_assert_eq!(out.len(), 50);
         Ok(())
     })?;
+    let lens_ids = ids[..16].to_vec();
+    let pieces: Vec<String> = lens_ids.iter().map(|i| m.tokenizer.piece(*i)).collect();
+    let lens_spec = crate::lens::LensSpec {
+        kind: crate::lens::LensKind::Logit,
+        tuned: None,
+        targets: &[],
+        top_k: 10,
+    };
+    let lens_s = time_runs("logit lens 16 tokens", 0.66, 0.04, progress, &mut || {
+        crate::lens::run(m, &lens_ids, pieces.clone(), &none, &lens_spec)?;
+        Ok(())
+    })?;
     let (step_s, full_s) = bench_training(m, progress)?;
     progress("done", 1.0);
     Ok(BenchReport {
+        lens_16_tokens_s: lens_s,
         train_step_4x24_s: step_s,
         train_20_epochs_8_examples_s: full_s,
         device: m.info.device.clone(),

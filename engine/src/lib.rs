@@ -9,10 +9,12 @@ pub mod error;
 pub mod fetch;
 pub mod hooks;
 pub mod infer;
+pub mod lens;
 pub mod model;
 pub mod sampling;
 pub mod tiny;
 pub mod tokenizer;
+pub mod tuned;
 pub mod worker;
 
 pub use error::{EngineError, Result};

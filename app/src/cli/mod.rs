@@ -14,6 +14,7 @@ use neoscope_engine::sampling::Sampling;
 use neoscope_engine::worker::{DeviceChoice, EngineHandle, EngineOptions};
 use serde_json::json;
 
+pub mod lens;
 pub mod word;
 
 /// Command-line arguments.
@@ -114,6 +115,8 @@ pub enum Cmd {
     /// Ready-made demonstrations.
     #[command(subcommand)]
     Demo(DemoCmd),
+    /// What each layer predicts (raw, logit or tuned lens); `lens train-tuned` trains a tuned lens.
+    Lens(lens::LensArgs),
 }
 
 /// Demonstrations.
@@ -211,6 +214,7 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Fetch => Ok(()),
         Cmd::Word(w) => word::run(&mut engine, g.json, w),
+        Cmd::Lens(a) => lens::run(&mut engine, g.json, a),
         Cmd::Demo(DemoCmd::PunVsLiteral(a)) => word::demo(&mut engine, g.json, &a),
         Cmd::Info => {
             let d = info.dims;

@@ -3,6 +3,7 @@
 
 pub mod compare_panel;
 mod dialogs;
+pub mod lens_panel;
 mod model_panel;
 pub mod playground;
 pub mod png_export;
@@ -60,11 +61,12 @@ pub enum PanelKind {
     Words,
     /// Two words side by side.
     Compare,
+    /// Logit lens and tuned lens.
+    Lens,
 }
 
 /// Panels that later work adds; shown so users see where the app is going.
-const PLANNED: [(&str, &str); 3] = [
-    ("Lens", "Logit lens and tuned lens per layer"),
+const PLANNED: [(&str, &str); 2] = [
     ("MFA", "Mixture of factor analyzers on the residual stream"),
     ("Embeddings", "Embedding space and vocabulary injection"),
 ];
@@ -86,6 +88,10 @@ pub enum Owner {
     Define,
     /// Comparison of two words.
     Compare,
+    /// Lens runs.
+    Lens,
+    /// Tuned-lens training and loading.
+    Tuned,
 }
 
 /// A running job as the UI shows it.
@@ -114,6 +120,8 @@ pub struct NeoApp {
     pub words: WordsPanel,
     /// Compare panel state.
     pub compare: ComparePanel,
+    /// Lens panel state.
+    pub lens: lens_panel::LensPanel,
     pending: HashMap<RequestId, Owner>,
     /// The last error, shown in the status bar until dismissed.
     pub error: Option<String>,
@@ -148,6 +156,7 @@ impl NeoApp {
             playground: Playground::default(),
             words: WordsPanel::default(),
             compare: ComparePanel::default(),
+            lens: lens_panel::LensPanel::default(),
             pending: HashMap::new(),
             error,
             model_dir,
@@ -219,8 +228,10 @@ impl NeoApp {
                     stage,
                     fraction,
                 });
-                if owner == Owner::Model {
-                    self.model.job = job;
+                match owner {
+                    Owner::Model => self.model.job = job,
+                    Owner::Tuned => self.lens.training = job,
+                    _ => {}
                 }
             }
             Event::Token { text, .. } => self.playground.output.push_str(&text),
@@ -244,6 +255,8 @@ impl NeoApp {
                     Owner::Train => self.words.training = None,
                     Owner::Define => self.words.defining = None,
                     Owner::Compare => self.compare.running = None,
+                    Owner::Lens => self.lens.running = None,
+                    Owner::Tuned => self.lens.training = None,
                 }
                 if !cancelled {
                     self.error = Some(error);
@@ -303,6 +316,16 @@ impl NeoApp {
                 self.words.defining = None;
                 self.words.definitions = defs;
             }
+            (Owner::Lens, JobResult::Lens(results)) => {
+                self.lens.running = None;
+                self.lens.shown = self.lens.shown.min(results.len().saturating_sub(1));
+                self.lens.results = results;
+            }
+            (Owner::Tuned, JobResult::TunedLens(report)) => {
+                self.lens.training = None;
+                self.lens.tuned_ready = true;
+                self.lens.report = report;
+            }
             (Owner::Compare, JobResult::Comparison(r)) => {
                 self.compare.running = None;
                 self.compare.result = Some(r);
@@ -351,6 +374,7 @@ impl NeoApp {
                 ui.selectable_value(&mut self.panel, PanelKind::Playground, "Playground");
                 ui.selectable_value(&mut self.panel, PanelKind::Words, "Words");
                 ui.selectable_value(&mut self.panel, PanelKind::Compare, "Compare");
+                ui.selectable_value(&mut self.panel, PanelKind::Lens, "Lens");
                 ui.separator();
                 ui.weak("Planned");
                 for (name, what) in PLANNED {
@@ -363,6 +387,7 @@ impl NeoApp {
             PanelKind::Playground => playground::show(self, ui),
             PanelKind::Words => words_panel::show(self, ui),
             PanelKind::Compare => compare_panel::show(self, ui),
+            PanelKind::Lens => lens_panel::show(self, ui),
         });
     }
 }

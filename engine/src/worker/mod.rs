@@ -108,6 +108,7 @@ impl EngineHandle {
                     model: None,
                     words: Vec::new(),
                     records: std::collections::HashMap::new(),
+                    tuned: None,
                     events: ev_tx,
                     waker,
                     cancel: cancel2,
@@ -225,6 +226,12 @@ struct Worker {
     /// New words, in creation order (a word's id is base vocabulary + its index).
     words: Vec<Word>,
     records: std::collections::HashMap<String, TrainRecord>,
+    /// The tuned lens for the loaded model, with its training record.
+    tuned: Option<(
+        crate::tuned::TunedLens,
+        Option<crate::tuned::TunedConfig>,
+        Option<crate::tuned::TunedReport>,
+    )>,
     events: Sender<Event>,
     waker: Waker,
     cancel: Arc<AtomicU64>,
@@ -262,6 +269,27 @@ impl Worker {
 
     fn model(&self) -> Result<&LoadedModel> {
         self.model.as_ref().ok_or(EngineError::NoModel)
+    }
+
+    /// A prompt tokenized with the known words, and the text of every token (words by name).
+    fn word_tokens(
+        &self,
+        text: &str,
+        chat: bool,
+    ) -> Result<(crate::words::WordTokens, Vec<String>)> {
+        let m = self.model()?;
+        let names: Vec<&str> = self.words.iter().map(|w| w.name.as_str()).collect();
+        let wt = crate::words::encode_prompt_with_words(m, text, chat, &names)?;
+        let base = m.llama.cfg.vocab_size;
+        let pieces = wt
+            .ids
+            .iter()
+            .map(|i| match (*i as usize).checked_sub(base) {
+                Some(w) => names.get(w).map_or_else(String::new, |n| (*n).to_owned()),
+                None => m.tokenizer.piece(*i),
+            })
+            .collect();
+        Ok((wt, pieces))
     }
 
     fn fetch(&self, id: RequestId) -> Result<PathBuf> {
@@ -306,6 +334,7 @@ impl Worker {
             // Words belong to the model they were made for.
             self.words.clear();
             self.records.clear();
+            self.tuned = None;
         }
         self.model = Some(m);
         Ok(JobResult::Loaded(info))
@@ -322,18 +351,7 @@ impl Worker {
             }
             Command::Load { path } => self.load(id, path),
             Command::Tokenize { text, chat } => {
-                let m = self.model()?;
-                let names: Vec<&str> = self.words.iter().map(|w| w.name.as_str()).collect();
-                let wt = crate::words::encode_prompt_with_words(m, &text, chat, &names)?;
-                let base = m.llama.cfg.vocab_size;
-                let pieces = wt
-                    .ids
-                    .iter()
-                    .map(|i| match (*i as usize).checked_sub(base) {
-                        Some(w) => names.get(w).map_or_else(String::new, |n| (*n).to_owned()),
-                        None => m.tokenizer.piece(*i),
-                    })
-                    .collect();
+                let (wt, pieces) = self.word_tokens(&text, chat)?;
                 Ok(JobResult::Tokens {
                     ids: wt.ids,
                     pieces,

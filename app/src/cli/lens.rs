@@ -1,0 +1,256 @@
+//! `neoscope lens` (top-k per layer, target curves, CSV) and `neoscope lens train-tuned`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use neoscope_engine::api::{Command, Event, JobResult};
+use neoscope_engine::hooks::HookSpec;
+use neoscope_engine::lens::{LensKind, LensResult};
+use neoscope_engine::tuned::TunedConfig;
+use neoscope_engine::worker::EngineHandle;
+use serde_json::json;
+
+use super::{call, call_with, emit};
+
+/// The default tuned-lens corpus (model-generated text; see `assets/corpus/make_corpus.sh`).
+pub const CORPUS: &str = include_str!("../../../assets/corpus/tuned-lens-corpus.txt");
+
+/// Lens kind on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LensArg {
+    /// Unembedding without the final norm.
+    Raw,
+    /// Final norm, then unembedding.
+    Logit,
+    /// Tuned lens (needs `--tuned FILE`).
+    Tuned,
+}
+
+/// `lens` arguments.
+#[derive(Debug, ClapArgs)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct LensArgs {
+    /// Train a tuned lens instead.
+    #[command(subcommand)]
+    pub action: Option<LensAction>,
+    /// Which lens.
+    #[arg(long, value_enum, default_value_t = LensArg::Logit)]
+    pub lens: LensArg,
+    /// Target token text (its first token is followed); repeatable.
+    #[arg(long = "target")]
+    pub targets: Vec<String>,
+    /// Position to report (default: the last).
+    #[arg(long)]
+    pub position: Option<usize>,
+    /// Top-k per layer.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Chat mode.
+    #[arg(long)]
+    pub chat: bool,
+    /// Word files to load (prompts may use the words).
+    #[arg(long = "words")]
+    pub words: Vec<PathBuf>,
+    /// Tuned-lens file for `--lens tuned`.
+    #[arg(long)]
+    pub tuned: Option<PathBuf>,
+    /// Also write every layer × position cell as CSV here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Prompt(s).
+    pub texts: Vec<String>,
+}
+
+/// `lens` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LensAction {
+    /// Train a tuned lens on a corpus and save it.
+    TrainTuned {
+        /// Text file (default: the shipped model-generated corpus).
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        /// Optimiser steps.
+        #[arg(long, default_value_t = TunedConfig::default().steps)]
+        steps: usize,
+        /// Learning rate.
+        #[arg(long, default_value_t = TunedConfig::default().lr)]
+        lr: f64,
+        /// Where to save (`PATH.safetensors` + `PATH.json`).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// One prompt's lens at a position, as the JSON contract describes.
+pub fn layers_json(r: &LensResult, position: usize) -> serde_json::Value {
+    let layers: Vec<serde_json::Value> = r
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(l, row)| {
+            let c = &row[position];
+            json!({
+                "layer": l,
+                "top": c.top,
+                "entropy": c.entropy,
+                "kl_to_final": c.kl_to_final,
+                "p_target": c.targets.first().map(|t| t.prob),
+                "rank_target": c.targets.first().map(|t| t.rank),
+                "targets": c.targets,
+            })
+        })
+        .collect();
+    json!({
+        "lens": r.lens, "tokens": r.tokens, "position": position, "targets": r.targets,
+        "top1_any_layer": r.top1_any_layer(position), "layers": layers,
+    })
+}
+
+/// Every cell as CSV.
+pub fn cells_csv(results: &[LensResult]) -> String {
+    let mut out = String::from(
+        "prompt,layer,position,token,top1,top1_prob,entropy,kl_to_final,p_target,rank_target\n",
+    );
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    for (pi, r) in results.iter().enumerate() {
+        for (l, row) in r.cells.iter().enumerate() {
+            for (p, c) in row.iter().enumerate() {
+                let top = c.top.first();
+                let t = c.targets.first();
+                let _ = writeln!(
+                    out,
+                    "{pi},{l},{p},{},{},{},{},{},{},{}",
+                    q(&r.tokens[p]),
+                    q(top.map_or("", |t| t.text.as_str())),
+                    top.map_or(0.0, |t| t.prob),
+                    c.entropy,
+                    c.kl_to_final,
+                    t.map_or(String::new(), |t| t.prob.to_string()),
+                    t.map_or(String::new(), |t| t.rank.to_string()),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Runs `lens`.
+pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()> {
+    if let Some(LensAction::TrainTuned {
+        corpus,
+        steps,
+        lr,
+        out,
+    }) = a.action
+    {
+        let text = match &corpus {
+            Some(p) => {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+            }
+            None => CORPUS.to_owned(),
+        };
+        let config = TunedConfig {
+            steps,
+            lr,
+            ..TunedConfig::default()
+        };
+        let JobResult::TunedLens(Some(report)) = call_with(
+            engine,
+            Command::TrainTunedLens {
+                corpus: text,
+                config,
+            },
+            &mut |ev| {
+                if let Event::Progress { stage, .. } = ev {
+                    eprint!("\r{stage}   ");
+                }
+            },
+        )?
+        else {
+            bail!("unexpected engine reply");
+        };
+        eprintln!();
+        let JobResult::Saved { path } = call(engine, Command::SaveTunedLens { path: out })? else {
+            bail!("unexpected engine reply");
+        };
+        let mut text = String::from("layer  logit-lens KL  tuned-lens KL (held-out)\n");
+        for (l, (a, b)) in report.logit_kl.iter().zip(&report.tuned_kl).enumerate() {
+            let _ = writeln!(text, "{l:>5}  {a:>13.4}  {b:>13.4}");
+        }
+        let _ = write!(text, "saved {}", path.display());
+        return emit(json_mode, &json!({"report": report, "path": path}), &text);
+    }
+    if a.texts.is_empty() {
+        bail!(
+            "give a prompt, e.g. neoscope lens --target ' current' 'Why do electricians make good swimmers? Because they know the'"
+        );
+    }
+    for f in &a.words {
+        call(engine, Command::LoadWords { path: f.clone() })?;
+    }
+    if let Some(t) = &a.tuned {
+        call(engine, Command::LoadTunedLens { path: t.clone() })?;
+    }
+    let lens = match a.lens {
+        LensArg::Raw => LensKind::Raw,
+        LensArg::Logit => LensKind::Logit,
+        LensArg::Tuned => LensKind::Tuned,
+    };
+    let JobResult::Lens(results) = call(
+        engine,
+        Command::Lens {
+            prompts: a.texts.clone(),
+            chat: a.chat,
+            lens,
+            targets: a.targets.clone(),
+            top_k: a.top_k,
+            hooks: HookSpec::default(),
+        },
+    )?
+    else {
+        bail!("unexpected engine reply");
+    };
+    if let Some(p) = &a.csv {
+        neoscope_engine::words::file::write_atomic(Path::new(p), cells_csv(&results).as_bytes())?;
+    }
+    let mut objs = Vec::new();
+    let mut text = String::new();
+    for r in &results {
+        let len = r.tokens.len();
+        let pos = a.position.unwrap_or(len - 1);
+        if pos >= len {
+            bail!("--position {pos} is outside the prompt ({len} tokens)");
+        }
+        objs.push(layers_json(r, pos));
+        let _ = writeln!(
+            text,
+            "position {pos} ({:?}), {:?} lens",
+            r.tokens[pos], r.lens
+        );
+        for t in &r.targets {
+            if let Some(n) = &t.note {
+                let _ = writeln!(text, "note: {n}");
+            }
+        }
+        for (l, row) in r.cells.iter().enumerate() {
+            let c = &row[pos];
+            let tops: Vec<String> = c
+                .top
+                .iter()
+                .map(|t| format!("{:?} {:.3}", t.text, t.prob))
+                .collect();
+            let tgt = c.targets.first().map_or(String::new(), |t| {
+                format!("  p_target {:.4} rank {}", t.prob, t.rank)
+            });
+            let _ = writeln!(text, "{l:>3}  {}{tgt}", tops.join("  "));
+        }
+    }
+    let value = if objs.len() == 1 {
+        objs.remove(0)
+    } else {
+        json!({ "prompts": objs })
+    };
+    emit(json_mode, &value, text.trim_end())
+}

@@ -1,0 +1,514 @@
+//! The Lens panel: a layer × position heatmap of a chosen statistic (target probability, rank,
+//! entropy, KL to the final layer) with the top token printed where it fits and the top-k on
+//! hover; target probability across layers for several prompts; the per-layer top-k table for
+//! one position; raw / logit / tuned lens switch and tuned-lens training; CSV/JSON/PNG export.
+
+use egui::{Color32, Rect, Sense, Stroke, pos2, vec2};
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+use neoscope_engine::api::{Command, RequestId};
+use neoscope_engine::hooks::HookSpec;
+use neoscope_engine::lens::{LensCell, LensKind, LensResult};
+use neoscope_engine::tuned::{TunedConfig, TunedReport};
+
+use super::dialogs::{Mode, Pending};
+use super::{JobView, NeoApp, Owner};
+
+/// The statistic the heatmap shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    /// Probability of the target token.
+    TargetProb,
+    /// Rank of the target token (log scale).
+    TargetRank,
+    /// Entropy.
+    Entropy,
+    /// KL to the final layer.
+    Kl,
+}
+
+impl Stat {
+    fn label(self) -> &'static str {
+        match self {
+            Self::TargetProb => "target probability",
+            Self::TargetRank => "target rank",
+            Self::Entropy => "entropy",
+            Self::Kl => "KL to final",
+        }
+    }
+
+    /// The value of a cell, scaled to 0..1 for colouring (1 = "the model has it").
+    fn shade(self, c: &LensCell) -> f32 {
+        match self {
+            Self::TargetProb => c.targets.first().map_or(0.0, |t| t.prob),
+            #[expect(clippy::cast_precision_loss, reason = "ranks are small enough")]
+            Self::TargetRank => c.targets.first().map_or(0.0, |t| {
+                1.0 - ((t.rank as f32 + 1.0).ln() / 49152f32.ln()).min(1.0)
+            }),
+            Self::Entropy => 1.0 - (c.entropy / 10.8).min(1.0),
+            Self::Kl => 1.0 - (c.kl_to_final / 10.0).min(1.0),
+        }
+    }
+}
+
+/// What an export dialog is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Export {
+    /// Every cell as CSV.
+    Csv,
+    /// The results as JSON.
+    Json,
+}
+
+/// State of the Lens panel.
+pub struct LensPanel {
+    /// Prompts, one per line.
+    pub prompts: String,
+    /// Target token text.
+    pub target: String,
+    /// Chat mode.
+    pub chat: bool,
+    /// Which lens.
+    pub lens: LensKind,
+    /// Heatmap statistic.
+    pub stat: Stat,
+    /// Which prompt the heatmap and table show.
+    pub shown: usize,
+    /// Position of the top-k table (None: last).
+    pub position: Option<usize>,
+    /// Show every n-th layer (the last is always shown).
+    pub stride: usize,
+    /// Running lens request.
+    pub running: Option<RequestId>,
+    /// Results, one per prompt.
+    pub results: Vec<LensResult>,
+    /// Tuned-lens training in progress.
+    pub training: Option<JobView>,
+    /// Whether a tuned lens is ready.
+    pub tuned_ready: bool,
+    /// Its held-out report.
+    pub report: Option<TunedReport>,
+    /// Export dialog in flight.
+    pub dialog: Option<Pending<Export>>,
+    /// Where the heatmap was drawn (for PNG export).
+    pub heatmap_rect: Option<Rect>,
+}
+
+impl Default for LensPanel {
+    fn default() -> Self {
+        Self {
+            prompts: "Why do electricians make good swimmers? Because they know the\nThe electrician measured the flow of electric".into(),
+            target: " current".into(),
+            chat: false,
+            lens: LensKind::Logit,
+            stat: Stat::TargetProb,
+            shown: 0,
+            position: None,
+            stride: 1,
+            running: None,
+            results: Vec::new(),
+            training: None,
+            tuned_ready: false,
+            report: None,
+            dialog: None,
+            heatmap_rect: None,
+        }
+    }
+}
+
+/// Runs the lens on the panel's prompts.
+pub fn start(app: &mut NeoApp) {
+    let p = &app.lens;
+    let prompts: Vec<String> = p
+        .prompts
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    let targets = if p.target.is_empty() {
+        Vec::new()
+    } else {
+        vec![p.target.clone()]
+    };
+    let cmd = Command::Lens {
+        prompts,
+        chat: p.chat,
+        lens: p.lens,
+        targets,
+        top_k: 10,
+        hooks: HookSpec::default(),
+    };
+    app.lens.running = app.send(cmd, Owner::Lens);
+}
+
+fn handle_dialog(app: &mut NeoApp) {
+    let Some(d) = &app.lens.dialog else { return };
+    let Some(answer) = d.poll() else { return };
+    let what = d.purpose;
+    app.lens.dialog = None;
+    let Some(path) = answer else { return };
+    let (path, bytes) = match what {
+        Export::Csv => (
+            path.with_extension("csv"),
+            crate::cli::lens::cells_csv(&app.lens.results).into_bytes(),
+        ),
+        Export::Json => match serde_json::to_vec_pretty(&app.lens.results) {
+            Ok(b) => (path.with_extension("json"), b),
+            Err(e) => {
+                app.error = Some(e.to_string());
+                return;
+            }
+        },
+    };
+    if let Err(e) = neoscope_engine::words::file::write_atomic(&path, &bytes) {
+        app.error = Some(e.to_string());
+    }
+}
+
+/// Draws the Lens panel.
+pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
+    handle_dialog(app);
+    ui.heading("Lens");
+    if app.model_info().is_none() {
+        ui.label("Load a model in the Model panel first.");
+        return;
+    }
+    controls(app, ui);
+    let Some(r) = app.lens.results.get(app.lens.shown).cloned() else {
+        ui.weak("Run the lens to see what every layer predicts.");
+        return;
+    };
+    if let Some(note) = r.targets.first().and_then(|t| t.note.clone()) {
+        ui.weak(note);
+    }
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        heatmap(app, ui, &r);
+        ui.add_space(6.0);
+        ui.columns(2, |cols| {
+            target_plot(&mut cols[0], &app.lens.results);
+            top_table(&mut cols[1], &r, app.lens.position);
+        });
+    });
+}
+
+fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let p = &mut app.lens;
+    ui.horizontal(|ui| {
+        ui.add(
+            egui::TextEdit::multiline(&mut p.prompts)
+                .desired_rows(2)
+                .desired_width(ui.available_width() - 260.0)
+                .hint_text("One prompt per line"),
+        );
+        ui.vertical(|ui| {
+            ui.horizontal(|ui| {
+                ui.label("target");
+                ui.add(egui::TextEdit::singleline(&mut p.target).desired_width(110.0));
+            });
+            ui.checkbox(&mut p.chat, "chat template");
+        });
+    });
+    ui.horizontal_wrapped(|ui| {
+        ui.label("lens");
+        ui.selectable_value(&mut p.lens, LensKind::Raw, "raw");
+        ui.selectable_value(&mut p.lens, LensKind::Logit, "logit");
+        let tuned_ok = p.tuned_ready;
+        ui.add_enabled_ui(tuned_ok, |ui| {
+            ui.selectable_value(&mut p.lens, LensKind::Tuned, "tuned")
+                .on_disabled_hover_text("Train a tuned lens first");
+        });
+        ui.separator();
+        ui.label("show");
+        for s in [Stat::TargetProb, Stat::TargetRank, Stat::Entropy, Stat::Kl] {
+            ui.selectable_value(&mut p.stat, s, s.label());
+        }
+        ui.separator();
+        ui.label("every");
+        ui.add(egui::DragValue::new(&mut p.stride).range(1..=10));
+        ui.label("layers");
+    });
+    ui.horizontal(|ui| {
+        match app.lens.running {
+            Some(_) => {
+                ui.spinner();
+            }
+            None => {
+                if ui.button("Run lens").clicked() {
+                    start(app);
+                }
+            }
+        }
+        if app.lens.results.len() > 1 {
+            ui.label("heatmap of prompt");
+            let n = app.lens.results.len();
+            ui.add(egui::DragValue::new(&mut app.lens.shown).range(0..=n - 1));
+        }
+        ui.separator();
+        match app.lens.training.clone() {
+            Some(job) => {
+                if ui.button("Cancel training").clicked() {
+                    app.cancel(job.id);
+                }
+                ui.add(
+                    egui::ProgressBar::new(job.fraction.unwrap_or(0.0))
+                        .text(job.stage)
+                        .desired_width(260.0),
+                );
+            }
+            None => {
+                if ui
+                    .button("Train tuned lens")
+                    .on_hover_text("Per-layer affine translators trained on the shipped corpus")
+                    .clicked()
+                {
+                    let cmd = Command::TrainTunedLens {
+                        corpus: crate::cli::lens::CORPUS.to_owned(),
+                        config: TunedConfig::default(),
+                    };
+                    if let Some(id) = app.send(cmd, Owner::Tuned) {
+                        app.lens.training = Some(JobView {
+                            id,
+                            stage: "starting".into(),
+                            fraction: Some(0.0),
+                        });
+                    }
+                }
+            }
+        }
+        if !app.lens.results.is_empty() {
+            ui.separator();
+            if ui.button("CSV…").clicked() {
+                app.lens.dialog = Some(Pending::new(
+                    Export::Csv,
+                    Mode::Save,
+                    "Export lens cells",
+                    ("CSV", &["csv"]),
+                    "lens.csv",
+                ));
+            }
+            if ui.button("JSON…").clicked() {
+                app.lens.dialog = Some(Pending::new(
+                    Export::Json,
+                    Mode::Save,
+                    "Export lens results",
+                    ("JSON", &["json"]),
+                    "lens.json",
+                ));
+            }
+            if let Some(rect) = app.lens.heatmap_rect
+                && app.png.is_none()
+                && ui.button("PNG…").clicked()
+            {
+                app.png = Some(super::png_export::PngExport::start(rect, "lens.png"));
+            }
+        }
+    });
+    if let Some(r) = &app.lens.report {
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+        ui.weak(format!(
+            "Tuned lens: held-out KL {:.3} (logit lens {:.3}), mean over layers",
+            mean(&r.tuned_kl),
+            mean(&r.logit_kl)
+        ));
+    }
+}
+
+/// Layers shown with stride `s`, always including the last.
+pub fn strided_layers(n: usize, s: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).step_by(s.max(1)).collect();
+    if v.last() != Some(&(n - 1)) {
+        v.push(n - 1);
+    }
+    v
+}
+
+/// A perceptually ordered dark-to-bright colour ramp (viridis-like, hand-made stops).
+fn ramp(t: f32) -> Color32 {
+    const STOPS: [(f32, [u8; 3]); 5] = [
+        (0.0, [35, 20, 60]),
+        (0.25, [59, 82, 139]),
+        (0.5, [33, 145, 140]),
+        (0.75, [94, 201, 98]),
+        (1.0, [253, 231, 37]),
+    ];
+    let t = t.clamp(0.0, 1.0);
+    let i = STOPS
+        .iter()
+        .rposition(|(s, _)| *s <= t)
+        .unwrap_or(0)
+        .min(STOPS.len() - 2);
+    let (s0, c0) = STOPS[i];
+    let (s1, c1) = STOPS[i + 1];
+    let f = (t - s0) / (s1 - s0);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "colour channels"
+    )]
+    let mix = |a: u8, b: u8| (f32::from(a) + f * (f32::from(b) - f32::from(a))) as u8;
+    Color32::from_rgb(mix(c0[0], c1[0]), mix(c0[1], c1[1]), mix(c0[2], c1[2]))
+}
+
+fn heatmap(app: &mut NeoApp, ui: &mut egui::Ui, r: &LensResult) {
+    let stat = app.lens.stat;
+    let layers = strided_layers(r.cells.len(), app.lens.stride);
+    let cols = r.tokens.len();
+    let label_w = 40.0;
+    let header_h = 18.0;
+    let cell_w = ((ui.available_width() - label_w) / cols as f32).clamp(18.0, 110.0);
+    let cell_h = if layers.len() > 20 { 15.0 } else { 20.0 };
+    let size = vec2(
+        label_w + cell_w * cols as f32,
+        header_h + cell_h * layers.len() as f32,
+    );
+    let (rect, resp) = ui.allocate_exact_size(size, Sense::click());
+    app.lens.heatmap_rect = Some(rect);
+    let painter = ui.painter_at(rect);
+    let font = egui::FontId::proportional(10.0);
+    let text_color = ui.visuals().text_color();
+    for (j, tok) in r.tokens.iter().enumerate() {
+        let x = rect.left() + label_w + cell_w * j as f32;
+        let cell = Rect::from_min_size(pos2(x, rect.top()), vec2(cell_w, header_h));
+        let shown: String = tok.chars().take((cell_w / 6.0) as usize).collect();
+        painter.text(
+            cell.center(),
+            egui::Align2::CENTER_CENTER,
+            shown,
+            font.clone(),
+            text_color,
+        );
+    }
+    // Layers top to bottom from the last (as the model's output is on top).
+    for (row, &l) in layers.iter().rev().enumerate() {
+        let y = rect.top() + header_h + cell_h * row as f32;
+        painter.text(
+            pos2(rect.left() + label_w - 4.0, y + cell_h / 2.0),
+            egui::Align2::RIGHT_CENTER,
+            format!("L{l}"),
+            font.clone(),
+            text_color,
+        );
+        for (j, c) in r.cells[l].iter().enumerate() {
+            let x = rect.left() + label_w + cell_w * j as f32;
+            let cell = Rect::from_min_size(pos2(x, y), vec2(cell_w, cell_h)).shrink(0.5);
+            let v = stat.shade(c);
+            painter.rect_filled(cell, 0.0, ramp(v));
+            if let Some(t) = c.top.first() {
+                let max_chars = (cell_w / 5.5) as usize;
+                if max_chars >= 2 {
+                    let s: String = t.text.chars().take(max_chars).collect();
+                    let fg = if v > 0.6 {
+                        Color32::BLACK
+                    } else {
+                        Color32::WHITE
+                    };
+                    painter.text(
+                        cell.center(),
+                        egui::Align2::CENTER_CENTER,
+                        s,
+                        font.clone(),
+                        fg,
+                    );
+                }
+            }
+        }
+    }
+    if let Some(pos) = resp.hover_pos() {
+        let j = ((pos.x - rect.left() - label_w) / cell_w).floor();
+        let row = ((pos.y - rect.top() - header_h) / cell_h).floor();
+        if j >= 0.0 && row >= 0.0 {
+            let (j, row) = (j as usize, row as usize);
+            let rev: Vec<usize> = layers.iter().rev().copied().collect();
+            if let (Some(&l), true) = (rev.get(row), j < cols) {
+                let c = &r.cells[l][j];
+                let cell = Rect::from_min_size(
+                    pos2(
+                        rect.left() + label_w + cell_w * j as f32,
+                        rect.top() + header_h + cell_h * row as f32,
+                    ),
+                    vec2(cell_w, cell_h),
+                );
+                painter.rect_stroke(
+                    cell,
+                    0.0,
+                    Stroke::new(1.5, Color32::WHITE),
+                    egui::StrokeKind::Inside,
+                );
+                resp.clone().on_hover_ui_at_pointer(|ui| {
+                    ui.strong(format!("layer {l}, position {j} ({:?})", r.tokens[j]));
+                    for t in &c.top {
+                        ui.monospace(format!("{:>6.2}%  {:?}", t.prob * 100.0, t.text));
+                    }
+                    ui.label(format!(
+                        "entropy {:.2} nats · KL to final {:.3}",
+                        c.entropy, c.kl_to_final
+                    ));
+                    if let Some(t) = c.targets.first() {
+                        ui.label(format!("target p {:.4}, rank {}", t.prob, t.rank));
+                    }
+                });
+                if resp.clicked() {
+                    app.lens.position = Some(j);
+                }
+            }
+        }
+    }
+}
+
+fn target_plot(ui: &mut egui::Ui, results: &[LensResult]) {
+    let name = results
+        .first()
+        .and_then(|r| r.targets.first())
+        .map_or("target".to_owned(), |t| {
+            format!("p({:?}) at the last position", t.token)
+        });
+    ui.strong(name);
+    Plot::new("target_curves")
+        .height(200.0)
+        .legend(Legend::default())
+        .x_axis_label("layer")
+        .include_y(0.0)
+        .include_y(1.0)
+        .allow_scroll(false)
+        .show(ui, |plot| {
+            for (i, r) in results.iter().enumerate() {
+                let pts: Vec<[f64; 2]> = r
+                    .cells
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(l, row)| {
+                        let p = row.last()?.targets.first()?.prob;
+                        Some([l as f64, f64::from(p)])
+                    })
+                    .collect();
+                let label: String = r.tokens.concat().chars().take(36).collect();
+                plot.line(Line::new(format!("{i}: {label}…"), PlotPoints::from(pts)));
+            }
+        });
+}
+
+fn top_table(ui: &mut egui::Ui, r: &LensResult, position: Option<usize>) {
+    let pos = position
+        .unwrap_or(r.tokens.len() - 1)
+        .min(r.tokens.len() - 1);
+    ui.strong(format!(
+        "Top tokens at position {pos} ({:?}); click a cell to change",
+        r.tokens[pos]
+    ));
+    egui::ScrollArea::vertical()
+        .id_salt("lens_top")
+        .max_height(200.0)
+        .show(ui, |ui| {
+            egui::Grid::new("lens_top_grid")
+                .striped(true)
+                .show(ui, |ui| {
+                    for (l, row) in r.cells.iter().enumerate().rev() {
+                        ui.monospace(format!("L{l}"));
+                        for t in row[pos].top.iter().take(5) {
+                            ui.monospace(format!("{:?} {:.2}", t.text, t.prob));
+                        }
+                        ui.end_row();
+                    }
+                });
+        });
+}

@@ -1,0 +1,397 @@
+//! The tuned lens: one affine translator per layer, `h ↦ h + A h + b`, zero-initialised (so it
+//! starts as the logit lens), trained to minimise KL(final distribution ‖ lens distribution) on a
+//! text corpus. Only the translators are variables; the model is frozen. The last layer keeps the
+//! identity (the logit lens is exact there). Files: safetensors + JSON, refused for another
+//! model.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::SeedableRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::hooks::{HookPoint, HookSpec};
+use crate::model::ops::{linear, log_softmax_last};
+use crate::model::{Batch, LoadedModel, ModelInfo, PadSide};
+use crate::words::file::{BaseModel, write_atomic};
+
+/// Format name of tuned-lens files.
+pub const FORMAT: &str = "neoscope-tuned-lens";
+/// Current format version.
+pub const VERSION: u32 = 1;
+
+/// Per-layer translators.
+#[derive(Debug, Clone)]
+pub struct TunedLens {
+    /// `A` per layer, (d_model, d_model); applied as `h Aᵀ`.
+    pub a: Vec<Tensor>,
+    /// `b` per layer, (d_model).
+    pub b: Vec<Tensor>,
+}
+
+impl TunedLens {
+    /// Zero translators (equal to the logit lens).
+    pub fn zeros(m: &LoadedModel) -> Result<Self> {
+        let (n, d) = (m.llama.cfg.num_hidden_layers, m.llama.cfg.hidden_size);
+        let dev = m.llama.device();
+        Ok(Self {
+            a: (0..n)
+                .map(|_| Tensor::zeros((d, d), DType::F32, dev))
+                .collect::<candle_core::Result<_>>()?,
+            b: (0..n)
+                .map(|_| Tensor::zeros(d, DType::F32, dev))
+                .collect::<candle_core::Result<_>>()?,
+        })
+    }
+
+    /// `h + h Aᵀ + b` for layer `l`; `h` is (…, d_model).
+    pub fn translate(&self, l: usize, h: &Tensor) -> Result<Tensor> {
+        let (a, b) = (
+            self.a
+                .get(l)
+                .ok_or_else(|| EngineError::Invalid(format!("no translator {l}")))?,
+            &self.b[l],
+        );
+        Ok((h + linear(h, a)?)?.broadcast_add(b)?)
+    }
+}
+
+/// Training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunedConfig {
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Tokens per training sequence (the corpus is cut into windows of this length).
+    pub window: usize,
+    /// Positions per step (sampled from the windows).
+    pub positions: usize,
+    /// Fraction of windows held out for the KL report.
+    pub heldout_fraction: f32,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Default for TunedConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            steps: 200,
+            window: 64,
+            positions: 32,
+            heldout_fraction: 0.2,
+            seed: 0,
+        }
+    }
+}
+
+/// Progress of tuned-lens training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TunedStep {
+    /// Step (from 1).
+    pub step: usize,
+    /// Steps planned.
+    pub total: usize,
+    /// Mean KL over layers of this step.
+    pub loss: f32,
+}
+
+/// Held-out KL(final ‖ lens) per layer, for the logit lens and the tuned lens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunedReport {
+    /// Logit lens, per layer.
+    pub logit_kl: Vec<f32>,
+    /// Tuned lens, per layer.
+    pub tuned_kl: Vec<f32>,
+    /// Loss of every step.
+    pub losses: Vec<f32>,
+    /// Whether the user stopped it early.
+    pub cancelled: bool,
+    /// Held-out positions the KL is averaged over.
+    pub heldout_positions: usize,
+}
+
+/// Cuts a corpus into token windows.
+pub fn windows(m: &LoadedModel, corpus: &str, window: usize) -> Result<Vec<Vec<u32>>> {
+    let ids = m.tokenizer.encode(corpus)?;
+    let w: Vec<Vec<u32>> = ids
+        .chunks(window)
+        .filter(|c| c.len() == window)
+        .map(<[u32]>::to_vec)
+        .collect();
+    if w.len() < 2 {
+        return Err(EngineError::Invalid(format!(
+            "the corpus has {} tokens; at least {} are needed",
+            ids.len(),
+            2 * window
+        )));
+    }
+    Ok(w)
+}
+
+/// Final log-probabilities and residuals of every layer for a batch of windows, restricted to
+/// the flat positions `pick` (indices into B·T).
+fn activations(m: &LoadedModel, rows: &[Vec<u32>], pick: &[u32]) -> Result<(Tensor, Vec<Tensor>)> {
+    let n = m.llama.cfg.num_hidden_layers;
+    let d = m.llama.cfg.hidden_size;
+    let dev = m.llama.device();
+    let batch = Batch::new(rows, PadSide::Right, dev)?;
+    let spec = HookSpec {
+        capture: (0..n).map(HookPoint::ResidPost).collect(),
+        interventions: Vec::new(),
+    };
+    let (normed, caps) =
+        m.llama
+            .hidden_embeds(m.llama.embed_ids(&batch)?, &batch, &spec.capture, &[], None)?;
+    let idx = Tensor::from_slice(pick, pick.len(), dev)?;
+    let flat = |t: &Tensor| -> Result<Tensor> {
+        Ok(t.reshape((rows.len() * batch.width(), d))?
+            .index_select(&idx, 0)?)
+    };
+    let final_logp = log_softmax_last(&linear(&flat(&normed)?, m.llama.unembed())?)?.detach();
+    let hs = (0..n)
+        .map(|l| flat(&caps[&HookPoint::ResidPost(l)]).map(|t| t.detach()))
+        .collect::<Result<_>>()?;
+    Ok((final_logp, hs))
+}
+
+fn kl(final_logp: &Tensor, logp: &Tensor) -> Result<Tensor> {
+    Ok((final_logp.exp()? * (final_logp - logp)?)?
+        .sum(D::Minus1)?
+        .mean_all()?)
+}
+
+/// Held-out KL per layer of `lens` (or of the logit lens when `None`).
+fn heldout_kl(
+    m: &LoadedModel,
+    held: &[Vec<u32>],
+    lens: Option<&TunedLens>,
+) -> Result<(Vec<f32>, usize)> {
+    let n = m.llama.cfg.num_hidden_layers;
+    let mut sums = vec![0f64; n];
+    let mut count = 0usize;
+    for chunk in held.chunks(4) {
+        let width = chunk[0].len();
+        let pick: Vec<u32> = (0..chunk.len() * width)
+            .filter_map(|i| u32::try_from(i).ok())
+            .collect();
+        let (final_logp, hs) = activations(m, chunk, &pick)?;
+        for (l, h) in hs.iter().enumerate() {
+            let h = match lens {
+                Some(t) => t.translate(l, h)?,
+                None => h.clone(),
+            };
+            let v =
+                kl(&final_logp, &log_softmax_last(&m.llama.project(&h)?)?)?.to_scalar::<f32>()?;
+            #[expect(clippy::cast_precision_loss, reason = "position counts")]
+            let w = pick.len() as f64;
+            sums[l] += f64::from(v) * w;
+        }
+        count += pick.len();
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_precision_loss,
+        reason = "means"
+    )]
+    let out = sums
+        .iter()
+        .map(|s| (s / count.max(1) as f64) as f32)
+        .collect();
+    Ok((out, count))
+}
+
+/// Trains a tuned lens on `corpus`. `on_step` returns `false` to stop (the translators so far are
+/// kept and evaluated).
+pub fn train(
+    m: &LoadedModel,
+    corpus: &str,
+    cfg: &TunedConfig,
+    on_step: &mut dyn FnMut(&TunedStep) -> bool,
+) -> Result<(TunedLens, TunedReport)> {
+    let mut wins = windows(m, corpus, cfg.window)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    wins.shuffle(&mut rng);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a count"
+    )]
+    let n_held =
+        ((wins.len() as f32 * cfg.heldout_fraction).ceil() as usize).clamp(1, wins.len() - 1);
+    let held: Vec<Vec<u32>> = wins.drain(..n_held).collect();
+    let n = m.llama.cfg.num_hidden_layers;
+    let d = m.llama.cfg.hidden_size;
+    let dev = m.llama.device();
+    // The last layer keeps the identity: only layers 0..n-1 are trained.
+    let a: Vec<Var> = (0..n - 1)
+        .map(|_| Var::zeros((d, d), DType::F32, dev))
+        .collect::<candle_core::Result<_>>()?;
+    let b: Vec<Var> = (0..n - 1)
+        .map(|_| Var::zeros(d, DType::F32, dev))
+        .collect::<candle_core::Result<_>>()?;
+    let mut opt = AdamW::new(
+        a.iter().chain(&b).cloned().collect(),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let mut losses = Vec::with_capacity(cfg.steps);
+    let mut cancelled = false;
+    let per_window = cfg.window;
+    for step in 1..=cfg.steps {
+        // Two windows per step, positions sampled from both.
+        let rows: Vec<Vec<u32>> = wins
+            .choose_multiple(&mut rng, 2.min(wins.len()))
+            .cloned()
+            .collect();
+        let total = rows.len() * per_window;
+        let mut all: Vec<u32> = (0..total).filter_map(|i| u32::try_from(i).ok()).collect();
+        all.shuffle(&mut rng);
+        all.truncate(cfg.positions.min(total));
+        let (final_logp, hs) = activations(m, &rows, &all)?;
+        let mut loss = Tensor::zeros((), DType::F32, dev)?;
+        for l in 0..n - 1 {
+            let h = &hs[l];
+            let t = ((h + linear(h, a[l].as_tensor())?)?).broadcast_add(b[l].as_tensor())?;
+            loss = (loss + kl(&final_logp, &log_softmax_last(&m.llama.project(&t)?)?)?)?;
+        }
+        #[expect(clippy::cast_precision_loss, reason = "layer count")]
+        let loss = (loss / (n - 1) as f64)?;
+        let v = loss.to_scalar::<f32>()?;
+        if !v.is_finite() {
+            return Err(EngineError::Invalid(format!(
+                "tuned-lens training diverged at step {step} (loss {v}); lower the learning rate"
+            )));
+        }
+        opt.step(&loss.backward()?)?;
+        losses.push(v);
+        if !on_step(&TunedStep {
+            step,
+            total: cfg.steps,
+            loss: v,
+        }) {
+            cancelled = true;
+            break;
+        }
+    }
+    let mut lens = TunedLens::zeros(m)?;
+    for l in 0..n - 1 {
+        lens.a[l] = a[l].as_tensor().detach();
+        lens.b[l] = b[l].as_tensor().detach();
+    }
+    let (logit_kl, count) = heldout_kl(m, &held, None)?;
+    let (tuned_kl, _) = heldout_kl(m, &held, Some(&lens))?;
+    Ok((
+        lens,
+        TunedReport {
+            logit_kl,
+            tuned_kl,
+            losses,
+            cancelled,
+            heldout_positions: count,
+        },
+    ))
+}
+
+/// The JSON half of a tuned-lens file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunedMeta {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Format version.
+    pub version: u32,
+    /// The model it was trained for.
+    pub base_model: BaseModel,
+    /// Layers.
+    pub n_layers: usize,
+    /// Training settings and results, if trained here.
+    pub config: Option<TunedConfig>,
+    /// Held-out report.
+    pub report: Option<TunedReport>,
+}
+
+/// Saves a tuned lens (`PATH.safetensors` + `PATH.json`).
+pub fn save(
+    path: &Path,
+    lens: &TunedLens,
+    info: &ModelInfo,
+    config: Option<&TunedConfig>,
+    report: Option<&TunedReport>,
+) -> Result<PathBuf> {
+    let st = path.with_extension("safetensors");
+    let json = path.with_extension("json");
+    let mut t = HashMap::new();
+    for (l, (a, b)) in lens.a.iter().zip(&lens.b).enumerate() {
+        t.insert(format!("a.{l}"), a.to_device(&Device::Cpu)?);
+        t.insert(format!("b.{l}"), b.to_device(&Device::Cpu)?);
+    }
+    let bytes = safetensors::serialize(
+        t.iter().map(|(k, v)| (k.clone(), v)).collect::<Vec<_>>(),
+        None,
+    )
+    .map_err(|e| EngineError::Invalid(format!("serialising {}: {e}", st.display())))?;
+    write_atomic(&st, &bytes)?;
+    let meta = TunedMeta {
+        format: FORMAT.into(),
+        version: VERSION,
+        base_model: BaseModel::of(info),
+        n_layers: lens.a.len(),
+        config: config.cloned(),
+        report: report.cloned(),
+    };
+    let text = serde_json::to_vec_pretty(&meta).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    write_atomic(&json, &text)?;
+    Ok(json)
+}
+
+/// Loads a tuned lens, refusing one made for another model.
+pub fn load(path: &Path, m: &LoadedModel) -> Result<(TunedLens, TunedMeta)> {
+    let st = path.with_extension("safetensors");
+    let json = path.with_extension("json");
+    let text = std::fs::read_to_string(&json).map_err(|e| EngineError::io(&json, e))?;
+    let meta: TunedMeta = serde_json::from_str(&text)
+        .map_err(|e| EngineError::Invalid(format!("{}: {e}", json.display())))?;
+    if meta.format != FORMAT || meta.version > VERSION {
+        return Err(EngineError::Invalid(format!(
+            "{}: not a tuned-lens file this Neoscope can read (format `{}`, version {})",
+            json.display(),
+            meta.format,
+            meta.version
+        )));
+    }
+    let want = BaseModel::of(&m.info);
+    if meta.base_model.sha256 != want.sha256 {
+        return Err(EngineError::Invalid(format!(
+            "{} was trained for the model {}, but the loaded model is {}",
+            json.display(),
+            meta.base_model.name,
+            want.name
+        )));
+    }
+    let t = candle_core::safetensors::load(&st, m.llama.device())
+        .map_err(|e| EngineError::Invalid(format!("{}: {e}", st.display())))?;
+    let get = |k: String| {
+        t.get(&k)
+            .cloned()
+            .ok_or_else(|| EngineError::Invalid(format!("{}: missing tensor {k}", st.display())))
+    };
+    let n = m.llama.cfg.num_hidden_layers;
+    let lens = TunedLens {
+        a: (0..n)
+            .map(|l| get(format!("a.{l}")))
+            .collect::<Result<_>>()?,
+        b: (0..n)
+            .map(|l| get(format!("b.{l}")))
+            .collect::<Result<_>>()?,
+    };
+    Ok((lens, meta))
+}
