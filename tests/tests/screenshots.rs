@@ -97,6 +97,20 @@ fn model_and_playground_panels_with_the_real_model() {
     assert!(h.state().compare.result.is_some());
     save(&mut h, "compare.png");
 
+    // Lens on the pun prompt with target " current".
+    h.get_by_label("Lens").click();
+    h.step();
+    h.state_mut().lens.prompts =
+        "Why do electricians make good swimmers? Because they know the\nThe electrician measured the flow of electric".into();
+    h.step();
+    h.get_by_label("Run lens").click();
+    settle(&mut h, Duration::from_secs(120));
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert_eq!(h.state().lens.results.len(), 2);
+    h.state_mut().lens.stride = 2;
+    h.run_steps(3);
+    save(&mut h, "lens.png");
+
     h.get_by_label("Playground").click();
     h.step();
     assert_eq!(h.state().panel, PanelKind::Playground);
