@@ -35,7 +35,7 @@ fn logit_lens_at_the_last_layer_is_the_output_distribution() {
     let text = "the cat and the hat";
     let r = lens(&m, text, LensKind::Logit, None);
     let ids = m.tokenizer.encode(text).unwrap();
-    let b = Batch::new(&[ids.clone()], PadSide::Right, &Device::Cpu).unwrap();
+    let b = Batch::new(std::slice::from_ref(&ids), PadSide::Right, &Device::Cpu).unwrap();
     let logits = m
         .llama
         .forward(&b, &HookSpec::default(), None)
