@@ -3,7 +3,6 @@
 //! model-generated corpus) has lower held-out KL than the logit lens at every layer but the last
 //! (where both are exact). Measured: logit-lens KL 13.8–19.6 nats at layers 0–18 falling to 1.9
 //! at layer 28; tuned 11.0–9.0 at layers 0–18 and 1.4 at layer 28 (printed by the test).
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
 
