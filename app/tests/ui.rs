@@ -2,6 +2,8 @@
 //! saved as a Hugging Face folder is loaded through the real engine thread and the Model panel,
 //! then the Playground generates and shows the next-token table.
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -49,6 +51,19 @@ fn settle(h: &mut Harness<'static, NeoApp>) {
     h.step();
 }
 
+/// A harness whose engine has loaded a tiny model (seed `seed`) through the Model panel.
+fn loaded_tiny(seed: u64, dir: &std::path::Path) -> Harness<'static, NeoApp> {
+    let model_dir = dir.join("tiny");
+    let m = tiny_model(seed, &Device::Cpu).unwrap();
+    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
+    let mut h = harness(dir, true);
+    h.state_mut().model.path_input = model_dir.display().to_string();
+    h.step();
+    h.get_by_label("Load").click();
+    settle(&mut h);
+    h
+}
+
 #[test]
 fn load_a_model_by_path_then_generate_in_the_playground() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,14 +106,7 @@ fn load_a_model_by_path_then_generate_in_the_playground() {
 #[test]
 fn chat_mode_on_a_model_without_template_shows_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("tiny");
-    let m = tiny_model(4, &Device::Cpu).unwrap();
-    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
-    let mut h = harness(dir.path(), true);
-    h.state_mut().model.path_input = model_dir.display().to_string();
-    h.step();
-    h.get_by_label("Load").click();
-    settle(&mut h);
+    let mut h = loaded_tiny(4, dir.path());
     h.state_mut().panel = PanelKind::Playground;
     h.state_mut().playground.chat = true;
     h.step();
@@ -125,14 +133,7 @@ fn loading_a_missing_file_reports_the_path() {
 #[test]
 fn words_panel_creates_trains_defines_and_validates_a_word() {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("tiny");
-    let m = tiny_model(5, &Device::Cpu).unwrap();
-    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
-    let mut h = harness(dir.path(), true);
-    h.state_mut().model.path_input = model_dir.display().to_string();
-    h.step();
-    h.get_by_label("Load").click();
-    settle(&mut h);
+    let mut h = loaded_tiny(5, dir.path());
     h.get_by_label("Words").click();
     h.step();
     h.state_mut().words.new_name = "<w>".into();
@@ -186,14 +187,7 @@ fn words_panel_creates_trains_defines_and_validates_a_word() {
 #[test]
 fn playground_highlights_new_words_as_chips() {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("tiny");
-    let m = tiny_model(6, &Device::Cpu).unwrap();
-    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
-    let mut h = harness(dir.path(), true);
-    h.state_mut().model.path_input = model_dir.display().to_string();
-    h.step();
-    h.get_by_label("Load").click();
-    settle(&mut h);
+    let mut h = loaded_tiny(6, dir.path());
     h.state_mut().panel = PanelKind::Words;
     h.state_mut().words.new_name = "<w>".into();
     h.step();
