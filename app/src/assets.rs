@@ -20,3 +20,28 @@ pub fn dataset(name: &str) -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// The shipped held-out splits (`pun`, `literal`) as (prompt with `{w}` in the word's place,
+/// target) pairs, ready to score any word in the same templates.
+pub fn shipped_heldout()
+-> Result<neoscope_engine::words::analysis::HeldoutSets, neoscope_engine::EngineError> {
+    use neoscope_engine::words::dataset::{Example, parse_jsonl};
+    [("pun", PUN_HELDOUT), ("literal", LITERAL_HELDOUT)]
+        .iter()
+        .map(|(name, text)| {
+            let ds = parse_jsonl(text, std::path::Path::new(name))?;
+            let pairs = ds
+                .examples
+                .into_iter()
+                .filter_map(|e| match e {
+                    Example::Completion { prompt, target } => Some((
+                        prompt.replace("<pun>", "{w}").replace("<lit>", "{w}"),
+                        target,
+                    )),
+                    Example::Preference { .. } => None,
+                })
+                .collect();
+            Ok(((*name).to_owned(), pairs))
+        })
+        .collect()
+}

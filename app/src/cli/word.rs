@@ -616,19 +616,7 @@ pub fn demo(engine: &mut EngineHandle, json_mode: bool, a: &DemoArgs) -> Result<
         };
         summaries.push(train_word(engine, &args, json_mode)?);
     }
-    let to_template = |ex: Vec<Example>| -> Vec<(String, String)> {
-        pairs(&ex)
-            .into_iter()
-            .map(|(p, t)| (p.replace("<pun>", "{w}").replace("<lit>", "{w}"), t))
-            .collect()
-    };
-    let heldout = vec![
-        ("pun".to_owned(), to_template(read_dataset("pun.heldout")?)),
-        (
-            "literal".to_owned(),
-            to_template(read_dataset("literal.heldout")?),
-        ),
-    ];
+    let heldout = crate::assets::shipped_heldout()?;
     let r = compare_words(engine, "<pun>", "<lit>", heldout)?;
     let mut text = String::new();
     for s in &summaries {

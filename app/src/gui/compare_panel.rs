@@ -2,12 +2,9 @@
 //! tokens, held-out evaluation, steering logit differences and generations for one prompt.
 //! The comparison can be exported as JSON.
 
-use std::path::Path;
-
 use egui_plot::{Bar, BarChart, Plot};
 use neoscope_engine::api::{Command, RequestId};
 use neoscope_engine::words::analysis::{CompareConfig, LogitShift, WordReport};
-use neoscope_engine::words::dataset::{self, Example};
 
 use super::dialogs::{Mode, Pending};
 use super::words_panel::loss_plot;
@@ -45,29 +42,6 @@ impl Default for ComparePanel {
     }
 }
 
-/// The shipped held-out sets with the word replaced by `{w}`.
-pub fn shipped_heldout() -> Vec<(String, Vec<(String, String)>)> {
-    [("pun", "pun.heldout"), ("literal", "literal.heldout")]
-        .iter()
-        .filter_map(|(name, key)| {
-            let text = crate::assets::dataset(key)?;
-            let ds = dataset::parse_jsonl(text, Path::new(key)).ok()?;
-            let pairs = ds
-                .examples
-                .iter()
-                .filter_map(|e| match e {
-                    Example::Completion { prompt, target } => Some((
-                        prompt.replace("<pun>", "{w}").replace("<lit>", "{w}"),
-                        target.clone(),
-                    )),
-                    Example::Preference { .. } => None,
-                })
-                .collect();
-            Some(((*name).to_owned(), pairs))
-        })
-        .collect()
-}
-
 /// Starts a comparison of the two chosen words.
 pub fn start(app: &mut NeoApp) {
     let c = &app.compare;
@@ -75,10 +49,17 @@ pub fn start(app: &mut NeoApp) {
         steer_prompt: c.steer_prompt.clone(),
         ..CompareConfig::default()
     };
+    let heldout = match crate::assets::shipped_heldout() {
+        Ok(h) => h,
+        Err(e) => {
+            app.error = Some(e.to_string());
+            return;
+        }
+    };
     let cmd = Command::Compare {
         a: c.a.clone(),
         b: c.b.clone(),
-        heldout: shipped_heldout(),
+        heldout,
         config,
     };
     app.compare.running = app.send(cmd, Owner::Compare);

@@ -117,6 +117,11 @@ pub fn mean_logprob(m: &LoadedModel, words: &[Word], pairs: &[(String, String)])
     Ok(total / pairs.len().max(1) as f32)
 }
 
+/// `prompt` with every occurrence of the word `name` (and the space before it) removed.
+pub fn remove_word(prompt: &str, name: &str) -> String {
+    prompt.replace(&format!(" {name}"), "").replace(name, "")
+}
+
 /// Plug-in evaluation of a word on held-out (prompt, target) pairs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlugIn {
@@ -149,8 +154,7 @@ pub fn plug_in(
             .iter()
             .map(|(p, t)| {
                 let p = if with.is_empty() {
-                    p.replace(&format!(" {}", word.name), "")
-                        .replace(&word.name, "")
+                    remove_word(p, &word.name)
                 } else {
                     p.replace(&word.name, with)
                 };
@@ -332,9 +336,7 @@ pub fn steer(
         )));
     }
     let without = if baseline.is_empty() {
-        prompt
-            .replace(&format!(" {}", word.name), "")
-            .replace(&word.name, "")
+        remove_word(prompt, &word.name)
     } else {
         prompt.replace(&word.name, baseline)
     };
@@ -379,6 +381,9 @@ pub struct WordReport {
     /// Steering on the shared prompt.
     pub steering: Steering,
 }
+
+/// Named held-out sets of (prompt with `{w}` in the word's place, target) pairs.
+pub type HeldoutSets = Vec<(String, Vec<(String, String)>)>;
 
 /// Settings of a comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

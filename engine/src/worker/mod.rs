@@ -18,6 +18,7 @@ use crate::model::{LoadedModel, load_model};
 use crate::words::Word;
 use crate::words::train::TrainConfig;
 
+mod lens;
 mod words;
 
 /// Wakes the front end when events are waiting (built from `ctx.request_repaint()` in the app).
@@ -419,6 +420,10 @@ impl Worker {
                 })?;
                 Ok(JobResult::Bench(report))
             }
+            lens @ (Command::Lens { .. }
+            | Command::TrainTunedLens { .. }
+            | Command::SaveTunedLens { .. }
+            | Command::LoadTunedLens { .. }) => self.execute_lens(id, lens),
             other => self.execute_word(id, other),
         }
     }
