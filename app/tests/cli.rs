@@ -321,4 +321,17 @@ fn lens_json_has_every_layer_and_tuned_lens_trains_and_loads() {
     let (ok, _, err) = neoscope(&["lens", "--model", model, "--lens", "tuned", "the cat"]);
     assert!(!ok);
     assert!(err.contains("no tuned lens"), "{err}");
+    let (ok, _, err) = neoscope(&[
+        "lens",
+        "--model",
+        model,
+        "--steer-word",
+        "<nope>:1:2",
+        "the cat",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("no word named <nope>"), "{err}");
+    let (ok, _, err) = neoscope(&["lens", "--model", model, "--steer-word", "<w>:x:2", "a"]);
+    assert!(!ok);
+    assert!(err.contains("layer `x` is not a whole number"), "{err}");
 }

@@ -10,6 +10,7 @@ use crate::hooks::HookSpec;
 use crate::lens::{LensKind, LensResult};
 use crate::model::ModelInfo;
 use crate::sampling::{Sampling, TokenScore};
+use crate::steer::Steer;
 use crate::tuned::{TunedConfig, TunedReport};
 use crate::words::analysis::{CompareConfig, Definition, Neighbor, PlugIn, Steering, WordReport};
 use crate::words::dataset::Example;
@@ -155,8 +156,10 @@ pub enum Command {
         targets: Vec<String>,
         /// Top-k per cell.
         top_k: usize,
-        /// Extra interventions (steering).
+        /// Extra interventions given as vectors.
         hooks: HookSpec,
+        /// Steering given by name (resolved by the engine thread).
+        steer: Vec<Steer>,
     },
     /// Train a tuned lens on a corpus (progress as `Progress` events).
     TrainTunedLens {

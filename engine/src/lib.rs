@@ -12,6 +12,7 @@ pub mod infer;
 pub mod lens;
 pub mod model;
 pub mod sampling;
+pub mod steer;
 pub mod tiny;
 pub mod tokenizer;
 pub mod tuned;

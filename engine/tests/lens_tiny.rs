@@ -156,3 +156,53 @@ fn tuned_lens_training_lowers_held_out_kl_and_round_trips() {
     let err = tuned::load(&path, &other).unwrap_err().to_string();
     assert!(err.contains("tiny-llama-seed42"), "{err}");
 }
+
+#[test]
+fn word_steering_changes_the_lens_only_from_its_layer_on_and_scale_zero_is_identity() {
+    let m = tiny();
+    let init = Init::Random { std: 0.5, seed: 5 };
+    let w = Word {
+        name: "<s>".into(),
+        vector: init_vector(&m, &init).unwrap(),
+        injection: Injection::Embedding,
+        init,
+        output: OutputRow::None,
+    };
+    let words = std::slice::from_ref(&w);
+    let targets = resolve_targets(&m, &[" the".to_owned()]).unwrap();
+    let spec = LensSpec {
+        kind: LensKind::Logit,
+        tuned: None,
+        targets: &targets,
+        top_k: 5,
+    };
+    let ids = m.tokenizer.encode("the cat and the").unwrap();
+    let pieces = || vec![String::new(); ids.len()];
+    let steered = |scale: f32| {
+        let iv = neoscope_engine::steer::word_direction(words, "<s>", 1, scale, 2).unwrap();
+        let hooks = HookSpec {
+            capture: Vec::new(),
+            interventions: vec![iv],
+        };
+        run(&m, &ids, pieces(), &hooks, &spec).unwrap()
+    };
+    let plain = run(&m, &ids, pieces(), &HookSpec::default(), &spec).unwrap();
+    assert_eq!(steered(0.0).cells, plain.cells);
+    let s = steered(3.0);
+    for (a, b) in s.cells[0].iter().zip(&plain.cells[0]) {
+        // Layer 0's own distribution is untouched; only its KL to the (steered) final layer moves.
+        assert_eq!(
+            (&a.top, &a.targets),
+            (&b.top, &b.targets),
+            "layer 0 is before the steering"
+        );
+        assert_eq!(a.entropy, b.entropy);
+    }
+    for (a, b) in s.cells[1].iter().zip(&plain.cells[1]) {
+        assert_ne!(a.entropy, b.entropy);
+    }
+    let err = neoscope_engine::steer::word_direction(words, "<x>", 1, 1.0, 2).unwrap_err();
+    assert!(err.to_string().contains("no word named <x>"), "{err}");
+    let err = neoscope_engine::steer::word_direction(words, "<s>", 2, 1.0, 2).unwrap_err();
+    assert!(err.to_string().contains("out of range"), "{err}");
+}

@@ -8,6 +8,7 @@ use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use neoscope_engine::api::{Command, Event, JobResult};
 use neoscope_engine::hooks::HookSpec;
 use neoscope_engine::lens::{LensKind, LensResult};
+use neoscope_engine::steer::Steer;
 use neoscope_engine::tuned::TunedConfig;
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
@@ -59,6 +60,10 @@ pub struct LensArgs {
     /// Also write every layer × position cell as CSV here.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// Steer with a loaded word's vector: `NAME:LAYER:SCALE` adds SCALE × the vector to the
+    /// residual stream entering LAYER at every position; repeatable.
+    #[arg(long = "steer-word", value_name = "NAME:LAYER:SCALE", value_parser = parse_steer_word)]
+    pub steer: Vec<Steer>,
     /// Prompt(s).
     pub texts: Vec<String>,
 }
@@ -207,6 +212,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()
             targets: a.targets.clone(),
             top_k: a.top_k,
             hooks: HookSpec::default(),
+            steer: a.steer.clone(),
         },
     )?
     else {
@@ -253,4 +259,23 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()
         json!({ "prompts": objs })
     };
     emit(json_mode, &value, text.trim_end())
+}
+
+/// Parses `NAME:LAYER:SCALE` (the name may itself contain colons).
+fn parse_steer_word(s: &str) -> Result<Steer, String> {
+    let mut parts = s.rsplitn(3, ':');
+    let (Some(scale), Some(layer), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("`{s}`: expected NAME:LAYER:SCALE, e.g. <pun>:10:4"));
+    };
+    let layer = layer
+        .parse()
+        .map_err(|_| format!("`{s}`: layer `{layer}` is not a whole number"))?;
+    let scale = scale
+        .parse()
+        .map_err(|_| format!("`{s}`: scale `{scale}` is not a number"))?;
+    Ok(Steer::WordDirection {
+        name: name.to_owned(),
+        layer,
+        scale,
+    })
 }

@@ -8,6 +8,7 @@ use egui_plot::{Legend, Line, Plot, PlotPoints};
 use neoscope_engine::api::{Command, RequestId};
 use neoscope_engine::hooks::HookSpec;
 use neoscope_engine::lens::{LensCell, LensKind, LensResult};
+use neoscope_engine::steer::Steer;
 use neoscope_engine::tuned::{TunedConfig, TunedReport};
 
 use super::dialogs::{Mode, Pending};
@@ -91,6 +92,29 @@ pub struct LensPanel {
     pub dialog: Option<Pending<Export>>,
     /// Where the heatmap was drawn (for PNG export).
     pub heatmap_rect: Option<Rect>,
+    /// Steer with this word's vector (None: no word steering).
+    pub steer_word: Option<String>,
+    /// Layer whose input the word steering changes.
+    pub steer_layer: usize,
+    /// Multiplier of the word's vector.
+    pub steer_scale: f32,
+    /// Steering chosen in another panel (e.g. an MFA component), applied while set.
+    pub external: Option<Steer>,
+}
+
+impl LensPanel {
+    /// The steering this panel applies to its runs.
+    pub fn steering(&self) -> Vec<Steer> {
+        let mut v: Vec<Steer> = self.external.iter().cloned().collect();
+        if let Some(name) = &self.steer_word {
+            v.push(Steer::WordDirection {
+                name: name.clone(),
+                layer: self.steer_layer,
+                scale: self.steer_scale,
+            });
+        }
+        v
+    }
 }
 
 impl Default for LensPanel {
@@ -111,6 +135,10 @@ impl Default for LensPanel {
             report: None,
             dialog: None,
             heatmap_rect: None,
+            steer_word: None,
+            steer_layer: 10,
+            steer_scale: 4.0,
+            external: None,
         }
     }
 }
@@ -137,6 +165,7 @@ pub fn start(app: &mut NeoApp) {
         targets,
         top_k: 10,
         hooks: HookSpec::default(),
+        steer: p.steering(),
     };
     app.lens.running = app.send(cmd, Owner::Lens);
 }
@@ -227,6 +256,7 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
         ui.add(egui::DragValue::new(&mut p.stride).range(1..=10));
         ui.label("layers");
     });
+    steering_row(app, ui);
     ui.horizontal(|ui| {
         match app.lens.running {
             Some(_) => {
@@ -310,6 +340,63 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
             mean(&r.tuned_kl),
             mean(&r.logit_kl)
         ));
+    }
+}
+
+fn steering_row(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let names: Vec<String> = app.words.words.iter().map(|w| w.name.clone()).collect();
+    let n_layers = app.model_info().map_or(1, |i| i.dims.n_layers);
+    let mut chosen = None;
+    let p = &mut app.lens;
+    ui.horizontal_wrapped(|ui| {
+        ui.label("steer");
+        let shown = p.steer_word.clone().unwrap_or_else(|| "none".into());
+        egui::ComboBox::from_id_salt("lens_steer_word")
+            .selected_text(shown)
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut p.steer_word, None, "none");
+                for n in &names {
+                    ui.selectable_value(&mut p.steer_word, Some(n.clone()), n);
+                }
+            })
+            .response
+            .on_hover_text("Add a new word's vector to the residual stream at every position");
+        if p.steer_word.is_some() {
+            ui.add(
+                egui::Slider::new(&mut p.steer_layer, 0..=n_layers.saturating_sub(1)).text("layer"),
+            );
+            ui.add(egui::Slider::new(&mut p.steer_scale, -20.0..=20.0).text("scale"));
+        }
+        if let Some(ext) = &p.external {
+            ui.separator();
+            ui.label(format!("also: {}", ext.describe()));
+            if ui.small_button("remove").clicked() {
+                p.external = None;
+            }
+        }
+        if let Some(r) = p.results.get(p.shown) {
+            let pos = p.position.unwrap_or(r.tokens.len().saturating_sub(1));
+            let picks = r.top1_any_layer(pos);
+            ui.separator();
+            egui::ComboBox::from_id_salt("lens_target_pick")
+                .selected_text("pick target")
+                .show_ui(ui, |ui| {
+                    for t in &picks {
+                        if ui
+                            .selectable_label(false, format!("{:?}", t.text))
+                            .clicked()
+                        {
+                            chosen = Some(t.text.clone());
+                        }
+                    }
+                })
+                .response
+                .on_hover_text("Tokens that are top-1 at some layer at this position");
+        }
+    });
+    if let Some(t) = chosen {
+        app.lens.target = t;
+        start(app);
     }
 }
 

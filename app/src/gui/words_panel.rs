@@ -443,6 +443,15 @@ fn word_list(app: &mut NeoApp, ui: &mut egui::Ui) {
             dialog(app, FileAction::SaveWord);
         }
     });
+    if let Some(name) = app.words.selected.clone()
+        && ui
+            .button("Steer the lens with it")
+            .on_hover_text("Add this word's vector to the residual stream in the Lens panel")
+            .clicked()
+    {
+        app.lens.steer_word = Some(name);
+        app.panel = super::PanelKind::Lens;
+    }
 }
 
 fn dataset_table(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {

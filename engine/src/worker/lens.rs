@@ -3,7 +3,8 @@
 use super::Worker;
 use crate::api::{Command, Event, JobResult, RequestId};
 use crate::error::{EngineError, Result};
-use crate::hooks::HookSpec;
+use crate::hooks::{HookSpec, Intervention};
+use crate::steer::Steer;
 
 impl Worker {
     pub(super) fn execute_lens(&mut self, id: RequestId, cmd: Command) -> Result<JobResult> {
@@ -15,7 +16,9 @@ impl Worker {
                 targets,
                 top_k,
                 hooks,
+                steer,
             } => {
+                let steering = self.resolve_steer(&steer)?;
                 let m = self.model()?;
                 let targets = crate::lens::resolve_targets(m, &targets)?;
                 let lens_spec = crate::lens::LensSpec {
@@ -38,6 +41,7 @@ impl Worker {
                         };
                         spec.interventions
                             .extend(hooks.interventions.iter().cloned());
+                        spec.interventions.extend(steering.iter().cloned());
                         crate::lens::run(m, &wt.model_ids(), pieces, &spec, &lens_spec)
                     })
                     .collect::<Result<_>>()?;
@@ -75,5 +79,18 @@ impl Worker {
             }
             other => Err(EngineError::Invalid(format!("unhandled command {other:?}"))),
         }
+    }
+
+    /// Turns named steering into interventions with the state this thread holds.
+    pub(super) fn resolve_steer(&self, steer: &[Steer]) -> Result<Vec<Intervention>> {
+        let n_layers = self.model()?.llama.cfg.num_hidden_layers;
+        steer
+            .iter()
+            .map(|s| match s {
+                Steer::WordDirection { name, layer, scale } => {
+                    crate::steer::word_direction(&self.words, name, *layer, *scale, n_layers)
+                }
+            })
+            .collect()
     }
 }
