@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod hooks;
 pub mod infer;
 pub mod lens;
+pub mod mfa;
 pub mod model;
 pub mod sampling;
 pub mod steer;

@@ -345,17 +345,11 @@ pub fn steer(
     let (ids_o, hooks_o) = prepare(m, &without, chat, &[])?;
     let lw = last_logits(m, &ids_w, &hooks_w)?;
     let lo = last_logits(m, &ids_o, &hooks_o)?;
-    let delta: Vec<f32> = lw.iter().zip(&lo).map(|(a, b)| a - b).collect();
-    let neg: Vec<f32> = delta.iter().map(|d| -d).collect();
-    let shift = |i: usize| LogitShift {
-        id: u32::try_from(i).unwrap_or(0),
-        text: m.tokenizer.piece(u32::try_from(i).unwrap_or(0)),
-        delta: delta[i],
-    };
+    let (promoted, suppressed) = crate::mfa::steer::logit_shift(m, &lo, &lw, top);
     let greedy = Sampling::GREEDY;
     Ok(Steering {
-        promoted: top_indices(&delta, top).into_iter().map(shift).collect(),
-        suppressed: top_indices(&neg, top).into_iter().map(shift).collect(),
+        promoted,
+        suppressed,
         generation_with: generate_with(m, words, prompt, chat, max_new_tokens, greedy, cancel)?,
         generation_without: generate_with(m, &[], &without, chat, max_new_tokens, greedy, cancel)?,
         prompt_with: prompt.to_owned(),

@@ -1,0 +1,293 @@
+//! Fitting an MFA: initialisation (k-means or random points), Adam on the mean NLL over shuffled
+//! minibatches, a held-out validation split, per-epoch progress, cancel, and the best epoch
+//! (by validation NLL) restored at the end.
+
+use candle_core::{DType, IndexOp, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::grad::nll_and_grads;
+use super::kmeans::{KmeansConfig, kmeans, random_points};
+use super::model::Mfa;
+use crate::error::{EngineError, Result};
+use crate::sampling::normal_vec;
+
+/// How the means start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InitKind {
+    /// K-means (projected, restarts, refined on all data).
+    Kmeans,
+    /// Random data points.
+    RandomPoints,
+}
+
+/// Fitting settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MfaConfig {
+    /// Components K.
+    pub k: usize,
+    /// Latent rank R.
+    pub rank: usize,
+    /// Epochs.
+    pub epochs: usize,
+    /// Minibatch size.
+    pub batch: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Fraction of activations held out for validation.
+    pub val_fraction: f32,
+    /// Initialisation.
+    pub init: InitKind,
+    /// Seed (split, shuffling, directions, k-means).
+    pub seed: u64,
+}
+
+impl MfaConfig {
+    /// CPU default: small enough to fit in a few minutes on two cores.
+    pub fn cpu_default() -> Self {
+        Self {
+            k: 64,
+            rank: 8,
+            epochs: 20,
+            batch: 256,
+            lr: 1e-2,
+            val_fraction: 0.1,
+            init: InitKind::Kmeans,
+            seed: 0,
+        }
+    }
+
+    /// The reference notebook's scale (K=500, R=10, lr 1e-3, batch 128), for big machines.
+    pub fn reference_scale() -> Self {
+        Self {
+            k: 500,
+            rank: 10,
+            epochs: 10,
+            batch: 128,
+            lr: 1e-3,
+            ..Self::cpu_default()
+        }
+    }
+}
+
+/// Progress after an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MfaEpoch {
+    /// Epoch (from 1).
+    pub epoch: usize,
+    /// Epochs planned.
+    pub total: usize,
+    /// Mean train NLL over the epoch's batches.
+    pub train_nll: f64,
+    /// Validation NLL after the epoch.
+    pub val_nll: f64,
+}
+
+/// What a fit reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MfaReport {
+    /// Per-epoch numbers.
+    pub epochs: Vec<MfaEpoch>,
+    /// Validation NLL right after initialisation.
+    pub init_val_nll: f64,
+    /// Epoch restored (1-based; 0 = the initialisation).
+    pub best_epoch: usize,
+    /// Its validation NLL.
+    pub best_val_nll: f64,
+    /// Train / validation counts.
+    pub n_train: usize,
+    /// Validation count.
+    pub n_val: usize,
+    /// Whether the user stopped it.
+    pub cancelled: bool,
+}
+
+/// What the fit calls back with.
+pub enum FitEvent<'a> {
+    /// A stage with a fraction (initialisation, batches).
+    Stage(&'a str, f32),
+    /// An epoch ended.
+    Epoch(MfaEpoch),
+}
+
+/// Builds the initial MFA from centroids: random unit directions, loading scales and noise from
+/// the data's per-dimension variance.
+pub fn init_from_centroids(x: &Tensor, centroids: Tensor, rank: usize, seed: u64) -> Result<Mfa> {
+    let (k, d) = centroids.dims2()?;
+    let var = x.broadcast_sub(&x.mean_keepdim(0)?)?.sqr()?.mean(0)?;
+    let mean_var = var.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6d66_6100);
+    let dirs = Tensor::from_vec(
+        normal_vec(&mut rng, k * d * rank, 1.0),
+        (k, d, rank),
+        x.device(),
+    )?
+    .to_dtype(x.dtype())?;
+    let sigma = (Tensor::ones((k, rank), x.dtype(), x.device())? * (2.0 * mean_var.sqrt()))?;
+    let psi = ((var * 0.5)? + 1e-3)?;
+    Mfa::new(centroids, dirs, &sigma, &psi)
+}
+
+/// Mean NLL of `x` in batches.
+pub fn mean_nll(mfa: &Mfa, x: &Tensor, batch: usize) -> Result<f64> {
+    let der = mfa.derive()?;
+    let n = x.dim(0)?;
+    let mut total = 0.0;
+    for s in (0..n).step_by(batch.max(1)) {
+        let xb = x.i(s..(s + batch).min(n))?;
+        let lp = der
+            .forward(&xb)?
+            .logp
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        total -= lp;
+    }
+    #[expect(clippy::cast_precision_loss, reason = "counts")]
+    Ok(total / n.max(1) as f64)
+}
+
+/// Splits rows into (train, validation) by a seeded permutation.
+pub fn split(x: &Tensor, frac: f32, seed: u64) -> Result<(Tensor, Tensor)> {
+    let n = x.dim(0)?;
+    let mut idx: Vec<u32> = (0..u32::try_from(n).unwrap_or(u32::MAX)).collect();
+    idx.shuffle(&mut StdRng::seed_from_u64(seed));
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "fraction of a count"
+    )]
+    let n_val = ((n as f32 * frac).round() as usize).min(n.saturating_sub(1));
+    let take = |v: &[u32]| -> Result<Tensor> {
+        Ok(x.index_select(&Tensor::from_vec(v.to_vec(), v.len(), x.device())?, 0)?)
+    };
+    Ok((take(&idx[n_val..])?, take(&idx[..n_val])?))
+}
+
+/// Fits an MFA to the rows of `x` (N, D).
+pub fn fit(
+    x: &Tensor,
+    cfg: &MfaConfig,
+    on: &mut dyn FnMut(FitEvent<'_>) -> bool,
+) -> Result<(Mfa, MfaReport)> {
+    let (n, _) = x.dims2()?;
+    if cfg.rank == 0 || cfg.k == 0 {
+        return Err(EngineError::Invalid(
+            "MFA needs at least one component and rank ≥ 1".into(),
+        ));
+    }
+    let (train, val) = split(x, cfg.val_fraction, cfg.seed)?;
+    let n_train = train.dim(0)?;
+    if n_train < cfg.k * 2 {
+        return Err(EngineError::Invalid(format!(
+            "{n} activations are too few for {} components: collect more text or lower K",
+            cfg.k
+        )));
+    }
+    let centroids = match cfg.init {
+        InitKind::Kmeans => kmeans(
+            &train,
+            &KmeansConfig::for_k(cfg.k, cfg.seed),
+            &mut |s, f| on(FitEvent::Stage(s, f)),
+        )?,
+        InitKind::RandomPoints => random_points(&train, cfg.k, cfg.seed)?,
+    };
+    let mfa = init_from_centroids(&train, centroids, cfg.rank, cfg.seed)?;
+    let eval = |m: &Mfa| -> Result<f64> {
+        if val.dim(0)? == 0 {
+            mean_nll(m, &train, 1024)
+        } else {
+            mean_nll(m, &val, 1024)
+        }
+    };
+    let init_val = eval(&mfa)?;
+    let mut best = (0usize, init_val, snapshot(&mfa)?);
+    let mut opt = AdamW::new(
+        mfa.vars().iter().map(|v| (*v).clone()).collect(),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(7));
+    let mut order: Vec<u32> = (0..u32::try_from(n_train).unwrap_or(u32::MAX)).collect();
+    let mut epochs = Vec::new();
+    let mut cancelled = false;
+    'outer: for e in 1..=cfg.epochs {
+        order.shuffle(&mut rng);
+        let (mut sum, mut count) = (0.0, 0usize);
+        let n_batches = n_train.div_ceil(cfg.batch.max(1));
+        for (bi, chunk) in order.chunks(cfg.batch.max(1)).enumerate() {
+            let xb = train.index_select(
+                &Tensor::from_vec(chunk.to_vec(), chunk.len(), x.device())?,
+                0,
+            )?;
+            let der = mfa.derive()?;
+            let (loss, grads) = nll_and_grads(&mfa, &der, &xb)?;
+            if !loss.is_finite() {
+                break 'outer;
+            }
+            opt.step(&grads)?;
+            sum += loss * chunk.len() as f64;
+            count += chunk.len();
+            #[expect(clippy::cast_precision_loss, reason = "counts")]
+            let f = ((e - 1) as f32 + (bi + 1) as f32 / n_batches as f32) / cfg.epochs as f32;
+            if bi % 8 == 0
+                && !on(FitEvent::Stage(
+                    &format!("epoch {e}/{} · NLL {loss:.1}", cfg.epochs),
+                    f,
+                ))
+            {
+                cancelled = true;
+                break 'outer;
+            }
+        }
+        let ep = MfaEpoch {
+            epoch: e,
+            total: cfg.epochs,
+            #[expect(clippy::cast_precision_loss, reason = "counts")]
+            train_nll: sum / count.max(1) as f64,
+            val_nll: eval(&mfa)?,
+        };
+        if ep.val_nll.is_finite() && ep.val_nll < best.1 {
+            best = (e, ep.val_nll, snapshot(&mfa)?);
+        }
+        epochs.push(ep);
+        if !on(FitEvent::Epoch(ep)) {
+            cancelled = true;
+            break;
+        }
+    }
+    restore(&mfa, &best.2)?;
+    Ok((
+        mfa,
+        MfaReport {
+            epochs,
+            init_val_nll: init_val,
+            best_epoch: best.0,
+            best_val_nll: best.1,
+            n_train,
+            n_val: val.dim(0)?,
+            cancelled,
+        },
+    ))
+}
+
+fn snapshot(m: &Mfa) -> Result<Vec<Tensor>> {
+    Ok(m.vars()
+        .iter()
+        .map(|v| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?)
+}
+
+fn restore(m: &Mfa, s: &[Tensor]) -> Result<()> {
+    for (v, t) in m.vars().iter().zip(s) {
+        v.set(t)?;
+    }
+    Ok(())
+}
