@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::bench::BenchReport;
 use crate::hooks::HookSpec;
 use crate::lens::{LensKind, LensResult};
+use crate::mfa::messages::{MfaCommand, MfaResult};
+use crate::mfa::train::MfaEpoch;
 use crate::model::ModelInfo;
 use crate::sampling::{Sampling, TokenScore};
 use crate::steer::Steer;
@@ -189,6 +191,8 @@ pub enum Command {
         /// Settings.
         config: CompareConfig,
     },
+    /// Mixture of factor analyzers.
+    Mfa(MfaCommand),
 }
 
 /// A word as the front end sees it.
@@ -278,6 +282,8 @@ pub enum JobResult {
     Lens(Vec<LensResult>),
     /// A tuned lens is ready (trained or loaded); the held-out report when known.
     TunedLens(Option<TunedReport>),
+    /// MFA results.
+    Mfa(Box<MfaResult>),
 }
 
 /// What the engine tells the front end.
@@ -313,6 +319,13 @@ pub enum Event {
         /// The step.
         step: TrainStep,
     },
+    /// One MFA epoch finished.
+    MfaEpoch {
+        /// Request.
+        id: RequestId,
+        /// The epoch.
+        epoch: MfaEpoch,
+    },
     /// The job succeeded (exactly one `Finished` or `Failed` per request).
     Finished {
         /// Request.
@@ -339,6 +352,7 @@ impl Event {
             Self::Progress { id, .. }
             | Self::Token { id, .. }
             | Self::TrainStep { id, .. }
+            | Self::MfaEpoch { id, .. }
             | Self::Finished { id, .. }
             | Self::Failed { id, .. } => Some(*id),
         }

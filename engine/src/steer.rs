@@ -19,6 +19,16 @@ pub enum Steer {
         /// Multiplier of the word's vector.
         scale: f32,
     },
+    /// Move every position toward a fitted MFA component, at the MFA's hook point:
+    /// `x + α(μ_k − x) + W_k z`.
+    MfaComponent {
+        /// Component.
+        component: usize,
+        /// Centroid weight α.
+        alpha: f32,
+        /// Latent offset (empty: none).
+        z: Vec<f32>,
+    },
 }
 
 impl Steer {
@@ -27,6 +37,18 @@ impl Steer {
         match self {
             Self::WordDirection { name, layer, scale } => {
                 format!("{scale:+.1} x {name} at layer {layer}")
+            }
+            Self::MfaComponent {
+                component,
+                alpha,
+                z,
+            } => {
+                let latent = if z.iter().any(|v| *v != 0.0) {
+                    " + latent"
+                } else {
+                    ""
+                };
+                format!("MFA component {component}, alpha {alpha:.2}{latent}")
             }
         }
     }

@@ -15,6 +15,7 @@ use neoscope_engine::worker::{DeviceChoice, EngineHandle, EngineOptions};
 use serde_json::json;
 
 pub mod lens;
+pub mod mfa;
 pub mod word;
 
 /// Command-line arguments.
@@ -117,6 +118,9 @@ pub enum Cmd {
     Demo(DemoCmd),
     /// What each layer predicts (raw, logit or tuned lens); `lens train-tuned` trains a tuned lens.
     Lens(lens::LensArgs),
+    /// Mixture of factor analyzers on the residual stream: collect, fit, components, steer.
+    #[command(subcommand)]
+    Mfa(mfa::MfaCmd),
 }
 
 /// Demonstrations.
@@ -215,6 +219,7 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
         Cmd::Fetch => Ok(()),
         Cmd::Word(w) => word::run(&mut engine, g.json, w),
         Cmd::Lens(a) => lens::run(&mut engine, g.json, a),
+        Cmd::Mfa(c) => mfa::run(&mut engine, g.json, info.dims.n_layers, c),
         Cmd::Demo(DemoCmd::PunVsLiteral(a)) => word::demo(&mut engine, g.json, &a),
         Cmd::Info => {
             let d = info.dims;

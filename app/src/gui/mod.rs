@@ -4,6 +4,8 @@
 pub mod compare_panel;
 mod dialogs;
 pub mod lens_panel;
+pub mod mfa_panel;
+mod mfa_views;
 mod model_panel;
 pub mod playground;
 pub mod png_export;
@@ -13,6 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use neoscope_engine::api::{Command, Event, JobResult, RequestId};
+use neoscope_engine::mfa::messages::MfaResult;
 use neoscope_engine::model::ModelInfo;
 use neoscope_engine::words::train::StopReason;
 use neoscope_engine::worker::{EngineHandle, EngineOptions, Waker};
@@ -63,13 +66,12 @@ pub enum PanelKind {
     Compare,
     /// Logit lens and tuned lens.
     Lens,
+    /// Mixture of factor analyzers.
+    Mfa,
 }
 
 /// Panels that later work adds; shown so users see where the app is going.
-const PLANNED: [(&str, &str); 2] = [
-    ("MFA", "Mixture of factor analyzers on the residual stream"),
-    ("Embeddings", "Embedding space and vocabulary injection"),
-];
+const PLANNED: [(&str, &str); 1] = [("Embeddings", "Embedding space and vocabulary injection")];
 
 /// Which part of the app a request belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +94,12 @@ pub enum Owner {
     Lens,
     /// Tuned-lens training and loading.
     Tuned,
+    /// MFA collect, fit, save, load.
+    Mfa,
+    /// MFA subspace points.
+    MfaSubspace,
+    /// MFA steering.
+    MfaSteer,
 }
 
 /// A running job as the UI shows it.
@@ -122,6 +130,8 @@ pub struct NeoApp {
     pub compare: ComparePanel,
     /// Lens panel state.
     pub lens: lens_panel::LensPanel,
+    /// MFA panel.
+    pub mfa: mfa_panel::MfaPanel,
     pending: HashMap<RequestId, Owner>,
     /// The last error, shown in the status bar until dismissed.
     pub error: Option<String>,
@@ -157,6 +167,7 @@ impl NeoApp {
             words: WordsPanel::default(),
             compare: ComparePanel::default(),
             lens: lens_panel::LensPanel::default(),
+            mfa: mfa_panel::MfaPanel::default(),
             pending: HashMap::new(),
             error,
             model_dir,
@@ -231,10 +242,12 @@ impl NeoApp {
                 match owner {
                     Owner::Model => self.model.job = job,
                     Owner::Tuned => self.lens.training = job,
+                    Owner::Mfa => self.mfa.job = job,
                     _ => {}
                 }
             }
             Event::Token { text, .. } => self.playground.output.push_str(&text),
+            Event::MfaEpoch { epoch, .. } => self.mfa.epochs.push(epoch),
             Event::TrainStep { step, .. } => {
                 self.words.live.push(step.loss);
                 self.words.total_steps = step.total_steps;
@@ -257,6 +270,9 @@ impl NeoApp {
                     Owner::Compare => self.compare.running = None,
                     Owner::Lens => self.lens.running = None,
                     Owner::Tuned => self.lens.training = None,
+                    Owner::Mfa => self.mfa.job = None,
+                    Owner::MfaSubspace => self.mfa.subspace_running = None,
+                    Owner::MfaSteer => self.mfa.steering = None,
                 }
                 if !cancelled {
                     self.error = Some(error);
@@ -330,7 +346,50 @@ impl NeoApp {
                 self.compare.running = None;
                 self.compare.result = Some(r);
             }
+            (Owner::Mfa | Owner::MfaSubspace | Owner::MfaSteer, JobResult::Mfa(r)) => {
+                self.mfa_finished(*r)
+            }
             (_, other) => self.error = Some(format!("unexpected engine reply: {other:?}")),
+        }
+    }
+
+    fn mfa_finished(&mut self, r: MfaResult) {
+        match r {
+            MfaResult::Activations {
+                count, d, point, ..
+            } => {
+                self.mfa.job = None;
+                self.mfa.acts = Some((count, d, point));
+                self.notice = Some(format!("{count} activations collected at {point}"));
+            }
+            MfaResult::Model {
+                point,
+                config,
+                report,
+                components,
+                coherence,
+            } => {
+                let v = mfa_panel::FittedView {
+                    point,
+                    config,
+                    report,
+                    components,
+                    coherence,
+                };
+                mfa_panel::fitted(self, v);
+            }
+            MfaResult::Saved { path } => {
+                self.mfa.job = None;
+                self.notice = Some(format!("Saved {}", path.display()));
+            }
+            MfaResult::Subspace { component, points } => {
+                self.mfa.subspace_running = None;
+                self.mfa.subspace = Some((component, points));
+            }
+            MfaResult::Steering(r) => {
+                self.mfa.steering = None;
+                self.mfa.steer = Some(r);
+            }
         }
     }
 
@@ -375,6 +434,7 @@ impl NeoApp {
                 ui.selectable_value(&mut self.panel, PanelKind::Words, "Words");
                 ui.selectable_value(&mut self.panel, PanelKind::Compare, "Compare");
                 ui.selectable_value(&mut self.panel, PanelKind::Lens, "Lens");
+                ui.selectable_value(&mut self.panel, PanelKind::Mfa, "MFA");
                 ui.separator();
                 ui.weak("Planned");
                 for (name, what) in PLANNED {
@@ -388,6 +448,7 @@ impl NeoApp {
             PanelKind::Words => words_panel::show(self, ui),
             PanelKind::Compare => compare_panel::show(self, ui),
             PanelKind::Lens => lens_panel::show(self, ui),
+            PanelKind::Mfa => mfa_panel::show(self, ui),
         });
     }
 }

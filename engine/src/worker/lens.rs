@@ -84,13 +84,29 @@ impl Worker {
     /// Turns named steering into interventions with the state this thread holds.
     pub(super) fn resolve_steer(&self, steer: &[Steer]) -> Result<Vec<Intervention>> {
         let n_layers = self.model()?.llama.cfg.num_hidden_layers;
-        steer
-            .iter()
-            .map(|s| match s {
-                Steer::WordDirection { name, layer, scale } => {
-                    crate::steer::word_direction(&self.words, name, *layer, *scale, n_layers)
+        let mut out = Vec::new();
+        for s in steer {
+            match s {
+                Steer::WordDirection { name, layer, scale } => out.push(
+                    crate::steer::word_direction(&self.words, name, *layer, *scale, n_layers)?,
+                ),
+                Steer::MfaComponent {
+                    component,
+                    alpha,
+                    z,
+                } => {
+                    let (mfa, point) = self.fitted_mfa()?;
+                    out.extend(crate::mfa::steer::interventions(
+                        mfa,
+                        point,
+                        *component,
+                        *alpha,
+                        z,
+                        crate::hooks::Positions::All,
+                    )?);
                 }
-            })
-            .collect()
+            }
+        }
+        Ok(out)
     }
 }

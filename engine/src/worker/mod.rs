@@ -19,6 +19,7 @@ use crate::words::Word;
 use crate::words::train::TrainConfig;
 
 mod lens;
+mod mfa;
 mod words;
 
 /// Wakes the front end when events are waiting (built from `ctx.request_repaint()` in the app).
@@ -110,6 +111,7 @@ impl EngineHandle {
                     words: Vec::new(),
                     records: std::collections::HashMap::new(),
                     tuned: None,
+                    mfa: mfa::MfaState::default(),
                     events: ev_tx,
                     waker,
                     cancel: cancel2,
@@ -233,6 +235,8 @@ struct Worker {
         Option<crate::tuned::TunedConfig>,
         Option<crate::tuned::TunedReport>,
     )>,
+    /// Activations and the fitted MFA.
+    mfa: mfa::MfaState,
     events: Sender<Event>,
     waker: Waker,
     cancel: Arc<AtomicU64>,
@@ -336,6 +340,7 @@ impl Worker {
             self.words.clear();
             self.records.clear();
             self.tuned = None;
+            self.mfa = mfa::MfaState::default();
         }
         self.model = Some(m);
         Ok(JobResult::Loaded(info))
@@ -424,6 +429,7 @@ impl Worker {
             | Command::TrainTunedLens { .. }
             | Command::SaveTunedLens { .. }
             | Command::LoadTunedLens { .. }) => self.execute_lens(id, lens),
+            Command::Mfa(c) => self.execute_mfa(id, c),
             other => self.execute_word(id, other),
         }
     }

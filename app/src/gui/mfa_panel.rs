@@ -1,0 +1,550 @@
+//! The MFA panel: collect activations and fit a mixture of factor analyzers (live NLL curve,
+//! cancel), browse components and their top contexts, and look inside one component's subspace
+//! and steer toward it (in `mfa_views`).
+
+use egui::text::LayoutJob;
+use egui::{Color32, TextFormat};
+use neoscope_engine::api::{Command, RequestId};
+use neoscope_engine::hooks::HookPoint;
+use neoscope_engine::mfa::interpret::{ComponentInfo, Context};
+use neoscope_engine::mfa::messages::{MfaCommand, SubspacePoint};
+use neoscope_engine::mfa::steer::SteerReport;
+use neoscope_engine::mfa::train::{InitKind, MfaConfig, MfaEpoch, MfaReport};
+
+use super::dialogs::{Mode, Pending};
+use super::{JobView, NeoApp, Owner};
+
+/// What a file dialog of this panel is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MfaFile {
+    /// Save the fitted MFA.
+    Save,
+    /// Load an MFA.
+    Load,
+    /// Load saved activations.
+    LoadActivations,
+    /// Add a text file to the corpus.
+    AddText,
+    /// Export the component table as CSV.
+    Csv,
+    /// Export components and steering as JSON.
+    Json,
+}
+
+/// A fitted (or loaded) MFA as the panel shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FittedView {
+    /// Hook point.
+    pub point: HookPoint,
+    /// Settings.
+    pub config: Option<MfaConfig>,
+    /// Fit report.
+    pub report: Option<MfaReport>,
+    /// Components.
+    pub components: Vec<ComponentInfo>,
+    /// Coherence (observed, chance).
+    pub coherence: Option<(f64, f64)>,
+}
+
+/// State of the MFA panel.
+pub struct MfaPanel {
+    /// Layer whose `hook_resid_post` is collected (None: the middle layer).
+    pub layer: Option<usize>,
+    /// Tokens per window.
+    pub window: usize,
+    /// Extra text files (the shipped corpus is always used unless disabled).
+    pub texts: Vec<std::path::PathBuf>,
+    /// Use the shipped corpus.
+    pub shipped: bool,
+    /// Fit settings.
+    pub config: MfaConfig,
+    /// Running collect/fit/load job.
+    pub job: Option<JobView>,
+    /// Epochs of the running or last fit.
+    pub epochs: Vec<MfaEpoch>,
+    /// Activations ready: (count, width, point).
+    pub acts: Option<(usize, usize, HookPoint)>,
+    /// The fitted MFA.
+    pub fitted: Option<FittedView>,
+    /// Selected component.
+    pub selected: Option<usize>,
+    /// Show contexts by responsibility instead of likelihood.
+    pub by_responsibility: bool,
+    /// Subspace points of the selected component.
+    pub subspace: Option<(usize, Vec<SubspacePoint>)>,
+    /// Subspace request in flight.
+    pub subspace_running: Option<RequestId>,
+    /// Latent dimensions plotted.
+    pub dims: (usize, usize),
+    /// Steering prompt.
+    pub prompt: String,
+    /// Centroid weight.
+    pub alpha: f32,
+    /// Latent offset.
+    pub z: Vec<f32>,
+    /// Steering request in flight.
+    pub steering: Option<RequestId>,
+    /// Last steering result.
+    pub steer: Option<SteerReport>,
+    /// File dialog in flight.
+    pub dialog: Option<Pending<MfaFile>>,
+    /// Where the plots were drawn (PNG export).
+    pub plots_rect: Option<egui::Rect>,
+}
+
+impl Default for MfaPanel {
+    fn default() -> Self {
+        Self {
+            layer: None,
+            window: 64,
+            texts: Vec::new(),
+            shipped: true,
+            config: MfaConfig::cpu_default(),
+            job: None,
+            epochs: Vec::new(),
+            acts: None,
+            fitted: None,
+            selected: None,
+            by_responsibility: false,
+            subspace: None,
+            subspace_running: None,
+            dims: (0, 1),
+            prompt: "I think that".into(),
+            alpha: 0.6,
+            z: Vec::new(),
+            steering: None,
+            steer: None,
+            dialog: None,
+            plots_rect: None,
+        }
+    }
+}
+
+/// Sends an MFA command owned by this panel's main job slot.
+fn send_job(app: &mut NeoApp, c: MfaCommand, stage: &str) {
+    if let Some(id) = app.send(Command::Mfa(c), Owner::Mfa) {
+        app.mfa.job = Some(JobView {
+            id,
+            stage: stage.into(),
+            fraction: None,
+        });
+    }
+}
+
+/// Collects activations with the panel's settings.
+pub fn collect(app: &mut NeoApp) {
+    let n_layers = app.model_info().map_or(1, |i| i.dims.n_layers);
+    let p = &app.mfa;
+    let mut texts: Vec<String> = Vec::new();
+    if p.shipped {
+        texts.push(crate::cli::lens::CORPUS.to_owned());
+    }
+    for f in &p.texts {
+        match std::fs::read_to_string(f) {
+            Ok(t) => texts.push(t),
+            Err(e) => {
+                app.error = Some(format!("{}: {e}", f.display()));
+                return;
+            }
+        }
+    }
+    if texts.is_empty() {
+        app.error =
+            Some("No text to collect from: keep the shipped corpus or add a text file.".into());
+        return;
+    }
+    let point = HookPoint::ResidPost(p.layer.unwrap_or(n_layers / 2));
+    let c = MfaCommand::Collect {
+        texts,
+        point,
+        window: p.window,
+        max: None,
+        save: None,
+    };
+    send_job(app, c, "collecting");
+}
+
+/// Fits with the panel's settings.
+pub fn fit(app: &mut NeoApp) {
+    app.mfa.epochs.clear();
+    let c = MfaCommand::Fit {
+        config: app.mfa.config.clone(),
+    };
+    send_job(app, c, "fitting");
+}
+
+/// Applies a result of the main job slot.
+pub fn fitted(app: &mut NeoApp, v: FittedView) {
+    app.mfa.job = None;
+    let rank = v.config.as_ref().map_or(0, |c| c.rank);
+    app.mfa.z = vec![0.0; rank];
+    app.mfa.dims = (0, 1.min(rank.saturating_sub(1)));
+    app.mfa.selected = v.components.iter().max_by_key(|c| c.size).map(|c| c.index);
+    app.mfa.subspace = None;
+    app.mfa.steer = None;
+    if let Some(r) = &v.report {
+        app.mfa.epochs.clone_from(&r.epochs);
+    }
+    app.mfa.fitted = Some(v);
+    request_subspace(app);
+}
+
+/// Asks for the selected component's subspace points.
+pub fn request_subspace(app: &mut NeoApp) {
+    let Some(k) = app.mfa.selected else { return };
+    if app
+        .mfa
+        .fitted
+        .as_ref()
+        .is_none_or(|f| f.components.is_empty())
+    {
+        return;
+    }
+    let c = Command::Mfa(MfaCommand::Subspace {
+        component: k,
+        max_points: 400,
+    });
+    app.mfa.subspace_running = app.send(c, Owner::MfaSubspace);
+}
+
+fn handle_dialog(app: &mut NeoApp) {
+    let Some(d) = &app.mfa.dialog else { return };
+    let Some(answer) = d.poll() else { return };
+    let what = d.purpose;
+    app.mfa.dialog = None;
+    let Some(path) = answer else { return };
+    let write = |app: &mut NeoApp, path: std::path::PathBuf, bytes: Vec<u8>| {
+        match neoscope_engine::words::file::write_atomic(&path, &bytes) {
+            Ok(()) => app.notice = Some(format!("Saved {}", path.display())),
+            Err(e) => app.error = Some(e.to_string()),
+        }
+    };
+    match what {
+        MfaFile::Save => send_job(app, MfaCommand::Save { path }, "saving"),
+        MfaFile::Load => send_job(app, MfaCommand::Load { path }, "loading"),
+        MfaFile::LoadActivations => send_job(
+            app,
+            MfaCommand::LoadActivations { path },
+            "loading activations",
+        ),
+        MfaFile::AddText => app.mfa.texts.push(path),
+        MfaFile::Csv => {
+            let csv = app
+                .mfa
+                .fitted
+                .as_ref()
+                .map(|f| components_csv(&f.components))
+                .unwrap_or_default();
+            write(app, path.with_extension("csv"), csv.into_bytes());
+        }
+        MfaFile::Json => {
+            let v = serde_json::json!({"mfa": app.mfa.fitted, "steering": app.mfa.steer});
+            match serde_json::to_vec_pretty(&v) {
+                Ok(b) => write(app, path.with_extension("json"), b),
+                Err(e) => app.error = Some(e.to_string()),
+            }
+        }
+    }
+}
+
+/// The component table as CSV.
+pub fn components_csv(cs: &[ComponentInfo]) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut out = String::from("component,size,weight,top_tokens,top_next_tokens\n");
+    for c in cs {
+        let join = |v: &[(String, usize)]| {
+            v.iter()
+                .map(|(t, n)| format!("{t}:{n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        out.push_str(&format!(
+            "{},{},{},{},{}\n",
+            c.index,
+            c.size,
+            c.weight,
+            q(&join(&c.top_tokens)),
+            q(&join(&c.top_next))
+        ));
+    }
+    out
+}
+
+fn dialog(app: &mut NeoApp, what: MfaFile) {
+    let (mode, title, filter, name): (Mode, &str, (&str, &[&str]), &str) = match what {
+        MfaFile::Save => (Mode::Save, "Save MFA", ("MFA", &["json"]), "mfa.json"),
+        MfaFile::Load => (Mode::Open, "Load MFA", ("MFA", &["json"]), ""),
+        MfaFile::LoadActivations => (
+            Mode::Open,
+            "Load activations",
+            ("Activations", &["json"]),
+            "",
+        ),
+        MfaFile::AddText => (Mode::Open, "Add a text file", ("Text", &["txt", "md"]), ""),
+        MfaFile::Csv => (
+            Mode::Save,
+            "Export components",
+            ("CSV", &["csv"]),
+            "components.csv",
+        ),
+        MfaFile::Json => (
+            Mode::Save,
+            "Export MFA results",
+            ("JSON", &["json"]),
+            "mfa.json",
+        ),
+    };
+    app.mfa.dialog = Some(Pending::new(what, mode, title, filter, name));
+}
+
+/// Draws the MFA panel.
+pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
+    handle_dialog(app);
+    ui.heading("Mixture of factor analyzers");
+    if app.model_info().is_none() {
+        ui.label("Load a model in the Model panel first.");
+        return;
+    }
+    controls(app, ui);
+    ui.separator();
+    if app.mfa.fitted.is_none() {
+        if !app.mfa.epochs.is_empty() {
+            super::mfa_views::nll_plot(ui, &app.mfa.epochs, 160.0);
+        }
+        ui.weak("Collect activations, then fit: each Gaussian is a region of the residual stream with its own low-rank subspace.");
+        return;
+    }
+    ui.columns(3, |cols| {
+        component_list(app, &mut cols[0]);
+        component_detail(app, &mut cols[1]);
+        let r = super::mfa_views::subspace_and_steering(app, &mut cols[2]);
+        app.mfa.plots_rect = Some(r);
+    });
+}
+
+fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let n_layers = app.model_info().map_or(1, |i| i.dims.n_layers);
+    let busy = app.mfa.job.is_some();
+    ui.horizontal_wrapped(|ui| {
+        let p = &mut app.mfa;
+        ui.strong("1. Activations");
+        let mut layer = p.layer.unwrap_or(n_layers / 2);
+        ui.add(
+            egui::Slider::new(&mut layer, 0..=n_layers.saturating_sub(1))
+                .text("layer (resid_post)"),
+        );
+        p.layer = Some(layer);
+        ui.checkbox(&mut p.shipped, "shipped corpus");
+        if !p.texts.is_empty() {
+            ui.label(format!("+ {} file(s)", p.texts.len()));
+        }
+        let add = ui.add_enabled(!busy, egui::Button::new("Add text…"));
+        let collect_btn = ui.add_enabled(!busy, egui::Button::new("Collect"));
+        let load_acts = ui.add_enabled(!busy, egui::Button::new("Load activations…"));
+        if let Some((n, d, point)) = &app.mfa.acts {
+            ui.label(format!("{n} × {d} at {point}"));
+        }
+        if add.clicked() {
+            dialog(app, MfaFile::AddText);
+        }
+        if collect_btn.clicked() {
+            collect(app);
+        }
+        if load_acts.clicked() {
+            dialog(app, MfaFile::LoadActivations);
+        }
+    });
+    ui.horizontal_wrapped(|ui| {
+        let p = &mut app.mfa;
+        ui.strong("2. Fit");
+        if ui
+            .small_button("CPU preset")
+            .on_hover_text("K=64, R=8, 20 epochs, lr 0.01: a few minutes on two cores")
+            .clicked()
+        {
+            p.config = MfaConfig::cpu_default();
+        }
+        if ui
+            .small_button("paper preset")
+            .on_hover_text(
+                "K=500, R=10, lr 0.001 (the reference scale; for big machines and big corpora)",
+            )
+            .clicked()
+        {
+            p.config = MfaConfig::reference_scale();
+        }
+        ui.add(
+            egui::DragValue::new(&mut p.config.k)
+                .range(1..=2000)
+                .prefix("K "),
+        );
+        ui.add(
+            egui::DragValue::new(&mut p.config.rank)
+                .range(1..=64)
+                .prefix("R "),
+        );
+        ui.add(
+            egui::DragValue::new(&mut p.config.epochs)
+                .range(1..=500)
+                .prefix("epochs "),
+        );
+        ui.add(
+            egui::DragValue::new(&mut p.config.lr)
+                .range(1e-5..=1.0)
+                .speed(0.001)
+                .prefix("lr "),
+        );
+        ui.selectable_value(&mut p.config.init, InitKind::Kmeans, "k-means");
+        ui.selectable_value(&mut p.config.init, InitKind::RandomPoints, "random points");
+        let can_fit = p.acts.is_some() && !busy;
+        let fit_btn = ui
+            .add_enabled(can_fit, egui::Button::new("Fit"))
+            .on_disabled_hover_text("Collect activations first");
+        let has = app.mfa.fitted.is_some();
+        let save = ui.add_enabled(has && !busy, egui::Button::new("Save…"));
+        let load = ui.add_enabled(!busy, egui::Button::new("Load…"));
+        if fit_btn.clicked() {
+            fit(app);
+        }
+        if save.clicked() {
+            dialog(app, MfaFile::Save);
+        }
+        if load.clicked() {
+            dialog(app, MfaFile::Load);
+        }
+        if has {
+            if ui.button("CSV…").clicked() {
+                dialog(app, MfaFile::Csv);
+            }
+            if ui.button("JSON…").clicked() {
+                dialog(app, MfaFile::Json);
+            }
+            if let Some(rect) = app.mfa.plots_rect
+                && app.png.is_none()
+                && ui.button("PNG…").clicked()
+            {
+                app.png = Some(super::png_export::PngExport::start(rect, "mfa.png"));
+            }
+        }
+    });
+    if let Some(job) = app.mfa.job.clone() {
+        ui.horizontal(|ui| {
+            if ui.button("Cancel").clicked() {
+                app.cancel(job.id);
+            }
+            ui.add(
+                egui::ProgressBar::new(job.fraction.unwrap_or(0.0))
+                    .text(job.stage)
+                    .desired_width(360.0),
+            );
+        });
+    }
+}
+
+fn component_list(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let Some(f) = &app.mfa.fitted else { return };
+    if let Some(r) = &f.report {
+        ui.label(format!(
+            "Validation NLL {:.1} (best epoch {}, init {:.1})",
+            r.best_val_nll, r.best_epoch, r.init_val_nll
+        ));
+    }
+    if let Some((o, c)) = f.coherence {
+        ui.label(format!("Coherence {o:.2} vs chance {c:.2}"))
+            .on_hover_text("Share of each component's top-20 contexts whose token is its most common one, averaged; chance: the same for random contexts");
+    }
+    if !app.mfa.epochs.is_empty() {
+        super::mfa_views::nll_plot(ui, &app.mfa.epochs, 110.0);
+    }
+    ui.strong("Components (by size)");
+    let mut order: Vec<&ComponentInfo> = f.components.iter().collect();
+    order.sort_by(|a, b| b.size.cmp(&a.size).then(a.index.cmp(&b.index)));
+    let mut clicked = None;
+    egui::ScrollArea::vertical()
+        .id_salt("mfa_components")
+        .max_height(ui.available_height() - 10.0)
+        .show(ui, |ui| {
+            for c in order {
+                let toks: Vec<String> = c
+                    .top_tokens
+                    .iter()
+                    .take(4)
+                    .map(|(t, _)| format!("{t:?}"))
+                    .collect();
+                let text = format!("#{:<3} {:>5}  {}", c.index, c.size, toks.join(" "));
+                let sel = app.mfa.selected == Some(c.index);
+                if ui
+                    .selectable_label(sel, egui::RichText::new(text).monospace())
+                    .clicked()
+                {
+                    clicked = Some(c.index);
+                }
+            }
+        });
+    if let Some(k) = clicked {
+        app.mfa.selected = Some(k);
+        request_subspace(app);
+    }
+}
+
+/// A context with its token highlighted.
+fn context_job(c: &Context, ui: &egui::Ui) -> LayoutJob {
+    let mut job = LayoutJob::default();
+    let normal = TextFormat {
+        color: ui.visuals().text_color(),
+        ..Default::default()
+    };
+    let mark = TextFormat {
+        color: Color32::BLACK,
+        background: Color32::from_rgb(250, 210, 90),
+        ..Default::default()
+    };
+    let clean = |s: &str| s.replace('\n', " ");
+    job.append(&clean(&c.before), 0.0, normal.clone());
+    job.append(&clean(&c.token), 0.0, mark);
+    job.append(
+        &clean(&c.after),
+        0.0,
+        TextFormat {
+            color: ui.visuals().weak_text_color(),
+            ..normal
+        },
+    );
+    job
+}
+
+fn component_detail(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let (Some(f), Some(k)) = (&app.mfa.fitted, app.mfa.selected) else {
+        return;
+    };
+    let Some(c) = f.components.get(k) else { return };
+    ui.strong(format!(
+        "Component {} · {} points · weight {:.3}",
+        c.index, c.size, c.weight
+    ));
+    let list = |v: &[(String, usize)]| {
+        v.iter()
+            .map(|(t, n)| format!("{t:?} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    ui.label(format!("tokens: {}", list(&c.top_tokens)));
+    ui.label(format!("next: {}", list(&c.top_next)));
+    ui.horizontal(|ui| {
+        ui.label("top contexts by");
+        ui.selectable_value(&mut app.mfa.by_responsibility, false, "likelihood");
+        ui.selectable_value(&mut app.mfa.by_responsibility, true, "responsibility");
+    });
+    let ctxs = if app.mfa.by_responsibility {
+        &c.by_responsibility
+    } else {
+        &c.by_likelihood
+    };
+    egui::ScrollArea::vertical()
+        .id_salt("mfa_contexts")
+        .show(ui, |ui| {
+            for x in ctxs {
+                ui.label(context_job(x, ui));
+            }
+        });
+}

@@ -1,0 +1,269 @@
+//! The engine thread's MFA commands: collect or load activations, fit, save, load, describe,
+//! subspace coordinates and steering.
+
+use super::Worker;
+use crate::api::{Event, JobResult, RequestId};
+use crate::error::{EngineError, Result};
+use crate::hooks::{HookPoint, HookSpec, Positions};
+use crate::mfa::Mfa;
+use crate::mfa::activations::{self, Activations, CollectConfig};
+use crate::mfa::file::{self, MfaMeta};
+use crate::mfa::interpret::{self, Scan};
+use crate::mfa::messages::{MfaCommand, MfaResult, SteerPositions, SubspacePoint};
+use crate::words::file::BaseModel;
+
+/// Contexts kept per component and used by the coherence measure.
+const TOP_CONTEXTS: usize = 20;
+
+/// What the engine thread holds for the MFA panel.
+#[derive(Default)]
+pub(super) struct MfaState {
+    acts: Option<Activations>,
+    model: Option<(Mfa, MfaMeta)>,
+    scan: Option<Scan>,
+}
+
+impl Worker {
+    pub(super) fn fitted_mfa(&self) -> Result<(&Mfa, HookPoint)> {
+        self.mfa
+            .model
+            .as_ref()
+            .map(|(m, meta)| (m, meta.point))
+            .ok_or_else(|| {
+                EngineError::Invalid(
+                    "no MFA is fitted or loaded: fit one in the MFA panel first".into(),
+                )
+            })
+    }
+
+    fn base(&self) -> Result<BaseModel> {
+        Ok(BaseModel::of(&self.model()?.info))
+    }
+
+    pub(super) fn execute_mfa(&mut self, id: RequestId, cmd: MfaCommand) -> Result<JobResult> {
+        let r = match cmd {
+            MfaCommand::Collect {
+                texts,
+                point,
+                window,
+                max,
+                save,
+            } => {
+                let m = self.model()?;
+                let cfg = CollectConfig {
+                    point,
+                    window,
+                    batch: 8,
+                    max,
+                    seed: 0,
+                };
+                let corpus = texts.join("\n\n");
+                let acts = activations::collect(m, &corpus, &cfg, &mut |f| {
+                    self.send(Event::Progress {
+                        id,
+                        stage: format!("collecting at {point}"),
+                        fraction: Some(f),
+                    });
+                    !self.cancelled(id)
+                })?;
+                let saved = match save {
+                    Some(p) => Some(activations::save(&p, &acts, &self.base()?)?),
+                    None => None,
+                };
+                let res = MfaResult::Activations {
+                    count: acts.len(),
+                    d: acts.x.dim(1)?,
+                    point,
+                    saved,
+                };
+                self.mfa.acts = Some(acts);
+                self.mfa.scan = None;
+                res
+            }
+            MfaCommand::LoadActivations { path } => {
+                let acts = activations::load(&path, &self.base()?, &self.dev)?;
+                let res = MfaResult::Activations {
+                    count: acts.len(),
+                    d: acts.x.dim(1)?,
+                    point: acts.point,
+                    saved: None,
+                };
+                self.mfa.acts = Some(acts);
+                self.mfa.scan = None;
+                res
+            }
+            MfaCommand::Fit { config } => {
+                let acts = self.mfa.acts.as_ref().ok_or_else(|| {
+                    EngineError::Invalid("no activations: collect or load some first".into())
+                })?;
+                let x = acts.x.to_device(&self.dev)?;
+                let (mfa, report) = crate::mfa::train::fit(&x, &config, &mut |ev| {
+                    match ev {
+                        crate::mfa::train::FitEvent::Stage(s, f) => {
+                            self.send(Event::Progress {
+                                id,
+                                stage: s.to_owned(),
+                                fraction: Some(f),
+                            });
+                        }
+                        crate::mfa::train::FitEvent::Epoch(e) => {
+                            self.send(Event::MfaEpoch { id, epoch: e })
+                        }
+                    }
+                    !self.cancelled(id)
+                })?;
+                let (k, d, rank) = mfa.dims()?;
+                let meta = MfaMeta {
+                    format: file::FORMAT.into(),
+                    version: file::VERSION,
+                    base_model: self.base()?,
+                    point: acts.point,
+                    k,
+                    d,
+                    rank,
+                    config: Some(config),
+                    report: Some(report),
+                };
+                self.mfa.model = Some((mfa, meta));
+                self.describe(id)?
+            }
+            MfaCommand::Save { path } => {
+                let (mfa, meta) =
+                    self.mfa.model.as_ref().ok_or_else(|| {
+                        EngineError::Invalid("no MFA to save: fit one first".into())
+                    })?;
+                MfaResult::Saved {
+                    path: file::save(&path, mfa, meta)?,
+                }
+            }
+            MfaCommand::Load { path } => {
+                let (mfa, meta) = file::load(&path, &self.base()?, &self.dev)?;
+                self.mfa.model = Some((mfa, meta));
+                self.mfa.scan = None;
+                self.describe(id)?
+            }
+            MfaCommand::Subspace {
+                component,
+                max_points,
+            } => {
+                let (mfa, _) = self.fitted_mfa()?;
+                let (acts, scan) = match (&self.mfa.acts, &self.mfa.scan) {
+                    (Some(a), Some(s)) => (a, s),
+                    _ => {
+                        return Err(EngineError::Invalid(
+                            "the subspace view needs the activations the MFA was fitted to".into(),
+                        ));
+                    }
+                };
+                let rows: Vec<u32> = scan
+                    .assign
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| **a as usize == component)
+                    .map(|(r, _)| u32::try_from(r).unwrap_or(0))
+                    .take(max_points)
+                    .collect();
+                let tok = &self.model()?.tokenizer;
+                let points = if rows.is_empty() {
+                    Vec::new()
+                } else {
+                    let x = acts
+                        .x
+                        .index_select(
+                            &candle_core::Tensor::from_vec(
+                                rows.clone(),
+                                rows.len(),
+                                acts.x.device(),
+                            )?,
+                            0,
+                        )?
+                        .to_device(&self.dev)?;
+                    let z = interpret::subspace_coords(mfa, component, &x)?;
+                    rows.iter()
+                        .zip(z)
+                        .map(|(r, z)| SubspacePoint {
+                            z,
+                            token: tok.piece(acts.token(*r as usize)),
+                            context: tok
+                                .decode(acts.context(*r as usize, 10))
+                                .unwrap_or_default(),
+                        })
+                        .collect()
+                };
+                MfaResult::Subspace { component, points }
+            }
+            MfaCommand::Steer {
+                prompt,
+                chat,
+                component,
+                alpha,
+                z,
+                positions,
+                top,
+                max_new_tokens,
+            } => {
+                let (mfa, point) = self.fitted_mfa()?;
+                let m = self.model()?;
+                let pos = match positions {
+                    SteerPositions::All => Positions::All,
+                    SteerPositions::Last => {
+                        let n = m.tokenizer.encode_prompt(&prompt, chat)?.len();
+                        Positions::Columns((n - 1..n + max_new_tokens).collect())
+                    }
+                };
+                let ivs = crate::mfa::steer::interventions(mfa, point, component, alpha, &z, pos)?;
+                let hooks = HookSpec {
+                    capture: Vec::new(),
+                    interventions: ivs,
+                };
+                let rep = crate::mfa::steer::compare(
+                    m,
+                    &prompt,
+                    chat,
+                    &hooks,
+                    top,
+                    max_new_tokens,
+                    &|| self.cancelled(id),
+                )?;
+                MfaResult::Steering(rep)
+            }
+        };
+        Ok(JobResult::Mfa(Box::new(r)))
+    }
+
+    /// Scans the activations (if any) and describes the current MFA.
+    fn describe(&mut self, id: RequestId) -> Result<MfaResult> {
+        let (mfa, meta) = self
+            .mfa
+            .model
+            .as_ref()
+            .ok_or_else(|| EngineError::Invalid("no MFA".into()))?;
+        let tok = &self.model()?.tokenizer;
+        let (mut components, mut coherence) = (Vec::new(), None);
+        let mut scan_out = None;
+        if let Some(acts) = &self.mfa.acts
+            && acts.point == meta.point
+            && acts.x.dim(1)? == meta.d
+        {
+            self.send(Event::Progress {
+                id,
+                stage: "describing components".into(),
+                fraction: None,
+            });
+            let x = acts.x.to_device(&self.dev)?;
+            let scan = interpret::scan(mfa, &x, TOP_CONTEXTS, &|| self.cancelled(id))?;
+            components = interpret::components(mfa, acts, &scan, tok, 10)?;
+            coherence = Some(interpret::coherence(&scan, acts, TOP_CONTEXTS, 0));
+            scan_out = Some(scan);
+        }
+        let res = MfaResult::Model {
+            point: meta.point,
+            config: meta.config.clone(),
+            report: meta.report.clone(),
+            components,
+            coherence,
+        };
+        self.mfa.scan = scan_out;
+        Ok(res)
+    }
+}
