@@ -222,3 +222,45 @@ fn playground_highlights_new_words_as_chips() {
     assert!(h.state().error.is_none(), "{:?}", h.state().error);
     assert_eq!(h.state().playground.new_tokens, 3);
 }
+
+#[test]
+fn mfa_panel_collects_fits_lists_components_and_steers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = loaded_tiny(8, dir.path());
+    h.get_by_label("MFA").click();
+    h.step();
+    // Fitting is disabled until there are activations.
+    h.get_by_label("Collect").click();
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let (n, _, point) = h.state().mfa.acts.unwrap();
+    assert!(n > 1000, "{n} activations");
+    assert_eq!(point.to_string(), "blocks.1.hook_resid_post");
+    let cfg = &mut h.state_mut().mfa.config;
+    cfg.k = 6;
+    cfg.rank = 2;
+    cfg.epochs = 3;
+    h.step();
+    h.get_by_label("Fit").click();
+    settle(&mut h);
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let p = &h.state().mfa;
+    assert_eq!(p.epochs.len(), 3);
+    let f = p.fitted.as_ref().unwrap();
+    assert_eq!(f.components.len(), 6);
+    assert_eq!(
+        f.components.iter().map(|c| c.size).sum::<usize>(),
+        f.report.as_ref().unwrap().n_train + f.report.as_ref().unwrap().n_val
+    );
+    assert!(p.subspace.as_ref().is_some_and(|(_, pts)| !pts.is_empty()));
+    h.get_by_label("Steer").click();
+    settle(&mut h);
+    let s = h.state().mfa.steer.as_ref().unwrap();
+    assert_eq!(s.promoted.len(), 10);
+    assert!(s.promoted[0].delta >= s.suppressed[0].delta);
+    let csv = neoscope::gui::mfa_panel::components_csv(
+        &h.state().mfa.fitted.as_ref().unwrap().components,
+    );
+    assert_eq!(csv.lines().count(), 7);
+}

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Regenerates tuned-lens-corpus.txt: text written by the default model itself
+# Regenerates corpus.txt: text written by the default model itself
 # (SmolLM2-135M-Instruct, Q4_1 GGUF) answering varied chat prompts, sampled with temperature
 # 0.8, top-p 0.95 and seed = prompt number, 200 new tokens each. Provenance: entirely
 # model-generated; no outside text. Usage: bash assets/corpus/make_corpus.sh [path/to/neoscope]
+# The output is deterministic per prompt (seed = prompt number), so appending prompts and
+# regenerating only the new ones gives the same file as regenerating all of them.
 set -euo pipefail
 bin=${1:-target/release/neoscope}
-out=$(dirname "$0")/tuned-lens-corpus.txt
+out=$(dirname "$0")/corpus.txt
 tmp=$(mktemp)
 i=0
 while IFS= read -r prompt; do

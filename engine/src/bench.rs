@@ -45,6 +45,9 @@ pub struct BenchReport {
     pub train_20_epochs_8_examples_s: f64,
     /// The full logit lens (every layer × every position, top-10) on a 16-token prompt.
     pub lens_16_tokens_s: f64,
+    /// MFA training throughput at K=500, R=10, D=576 (the reference scale): activations per
+    /// second through one Adam step (likelihood, analytic gradients, update) on batches of 128.
+    pub mfa_k500_r10_activations_per_s: f64,
     /// The ids used (first 64 tokens of [`BENCH_TEXT`]).
     pub input_ids: Vec<u32>,
 }
@@ -220,6 +223,7 @@ pub fn run(m: &LoadedModel, progress: &mut dyn FnMut(&str, f32) -> bool) -> Resu
         Ok(())
     })?;
     let (step_s, full_s) = bench_training(m, progress)?;
+    let mfa_step = bench_mfa(dev, progress)?;
     progress("done", 1.0);
     Ok(BenchReport {
         lens_16_tokens_s: lens_s,
@@ -231,6 +235,50 @@ pub fn run(m: &LoadedModel, progress: &mut dyn FnMut(&str, f32) -> bool) -> Resu
         forward_1x64_s: f1,
         forward_8x24_s: f8,
         generate_50_tokens_per_s: 50.0 / g,
+        mfa_k500_r10_activations_per_s: MFA_BATCH as f64 / mfa_step,
         input_ids: ids,
+    })
+}
+
+/// Minibatch of the MFA workload.
+const MFA_BATCH: usize = 128;
+
+/// Median seconds of one MFA training step at K=500, R=10, D=576 on random activations.
+fn bench_mfa(
+    dev: &candle_core::Device,
+    progress: &mut dyn FnMut(&str, f32) -> bool,
+) -> Result<f64> {
+    use candle_core::Tensor;
+    use candle_nn::Optimizer;
+    use rand::SeedableRng;
+    let (k, r, d) = (500, 10, 576);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let data = Tensor::from_vec(
+        crate::sampling::normal_vec(&mut rng, 4 * MFA_BATCH * d, 1.0),
+        (4 * MFA_BATCH, d),
+        dev,
+    )?;
+    let cents = Tensor::from_vec(
+        crate::sampling::normal_vec(&mut rng, k * d, 1.0),
+        (k, d),
+        dev,
+    )?;
+    let mfa = crate::mfa::train::init_from_centroids(&data, cents, r, 0)?;
+    let mut opt = candle_nn::AdamW::new(
+        mfa.vars().iter().map(|v| (*v).clone()).collect(),
+        candle_nn::ParamsAdamW {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            ..candle_nn::ParamsAdamW::default()
+        },
+    )?;
+    let mut i = 0;
+    time_runs("MFA K=500 R=10 step", 0.96, 0.03, progress, &mut || {
+        let xb = data.narrow(0, (i % 4) * MFA_BATCH, MFA_BATCH)?;
+        i += 1;
+        let der = mfa.derive()?;
+        let (_, grads) = crate::mfa::grad::nll_and_grads(&mfa, &der, &xb)?;
+        opt.step(&grads)?;
+        Ok(())
     })
 }

@@ -73,6 +73,9 @@ pub struct TunedConfig {
     pub positions: usize,
     /// Fraction of windows held out for the KL report.
     pub heldout_fraction: f32,
+    /// At most this many held-out windows are evaluated (the report's cost).
+    #[serde(default = "default_max_heldout")]
+    pub max_heldout_windows: usize,
     /// Seed.
     pub seed: u64,
 }
@@ -85,9 +88,14 @@ impl Default for TunedConfig {
             window: 64,
             positions: 32,
             heldout_fraction: 0.2,
+            max_heldout_windows: default_max_heldout(),
             seed: 0,
         }
     }
+}
+
+fn default_max_heldout() -> usize {
+    32
 }
 
 /// Progress of tuned-lens training.
@@ -166,14 +174,14 @@ fn kl(final_logp: &Tensor, logp: &Tensor) -> Result<Tensor> {
         .mean_all()?)
 }
 
-/// Held-out KL per layer of `lens` (or of the logit lens when `None`).
+/// Held-out KL per layer of each lens (`None`: the logit lens), from one pass over the windows.
 fn heldout_kl(
     m: &LoadedModel,
     held: &[Vec<u32>],
-    lens: Option<&TunedLens>,
-) -> Result<(Vec<f32>, usize)> {
+    lenses: &[Option<&TunedLens>],
+) -> Result<(Vec<Vec<f32>>, usize)> {
     let n = m.llama.cfg.num_hidden_layers;
-    let mut sums = vec![0f64; n];
+    let mut sums = vec![vec![0f64; n]; lenses.len()];
     let mut count = 0usize;
     for chunk in held.chunks(4) {
         let width = chunk[0].len();
@@ -181,16 +189,18 @@ fn heldout_kl(
             .filter_map(|i| u32::try_from(i).ok())
             .collect();
         let (final_logp, hs) = activations(m, chunk, &pick)?;
-        for (l, h) in hs.iter().enumerate() {
-            let h = match lens {
-                Some(t) => t.translate(l, h)?,
-                None => h.clone(),
-            };
-            let v =
-                kl(&final_logp, &log_softmax_last(&m.llama.project(&h)?)?)?.to_scalar::<f32>()?;
-            #[expect(clippy::cast_precision_loss, reason = "position counts")]
-            let w = pick.len() as f64;
-            sums[l] += f64::from(v) * w;
+        for (li, lens) in lenses.iter().enumerate() {
+            for (l, h) in hs.iter().enumerate() {
+                let h = match lens {
+                    Some(t) => t.translate(l, h)?,
+                    None => h.clone(),
+                };
+                let v = kl(&final_logp, &log_softmax_last(&m.llama.project(&h)?)?)?
+                    .to_scalar::<f32>()?;
+                #[expect(clippy::cast_precision_loss, reason = "position counts")]
+                let w = pick.len() as f64;
+                sums[li][l] += f64::from(v) * w;
+            }
         }
         count += pick.len();
     }
@@ -201,7 +211,7 @@ fn heldout_kl(
     )]
     let out = sums
         .iter()
-        .map(|s| (s / count.max(1) as f64) as f32)
+        .map(|v| v.iter().map(|s| (s / count.max(1) as f64) as f32).collect())
         .collect();
     Ok((out, count))
 }
@@ -225,7 +235,8 @@ pub fn train(
     )]
     let n_held =
         ((wins.len() as f32 * cfg.heldout_fraction).ceil() as usize).clamp(1, wins.len() - 1);
-    let held: Vec<Vec<u32>> = wins.drain(..n_held).collect();
+    let mut held: Vec<Vec<u32>> = wins.drain(..n_held).collect();
+    held.truncate(cfg.max_heldout_windows.max(1));
     let n = m.llama.cfg.num_hidden_layers;
     let d = m.llama.cfg.hidden_size;
     let dev = m.llama.device();
@@ -288,8 +299,9 @@ pub fn train(
         lens.a[l] = a[l].as_tensor().detach();
         lens.b[l] = b[l].as_tensor().detach();
     }
-    let (logit_kl, count) = heldout_kl(m, &held, None)?;
-    let (tuned_kl, _) = heldout_kl(m, &held, Some(&lens))?;
+    let (mut kls, count) = heldout_kl(m, &held, &[None, Some(&lens)])?;
+    let tuned_kl = kls.pop().unwrap_or_default();
+    let logit_kl = kls.pop().unwrap_or_default();
     Ok((
         lens,
         TunedReport {

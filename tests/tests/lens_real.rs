@@ -1,8 +1,10 @@
 //! Lenses on the real default model: the logit lens at the last layer is the model's output
 //! distribution on the pun prompt, and a briefly trained tuned lens (4 steps on the shipped
-//! model-generated corpus) has lower held-out KL than the logit lens at every layer but the last
-//! (where both are exact). Measured: logit-lens KL 13.8–19.6 nats at layers 0–18 falling to 1.9
-//! at layer 28; tuned 11.0–9.0 at layers 0–18 and 1.4 at layer 28 (printed by the test).
+//! model-generated corpus, held-out KL over 32 windows) has lower held-out KL than the logit lens
+//! at every layer but the last (where both are exact). Measured (printed by the test): layer 15
+//! 19.71 nats (logit lens) vs 9.98 (tuned), layer 28 1.94 vs 1.56. A 200-step lens
+//! (`neoscope lens train-tuned`, 13 min on 2 cores) reaches 4.85 at layer 0, 3.26 at layer 15
+//! and 0.75 at layer 28.
 
 mod common;
 
@@ -49,7 +51,7 @@ fn logit_lens_last_layer_is_the_output_and_tuned_lens_lowers_kl() {
         .collect();
     eprintln!("p(' current') by layer: {curve:?}");
 
-    let corpus = include_str!("../../assets/corpus/tuned-lens-corpus.txt");
+    let corpus = include_str!("../../assets/corpus/corpus.txt");
     let cfg = TunedConfig {
         steps: 4,
         ..TunedConfig::default()

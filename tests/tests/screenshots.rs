@@ -111,6 +111,34 @@ fn model_and_playground_panels_with_the_real_model() {
     h.run_steps(3);
     save(&mut h, "lens.png");
 
+    // MFA: collect at the middle layer over the shipped corpus, fit (CPU preset, fewer epochs),
+    // steer toward the largest component, then hand the steering to the Lens panel.
+    h.get_by_label("MFA").click();
+    h.step();
+    h.get_by_label("Collect").click();
+    settle(&mut h, Duration::from_secs(120));
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert!(h.state().mfa.acts.is_some());
+    h.state_mut().mfa.config.epochs = 8;
+    h.step();
+    h.get_by_label("Fit").click();
+    settle(&mut h, Duration::from_secs(300));
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert_eq!(h.state().mfa.epochs.len(), 8);
+    assert!(h.state().mfa.subspace.is_some());
+    h.get_by_label("Steer").click();
+    settle(&mut h, Duration::from_secs(120));
+    assert!(h.state().mfa.steer.is_some());
+    h.run_steps(3);
+    save(&mut h, "mfa.png");
+    h.get_by_label("Use in Lens").click();
+    h.run_steps(3);
+    assert_eq!(h.state().panel, PanelKind::Lens);
+    h.get_by_label("Run lens").click();
+    settle(&mut h, Duration::from_secs(120));
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    save(&mut h, "lens-steered.png");
+
     h.get_by_label("Playground").click();
     h.step();
     assert_eq!(h.state().panel, PanelKind::Playground);

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{call, call_with, emit};
 
 /// The default tuned-lens corpus (model-generated text; see `assets/corpus/make_corpus.sh`).
-pub const CORPUS: &str = include_str!("../../../assets/corpus/tuned-lens-corpus.txt");
+pub const CORPUS: &str = include_str!("../../../assets/corpus/corpus.txt");
 
 /// Lens kind on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -100,7 +100,7 @@ pub enum InitArg {
 /// Size presets.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Preset {
-    /// K=64, R=8, 20 epochs: a few minutes on two CPU cores.
+    /// K=64, R=8, 40 epochs: a few minutes on two CPU cores.
     Cpu,
     /// The reference notebook's K=500, R=10 (for big machines).
     Reference,
@@ -309,7 +309,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
                 );
             }
             let mut largest: Vec<&ComponentInfo> = components.iter().collect();
-            largest.sort_by(|x, y| y.size.cmp(&x.size));
+            largest.sort_by_key(|c| std::cmp::Reverse(c.size));
             text.push_str(&components_text(&largest[..largest.len().min(5)]));
             let _ = write!(text, "saved {}", path.display());
             emit(
@@ -334,7 +334,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
             };
             let mut chosen: Vec<&ComponentInfo> = if components.is_empty() {
                 let mut v: Vec<&ComponentInfo> = all.iter().collect();
-                v.sort_by(|x, y| y.size.cmp(&x.size));
+                v.sort_by_key(|c| std::cmp::Reverse(c.size));
                 v.truncate(10);
                 v
             } else {

@@ -252,9 +252,10 @@ pub fn components_csv(cs: &[ComponentInfo]) -> String {
     let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let mut out = String::from("component,size,weight,top_tokens,top_next_tokens\n");
     for c in cs {
+        // Tokens in Rust string syntax so spaces and newlines stay visible.
         let join = |v: &[(String, usize)]| {
             v.iter()
-                .map(|(t, n)| format!("{t}:{n}"))
+                .map(|(t, n)| format!("{t:?}:{n}"))
                 .collect::<Vec<_>>()
                 .join(" ")
         };
@@ -317,8 +318,12 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
     ui.columns(3, |cols| {
         component_list(app, &mut cols[0]);
         component_detail(app, &mut cols[1]);
-        let r = super::mfa_views::subspace_and_steering(app, &mut cols[2]);
-        app.mfa.plots_rect = Some(r);
+        egui::ScrollArea::vertical()
+            .id_salt("mfa_right")
+            .show(&mut cols[2], |ui| {
+                let r = super::mfa_views::subspace_and_steering(app, ui);
+                app.mfa.plots_rect = Some(r);
+            });
     });
 }
 
@@ -359,7 +364,7 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
         ui.strong("2. Fit");
         if ui
             .small_button("CPU preset")
-            .on_hover_text("K=64, R=8, 20 epochs, lr 0.01: a few minutes on two cores")
+            .on_hover_text("K=64, R=8, 40 epochs, lr 0.01: a few minutes on two cores")
             .clicked()
         {
             p.config = MfaConfig::cpu_default();
@@ -468,7 +473,7 @@ fn component_list(app: &mut NeoApp, ui: &mut egui::Ui) {
                 let toks: Vec<String> = c
                     .top_tokens
                     .iter()
-                    .take(4)
+                    .take(3)
                     .map(|(t, _)| format!("{t:?}"))
                     .collect();
                 let text = format!("#{:<3} {:>5}  {}", c.index, c.size, toks.join(" "));

@@ -51,7 +51,7 @@ impl MfaConfig {
         Self {
             k: 64,
             rank: 8,
-            epochs: 20,
+            epochs: 40,
             batch: 256,
             lr: 1e-2,
             val_fraction: 0.1,
