@@ -65,6 +65,9 @@ pub enum MfaCmd {
         /// Latent offset z, comma-separated (R values).
         #[arg(long, value_delimiter = ',')]
         z: Vec<f32>,
+        /// Steer this layer's `hook_resid_post` (default: the layer the MFA was fitted at).
+        #[arg(long)]
+        layer: Option<usize>,
         /// Steer every position or only the last (and generated) ones.
         #[arg(long, value_enum, default_value_t = PositionsArg::All)]
         positions: PositionsArg,
@@ -359,6 +362,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
             component,
             alpha,
             z,
+            layer,
             positions,
             max_new_tokens,
             chat,
@@ -377,6 +381,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
                     component,
                     alpha,
                     z,
+                    layer,
                     positions,
                     top: 10,
                     max_new_tokens,

@@ -82,6 +82,10 @@ pub struct MfaPanel {
     pub alpha: f32,
     /// Latent offset.
     pub z: Vec<f32>,
+    /// Steered layer (None: the fitted one).
+    pub steer_layer: Option<usize>,
+    /// Steer only the last position (and generated ones).
+    pub last_only: bool,
     /// Steering request in flight.
     pub steering: Option<RequestId>,
     /// Last steering result.
@@ -112,6 +116,8 @@ impl Default for MfaPanel {
             prompt: "I think that".into(),
             alpha: 0.6,
             z: Vec::new(),
+            steer_layer: None,
+            last_only: false,
             steering: None,
             steer: None,
             dialog: None,

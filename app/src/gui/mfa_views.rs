@@ -75,7 +75,7 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
         .map(|s| (s.token.clone(), s.context.clone()))
         .collect();
     Plot::new("mfa_subspace")
-        .height(220.0)
+        .height(170.0)
         .x_axis_label(format!("z{a}"))
         .y_axis_label(format!("z{b}"))
         .label_formatter(move |hover| match hover {
@@ -92,6 +92,8 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
 fn steering(app: &mut NeoApp, ui: &mut egui::Ui) {
     let Some(k) = app.mfa.selected else { return };
     ui.strong(format!("Steer toward component {k}"));
+    let n_layers = app.model_info().map_or(1, |i| i.dims.n_layers);
+    let fitted_layer = app.mfa.fitted.as_ref().and_then(|f| f.point.layer());
     let p = &mut app.mfa;
     ui.add(
         egui::TextEdit::singleline(&mut p.prompt)
@@ -99,6 +101,13 @@ fn steering(app: &mut NeoApp, ui: &mut egui::Ui) {
             .hint_text("prompt"),
     );
     ui.add(egui::Slider::new(&mut p.alpha, 0.0..=1.0).text("alpha (centroid)"));
+    ui.horizontal(|ui| {
+        let mut layer = p.steer_layer.or(fitted_layer).unwrap_or(0);
+        ui.add(egui::Slider::new(&mut layer, 0..=n_layers.saturating_sub(1)).text("layer"))
+            .on_hover_text("The component lives in the space of the layer it was fitted at; other layers are an experiment");
+        p.steer_layer = (Some(layer) != fitted_layer).then_some(layer);
+        ui.checkbox(&mut p.last_only, "last position only");
+    });
     ui.collapsing("latent offset z", |ui| {
         for (i, z) in p.z.iter_mut().enumerate() {
             ui.add(egui::Slider::new(z, -30.0..=30.0).text(format!("z{i}")));
@@ -127,7 +136,12 @@ fn steering(app: &mut NeoApp, ui: &mut egui::Ui) {
             component: k,
             alpha: p.alpha,
             z: p.z.clone(),
-            positions: SteerPositions::All,
+            layer: p.steer_layer,
+            positions: if p.last_only {
+                SteerPositions::Last
+            } else {
+                SteerPositions::All
+            },
             top: 10,
             max_new_tokens: 20,
         };
@@ -168,7 +182,7 @@ fn steering(app: &mut NeoApp, ui: &mut egui::Ui) {
         .collect();
     let n_prom = r.promoted.len();
     Plot::new("mfa_steer_bars")
-        .height(150.0)
+        .height(110.0)
         .y_axis_label("logit change")
         .x_axis_formatter(move |m, _| {
             #[expect(

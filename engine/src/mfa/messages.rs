@@ -73,6 +73,8 @@ pub enum MfaCommand {
         alpha: f32,
         /// Latent offset z (empty: centroid steering only).
         z: Vec<f32>,
+        /// Layer whose `hook_resid_post` is steered (None: the layer the MFA was fitted at).
+        layer: Option<usize>,
         /// Which positions.
         positions: SteerPositions,
         /// Tokens listed each way.

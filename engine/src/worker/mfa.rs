@@ -198,12 +198,17 @@ impl Worker {
                 component,
                 alpha,
                 z,
+                layer,
                 positions,
                 top,
                 max_new_tokens,
             } => {
-                let (mfa, point) = self.fitted_mfa()?;
+                let (mfa, fitted_point) = self.fitted_mfa()?;
                 let m = self.model()?;
+                let point = match layer {
+                    Some(l) => HookPoint::ResidPost(l),
+                    None => fitted_point,
+                };
                 let pos = match positions {
                     SteerPositions::All => Positions::All,
                     SteerPositions::Last => {
