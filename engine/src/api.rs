@@ -244,7 +244,7 @@ pub enum JobResult {
         stopped: bool,
     },
     /// Benchmark numbers.
-    Bench(BenchReport),
+    Bench(Box<BenchReport>),
     /// The words the engine knows now (after create, remove, load).
     Words(Vec<WordInfo>),
     /// Training ended.

@@ -48,8 +48,66 @@ pub struct BenchReport {
     /// MFA training throughput at K=500, R=10, D=576 (the reference scale): activations per
     /// second through one Adam step (likelihood, analytic gradients, update) on batches of 128.
     pub mfa_k500_r10_activations_per_s: f64,
+    /// The full logit lens on a 12-token prompt, top-5 per cell.
+    pub lens_12_tokens_top5_s: f64,
     /// The ids used (first 64 tokens of [`BENCH_TEXT`]).
     pub input_ids: Vec<u32>,
+    /// Everything another implementation needs to run the same workloads and check results.
+    pub workloads: Workloads,
+}
+
+/// The exact inputs of every workload, and reference results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workloads {
+    /// Rows of the 8×24 batch (right-padded).
+    pub batch_rows: Vec<Vec<u32>>,
+    /// Prompt of the generation workload.
+    pub generate_prompt: Vec<u32>,
+    /// Greedy continuation produced (50 tokens).
+    pub generated: Vec<u32>,
+    /// Prompt of the 16-token lens.
+    pub lens_16_ids: Vec<u32>,
+    /// Prompt of the 12-token lens.
+    pub lens_12_ids: Vec<u32>,
+    /// Top-5 (id, probability) per layer at the last position of the 12-token lens.
+    pub lens_12_last_top5: Vec<Vec<(u32, f32)>>,
+    /// The neologism workloads.
+    pub train: TrainWorkload,
+}
+
+/// One training sequence: ids (the word's position holds a carrier id whose embedding is
+/// replaced by the word's vector), where the word is, and (position, target id) pairs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSeq {
+    /// Ids.
+    pub ids: Vec<u32>,
+    /// Positions of the word.
+    pub word_positions: Vec<usize>,
+    /// (position whose logits predict, target id).
+    pub targets: Vec<(usize, u32)>,
+}
+
+/// The neologism workloads, spelled out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainWorkload {
+    /// The 8 sequences.
+    pub seqs: Vec<TrainSeq>,
+    /// Initial word vector.
+    pub init_vector: Vec<f32>,
+    /// Loss: mean over the batch of each sequence's mean target negative log-probability.
+    pub loss: String,
+    /// AdamW learning rate (β = 0.9, 0.999, ε = 1e-8).
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (scale by clip/norm when norm > clip).
+    pub clip_norm: Option<f64>,
+    /// Sequences of the single timed step.
+    pub step_batch: Vec<usize>,
+    /// Batches of the 20-epoch run, in order.
+    pub run_batches: Vec<Vec<usize>>,
+    /// Per-step losses of the 20-epoch run.
+    pub run_losses: Vec<f32>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -118,7 +176,7 @@ pub const TRAIN_EXAMPLES: [(&str, &str); 8] = [
 fn bench_training(
     m: &LoadedModel,
     progress: &mut dyn FnMut(&str, f32) -> bool,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, TrainWorkload)> {
     use crate::words::dataset::Example;
     use crate::words::train::{TrainConfig, train};
     use crate::words::{Init, Injection, OutputRow, Word, init_vector};
@@ -159,15 +217,47 @@ fn bench_training(
     };
     // A full run is long: three timed runs, no warm-up (its first steps warm up).
     let mut times = Vec::new();
+    let mut run_losses = Vec::new();
     for r in 0..3u8 {
         if !progress("20-epoch neologism run", 0.8 + 0.065 * f32::from(r)) {
             return Err(EngineError::Cancelled);
         }
         let t = Instant::now();
-        train(m, std::slice::from_ref(&word), &data, &full, &mut |_| true)?;
+        let out = train(m, std::slice::from_ref(&word), &data, &full, &mut |_| true)?;
         times.push(t.elapsed().as_secs_f64());
+        run_losses = out.losses;
     }
-    Ok((step, median(times)))
+    let seqs = TRAIN_EXAMPLES
+        .iter()
+        .map(|(p, t)| {
+            let s = crate::words::train::scored_seq(m, p, t, &["<w>"])?;
+            Ok(TrainSeq {
+                ids: s.ids,
+                word_positions: s.occ.iter().map(|(p, _)| *p).collect(),
+                targets: s.targets,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let run_batches = crate::words::train::epoch_orders(data.len(), &full)
+        .into_iter()
+        .flat_map(|o| {
+            o.chunks(full.batch_size)
+                .map(<[usize]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let workload = TrainWorkload {
+        seqs,
+        init_vector: word.vector.clone(),
+        loss: "mean over the batch of each sequence's mean target negative log-probability".into(),
+        lr: full.lr,
+        weight_decay: full.weight_decay,
+        clip_norm: full.clip_norm,
+        step_batch: (0..4).collect(),
+        run_batches,
+        run_losses,
+    };
+    Ok((step, median(times), workload))
 }
 
 /// The 8 rows of the padded batch: lengths 24, 22, …, 10.
@@ -222,11 +312,32 @@ pub fn run(m: &LoadedModel, progress: &mut dyn FnMut(&str, f32) -> bool) -> Resu
         crate::lens::run(m, &lens_ids, pieces.clone(), &none, &lens_spec)?;
         Ok(())
     })?;
-    let (step_s, full_s) = bench_training(m, progress)?;
+    let lens12_ids = ids[..12].to_vec();
+    let pieces12: Vec<String> = lens12_ids.iter().map(|i| m.tokenizer.piece(*i)).collect();
+    let lens12_spec = crate::lens::LensSpec {
+        top_k: 5,
+        ..lens_spec
+    };
+    let lens12_s = time_runs("logit lens 12 tokens", 0.68, 0.02, progress, &mut || {
+        crate::lens::run(m, &lens12_ids, pieces12.clone(), &none, &lens12_spec)?;
+        Ok(())
+    })?;
+    let lens12 = crate::lens::run(m, &lens12_ids, pieces12.clone(), &none, &lens12_spec)?;
+    let lens_12_last_top5 = lens12
+        .cells
+        .iter()
+        .map(|row| {
+            row.last()
+                .map_or_else(Vec::new, |c| c.top.iter().map(|t| (t.id, t.prob)).collect())
+        })
+        .collect();
+    let generated = generate(m, prompt, opts, &none, &mut |_, _| true)?;
+    let (step_s, full_s, train_w) = bench_training(m, progress)?;
     let mfa_step = bench_mfa(dev, progress)?;
     progress("done", 1.0);
     Ok(BenchReport {
         lens_16_tokens_s: lens_s,
+        lens_12_tokens_top5_s: lens12_s,
         train_step_4x24_s: step_s,
         train_20_epochs_8_examples_s: full_s,
         device: m.info.device.clone(),
@@ -236,6 +347,15 @@ pub fn run(m: &LoadedModel, progress: &mut dyn FnMut(&str, f32) -> bool) -> Resu
         forward_8x24_s: f8,
         generate_50_tokens_per_s: 50.0 / g,
         mfa_k500_r10_activations_per_s: MFA_BATCH as f64 / mfa_step,
+        workloads: Workloads {
+            batch_rows: batch_rows(&ids),
+            generate_prompt: prompt.to_vec(),
+            generated,
+            lens_16_ids: lens_ids.clone(),
+            lens_12_ids: lens12_ids,
+            lens_12_last_top5,
+            train: train_w,
+        },
         input_ids: ids,
     })
 }

@@ -348,7 +348,7 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
                 bail!("unexpected engine reply");
             };
             let text = format!(
-                "device {} ({} threads), median of {} runs\n  forward 1×64          {:.4} s\n  forward 8×24 padded   {:.4} s\n  generate 50 tokens    {:.1} tokens/s\n  logit lens 16 tokens  {:.4} s\n  word training step    {:.4} s\n  word training 20 ep.  {:.2} s\n  MFA K=500 R=10        {:.0} activations/s",
+                "device {} ({} threads), median of {} runs\n  forward 1×64          {:.4} s\n  forward 8×24 padded   {:.4} s\n  generate 50 tokens    {:.1} tokens/s\n  logit lens 16 tokens  {:.4} s\n  logit lens 12, top-5  {:.4} s\n  word training step    {:.4} s\n  word training 20 ep.  {:.2} s\n  MFA K=500 R=10        {:.0} activations/s",
                 r.device,
                 r.threads,
                 r.runs,
@@ -356,6 +356,7 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
                 r.forward_8x24_s,
                 r.generate_50_tokens_per_s,
                 r.lens_16_tokens_s,
+                r.lens_12_tokens_top5_s,
                 r.train_step_4x24_s,
                 r.train_20_epochs_8_examples_s,
                 r.mfa_k500_r10_activations_per_s

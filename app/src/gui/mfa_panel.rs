@@ -555,7 +555,8 @@ fn component_detail(app: &mut NeoApp, ui: &mut egui::Ui) {
         .id_salt("mfa_contexts")
         .show(ui, |ui| {
             for x in ctxs {
-                ui.label(context_job(x, ui));
+                let job = context_job(x, ui);
+                super::mfa_views::ragged(ui, job);
             }
         });
 }

@@ -204,8 +204,16 @@ fn steering(app: &mut NeoApp, ui: &mut egui::Ui) {
         });
     ui.columns(2, |cols| {
         cols[0].strong("steered");
-        cols[0].label(format!("{}{}", r.prompt, r.steered));
+        ragged(&mut cols[0], format!("{}{}", r.prompt, r.steered));
         cols[1].strong("plain");
-        cols[1].label(format!("{}{}", r.prompt, r.plain));
+        ragged(&mut cols[1], format!("{}{}", r.prompt, r.plain));
+    });
+}
+
+/// A wrapped label in a non-justified layout (columns justify text by default, which spreads
+/// short lines letter by letter).
+pub fn ragged(ui: &mut egui::Ui, text: impl Into<egui::WidgetText>) {
+    ui.with_layout(egui::Layout::top_down(egui::Align::LEFT), |ui| {
+        ui.label(text);
     });
 }

@@ -10,6 +10,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::linalg::spd_inverse_logdet;
 use crate::error::{EngineError, Result};
+use crate::model::ops::softplus;
 
 /// Floor added to the noise variances.
 pub const PSI_EPS: f64 = 1e-4;
@@ -69,12 +70,6 @@ pub struct Forward {
     pub logp: Tensor,
     /// u = M⁻¹ v, (B, K, R).
     pub u: Tensor,
-}
-
-/// softplus(x) = log(1 + eˣ), computed stably.
-pub fn softplus(x: &Tensor) -> Result<Tensor> {
-    // max(x, 0) + log(1 + e^{-|x|})
-    Ok((x.relu()? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?))?)
 }
 
 /// The inverse of softplus, for initialisation (`y > 0`).

@@ -89,6 +89,11 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
 }
 
+/// `softplus(x) = log(1 + eˣ)`, computed stably as `relu(x) + log(1 + e^{−|x|})`.
+pub fn softplus(x: &Tensor) -> Result<Tensor> {
+    x.relu()? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

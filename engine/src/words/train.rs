@@ -236,12 +236,6 @@ fn token_counts(seqs: &[&ScoredSeq], dev: &candle_core::Device) -> Result<Tensor
     Ok(Tensor::from_vec(c, seqs.len(), dev)?)
 }
 
-/// `softplus(x) = log(1 + eˣ)`, computed stably as `relu(x) + log(1 + e^{−|x|})`.
-fn softplus(x: &Tensor) -> Result<Tensor> {
-    let tail = ((x.abs()?.neg()?.exp()? + 1.0)?).log()?;
-    Ok((x.relu()? + tail)?)
-}
-
 /// Prepared training items.
 enum Item {
     Ce(ScoredSeq),
@@ -343,11 +337,24 @@ fn batch_loss(
             let delta = (lp - Tensor::from_vec(refs, 2 * n, dev)?)?.reshape((n, 2))?;
             let dc = delta.narrow(1, 0, 1)?.squeeze(1)?;
             let dr = delta.narrow(1, 1, 1)?.squeeze(1)?;
-            let dpo = softplus(&((&dc - &dr)? * (-beta))?)?;
-            let apo_up = softplus(&(&dc * (-beta))?)?;
+            let dpo = crate::model::ops::softplus(&((&dc - &dr)? * (-beta))?)?;
+            let apo_up = crate::model::ops::softplus(&(&dc * (-beta))?)?;
             Ok((dpo + apo_up)?.mean_all()?)
         }
     }
+}
+
+/// The example order of every epoch: a seeded shuffle per epoch (exported by the benchmark so
+/// other implementations can replay the same batches).
+pub fn epoch_orders(n: usize, cfg: &TrainConfig) -> Vec<Vec<usize>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    (0..cfg.epochs)
+        .map(|_| {
+            order.shuffle(&mut rng);
+            order.clone()
+        })
+        .collect()
 }
 
 /// Trains the vectors of `words` on `data`. `on_step` sees every step and returns `false` to
@@ -389,8 +396,7 @@ pub fn train(
             .map(|v| Ok(v.as_tensor().to_vec1::<f32>()?))
             .collect()
     };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..items.len()).collect();
+    let orders = epoch_orders(items.len(), cfg);
     let steps_per_epoch = items.len().div_ceil(cfg.batch_size);
     let total_steps = steps_per_epoch * cfg.epochs;
     let mut losses = Vec::with_capacity(total_steps);
@@ -399,8 +405,7 @@ pub fn train(
     let mut best: Option<(f32, Vec<Vec<f32>>)> = None;
     let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let mut step = 0;
-    for epoch in 1..=cfg.epochs {
-        order.shuffle(&mut rng);
+    for (epoch, order) in (1..=cfg.epochs).zip(&orders) {
         let mut sum = 0.0f32;
         for chunk in order.chunks(cfg.batch_size) {
             step += 1;

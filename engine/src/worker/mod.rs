@@ -423,7 +423,7 @@ impl Worker {
                     });
                     !self.cancelled(id)
                 })?;
-                Ok(JobResult::Bench(report))
+                Ok(JobResult::Bench(Box::new(report)))
             }
             lens @ (Command::Lens { .. }
             | Command::TrainTunedLens { .. }

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Neoscope vs PyTorch + transformers on the same model, machine and inputs, side by side.
+
+Runs `neoscope bench --json` and a PyTorch implementation of the very same workloads (the token
+ids, training sequences, initial vector, batch order and hyperparameters come from Neoscope's
+report), alternating the two programs for --rounds rounds. Each program runs as a child process
+so its peak resident memory is measured the same way (wait4's ru_maxrss). Reports per-workload
+medians, the ratio Neoscope/PyTorch and how far the results agree (training losses, lens
+probabilities, greedy tokens).
+
+    pip install -r bench/requirements.txt
+    cargo build --release
+    python3 bench/compare_pytorch.py [--neoscope target/release/neoscope] [--rounds 2] [--out bench/results.json]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+RUNS = 5
+
+
+def run_child(cmd):
+    """Runs cmd, returns (stdout, peak RSS in MiB)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed with exit code {p.returncode}")
+    return out.decode(), ru.ru_maxrss / 1024.0
+
+
+def timed(fn, runs=RUNS, warmup=True):
+    if warmup:
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def worker(report_path, gguf, threads):
+    """The PyTorch side: the same workloads as `neoscope bench`, printed as one JSON object."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    rep = json.load(open(report_path))
+    w = rep["workloads"]
+    model = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(gguf), gguf_file=os.path.basename(gguf), torch_dtype=torch.float32
+    )
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    out = {}
+
+    ids64 = torch.tensor([rep["input_ids"]])
+    with torch.no_grad():
+        out["forward_1x64_s"] = timed(lambda: model(ids64).logits.sum().item())
+        rows = w["batch_rows"]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        out["forward_8x24_s"] = timed(
+            lambda: model(ids, attention_mask=mask).logits.sum().item()
+        )
+        prompt = torch.tensor([w["generate_prompt"]])
+        gen = lambda: model.generate(
+            prompt, max_new_tokens=50, min_new_tokens=50, do_sample=False, use_cache=True,
+            pad_token_id=0,
+        )
+        g = timed(gen)
+        out["generate_50_tokens_per_s"] = 50.0 / g
+        new = gen()[0, prompt.shape[1]:].tolist()
+        out["generated_same_tokens"] = sum(a == b for a, b in zip(new, w["generated"]))
+
+        def lens(ids, k):
+            hs = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+            n = len(hs) - 1
+            # hidden_states[l+1] is the residual after block l; the last one is already normed.
+            per_layer = [model.model.norm(hs[l + 1]) for l in range(n - 1)] + [hs[n]]
+            logp = [torch.log_softmax(model.lm_head(h)[0], -1) for h in per_layer]
+            final = logp[-1]
+            cells = []
+            for lp in logp:
+                p = lp.exp()
+                top = torch.topk(p, k, dim=-1)
+                ent = -(p * lp).sum(-1)
+                kl = (final.exp() * (final - lp)).sum(-1)
+                cells.append((top, ent, kl))
+            return cells
+
+        out["lens_16_tokens_s"] = timed(lambda: lens(w["lens_16_ids"], 10))
+        out["lens_12_tokens_top5_s"] = timed(lambda: lens(w["lens_12_ids"], 5))
+        cells = lens(w["lens_12_ids"], 5)
+        diff = 0.0
+        for (top, _, _), ref in zip(cells, w["lens_12_last_top5"]):
+            vals, idx = top.values[-1].tolist(), top.indices[-1].tolist()
+            for (_, rp), v in zip(ref, vals):
+                diff = max(diff, abs(rp - v))
+        out["lens_max_prob_diff"] = diff
+
+    t = w["train"]
+    seqs = t["seqs"]
+    embed = model.get_input_embeddings()
+
+    def batch_loss(vec, batch):
+        rows = [seqs[i] for i in batch]
+        width = max(len(s["ids"]) for s in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        word = torch.zeros(len(rows), width, 1)
+        for r, s in enumerate(rows):
+            ids[r, : len(s["ids"])] = torch.tensor(s["ids"])
+            mask[r, : len(s["ids"])] = 1
+            for p in s["word_positions"]:
+                word[r, p, 0] = 1.0
+        x = embed(ids)
+        x = x * (1 - word) + word * vec
+        h = model.model(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        total = 0.0
+        for r, s in enumerate(rows):
+            pos = torch.tensor([p for p, _ in s["targets"]])
+            tgt = torch.tensor([i for _, i in s["targets"]])
+            # Only the scored positions are unembedded, as Neoscope does.
+            lp = torch.log_softmax(model.lm_head(h[r, pos]), -1)
+            total = total + lp[torch.arange(len(tgt)), tgt].mean()
+        return -total / len(rows)
+
+    def run(batches):
+        vec = torch.tensor(t["init_vector"], requires_grad=True)
+        opt = torch.optim.AdamW([vec], lr=t["lr"], betas=(0.9, 0.999), eps=1e-8,
+                                weight_decay=t["weight_decay"])
+        losses = []
+        for b in batches:
+            loss = batch_loss(vec, b)
+            opt.zero_grad()
+            loss.backward()
+            clip = t["clip_norm"]
+            if clip is not None:
+                norm = vec.grad.norm().item()
+                if norm > clip:
+                    vec.grad.mul_(clip / norm)
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    out["train_step_4x24_s"] = timed(lambda: run([t["step_batch"]]))
+    times = []
+    for _ in range(3):
+        s = time.perf_counter()
+        losses = run(t["run_batches"])
+        times.append(time.perf_counter() - s)
+    out["train_20_epochs_8_examples_s"] = statistics.median(times)
+    out["train_max_loss_diff"] = max(abs(a - b) for a, b in zip(losses, t["run_losses"]))
+    out["threads"] = torch.get_num_threads()
+    print(json.dumps(out))
+
+
+WORKLOADS = [
+    ("forward 1×64", "forward_1x64_s", "s"),
+    ("forward 8×24 padded", "forward_8x24_s", "s"),
+    ("generation, 50 tokens", "generate_50_tokens_per_s", "tokens/s"),
+    ("logit lens, 16 tokens, top-10", "lens_16_tokens_s", "s"),
+    ("logit lens, 12 tokens, top-5", "lens_12_tokens_top5_s", "s"),
+    ("training step 4×~22", "train_step_4x24_s", "s"),
+    ("20-epoch neologism run", "train_20_epochs_8_examples_s", "s"),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--neoscope", default="target/release/neoscope")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--worker", nargs=3, metavar=("REPORT", "GGUF", "THREADS"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        worker(a.worker[0], a.worker[1], int(a.worker[2]))
+        return
+    info = json.loads(subprocess.check_output([a.neoscope, "info", "--json"], stderr=subprocess.DEVNULL))
+    ours, theirs = [], []
+    report_path = os.path.abspath(".neoscope-bench-report.json")
+    for r in range(a.rounds):
+        print(f"round {r + 1}/{a.rounds}: neoscope bench", file=sys.stderr)
+        text, rss = run_child([a.neoscope, "bench", "--json"])
+        rep = json.loads(text)
+        rep["peak_rss_mib"] = rss
+        ours.append(rep)
+        with open(report_path, "w") as f:
+            json.dump(rep, f)
+        print(f"round {r + 1}/{a.rounds}: PyTorch", file=sys.stderr)
+        text, rss = run_child([sys.executable, __file__, "--worker", report_path, info["model_file"], str(rep["threads"])])
+        res = json.loads(text)
+        res["peak_rss_mib"] = rss
+        theirs.append(res)
+    os.remove(report_path)
+    med = lambda runs, k: statistics.median(x[k] for x in runs)
+    rows = []
+    lines = [
+        f"Machine: {os.cpu_count()} CPUs, {ours[0]['threads']} threads each; model {info['name']}; "
+        f"{a.rounds} alternating rounds, medians.",
+        "",
+        "| workload | Neoscope | PyTorch | Neoscope/PyTorch time |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, key, unit in WORKLOADS:
+        n, p = med(ours, key), med(theirs, key)
+        ratio = p / n if unit == "tokens/s" else n / p
+        rows.append({"workload": name, "neoscope": n, "pytorch": p, "unit": unit, "ratio": ratio})
+        fmt = (lambda v: f"{v:.1f} {unit}") if unit == "tokens/s" else (lambda v: f"{v:.3f} s")
+        lines.append(f"| {name} | {fmt(n)} | {fmt(p)} | {ratio:.2f} |")
+    rn, rp = max(x["peak_rss_mib"] for x in ours), max(x["peak_rss_mib"] for x in theirs)
+    lines.append(f"| peak resident memory (whole benchmark) | {rn:.0f} MiB | {rp:.0f} MiB | {rn / rp:.2f} |")
+    lines += [
+        "",
+        f"Agreement: largest training-loss difference over the 20-epoch run "
+        f"{max(x['train_max_loss_diff'] for x in theirs):.2e}; largest lens probability difference "
+        f"{max(x['lens_max_prob_diff'] for x in theirs):.2e}; greedy tokens identical: "
+        f"{min(x['generated_same_tokens'] for x in theirs)}/50.",
+    ]
+    print("\n".join(lines))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"rows": rows, "neoscope": ours, "pytorch": theirs, "table": lines}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
