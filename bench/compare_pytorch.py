@@ -26,7 +26,7 @@ RUNS = 5
 
 def run_child(cmd):
     """Runs cmd, returns (stdout, peak RSS in MiB)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     out = p.stdout.read()
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -55,7 +55,7 @@ def worker(report_path, gguf, threads):
     rep = json.load(open(report_path))
     w = rep["workloads"]
     model = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(gguf), gguf_file=os.path.basename(gguf), torch_dtype=torch.float32
+        os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32
     )
     model.eval()
     for p in model.parameters():
@@ -138,8 +138,11 @@ def worker(report_path, gguf, threads):
             total = total + lp[torch.arange(len(tgt)), tgt].mean()
         return -total / len(rows)
 
-    def run(batches):
-        vec = torch.tensor(t["init_vector"], requires_grad=True)
+    def run(batches, nudge=0.0):
+        vec = torch.tensor(t["init_vector"])
+        if nudge:
+            vec = vec + nudge * torch.randn(vec.shape, generator=torch.Generator().manual_seed(0))
+        vec.requires_grad_(True)
         opt = torch.optim.AdamW([vec], lr=t["lr"], betas=(0.9, 0.999), eps=1e-8,
                                 weight_decay=t["weight_decay"])
         losses = []
@@ -163,7 +166,17 @@ def worker(report_path, gguf, threads):
         losses = run(t["run_batches"])
         times.append(time.perf_counter() - s)
     out["train_20_epochs_8_examples_s"] = statistics.median(times)
-    out["train_max_loss_diff"] = max(abs(a - b) for a, b in zip(losses, t["run_losses"]))
+    ref = t["run_losses"]
+    diffs = [abs(a - b) for a, b in zip(losses, ref)]
+    out["train_first10_max_loss_diff"] = max(diffs[:10])
+    out["train_max_loss_diff"] = max(diffs)
+    last = len(ref) // 20  # steps per epoch
+    out["train_last_epoch_mean_diff"] = abs(sum(losses[-last:]) - sum(ref[-last:])) / last
+    # Control: the same PyTorch run from an initial vector nudged by 1e-7 noise. Adam turns
+    # rounding-sized differences into ±lr steps for coordinates with near-zero gradients, so
+    # two correct implementations drift apart after some steps; this shows how far.
+    nudged = run(t["run_batches"], nudge=1e-7)
+    out["train_control_max_loss_diff"] = max(abs(a - b) for a, b in zip(losses, nudged))
     out["threads"] = torch.get_num_threads()
     print(json.dumps(out))
 
@@ -225,8 +238,13 @@ def main():
     lines.append(f"| peak resident memory (whole benchmark) | {rn:.0f} MiB | {rp:.0f} MiB | {rn / rp:.2f} |")
     lines += [
         "",
-        f"Agreement: largest training-loss difference over the 20-epoch run "
-        f"{max(x['train_max_loss_diff'] for x in theirs):.2e}; largest lens probability difference "
+        f"Agreement: training losses differ by at most "
+        f"{max(x['train_first10_max_loss_diff'] for x in theirs):.1e} over the first 10 steps and "
+        f"{max(x['train_max_loss_diff'] for x in theirs):.2f} over all 40 (last-epoch mean "
+        f"{max(x['train_last_epoch_mean_diff'] for x in theirs):.3f}); PyTorch against itself with "
+        f"the initial vector nudged by 1e-7 drifts by "
+        f"{max(x['train_control_max_loss_diff'] for x in theirs):.2f} (Adam amplifies rounding). "
+        f"Largest lens probability difference "
         f"{max(x['lens_max_prob_diff'] for x in theirs):.2e}; greedy tokens identical: "
         f"{min(x['generated_same_tokens'] for x in theirs)}/50.",
     ]

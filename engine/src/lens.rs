@@ -4,15 +4,15 @@
 //! from it come top-k tokens, entropy, KL divergence to the model's final distribution, and the
 //! probability, log-probability and rank of chosen target tokens.
 
-use candle_core::{D, IndexOp, Tensor};
+use candle_core::{IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 use crate::hooks::{HookPoint, HookSpec};
-use crate::model::ops::{linear, log_softmax_last};
+use crate::model::ops::linear;
 use crate::model::{Batch, LoadedModel, PadSide};
-use crate::sampling::top_indices;
 use crate::tuned::TunedLens;
+use rayon::prelude::*;
 
 /// Which lens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -129,54 +129,100 @@ pub fn resolve_targets(m: &LoadedModel, texts: &[String]) -> Result<Vec<Target>>
 }
 
 /// Distribution statistics of one layer's log-probabilities (T, V) against the final ones.
-fn cells_of(
+/// Per-position facts about the final distribution, for KL(final ‖ lens) in one pass:
+/// KL = Σ pf·log pf − Σ pf·x + lse(x) for lens logits x.
+struct FinalDist {
+    /// Final probabilities, one row per position.
+    pf: Vec<Vec<f32>>,
+    /// Σ pf·log pf per position.
+    neg_entropy: Vec<f64>,
+}
+
+impl FinalDist {
+    fn new(final_logits: &[Vec<f32>]) -> Self {
+        let (pf, neg_entropy) = final_logits
+            .iter()
+            .map(|x| {
+                let lse = log_sum_exp(x);
+                let p: Vec<f32> = x
+                    .iter()
+                    .map(|v| (f64::from(*v) - lse).exp() as f32)
+                    .collect();
+                let ne: f64 = x
+                    .iter()
+                    .zip(&p)
+                    .map(|(v, q)| f64::from(*q) * (f64::from(*v) - lse))
+                    .sum();
+                (p, ne)
+            })
+            .unzip();
+        Self { pf, neg_entropy }
+    }
+}
+
+fn log_sum_exp(x: &[f32]) -> f64 {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let s: f64 = x.iter().map(|v| f64::from(v - m).exp()).sum();
+    f64::from(m) + s.ln()
+}
+
+/// One lens cell from a row of logits: log-sum-exp, entropy, KL to the final distribution, top-k
+/// and target statistics, in two passes over the vocabulary without building probability rows.
+/// Written out by hand because a tensor version made ~15 full passes per row and dominated the
+/// lens's time.
+#[expect(clippy::cast_possible_truncation, reason = "probabilities to f32")]
+fn cell(
     m: &LoadedModel,
-    logp: &Tensor,
-    final_logp: &Tensor,
+    x: &[f32],
+    fin: &FinalDist,
+    pos: usize,
     targets: &[Target],
     top_k: usize,
-) -> Result<Vec<LensCell>> {
-    let p = logp.exp()?;
-    let entropy = (&p * logp)?.sum(D::Minus1)?.neg()?.to_vec1::<f32>()?;
-    let pf = final_logp.exp()?;
-    let kl = (&pf * (final_logp - logp)?)?
-        .sum(D::Minus1)?
-        .to_vec1::<f32>()?;
-    let rows = p.to_vec2::<f32>()?;
-    Ok(rows
-        .iter()
-        .enumerate()
-        .map(|(t, row)| {
-            let top = top_indices(row, top_k)
-                .into_iter()
-                .map(|i| {
-                    let id = u32::try_from(i).unwrap_or(0);
-                    TokenProb {
-                        id,
-                        text: m.tokenizer.piece(id),
-                        prob: row[i],
-                    }
-                })
-                .collect();
-            let targets = targets
-                .iter()
-                .map(|tg| {
-                    let pr = row.get(tg.id as usize).copied().unwrap_or(0.0);
-                    TargetStat {
-                        prob: pr,
-                        logprob: pr.max(f32::MIN_POSITIVE).ln(),
-                        rank: row.iter().filter(|x| **x > pr).count(),
-                    }
-                })
-                .collect();
-            LensCell {
-                top,
-                entropy: entropy[t],
-                kl_to_final: kl[t].max(0.0),
-                targets,
-            }
-        })
-        .collect())
+) -> LensCell {
+    let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let pf = &fin.pf[pos];
+    let (mut s, mut sx, mut dot) = (0f64, 0f64, 0f64);
+    // Top-k by logit (the softmax is monotone); ties keep the lower id.
+    let mut top: Vec<(f32, usize)> = Vec::with_capacity(top_k + 1);
+    for (i, (v, q)) in x.iter().zip(pf).enumerate() {
+        let e = f64::from(v - mx).exp();
+        s += e;
+        sx += e * f64::from(*v);
+        dot += f64::from(*q) * f64::from(*v);
+        if top_k > 0 && (top.len() < top_k || *v > top[top.len() - 1].0) {
+            let at = top.partition_point(|(tv, _)| *tv >= *v);
+            top.insert(at, (*v, i));
+            top.truncate(top_k);
+        }
+    }
+    let lse = f64::from(mx) + s.ln();
+    let prob = |v: f32| (f64::from(v) - lse).exp() as f32;
+    LensCell {
+        top: top
+            .into_iter()
+            .map(|(v, i)| {
+                let id = u32::try_from(i).unwrap_or(0);
+                TokenProb {
+                    id,
+                    text: m.tokenizer.piece(id),
+                    prob: prob(v),
+                }
+            })
+            .collect(),
+        entropy: (lse - sx / s) as f32,
+        kl_to_final: ((fin.neg_entropy[pos] - dot + lse) as f32).max(0.0),
+        targets: targets
+            .iter()
+            .map(|tg| {
+                let xt = x.get(tg.id as usize).copied().unwrap_or(f32::NEG_INFINITY);
+                TargetStat {
+                    prob: prob(xt),
+                    logprob: (f64::from(xt) - lse) as f32,
+                    rank: x.iter().filter(|v| **v > xt).count(),
+                }
+            })
+            .collect(),
+    }
 }
 
 /// What to compute.
@@ -221,25 +267,44 @@ pub fn run(
     let mut spec = hooks.clone();
     spec.capture = (0..n).map(HookPoint::ResidPost).collect();
     let out = m.llama.forward(&batch, &spec, None)?;
-    let final_logp = log_softmax_last(&out.logits.i(0)?)?;
+    let fin = FinalDist::new(&out.logits.i(0)?.to_vec2::<f32>()?);
+    let t = ids.len();
+    // Several layers share one projection matmul; chunks bound the logits held at once
+    // (about 512 rows × the vocabulary).
+    let per_chunk = (512 / t.max(1)).max(1);
     let mut cells = Vec::with_capacity(n);
-    for l in 0..n {
-        let h = out.captures[&HookPoint::ResidPost(l)].i(0)?;
+    for first in (0..n).step_by(per_chunk) {
+        let layers: Vec<usize> = (first..(first + per_chunk).min(n)).collect();
+        let hs = layers
+            .iter()
+            .map(|l| {
+                let h = out.captures[&HookPoint::ResidPost(*l)].i(0)?;
+                match kind {
+                    LensKind::Tuned => {
+                        let tl =
+                            tuned.ok_or_else(|| EngineError::Invalid("no tuned lens".into()))?;
+                        tl.translate(*l, &h)
+                    }
+                    LensKind::Raw | LensKind::Logit => Ok(h),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let h = Tensor::cat(&hs, 0)?;
         let logits = match kind {
             LensKind::Raw => linear(&h, m.llama.unembed())?,
-            LensKind::Logit => m.llama.project(&h)?,
-            LensKind::Tuned => {
-                let t = tuned.ok_or_else(|| EngineError::Invalid("no tuned lens".into()))?;
-                m.llama.project(&t.translate(l, &h)?)?
-            }
+            LensKind::Logit | LensKind::Tuned => m.llama.project(&h)?,
         };
-        cells.push(cells_of(
-            m,
-            &log_softmax_last(&logits)?,
-            &final_logp,
-            targets,
-            top_k,
-        )?);
+        let rows = logits.to_vec2::<f32>()?;
+        let mut chunk: Vec<LensCell> = rows
+            .par_iter()
+            .enumerate()
+            .map(|(r, x)| cell(m, x, &fin, r % t, targets, top_k))
+            .collect();
+        for _ in &layers {
+            let rest = chunk.split_off(t);
+            cells.push(chunk);
+            chunk = rest;
+        }
     }
     Ok(LensResult {
         lens: kind,

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 
 use super::batch::Batch;
 use super::cache::KvCache;
@@ -55,6 +55,10 @@ pub struct Llama {
     pub final_norm: Tensor,
     /// Output head (d_vocab, d_model); `None` when tied to the embedding.
     pub lm_head: Option<Tensor>,
+    /// Per block: the query, key and value projections stacked, (q + 2·kv, d_model), and the
+    /// gate and up projections stacked, (2·d_mlp, d_model): one matmul each instead of three
+    /// and two. The blocks' own weights are views into these (no second copy).
+    fused: Vec<(Tensor, Tensor)>,
     cos: Tensor,
     sin: Tensor,
 }
@@ -139,6 +143,18 @@ impl Llama {
             check(format!("blocks.{l}.w_up"), &b.w_up, &[m, d])?;
             check(format!("blocks.{l}.w_down"), &b.w_down, &[d, m])?;
         }
+        let mut blocks = blocks;
+        let mut fused = Vec::with_capacity(blocks.len());
+        for b in &mut blocks {
+            let qkv = Tensor::cat(&[&b.wq, &b.wk, &b.wv], 0)?;
+            let gate_up = Tensor::cat(&[&b.w_gate, &b.w_up], 0)?;
+            b.wq = qkv.narrow(0, 0, q)?;
+            b.wk = qkv.narrow(0, q, kv)?;
+            b.wv = qkv.narrow(0, q + kv, kv)?;
+            b.w_gate = gate_up.narrow(0, 0, m)?;
+            b.w_up = gate_up.narrow(0, m, m)?;
+            fused.push((qkv, gate_up));
+        }
         let (cos, sin) = rope_tables(&cfg, embed.device())?;
         Ok(Self {
             cfg,
@@ -146,6 +162,7 @@ impl Llama {
             blocks,
             final_norm,
             lm_head,
+            fused,
             cos,
             sin,
         })
@@ -365,11 +382,15 @@ impl Llama {
         for (l, blk) in self.blocks.iter().enumerate() {
             x = hook(HookPoint::ResidPre(l), x)?;
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            let a = self.attention(blk, &x, &mask, &cos, &sin, kv)?;
+            let (w_qkv, w_gate_up) = &self.fused[l];
+            let a = self.attention(blk, w_qkv, &x, &mask, &cos, &sin, kv)?;
             x = hook(HookPoint::ResidMid(l), (x + a)?)?;
             let h = rms_norm(&x, &blk.mlp_norm, self.cfg.rms_norm_eps)?;
-            let gate = linear(&h, &blk.w_gate)?.silu()?;
-            let m = linear(&(gate * linear(&h, &blk.w_up)?)?, &blk.w_down)?;
+            let d_mlp = self.cfg.intermediate_size;
+            let gu = linear(&h, w_gate_up)?;
+            let gate = gu.narrow(D::Minus1, 0, d_mlp)?.silu()?;
+            let up = gu.narrow(D::Minus1, d_mlp, d_mlp)?;
+            let m = linear(&(gate * up)?, &blk.w_down)?;
             x = hook(HookPoint::ResidPost(l), (x + m)?)?;
         }
         let n = hook(
@@ -379,9 +400,11 @@ impl Llama {
         Ok((n, captures))
     }
 
+    #[expect(clippy::too_many_arguments, reason = "one block's attention inputs")]
     fn attention(
         &self,
         blk: &Block,
+        w_qkv: &Tensor,
         x: &Tensor,
         mask: &Tensor,
         cos: &Tensor,
@@ -396,13 +419,17 @@ impl Llama {
         );
         let rep = nh / nkv;
         let h = rms_norm(x, &blk.attn_norm, self.cfg.rms_norm_eps)?;
-        let q = linear(&h, &blk.wq)?
+        let qkv = linear(&h, w_qkv)?;
+        let q = qkv
+            .narrow(D::Minus1, 0, nh * hd)?
             .reshape((b, t, nh, hd))?
             .transpose(1, 2)?;
-        let k = linear(&h, &blk.wk)?
+        let k = qkv
+            .narrow(D::Minus1, nh * hd, nkv * hd)?
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?;
-        let v = linear(&h, &blk.wv)?
+        let v = qkv
+            .narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?;
         let q = rope(&q.contiguous()?, cos, sin)?;

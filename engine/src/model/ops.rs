@@ -1,11 +1,17 @@
 //! Differentiable building blocks. candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope`
 //! kernels have no backward pass, so a trainable input behind them would silently get no
-//! gradient; these compositions of primitive ops are differentiable end to end.
+//! gradient; these compositions of primitive ops are differentiable end to end. When the input
+//! tracks no gradient (inference, lenses, generation) the fused kernels are used instead: same
+//! values within float rounding, fewer passes over memory.
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape, Tensor};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) · w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if !x.track_op() && !w.track_op() {
+        #[expect(clippy::cast_possible_truncation, reason = "eps is tiny")]
+        return candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32);
+    }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
     x.broadcast_mul(&inv)?.broadcast_mul(w)
@@ -13,6 +19,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// Numerically stable softmax over the last dimension.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return candle_nn::ops::softmax_last_dim(&x.contiguous()?);
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
