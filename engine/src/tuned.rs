@@ -372,23 +372,8 @@ pub fn load(path: &Path, m: &LoadedModel) -> Result<(TunedLens, TunedMeta)> {
     let text = std::fs::read_to_string(&json).map_err(|e| EngineError::io(&json, e))?;
     let meta: TunedMeta = serde_json::from_str(&text)
         .map_err(|e| EngineError::Invalid(format!("{}: {e}", json.display())))?;
-    if meta.format != FORMAT || meta.version > VERSION {
-        return Err(EngineError::Invalid(format!(
-            "{}: not a tuned-lens file this Neoscope can read (format `{}`, version {})",
-            json.display(),
-            meta.format,
-            meta.version
-        )));
-    }
-    let want = BaseModel::of(&m.info);
-    if meta.base_model.sha256 != want.sha256 {
-        return Err(EngineError::Invalid(format!(
-            "{} was trained for the model {}, but the loaded model is {}",
-            json.display(),
-            meta.base_model.name,
-            want.name
-        )));
-    }
+    crate::words::file::check_header(&json, &meta.format, meta.version, FORMAT, VERSION)?;
+    crate::words::file::check_base(&json, &meta.base_model, &BaseModel::of(&m.info))?;
     let t = candle_core::safetensors::load(&st, m.llama.device())
         .map_err(|e| EngineError::Invalid(format!("{}: {e}", st.display())))?;
     let get = |k: String| {

@@ -206,8 +206,8 @@ pub fn load(path: &Path, base: &BaseModel, device: &Device) -> Result<Activation
     let text = std::fs::read_to_string(&json).map_err(|e| EngineError::io(&json, e))?;
     let meta: ActivationsMeta = serde_json::from_str(&text)
         .map_err(|e| EngineError::Invalid(format!("{}: {e}", json.display())))?;
-    super::file::check_header(&json, &meta.format, meta.version, FORMAT, VERSION)?;
-    super::file::check_base(&json, &meta.base_model, base)?;
+    crate::words::file::check_header(&json, &meta.format, meta.version, FORMAT, VERSION)?;
+    crate::words::file::check_base(&json, &meta.base_model, base)?;
     let t = candle_core::safetensors::load(&st, device)
         .map_err(|e| EngineError::Invalid(format!("{}: {e}", st.display())))?;
     let get = |k: &str| {

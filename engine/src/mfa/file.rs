@@ -11,7 +11,7 @@ use super::model::Mfa;
 use super::train::{MfaConfig, MfaReport};
 use crate::error::{EngineError, Result};
 use crate::hooks::HookPoint;
-use crate::words::file::{BaseModel, write_atomic};
+use crate::words::file::{BaseModel, check_base, check_header, write_atomic};
 
 /// Format name of MFA files.
 pub const FORMAT: &str = "neoscope-mfa";
@@ -41,30 +41,6 @@ pub struct MfaMeta {
     pub config: Option<MfaConfig>,
     /// Fit report.
     pub report: Option<MfaReport>,
-}
-
-/// Refuses an unknown format or a newer version.
-pub fn check_header(path: &Path, format: &str, version: u32, want: &str, max: u32) -> Result<()> {
-    if format != want || version > max {
-        return Err(EngineError::Invalid(format!(
-            "{}: not a {want} file this Neoscope can read (format `{format}`, version {version})",
-            path.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Refuses a file made for another base model.
-pub fn check_base(path: &Path, have: &BaseModel, want: &BaseModel) -> Result<()> {
-    if have.sha256 != want.sha256 {
-        return Err(EngineError::Invalid(format!(
-            "{} was made for the model {}, but the loaded model is {}",
-            path.display(),
-            have.name,
-            want.name
-        )));
-    }
-    Ok(())
 }
 
 /// Saves an MFA (`PATH.safetensors` + `PATH.json`).

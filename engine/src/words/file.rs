@@ -45,6 +45,30 @@ impl BaseModel {
     }
 }
 
+/// Refuses an unknown format or a newer version.
+pub fn check_header(path: &Path, format: &str, version: u32, want: &str, max: u32) -> Result<()> {
+    if format != want || version > max {
+        return Err(EngineError::Invalid(format!(
+            "{}: not a {want} file this Neoscope can read (format `{format}`, version {version})",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a file made for another base model.
+pub fn check_base(path: &Path, have: &BaseModel, want: &BaseModel) -> Result<()> {
+    if have.sha256 != want.sha256 {
+        return Err(EngineError::Invalid(format!(
+            "{} was made for the model {}, but the loaded model is {}",
+            path.display(),
+            have.name,
+            want.name
+        )));
+    }
+    Ok(())
+}
+
 /// One word's metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WordMeta {
