@@ -236,6 +236,12 @@ fn mfa_panel_collects_fits_lists_components_and_steers() {
     let (n, _, point) = h.state().mfa.acts.unwrap();
     assert!(n > 1000, "{n} activations");
     assert_eq!(point.to_string(), "blocks.1.hook_resid_post");
+    // A cap keeps a seeded sample of that size.
+    h.state_mut().mfa.max = 500;
+    h.step();
+    h.get_by_label("Collect").click();
+    settle(&mut h);
+    assert_eq!(h.state().mfa.acts.unwrap().0, 500);
     let cfg = &mut h.state_mut().mfa.config;
     cfg.k = 6;
     cfg.rank = 2;

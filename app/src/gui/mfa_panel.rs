@@ -56,6 +56,8 @@ pub struct MfaPanel {
     pub texts: Vec<std::path::PathBuf>,
     /// Use the shipped corpus.
     pub shipped: bool,
+    /// Keep at most this many activations (seeded sample); 0 keeps all.
+    pub max: usize,
     /// Fit settings.
     pub config: MfaConfig,
     /// Running collect/fit/load job.
@@ -103,6 +105,7 @@ impl Default for MfaPanel {
             window: 64,
             texts: Vec::new(),
             shipped: true,
+            max: 0,
             config: MfaConfig::cpu_default(),
             job: None,
             epochs: Vec::new(),
@@ -160,11 +163,12 @@ pub fn collect(app: &mut NeoApp) {
         return;
     }
     let point = HookPoint::ResidPost(p.layer.unwrap_or(n_layers / 2));
+    let max = (p.max > 0).then_some(p.max);
     let c = MfaCommand::Collect {
         texts,
         point,
         window: p.window,
-        max: None,
+        max,
         save: None,
     };
     send_job(app, c, "collecting");
@@ -346,6 +350,12 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
         );
         p.layer = Some(layer);
         ui.checkbox(&mut p.shipped, "shipped corpus");
+        ui.add(
+            egui::DragValue::new(&mut p.max)
+                .range(0..=10_000_000)
+                .prefix("max "),
+        )
+        .on_hover_text("Keep at most this many activations (a seeded uniform sample); 0 keeps all");
         if !p.texts.is_empty() {
             ui.label(format!("+ {} file(s)", p.texts.len()));
         }
