@@ -172,6 +172,16 @@ fn words_panel_creates_trains_defines_and_validates_a_word() {
     assert!(h.state().error.is_none(), "{:?}", h.state().error);
     // The tiny model has no chat template: the three plain prompts are asked.
     assert_eq!(h.state().words.definitions.len(), 3);
+    // Plug a definition in place of the word on the shipped held-out puns.
+    h.state_mut().words.definitions[0].text = "a small animal".into();
+    h.run_steps(3);
+    h.get_all_by_label("plug in").next().unwrap().click();
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let (set, r) = &h.state().words.plugins[0];
+    assert_eq!(set, "pun");
+    assert_eq!(r.text, "a small animal");
+    assert!(r.with_word.is_finite() && r.with_text.is_finite() && r.without_word.is_finite());
     // A row without the word is refused with its line number, and nothing is trained.
     h.state_mut().words.datasets.get_mut("<w>").unwrap()[1].prompt = "no word".into();
     h.step();

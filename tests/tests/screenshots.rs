@@ -87,6 +87,23 @@ fn model_and_playground_panels_with_the_real_model() {
     h.get_by_label("Ask the model").click();
     settle(&mut h, Duration::from_secs(120));
     assert_eq!(h.state().words.definitions.len(), 4);
+    h.run_steps(3);
+    let first = h
+        .state()
+        .words
+        .definitions
+        .iter()
+        .position(|d| !d.text.trim().is_empty())
+        .unwrap();
+    h.get_all_by_label("plug in")
+        .nth(first)
+        .unwrap()
+        .scroll_to_me();
+    h.run_steps(3);
+    h.get_all_by_label("plug in").nth(first).unwrap().click();
+    settle(&mut h, Duration::from_secs(120));
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert_eq!(h.state().words.plugins.len(), 1);
     save(&mut h, "words.png");
 
     h.get_by_label("Compare").click();

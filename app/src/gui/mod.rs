@@ -88,6 +88,8 @@ pub enum Owner {
     Train,
     /// Word definitions.
     Define,
+    /// Plug-in evaluation of a definition.
+    Evaluate,
     /// Comparison of two words.
     Compare,
     /// Lens runs.
@@ -267,6 +269,7 @@ impl NeoApp {
                     Owner::Words => {}
                     Owner::Train => self.words.training = None,
                     Owner::Define => self.words.defining = None,
+                    Owner::Evaluate => self.words.evaluating = None,
                     Owner::Compare => self.compare.running = None,
                     Owner::Lens => self.lens.running = None,
                     Owner::Tuned => self.lens.training = None,
@@ -327,6 +330,11 @@ impl NeoApp {
                     StopReason::Cancelled => format!("Cancelled; best vector kept ({trend})"),
                     StopReason::Diverged(msg) => msg,
                 });
+            }
+            (Owner::Evaluate, JobResult::Evaluation(r)) => {
+                self.words.evaluating = None;
+                let set = self.words.heldout_set.clone();
+                self.words.plugins.push((set, r));
             }
             (Owner::Define, JobResult::Definitions(defs)) => {
                 self.words.defining = None;

@@ -8,7 +8,7 @@ use std::path::Path;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 use neoscope_engine::api::{Command, RequestId, WordInfo};
 use neoscope_engine::sampling::Sampling;
-use neoscope_engine::words::analysis::{Definition, default_definition_prompts};
+use neoscope_engine::words::analysis::{Definition, PlugIn, default_definition_prompts};
 use neoscope_engine::words::dataset::{self, Example};
 use neoscope_engine::words::train::{Loss, TrainConfig};
 use neoscope_engine::words::{Init, Injection};
@@ -123,6 +123,12 @@ pub struct WordsPanel {
     pub definitions: Vec<Definition>,
     /// Running definition request.
     pub defining: Option<RequestId>,
+    /// Plug-in evaluations of definitions (shipped held-out set name, result).
+    pub plugins: Vec<(String, PlugIn)>,
+    /// Running plug-in evaluation.
+    pub evaluating: Option<RequestId>,
+    /// Which shipped held-out set plug-in evaluation uses.
+    pub heldout_set: String,
     /// File dialog in flight.
     pub dialog: Option<Pending<FileAction>>,
 }
@@ -146,6 +152,9 @@ impl Default for WordsPanel {
             last_result: None,
             definitions: Vec::new(),
             defining: None,
+            plugins: Vec::new(),
+            evaluating: None,
+            heldout_set: "pun".into(),
             dialog: None,
         }
     }
@@ -376,6 +385,7 @@ fn word_list(app: &mut NeoApp, ui: &mut egui::Ui) {
         if ui.selectable_label(sel, n).clicked() {
             app.words.selected = Some(n.clone());
             app.words.definitions.clear();
+            app.words.plugins.clear();
             app.words.live = app
                 .words
                 .words
@@ -619,6 +629,7 @@ fn definitions(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
             .clicked()
         {
             app.words.definitions.clear();
+            app.words.plugins.clear();
             app.words.defining = app.send(
                 Command::DefineWord {
                     name: name.to_owned(),
@@ -633,11 +644,75 @@ fn definitions(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
             ui.spinner();
         }
     });
+    let mut evaluate = None;
+    let busy = app.words.evaluating.is_some();
     for d in &app.words.definitions {
         ui.horizontal_wrapped(|ui| {
             ui.monospace(if d.chat { "chat " } else { "plain" });
             ui.strong(&d.prompt);
             ui.label(&d.text);
+            if ui
+                .add_enabled(
+                    !busy && !d.text.trim().is_empty(),
+                    egui::Button::new("plug in").small(),
+                )
+                .on_hover_text(
+                    "Put this definition in place of the word on held-out examples and measure how \
+                     much of the word's effect on their targets it recovers",
+                )
+                .clicked()
+            {
+                evaluate = Some(d.text.trim().to_owned());
+            }
         });
     }
+    if !app.words.definitions.is_empty() {
+        ui.horizontal(|ui| {
+            ui.label("held-out set for plug-in");
+            ui.selectable_value(&mut app.words.heldout_set, "pun".to_owned(), "puns");
+            ui.selectable_value(&mut app.words.heldout_set, "literal".to_owned(), "literal");
+            if busy {
+                ui.spinner();
+            }
+        });
+    }
+    for (set, r) in &app.words.plugins {
+        ui.label(format!(
+            "{:.0}% recovered on {set}: mean target log-prob {:.2} with the word, {:.2} with \"{}\", {:.2} without",
+            r.recovered * 100.0,
+            r.with_word,
+            r.with_text,
+            r.text.chars().take(40).collect::<String>(),
+            r.without_word
+        ));
+    }
+    if let Some(text) = evaluate {
+        start_plugin(app, name, text);
+    }
+}
+
+/// Plug-in evaluation of `text` in place of word `name` on the chosen shipped held-out set.
+fn start_plugin(app: &mut NeoApp, name: &str, text: String) {
+    let sets = match crate::assets::shipped_heldout() {
+        Ok(s) => s,
+        Err(e) => {
+            app.error = Some(e.to_string());
+            return;
+        }
+    };
+    let Some((_, pairs)) = sets.into_iter().find(|(n, _)| *n == app.words.heldout_set) else {
+        return;
+    };
+    let heldout = pairs
+        .into_iter()
+        .map(|(p, t)| (p.replace("{w}", name), t))
+        .collect();
+    app.words.evaluating = app.send(
+        Command::Evaluate {
+            name: name.to_owned(),
+            heldout,
+            text,
+        },
+        Owner::Evaluate,
+    );
 }
