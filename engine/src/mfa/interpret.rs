@@ -166,7 +166,11 @@ pub fn components(
     let ctx = |s: &Scored| Context {
         row: s.row,
         before: tok
-            .decode(&acts.context(s.row, 12)[..acts.context(s.row, 12).len() - 1])
+            .decode(
+                acts.context(s.row, 12)
+                    .split_last()
+                    .map_or(&[][..], |(_, before)| before),
+            )
             .unwrap_or_default(),
         token: tok.piece(acts.token(s.row)),
         after: acts
