@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod embed;
 pub mod error;
 pub mod fetch;
 pub mod hooks;
@@ -13,6 +14,7 @@ pub mod lens;
 pub mod mfa;
 pub mod model;
 pub mod sampling;
+pub mod stats;
 pub mod steer;
 pub mod tiny;
 pub mod tokenizer;
