@@ -10,6 +10,7 @@ pub mod error;
 pub mod fetch;
 pub mod hooks;
 pub mod infer;
+pub mod inject;
 pub mod lens;
 pub mod mfa;
 pub mod model;

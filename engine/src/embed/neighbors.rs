@@ -21,6 +21,9 @@ pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&norms)?)
 }
 
+/// Per query, (row, cosine) best first.
+pub type Hits = Vec<Vec<(usize, f32)>>;
+
 /// A matrix of unit rows to search.
 #[derive(Debug, Clone)]
 pub struct CosineIndex {
@@ -54,7 +57,7 @@ impl CosineIndex {
         k: usize,
         skip: &(dyn Fn(usize, usize) -> bool + Sync),
         progress: &mut dyn FnMut(f32) -> bool,
-    ) -> Result<Option<Vec<Vec<(usize, f32)>>>> {
+    ) -> Result<Option<Hits>> {
         let qn = normalize_rows(&q.to_dtype(candle_core::DType::F32)?)?;
         let m = qn.dims()[0];
         let mut out = Vec::with_capacity(m);

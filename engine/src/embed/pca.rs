@@ -151,9 +151,8 @@ mod tests {
         let mut data = Vec::with_capacity(n * 4);
         for _ in 0..n {
             let z = crate::sampling::normal_vec(&mut rng, 4, 1.0);
-            for j in 0..4 {
-                data.push((0..4).map(|k| z[k] * stds[k] * q[k][j]).sum::<f32>() + 5.0);
-            }
+            let point = (0..4).map(|j| (0..4).map(|k| z[k] * stds[k] * q[k][j]).sum::<f32>() + 5.0);
+            data.extend(point);
         }
         let x = Tensor::from_vec(data, (n, 4), &Device::Cpu).unwrap();
         let p = Pca::fit(&x).unwrap();

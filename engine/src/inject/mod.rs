@@ -1,0 +1,11 @@
+//! Vocabulary injection at scale (Wake2Vec): a lexicon of invented forms becomes new token rows
+//! kept apart from the base matrix and tied to the output, initialised compositionally or
+//! spherically, trained alone on a corpus, then described by a geometry report.
+
+pub mod forward;
+pub mod init;
+pub mod lexicon;
+pub mod run;
+pub mod session;
+pub mod train;
+pub mod vocab;

@@ -1,0 +1,135 @@
+//! Starting and continuing an injection run: sort the lexicon, make the rows, tokenize and split
+//! the corpus, create the run folder, and train with checkpoints into it.
+
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use super::lexicon::{Morpheme, sort_forms};
+use super::run::{self, RunMeta};
+use super::train::{self, Blocks, InjectConfig, InjectEvent, Stopped, TrainHooks, TrainState};
+use super::vocab::{NewVocab, initial_rows};
+use crate::error::{EngineError, Result};
+use crate::model::LoadedModel;
+use crate::words::file::BaseModel;
+
+/// What a run starts from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inputs {
+    /// Lexicon forms.
+    pub forms: Vec<String>,
+    /// Morpheme table (may be empty for spherical init).
+    pub morphemes: Vec<Morpheme>,
+    /// Training text.
+    pub corpus: String,
+    /// Where the inputs came from (recorded in `run.json`).
+    pub sources: Vec<String>,
+}
+
+/// An open run: its metadata, vocabulary, initial rows and blocks.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// `run.json`.
+    pub meta: RunMeta,
+    /// The new forms.
+    pub vocab: NewVocab,
+    /// Rows before training (n_new, d).
+    pub init: Tensor,
+    /// Train/validation blocks.
+    pub blocks: Blocks,
+}
+
+/// Creates a run in `dir` from `inputs`.
+pub fn start(m: &LoadedModel, inputs: &Inputs, cfg: &InjectConfig, dir: &Path) -> Result<Session> {
+    cfg.check()?;
+    let sorted = sort_forms(&m.tokenizer, &inputs.forms)?;
+    if sorted.new.is_empty() {
+        return Err(EngineError::Invalid(format!(
+            "all {} forms are already single tokens: nothing to inject",
+            inputs.forms.len()
+        )));
+    }
+    if matches!(cfg.init, super::init::InitKind::Compositional { .. })
+        && inputs.morphemes.is_empty()
+    {
+        return Err(EngineError::Invalid(
+            "compositional initialisation needs a morpheme table (or choose spherical)".into(),
+        ));
+    }
+    let vocab = NewVocab::new(sorted.new, m.llama.cfg.vocab_size);
+    let (rows, inits) = initial_rows(m, &vocab, &inputs.morphemes, cfg.init, cfg.seed)?;
+    let d = m.llama.cfg.hidden_size;
+    let init = Tensor::from_vec(rows, (vocab.len(), d), m.llama.device())?;
+    let ids = vocab.encode(m, &inputs.corpus)?;
+    let blocks = train::make_blocks(&ids, cfg.block_len, cfg.val_fraction, cfg.seed)?;
+    let meta = RunMeta {
+        format: run::FORMAT.into(),
+        version: run::VERSION,
+        base_model: BaseModel::of(&m.info),
+        config: cfg.clone(),
+        forms: vocab.forms.clone(),
+        known: sorted.known,
+        inits,
+        sources: inputs.sources.clone(),
+        corpus_tokens: ids.len(),
+    };
+    run::create(dir, &meta, &init, &blocks)?;
+    Ok(Session {
+        meta,
+        vocab,
+        init,
+        blocks,
+    })
+}
+
+/// Opens the run in `dir` for the loaded model.
+pub fn open(m: &LoadedModel, dir: &Path) -> Result<Session> {
+    let (meta, init, blocks) = run::open(dir, &BaseModel::of(&m.info), m.llama.device())?;
+    let vocab = NewVocab::new(meta.forms.clone(), m.llama.cfg.vocab_size);
+    Ok(Session {
+        meta,
+        vocab,
+        init,
+        blocks,
+    })
+}
+
+impl Session {
+    /// The state to continue from: the latest checkpoint, or a fresh start at the initial rows.
+    pub fn state(&self, dir: &Path) -> Result<TrainState> {
+        if run::checkpoints(dir)?.is_empty() {
+            TrainState::new(self.init.clone())
+        } else {
+            run::load_checkpoint(dir, None, self.init.device())
+        }
+    }
+
+    /// Trains from `state` to `steps` total (the run's setting when `None`), checkpointing into
+    /// `dir`; `on_event` returns false to stop (a checkpoint is written first).
+    pub fn train(
+        &self,
+        m: &LoadedModel,
+        dir: &Path,
+        state: &mut TrainState,
+        steps: Option<usize>,
+        on_event: &mut dyn FnMut(InjectEvent) -> bool,
+    ) -> Result<Stopped> {
+        struct Hooks<'a> {
+            dir: &'a Path,
+            on_event: &'a mut dyn FnMut(InjectEvent) -> bool,
+        }
+        impl TrainHooks for Hooks<'_> {
+            fn event(&mut self, ev: InjectEvent) -> bool {
+                (self.on_event)(ev)
+            }
+            fn checkpoint(&mut self, state: &TrainState) -> Result<()> {
+                run::save_checkpoint(self.dir, state).map(|_| ())
+            }
+        }
+        let mut cfg = self.meta.config.clone();
+        if let Some(s) = steps {
+            cfg.steps = s;
+        }
+        train::train(m, state, &self.blocks, &cfg, &mut Hooks { dir, on_event })
+    }
+}

@@ -1,0 +1,398 @@
+//! Embedding-only training of injected rows (Wake2Vec phase 1): the corpus is cut into blocks
+//! of equal length, split 90/10 with a seed, and only the new rows learn (every position
+//! predicts the next token over base + new vocabulary). AdamW, linear warmup then cosine or
+//! constant learning rate, gradient accumulation, global-norm clipping, validation every N
+//! steps, checkpoints every N steps.
+//!
+//! Exact resume: the blocks of step `s` are a pure function of (seed, s) (each epoch a seeded
+//! permutation of the training blocks, read as one stream), and the optimiser state is saved
+//! with the rows, so stopping at any checkpoint and resuming replays the same steps bit for
+//! bit. Adam is written out here because candle's `AdamW` does not expose its moments for
+//! saving.
+
+use candle_core::{Tensor, Var};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::forward::nll_sum;
+use super::init::InitKind;
+use crate::error::{EngineError, Result};
+use crate::model::LoadedModel;
+
+/// Learning-rate shape after warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// Cosine decay to 10% of the peak at the last step.
+    Cosine,
+    /// Constant at the peak.
+    Constant,
+}
+
+/// Injection and training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InjectConfig {
+    /// How new rows start.
+    pub init: InitKind,
+    /// Seed for initialisation noise, the split and the block order.
+    pub seed: u64,
+    /// Tokens per block.
+    pub block_len: usize,
+    /// Share of blocks held out for validation.
+    pub val_fraction: f32,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warmup as a share of all steps (linear from 0).
+    pub warmup: f32,
+    /// Shape after warmup.
+    pub schedule: Schedule,
+    /// Blocks per forward pass.
+    pub micro_batch: usize,
+    /// Forward passes per optimiser step (gradient accumulation).
+    pub accum: usize,
+    /// Optimiser steps in the whole run.
+    pub steps: usize,
+    /// AdamW weight decay (new rows only).
+    pub weight_decay: f64,
+    /// Global-norm gradient clipping.
+    pub clip_norm: Option<f64>,
+    /// Validation every this many steps (and at the start and end).
+    pub eval_every: usize,
+    /// Checkpoint every this many steps (and at the end or on cancel).
+    pub checkpoint_every: usize,
+    /// At most this many validation blocks are scored (all when 0).
+    pub max_val_blocks: usize,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        Self {
+            init: InitKind::default(),
+            seed: 42,
+            block_len: 64,
+            val_fraction: 0.1,
+            lr: 1e-2,
+            warmup: 0.05,
+            schedule: Schedule::Cosine,
+            micro_batch: 4,
+            accum: 2,
+            steps: 60,
+            weight_decay: 0.0,
+            clip_norm: Some(1.0),
+            eval_every: 20,
+            checkpoint_every: 10,
+            max_val_blocks: 0,
+        }
+    }
+}
+
+impl InjectConfig {
+    /// Checks the settings.
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: &str| Err(EngineError::Invalid(format!("injection settings: {m}")));
+        if self.block_len < 2 {
+            return bad("block length must be at least 2 tokens");
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) || self.val_fraction == 0.0 {
+            return bad("validation fraction must be in (0, 1)");
+        }
+        if self.micro_batch == 0 || self.accum == 0 || self.steps == 0 {
+            return bad("micro-batch, accumulation and steps must be positive");
+        }
+        if self.lr.is_nan() || self.lr <= 0.0 || !(0.0..1.0).contains(&self.warmup) {
+            return bad("learning rate must be positive and warmup in [0, 1)");
+        }
+        if self.eval_every == 0 || self.checkpoint_every == 0 {
+            return bad("evaluation and checkpoint intervals must be positive");
+        }
+        Ok(())
+    }
+
+    /// Learning rate at step `s` (1-based).
+    pub fn lr_at(&self, s: usize) -> f64 {
+        #[expect(clippy::cast_precision_loss, reason = "step counts")]
+        let (s, total) = (s as f64, self.steps as f64);
+        let warm = (f64::from(self.warmup) * total).ceil();
+        if s <= warm {
+            return self.lr * s / warm.max(1.0);
+        }
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine => {
+                let t = ((s - warm) / (total - warm).max(1.0)).min(1.0);
+                self.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+            }
+        }
+    }
+
+    /// Training-block indices of step `s` (1-based), `micro_batch · accum` of them.
+    pub fn step_blocks(&self, n_train: usize, s: usize) -> Vec<usize> {
+        let per = self.micro_batch * self.accum;
+        let mut out = Vec::with_capacity(per);
+        let mut cached: Option<(usize, Vec<usize>)> = None;
+        for k in 0..per {
+            let pos = (s - 1) * per + k;
+            let (epoch, within) = (pos / n_train, pos % n_train);
+            if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                let mut perm: Vec<usize> = (0..n_train).collect();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(
+                    self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                perm.shuffle(&mut rng);
+                cached = Some((epoch, perm));
+            }
+            if let Some((_, perm)) = &cached {
+                out.push(perm[within]);
+            }
+        }
+        out
+    }
+}
+
+/// The corpus cut into blocks and split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocks {
+    /// Training blocks.
+    pub train: Vec<Vec<u32>>,
+    /// Validation blocks.
+    pub val: Vec<Vec<u32>>,
+}
+
+/// Non-overlapping blocks of `len` ids (the remainder is dropped), split with a seed.
+pub fn make_blocks(ids: &[u32], len: usize, val_fraction: f32, seed: u64) -> Result<Blocks> {
+    let mut blocks: Vec<Vec<u32>> = ids.chunks_exact(len).map(<[u32]>::to_vec).collect();
+    if blocks.len() < 2 {
+        return Err(EngineError::Invalid(format!(
+            "the corpus has {} tokens: too few for two blocks of {len}",
+            ids.len()
+        )));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    blocks.shuffle(&mut rng);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a share of the block count"
+    )]
+    let n_val = ((blocks.len() as f32 * val_fraction).round() as usize).clamp(1, blocks.len() - 1);
+    let train = blocks.split_off(n_val);
+    Ok(Blocks { train, val: blocks })
+}
+
+/// Everything training needs to continue: rows, Adam moments, step, curves.
+#[derive(Debug, Clone)]
+pub struct TrainState {
+    /// Steps done.
+    pub step: usize,
+    /// Current rows (n_new, d).
+    pub rows: Tensor,
+    /// Adam first moment.
+    pub m: Tensor,
+    /// Adam second moment.
+    pub v: Tensor,
+    /// Training loss of every step (token mean).
+    pub losses: Vec<f32>,
+    /// (step, validation loss).
+    pub val: Vec<(usize, f32)>,
+}
+
+impl TrainState {
+    /// A fresh state at `rows`.
+    pub fn new(rows: Tensor) -> Result<Self> {
+        Ok(Self {
+            step: 0,
+            m: rows.zeros_like()?,
+            v: rows.zeros_like()?,
+            rows,
+            losses: Vec::new(),
+            val: Vec::new(),
+        })
+    }
+}
+
+/// What training reports.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum InjectEvent {
+    /// An optimiser step.
+    Step {
+        /// Step (1-based).
+        step: usize,
+        /// Steps in the run.
+        total: usize,
+        /// Token-mean loss of the step's blocks.
+        loss: f32,
+        /// Learning rate used.
+        lr: f64,
+    },
+    /// A validation score.
+    Val {
+        /// After this many steps.
+        step: usize,
+        /// Token-mean validation loss.
+        loss: f32,
+    },
+    /// Validation progress (fraction of blocks scored).
+    Evaluating(f32),
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stopped {
+    /// All steps done.
+    Completed,
+    /// Stopped at the caller's request (after saving a checkpoint).
+    Cancelled,
+}
+
+/// Token-mean validation loss of `rows` over `val` (forward only).
+pub fn val_loss(
+    m: &LoadedModel,
+    rows: &Tensor,
+    val: &[Vec<u32>],
+    micro_batch: usize,
+    progress: &mut dyn FnMut(f32) -> bool,
+) -> Result<Option<f32>> {
+    let mut sum = 0.0f64;
+    let mut count = 0usize;
+    for (i, chunk) in val.chunks(micro_batch.max(1)).enumerate() {
+        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        let (nll, n) = nll_sum(m, rows, &refs)?;
+        sum += f64::from(nll.to_scalar::<f32>()?);
+        count += n;
+        #[expect(clippy::cast_precision_loss, reason = "progress")]
+        if !progress(((i + 1) * micro_batch) as f32 / val.len() as f32) {
+            return Ok(None);
+        }
+    }
+    #[expect(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        reason = "mean"
+    )]
+    Ok(Some((sum / count.max(1) as f64) as f32))
+}
+
+/// One optimiser step at `state.step + 1`; returns the step's loss.
+fn step(
+    m: &LoadedModel,
+    state: &mut TrainState,
+    blocks: &Blocks,
+    cfg: &InjectConfig,
+) -> Result<f32> {
+    let s = state.step + 1;
+    let idx = cfg.step_blocks(blocks.train.len(), s);
+    let var = Var::from_tensor(&state.rows)?;
+    let total = idx.len() * (cfg.block_len - 1);
+    #[expect(clippy::cast_precision_loss, reason = "token counts")]
+    let scale = 1.0 / total as f64;
+    let mut grad: Option<Tensor> = None;
+    let mut loss = 0.0f64;
+    for mb in idx.chunks(cfg.micro_batch) {
+        let refs: Vec<&[u32]> = mb.iter().map(|i| blocks.train[*i].as_slice()).collect();
+        let (nll, _) = nll_sum(m, var.as_tensor(), &refs)?;
+        let l = (nll * scale)?;
+        loss += f64::from(l.to_scalar::<f32>()?);
+        let g = l
+            .backward()?
+            .remove(var.as_tensor())
+            .ok_or_else(|| EngineError::Invalid("no gradient reached the new rows".into()))?;
+        grad = Some(match grad {
+            Some(acc) => (acc + g)?,
+            None => g,
+        });
+    }
+    let mut g = grad.ok_or_else(|| EngineError::Invalid("empty step".into()))?;
+    if let Some(c) = cfg.clip_norm {
+        let norm = f64::from(g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
+        if norm > c {
+            g = (g * (c / norm))?;
+        }
+    }
+    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+    let lr = cfg.lr_at(s);
+    let t = i32::try_from(s).unwrap_or(i32::MAX);
+    state.m = ((&state.m * b1)? + (&g * (1.0 - b1))?)?;
+    state.v = ((&state.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+    let mhat = (&state.m / (1.0 - b1.powi(t)))?;
+    let vhat = (&state.v / (1.0 - b2.powi(t)))?;
+    let upd = (mhat / (vhat.sqrt()? + eps)?)?;
+    let upd = (upd + (&state.rows * cfg.weight_decay)?)?;
+    state.rows = (&state.rows - (upd * lr)?)?.detach();
+    state.step = s;
+    #[expect(clippy::cast_possible_truncation, reason = "loss")]
+    let loss = loss as f32;
+    if !loss.is_finite() {
+        return Err(EngineError::Invalid(format!(
+            "the loss became {loss} at step {s}; lower the learning rate"
+        )));
+    }
+    state.losses.push(loss);
+    Ok(loss)
+}
+
+/// Callbacks of a run: events (return false to stop) and checkpoint writing.
+pub trait TrainHooks {
+    /// Reports an event; false asks the run to stop.
+    fn event(&mut self, ev: InjectEvent) -> bool;
+    /// Saves a checkpoint of `state`.
+    fn checkpoint(&mut self, state: &TrainState) -> Result<()>;
+}
+
+/// Trains until `cfg.steps` or a stop request, validating and checkpointing on schedule.
+pub fn train(
+    m: &LoadedModel,
+    state: &mut TrainState,
+    blocks: &Blocks,
+    cfg: &InjectConfig,
+    hooks: &mut dyn TrainHooks,
+) -> Result<Stopped> {
+    cfg.check()?;
+    let val: &[Vec<u32>] = if cfg.max_val_blocks > 0 && blocks.val.len() > cfg.max_val_blocks {
+        &blocks.val[..cfg.max_val_blocks]
+    } else {
+        &blocks.val
+    };
+    let validate = |state: &mut TrainState, hooks: &mut dyn TrainHooks| -> Result<bool> {
+        if state.val.last().is_some_and(|(s, _)| *s == state.step) {
+            return Ok(true);
+        }
+        match val_loss(m, &state.rows, val, cfg.micro_batch, &mut |f| {
+            hooks.event(InjectEvent::Evaluating(f))
+        })? {
+            Some(l) => {
+                state.val.push((state.step, l));
+                Ok(hooks.event(InjectEvent::Val {
+                    step: state.step,
+                    loss: l,
+                }))
+            }
+            None => Ok(false),
+        }
+    };
+    if state.step == 0 && !validate(state, hooks)? {
+        return Ok(Stopped::Cancelled);
+    }
+    while state.step < cfg.steps {
+        let loss = step(m, state, blocks, cfg)?;
+        let s = state.step;
+        let go = hooks.event(InjectEvent::Step {
+            step: s,
+            total: cfg.steps,
+            loss,
+            lr: cfg.lr_at(s),
+        });
+        let go = go && (!s.is_multiple_of(cfg.eval_every) || validate(state, hooks)?);
+        if (s.is_multiple_of(cfg.checkpoint_every) && s != cfg.steps) || !go {
+            hooks.checkpoint(state)?;
+        }
+        if !go {
+            return Ok(Stopped::Cancelled);
+        }
+    }
+    if !validate(state, hooks)? {
+        return Ok(Stopped::Cancelled);
+    }
+    hooks.checkpoint(state)?;
+    Ok(Stopped::Completed)
+}
