@@ -197,3 +197,30 @@ fn runs_are_refused_for_another_model_and_folders_are_not_overwritten() {
     let e = session::open(&other, dir.path()).unwrap_err().to_string();
     assert!(e.contains("was made for the model"), "{e}");
 }
+
+#[test]
+fn geometry_report_is_written_and_consistent() {
+    use neoscope_engine::inject::report;
+    let m = tiny_model(5, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = session::start(&m, &inputs(), &cfg(), dir.path()).unwrap();
+    let mut st = s.state(dir.path()).unwrap();
+    s.train(&m, dir.path(), &mut st, None, &mut |_| true).unwrap();
+    let r = report::compute(&m, &s, &st, &s.meta.base_rows_sha256, &mut |_, _| {}).unwrap();
+    assert!(r.drift.base_identical);
+    assert_eq!((r.n_new, r.n_known), (4, 1));
+    assert_eq!(r.norms.base.n, m.llama.cfg.vocab_size);
+    assert!(r.isotropy.base > 0.0 && r.isotropy.base <= 1.0);
+    assert!(r.drift.new.max <= 1.0 + 1e-6 && r.drift.new.min < 1.0);
+    assert_eq!(r.neighbors.len(), 4);
+    assert!(r.pca.base_90 <= r.pca.base_95 && r.pca.base_95 <= 32);
+    let html = report::write(dir.path(), &r).unwrap();
+    let text = std::fs::read_to_string(html).unwrap();
+    for part in ["<svg", "Welch t", "Mann-Whitney U", "Isotropy", "KS base-base vs new-new", "blorf"] {
+        assert!(text.contains(part), "report lacks {part}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["format"], "neoscope-geometry-report");
+}

@@ -3,8 +3,10 @@
 //! spherically, trained alone on a corpus, then described by a geometry report.
 
 pub mod forward;
+pub mod html;
 pub mod init;
 pub mod lexicon;
+pub mod report;
 pub mod run;
 pub mod session;
 pub mod train;

@@ -48,6 +48,8 @@ pub struct RunMeta {
     pub sources: Vec<String>,
     /// Tokens in the corpus.
     pub corpus_tokens: usize,
+    /// SHA-256 of the base embedding matrix at the start (the report checks it is unchanged).
+    pub base_rows_sha256: String,
 }
 
 fn serr(path: &Path, e: impl std::fmt::Display) -> EngineError {

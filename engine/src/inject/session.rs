@@ -72,6 +72,7 @@ pub fn start(m: &LoadedModel, inputs: &Inputs, cfg: &InjectConfig, dir: &Path) -
         inits,
         sources: inputs.sources.clone(),
         corpus_tokens: ids.len(),
+        base_rows_sha256: super::report::tensor_sha256(&m.llama.embed)?,
     };
     run::create(dir, &meta, &init, &blocks)?;
     Ok(Session {

@@ -1,0 +1,393 @@
+//! The geometry report of an injection run: base vs new rows. Norms (Welch t, Mann-Whitney U,
+//! Cohen's d), isotropy (Mu et al.'s partition ratio), drift of each new row from its initial
+//! vector, nearest base neighbours of sampled forms before and after training, PCA dimensions
+//! for 90/95% of the variance, pairwise cosine distributions with KS tests, the loss curves,
+//! and a PCA scatter for the figure. Written as JSON and as a self-contained HTML page.
+
+use candle_core::{D, DType, Tensor};
+use rand::SeedableRng;
+use rand::seq::index::sample;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::session::Session;
+use super::train::TrainState;
+use crate::embed::neighbors::{CosineIndex, normalize_rows};
+use crate::embed::pca::{IsotropyKind, Pca, isotropy_mu};
+use crate::error::Result;
+use crate::model::LoadedModel;
+use crate::stats::{self, Summary, TestResult};
+use crate::words::file::BaseModel;
+
+/// Format name of `report.json`.
+pub const FORMAT: &str = "neoscope-geometry-report";
+/// Version.
+pub const VERSION: u32 = 1;
+/// Pairs sampled per pairwise-cosine distribution.
+const PAIRS: usize = 20_000;
+/// Forms whose neighbours are listed.
+const NEIGHBOR_FORMS: usize = 12;
+/// Base points in the scatter figure.
+const SCATTER_BASE: usize = 3_000;
+/// Histogram bins.
+const BINS: usize = 40;
+
+/// A histogram of several series over the same bins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Left edge.
+    pub lo: f64,
+    /// Right edge.
+    pub hi: f64,
+    /// (name, counts) per series.
+    pub series: Vec<(String, Vec<usize>)>,
+}
+
+fn hist(series: &[(&str, &[f64])], lo: f64, hi: f64) -> Histogram {
+    Histogram {
+        lo,
+        hi,
+        series: series
+            .iter()
+            .map(|(n, x)| ((*n).to_owned(), stats::histogram(x, lo, hi, BINS)))
+            .collect(),
+    }
+}
+
+fn span(xs: &[&[f64]]) -> (f64, f64) {
+    let it = || xs.iter().flat_map(|x| x.iter().copied());
+    let lo = it().fold(f64::INFINITY, f64::min);
+    let hi = it().fold(f64::NEG_INFINITY, f64::max);
+    (lo, if hi > lo { hi } else { lo + 1.0 })
+}
+
+/// Norm comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Norms {
+    /// Base row norms.
+    pub base: Summary,
+    /// New row norms (after training).
+    pub new: Summary,
+    /// Welch's t-test, base vs new.
+    pub welch: TestResult,
+    /// Mann-Whitney U, base vs new.
+    pub mann_whitney: TestResult,
+    /// Cohen's d, base − new.
+    pub cohen_d: f64,
+    /// Histogram of both.
+    pub hist: Histogram,
+}
+
+/// Isotropy values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Isotropy {
+    /// The definition used.
+    pub kind: IsotropyKind,
+    /// Base rows.
+    pub base: f64,
+    /// New rows after training.
+    pub new: f64,
+    /// New rows before training.
+    pub new_initial: f64,
+}
+
+/// How far the new rows moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drift {
+    /// Whether the base matrix hashes the same as when the run started.
+    pub base_identical: bool,
+    /// Cosine(initial, final) of the new rows.
+    pub new: Summary,
+    /// Histogram of those cosines.
+    pub hist: Histogram,
+    /// The ten forms that moved most (lowest cosine).
+    pub most: Vec<(String, f64)>,
+    /// The ten that moved least.
+    pub least: Vec<(String, f64)>,
+}
+
+/// Nearest base tokens of one form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormNeighbors {
+    /// The form.
+    pub form: String,
+    /// Before training: (token, cosine).
+    pub before: Vec<(String, f32)>,
+    /// After training.
+    pub after: Vec<(String, f32)>,
+}
+
+/// Intrinsic dimensionality by PCA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PcaDims {
+    /// Base: components for 90% of the variance.
+    pub base_90: usize,
+    /// Base: for 95%.
+    pub base_95: usize,
+    /// New: for 90%.
+    pub new_90: usize,
+    /// New: for 95%.
+    pub new_95: usize,
+}
+
+/// Pairwise cosine distributions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pairwise {
+    /// Pairs sampled per distribution.
+    pub pairs: usize,
+    /// Base-base.
+    pub base_base: Summary,
+    /// New-new.
+    pub new_new: Summary,
+    /// Base-new.
+    pub base_new: Summary,
+    /// KS test base-base vs new-new.
+    pub ks_bb_nn: TestResult,
+    /// KS test base-base vs base-new.
+    pub ks_bb_bn: TestResult,
+    /// KS test new-new vs base-new.
+    pub ks_nn_bn: TestResult,
+    /// Histograms over [−1, 1].
+    pub hist: Histogram,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeometryReport {
+    /// Format name.
+    pub format: String,
+    /// Version.
+    pub version: u32,
+    /// The base model.
+    pub base_model: BaseModel,
+    /// Base rows.
+    pub n_base: usize,
+    /// New rows.
+    pub n_new: usize,
+    /// Forms of the lexicon left out (already one token).
+    pub n_known: usize,
+    /// Training steps done.
+    pub steps: usize,
+    /// Training loss per step.
+    pub losses: Vec<f32>,
+    /// (step, validation loss).
+    pub val: Vec<(usize, f32)>,
+    /// Norms.
+    pub norms: Norms,
+    /// Isotropy.
+    pub isotropy: Isotropy,
+    /// Drift.
+    pub drift: Drift,
+    /// Neighbours of sampled forms.
+    pub neighbors: Vec<FormNeighbors>,
+    /// PCA dimensions.
+    pub pca: PcaDims,
+    /// Pairwise cosines.
+    pub pairwise: Pairwise,
+    /// PCA (of the base rows) coordinates of a base sample.
+    pub scatter_base: Vec<[f32; 2]>,
+    /// Same projection of every new row.
+    pub scatter_new: Vec<[f32; 2]>,
+}
+
+/// SHA-256 of a tensor's f32 bytes (to show the base matrix never changed).
+pub fn tensor_sha256(t: &Tensor) -> Result<String> {
+    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut h = Sha256::new();
+    for x in v {
+        h.update(x.to_le_bytes());
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn row_norms(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.sqr()?
+        .sum(D::Minus1)?
+        .sqrt()?
+        .to_dtype(DType::F64)?
+        .to_vec1()?)
+}
+
+/// Cosines of `pairs` seeded random pairs (a row of `a`, a row of `b`; distinct rows when
+/// `a` and `b` are the same matrix).
+fn pair_cosines(a: &Tensor, b: &Tensor, same: bool, pairs: usize, seed: u64) -> Result<Vec<f64>> {
+    use rand::Rng;
+    let (na, nb) = (a.dim(0)?, b.dim(0)?);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut ia, mut ib) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
+    while ia.len() < pairs {
+        let (i, j) = (rng.random_range(0..na), rng.random_range(0..nb));
+        if same && i == j {
+            continue;
+        }
+        ia.push(u32::try_from(i).unwrap_or(0));
+        ib.push(u32::try_from(j).unwrap_or(0));
+    }
+    let dev = a.device();
+    let ra = a.index_select(&Tensor::from_vec(ia, pairs, dev)?, 0)?;
+    let rb = b.index_select(&Tensor::from_vec(ib, pairs, dev)?, 0)?;
+    Ok((ra * rb)?.sum(D::Minus1)?.to_dtype(DType::F64)?.to_vec1()?)
+}
+
+fn labelled(hits: &[(usize, f32)], m: &LoadedModel) -> Vec<(String, f32)> {
+    hits.iter()
+        .map(|(j, c)| (m.tokenizer.piece(u32::try_from(*j).unwrap_or(0)), *c))
+        .collect()
+}
+
+/// Computes the report of `session` at `state`; `base_sha` is the base matrix's hash recorded
+/// at the start of the run.
+pub fn compute(
+    m: &LoadedModel,
+    session: &Session,
+    state: &TrainState,
+    base_sha: &str,
+    progress: &mut dyn FnMut(&str, f32),
+) -> Result<GeometryReport> {
+    let seed = session.meta.config.seed;
+    let base = m.llama.embed.to_dtype(DType::F32)?;
+    let new = state.rows.to_dtype(DType::F32)?;
+    let init = session.init.to_dtype(DType::F32)?;
+    let (n_base, n_new) = (base.dim(0)?, new.dim(0)?);
+
+    progress("norms", 0.0);
+    let (nb, nn) = (row_norms(&base)?, row_norms(&new)?);
+    let (lo, hi) = span(&[&nb, &nn]);
+    let norms = Norms {
+        base: stats::summary(&nb),
+        new: stats::summary(&nn),
+        welch: stats::welch_t(&nb, &nn),
+        mann_whitney: stats::mann_whitney(&nb, &nn),
+        cohen_d: stats::cohen_d(&nb, &nn),
+        hist: hist(&[("base", &nb), ("new", &nn)], lo, hi),
+    };
+
+    progress("isotropy", 0.15);
+    let isotropy = Isotropy {
+        kind: IsotropyKind::MuPartition,
+        base: isotropy_mu(&base)?,
+        new: isotropy_mu(&new)?,
+        new_initial: isotropy_mu(&init)?,
+    };
+
+    progress("drift", 0.35);
+    let (ni, nf) = (normalize_rows(&init)?, normalize_rows(&new)?);
+    let drift_cos: Vec<f64> = (ni * &nf)?
+        .sum(D::Minus1)?
+        .to_dtype(DType::F64)?
+        .to_vec1()?;
+    let mut order: Vec<usize> = (0..n_new).collect();
+    order.sort_by(|a, b| drift_cos[*a].total_cmp(&drift_cos[*b]).then(a.cmp(b)));
+    let pick = |it: &mut dyn Iterator<Item = &usize>| -> Vec<(String, f64)> {
+        it.take(10)
+            .map(|i| (session.vocab.forms[*i].clone(), drift_cos[*i]))
+            .collect()
+    };
+    let drift = Drift {
+        base_identical: tensor_sha256(&m.llama.embed)? == base_sha,
+        new: stats::summary(&drift_cos),
+        hist: hist(&[("new", &drift_cos)], -1.0, 1.0),
+        most: pick(&mut order.iter()),
+        least: pick(&mut order.iter().rev()),
+    };
+
+    progress("neighbours", 0.45);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut chosen: Vec<usize> = sample(&mut rng, n_new, NEIGHBOR_FORMS.min(n_new)).into_vec();
+    chosen.sort_unstable();
+    let idx = Tensor::from_vec(
+        chosen
+            .iter()
+            .map(|i| u32::try_from(*i).unwrap_or(0))
+            .collect::<Vec<_>>(),
+        chosen.len(),
+        new.device(),
+    )?;
+    let index = CosineIndex::new(&base)?;
+    let none = |_: usize, _: usize| false;
+    let before = index
+        .search(&init.index_select(&idx, 0)?, 5, &none, &mut |_| true)?
+        .unwrap_or_default();
+    let after = index
+        .search(&new.index_select(&idx, 0)?, 5, &none, &mut |_| true)?
+        .unwrap_or_default();
+    let neighbors = chosen
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(i, (b, a))| FormNeighbors {
+            form: session.vocab.forms[*i].clone(),
+            before: labelled(b, m),
+            after: labelled(a, m),
+        })
+        .collect();
+
+    progress("PCA", 0.6);
+    let pb = Pca::fit(&base)?;
+    let pn = Pca::fit(&new)?;
+    let pca = PcaDims {
+        base_90: pb.dims_for(0.9),
+        base_95: pb.dims_for(0.95),
+        new_90: pn.dims_for(0.9),
+        new_95: pn.dims_for(0.95),
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 1);
+    let sample_ids: Vec<u32> = sample(&mut rng, n_base, SCATTER_BASE.min(n_base))
+        .into_iter()
+        .map(|i| u32::try_from(i).unwrap_or(0))
+        .collect();
+    let sb = base.index_select(&Tensor::from_vec(sample_ids, SCATTER_BASE.min(n_base), base.device())?, 0)?;
+    let to2 = |v: Vec<Vec<f32>>| v.into_iter().map(|r| [r[0], r[1]]).collect::<Vec<_>>();
+    let scatter_base = to2(pb.project(&sb, 2)?);
+    let scatter_new = to2(pb.project(&new, 2)?);
+
+    progress("pairwise cosines", 0.8);
+    let (bn_, nn_) = (normalize_rows(&base)?, normalize_rows(&new)?);
+    let bb = pair_cosines(&bn_, &bn_, true, PAIRS, seed ^ 2)?;
+    let nnc = pair_cosines(&nn_, &nn_, true, PAIRS, seed ^ 3)?;
+    let bnc = pair_cosines(&bn_, &nn_, false, PAIRS, seed ^ 4)?;
+    let pairwise = Pairwise {
+        pairs: PAIRS,
+        base_base: stats::summary(&bb),
+        new_new: stats::summary(&nnc),
+        base_new: stats::summary(&bnc),
+        ks_bb_nn: stats::ks_2samp(&bb, &nnc),
+        ks_bb_bn: stats::ks_2samp(&bb, &bnc),
+        ks_nn_bn: stats::ks_2samp(&nnc, &bnc),
+        hist: hist(
+            &[("base-base", &bb), ("new-new", &nnc), ("base-new", &bnc)],
+            -1.0,
+            1.0,
+        ),
+    };
+    progress("done", 1.0);
+    Ok(GeometryReport {
+        format: FORMAT.into(),
+        version: VERSION,
+        base_model: session.meta.base_model.clone(),
+        n_base,
+        n_new,
+        n_known: session.meta.known.len(),
+        steps: state.step,
+        losses: state.losses.clone(),
+        val: state.val.clone(),
+        norms,
+        isotropy,
+        drift,
+        neighbors,
+        pca,
+        pairwise,
+        scatter_base,
+        scatter_new,
+    })
+}
+
+/// Writes `report.json` and `report.html` into `dir` (atomically); returns the HTML path.
+pub fn write(dir: &std::path::Path, r: &GeometryReport) -> Result<std::path::PathBuf> {
+    let json = dir.join("report.json");
+    let text = serde_json::to_vec_pretty(r)
+        .map_err(|e| crate::EngineError::Invalid(format!("{}: {e}", json.display())))?;
+    crate::words::file::write_atomic(&json, &text)?;
+    let html = dir.join("report.html");
+    crate::words::file::write_atomic(&html, super::html::render(r).as_bytes())?;
+    Ok(html)
+}
