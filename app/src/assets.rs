@@ -45,3 +45,30 @@ pub fn shipped_heldout()
         })
         .collect()
 }
+
+/// Demo morpheme table (prefixes and suffixes with example words).
+pub const INJECT_MORPHEMES: &str = include_str!("../../assets/inject/morphemes.csv");
+/// Roots the demo lexicon was generated from.
+pub const INJECT_ROOTS: &str = include_str!("../../assets/inject/roots.txt");
+/// Demo lexicon: invented forms, one per line (`neoscope inject generate` made it).
+pub const INJECT_LEXICON: &str = include_str!("../../assets/inject/lexicon.txt");
+/// Demo corpus: short sentences using every demo form.
+pub const INJECT_CORPUS: &str = include_str!("../../assets/inject/corpus.txt");
+
+/// The shipped demo inputs as named texts: (lexicon, morphemes, corpus).
+pub fn inject_demo() -> (
+    neoscope_engine::inject::messages::TextSource,
+    neoscope_engine::inject::messages::TextSource,
+    neoscope_engine::inject::messages::TextSource,
+) {
+    use neoscope_engine::inject::messages::TextSource;
+    let t = |name: &str, text: &str| TextSource {
+        name: format!("shipped demo {name}"),
+        text: text.to_owned(),
+    };
+    (
+        t("lexicon.txt", INJECT_LEXICON),
+        t("morphemes.csv", INJECT_MORPHEMES),
+        t("corpus.txt", INJECT_CORPUS),
+    )
+}

@@ -280,3 +280,88 @@ fn mfa_panel_collects_fits_lists_components_and_steers() {
     );
     assert_eq!(csv.lines().count(), 7);
 }
+
+#[test]
+fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = loaded_tiny(9, dir.path());
+    h.get_by_label("Injection").click();
+    h.step();
+    let run = dir.path().join("run");
+    {
+        let p = &mut h.state_mut().inject;
+        p.dir = run.display().to_string();
+        p.config.steps = 6;
+        p.config.eval_every = 3;
+        p.config.checkpoint_every = 2;
+        p.config.block_len = 32;
+        p.config.max_val_blocks = 4;
+    }
+    h.step();
+    // The shipped demo inputs: 2,000 forms, all new to the tiny byte-level vocabulary.
+    h.get_by_label("Count").click();
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let c = h.state().inject.counts.clone().unwrap();
+    assert_eq!(c.forms, 2000);
+    assert_eq!(c.new + c.known, 2000);
+    assert_eq!(c.forms_in_corpus, c.new);
+    assert_eq!(c.morphemes, Some((24, 24)));
+    h.get_by_label("Train").click();
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let p = &h.state().inject;
+    assert_eq!(p.losses.len(), 6);
+    assert_eq!(p.val.iter().map(|v| v.0).collect::<Vec<_>>(), vec![0, 3, 6]);
+    assert!(
+        p.status.as_ref().unwrap().starts_with("Done"),
+        "{:?}",
+        p.status
+    );
+    // Resume to more steps continues from the last checkpoint.
+    h.state_mut().inject.config.steps = 8;
+    h.step();
+    h.get_by_label("Resume").click();
+    settle(&mut h);
+    assert_eq!(h.state().inject.losses.len(), 8);
+    h.get_by_label("Write report").click();
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let (html, r) = h.state().inject.report.clone().unwrap();
+    assert!(html.exists() && r.drift.base_identical);
+    assert_eq!(r.steps, 8);
+
+    // The Embeddings panel projects base + new rows, finds a form and lists neighbours.
+    h.get_by_label("Embeddings").click();
+    h.step();
+    h.get_by_label("Project").click();
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let proj = h.state().embed.projection.clone().unwrap();
+    let n_new = proj
+        .kinds
+        .iter()
+        .filter(|k| **k == neoscope_engine::embed::project::PointKind::New)
+        .count();
+    assert_eq!(n_new, c.new);
+    assert_eq!(
+        proj.points.len(),
+        h.state().model_info().unwrap().dims.d_vocab + c.new
+    );
+    let form = r.neighbors[0].form.clone();
+    h.state_mut().embed.search = form.clone();
+    h.step();
+    h.get_by_label("Find").click();
+    settle(&mut h);
+    let sel = h.state().embed.selected.unwrap();
+    assert_eq!(proj.labels[sel].trim(), form);
+    let (_, hits) = h.state().embed.neighbors.clone().unwrap();
+    assert_eq!(hits[0].text.trim(), form); // a row is its own nearest neighbour
+    assert!((hits[0].cosine - 1.0).abs() < 1e-4);
+    h.state_mut().embed.query = format!("{form} - the + an");
+    h.step();
+    h.get_by_label("Nearest").click();
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert_eq!(h.state().embed.neighbors.as_ref().unwrap().1.len(), 12);
+}

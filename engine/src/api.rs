@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bench::BenchReport;
 use crate::hooks::HookSpec;
+use crate::inject::messages::{EmbedCommand, EmbedResult, InjectCommand, InjectResult};
+use crate::inject::train::InjectEvent;
 use crate::lens::{LensKind, LensResult};
 use crate::mfa::messages::{MfaCommand, MfaResult};
 use crate::mfa::train::MfaEpoch;
@@ -193,6 +195,10 @@ pub enum Command {
     },
     /// Mixture of factor analyzers.
     Mfa(MfaCommand),
+    /// Vocabulary injection: inspect, train, resume, open, report.
+    Inject(InjectCommand),
+    /// The embedding space: projections and neighbours.
+    Embed(EmbedCommand),
 }
 
 /// A word as the front end sees it.
@@ -284,6 +290,10 @@ pub enum JobResult {
     TunedLens(Option<TunedReport>),
     /// MFA results.
     Mfa(Box<MfaResult>),
+    /// An injection result.
+    Inject(Box<InjectResult>),
+    /// An embedding-space result.
+    Embed(Box<EmbedResult>),
 }
 
 /// What the engine tells the front end.
@@ -326,6 +336,13 @@ pub enum Event {
         /// The epoch.
         epoch: MfaEpoch,
     },
+    /// An injection training step or validation score.
+    InjectStep {
+        /// Request.
+        id: RequestId,
+        /// What happened.
+        event: InjectEvent,
+    },
     /// The job succeeded (exactly one `Finished` or `Failed` per request).
     Finished {
         /// Request.
@@ -353,6 +370,7 @@ impl Event {
             | Self::Token { id, .. }
             | Self::TrainStep { id, .. }
             | Self::MfaEpoch { id, .. }
+            | Self::InjectStep { id, .. }
             | Self::Finished { id, .. }
             | Self::Failed { id, .. } => Some(*id),
         }

@@ -205,7 +205,8 @@ fn geometry_report_is_written_and_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let s = session::start(&m, &inputs(), &cfg(), dir.path()).unwrap();
     let mut st = s.state(dir.path()).unwrap();
-    s.train(&m, dir.path(), &mut st, None, &mut |_| true).unwrap();
+    s.train(&m, dir.path(), &mut st, None, &mut |_| true)
+        .unwrap();
     let r = report::compute(&m, &s, &st, &s.meta.base_rows_sha256, &mut |_, _| {}).unwrap();
     assert!(r.drift.base_identical);
     assert_eq!((r.n_new, r.n_known), (4, 1));
@@ -216,7 +217,14 @@ fn geometry_report_is_written_and_consistent() {
     assert!(r.pca.base_90 <= r.pca.base_95 && r.pca.base_95 <= 32);
     let html = report::write(dir.path(), &r).unwrap();
     let text = std::fs::read_to_string(html).unwrap();
-    for part in ["<svg", "Welch t", "Mann-Whitney U", "Isotropy", "KS base-base vs new-new", "blorf"] {
+    for part in [
+        "<svg",
+        "Welch t",
+        "Mann-Whitney U",
+        "Isotropy",
+        "KS base-base vs new-new",
+        "blorf",
+    ] {
         assert!(text.contains(part), "report lacks {part}");
     }
     let json: serde_json::Value =

@@ -14,6 +14,7 @@ use neoscope_engine::sampling::Sampling;
 use neoscope_engine::worker::{DeviceChoice, EngineHandle, EngineOptions};
 use serde_json::json;
 
+pub mod inject;
 pub mod lens;
 pub mod mfa;
 pub mod word;
@@ -121,6 +122,12 @@ pub enum Cmd {
     /// Mixture of factor analyzers on the residual stream: collect, fit, components, steer.
     #[command(subcommand)]
     Mfa(mfa::MfaCmd),
+    /// Vocabulary injection: a lexicon of new forms trained on a corpus, with a geometry report.
+    #[command(subcommand)]
+    Inject(inject::InjectCmd),
+    /// The embedding space: 2-D projections and nearest neighbours.
+    #[command(subcommand)]
+    Embed(inject::EmbedCmd),
 }
 
 /// Demonstrations.
@@ -199,6 +206,11 @@ fn emit(json_mode: bool, value: &serde_json::Value, text: &str) -> Result<()> {
 
 /// Runs one subcommand.
 pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
+    if let Cmd::Inject(c) = &cmd
+        && inject::generate(g.json, c)?
+    {
+        return Ok(());
+    }
     let mut engine =
         EngineHandle::spawn(g.engine_options(), Box::new(|| {})).context("starting the engine")?;
     if let Cmd::Fetch = cmd {
@@ -220,6 +232,8 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
         Cmd::Word(w) => word::run(&mut engine, g.json, w),
         Cmd::Lens(a) => lens::run(&mut engine, g.json, a),
         Cmd::Mfa(c) => mfa::run(&mut engine, g.json, info.dims.n_layers, c),
+        Cmd::Inject(c) => inject::run(&mut engine, g.json, c),
+        Cmd::Embed(c) => inject::run_embed(&mut engine, g.json, c),
         Cmd::Demo(DemoCmd::PunVsLiteral(a)) => word::demo(&mut engine, g.json, &a),
         Cmd::Info => {
             let d = info.dims;

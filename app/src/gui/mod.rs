@@ -3,6 +3,8 @@
 
 pub mod compare_panel;
 mod dialogs;
+pub mod embed_panel;
+pub mod inject_panel;
 pub mod lens_panel;
 pub mod mfa_panel;
 mod mfa_views;
@@ -15,6 +17,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use neoscope_engine::api::{Command, Event, JobResult, RequestId};
+use neoscope_engine::inject::messages::{EmbedResult, InjectResult};
+use neoscope_engine::inject::train::{InjectEvent, Stopped};
 use neoscope_engine::mfa::messages::MfaResult;
 use neoscope_engine::model::ModelInfo;
 use neoscope_engine::words::train::StopReason;
@@ -68,10 +72,11 @@ pub enum PanelKind {
     Lens,
     /// Mixture of factor analyzers.
     Mfa,
+    /// The embedding space.
+    Embeddings,
+    /// Vocabulary injection.
+    Injection,
 }
-
-/// Panels that later work adds; shown so users see where the app is going.
-const PLANNED: [(&str, &str); 1] = [("Embeddings", "Embedding space and vocabulary injection")];
 
 /// Which part of the app a request belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +107,12 @@ pub enum Owner {
     MfaSubspace,
     /// MFA steering.
     MfaSteer,
+    /// Embedding projections.
+    Embed,
+    /// Embedding neighbours.
+    EmbedNeighbors,
+    /// Injection runs.
+    Inject,
 }
 
 /// A running job as the UI shows it.
@@ -134,6 +145,10 @@ pub struct NeoApp {
     pub lens: lens_panel::LensPanel,
     /// MFA panel.
     pub mfa: mfa_panel::MfaPanel,
+    /// Embeddings panel.
+    pub embed: embed_panel::EmbedPanel,
+    /// Injection panel.
+    pub inject: inject_panel::InjectPanel,
     pending: HashMap<RequestId, Owner>,
     /// The last error, shown in the status bar until dismissed.
     pub error: Option<String>,
@@ -170,6 +185,8 @@ impl NeoApp {
             compare: ComparePanel::default(),
             lens: lens_panel::LensPanel::default(),
             mfa: mfa_panel::MfaPanel::default(),
+            embed: embed_panel::EmbedPanel::default(),
+            inject: inject_panel::InjectPanel::default(),
             pending: HashMap::new(),
             error,
             model_dir,
@@ -245,11 +262,14 @@ impl NeoApp {
                     Owner::Model => self.model.job = job,
                     Owner::Tuned => self.lens.training = job,
                     Owner::Mfa => self.mfa.job = job,
+                    Owner::Embed => self.embed.job = job,
+                    Owner::Inject => self.inject.job = job,
                     _ => {}
                 }
             }
             Event::Token { text, .. } => self.playground.output.push_str(&text),
             Event::MfaEpoch { epoch, .. } => self.mfa.epochs.push(epoch),
+            Event::InjectStep { event, .. } => inject_step(&mut self.inject, event),
             Event::TrainStep { step, .. } => {
                 self.words.live.push(step.loss);
                 self.words.total_steps = step.total_steps;
@@ -276,6 +296,9 @@ impl NeoApp {
                     Owner::Mfa => self.mfa.job = None,
                     Owner::MfaSubspace => self.mfa.subspace_running = None,
                     Owner::MfaSteer => self.mfa.steering = None,
+                    Owner::Embed => self.embed.job = None,
+                    Owner::EmbedNeighbors => self.embed.neighbors_running = None,
+                    Owner::Inject => self.inject.job = None,
                 }
                 if !cancelled {
                     self.error = Some(error);
@@ -357,7 +380,60 @@ impl NeoApp {
             (Owner::Mfa | Owner::MfaSubspace | Owner::MfaSteer, JobResult::Mfa(r)) => {
                 self.mfa_finished(*r)
             }
+            (Owner::Embed | Owner::EmbedNeighbors, JobResult::Embed(r)) => match *r {
+                EmbedResult::Projection(p) => {
+                    self.embed.job = None;
+                    self.embed.selected = None;
+                    self.embed.projection = Some(*p);
+                }
+                EmbedResult::Neighbors { query, hits } => {
+                    self.embed.neighbors_running = None;
+                    self.embed.neighbors = Some((query, hits));
+                }
+            },
+            (Owner::Inject, JobResult::Inject(r)) => self.inject_finished(*r),
             (_, other) => self.error = Some(format!("unexpected engine reply: {other:?}")),
+        }
+    }
+
+    fn inject_finished(&mut self, r: InjectResult) {
+        self.inject.job = None;
+        match r {
+            InjectResult::Counts(c) => self.inject.counts = Some(c),
+            InjectResult::Run {
+                dir,
+                stopped,
+                step,
+                steps,
+                forms,
+                losses,
+                val,
+            } => {
+                self.inject.losses = losses
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, l)| (i + 1, l))
+                    .collect();
+                self.inject.val = val;
+                self.inject.steps = steps;
+                self.inject.status = Some(match stopped {
+                    Some(Stopped::Completed) => format!(
+                        "Done: {forms} new rows, {step} steps; run in {}",
+                        dir.display()
+                    ),
+                    Some(Stopped::Cancelled) => {
+                        format!("Stopped at step {step} (checkpoint saved): Resume continues")
+                    }
+                    None => format!("Opened {} at step {step} ({forms} new rows)", dir.display()),
+                });
+                self.inject.run = Some(dir);
+                // Projections now include the new rows: refresh on the next Project.
+                self.embed.neighbors = None;
+            }
+            InjectResult::Report { html, report } => {
+                self.notice = Some(format!("Report written to {}", html.display()));
+                self.inject.report = Some((html, report));
+            }
         }
     }
 
@@ -443,12 +519,8 @@ impl NeoApp {
                 ui.selectable_value(&mut self.panel, PanelKind::Compare, "Compare");
                 ui.selectable_value(&mut self.panel, PanelKind::Lens, "Lens");
                 ui.selectable_value(&mut self.panel, PanelKind::Mfa, "MFA");
-                ui.separator();
-                ui.weak("Planned");
-                for (name, what) in PLANNED {
-                    ui.add_enabled(false, egui::Button::selectable(false, name))
-                        .on_disabled_hover_text(what);
-                }
+                ui.selectable_value(&mut self.panel, PanelKind::Embeddings, "Embeddings");
+                ui.selectable_value(&mut self.panel, PanelKind::Injection, "Injection");
             });
         egui::CentralPanel::default().show(ui, |ui| match self.panel {
             PanelKind::Model => model_panel::show(self, ui),
@@ -457,6 +529,8 @@ impl NeoApp {
             PanelKind::Compare => compare_panel::show(self, ui),
             PanelKind::Lens => lens_panel::show(self, ui),
             PanelKind::Mfa => mfa_panel::show(self, ui),
+            PanelKind::Embeddings => embed_panel::show(self, ui),
+            PanelKind::Injection => inject_panel::show(self, ui),
         });
     }
 }
@@ -468,5 +542,23 @@ impl eframe::App for NeoApp {
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.draw(ui);
+    }
+}
+
+/// Applies a live training event to the Injection panel.
+fn inject_step(p: &mut inject_panel::InjectPanel, ev: InjectEvent) {
+    match ev {
+        InjectEvent::Step {
+            step, total, loss, ..
+        } => {
+            p.losses.push((step, loss));
+            p.steps = total;
+            if let Some(j) = &mut p.job {
+                j.stage = format!("step {step}/{total}");
+                j.fraction = None;
+            }
+        }
+        InjectEvent::Val { step, loss } => p.val.push((step, loss)),
+        InjectEvent::Evaluating(_) => {}
     }
 }

@@ -150,10 +150,19 @@ fn lines_svg(title: &str, series: &[(&str, Vec<(f64, f64)>)]) -> String {
 }
 
 fn scatter_svg(title: &str, base: &[[f32; 2]], new: &[[f32; 2]]) -> String {
-    let all = || base.iter().chain(new).map(|p| [f64::from(p[0]), f64::from(p[1])]);
+    let all = || {
+        base.iter()
+            .chain(new)
+            .map(|p| [f64::from(p[0]), f64::from(p[1])])
+    };
     let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for p in all() {
-        (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(p[0]), x_hi.max(p[0]), y_lo.min(p[1]), y_hi.max(p[1]));
+        (x_lo, x_hi, y_lo, y_hi) = (
+            x_lo.min(p[0]),
+            x_hi.max(p[0]),
+            y_lo.min(p[1]),
+            y_hi.max(p[1]),
+        );
     }
     let mut body = String::new();
     for (pts, color, r) in [(base, COLORS[0], 1.2), (new, COLORS[1], 1.6)] {
@@ -230,7 +239,11 @@ pub fn render(r: &GeometryReport) -> String {
         })
         .collect();
     #[expect(clippy::cast_precision_loss, reason = "steps")]
-    let val: Vec<(f64, f64)> = r.val.iter().map(|(s, l)| (*s as f64, f64::from(*l))).collect();
+    let val: Vec<(f64, f64)> = r
+        .val
+        .iter()
+        .map(|(s, l)| (*s as f64, f64::from(*l)))
+        .collect();
     let _ = write!(s, "<h2>Training</h2>");
     if let (Some(first), Some(last)) = (r.val.first(), r.val.last()) {
         let _ = write!(

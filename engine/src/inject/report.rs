@@ -335,7 +335,10 @@ pub fn compute(
         .into_iter()
         .map(|i| u32::try_from(i).unwrap_or(0))
         .collect();
-    let sb = base.index_select(&Tensor::from_vec(sample_ids, SCATTER_BASE.min(n_base), base.device())?, 0)?;
+    let sb = base.index_select(
+        &Tensor::from_vec(sample_ids, SCATTER_BASE.min(n_base), base.device())?,
+        0,
+    )?;
     let to2 = |v: Vec<Vec<f32>>| v.into_iter().map(|r| [r[0], r[1]]).collect::<Vec<_>>();
     let scatter_base = to2(pb.project(&sb, 2)?);
     let scatter_new = to2(pb.project(&new, 2)?);

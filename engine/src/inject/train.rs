@@ -2,7 +2,8 @@
 //! of equal length, split 90/10 with a seed, and only the new rows learn (every position
 //! predicts the next token over base + new vocabulary). AdamW, linear warmup then cosine or
 //! constant learning rate, gradient accumulation, global-norm clipping, validation every N
-//! steps, checkpoints every N steps.
+//! steps, checkpoints every N steps. The optimiser is lazy AdamW: a step moves only the rows
+//! whose forms occur in its blocks.
 //!
 //! Exact resume: the blocks of step `s` are a pure function of (seed, s) (each epoch a seeded
 //! permutation of the training blocks, read as one stream), and the optimiser state is saved
@@ -62,6 +63,10 @@ pub struct InjectConfig {
     pub checkpoint_every: usize,
     /// At most this many validation blocks are scored (all when 0).
     pub max_val_blocks: usize,
+    /// Update only the rows whose forms occur in a step's blocks (lazy Adam).
+    pub lazy: bool,
+    /// Adam's ε.
+    pub adam_eps: f64,
 }
 
 impl Default for InjectConfig {
@@ -81,7 +86,9 @@ impl Default for InjectConfig {
             clip_norm: Some(1.0),
             eval_every: 20,
             checkpoint_every: 10,
-            max_val_blocks: 0,
+            max_val_blocks: 32,
+            lazy: false,
+            adam_eps: 1e-4,
         }
     }
 }
@@ -309,15 +316,34 @@ fn step(
             g = (g * (c / norm))?;
         }
     }
-    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+    // Lazy Adam: only rows whose form occurs in the step's blocks move, and only their moments
+    // change. Dense Adam would turn the tiny softmax-denominator gradient of every absent row
+    // into a full-size step (Adam normalises magnitudes), shifting all new rows together and
+    // raising validation loss on forms not yet seen.
+    let n_new = state.rows.dim(0)?;
+    let mut present = vec![if cfg.lazy { 0f32 } else { 1.0 }; n_new];
+    let base = u32::try_from(m.llama.cfg.vocab_size).unwrap_or(u32::MAX);
+    for i in &idx {
+        for t in &blocks.train[*i] {
+            if let Some(r) = t.checked_sub(base) {
+                present[r as usize] = 1.0;
+            }
+        }
+    }
+    let mask = Tensor::from_vec(present, (n_new, 1), state.rows.device())?;
+    let keep = mask.affine(-1.0, 1.0)?;
+    let (b1, b2, eps) = (0.9f64, 0.999f64, cfg.adam_eps);
     let lr = cfg.lr_at(s);
     let t = i32::try_from(s).unwrap_or(i32::MAX);
-    state.m = ((&state.m * b1)? + (&g * (1.0 - b1))?)?;
-    state.v = ((&state.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+    let mix = |old: &Tensor, new: Tensor| -> Result<Tensor> {
+        Ok((old.broadcast_mul(&keep)? + new.broadcast_mul(&mask)?)?)
+    };
+    state.m = mix(&state.m, ((&state.m * b1)? + (&g * (1.0 - b1))?)?)?;
+    state.v = mix(&state.v, ((&state.v * b2)? + (g.sqr()? * (1.0 - b2))?)?)?;
     let mhat = (&state.m / (1.0 - b1.powi(t)))?;
     let vhat = (&state.v / (1.0 - b2.powi(t)))?;
     let upd = (mhat / (vhat.sqrt()? + eps)?)?;
-    let upd = (upd + (&state.rows * cfg.weight_decay)?)?;
+    let upd = (upd + (&state.rows * cfg.weight_decay)?)?.broadcast_mul(&mask)?;
     state.rows = (&state.rows - (upd * lr)?)?.detach();
     state.step = s;
     #[expect(clippy::cast_possible_truncation, reason = "loss")]

@@ -252,7 +252,18 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 /// Evaluates `a - b + c …`: terms joined by `+`/`-`, each a trained word or an ordinary word.
 pub fn arithmetic(m: &LoadedModel, words: &[Word], expr: &str) -> Result<Vec<f32>> {
-    let mut out = vec![0.0f32; m.llama.cfg.hidden_size];
+    arithmetic_with(expr, m.llama.cfg.hidden_size, &mut |t| {
+        term_vector(m, words, t)
+    })
+}
+
+/// `a - b + c` over vectors of length `d`, each term resolved by `term`.
+pub fn arithmetic_with(
+    expr: &str,
+    d: usize,
+    term: &mut dyn FnMut(&str) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; d];
     let mut sign = 1.0f32;
     let mut any = false;
     let spaced = expr.replace('+', " + ").replace(" - ", " − ");
@@ -260,8 +271,8 @@ pub fn arithmetic(m: &LoadedModel, words: &[Word], expr: &str) -> Result<Vec<f32
         match tok {
             "+" => sign = 1.0,
             "−" | "-" => sign = -1.0,
-            term => {
-                let v = term_vector(m, words, term)?;
+            t => {
+                let v = term(t)?;
                 out.iter_mut().zip(v).for_each(|(o, x)| *o += sign * x);
                 sign = 1.0;
                 any = true;

@@ -18,6 +18,7 @@ use crate::model::{LoadedModel, load_model};
 use crate::words::Word;
 use crate::words::train::TrainConfig;
 
+mod inject;
 mod lens;
 mod mfa;
 mod words;
@@ -112,6 +113,7 @@ impl EngineHandle {
                     records: std::collections::HashMap::new(),
                     tuned: None,
                     mfa: mfa::MfaState::default(),
+                    inject: inject::InjectState::default(),
                     events: ev_tx,
                     waker,
                     cancel: cancel2,
@@ -237,6 +239,8 @@ struct Worker {
     )>,
     /// Activations and the fitted MFA.
     mfa: mfa::MfaState,
+    /// The open injection run.
+    inject: inject::InjectState,
     events: Sender<Event>,
     waker: Waker,
     cancel: Arc<AtomicU64>,
@@ -341,6 +345,7 @@ impl Worker {
             self.records.clear();
             self.tuned = None;
             self.mfa = mfa::MfaState::default();
+            self.inject = inject::InjectState::default();
         }
         self.model = Some(m);
         Ok(JobResult::Loaded(info))
@@ -430,6 +435,8 @@ impl Worker {
             | Command::SaveTunedLens { .. }
             | Command::LoadTunedLens { .. }) => self.execute_lens(id, lens),
             Command::Mfa(c) => self.execute_mfa(id, c),
+            Command::Inject(c) => self.execute_inject(id, c),
+            Command::Embed(c) => self.execute_embed(id, c),
             other => self.execute_word(id, other),
         }
     }

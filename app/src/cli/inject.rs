@@ -1,0 +1,529 @@
+//! `neoscope inject run|resume|report|demo|generate` (vocabulary injection) and
+//! `neoscope embed project|neighbors` (the embedding space).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use neoscope_engine::api::{Command, Event, JobResult};
+use neoscope_engine::embed::project::{BaseSelection, Method, PointKind};
+use neoscope_engine::embed::tsne::TsneConfig;
+use neoscope_engine::inject::init::InitKind;
+use neoscope_engine::inject::lexicon::parse_morphemes;
+use neoscope_engine::inject::messages::{
+    EmbedCommand, EmbedResult, InjectCommand, InjectResult, TextSource,
+};
+use neoscope_engine::inject::report::GeometryReport;
+use neoscope_engine::inject::synth;
+use neoscope_engine::inject::train::{InjectConfig, InjectEvent};
+use neoscope_engine::worker::EngineHandle;
+use serde_json::json;
+
+use super::{call_with, emit};
+
+/// Injection subcommands.
+#[derive(Debug, Subcommand)]
+pub enum InjectCmd {
+    /// Inject a lexicon, train the new rows on a corpus, write checkpoints and the report.
+    Run(RunArgs),
+    /// Continue a stopped run from its latest checkpoint.
+    Resume {
+        /// Run folder.
+        dir: PathBuf,
+        /// Train to this many steps in all (default: the run's setting).
+        #[arg(long)]
+        steps: Option<usize>,
+    },
+    /// (Re)write `report.json` and `report.html` of a run.
+    Report {
+        /// Run folder.
+        dir: PathBuf,
+    },
+    /// The shipped demo: 2,000+ invented forms, compositional init, a few minutes of training.
+    Demo {
+        /// Run folder (default: `neoscope-runs/inject-demo-<time>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Optimiser steps.
+        #[arg(long, default_value_t = DEMO_STEPS)]
+        steps: usize,
+    },
+    /// Generate a synthetic lexicon and corpus from a morpheme table and roots (no model).
+    Generate {
+        /// Morpheme table (default: the shipped one).
+        #[arg(long)]
+        morphemes: Option<PathBuf>,
+        /// Roots, one per line (default: the shipped ones).
+        #[arg(long)]
+        roots: Option<PathBuf>,
+        /// Forms to make.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Sentences per form.
+        #[arg(long, default_value_t = 2)]
+        sentences: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Folder for `lexicon.txt` and `corpus.txt`.
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+}
+
+/// Steps of the shipped demo.
+pub const DEMO_STEPS: usize = 64;
+
+/// Initialisation on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InitArg {
+    /// From the longest prefix/suffix and the root (needs `--morphemes`).
+    Compositional,
+    /// Random direction, radius 1.5 · std · √d.
+    Spherical,
+}
+
+/// `inject run` options.
+#[derive(Debug, ClapArgs)]
+pub struct RunArgs {
+    /// Lexicon: one form per line.
+    #[arg(long)]
+    pub lexicon: PathBuf,
+    /// Morpheme table CSV (`type,morpheme,examples…`).
+    #[arg(long)]
+    pub morphemes: Option<PathBuf>,
+    /// Corpus text files (repeatable).
+    #[arg(long = "corpus", required = true)]
+    pub corpus: Vec<PathBuf>,
+    /// Run folder (created; must not hold a run).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Initialisation.
+    #[arg(long, value_enum, default_value_t = InitArg::Compositional)]
+    pub init: InitArg,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 60)]
+    pub steps: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-2)]
+    pub lr: f64,
+    /// Tokens per block.
+    #[arg(long, default_value_t = 64)]
+    pub block_len: usize,
+    /// Blocks per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub micro_batch: usize,
+    /// Gradient accumulation (forward passes per step).
+    #[arg(long, default_value_t = 2)]
+    pub accum: usize,
+    /// Validate every N steps.
+    #[arg(long, default_value_t = 20)]
+    pub eval_every: usize,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub checkpoint_every: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Lazy Adam: update only rows that occur in a step's blocks.
+    #[arg(long)]
+    pub lazy: bool,
+    /// Adam's epsilon.
+    #[arg(long, default_value_t = 1e-4)]
+    pub adam_eps: f64,
+}
+
+/// Embedding-space subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EmbedCmd {
+    /// 2-D projection of the vocabulary (and an injection run's new rows) as CSV.
+    Project {
+        /// Method.
+        #[arg(long, value_enum, default_value_t = MethodArg::Pca)]
+        method: MethodArg,
+        /// Use a seeded sample of this many base tokens (default: all of them).
+        #[arg(long)]
+        sample: Option<usize>,
+        /// Only base tokens containing this text.
+        #[arg(long, conflicts_with = "sample")]
+        containing: Option<String>,
+        /// Include the new rows of this injection run.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// t-SNE perplexity.
+        #[arg(long, default_value_t = 30.0)]
+        perplexity: f32,
+        /// t-SNE iterations.
+        #[arg(long, default_value_t = 750)]
+        epochs: usize,
+        /// CSV output (id,kind,label,x,y).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Nearest tokens by cosine over the whole vocabulary (and a run's new rows).
+    Neighbors {
+        /// A token, form, `#id`, or arithmetic (`king - man + woman`).
+        query: String,
+        /// How many.
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// Include the new rows of this injection run.
+        #[arg(long)]
+        run: Option<PathBuf>,
+    },
+}
+
+/// Projection method on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MethodArg {
+    /// Principal components.
+    Pca,
+    /// t-SNE.
+    Tsne,
+}
+
+fn read(path: &Path) -> Result<TextSource> {
+    Ok(TextSource {
+        name: path.display().to_string(),
+        text: std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?,
+    })
+}
+
+/// Live training lines on stderr.
+fn show(ev: &Event) {
+    match ev {
+        Event::InjectStep {
+            event:
+                InjectEvent::Step {
+                    step,
+                    total,
+                    loss,
+                    lr,
+                },
+            ..
+        } => eprintln!("step {step:>4}/{total}  loss {loss:.4}  lr {lr:.2e}"),
+        Event::InjectStep {
+            event: InjectEvent::Val { step, loss },
+            ..
+        } => eprintln!("validation after step {step}: {loss:.4}"),
+        other => super::progress_to_stderr(other),
+    }
+}
+
+fn inject_call(engine: &mut EngineHandle, cmd: InjectCommand) -> Result<InjectResult> {
+    match call_with(engine, Command::Inject(cmd), &mut show)? {
+        JobResult::Inject(r) => Ok(*r),
+        _ => bail!("unexpected engine reply"),
+    }
+}
+
+fn report(engine: &mut EngineHandle, dir: Option<PathBuf>) -> Result<(PathBuf, GeometryReport)> {
+    match inject_call(engine, InjectCommand::Report { dir })? {
+        InjectResult::Report { html, report } => Ok((html, *report)),
+        _ => bail!("unexpected engine reply"),
+    }
+}
+
+fn summary(r: &GeometryReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} new rows ({} forms already single tokens), {} steps",
+        r.n_new, r.n_known, r.steps
+    );
+    if let (Some(a), Some(b)) = (r.val.first(), r.val.last()) {
+        let _ = writeln!(
+            s,
+            "validation loss {:.4} (step {}) -> {:.4} (step {})",
+            a.1, a.0, b.1, b.0
+        );
+    }
+    let n = &r.norms;
+    let _ = writeln!(
+        s,
+        "norms: base {:.3} ± {:.3}, new {:.3} ± {:.3}; Welch t {:.2} (p {:.2e}), Mann-Whitney p {:.2e}, Cohen's d {:.2}",
+        n.base.mean,
+        n.base.std,
+        n.new.mean,
+        n.new.std,
+        n.welch.statistic,
+        n.welch.p_value,
+        n.mann_whitney.p_value,
+        n.cohen_d
+    );
+    let _ = writeln!(
+        s,
+        "isotropy (Mu et al.): base {:.3e}, new {:.3e} (initial {:.3e})",
+        r.isotropy.base, r.isotropy.new, r.isotropy.new_initial
+    );
+    let _ = writeln!(
+        s,
+        "drift cos(initial, trained): mean {:.4}, min {:.4}; base rows unchanged: {}",
+        r.drift.new.mean, r.drift.new.min, r.drift.base_identical
+    );
+    let _ = writeln!(
+        s,
+        "PCA dims for 90/95%: base {}/{}, new {}/{}",
+        r.pca.base_90, r.pca.base_95, r.pca.new_90, r.pca.new_95
+    );
+    let p = &r.pairwise;
+    let _ = write!(
+        s,
+        "pairwise cosine means: base-base {:.3}, new-new {:.3}, base-new {:.3}; KS bb/nn D {:.3} (p {:.2e})",
+        p.base_base.mean, p.new_new.mean, p.base_new.mean, p.ks_bb_nn.statistic, p.ks_bb_nn.p_value
+    );
+    s
+}
+
+fn train_and_report(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCommand) -> Result<()> {
+    let InjectResult::Run {
+        dir, stopped, step, ..
+    } = inject_call(engine, cmd)?
+    else {
+        bail!("unexpected engine reply");
+    };
+    let (html, r) = report(engine, None)?;
+    emit(
+        json_mode,
+        &json!({"dir": dir, "stopped": stopped, "step": step, "report_html": html, "report": r}),
+        &format!(
+            "{}\nrun: {}\nreport: {}",
+            summary(&r),
+            dir.display(),
+            html.display()
+        ),
+    )
+}
+
+/// Runs `inject generate` (needs no model).
+pub fn generate(json_mode: bool, cmd: &InjectCmd) -> Result<bool> {
+    let InjectCmd::Generate {
+        morphemes,
+        roots,
+        count,
+        sentences,
+        seed,
+        out_dir,
+    } = cmd
+    else {
+        return Ok(false);
+    };
+    let mt = match morphemes {
+        Some(p) => read(p)?,
+        None => TextSource {
+            name: "shipped morphemes.csv".into(),
+            text: crate::assets::INJECT_MORPHEMES.into(),
+        },
+    };
+    let ms = parse_morphemes(&mt.text, &mt.name)?;
+    let rt = match roots {
+        Some(p) => read(p)?.text,
+        None => crate::assets::INJECT_ROOTS.to_owned(),
+    };
+    let roots: Vec<String> = rt
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    let forms = synth::forms(&ms, &roots, *count, *seed)?;
+    let lines = synth::sentences(&forms, *sentences, *seed);
+    std::fs::create_dir_all(out_dir)?;
+    let lex: String = forms.iter().map(|(f, _)| format!("{f}\n")).collect();
+    let corpus: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    neoscope_engine::words::file::write_atomic(&out_dir.join("lexicon.txt"), lex.as_bytes())?;
+    neoscope_engine::words::file::write_atomic(&out_dir.join("corpus.txt"), corpus.as_bytes())?;
+    emit(
+        json_mode,
+        &json!({"forms": forms.len(), "sentences": lines.len(), "out_dir": out_dir}),
+        &format!(
+            "{} forms and {} sentences written to {}",
+            forms.len(),
+            lines.len(),
+            out_dir.display()
+        ),
+    )?;
+    Ok(true)
+}
+
+/// The demo's settings: the defaults with a step count that fits a few minutes on 2 cores.
+pub fn demo_config(steps: usize) -> InjectConfig {
+    InjectConfig {
+        steps,
+        eval_every: steps.div_ceil(2).max(1),
+        checkpoint_every: 10,
+        ..InjectConfig::default()
+    }
+}
+
+/// Runs an injection subcommand.
+pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result<()> {
+    match cmd {
+        InjectCmd::Run(a) => {
+            let config = InjectConfig {
+                init: match a.init {
+                    InitArg::Compositional => InitKind::default(),
+                    InitArg::Spherical => InitKind::Spherical,
+                },
+                seed: a.seed,
+                block_len: a.block_len,
+                lr: a.lr,
+                micro_batch: a.micro_batch,
+                accum: a.accum,
+                steps: a.steps,
+                eval_every: a.eval_every,
+                checkpoint_every: a.checkpoint_every,
+                lazy: a.lazy,
+                adam_eps: a.adam_eps,
+                ..InjectConfig::default()
+            };
+            let cmd = InjectCommand::Start {
+                lexicon: read(&a.lexicon)?,
+                morphemes: a.morphemes.as_deref().map(read).transpose()?,
+                corpus: a.corpus.iter().map(|p| read(p)).collect::<Result<_>>()?,
+                config,
+                dir: a.out,
+            };
+            train_and_report(engine, json_mode, cmd)
+        }
+        InjectCmd::Resume { dir, steps } => {
+            train_and_report(engine, json_mode, InjectCommand::Resume { dir, steps })
+        }
+        InjectCmd::Report { dir } => {
+            let (html, r) = report(engine, Some(dir))?;
+            emit(
+                json_mode,
+                &json!({"report_html": html, "report": r}),
+                &format!("{}\nreport: {}", summary(&r), html.display()),
+            )
+        }
+        InjectCmd::Demo { out, steps } => {
+            let out = out.unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                PathBuf::from("neoscope-runs").join(format!("inject-demo-{t}"))
+            });
+            let (lexicon, morphemes, corpus) = crate::assets::inject_demo();
+            let cmd = InjectCommand::Start {
+                lexicon,
+                morphemes: Some(morphemes),
+                corpus: vec![corpus],
+                config: demo_config(steps),
+                dir: out,
+            };
+            train_and_report(engine, json_mode, cmd)
+        }
+        InjectCmd::Generate { .. } => Ok(()),
+    }
+}
+
+fn embed_call(engine: &mut EngineHandle, cmd: EmbedCommand) -> Result<EmbedResult> {
+    match call_with(engine, Command::Embed(cmd), &mut super::progress_to_stderr)? {
+        JobResult::Embed(r) => Ok(*r),
+        _ => bail!("unexpected engine reply"),
+    }
+}
+
+fn open_run(engine: &mut EngineHandle, run: Option<PathBuf>) -> Result<()> {
+    if let Some(dir) = run {
+        inject_call(engine, InjectCommand::Open { dir })?;
+    }
+    Ok(())
+}
+
+fn kind_name(k: PointKind) -> &'static str {
+    match k {
+        PointKind::Base => "base",
+        PointKind::New => "new",
+        PointKind::Word => "word",
+    }
+}
+
+/// Runs an embedding-space subcommand.
+pub fn run_embed(engine: &mut EngineHandle, json_mode: bool, cmd: EmbedCmd) -> Result<()> {
+    match cmd {
+        EmbedCmd::Neighbors { query, k, run } => {
+            open_run(engine, run)?;
+            let EmbedResult::Neighbors { hits, .. } =
+                embed_call(engine, EmbedCommand::Neighbors { query, k })?
+            else {
+                bail!("unexpected engine reply");
+            };
+            let rows: Vec<String> = hits
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{:>6}  {:>7.4}  {:<4}  {:?}",
+                        h.id,
+                        h.cosine,
+                        kind_name(h.kind),
+                        h.text
+                    )
+                })
+                .collect();
+            emit(
+                json_mode,
+                &json!({"hits": hits}),
+                &format!("    id   cosine  kind  text\n{}", rows.join("\n")),
+            )
+        }
+        EmbedCmd::Project {
+            method,
+            sample,
+            containing,
+            run,
+            perplexity,
+            epochs,
+            out,
+        } => {
+            let include_new = run.is_some();
+            open_run(engine, run)?;
+            let base = match (sample, containing) {
+                (Some(n), _) => BaseSelection::Sample { n, seed: 0 },
+                (None, Some(s)) => BaseSelection::Containing(s),
+                (None, None) => BaseSelection::All,
+            };
+            let method = match method {
+                MethodArg::Pca => Method::Pca,
+                MethodArg::Tsne => Method::Tsne(TsneConfig { perplexity, epochs }),
+            };
+            let EmbedResult::Projection(p) = embed_call(
+                engine,
+                EmbedCommand::Project {
+                    base,
+                    include_new,
+                    method,
+                },
+            )?
+            else {
+                bail!("unexpected engine reply");
+            };
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(["id", "kind", "label", "x", "y"])?;
+            for i in 0..p.points.len() {
+                w.write_record([
+                    p.ids[i].to_string(),
+                    kind_name(p.kinds[i]).to_owned(),
+                    p.labels[i].clone(),
+                    p.points[i][0].to_string(),
+                    p.points[i][1].to_string(),
+                ])?;
+            }
+            let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+            neoscope_engine::words::file::write_atomic(&out, &bytes)?;
+            emit(
+                json_mode,
+                &json!({"method": p.method, "points": p.points.len(), "explained": p.explained, "out": out}),
+                &format!(
+                    "{}: {} points written to {}",
+                    p.method,
+                    p.points.len(),
+                    out.display()
+                ),
+            )
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The Embeddings panel: a 2-D projection (PCA or t-SNE) of the whole vocabulary with injected
+//! forms and trained words highlighted, hover labels, a search box that finds and centres a
+//! token, click-to-list nearest neighbours, and word arithmetic over base + new rows. The
+//! panel's own CPU time per frame is measured and shown (49k points stay interactive).
+
+use std::time::Instant;
+
+use egui::Color32;
+use egui_plot::{Plot, PlotBounds, PlotPoints, Points};
+use neoscope_engine::api::{Command, RequestId};
+use neoscope_engine::embed::project::{BaseSelection, Method, PointKind, Projection};
+use neoscope_engine::embed::tsne::TsneConfig;
+use neoscope_engine::inject::messages::{EmbedCommand, Hit};
+
+use super::{JobView, NeoApp, Owner};
+
+/// Which base rows the panel projects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseChoice {
+    /// All of them.
+    All,
+    /// A seeded sample.
+    Sample,
+    /// Those containing a text.
+    Containing,
+}
+
+/// State of the Embeddings panel.
+pub struct EmbedPanel {
+    /// t-SNE instead of PCA.
+    pub tsne: bool,
+    /// t-SNE settings.
+    pub tsne_cfg: TsneConfig,
+    /// Base rows.
+    pub base: BaseChoice,
+    /// Sample size.
+    pub sample: usize,
+    /// Filter text.
+    pub containing: String,
+    /// Include injected forms and words.
+    pub include_new: bool,
+    /// Running projection.
+    pub job: Option<JobView>,
+    /// The projection shown.
+    pub projection: Option<Projection>,
+    /// Search text.
+    pub search: String,
+    /// Index of the found/selected point.
+    pub selected: Option<usize>,
+    /// Centre the plot on the selection next frame.
+    pub centre: bool,
+    /// Arithmetic / neighbour query.
+    pub query: String,
+    /// Neighbour request in flight.
+    pub neighbors_running: Option<RequestId>,
+    /// Last neighbours: (query, hits).
+    pub neighbors: Option<(String, Vec<Hit>)>,
+    /// The panel's CPU time per frame (ms), smoothed.
+    pub frame_ms: f32,
+}
+
+impl Default for EmbedPanel {
+    fn default() -> Self {
+        Self {
+            tsne: false,
+            tsne_cfg: TsneConfig::default(),
+            base: BaseChoice::All,
+            sample: 5000,
+            containing: String::new(),
+            include_new: true,
+            job: None,
+            projection: None,
+            search: String::new(),
+            selected: None,
+            centre: false,
+            query: "king - man + woman".into(),
+            neighbors_running: None,
+            neighbors: None,
+            frame_ms: 0.0,
+        }
+    }
+}
+
+/// Asks for a projection with the panel's settings.
+pub fn project(app: &mut NeoApp) {
+    let p = &app.embed;
+    let base = match p.base {
+        BaseChoice::All => BaseSelection::All,
+        BaseChoice::Sample => BaseSelection::Sample {
+            n: p.sample,
+            seed: 0,
+        },
+        BaseChoice::Containing => BaseSelection::Containing(p.containing.clone()),
+    };
+    let method = if p.tsne {
+        Method::Tsne(p.tsne_cfg)
+    } else {
+        Method::Pca
+    };
+    let cmd = Command::Embed(EmbedCommand::Project {
+        base,
+        include_new: p.include_new,
+        method,
+    });
+    if let Some(id) = app.send(cmd, Owner::Embed) {
+        app.embed.job = Some(JobView {
+            id,
+            stage: "projecting".into(),
+            fraction: None,
+        });
+    }
+}
+
+/// Asks for the neighbours of `query` (a token `#id`, a form, a word or arithmetic).
+pub fn neighbors(app: &mut NeoApp, query: String) {
+    let cmd = Command::Embed(EmbedCommand::Neighbors { query, k: 12 });
+    app.embed.neighbors_running = app.send(cmd, Owner::EmbedNeighbors);
+}
+
+/// The query that looks up point `i` of the projection.
+fn point_query(p: &Projection, i: usize) -> String {
+    match p.kinds[i] {
+        PointKind::Word => p.labels[i].clone(),
+        _ => format!("#{}", p.ids[i]),
+    }
+}
+
+/// Finds the point whose label matches `text`: exact (ignoring surrounding spaces) first,
+/// then the shortest label containing it.
+pub fn find(p: &Projection, text: &str) -> Option<usize> {
+    let t = text.trim();
+    if t.is_empty() {
+        return None;
+    }
+    p.labels.iter().position(|l| l.trim() == t).or_else(|| {
+        p.labels
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains(t))
+            .min_by_key(|(i, l)| (l.len(), *i))
+            .map(|(i, _)| i)
+    })
+}
+
+/// Draws the Embeddings panel.
+pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let start = Instant::now();
+    ui.heading("Embedding space");
+    if app.model_info().is_none() {
+        ui.label("Load a model in the Model panel first.");
+        return;
+    }
+    controls(app, ui);
+    ui.separator();
+    if app.embed.projection.is_none() {
+        ui.weak("Project the vocabulary: PCA is instant; t-SNE shows neighbourhoods and takes minutes at the full vocabulary (a sample is quicker). Injected forms and trained words are highlighted.");
+    } else {
+        egui::Panel::right("embed_side")
+            .resizable(true)
+            .default_size(260.0)
+            .show(ui, |ui| side(app, ui));
+        egui::CentralPanel::default().show(ui, |ui| scatter(app, ui));
+    }
+    let ms = start.elapsed().as_secs_f32() * 1000.0;
+    app.embed.frame_ms = if app.embed.frame_ms == 0.0 {
+        ms
+    } else {
+        0.9 * app.embed.frame_ms + 0.1 * ms
+    };
+}
+
+fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let busy = app.embed.job.is_some();
+    ui.horizontal_wrapped(|ui| {
+        let p = &mut app.embed;
+        ui.selectable_value(&mut p.tsne, false, "PCA");
+        ui.selectable_value(&mut p.tsne, true, "t-SNE");
+        if p.tsne {
+            ui.add(
+                egui::DragValue::new(&mut p.tsne_cfg.perplexity)
+                    .range(2.0..=100.0)
+                    .prefix("perplexity "),
+            );
+            ui.add(
+                egui::DragValue::new(&mut p.tsne_cfg.epochs)
+                    .range(50..=5000)
+                    .prefix("iterations "),
+            );
+        }
+        ui.separator();
+        ui.label("base tokens:");
+        ui.selectable_value(&mut p.base, BaseChoice::All, "all");
+        ui.selectable_value(&mut p.base, BaseChoice::Sample, "sample");
+        ui.selectable_value(&mut p.base, BaseChoice::Containing, "containing");
+        match p.base {
+            BaseChoice::Sample => {
+                ui.add(
+                    egui::DragValue::new(&mut p.sample)
+                        .range(10..=200_000)
+                        .suffix(" tokens"),
+                )
+                .on_hover_text("A seeded uniform sample of the base vocabulary");
+            }
+            BaseChoice::Containing => {
+                ui.add(egui::TextEdit::singleline(&mut p.containing).desired_width(80.0));
+            }
+            BaseChoice::All => {}
+        }
+        ui.checkbox(&mut p.include_new, "new forms and words");
+        if ui
+            .add_enabled(!busy, egui::Button::new("Project"))
+            .clicked()
+        {
+            project(app);
+        }
+    });
+    if let Some(job) = app.embed.job.clone() {
+        ui.horizontal(|ui| {
+            if ui.button("Cancel").clicked() {
+                app.cancel(job.id);
+            }
+            ui.add(
+                egui::ProgressBar::new(job.fraction.unwrap_or(0.0))
+                    .text(job.stage)
+                    .desired_width(360.0),
+            );
+        });
+    }
+}
+
+const BASE: Color32 = Color32::from_rgb(120, 140, 170);
+const NEW: Color32 = Color32::from_rgb(235, 130, 40);
+const WORD: Color32 = Color32::from_rgb(210, 40, 60);
+
+fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let Some(p) = &app.embed.projection else {
+        return;
+    };
+    let (n_base, n_new) = (
+        p.kinds.iter().filter(|k| **k == PointKind::Base).count(),
+        p.kinds.iter().filter(|k| **k != PointKind::Base).count(),
+    );
+    ui.horizontal(|ui| {
+        ui.label(format!("{}: {n_base} base tokens, {n_new} new", p.method));
+        if let Some(e) = p.explained {
+            ui.weak(format!(
+                "(axes explain {:.1}% and {:.1}% of the variance)",
+                e[0] * 100.0,
+                e[1] * 100.0
+            ));
+        }
+        ui.weak(format!("panel {:.1} ms/frame", app.embed.frame_ms));
+    });
+    let pick = |k: PointKind| -> Vec<[f64; 2]> {
+        p.points
+            .iter()
+            .zip(&p.kinds)
+            .filter(|(_, kk)| **kk == k)
+            .map(|(q, _)| [f64::from(q[0]), f64::from(q[1])])
+            .collect()
+    };
+    // Hover labels: egui_plot reports the hovered point's index within its series.
+    let series_labels = |k: PointKind| -> Vec<String> {
+        p.labels
+            .iter()
+            .zip(&p.kinds)
+            .filter(|(_, kk)| **kk == k)
+            .map(|(l, _)| l.clone())
+            .collect()
+    };
+    let labels = [
+        ("base", series_labels(PointKind::Base)),
+        ("new forms", series_labels(PointKind::New)),
+        ("words", series_labels(PointKind::Word)),
+    ];
+    let selected = app.embed.selected;
+    let centre = std::mem::take(&mut app.embed.centre);
+    let sel_xy = selected
+        .and_then(|i| p.points.get(i))
+        .map(|q| [f64::from(q[0]), f64::from(q[1])]);
+    let resp = Plot::new("embed_scatter")
+        .data_aspect(1.0)
+        .legend(egui_plot::Legend::default())
+        .label_formatter(move |hover| match hover {
+            egui_plot::HoverPosition::NearDataPoint {
+                plot_name, index, ..
+            } => labels
+                .iter()
+                .find(|(n, _)| n == plot_name)
+                .and_then(|(_, l)| l.get(*index))
+                .map(|l| format!("{l:?}")),
+            egui_plot::HoverPosition::Elsewhere { .. } => None,
+        })
+        .show(ui, |plot| {
+            plot.points(
+                Points::new("base", PlotPoints::from(pick(PointKind::Base)))
+                    .radius(1.0)
+                    .color(BASE),
+            );
+            plot.points(
+                Points::new("new forms", PlotPoints::from(pick(PointKind::New)))
+                    .radius(2.0)
+                    .color(NEW),
+            );
+            plot.points(
+                Points::new("words", PlotPoints::from(pick(PointKind::Word)))
+                    .radius(5.0)
+                    .color(WORD),
+            );
+            if let Some(xy) = sel_xy {
+                plot.points(
+                    Points::new("selected", vec![xy])
+                        .radius(7.0)
+                        .filled(false)
+                        .color(Color32::BLACK),
+                );
+                if centre {
+                    let b = plot.plot_bounds();
+                    let (w, h) = (b.width() / 2.0, b.height() / 2.0);
+                    plot.set_plot_bounds(PlotBounds::from_min_max(
+                        [xy[0] - w, xy[1] - h],
+                        [xy[0] + w, xy[1] + h],
+                    ));
+                }
+            }
+            if plot.response().clicked() {
+                plot.pointer_coordinate()
+                    .map(|c| (c, plot.transform().dpos_dvalue()))
+            } else {
+                None
+            }
+        });
+    // A click selects the nearest point on screen and lists its neighbours.
+    if let Some((c, scale)) = resp.inner {
+        let nearest = p
+            .points
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let dx = (f64::from(q[0]) - c.x) * scale[0];
+                let dy = (f64::from(q[1]) - c.y) * scale[1];
+                (i, dx * dx + dy * dy)
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((i, d2)) = nearest
+            && d2 < 12.0 * 12.0
+        {
+            let q = point_query(p, i);
+            app.embed.selected = Some(i);
+            neighbors(app, q);
+        }
+    }
+}
+
+fn side(app: &mut NeoApp, ui: &mut egui::Ui) {
+    ui.strong("Find a token");
+    let find_now = ui
+        .horizontal(|ui| {
+            let r = ui.add(egui::TextEdit::singleline(&mut app.embed.search).desired_width(150.0));
+            let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            ui.button("Find").clicked() || enter
+        })
+        .inner;
+    if find_now && let Some(p) = &app.embed.projection {
+        match find(p, &app.embed.search) {
+            Some(i) => {
+                let q = point_query(p, i);
+                app.embed.selected = Some(i);
+                app.embed.centre = true;
+                neighbors(app, q);
+            }
+            None => app.notice = Some(format!("`{}` is not in this projection", app.embed.search)),
+        }
+    }
+    ui.add_space(6.0);
+    ui.strong("Word arithmetic");
+    let run = ui
+        .horizontal(|ui| {
+            let r = ui
+                .add(egui::TextEdit::singleline(&mut app.embed.query).desired_width(150.0))
+                .on_hover_text("Tokens, injected forms, trained words or #id, joined by + and -");
+            let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            ui.button("Nearest").clicked() || enter
+        })
+        .inner;
+    if run {
+        let q = app.embed.query.clone();
+        neighbors(app, q);
+    }
+    ui.separator();
+    if app.embed.neighbors_running.is_some() {
+        ui.spinner();
+    }
+    if let Some((q, hits)) = &app.embed.neighbors {
+        ui.label(format!("Nearest to {q}:"));
+        egui::Grid::new("embed_hits").striped(true).show(ui, |ui| {
+            for h in hits {
+                let text = format!("{:?}", h.text);
+                match h.kind {
+                    PointKind::Base => ui.label(text),
+                    _ => ui.colored_label(NEW, text),
+                };
+                ui.label(format!("{:.3}", h.cosine));
+                ui.end_row();
+            }
+        });
+    }
+}

@@ -1,0 +1,488 @@
+//! The Injection panel: choose a lexicon, morpheme table and corpus (or the shipped demo), see
+//! how many forms are new, train the new rows with live loss curves, cancel (a checkpoint is
+//! written) and resume, open a run, write and open the geometry report.
+
+use std::path::PathBuf;
+
+use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
+use neoscope_engine::api::Command;
+use neoscope_engine::inject::init::InitKind;
+use neoscope_engine::inject::messages::{InjectCommand, LexiconCounts, TextSource};
+use neoscope_engine::inject::report::GeometryReport;
+use neoscope_engine::inject::train::InjectConfig;
+
+use super::dialogs::{Mode, Pending};
+use super::{JobView, NeoApp, Owner};
+
+/// What a file dialog of this panel is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectFile {
+    /// The lexicon.
+    Lexicon,
+    /// The morpheme table.
+    Morphemes,
+    /// A corpus file.
+    Corpus,
+    /// A run's `run.json`.
+    OpenRun,
+}
+
+/// State of the Injection panel.
+pub struct InjectPanel {
+    /// Lexicon file (None: the shipped demo's).
+    pub lexicon: Option<PathBuf>,
+    /// Morpheme table (None: the shipped one).
+    pub morphemes: Option<PathBuf>,
+    /// Corpus files (empty: the shipped demo corpus).
+    pub corpus: Vec<PathBuf>,
+    /// Settings.
+    pub config: InjectConfig,
+    /// Run folder.
+    pub dir: String,
+    /// Counts of the chosen inputs.
+    pub counts: Option<LexiconCounts>,
+    /// Running job.
+    pub job: Option<JobView>,
+    /// Live training losses (step, loss).
+    pub losses: Vec<(usize, f32)>,
+    /// Validation points.
+    pub val: Vec<(usize, f32)>,
+    /// Steps planned.
+    pub steps: usize,
+    /// The run last trained or opened.
+    pub run: Option<PathBuf>,
+    /// Last status line.
+    pub status: Option<String>,
+    /// Last report and its HTML file.
+    pub report: Option<(PathBuf, Box<GeometryReport>)>,
+    /// File dialog in flight.
+    pub dialog: Option<Pending<InjectFile>>,
+}
+
+impl Default for InjectPanel {
+    fn default() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            lexicon: None,
+            morphemes: None,
+            corpus: Vec::new(),
+            config: crate::cli::inject::demo_config(crate::cli::inject::DEMO_STEPS),
+            dir: format!("neoscope-runs/inject-{t}"),
+            counts: None,
+            job: None,
+            losses: Vec::new(),
+            val: Vec::new(),
+            steps: 0,
+            run: None,
+            status: None,
+            report: None,
+            dialog: None,
+        }
+    }
+}
+
+fn read(p: &std::path::Path) -> Result<TextSource, String> {
+    std::fs::read_to_string(p)
+        .map(|text| TextSource {
+            name: p.display().to_string(),
+            text,
+        })
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// The chosen inputs (shipped demo files where none was chosen).
+#[expect(clippy::type_complexity, reason = "three named inputs")]
+fn inputs(p: &InjectPanel) -> Result<(TextSource, Option<TextSource>, Vec<TextSource>), String> {
+    let (lex, morph, corpus) = crate::assets::inject_demo();
+    let lexicon = p.lexicon.as_deref().map_or(Ok(lex), read)?;
+    let morphemes = match (&p.morphemes, p.config.init) {
+        (Some(m), _) => Some(read(m)?),
+        (None, InitKind::Compositional { .. }) => Some(morph),
+        (None, InitKind::Spherical) => None,
+    };
+    let corpus = if p.corpus.is_empty() {
+        vec![corpus]
+    } else {
+        p.corpus.iter().map(|c| read(c)).collect::<Result<_, _>>()?
+    };
+    Ok((lexicon, morphemes, corpus))
+}
+
+fn send_job(app: &mut NeoApp, c: InjectCommand, stage: &str) {
+    if let Some(id) = app.send(Command::Inject(c), Owner::Inject) {
+        app.inject.job = Some(JobView {
+            id,
+            stage: stage.into(),
+            fraction: None,
+        });
+    }
+}
+
+/// Counts new vs known forms of the chosen inputs.
+pub fn inspect(app: &mut NeoApp) {
+    match inputs(&app.inject) {
+        Ok((lexicon, morphemes, corpus)) => send_job(
+            app,
+            InjectCommand::Inspect {
+                lexicon,
+                morphemes,
+                corpus,
+            },
+            "counting",
+        ),
+        Err(e) => app.error = Some(e),
+    }
+}
+
+/// Starts a run with the panel's settings.
+pub fn start(app: &mut NeoApp) {
+    match inputs(&app.inject) {
+        Ok((lexicon, morphemes, corpus)) => {
+            app.inject.losses.clear();
+            app.inject.val.clear();
+            app.inject.steps = app.inject.config.steps;
+            let c = InjectCommand::Start {
+                lexicon,
+                morphemes,
+                corpus,
+                config: app.inject.config.clone(),
+                dir: PathBuf::from(&app.inject.dir),
+            };
+            send_job(app, c, "starting");
+        }
+        Err(e) => app.error = Some(e),
+    }
+}
+
+fn handle_dialog(app: &mut NeoApp) {
+    let Some(d) = &app.inject.dialog else { return };
+    let Some(answer) = d.poll() else { return };
+    let what = d.purpose;
+    app.inject.dialog = None;
+    let Some(path) = answer else { return };
+    match what {
+        InjectFile::Lexicon => app.inject.lexicon = Some(path),
+        InjectFile::Morphemes => app.inject.morphemes = Some(path),
+        InjectFile::Corpus => app.inject.corpus.push(path),
+        InjectFile::OpenRun => {
+            let dir = path
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            app.inject.dir = dir.display().to_string();
+            send_job(app, InjectCommand::Open { dir }, "opening");
+        }
+    }
+    app.inject.counts = None;
+}
+
+fn dialog(app: &mut NeoApp, what: InjectFile) {
+    let (title, filter): (&str, (&str, &[&str])) = match what {
+        InjectFile::Lexicon => ("Choose a lexicon (one form per line)", ("Text", &["txt"])),
+        InjectFile::Morphemes => ("Choose a morpheme table", ("CSV", &["csv"])),
+        InjectFile::Corpus => ("Add a corpus file", ("Text", &["txt", "md"])),
+        InjectFile::OpenRun => ("Open an injection run (run.json)", ("Run", &["json"])),
+    };
+    app.inject.dialog = Some(Pending::new(what, Mode::Open, title, filter, ""));
+}
+
+fn name(p: Option<&PathBuf>, shipped: &str) -> String {
+    p.and_then(|p| p.file_name())
+        .map_or_else(|| shipped.to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Draws the Injection panel.
+pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
+    handle_dialog(app);
+    ui.heading("Vocabulary injection");
+    if app.model_info().is_none() {
+        ui.label("Load a model in the Model panel first.");
+        return;
+    }
+    inputs_row(app, ui);
+    settings_row(app, ui);
+    ui.separator();
+    ui.columns(2, |cols| {
+        curves(app, &mut cols[0]);
+        report_view(app, &mut cols[1]);
+    });
+}
+
+fn inputs_row(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let busy = app.inject.job.is_some();
+    ui.horizontal_wrapped(|ui| {
+        ui.strong("1. Inputs");
+        let p = &app.inject;
+        let lex = name(p.lexicon.as_ref(), "demo lexicon");
+        let mor = name(p.morphemes.as_ref(), "demo morphemes");
+        let cor = if p.corpus.is_empty() {
+            "demo corpus".to_owned()
+        } else {
+            format!("{} corpus file(s)", p.corpus.len())
+        };
+        if ui.button(format!("Lexicon: {lex}…")).clicked() {
+            dialog(app, InjectFile::Lexicon);
+        }
+        if ui.button(format!("Morphemes: {mor}…")).clicked() {
+            dialog(app, InjectFile::Morphemes);
+        }
+        if ui.button(format!("Corpus: {cor} (add…)")).clicked() {
+            dialog(app, InjectFile::Corpus);
+        }
+        if (app.inject.lexicon.is_some()
+            || app.inject.morphemes.is_some()
+            || !app.inject.corpus.is_empty())
+            && ui.small_button("use the shipped demo").clicked()
+        {
+            let keep = std::mem::take(&mut app.inject.dir);
+            app.inject = InjectPanel {
+                dir: keep,
+                ..InjectPanel::default()
+            };
+        }
+        if ui.add_enabled(!busy, egui::Button::new("Count")).clicked() {
+            inspect(app);
+        }
+    });
+    if let Some(c) = &app.inject.counts {
+        let morph = c.morphemes.map_or(String::new(), |(p, s)| {
+            format!("; {p} prefixes, {s} suffixes")
+        });
+        ui.label(format!(
+            "{} forms: {} new, {} already single tokens (e.g. {}){morph}. Corpus: {} tokens, {} uses of new forms, {} of {} new forms occur.",
+            c.forms,
+            c.new,
+            c.known,
+            c.known_examples.join(", "),
+            c.corpus_tokens,
+            c.corpus_new_tokens,
+            c.forms_in_corpus,
+            c.new
+        ));
+    }
+}
+
+fn settings_row(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let busy = app.inject.job.is_some();
+    ui.horizontal_wrapped(|ui| {
+        let p = &mut app.inject;
+        ui.strong("2. Train");
+        let comp = matches!(p.config.init, InitKind::Compositional { .. });
+        if ui.selectable_label(comp, "compositional").clicked() {
+            p.config.init = InitKind::default();
+        }
+        if ui.selectable_label(!comp, "spherical").clicked() {
+            p.config.init = InitKind::Spherical;
+        }
+        let c = &mut p.config;
+        ui.add(
+            egui::DragValue::new(&mut c.steps)
+                .range(1..=100_000)
+                .prefix("steps "),
+        );
+        ui.add(
+            egui::DragValue::new(&mut c.lr)
+                .range(1e-5..=1.0)
+                .speed(0.0005)
+                .prefix("lr "),
+        );
+        ui.add(
+            egui::DragValue::new(&mut c.block_len)
+                .range(8..=2048)
+                .prefix("block "),
+        );
+        ui.add(
+            egui::DragValue::new(&mut c.micro_batch)
+                .range(1..=64)
+                .prefix("batch "),
+        );
+        ui.add(
+            egui::DragValue::new(&mut c.accum)
+                .range(1..=64)
+                .prefix("accum "),
+        )
+        .on_hover_text("Gradient accumulation: forward passes per optimiser step");
+        ui.add(
+            egui::DragValue::new(&mut c.eval_every)
+                .range(1..=100_000)
+                .prefix("validate every "),
+        );
+        ui.add(
+            egui::DragValue::new(&mut c.checkpoint_every)
+                .range(1..=100_000)
+                .prefix("checkpoint every "),
+        );
+        ui.label("run folder");
+        ui.add(egui::TextEdit::singleline(&mut p.dir).desired_width(200.0));
+    });
+    ui.horizontal(|ui| {
+        if ui.add_enabled(!busy, egui::Button::new("Train")).clicked() {
+            start(app);
+        }
+        let run = app.inject.run.clone();
+        if ui
+            .add_enabled(!busy && run.is_some(), egui::Button::new("Resume"))
+            .on_hover_text("Continue the run from its latest checkpoint")
+            .clicked()
+            && let Some(dir) = run
+        {
+            app.inject.steps = app.inject.config.steps;
+            let steps = Some(app.inject.config.steps);
+            send_job(app, InjectCommand::Resume { dir, steps }, "resuming");
+        }
+        if ui
+            .add_enabled(!busy, egui::Button::new("Open run…"))
+            .clicked()
+        {
+            dialog(app, InjectFile::OpenRun);
+        }
+        if ui
+            .add_enabled(
+                !busy && app.inject.run.is_some(),
+                egui::Button::new("Write report"),
+            )
+            .clicked()
+        {
+            send_job(app, InjectCommand::Report { dir: None }, "report");
+        }
+        if let Some(job) = app.inject.job.clone() {
+            if ui.button("Cancel").clicked() {
+                app.cancel(job.id);
+            }
+            let step = app.inject.losses.last().map_or(0, |l| l.0);
+            let f = job.fraction.unwrap_or_else(|| {
+                #[expect(clippy::cast_precision_loss, reason = "progress")]
+                let f = step as f32 / app.inject.steps.max(1) as f32;
+                f
+            });
+            ui.add(
+                egui::ProgressBar::new(f)
+                    .text(job.stage)
+                    .desired_width(320.0),
+            );
+        } else if let Some(s) = &app.inject.status {
+            ui.label(s);
+        }
+    });
+}
+
+fn curves(app: &NeoApp, ui: &mut egui::Ui) {
+    let p = &app.inject;
+    ui.strong("Loss");
+    if p.losses.is_empty() && p.val.is_empty() {
+        ui.weak("Training and validation loss appear here as the run goes.");
+        return;
+    }
+    #[expect(clippy::cast_precision_loss, reason = "steps")]
+    let pts = |v: &[(usize, f32)]| -> Vec<[f64; 2]> {
+        v.iter().map(|(s, l)| [*s as f64, f64::from(*l)]).collect()
+    };
+    Plot::new("inject_loss")
+        .height(220.0)
+        .legend(Legend::default())
+        .x_axis_label("step")
+        .y_axis_label("loss (nats/token)")
+        .show(ui, |plot| {
+            plot.line(Line::new("train", PlotPoints::from(pts(&p.losses))));
+            plot.line(Line::new("validation", PlotPoints::from(pts(&p.val))));
+            plot.points(Points::new("validation points", pts(&p.val)).radius(3.0));
+        });
+    if let (Some(a), Some(b)) = (p.val.first(), p.val.last()) {
+        ui.label(format!(
+            "Validation loss {:.4} (step {}) → {:.4} (step {})",
+            a.1, a.0, b.1, b.0
+        ));
+    }
+}
+
+fn report_view(app: &mut NeoApp, ui: &mut egui::Ui) {
+    ui.strong("Geometry report");
+    let Some((html, r)) = &app.inject.report else {
+        ui.weak("Write the report after training: norms, isotropy, drift, neighbours, PCA dimensions, pairwise cosines.");
+        return;
+    };
+    let html = html.clone();
+    egui::Grid::new("inject_report")
+        .striped(true)
+        .show(ui, |ui| {
+            let n = &r.norms;
+            ui.label("norm base / new");
+            ui.label(format!("{:.3} / {:.3}", n.base.mean, n.new.mean));
+            ui.end_row();
+            ui.label("Welch t (p)");
+            ui.label(format!(
+                "{:.2} ({:.2e})",
+                n.welch.statistic, n.welch.p_value
+            ));
+            ui.end_row();
+            ui.label("Mann-Whitney U (p)");
+            ui.label(format!(
+                "{:.0} ({:.2e})",
+                n.mann_whitney.statistic, n.mann_whitney.p_value
+            ));
+            ui.end_row();
+            ui.label("Cohen's d");
+            ui.label(format!("{:.3}", n.cohen_d));
+            ui.end_row();
+            ui.label("isotropy (Mu et al.) base / new");
+            ui.label(format!("{:.2e} / {:.2e}", r.isotropy.base, r.isotropy.new));
+            ui.end_row();
+            ui.label("drift cos mean (min)");
+            ui.label(format!("{:.3} ({:.3})", r.drift.new.mean, r.drift.new.min));
+            ui.end_row();
+            ui.label("base rows unchanged");
+            ui.label(if r.drift.base_identical { "yes" } else { "NO" });
+            ui.end_row();
+            ui.label("PCA dims 90/95% base");
+            ui.label(format!("{} / {}", r.pca.base_90, r.pca.base_95));
+            ui.end_row();
+            ui.label("PCA dims 90/95% new");
+            ui.label(format!("{} / {}", r.pca.new_90, r.pca.new_95));
+            ui.end_row();
+            let pw = &r.pairwise;
+            ui.label("cosine bb / nn / bn");
+            ui.label(format!(
+                "{:.3} / {:.3} / {:.3}",
+                pw.base_base.mean, pw.new_new.mean, pw.base_new.mean
+            ));
+            ui.end_row();
+            ui.label("KS bb vs nn (p)");
+            ui.label(format!(
+                "{:.3} ({:.2e})",
+                pw.ks_bb_nn.statistic, pw.ks_bb_nn.p_value
+            ));
+            ui.end_row();
+        });
+    if let Some(nb) = r.neighbors.first() {
+        let list = |v: &[(String, f32)]| {
+            v.iter()
+                .map(|(t, _)| t.trim().to_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        ui.label(format!(
+            "{}: before {} · after {}",
+            nb.form,
+            list(&nb.before),
+            list(&nb.after)
+        ));
+    }
+    ui.horizontal(|ui| {
+        ui.weak(html.display().to_string());
+        if ui.button("Open report").clicked() {
+            let opener = if cfg!(target_os = "macos") {
+                "open"
+            } else {
+                "xdg-open"
+            };
+            if let Err(e) = std::process::Command::new(opener).arg(&html).spawn() {
+                app.error = Some(format!(
+                    "could not open {}: {e}; open it in a browser",
+                    html.display()
+                ));
+            }
+        }
+    });
+}

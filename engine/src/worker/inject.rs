@@ -1,0 +1,366 @@
+//! The engine thread's injection and embedding-space commands. The open injection run (its
+//! session and current rows) stays here, so projections and neighbour searches include the new
+//! rows next to the base vocabulary.
+
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+
+use super::Worker;
+use crate::api::{Event, JobResult, RequestId};
+use crate::embed::neighbors::CosineIndex;
+use crate::embed::project::{PointKind, PointSet, project};
+use crate::error::{EngineError, Result};
+use crate::inject::lexicon::{Affix, parse_lexicon, parse_morphemes, sort_forms};
+use crate::inject::messages::{
+    EmbedCommand, EmbedResult, Hit, InjectCommand, InjectResult, LexiconCounts, TextSource,
+};
+use crate::inject::report;
+use crate::inject::session::{self, Inputs, Session};
+use crate::inject::train::{InjectEvent, Stopped, TrainState};
+use crate::inject::vocab::NewVocab;
+use crate::words::analysis::{arithmetic_with, term_vector};
+
+/// The open injection run.
+pub(super) struct OpenRun {
+    dir: PathBuf,
+    session: Session,
+    state: TrainState,
+}
+
+/// What the engine thread holds for the embedding space.
+#[derive(Default)]
+pub(super) struct InjectState {
+    run: Option<OpenRun>,
+    /// Search index over base + new rows, rebuilt when the rows change.
+    index: Option<CosineIndex>,
+}
+
+fn joined(corpus: &[TextSource]) -> String {
+    corpus
+        .iter()
+        .map(|c| c.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+impl Worker {
+    fn inputs(
+        lexicon: &TextSource,
+        morphemes: Option<&TextSource>,
+        corpus: &[TextSource],
+    ) -> Result<Inputs> {
+        let mut sources = vec![format!("lexicon: {}", lexicon.name)];
+        let morphemes = match morphemes {
+            Some(t) => {
+                sources.push(format!("morphemes: {}", t.name));
+                parse_morphemes(&t.text, &t.name)?
+            }
+            None => Vec::new(),
+        };
+        sources.extend(corpus.iter().map(|c| format!("corpus: {}", c.name)));
+        if corpus.iter().all(|c| c.text.trim().is_empty()) {
+            return Err(EngineError::Invalid(
+                "the corpus is empty: add a text file".into(),
+            ));
+        }
+        Ok(Inputs {
+            forms: parse_lexicon(&lexicon.text, &lexicon.name)?,
+            morphemes,
+            corpus: joined(corpus),
+            sources,
+        })
+    }
+
+    fn train_run(
+        &mut self,
+        id: RequestId,
+        dir: PathBuf,
+        session: Session,
+        mut state: TrainState,
+        steps: Option<usize>,
+    ) -> Result<JobResult> {
+        self.inject = InjectState::default();
+        let m = self.model()?;
+        let stopped = session.train(m, &dir, &mut state, steps, &mut |ev| {
+            match ev {
+                InjectEvent::Evaluating(f) => self.send(Event::Progress {
+                    id,
+                    stage: "validation".into(),
+                    fraction: Some(f),
+                }),
+                other => self.send(Event::InjectStep { id, event: other }),
+            }
+            !self.cancelled(id)
+        })?;
+        Ok(self.keep_run(dir, session, state, Some(stopped), steps))
+    }
+
+    fn keep_run(
+        &mut self,
+        dir: PathBuf,
+        session: Session,
+        state: TrainState,
+        stopped: Option<Stopped>,
+        steps: Option<usize>,
+    ) -> JobResult {
+        let res = InjectResult::Run {
+            dir: dir.clone(),
+            stopped,
+            step: state.step,
+            steps: steps.unwrap_or(session.meta.config.steps),
+            forms: session.vocab.len(),
+            losses: state.losses.clone(),
+            val: state.val.clone(),
+        };
+        self.inject = InjectState {
+            run: Some(OpenRun {
+                dir,
+                session,
+                state,
+            }),
+            index: None,
+        };
+        JobResult::Inject(Box::new(res))
+    }
+
+    pub(super) fn execute_inject(
+        &mut self,
+        id: RequestId,
+        cmd: InjectCommand,
+    ) -> Result<JobResult> {
+        match cmd {
+            InjectCommand::Inspect {
+                lexicon,
+                morphemes,
+                corpus,
+            } => {
+                let m = self.model()?;
+                let inputs = Self::inputs(&lexicon, morphemes.as_ref(), &corpus)?;
+                let sorted = sort_forms(&m.tokenizer, &inputs.forms)?;
+                let vocab = NewVocab::new(sorted.new.clone(), m.llama.cfg.vocab_size);
+                let ids = vocab.encode(m, &inputs.corpus)?;
+                let mut seen = vec![false; vocab.len()];
+                let mut uses = 0;
+                for t in &ids {
+                    if let Some(i) = (*t as usize).checked_sub(vocab.base) {
+                        seen[i] = true;
+                        uses += 1;
+                    }
+                }
+                let morphemes = morphemes.map(|_| {
+                    let p = inputs
+                        .morphemes
+                        .iter()
+                        .filter(|m| m.affix == Affix::Prefix)
+                        .count();
+                    (p, inputs.morphemes.len() - p)
+                });
+                Ok(JobResult::Inject(Box::new(InjectResult::Counts(
+                    LexiconCounts {
+                        forms: inputs.forms.len(),
+                        new: sorted.new.len(),
+                        known: sorted.known.len(),
+                        known_examples: sorted.known.iter().take(8).cloned().collect(),
+                        new_examples: sorted.new.iter().take(8).cloned().collect(),
+                        morphemes,
+                        corpus_tokens: ids.len(),
+                        corpus_new_tokens: uses,
+                        forms_in_corpus: seen.iter().filter(|s| **s).count(),
+                    },
+                ))))
+            }
+            InjectCommand::Start {
+                lexicon,
+                morphemes,
+                corpus,
+                config,
+                dir,
+            } => {
+                let inputs = Self::inputs(&lexicon, morphemes.as_ref(), &corpus)?;
+                self.send(Event::Progress {
+                    id,
+                    stage: "initialising new rows".into(),
+                    fraction: None,
+                });
+                let session = session::start(self.model()?, &inputs, &config, &dir)?;
+                let state = TrainState::new(session.init.clone())?;
+                self.train_run(id, dir, session, state, None)
+            }
+            InjectCommand::Resume { dir, steps } => {
+                let m = self.model()?;
+                let session = session::open(m, &dir)?;
+                let state = session.state(&dir)?;
+                self.train_run(id, dir, session, state, steps)
+            }
+            InjectCommand::Open { dir } => {
+                let m = self.model()?;
+                let session = session::open(m, &dir)?;
+                let state = session.state(&dir)?;
+                Ok(self.keep_run(dir, session, state, None, None))
+            }
+            InjectCommand::Report { dir } => {
+                if let Some(d) = dir {
+                    let m = self.model()?;
+                    let session = session::open(m, &d)?;
+                    let state = session.state(&d)?;
+                    self.keep_run(d, session, state, None, None);
+                }
+                let run = self.inject.run.as_ref().ok_or_else(|| {
+                    EngineError::Invalid("no injection run is open: start or open one".into())
+                })?;
+                let m = self.model()?;
+                let r = report::compute(
+                    m,
+                    &run.session,
+                    &run.state,
+                    &run.session.meta.base_rows_sha256,
+                    &mut |stage, f| {
+                        self.send(Event::Progress {
+                            id,
+                            stage: format!("report: {stage}"),
+                            fraction: Some(f),
+                        });
+                    },
+                )?;
+                let html = report::write(&run.dir, &r)?;
+                Ok(JobResult::Inject(Box::new(InjectResult::Report {
+                    html,
+                    report: Box::new(r),
+                })))
+            }
+        }
+    }
+
+    /// Base rows followed by the open run's new rows.
+    fn all_rows(&self) -> Result<Tensor> {
+        let m = self.model()?;
+        Ok(match &self.inject.run {
+            Some(r) => Tensor::cat(&[&m.llama.embed, &r.state.rows], 0)?,
+            None => m.llama.embed.clone(),
+        })
+    }
+
+    fn term(&self, t: &str) -> Result<Vec<f32>> {
+        let m = self.model()?;
+        if let Some(id) = t.strip_prefix('#').and_then(|s| s.parse::<usize>().ok()) {
+            let rows = self.all_rows()?;
+            if id >= rows.dim(0)? {
+                return Err(EngineError::Invalid(format!("there is no token #{id}")));
+            }
+            return Ok(rows.get(id)?.to_vec1()?);
+        }
+        if let Some(r) = &self.inject.run
+            && let Some(i) = r.session.vocab.find(t)
+        {
+            return Ok(r.state.rows.get(i)?.to_vec1()?);
+        }
+        term_vector(m, &self.words, t)
+    }
+
+    fn text_of(&self, id: u32) -> Result<(String, PointKind)> {
+        let m = self.model()?;
+        let base = m.llama.cfg.vocab_size;
+        Ok(match (&self.inject.run, (id as usize).checked_sub(base)) {
+            (Some(r), Some(i)) => (format!(" {}", r.session.vocab.forms[i]), PointKind::New),
+            _ => (m.tokenizer.piece(id), PointKind::Base),
+        })
+    }
+
+    pub(super) fn execute_embed(&mut self, id: RequestId, cmd: EmbedCommand) -> Result<JobResult> {
+        match cmd {
+            EmbedCommand::Neighbors { query, k } => {
+                let d = self.model()?.llama.cfg.hidden_size;
+                let v = arithmetic_with(&query, d, &mut |t| self.term(t))?;
+                if self.inject.index.is_none() {
+                    self.inject.index = Some(CosineIndex::new(&self.all_rows()?)?);
+                }
+                let index = self.inject.index.as_ref().ok_or(EngineError::NoModel)?;
+                let q = Tensor::from_vec(v, (1, d), self.model()?.llama.device())?;
+                let found = index
+                    .search(&q, k, &|_, _| false, &mut |_| true)?
+                    .unwrap_or_default();
+                let hits = found
+                    .first()
+                    .map(|row| {
+                        row.iter()
+                            .map(|(j, c)| {
+                                let tid = u32::try_from(*j).unwrap_or(u32::MAX);
+                                let (text, kind) = self.text_of(tid)?;
+                                Ok(Hit {
+                                    id: tid,
+                                    text,
+                                    cosine: *c,
+                                    kind,
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .transpose()?
+                    .unwrap_or_default();
+                Ok(JobResult::Embed(Box::new(EmbedResult::Neighbors {
+                    query,
+                    hits,
+                })))
+            }
+            EmbedCommand::Project {
+                base,
+                include_new,
+                method,
+            } => {
+                let set = self.point_set(&base, include_new)?;
+                let p = project(set, &method, &mut |stage, f| {
+                    self.send(Event::Progress {
+                        id,
+                        stage: stage.to_owned(),
+                        fraction: Some(f),
+                    });
+                    !self.cancelled(id)
+                })?;
+                Ok(JobResult::Embed(Box::new(EmbedResult::Projection(
+                    Box::new(p),
+                ))))
+            }
+        }
+    }
+
+    fn point_set(
+        &self,
+        base: &crate::embed::project::BaseSelection,
+        include_new: bool,
+    ) -> Result<PointSet> {
+        let m = self.model()?;
+        let dev = m.llama.device();
+        let ids = base.select(m.llama.cfg.vocab_size, &|i| m.tokenizer.piece(i));
+        let mut labels: Vec<String> = ids.iter().map(|i| m.tokenizer.piece(*i)).collect();
+        let mut kinds = vec![PointKind::Base; ids.len()];
+        let mut parts = vec![
+            m.llama
+                .embed
+                .index_select(&Tensor::new(ids.as_slice(), dev)?, 0)?,
+        ];
+        let mut all_ids = ids;
+        if include_new {
+            if let Some(r) = &self.inject.run {
+                parts.push(r.state.rows.clone());
+                for (i, f) in r.session.vocab.forms.iter().enumerate() {
+                    all_ids.push(r.session.vocab.id(i));
+                    labels.push(format!(" {f}"));
+                    kinds.push(PointKind::New);
+                }
+            }
+            for w in &self.words {
+                parts.push(Tensor::from_slice(&w.vector, (1, w.vector.len()), dev)?);
+                all_ids.push(u32::MAX);
+                labels.push(w.name.clone());
+                kinds.push(PointKind::Word);
+            }
+        }
+        Ok(PointSet {
+            vectors: Tensor::cat(&parts, 0)?,
+            ids: all_ids,
+            labels,
+            kinds,
+        })
+    }
+}
