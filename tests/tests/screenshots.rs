@@ -169,3 +169,80 @@ fn model_and_playground_panels_with_the_real_model() {
     assert_eq!(p.top.len(), 10);
     save(&mut h, "playground.png");
 }
+
+#[test]
+fn injection_and_embedding_panels_with_the_real_model() {
+    let model_path = common::default_model_path();
+    let opts = EngineOptions {
+        model_dir: model_path.parent().unwrap().to_path_buf(),
+        python: "python3".into(),
+        device: DeviceChoice::Cpu,
+    };
+    let mut app = NeoApp::new(opts, Box::new(|| {}));
+    app.send(Command::LoadDefault, Owner::Model);
+    let mut h = Harness::builder()
+        .with_size([1100.0, 720.0])
+        .wgpu()
+        .allow_missing_glyphs()
+        .build_ui_state(
+            |ui, app: &mut NeoApp| {
+                app.poll(ui.ctx());
+                app.draw(ui);
+            },
+            app,
+        );
+    settle(&mut h, Duration::from_secs(120));
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+
+    // Injection: the shipped demo inputs, a short run (the full demo is tests/inject_real.rs).
+    h.get_by_label("Injection").click();
+    h.step();
+    let run = std::env::temp_dir().join(format!("neoscope-shot-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run);
+    {
+        let p = &mut h.state_mut().inject;
+        p.dir = run.display().to_string();
+        p.config.steps = 8;
+        p.config.eval_every = 4;
+        p.config.accum = 1;
+        p.config.max_val_blocks = 8;
+    }
+    h.step();
+    h.get_by_label("Count").click();
+    settle(&mut h, Duration::from_secs(60));
+    h.get_by_label("Train").click();
+    settle(&mut h, Duration::from_secs(600));
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    h.get_by_label("Write report").click();
+    settle(&mut h, Duration::from_secs(300));
+    assert!(h.state().inject.report.is_some());
+    save(&mut h, "injection.png");
+
+    // Embeddings: PCA of all 49,152 base tokens plus the new rows; find a new form.
+    h.get_by_label("Embeddings").click();
+    h.step();
+    h.get_by_label("Project").click();
+    settle(&mut h, Duration::from_secs(300));
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let n = h.state().embed.projection.as_ref().unwrap().points.len();
+    assert!(n > 49_152, "{n} points");
+    let form = h.state().inject.report.as_ref().unwrap().1.neighbors[0]
+        .form
+        .clone();
+    h.state_mut().embed.search = form;
+    h.step();
+    h.get_by_label("Find").click();
+    settle(&mut h, Duration::from_secs(60));
+    assert!(h.state().embed.selected.is_some());
+    // Frame time at the full vocabulary: the panel's own CPU time and a whole UI pass.
+    let start = Instant::now();
+    let frames = 20;
+    h.run_steps(frames);
+    eprintln!(
+        "Embeddings panel with {n} points: panel {:.2} ms/frame, whole UI pass {:.2} ms/frame",
+        h.state().embed.frame_ms,
+        start.elapsed().as_secs_f64() * 1000.0 / f64::from(u32::try_from(frames).unwrap())
+    );
+    save(&mut h, "embeddings.png");
+    let _ = std::fs::remove_dir_all(&run);
+}

@@ -61,8 +61,11 @@ pub enum InjectCmd {
         #[arg(long, default_value_t = 2000)]
         count: usize,
         /// Sentences per form.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 1)]
         sentences: usize,
+        /// Further sentences whose forms are drawn with Zipf weights (frequent and rare forms).
+        #[arg(long, default_value_t = 2000)]
+        zipf_sentences: usize,
         /// Seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -73,7 +76,7 @@ pub enum InjectCmd {
 }
 
 /// Steps of the shipped demo.
-pub const DEMO_STEPS: usize = 64;
+pub const DEMO_STEPS: usize = 48;
 
 /// Initialisation on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -106,7 +109,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 60)]
     pub steps: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = 5e-3)]
     pub lr: f64,
     /// Tokens per block.
     #[arg(long, default_value_t = 64)]
@@ -305,6 +308,7 @@ pub fn generate(json_mode: bool, cmd: &InjectCmd) -> Result<bool> {
         count,
         sentences,
         seed,
+        zipf_sentences,
         out_dir,
     } = cmd
     else {
@@ -329,7 +333,7 @@ pub fn generate(json_mode: bool, cmd: &InjectCmd) -> Result<bool> {
         .map(str::to_owned)
         .collect();
     let forms = synth::forms(&ms, &roots, *count, *seed)?;
-    let lines = synth::sentences(&forms, *sentences, *seed);
+    let lines = synth::sentences(&forms, *sentences, *zipf_sentences, *seed);
     std::fs::create_dir_all(out_dir)?;
     let lex: String = forms.iter().map(|(f, _)| format!("{f}\n")).collect();
     let corpus: String = lines.iter().map(|l| format!("{l}\n")).collect();

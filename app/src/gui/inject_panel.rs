@@ -93,7 +93,6 @@ fn read(p: &std::path::Path) -> Result<TextSource, String> {
 }
 
 /// The chosen inputs (shipped demo files where none was chosen).
-#[expect(clippy::type_complexity, reason = "three named inputs")]
 fn inputs(p: &InjectPanel) -> Result<(TextSource, Option<TextSource>, Vec<TextSource>), String> {
     let (lex, morph, corpus) = crate::assets::inject_demo();
     let lexicon = p.lexicon.as_deref().map_or(Ok(lex), read)?;

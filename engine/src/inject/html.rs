@@ -301,7 +301,7 @@ pub fn render(r: &GeometryReport) -> String {
     );
     let fmt = |v: &[(String, f32)]| {
         v.iter()
-            .map(|(t, c)| format!("{} {c:.2}", esc(t.trim())))
+            .map(|(t, c)| format!("{} {c:.2}", esc(&format!("{t:?}"))))
             .collect::<Vec<_>>()
             .join(" · ")
     };

@@ -95,14 +95,35 @@ const TEMPLATES: &[&str] = &[
     "That {form} turned into a {root}.",
 ];
 
-/// `per_form` sentences for each (form, root), in a seeded shuffled order, one per line.
-pub fn sentences(forms: &[(String, String)], per_form: usize, seed: u64) -> Vec<String> {
+/// `per_form` sentences for each (form, root), then `zipf_extra` more whose forms are drawn
+/// with Zipf weights 1/rank (a few forms frequent, most rare, as in real text, so training has
+/// forms it sees often enough to learn); one per line, in a seeded shuffled order.
+pub fn sentences(
+    forms: &[(String, String)],
+    per_form: usize,
+    zipf_extra: usize,
+    seed: u64,
+) -> Vec<String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut out = Vec::with_capacity(forms.len() * per_form);
-    for (form, root) in forms {
+    let mut out = Vec::with_capacity(forms.len() * per_form + zipf_extra);
+    let say = |rng: &mut rand::rngs::StdRng, (form, root): &(String, String)| {
+        let t = TEMPLATES.choose(rng).copied().unwrap_or("{form}");
+        t.replace("{form}", form).replace("{root}", root)
+    };
+    for f in forms {
         let picks: Vec<&&str> = TEMPLATES.choose_multiple(&mut rng, per_form).collect();
         for t in picks {
-            out.push(t.replace("{form}", form).replace("{root}", root));
+            out.push(t.replace("{form}", &f.0).replace("{root}", &f.1));
+        }
+    }
+    #[expect(clippy::cast_precision_loss, reason = "ranks")]
+    let weights: Vec<f64> = (1..=forms.len()).map(|r| 1.0 / r as f64).collect();
+    if let Ok(dist) = rand::distr::weighted::WeightedIndex::new(&weights) {
+        use rand::distr::Distribution;
+        for _ in 0..zipf_extra {
+            let i = dist.sample(&mut rng);
+            let s = say(&mut rng, &forms[i]);
+            out.push(s);
         }
     }
     use rand::seq::SliceRandom;
@@ -143,8 +164,11 @@ mod tests {
         assert!(!f.iter().any(|(x, _)| x == "danceing"));
         assert_eq!(f, forms(&ms, &roots, 6, 1).unwrap());
         assert!(forms(&ms, &roots, 50, 1).is_err()); // only 9 combinations exist
-        let s = sentences(&f, 2, 3);
-        assert_eq!(s.len(), 12);
+        let s = sentences(&f, 2, 30, 3);
+        assert_eq!(s.len(), 42);
+        // Zipf: the first form is the most frequent.
+        let count = |x: &str| s.iter().filter(|l| l.contains(&format!(" {x} "))).count();
+        assert!(count(&f[0].0) > count(&f[5].0), "{s:?}");
         assert!(
             f.iter()
                 .all(|(x, _)| s.iter().filter(|l| l.contains(x.as_str())).count() >= 2)

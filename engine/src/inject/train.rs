@@ -2,8 +2,7 @@
 //! of equal length, split 90/10 with a seed, and only the new rows learn (every position
 //! predicts the next token over base + new vocabulary). AdamW, linear warmup then cosine or
 //! constant learning rate, gradient accumulation, global-norm clipping, validation every N
-//! steps, checkpoints every N steps. The optimiser is lazy AdamW: a step moves only the rows
-//! whose forms occur in its blocks.
+//! steps, checkpoints every N steps.
 //!
 //! Exact resume: the blocks of step `s` are a pure function of (seed, s) (each epoch a seeded
 //! permutation of the training blocks, read as one stream), and the optimiser state is saved
@@ -76,7 +75,7 @@ impl Default for InjectConfig {
             seed: 42,
             block_len: 64,
             val_fraction: 0.1,
-            lr: 1e-2,
+            lr: 5e-3,
             warmup: 0.05,
             schedule: Schedule::Cosine,
             micro_batch: 4,
@@ -316,10 +315,10 @@ fn step(
             g = (g * (c / norm))?;
         }
     }
-    // Lazy Adam: only rows whose form occurs in the step's blocks move, and only their moments
-    // change. Dense Adam would turn the tiny softmax-denominator gradient of every absent row
-    // into a full-size step (Adam normalises magnitudes), shifting all new rows together and
-    // raising validation loss on forms not yet seen.
+    // With `lazy`, only rows whose form occurs in the step's blocks move and only their
+    // moments change (LazyAdam); by default every row follows its full gradient, which includes
+    // the softmax push-down of forms that were predicted but absent. ε (1e-4 by default) keeps
+    // near-zero gradients from being scaled up to full steps.
     let n_new = state.rows.dim(0)?;
     let mut present = vec![if cfg.lazy { 0f32 } else { 1.0 }; n_new];
     let base = u32::try_from(m.llama.cfg.vocab_size).unwrap_or(u32::MAX);
