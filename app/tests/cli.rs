@@ -335,3 +335,98 @@ fn lens_json_has_every_layer_and_tuned_lens_trains_and_loads() {
     assert!(!ok);
     assert!(err.contains("layer `x` is not a whole number"), "{err}");
 }
+
+#[test]
+fn inject_run_resume_report_and_embed_project_neighbors_on_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_model(12, &Device::Cpu).unwrap();
+    let model_dir = dir.path().join("model");
+    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
+    let model = model_dir.to_str().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    std::fs::write(p("lex.txt"), "blorf\nzinter\nthe\n").unwrap();
+    let corpus: String = (0..80)
+        .map(|i| format!("the {} sat near a cat. ", ["blorf", "zinter"][i % 2]))
+        .collect();
+    std::fs::write(p("corpus.txt"), corpus).unwrap();
+    let run = p("run");
+    let base = [
+        "inject",
+        "run",
+        "--json",
+        "--model",
+        model,
+        "--lexicon",
+        &p("lex.txt"),
+        "--corpus",
+        &p("corpus.txt"),
+        "--init",
+        "spherical",
+        "--out",
+        &run,
+        "--block-len",
+        "16",
+    ];
+    let (ok, out, err) = neoscope(&[&base[..], &["--steps", "4", "--eval-every", "2"]].concat());
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["step"], 4);
+    assert_eq!(v["report"]["n_new"], 2);
+    assert_eq!(v["report"]["n_known"], 1);
+    assert_eq!(v["report"]["drift"]["base_identical"], true);
+    assert!(std::path::Path::new(&run).join("report.html").exists());
+    // The same folder again is refused; compositional init without a table is refused.
+    let (ok, _, err) = neoscope(&[&base[..], &["--steps", "4"]].concat());
+    assert!(!ok && err.contains("already holds a run"), "{err}");
+    let run2 = p("run2");
+    let mut comp = base.to_vec();
+    comp[10] = "compositional";
+    comp[12] = &run2;
+    let (ok, _, err) = neoscope(&comp);
+    assert!(!ok && err.contains("morpheme table"), "{err}");
+
+    let (ok, out, err) = neoscope(&[
+        "inject", "resume", "--json", "--model", model, &run, "--steps", "6",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["step"], 6);
+    let (ok, out, err) = neoscope(&["inject", "report", "--json", "--model", model, &run]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["report"]["steps"], 6);
+
+    let csv_path = p("points.csv");
+    let (ok, out, err) = neoscope(&[
+        "embed", "project", "--json", "--model", model, "--run", &run, "--out", &csv_path,
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    let vocab = m.llama.cfg.vocab_size;
+    assert_eq!(v["points"], vocab + 2);
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    // Records, not lines: a token such as "\n" is a quoted multi-line field.
+    let records = csv::Reader::from_reader(csv.as_bytes()).records().count();
+    assert_eq!(records, vocab + 2);
+    assert!(
+        csv.lines().any(|l| l.contains(",new, blorf,")),
+        "{}",
+        &csv[..200]
+    );
+    let (ok, out, err) = neoscope(&[
+        "embed",
+        "neighbors",
+        "--json",
+        "--model",
+        model,
+        "--run",
+        &run,
+        "blorf",
+        "-k",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["hits"][0]["text"], " blorf");
+    assert_eq!(v["hits"].as_array().unwrap().len(), 3);
+    let (ok, _, err) = neoscope(&["embed", "neighbors", "--model", model, "#999999"]);
+    assert!(!ok && err.contains("no token #999999"), "{err}");
+}

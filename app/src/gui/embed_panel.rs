@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use egui::Color32;
-use egui_plot::{Plot, PlotBounds, PlotPoints, Points};
+use egui_plot::{Plot, PlotPoints, Points};
 use neoscope_engine::api::{Command, RequestId};
 use neoscope_engine::embed::project::{BaseSelection, Method, PointKind, Projection};
 use neoscope_engine::embed::tsne::TsneConfig;
@@ -47,14 +47,18 @@ pub struct EmbedPanel {
     pub search: String,
     /// Index of the found/selected point.
     pub selected: Option<usize>,
-    /// Centre the plot on the selection next frame.
-    pub centre: bool,
+    /// Plot window around a found token (x0, x1, y0, y1); `None` fits all points.
+    pub view: Option<[f64; 4]>,
+    /// Bumped whenever `view` changes, so the plot starts from it.
+    pub view_gen: u64,
     /// Arithmetic / neighbour query.
     pub query: String,
     /// Neighbour request in flight.
     pub neighbors_running: Option<RequestId>,
-    /// Last neighbours: (query, hits).
+    /// Last neighbours: (what was looked up, hits).
     pub neighbors: Option<(String, Vec<Hit>)>,
+    /// How the pending neighbour query is shown.
+    pub neighbors_label: String,
     /// The panel's CPU time per frame (ms), smoothed.
     pub frame_ms: f32,
 }
@@ -72,10 +76,12 @@ impl Default for EmbedPanel {
             projection: None,
             search: String::new(),
             selected: None,
-            centre: false,
+            view: None,
+            view_gen: 0,
             query: "king - man + woman".into(),
             neighbors_running: None,
             neighbors: None,
+            neighbors_label: String::new(),
             frame_ms: 0.0,
         }
     }
@@ -111,18 +117,39 @@ pub fn project(app: &mut NeoApp) {
     }
 }
 
-/// Asks for the neighbours of `query` (a token `#id`, a form, a word or arithmetic).
-pub fn neighbors(app: &mut NeoApp, query: String) {
+/// Asks for the neighbours of `query` (a token `#id`, a form, a word or arithmetic), shown
+/// as `label`.
+pub fn neighbors(app: &mut NeoApp, query: String, label: String) {
+    app.embed.neighbors_label = label;
     let cmd = Command::Embed(EmbedCommand::Neighbors { query, k: 12 });
     app.embed.neighbors_running = app.send(cmd, Owner::EmbedNeighbors);
 }
 
-/// The query that looks up point `i` of the projection.
-fn point_query(p: &Projection, i: usize) -> String {
-    match p.kinds[i] {
+/// The query that looks up point `i` of the projection, and how it is shown.
+fn point_query(p: &Projection, i: usize) -> (String, String) {
+    let q = match p.kinds[i] {
         PointKind::Word => p.labels[i].clone(),
         _ => format!("#{}", p.ids[i]),
-    }
+    };
+    (q, format!("{:?}", p.labels[i]))
+}
+
+/// Zooms the plot to a window around point `i` (a fifth of the data's extent).
+fn focus(app: &mut NeoApp, i: usize) {
+    let Some(p) = &app.embed.projection else {
+        return;
+    };
+    let span = |k: usize| {
+        let (lo, hi) = p.points.iter().fold((f32::MAX, f32::MIN), |(lo, hi), q| {
+            (lo.min(q[k]), hi.max(q[k]))
+        });
+        f64::from(hi - lo)
+    };
+    let half = 0.1 * span(0).max(span(1));
+    let c = p.points[i];
+    let (x, y) = (f64::from(c[0]), f64::from(c[1]));
+    app.embed.view = Some([x - half, x + half, y - half, y + half]);
+    app.embed.view_gen += 1;
 }
 
 /// Finds the point whose label matches `text`: exact (ignoring surrounding spaces) first,
@@ -274,11 +301,14 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
         ("words", series_labels(PointKind::Word)),
     ];
     let selected = app.embed.selected;
-    let centre = std::mem::take(&mut app.embed.centre);
     let sel_xy = selected
         .and_then(|i| p.points.get(i))
         .map(|q| [f64::from(q[0]), f64::from(q[1])]);
-    let resp = Plot::new("embed_scatter")
+    let mut plot = Plot::new(format!("embed_scatter_{}", app.embed.view_gen));
+    if let Some([x0, x1, y0, y1]) = app.embed.view {
+        plot = plot.default_x_bounds(x0, x1).default_y_bounds(y0, y1);
+    }
+    let resp = plot
         .data_aspect(1.0)
         .legend(egui_plot::Legend::default())
         .label_formatter(move |hover| match hover {
@@ -314,14 +344,6 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
                         .filled(false)
                         .color(Color32::BLACK),
                 );
-                if centre {
-                    let b = plot.plot_bounds();
-                    let (w, h) = (b.width() / 2.0, b.height() / 2.0);
-                    plot.set_plot_bounds(PlotBounds::from_min_max(
-                        [xy[0] - w, xy[1] - h],
-                        [xy[0] + w, xy[1] + h],
-                    ));
-                }
             }
             if plot.response().clicked() {
                 plot.pointer_coordinate()
@@ -345,9 +367,9 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
         if let Some((i, d2)) = nearest
             && d2 < 12.0 * 12.0
         {
-            let q = point_query(p, i);
+            let (q, label) = point_query(p, i);
             app.embed.selected = Some(i);
-            neighbors(app, q);
+            neighbors(app, q, label);
         }
     }
 }
@@ -364,10 +386,10 @@ fn side(app: &mut NeoApp, ui: &mut egui::Ui) {
     if find_now && let Some(p) = &app.embed.projection {
         match find(p, &app.embed.search) {
             Some(i) => {
-                let q = point_query(p, i);
+                let (q, label) = point_query(p, i);
                 app.embed.selected = Some(i);
-                app.embed.centre = true;
-                neighbors(app, q);
+                focus(app, i);
+                neighbors(app, q, label);
             }
             None => app.notice = Some(format!("`{}` is not in this projection", app.embed.search)),
         }
@@ -385,7 +407,11 @@ fn side(app: &mut NeoApp, ui: &mut egui::Ui) {
         .inner;
     if run {
         let q = app.embed.query.clone();
-        neighbors(app, q);
+        neighbors(app, q.clone(), q);
+    }
+    if app.embed.view.is_some() && ui.button("Show all points").clicked() {
+        app.embed.view = None;
+        app.embed.view_gen += 1;
     }
     ui.separator();
     if app.embed.neighbors_running.is_some() {

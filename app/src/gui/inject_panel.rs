@@ -386,11 +386,11 @@ fn curves(app: &NeoApp, ui: &mut egui::Ui) {
         .show(ui, |plot| {
             plot.line(Line::new("train", PlotPoints::from(pts(&p.losses))));
             plot.line(Line::new("validation", PlotPoints::from(pts(&p.val))));
-            plot.points(Points::new("validation points", pts(&p.val)).radius(3.0));
+            plot.points(Points::new("validation", pts(&p.val)).radius(3.0));
         });
     if let (Some(a), Some(b)) = (p.val.first(), p.val.last()) {
         ui.label(format!(
-            "Validation loss {:.4} (step {}) → {:.4} (step {})",
+            "Validation loss {:.4} (step {}) to {:.4} (step {})",
             a.1, a.0, b.1, b.0
         ));
     }
@@ -457,9 +457,9 @@ fn report_view(app: &mut NeoApp, ui: &mut egui::Ui) {
     if let Some(nb) = r.neighbors.first() {
         let list = |v: &[(String, f32)]| {
             v.iter()
-                .map(|(t, _)| t.trim().to_owned())
+                .map(|(t, _)| format!("{t:?}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(" ")
         };
         ui.label(format!(
             "{}: before {} · after {}",

@@ -386,9 +386,10 @@ impl NeoApp {
                     self.embed.selected = None;
                     self.embed.projection = Some(*p);
                 }
-                EmbedResult::Neighbors { query, hits } => {
+                EmbedResult::Neighbors { hits, .. } => {
                     self.embed.neighbors_running = None;
-                    self.embed.neighbors = Some((query, hits));
+                    let label = std::mem::take(&mut self.embed.neighbors_label);
+                    self.embed.neighbors = Some((label, hits));
                 }
             },
             (Owner::Inject, JobResult::Inject(r)) => self.inject_finished(*r),
