@@ -301,6 +301,10 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
         ("words", series_labels(PointKind::Word)),
     ];
     let selected = app.embed.selected;
+    let ui_ring_color = ui.visuals().strong_text_color();
+    let sel_label = selected
+        .and_then(|i| p.labels.get(i))
+        .map(|l| format!("  {}", l.trim()));
     let sel_xy = selected
         .and_then(|i| p.points.get(i))
         .map(|q| [f64::from(q[0]), f64::from(q[1])]);
@@ -338,12 +342,24 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
                     .color(WORD),
             );
             if let Some(xy) = sel_xy {
+                let ring = ui_ring_color;
                 plot.points(
                     Points::new("selected", vec![xy])
-                        .radius(7.0)
+                        .radius(8.0)
                         .filled(false)
-                        .color(Color32::BLACK),
+                        .color(ring),
                 );
+                if let Some(label) = &sel_label {
+                    plot.text(
+                        egui_plot::Text::new(
+                            "selected label",
+                            [xy[0], xy[1]].into(),
+                            label.clone(),
+                        )
+                        .anchor(egui::Align2::LEFT_BOTTOM)
+                        .color(ring),
+                    );
+                }
             }
             if plot.response().clicked() {
                 plot.pointer_coordinate()

@@ -384,9 +384,17 @@ fn curves(app: &NeoApp, ui: &mut egui::Ui) {
         .x_axis_label("step")
         .y_axis_label("loss (nats/token)")
         .show(ui, |plot| {
-            plot.line(Line::new("train", PlotPoints::from(pts(&p.losses))));
-            plot.line(Line::new("validation", PlotPoints::from(pts(&p.val))));
-            plot.points(Points::new("validation", pts(&p.val)).radius(3.0));
+            let val_color = egui::Color32::from_rgb(90, 170, 250);
+            plot.line(
+                Line::new("train", PlotPoints::from(pts(&p.losses)))
+                    .color(egui::Color32::from_rgb(230, 120, 80)),
+            );
+            plot.line(Line::new("validation", PlotPoints::from(pts(&p.val))).color(val_color));
+            plot.points(
+                Points::new("validation", pts(&p.val))
+                    .radius(3.0)
+                    .color(val_color),
+            );
         });
     if let (Some(a), Some(b)) = (p.val.first(), p.val.last()) {
         ui.label(format!(
