@@ -366,4 +366,33 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     settle(&mut h);
     assert!(h.state().error.is_none(), "{:?}", h.state().error);
     assert_eq!(h.state().embed.neighbors.as_ref().unwrap().1.len(), 12);
+    let csv = neoscope::gui::inject_panel::curves_csv(&h.state().inject);
+    assert_eq!(csv.lines().count(), 1 + 9, "{csv}"); // steps 0..=8 (0: validation only)
+
+    // Activations collected in the MFA panel can be projected on their own.
+    h.get_by_label("MFA").click();
+    h.step();
+    h.state_mut().mfa.max = 300;
+    h.step();
+    h.get_by_label("Collect").click();
+    settle(&mut h);
+    h.get_by_label("Embeddings").click();
+    h.step();
+    {
+        let p = &mut h.state_mut().embed;
+        p.base = neoscope::gui::embed_panel::BaseChoice::Nothing;
+        p.include_new = false;
+        p.include_activations = true;
+    }
+    h.step();
+    h.get_by_label("Project").click();
+    settle(&mut h);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let proj = h.state().embed.projection.clone().unwrap();
+    assert_eq!(proj.points.len(), 300);
+    assert!(
+        proj.kinds
+            .iter()
+            .all(|k| *k == neoscope_engine::embed::project::PointKind::Activation)
+    );
 }

@@ -38,8 +38,8 @@ fn save(h: &mut Harness<'static, NeoApp>, name: &str) {
     eprintln!("wrote {}", path.display());
 }
 
-#[test]
-fn model_and_playground_panels_with_the_real_model() {
+/// The app rendered through wgpu with the real default model loaded.
+fn loaded_app() -> Harness<'static, NeoApp> {
     let model_path = common::default_model_path();
     let opts = EngineOptions {
         model_dir: model_path.parent().unwrap().to_path_buf(),
@@ -61,6 +61,12 @@ fn model_and_playground_panels_with_the_real_model() {
         );
     settle(&mut h, Duration::from_secs(120));
     assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    h
+}
+
+#[test]
+fn model_and_playground_panels_with_the_real_model() {
+    let mut h = loaded_app();
     h.get_by_label("SmolLM2-135M-Instruct.Q4_1.gguf");
     save(&mut h, "model.png");
 
@@ -172,27 +178,7 @@ fn model_and_playground_panels_with_the_real_model() {
 
 #[test]
 fn injection_and_embedding_panels_with_the_real_model() {
-    let model_path = common::default_model_path();
-    let opts = EngineOptions {
-        model_dir: model_path.parent().unwrap().to_path_buf(),
-        python: "python3".into(),
-        device: DeviceChoice::Cpu,
-    };
-    let mut app = NeoApp::new(opts, Box::new(|| {}));
-    app.send(Command::LoadDefault, Owner::Model);
-    let mut h = Harness::builder()
-        .with_size([1100.0, 720.0])
-        .wgpu()
-        .allow_missing_glyphs()
-        .build_ui_state(
-            |ui, app: &mut NeoApp| {
-                app.poll(ui.ctx());
-                app.draw(ui);
-            },
-            app,
-        );
-    settle(&mut h, Duration::from_secs(120));
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let mut h = loaded_app();
 
     // Injection: the shipped demo inputs, a short run (the full demo is tests/inject_real.rs).
     h.get_by_label("Injection").click();

@@ -17,6 +17,7 @@ use neoscope_engine::inject::messages::{
 use neoscope_engine::inject::report::GeometryReport;
 use neoscope_engine::inject::synth;
 use neoscope_engine::inject::train::{InjectConfig, InjectEvent};
+use neoscope_engine::mfa::messages::MfaCommand;
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
@@ -154,6 +155,12 @@ pub enum EmbedCmd {
         /// Include the new rows of this injection run.
         #[arg(long)]
         run: Option<PathBuf>,
+        /// Include these saved activations (from `neoscope mfa collect`).
+        #[arg(long)]
+        activations: Option<PathBuf>,
+        /// Leave the base vocabulary out (only new rows and activations).
+        #[arg(long, conflicts_with_all = ["sample", "containing"])]
+        no_base: bool,
         /// t-SNE perplexity.
         #[arg(long, default_value_t = 30.0)]
         perplexity: f32,
@@ -443,6 +450,7 @@ fn kind_name(k: PointKind) -> &'static str {
         PointKind::Base => "base",
         PointKind::New => "new",
         PointKind::Word => "word",
+        PointKind::Activation => "activation",
     }
 }
 
@@ -479,16 +487,24 @@ pub fn run_embed(engine: &mut EngineHandle, json_mode: bool, cmd: EmbedCmd) -> R
             sample,
             containing,
             run,
+            activations,
+            no_base,
             perplexity,
             epochs,
             out,
         } => {
             let include_new = run.is_some();
             open_run(engine, run)?;
-            let base = match (sample, containing) {
-                (Some(n), _) => BaseSelection::Sample { n, seed: 0 },
-                (None, Some(s)) => BaseSelection::Containing(s),
-                (None, None) => BaseSelection::All,
+            let include_activations = activations.is_some();
+            if let Some(path) = activations {
+                let cmd = Command::Mfa(MfaCommand::LoadActivations { path });
+                call_with(engine, cmd, &mut super::progress_to_stderr)?;
+            }
+            let base = match (sample, containing, no_base) {
+                (_, _, true) => BaseSelection::None,
+                (Some(n), _, _) => BaseSelection::Sample { n, seed: 0 },
+                (None, Some(s), _) => BaseSelection::Containing(s),
+                (None, None, false) => BaseSelection::All,
             };
             let method = match method {
                 MethodArg::Pca => Method::Pca,
@@ -499,6 +515,7 @@ pub fn run_embed(engine: &mut EngineHandle, json_mode: bool, cmd: EmbedCmd) -> R
                 EmbedCommand::Project {
                     base,
                     include_new,
+                    include_activations,
                     method,
                 },
             )?

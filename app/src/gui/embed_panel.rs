@@ -23,6 +23,8 @@ pub enum BaseChoice {
     Sample,
     /// Those containing a text.
     Containing,
+    /// None (only new forms, words, activations).
+    Nothing,
 }
 
 /// State of the Embeddings panel.
@@ -39,6 +41,8 @@ pub struct EmbedPanel {
     pub containing: String,
     /// Include injected forms and words.
     pub include_new: bool,
+    /// Include the MFA panel's activations.
+    pub include_activations: bool,
     /// Running projection.
     pub job: Option<JobView>,
     /// The projection shown.
@@ -72,6 +76,7 @@ impl Default for EmbedPanel {
             sample: 5000,
             containing: String::new(),
             include_new: true,
+            include_activations: false,
             job: None,
             projection: None,
             search: String::new(),
@@ -97,6 +102,7 @@ pub fn project(app: &mut NeoApp) {
             seed: 0,
         },
         BaseChoice::Containing => BaseSelection::Containing(p.containing.clone()),
+        BaseChoice::Nothing => BaseSelection::None,
     };
     let method = if p.tsne {
         Method::Tsne(p.tsne_cfg)
@@ -106,6 +112,7 @@ pub fn project(app: &mut NeoApp) {
     let cmd = Command::Embed(EmbedCommand::Project {
         base,
         include_new: p.include_new,
+        include_activations: p.include_activations,
         method,
     });
     if let Some(id) = app.send(cmd, Owner::Embed) {
@@ -219,6 +226,7 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
         ui.selectable_value(&mut p.base, BaseChoice::All, "all");
         ui.selectable_value(&mut p.base, BaseChoice::Sample, "sample");
         ui.selectable_value(&mut p.base, BaseChoice::Containing, "containing");
+        ui.selectable_value(&mut p.base, BaseChoice::Nothing, "none");
         match p.base {
             BaseChoice::Sample => {
                 ui.add(
@@ -231,9 +239,11 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
             BaseChoice::Containing => {
                 ui.add(egui::TextEdit::singleline(&mut p.containing).desired_width(80.0));
             }
-            BaseChoice::All => {}
+            BaseChoice::All | BaseChoice::Nothing => {}
         }
         ui.checkbox(&mut p.include_new, "new forms and words");
+        ui.checkbox(&mut p.include_activations, "MFA activations")
+            .on_hover_text("The residual-stream activations collected in the MFA panel");
         if ui
             .add_enabled(!busy, egui::Button::new("Project"))
             .clicked()
@@ -242,22 +252,14 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
         }
     });
     if let Some(job) = app.embed.job.clone() {
-        ui.horizontal(|ui| {
-            if ui.button("Cancel").clicked() {
-                app.cancel(job.id);
-            }
-            ui.add(
-                egui::ProgressBar::new(job.fraction.unwrap_or(0.0))
-                    .text(job.stage)
-                    .desired_width(360.0),
-            );
-        });
+        super::job_row(app, ui, &job, None);
     }
 }
 
 const BASE: Color32 = Color32::from_rgb(120, 140, 170);
 const NEW: Color32 = Color32::from_rgb(235, 130, 40);
 const WORD: Color32 = Color32::from_rgb(210, 40, 60);
+const ACT: Color32 = Color32::from_rgb(80, 190, 120);
 
 fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
     let Some(p) = &app.embed.projection else {
@@ -299,6 +301,7 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
         ("base", series_labels(PointKind::Base)),
         ("new forms", series_labels(PointKind::New)),
         ("words", series_labels(PointKind::Word)),
+        ("activations", series_labels(PointKind::Activation)),
     ];
     let selected = app.embed.selected;
     let ui_ring_color = ui.visuals().strong_text_color();
@@ -340,6 +343,11 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
                 Points::new("words", PlotPoints::from(pick(PointKind::Word)))
                     .radius(5.0)
                     .color(WORD),
+            );
+            plot.points(
+                Points::new("activations", PlotPoints::from(pick(PointKind::Activation)))
+                    .radius(1.5)
+                    .color(ACT),
             );
             if let Some(xy) = sel_xy {
                 let ring = ui_ring_color;

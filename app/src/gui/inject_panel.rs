@@ -25,6 +25,10 @@ pub enum InjectFile {
     Corpus,
     /// A run's `run.json`.
     OpenRun,
+    /// Save the report (JSON) elsewhere.
+    SaveReport,
+    /// Save the loss curves (CSV).
+    SaveCurves,
 }
 
 /// State of the Injection panel.
@@ -173,18 +177,79 @@ fn handle_dialog(app: &mut NeoApp) {
             app.inject.dir = dir.display().to_string();
             send_job(app, InjectCommand::Open { dir }, "opening");
         }
+        InjectFile::SaveReport => {
+            let bytes = app
+                .inject
+                .report
+                .as_ref()
+                .map(|(_, r)| serde_json::to_vec_pretty(r))
+                .transpose();
+            save(
+                app,
+                &path.with_extension("json"),
+                bytes.map_err(|e| e.to_string()),
+            );
+            return;
+        }
+        InjectFile::SaveCurves => {
+            let csv = curves_csv(&app.inject);
+            save(app, &path.with_extension("csv"), Ok(Some(csv.into_bytes())));
+            return;
+        }
     }
     app.inject.counts = None;
 }
 
+fn save(app: &mut NeoApp, path: &std::path::Path, bytes: Result<Option<Vec<u8>>, String>) {
+    match bytes.map(|b| b.map(|b| neoscope_engine::words::file::write_atomic(path, &b))) {
+        Ok(Some(Ok(()))) => app.notice = Some(format!("Saved {}", path.display())),
+        Ok(Some(Err(e))) => app.error = Some(e.to_string()),
+        Ok(None) => {}
+        Err(e) => app.error = Some(e),
+    }
+}
+
+/// The loss curves as CSV: `step,train,validation` (empty cells where a value is missing).
+pub fn curves_csv(p: &InjectPanel) -> String {
+    let mut out = String::from("step,train,validation\n");
+    let last = p
+        .losses
+        .last()
+        .map_or(0, |l| l.0)
+        .max(p.val.last().map_or(0, |v| v.0));
+    for s in 0..=last {
+        let t = p.losses.iter().find(|l| l.0 == s).map(|l| l.1.to_string());
+        let v = p.val.iter().find(|l| l.0 == s).map(|l| l.1.to_string());
+        if t.is_some() || v.is_some() {
+            out.push_str(&format!(
+                "{s},{},{}\n",
+                t.unwrap_or_default(),
+                v.unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
 fn dialog(app: &mut NeoApp, what: InjectFile) {
+    let mode = match what {
+        InjectFile::SaveReport | InjectFile::SaveCurves => Mode::Save,
+        _ => Mode::Open,
+    };
     let (title, filter): (&str, (&str, &[&str])) = match what {
         InjectFile::Lexicon => ("Choose a lexicon (one form per line)", ("Text", &["txt"])),
         InjectFile::Morphemes => ("Choose a morpheme table", ("CSV", &["csv"])),
         InjectFile::Corpus => ("Add a corpus file", ("Text", &["txt", "md"])),
         InjectFile::OpenRun => ("Open an injection run (run.json)", ("Run", &["json"])),
+        InjectFile::SaveReport => ("Save the report as JSON", ("JSON", &["json"])),
+        InjectFile::SaveCurves => ("Save the loss curves as CSV", ("CSV", &["csv"])),
     };
-    app.inject.dialog = Some(Pending::new(what, Mode::Open, title, filter, ""));
+    let name = match what {
+        InjectFile::SaveReport => "report.json",
+        InjectFile::SaveCurves => "losses.csv",
+        _ => "",
+    };
+    app.inject.dialog = Some(Pending::new(what, mode, title, filter, name));
 }
 
 fn name(p: Option<&PathBuf>, shipped: &str) -> String {
@@ -347,29 +412,25 @@ fn settings_row(app: &mut NeoApp, ui: &mut egui::Ui) {
             send_job(app, InjectCommand::Report { dir: None }, "report");
         }
         if let Some(job) = app.inject.job.clone() {
-            if ui.button("Cancel").clicked() {
-                app.cancel(job.id);
-            }
             let step = app.inject.losses.last().map_or(0, |l| l.0);
-            let f = job.fraction.unwrap_or_else(|| {
-                #[expect(clippy::cast_precision_loss, reason = "progress")]
-                let f = step as f32 / app.inject.steps.max(1) as f32;
-                f
-            });
-            ui.add(
-                egui::ProgressBar::new(f)
-                    .text(job.stage)
-                    .desired_width(320.0),
-            );
+            #[expect(clippy::cast_precision_loss, reason = "progress")]
+            let by_steps = step as f32 / app.inject.steps.max(1) as f32;
+            super::job_row(app, ui, &job, job.fraction.or(Some(by_steps)));
         } else if let Some(s) = &app.inject.status {
             ui.label(s);
         }
     });
 }
 
-fn curves(app: &NeoApp, ui: &mut egui::Ui) {
+fn curves(app: &mut NeoApp, ui: &mut egui::Ui) {
+    let has = !app.inject.losses.is_empty();
+    ui.horizontal(|ui| {
+        ui.strong("Loss");
+        if has && ui.small_button("CSV…").clicked() {
+            dialog(app, InjectFile::SaveCurves);
+        }
+    });
     let p = &app.inject;
-    ui.strong("Loss");
     if p.losses.is_empty() && p.val.is_empty() {
         ui.weak("Training and validation loss appear here as the run goes.");
         return;
@@ -478,6 +539,9 @@ fn report_view(app: &mut NeoApp, ui: &mut egui::Ui) {
     }
     ui.horizontal(|ui| {
         ui.weak(html.display().to_string());
+        if ui.button("Save JSON…").clicked() {
+            dialog(app, InjectFile::SaveReport);
+        }
         if ui.button("Open report").clicked() {
             let opener = if cfg!(target_os = "macos") {
                 "open"

@@ -449,16 +449,7 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
         }
     });
     if let Some(job) = app.mfa.job.clone() {
-        ui.horizontal(|ui| {
-            if ui.button("Cancel").clicked() {
-                app.cancel(job.id);
-            }
-            ui.add(
-                egui::ProgressBar::new(job.fraction.unwrap_or(0.0))
-                    .text(job.stage)
-                    .desired_width(360.0),
-            );
-        });
+        super::job_row(app, ui, &job, None);
     }
 }
 

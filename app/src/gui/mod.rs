@@ -563,3 +563,18 @@ fn inject_step(p: &mut inject_panel::InjectPanel, ev: InjectEvent) {
         InjectEvent::Evaluating(_) => {}
     }
 }
+
+/// A running job's row: a Cancel button and a progress bar showing `fraction` (the job's own
+/// when `None`).
+pub fn job_row(app: &NeoApp, ui: &mut egui::Ui, job: &JobView, fraction: Option<f32>) {
+    ui.horizontal(|ui| {
+        if ui.button("Cancel").clicked() {
+            app.cancel(job.id);
+        }
+        ui.add(
+            egui::ProgressBar::new(fraction.or(job.fraction).unwrap_or(0.0))
+                .text(job.stage.as_str())
+                .desired_width(360.0),
+        );
+    });
+}

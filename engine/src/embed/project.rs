@@ -72,6 +72,8 @@ pub enum PointKind {
     New,
     /// A trained neologism.
     Word,
+    /// A residual-stream activation (collected in the MFA panel).
+    Activation,
 }
 
 /// The vectors to project and what each is.

@@ -125,6 +125,8 @@ pub enum EmbedCommand {
         base: BaseSelection,
         /// Include the open run's new rows and the trained words.
         include_new: bool,
+        /// Include the activations collected for the MFA (labelled by their token).
+        include_activations: bool,
         /// PCA or t-SNE.
         method: Method,
     },

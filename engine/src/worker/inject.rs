@@ -306,9 +306,10 @@ impl Worker {
             EmbedCommand::Project {
                 base,
                 include_new,
+                include_activations,
                 method,
             } => {
-                let set = self.point_set(&base, include_new)?;
+                let set = self.point_set(&base, include_new, include_activations)?;
                 let p = project(set, &method, &mut |stage, f| {
                     self.send(Event::Progress {
                         id,
@@ -328,6 +329,7 @@ impl Worker {
         &self,
         base: &crate::embed::project::BaseSelection,
         include_new: bool,
+        include_activations: bool,
     ) -> Result<PointSet> {
         let m = self.model()?;
         let dev = m.llama.device();
@@ -354,6 +356,23 @@ impl Worker {
                 all_ids.push(u32::MAX);
                 labels.push(w.name.clone());
                 kinds.push(PointKind::Word);
+            }
+        }
+        if include_activations {
+            let acts = self.activations().ok_or_else(|| {
+                EngineError::Invalid(
+                    "no activations: collect or load some in the MFA panel first".into(),
+                )
+            })?;
+            parts.push(acts.x.to_device(dev)?);
+            for i in 0..acts.len() {
+                all_ids.push(acts.token(i));
+                labels.push(format!(
+                    "{} @ {}",
+                    m.tokenizer.piece(acts.token(i)),
+                    acts.point
+                ));
+                kinds.push(PointKind::Activation);
             }
         }
         Ok(PointSet {

@@ -24,6 +24,11 @@ pub(super) struct MfaState {
 }
 
 impl Worker {
+    /// The collected or loaded activations, if any.
+    pub(super) fn activations(&self) -> Option<&Activations> {
+        self.mfa.acts.as_ref()
+    }
+
     pub(super) fn fitted_mfa(&self) -> Result<(&Mfa, HookPoint)> {
         self.mfa
             .model
