@@ -230,5 +230,31 @@ fn injection_and_embedding_panels_with_the_real_model() {
         start.elapsed().as_secs_f64() * 1000.0 / f64::from(u32::try_from(frames).unwrap())
     );
     save(&mut h, "embeddings.png");
+
+    // t-SNE of a 5,000-token sample plus the new rows (the full vocabulary takes ~80 s).
+    {
+        let p = &mut h.state_mut().embed;
+        p.tsne = true;
+        p.base = neoscope::gui::embed_panel::BaseChoice::Sample;
+        p.sample = 5000;
+        p.view = None;
+        p.view_gen += 1;
+    }
+    h.step();
+    h.get_by_label("Project").click();
+    settle(&mut h, Duration::from_secs(300));
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert!(
+        h.state()
+            .embed
+            .projection
+            .as_ref()
+            .unwrap()
+            .method
+            .starts_with("t-SNE")
+    );
+    h.get_by_label("Find").click();
+    settle(&mut h, Duration::from_secs(60));
+    save(&mut h, "embeddings-tsne.png");
     let _ = std::fs::remove_dir_all(&run);
 }

@@ -359,13 +359,9 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
                 );
                 if let Some(label) = &sel_label {
                     plot.text(
-                        egui_plot::Text::new(
-                            "selected label",
-                            [xy[0], xy[1]].into(),
-                            label.clone(),
-                        )
-                        .anchor(egui::Align2::LEFT_BOTTOM)
-                        .color(ring),
+                        egui_plot::Text::new("", [xy[0], xy[1]].into(), label.clone())
+                            .anchor(egui::Align2::LEFT_BOTTOM)
+                            .color(ring),
                     );
                 }
             }
