@@ -180,6 +180,12 @@ fn training_keeps_base_rows_lowers_val_loss_and_resumes_exactly() {
     assert_eq!(bits(&ra), bits(&rb));
     // Only the last three checkpoints are kept.
     assert_eq!(run::checkpoints(dir_b.path()).unwrap(), vec![4, 6, 8]);
+    // Extending the run records the new total in run.json.
+    s.train(&m, dir_b.path(), &mut resumed, Some(10), &mut |_| true)
+        .unwrap();
+    let reopened = session::open(&m, dir_b.path()).unwrap();
+    assert_eq!(reopened.meta.config.steps, 10);
+    assert_eq!(reopened.state(dir_b.path()).unwrap().step, 10);
 }
 
 #[test]

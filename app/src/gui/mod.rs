@@ -417,6 +417,8 @@ impl NeoApp {
                     .collect();
                 self.inject.val = val;
                 self.inject.steps = steps;
+                // Resume continues with the run's own step count unless the user changes it.
+                self.inject.config.steps = steps;
                 self.inject.status = Some(match stopped {
                     Some(Stopped::Completed) => format!(
                         "Done: {forms} new rows, {step} steps; run in {}",

@@ -104,6 +104,12 @@ pub fn create(dir: &Path, meta: &RunMeta, init: &Tensor, blocks: &Blocks) -> Res
         ],
         None,
     )?;
+    write_meta(dir, meta)
+}
+
+/// Writes `run.json` (atomically).
+pub fn write_meta(dir: &Path, meta: &RunMeta) -> Result<()> {
+    let json = dir.join("run.json");
     let text = serde_json::to_vec_pretty(meta).map_err(|e| serr(&json, e))?;
     write_atomic(&json, &text)
 }

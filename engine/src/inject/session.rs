@@ -128,8 +128,13 @@ impl Session {
             }
         }
         let mut cfg = self.meta.config.clone();
-        if let Some(s) = steps {
+        if let Some(s) = steps.filter(|s| *s != cfg.steps) {
+            // A longer (or shorter) run from here on: record the new total in `run.json`
+            // (the learning-rate schedule follows it from the next step).
             cfg.steps = s;
+            let mut meta = self.meta.clone();
+            meta.config.steps = s;
+            run::write_meta(dir, &meta)?;
         }
         train::train(m, state, &self.blocks, &cfg, &mut Hooks { dir, on_event })
     }
