@@ -219,6 +219,8 @@ fn geometry_report_is_written_and_consistent() {
     assert_eq!(r.norms.base.n, m.llama.cfg.vocab_size);
     assert!(r.isotropy.base > 0.0 && r.isotropy.base <= 1.0);
     assert!(r.drift.new.max <= 1.0 + 1e-6 && r.drift.new.min < 1.0);
+    assert_eq!(r.drift.per_form.len(), 4);
+    assert_eq!(r.drift.per_form[0].0, s.vocab.forms[0]);
     assert_eq!(r.neighbors.len(), 4);
     assert!(r.pca.base_90 <= r.pca.base_95 && r.pca.base_95 <= 32);
     let html = report::write(dir.path(), &r).unwrap();

@@ -288,7 +288,8 @@ pub fn render(r: &GeometryReport) -> String {
         s,
         "<h2>Drift</h2><p>Base rows unchanged (hash of the base matrix equal to the run's start): \
          <b>{}</b>. Cosine between each new row's initial and trained vector:</p>\
-         <table>{SUMMARY_HEAD}{}</table>{}<p>Moved most: {}</p><p>Moved least: {}</p>",
+         <table>{SUMMARY_HEAD}{}</table>{}<p>Moved most: {}</p><p>Moved least: {}</p><p>Every form's cosine is in \
+         <code>report.json</code> (<code>drift.per_form</code>).</p>",
         if d.base_identical { "yes" } else { "NO" },
         summary_row("new", &d.new),
         histogram_svg("cos(initial, trained) of new rows", &d.hist),

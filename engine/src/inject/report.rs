@@ -104,6 +104,8 @@ pub struct Drift {
     pub most: Vec<(String, f64)>,
     /// The ten that moved least.
     pub least: Vec<(String, f64)>,
+    /// Every new form with its cosine, in id order.
+    pub per_form: Vec<(String, f64)>,
 }
 
 /// Nearest base tokens of one form.
@@ -289,6 +291,13 @@ pub fn compute(
         hist: hist(&[("new", &drift_cos)], -1.0, 1.0),
         most: pick(&mut order.iter()),
         least: pick(&mut order.iter().rev()),
+        per_form: session
+            .vocab
+            .forms
+            .iter()
+            .cloned()
+            .zip(drift_cos.iter().copied())
+            .collect(),
     };
 
     progress("neighbours", 0.45);
