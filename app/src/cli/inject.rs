@@ -1,5 +1,4 @@
-//! `neoscope inject run|resume|report|demo|generate` (vocabulary injection) and
-//! `neoscope embed project|neighbors` (the embedding space).
+//! `neoscope inject run|resume|report|demo|generate`: vocabulary injection.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -7,17 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use neoscope_engine::api::{Command, Event, JobResult};
-use neoscope_engine::embed::project::{BaseSelection, Method, PointKind};
-use neoscope_engine::embed::tsne::TsneConfig;
 use neoscope_engine::inject::init::InitKind;
 use neoscope_engine::inject::lexicon::parse_morphemes;
-use neoscope_engine::inject::messages::{
-    EmbedCommand, EmbedResult, InjectCommand, InjectResult, TextSource,
-};
+use neoscope_engine::inject::messages::{InjectCommand, InjectResult, TextSource};
 use neoscope_engine::inject::report::GeometryReport;
 use neoscope_engine::inject::synth;
 use neoscope_engine::inject::train::{InjectConfig, InjectEvent};
-use neoscope_engine::mfa::messages::MfaCommand;
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
@@ -138,61 +132,6 @@ pub struct RunArgs {
     pub adam_eps: f64,
 }
 
-/// Embedding-space subcommands.
-#[derive(Debug, Subcommand)]
-pub enum EmbedCmd {
-    /// 2-D projection of the vocabulary (and an injection run's new rows) as CSV.
-    Project {
-        /// Method.
-        #[arg(long, value_enum, default_value_t = MethodArg::Pca)]
-        method: MethodArg,
-        /// Use a seeded sample of this many base tokens (default: all of them).
-        #[arg(long)]
-        sample: Option<usize>,
-        /// Only base tokens containing this text.
-        #[arg(long, conflicts_with = "sample")]
-        containing: Option<String>,
-        /// Include the new rows of this injection run.
-        #[arg(long)]
-        run: Option<PathBuf>,
-        /// Include these saved activations (from `neoscope mfa collect`).
-        #[arg(long)]
-        activations: Option<PathBuf>,
-        /// Leave the base vocabulary out (only new rows and activations).
-        #[arg(long, conflicts_with_all = ["sample", "containing"])]
-        no_base: bool,
-        /// t-SNE perplexity.
-        #[arg(long, default_value_t = 30.0)]
-        perplexity: f32,
-        /// t-SNE iterations.
-        #[arg(long, default_value_t = 750)]
-        epochs: usize,
-        /// CSV output (id,kind,label,x,y).
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Nearest tokens by cosine over the whole vocabulary (and a run's new rows).
-    Neighbors {
-        /// A token, form, `#id`, or arithmetic (`king - man + woman`).
-        query: String,
-        /// How many.
-        #[arg(short, long, default_value_t = 10)]
-        k: usize,
-        /// Include the new rows of this injection run.
-        #[arg(long)]
-        run: Option<PathBuf>,
-    },
-}
-
-/// Projection method on the command line.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum MethodArg {
-    /// Principal components.
-    Pca,
-    /// t-SNE.
-    Tsne,
-}
-
 fn read(path: &Path) -> Result<TextSource> {
     Ok(TextSource {
         name: path.display().to_string(),
@@ -222,7 +161,7 @@ fn show(ev: &Event) {
     }
 }
 
-fn inject_call(engine: &mut EngineHandle, cmd: InjectCommand) -> Result<InjectResult> {
+pub(super) fn inject_call(engine: &mut EngineHandle, cmd: InjectCommand) -> Result<InjectResult> {
     match call_with(engine, Command::Inject(cmd), &mut show)? {
         JobResult::Inject(r) => Ok(*r),
         _ => bail!("unexpected engine reply"),
@@ -428,123 +367,5 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result
             train_and_report(engine, json_mode, cmd)
         }
         InjectCmd::Generate { .. } => Ok(()),
-    }
-}
-
-fn embed_call(engine: &mut EngineHandle, cmd: EmbedCommand) -> Result<EmbedResult> {
-    match call_with(engine, Command::Embed(cmd), &mut super::progress_to_stderr)? {
-        JobResult::Embed(r) => Ok(*r),
-        _ => bail!("unexpected engine reply"),
-    }
-}
-
-fn open_run(engine: &mut EngineHandle, run: Option<PathBuf>) -> Result<()> {
-    if let Some(dir) = run {
-        inject_call(engine, InjectCommand::Open { dir })?;
-    }
-    Ok(())
-}
-
-fn kind_name(k: PointKind) -> &'static str {
-    match k {
-        PointKind::Base => "base",
-        PointKind::New => "new",
-        PointKind::Word => "word",
-        PointKind::Activation => "activation",
-    }
-}
-
-/// Runs an embedding-space subcommand.
-pub fn run_embed(engine: &mut EngineHandle, json_mode: bool, cmd: EmbedCmd) -> Result<()> {
-    match cmd {
-        EmbedCmd::Neighbors { query, k, run } => {
-            open_run(engine, run)?;
-            let EmbedResult::Neighbors { hits, .. } =
-                embed_call(engine, EmbedCommand::Neighbors { query, k })?
-            else {
-                bail!("unexpected engine reply");
-            };
-            let rows: Vec<String> = hits
-                .iter()
-                .map(|h| {
-                    format!(
-                        "{:>6}  {:>7.4}  {:<4}  {:?}",
-                        h.id,
-                        h.cosine,
-                        kind_name(h.kind),
-                        h.text
-                    )
-                })
-                .collect();
-            emit(
-                json_mode,
-                &json!({"hits": hits}),
-                &format!("    id   cosine  kind  text\n{}", rows.join("\n")),
-            )
-        }
-        EmbedCmd::Project {
-            method,
-            sample,
-            containing,
-            run,
-            activations,
-            no_base,
-            perplexity,
-            epochs,
-            out,
-        } => {
-            let include_new = run.is_some();
-            open_run(engine, run)?;
-            let include_activations = activations.is_some();
-            if let Some(path) = activations {
-                let cmd = Command::Mfa(MfaCommand::LoadActivations { path });
-                call_with(engine, cmd, &mut super::progress_to_stderr)?;
-            }
-            let base = match (sample, containing, no_base) {
-                (_, _, true) => BaseSelection::None,
-                (Some(n), _, _) => BaseSelection::Sample { n, seed: 0 },
-                (None, Some(s), _) => BaseSelection::Containing(s),
-                (None, None, false) => BaseSelection::All,
-            };
-            let method = match method {
-                MethodArg::Pca => Method::Pca,
-                MethodArg::Tsne => Method::Tsne(TsneConfig { perplexity, epochs }),
-            };
-            let EmbedResult::Projection(p) = embed_call(
-                engine,
-                EmbedCommand::Project {
-                    base,
-                    include_new,
-                    include_activations,
-                    method,
-                },
-            )?
-            else {
-                bail!("unexpected engine reply");
-            };
-            let mut w = csv::Writer::from_writer(Vec::new());
-            w.write_record(["id", "kind", "label", "x", "y"])?;
-            for i in 0..p.points.len() {
-                w.write_record([
-                    p.ids[i].to_string(),
-                    kind_name(p.kinds[i]).to_owned(),
-                    p.labels[i].clone(),
-                    p.points[i][0].to_string(),
-                    p.points[i][1].to_string(),
-                ])?;
-            }
-            let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-            neoscope_engine::words::file::write_atomic(&out, &bytes)?;
-            emit(
-                json_mode,
-                &json!({"method": p.method, "points": p.points.len(), "explained": p.explained, "out": out}),
-                &format!(
-                    "{}: {} points written to {}",
-                    p.method,
-                    p.points.len(),
-                    out.display()
-                ),
-            )
-        }
     }
 }

@@ -14,6 +14,7 @@ use neoscope_engine::sampling::Sampling;
 use neoscope_engine::worker::{DeviceChoice, EngineHandle, EngineOptions};
 use serde_json::json;
 
+pub mod embed;
 pub mod inject;
 pub mod lens;
 pub mod mfa;
@@ -127,7 +128,7 @@ pub enum Cmd {
     Inject(inject::InjectCmd),
     /// The embedding space: 2-D projections and nearest neighbours.
     #[command(subcommand)]
-    Embed(inject::EmbedCmd),
+    Embed(embed::EmbedCmd),
 }
 
 /// Demonstrations.
@@ -233,7 +234,7 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
         Cmd::Lens(a) => lens::run(&mut engine, g.json, a),
         Cmd::Mfa(c) => mfa::run(&mut engine, g.json, info.dims.n_layers, c),
         Cmd::Inject(c) => inject::run(&mut engine, g.json, c),
-        Cmd::Embed(c) => inject::run_embed(&mut engine, g.json, c),
+        Cmd::Embed(c) => embed::run(&mut engine, g.json, c),
         Cmd::Demo(DemoCmd::PunVsLiteral(a)) => word::demo(&mut engine, g.json, &a),
         Cmd::Info => {
             let d = info.dims;

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 use neoscope_engine::api::Command;
 use neoscope_engine::inject::init::InitKind;
 use neoscope_engine::inject::messages::{InjectCommand, LexiconCounts, TextSource};
@@ -231,7 +230,7 @@ pub fn curves_csv(p: &InjectPanel) -> String {
     out
 }
 
-fn dialog(app: &mut NeoApp, what: InjectFile) {
+pub(super) fn dialog(app: &mut NeoApp, what: InjectFile) {
     let mode = match what {
         InjectFile::SaveReport | InjectFile::SaveCurves => Mode::Save,
         _ => Mode::Open,
@@ -269,8 +268,8 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
     settings_row(app, ui);
     ui.separator();
     ui.columns(2, |cols| {
-        curves(app, &mut cols[0]);
-        report_view(app, &mut cols[1]);
+        super::inject_views::curves(app, &mut cols[0]);
+        super::inject_views::report_view(app, &mut cols[1]);
     });
 }
 
@@ -418,142 +417,6 @@ fn settings_row(app: &mut NeoApp, ui: &mut egui::Ui) {
             super::job_row(app, ui, &job, job.fraction.or(Some(by_steps)));
         } else if let Some(s) = &app.inject.status {
             ui.label(s);
-        }
-    });
-}
-
-fn curves(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let has = !app.inject.losses.is_empty();
-    ui.horizontal(|ui| {
-        ui.strong("Loss");
-        if has && ui.small_button("CSV…").clicked() {
-            dialog(app, InjectFile::SaveCurves);
-        }
-    });
-    let p = &app.inject;
-    if p.losses.is_empty() && p.val.is_empty() {
-        ui.weak("Training and validation loss appear here as the run goes.");
-        return;
-    }
-    #[expect(clippy::cast_precision_loss, reason = "steps")]
-    let pts = |v: &[(usize, f32)]| -> Vec<[f64; 2]> {
-        v.iter().map(|(s, l)| [*s as f64, f64::from(*l)]).collect()
-    };
-    Plot::new("inject_loss")
-        .height(220.0)
-        .legend(Legend::default())
-        .x_axis_label("step")
-        .y_axis_label("loss (nats/token)")
-        .show(ui, |plot| {
-            let val_color = egui::Color32::from_rgb(90, 170, 250);
-            plot.line(
-                Line::new("train", PlotPoints::from(pts(&p.losses)))
-                    .color(egui::Color32::from_rgb(230, 120, 80)),
-            );
-            plot.line(Line::new("validation", PlotPoints::from(pts(&p.val))).color(val_color));
-            plot.points(
-                Points::new("validation", pts(&p.val))
-                    .radius(3.0)
-                    .color(val_color),
-            );
-        });
-    if let (Some(a), Some(b)) = (p.val.first(), p.val.last()) {
-        ui.label(format!(
-            "Validation loss {:.4} (step {}) to {:.4} (step {})",
-            a.1, a.0, b.1, b.0
-        ));
-    }
-}
-
-fn report_view(app: &mut NeoApp, ui: &mut egui::Ui) {
-    ui.strong("Geometry report");
-    let Some((html, r)) = &app.inject.report else {
-        ui.weak("Write the report after training: norms, isotropy, drift, neighbours, PCA dimensions, pairwise cosines.");
-        return;
-    };
-    let html = html.clone();
-    egui::Grid::new("inject_report")
-        .striped(true)
-        .show(ui, |ui| {
-            let n = &r.norms;
-            ui.label("norm base / new");
-            ui.label(format!("{:.3} / {:.3}", n.base.mean, n.new.mean));
-            ui.end_row();
-            ui.label("Welch t (p)");
-            ui.label(format!(
-                "{:.2} ({:.2e})",
-                n.welch.statistic, n.welch.p_value
-            ));
-            ui.end_row();
-            ui.label("Mann-Whitney U (p)");
-            ui.label(format!(
-                "{:.0} ({:.2e})",
-                n.mann_whitney.statistic, n.mann_whitney.p_value
-            ));
-            ui.end_row();
-            ui.label("Cohen's d");
-            ui.label(format!("{:.3}", n.cohen_d));
-            ui.end_row();
-            ui.label("isotropy (Mu et al.) base / new");
-            ui.label(format!("{:.2e} / {:.2e}", r.isotropy.base, r.isotropy.new));
-            ui.end_row();
-            ui.label("drift cos mean (min)");
-            ui.label(format!("{:.3} ({:.3})", r.drift.new.mean, r.drift.new.min));
-            ui.end_row();
-            ui.label("base rows unchanged");
-            ui.label(if r.drift.base_identical { "yes" } else { "NO" });
-            ui.end_row();
-            ui.label("PCA dims 90/95% base");
-            ui.label(format!("{} / {}", r.pca.base_90, r.pca.base_95));
-            ui.end_row();
-            ui.label("PCA dims 90/95% new");
-            ui.label(format!("{} / {}", r.pca.new_90, r.pca.new_95));
-            ui.end_row();
-            let pw = &r.pairwise;
-            ui.label("cosine bb / nn / bn");
-            ui.label(format!(
-                "{:.3} / {:.3} / {:.3}",
-                pw.base_base.mean, pw.new_new.mean, pw.base_new.mean
-            ));
-            ui.end_row();
-            ui.label("KS bb vs nn (p)");
-            ui.label(format!(
-                "{:.3} ({:.2e})",
-                pw.ks_bb_nn.statistic, pw.ks_bb_nn.p_value
-            ));
-            ui.end_row();
-        });
-    if let Some(nb) = r.neighbors.first() {
-        let list = |v: &[(String, f32)]| {
-            v.iter()
-                .map(|(t, _)| format!("{t:?}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        ui.label(format!(
-            "{}: before {} · after {}",
-            nb.form,
-            list(&nb.before),
-            list(&nb.after)
-        ));
-    }
-    ui.horizontal(|ui| {
-        ui.weak(html.display().to_string());
-        if ui.button("Save JSON…").clicked() {
-            dialog(app, InjectFile::SaveReport);
-        }
-        if ui.button("Open report").clicked() {
-            let opener = if cfg!(target_os = "macos") {
-                "open"
-            } else {
-                "xdg-open"
-            };
-            if let Err(e) = std::process::Command::new(opener).arg(&html).spawn() {
-                app.error = Some(format!(
-                    "could not open {}: {e}; open it in a browser",
-                    html.display()
-                ));
-            }
         }
     });
 }

@@ -5,6 +5,7 @@ pub mod compare_panel;
 mod dialogs;
 pub mod embed_panel;
 pub mod inject_panel;
+mod inject_views;
 pub mod lens_panel;
 pub mod mfa_panel;
 mod mfa_views;
