@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use neoscope_engine::api::{Command, Event, JobResult};
 use neoscope_engine::inject::init::InitKind;
@@ -133,11 +133,7 @@ pub struct RunArgs {
 }
 
 fn read(path: &Path) -> Result<TextSource> {
-    Ok(TextSource {
-        name: path.display().to_string(),
-        text: std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?,
-    })
+    Ok(TextSource::read(path)?)
 }
 
 /// Live training lines on stderr.

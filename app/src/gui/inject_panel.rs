@@ -87,12 +87,7 @@ impl Default for InjectPanel {
 }
 
 fn read(p: &std::path::Path) -> Result<TextSource, String> {
-    std::fs::read_to_string(p)
-        .map(|text| TextSource {
-            name: p.display().to_string(),
-            text,
-        })
-        .map_err(|e| format!("{}: {e}", p.display()))
+    TextSource::read(p).map_err(|e| e.to_string())
 }
 
 /// The chosen inputs (shipped demo files where none was chosen).

@@ -38,6 +38,11 @@ impl CosineIndex {
         })
     }
 
+    /// The indexed rows, scaled to unit length.
+    pub fn normed(&self) -> &Tensor {
+        &self.normed
+    }
+
     /// Number of indexed rows.
     pub fn len(&self) -> usize {
         self.normed.dims()[0]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::report::GeometryReport;
 use super::train::{InjectConfig, Stopped};
 use crate::embed::project::{BaseSelection, Method, PointKind, Projection};
+use crate::error::{EngineError, Result};
 
 /// A text and where it came from (shown in errors and recorded in the run).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +17,16 @@ pub struct TextSource {
     pub name: String,
     /// Contents.
     pub text: String,
+}
+
+impl TextSource {
+    /// Reads a text file, named by its path.
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        Ok(Self {
+            name: path.display().to_string(),
+            text: std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?,
+        })
+    }
 }
 
 /// Injection commands.
@@ -164,12 +175,4 @@ pub enum EmbedResult {
         /// Best first.
         hits: Vec<Hit>,
     },
-}
-
-/// Embedding-space method names (for front ends).
-pub fn method_name(m: &Method) -> &'static str {
-    match m {
-        Method::Pca => "PCA",
-        Method::Tsne(_) => "t-SNE",
-    }
 }

@@ -196,8 +196,14 @@ pub struct GeometryReport {
 pub fn tensor_sha256(t: &Tensor) -> Result<String> {
     let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let mut h = Sha256::new();
-    for x in v {
-        h.update(x.to_le_bytes());
+    // Fed in chunks: one `update` per value is millions of calls for an embedding matrix.
+    let mut buf = Vec::with_capacity(4 * 4096);
+    for chunk in v.chunks(4096) {
+        buf.clear();
+        chunk
+            .iter()
+            .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+        h.update(&buf);
     }
     Ok(hex::encode(h.finalize()))
 }
@@ -353,10 +359,11 @@ pub fn compute(
     let scatter_new = to2(pb.project(&new, 2)?);
 
     progress("pairwise cosines", 0.8);
-    let (bn_, nn_) = (normalize_rows(&base)?, normalize_rows(&new)?);
-    let bb = pair_cosines(&bn_, &bn_, true, PAIRS, seed ^ 2)?;
-    let nnc = pair_cosines(&nn_, &nn_, true, PAIRS, seed ^ 3)?;
-    let bnc = pair_cosines(&bn_, &nn_, false, PAIRS, seed ^ 4)?;
+    // Unit rows: the search index's copy of the base, the drift step's of the new rows.
+    let (bn_, nn_) = (index.normed(), &nf);
+    let bb = pair_cosines(bn_, bn_, true, PAIRS, seed ^ 2)?;
+    let nnc = pair_cosines(nn_, nn_, true, PAIRS, seed ^ 3)?;
+    let bnc = pair_cosines(bn_, nn_, false, PAIRS, seed ^ 4)?;
     let pairwise = Pairwise {
         pairs: PAIRS,
         base_base: stats::summary(&bb),

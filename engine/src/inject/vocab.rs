@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use candle_core::Tensor;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
@@ -122,13 +121,7 @@ pub struct FormInit {
 
 /// Mean token embedding of `text` read as a word (` text`).
 fn mean_embedding(m: &LoadedModel, text: &str) -> Result<Vec<f32>> {
-    let ids = m.tokenizer.encode(&format!(" {text}"))?;
-    if ids.is_empty() {
-        return Err(EngineError::Invalid(format!("`{text}` has no tokens")));
-    }
-    let n = ids.len();
-    let idx = Tensor::from_vec(ids, n, m.llama.device())?;
-    Ok(m.llama.embed.index_select(&idx, 0)?.mean(0)?.to_vec1()?)
+    crate::words::init_vector(m, &crate::words::Init::Words(vec![format!(" {text}")]))
 }
 
 /// A morpheme's vector: its own token when ` morpheme` is one token, else the mean over its

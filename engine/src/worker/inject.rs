@@ -232,7 +232,7 @@ impl Worker {
         }
     }
 
-    /// Base rows followed by the open run's new rows.
+    /// Base rows followed by the open run's new rows (a copy: built once for the search index).
     fn all_rows(&self) -> Result<Tensor> {
         let m = self.model()?;
         Ok(match &self.inject.run {
@@ -244,11 +244,17 @@ impl Worker {
     fn term(&self, t: &str) -> Result<Vec<f32>> {
         let m = self.model()?;
         if let Some(id) = t.strip_prefix('#').and_then(|s| s.parse::<usize>().ok()) {
-            let rows = self.all_rows()?;
-            if id >= rows.dim(0)? {
-                return Err(EngineError::Invalid(format!("there is no token #{id}")));
-            }
-            return Ok(rows.get(id)?.to_vec1()?);
+            // Base rows first, then the open run's rows (no concatenated copy needed).
+            let base = m.llama.cfg.vocab_size;
+            let row = match (id.checked_sub(base), &self.inject.run) {
+                (None, _) => Some(m.llama.embed.get(id)?),
+                (Some(i), Some(r)) if i < r.session.vocab.len() => Some(r.state.rows.get(i)?),
+                _ => None,
+            };
+            return match row {
+                Some(v) => Ok(v.to_vec1()?),
+                None => Err(EngineError::Invalid(format!("there is no token #{id}"))),
+            };
         }
         if let Some(r) = &self.inject.run
             && let Some(i) = r.session.vocab.find(t)
@@ -260,9 +266,10 @@ impl Worker {
 
     fn text_of(&self, id: u32) -> Result<(String, PointKind)> {
         let m = self.model()?;
-        let base = m.llama.cfg.vocab_size;
-        Ok(match (&self.inject.run, (id as usize).checked_sub(base)) {
-            (Some(r), Some(i)) => (format!(" {}", r.session.vocab.forms[i]), PointKind::New),
+        Ok(match &self.inject.run {
+            Some(r) if id as usize >= r.session.vocab.base => {
+                (r.session.vocab.text(m, id), PointKind::New)
+            }
             _ => (m.tokenizer.piece(id), PointKind::Base),
         })
     }
