@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use egui::Color32;
-use egui_plot::{Plot, PlotPoints, Points};
+use egui_plot::{Plot, PlotPoint, PlotPoints, Points};
 use neoscope_engine::api::{Command, RequestId};
 use neoscope_engine::embed::project::{BaseSelection, Method, PointKind, Projection};
 use neoscope_engine::embed::tsne::TsneConfig;
@@ -47,6 +47,8 @@ pub struct EmbedPanel {
     pub job: Option<JobView>,
     /// The projection shown.
     pub projection: Option<Projection>,
+    /// Its points split by kind, built once when it arrives (not every frame).
+    pub series: Vec<Series>,
     /// Search text.
     pub search: String,
     /// Index of the found/selected point.
@@ -79,6 +81,7 @@ impl Default for EmbedPanel {
             include_activations: false,
             job: None,
             projection: None,
+            series: Vec::new(),
             search: String::new(),
             selected: None,
             view: None,
@@ -89,6 +92,58 @@ impl Default for EmbedPanel {
             neighbors_label: String::new(),
             frame_ms: 0.0,
         }
+    }
+}
+
+/// One kind of point as the plot draws it.
+pub struct Series {
+    /// Legend name.
+    pub name: &'static str,
+    /// Kind.
+    pub kind: PointKind,
+    /// Coordinates.
+    pub points: Vec<PlotPoint>,
+    /// Index of each point in the projection (for its label).
+    pub index: Vec<usize>,
+}
+
+const KINDS: [(&str, PointKind); 4] = [
+    ("base", PointKind::Base),
+    ("new forms", PointKind::New),
+    ("words", PointKind::Word),
+    ("activations", PointKind::Activation),
+];
+
+/// Shows a projection: keeps it and splits its points by kind once.
+pub fn set_projection(p: &mut EmbedPanel, proj: Projection) {
+    p.series = KINDS
+        .iter()
+        .map(|(name, kind)| {
+            let index: Vec<usize> = (0..proj.kinds.len())
+                .filter(|i| proj.kinds[*i] == *kind)
+                .collect();
+            let points = index
+                .iter()
+                .map(|i| PlotPoint::new(proj.points[*i][0], proj.points[*i][1]))
+                .collect();
+            Series {
+                name,
+                kind: *kind,
+                points,
+                index,
+            }
+        })
+        .collect();
+    p.selected = None;
+    p.projection = Some(proj);
+}
+
+fn style(kind: PointKind) -> (f32, Color32) {
+    match kind {
+        PointKind::Base => (1.0, BASE),
+        PointKind::New => (2.0, NEW),
+        PointKind::Word => (5.0, WORD),
+        PointKind::Activation => (1.5, ACT),
     }
 }
 
@@ -265,10 +320,15 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
     let Some(p) = &app.embed.projection else {
         return;
     };
-    let (n_base, n_new) = (
-        p.kinds.iter().filter(|k| **k == PointKind::Base).count(),
-        p.kinds.iter().filter(|k| **k != PointKind::Base).count(),
-    );
+    let series = &app.embed.series;
+    let count = |k: PointKind| {
+        series
+            .iter()
+            .find(|s| s.kind == k)
+            .map_or(0, |s| s.index.len())
+    };
+    let n_base = count(PointKind::Base);
+    let n_new = p.points.len() - n_base;
     ui.horizontal(|ui| {
         ui.label(format!("{}: {n_base} base tokens, {n_new} new", p.method));
         if let Some(e) = p.explained {
@@ -280,29 +340,6 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
         }
         ui.weak(format!("panel {:.1} ms/frame", app.embed.frame_ms));
     });
-    let pick = |k: PointKind| -> Vec<[f64; 2]> {
-        p.points
-            .iter()
-            .zip(&p.kinds)
-            .filter(|(_, kk)| **kk == k)
-            .map(|(q, _)| [f64::from(q[0]), f64::from(q[1])])
-            .collect()
-    };
-    // Hover labels: egui_plot reports the hovered point's index within its series.
-    let series_labels = |k: PointKind| -> Vec<String> {
-        p.labels
-            .iter()
-            .zip(&p.kinds)
-            .filter(|(_, kk)| **kk == k)
-            .map(|(l, _)| l.clone())
-            .collect()
-    };
-    let labels = [
-        ("base", series_labels(PointKind::Base)),
-        ("new forms", series_labels(PointKind::New)),
-        ("words", series_labels(PointKind::Word)),
-        ("activations", series_labels(PointKind::Activation)),
-    ];
     let selected = app.embed.selected;
     let ui_ring_color = ui.visuals().strong_text_color();
     let sel_label = selected
@@ -318,37 +355,26 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
     let resp = plot
         .data_aspect(1.0)
         .legend(egui_plot::Legend::default())
-        .label_formatter(move |hover| match hover {
+        // Hover labels: egui_plot reports the hovered point's index within its series.
+        .label_formatter(|hover| match hover {
             egui_plot::HoverPosition::NearDataPoint {
                 plot_name, index, ..
-            } => labels
+            } => series
                 .iter()
-                .find(|(n, _)| n == plot_name)
-                .and_then(|(_, l)| l.get(*index))
-                .map(|l| format!("{l:?}")),
+                .find(|s| s.name == *plot_name)
+                .and_then(|s| s.index.get(*index))
+                .map(|i| format!("{:?}", p.labels[*i])),
             egui_plot::HoverPosition::Elsewhere { .. } => None,
         })
         .show(ui, |plot| {
-            plot.points(
-                Points::new("base", PlotPoints::from(pick(PointKind::Base)))
-                    .radius(1.0)
-                    .color(BASE),
-            );
-            plot.points(
-                Points::new("new forms", PlotPoints::from(pick(PointKind::New)))
-                    .radius(2.0)
-                    .color(NEW),
-            );
-            plot.points(
-                Points::new("words", PlotPoints::from(pick(PointKind::Word)))
-                    .radius(5.0)
-                    .color(WORD),
-            );
-            plot.points(
-                Points::new("activations", PlotPoints::from(pick(PointKind::Activation)))
-                    .radius(1.5)
-                    .color(ACT),
-            );
+            for s in series {
+                let (radius, color) = style(s.kind);
+                plot.points(
+                    Points::new(s.name, PlotPoints::Borrowed(&s.points))
+                        .radius(radius)
+                        .color(color),
+                );
+            }
             if let Some(xy) = sel_xy {
                 let ring = ui_ring_color;
                 plot.points(

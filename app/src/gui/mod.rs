@@ -384,8 +384,7 @@ impl NeoApp {
             (Owner::Embed | Owner::EmbedNeighbors, JobResult::Embed(r)) => match *r {
                 EmbedResult::Projection(p) => {
                     self.embed.job = None;
-                    self.embed.selected = None;
-                    self.embed.projection = Some(*p);
+                    embed_panel::set_projection(&mut self.embed, *p);
                 }
                 EmbedResult::Neighbors { hits, .. } => {
                     self.embed.neighbors_running = None;
