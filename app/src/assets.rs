@@ -62,7 +62,7 @@ pub fn inject_demo() -> (
     neoscope_engine::inject::messages::TextSource,
 ) {
     use neoscope_engine::inject::messages::TextSource;
-    let t = |name: &str, text: &str| TextSource {
+    let t = |name: &str, text: &str| TextSource::Text {
         name: format!("shipped demo {name}"),
         text: text.to_owned(),
     };

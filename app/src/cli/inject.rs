@@ -132,8 +132,9 @@ pub struct RunArgs {
     pub adam_eps: f64,
 }
 
-fn read(path: &Path) -> Result<TextSource> {
-    Ok(TextSource::read(path)?)
+/// A file input: the engine thread reads it (and names it in any error).
+fn file(path: &Path) -> TextSource {
+    TextSource::File(path.to_owned())
 }
 
 /// Live training lines on stderr.
@@ -257,15 +258,15 @@ pub fn generate(json_mode: bool, cmd: &InjectCmd) -> Result<bool> {
         return Ok(false);
     };
     let mt = match morphemes {
-        Some(p) => read(p)?,
-        None => TextSource {
+        Some(p) => file(p),
+        None => TextSource::Text {
             name: "shipped morphemes.csv".into(),
             text: crate::assets::INJECT_MORPHEMES.into(),
         },
     };
-    let ms = parse_morphemes(&mt.text, &mt.name)?;
+    let ms = parse_morphemes(&mt.load()?, &mt.name())?;
     let rt = match roots {
-        Some(p) => read(p)?.text,
+        Some(p) => file(p).load()?,
         None => crate::assets::INJECT_ROOTS.to_owned(),
     };
     let roots: Vec<String> = rt
@@ -326,9 +327,9 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result
                 ..InjectConfig::default()
             };
             let cmd = InjectCommand::Start {
-                lexicon: read(&a.lexicon)?,
-                morphemes: a.morphemes.as_deref().map(read).transpose()?,
-                corpus: a.corpus.iter().map(|p| read(p)).collect::<Result<_>>()?,
+                lexicon: file(&a.lexicon),
+                morphemes: a.morphemes.as_deref().map(file),
+                corpus: a.corpus.iter().map(|p| file(p)).collect(),
                 config,
                 dir: a.out,
             };

@@ -86,25 +86,23 @@ impl Default for InjectPanel {
     }
 }
 
-fn read(p: &std::path::Path) -> Result<TextSource, String> {
-    TextSource::read(p).map_err(|e| e.to_string())
-}
-
 /// The chosen inputs (shipped demo files where none was chosen).
-fn inputs(p: &InjectPanel) -> Result<(TextSource, Option<TextSource>, Vec<TextSource>), String> {
+/// Files are sent by path: the engine thread reads them.
+fn inputs(p: &InjectPanel) -> (TextSource, Option<TextSource>, Vec<TextSource>) {
     let (lex, morph, corpus) = crate::assets::inject_demo();
-    let lexicon = p.lexicon.as_deref().map_or(Ok(lex), read)?;
+    let file = |p: &PathBuf| TextSource::File(p.clone());
+    let lexicon = p.lexicon.as_ref().map_or(lex, file);
     let morphemes = match (&p.morphemes, p.config.init) {
-        (Some(m), _) => Some(read(m)?),
+        (Some(m), _) => Some(file(m)),
         (None, InitKind::Compositional { .. }) => Some(morph),
         (None, InitKind::Spherical) => None,
     };
     let corpus = if p.corpus.is_empty() {
         vec![corpus]
     } else {
-        p.corpus.iter().map(|c| read(c)).collect::<Result<_, _>>()?
+        p.corpus.iter().map(file).collect()
     };
-    Ok((lexicon, morphemes, corpus))
+    (lexicon, morphemes, corpus)
 }
 
 fn send_job(app: &mut NeoApp, c: InjectCommand, stage: &str) {
@@ -119,38 +117,29 @@ fn send_job(app: &mut NeoApp, c: InjectCommand, stage: &str) {
 
 /// Counts new vs known forms of the chosen inputs.
 pub fn inspect(app: &mut NeoApp) {
-    match inputs(&app.inject) {
-        Ok((lexicon, morphemes, corpus)) => send_job(
-            app,
-            InjectCommand::Inspect {
-                lexicon,
-                morphemes,
-                corpus,
-            },
-            "counting",
-        ),
-        Err(e) => app.error = Some(e),
-    }
+    let (lexicon, morphemes, corpus) = inputs(&app.inject);
+    let c = InjectCommand::Inspect {
+        lexicon,
+        morphemes,
+        corpus,
+    };
+    send_job(app, c, "counting");
 }
 
 /// Starts a run with the panel's settings.
 pub fn start(app: &mut NeoApp) {
-    match inputs(&app.inject) {
-        Ok((lexicon, morphemes, corpus)) => {
-            app.inject.losses.clear();
-            app.inject.val.clear();
-            app.inject.steps = app.inject.config.steps;
-            let c = InjectCommand::Start {
-                lexicon,
-                morphemes,
-                corpus,
-                config: app.inject.config.clone(),
-                dir: PathBuf::from(&app.inject.dir),
-            };
-            send_job(app, c, "starting");
-        }
-        Err(e) => app.error = Some(e),
-    }
+    let (lexicon, morphemes, corpus) = inputs(&app.inject);
+    app.inject.losses.clear();
+    app.inject.val.clear();
+    app.inject.steps = app.inject.config.steps;
+    let c = InjectCommand::Start {
+        lexicon,
+        morphemes,
+        corpus,
+        config: app.inject.config.clone(),
+        dir: PathBuf::from(&app.inject.dir),
+    };
+    send_job(app, c, "starting");
 }
 
 fn handle_dialog(app: &mut NeoApp) {

@@ -10,22 +10,36 @@ use super::train::{InjectConfig, Stopped};
 use crate::embed::project::{BaseSelection, Method, PointKind, Projection};
 use crate::error::{EngineError, Result};
 
-/// A text and where it came from (shown in errors and recorded in the run).
+/// An input text: a file (read by the engine thread, never the UI thread) or a text in memory
+/// (the shipped demo), with the name shown in errors and recorded in the run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TextSource {
-    /// File name or "shipped demo".
-    pub name: String,
-    /// Contents.
-    pub text: String,
+pub enum TextSource {
+    /// A file, named by its path.
+    File(PathBuf),
+    /// A text already in memory.
+    Text {
+        /// Where it came from.
+        name: String,
+        /// Contents.
+        text: String,
+    },
 }
 
 impl TextSource {
-    /// Reads a text file, named by its path.
-    pub fn read(path: &std::path::Path) -> Result<Self> {
-        Ok(Self {
-            name: path.display().to_string(),
-            text: std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?,
-        })
+    /// The name (path or given name).
+    pub fn name(&self) -> String {
+        match self {
+            Self::File(p) => p.display().to_string(),
+            Self::Text { name, .. } => name.clone(),
+        }
+    }
+
+    /// The contents, reading the file if it is one.
+    pub fn load(&self) -> Result<String> {
+        match self {
+            Self::File(p) => std::fs::read_to_string(p).map_err(|e| EngineError::io(p, e)),
+            Self::Text { text, .. } => Ok(text.clone()),
+        }
     }
 }
 

@@ -36,38 +36,31 @@ pub(super) struct InjectState {
     index: Option<CosineIndex>,
 }
 
-fn joined(corpus: &[TextSource]) -> String {
-    corpus
-        .iter()
-        .map(|c| c.text.as_str())
-        .collect::<Vec<_>>()
-        .join("\n\n")
-}
-
 impl Worker {
     fn inputs(
         lexicon: &TextSource,
         morphemes: Option<&TextSource>,
         corpus: &[TextSource],
     ) -> Result<Inputs> {
-        let mut sources = vec![format!("lexicon: {}", lexicon.name)];
+        let mut sources = vec![format!("lexicon: {}", lexicon.name())];
         let morphemes = match morphemes {
             Some(t) => {
-                sources.push(format!("morphemes: {}", t.name));
-                parse_morphemes(&t.text, &t.name)?
+                sources.push(format!("morphemes: {}", t.name()));
+                parse_morphemes(&t.load()?, &t.name())?
             }
             None => Vec::new(),
         };
-        sources.extend(corpus.iter().map(|c| format!("corpus: {}", c.name)));
-        if corpus.iter().all(|c| c.text.trim().is_empty()) {
+        sources.extend(corpus.iter().map(|c| format!("corpus: {}", c.name())));
+        let texts: Vec<String> = corpus.iter().map(TextSource::load).collect::<Result<_>>()?;
+        if texts.iter().all(|t| t.trim().is_empty()) {
             return Err(EngineError::Invalid(
                 "the corpus is empty: add a text file".into(),
             ));
         }
         Ok(Inputs {
-            forms: parse_lexicon(&lexicon.text, &lexicon.name)?,
+            forms: parse_lexicon(&lexicon.load()?, &lexicon.name())?,
             morphemes,
-            corpus: joined(corpus),
+            corpus: texts.join("\n\n"),
             sources,
         })
     }
