@@ -243,13 +243,12 @@ fn labelled(hits: &[(usize, f32)], m: &LoadedModel) -> Vec<(String, f32)> {
         .collect()
 }
 
-/// Computes the report of `session` at `state`; `base_sha` is the base matrix's hash recorded
-/// at the start of the run.
+/// Computes the report of `session` at `state` (the base matrix is checked against the hash
+/// recorded in the run at its start).
 pub fn compute(
     m: &LoadedModel,
     session: &Session,
     state: &TrainState,
-    base_sha: &str,
     progress: &mut dyn FnMut(&str, f32),
 ) -> Result<GeometryReport> {
     let seed = session.meta.config.seed;
@@ -292,7 +291,7 @@ pub fn compute(
             .collect()
     };
     let drift = Drift {
-        base_identical: tensor_sha256(&m.llama.embed)? == base_sha,
+        base_identical: tensor_sha256(&m.llama.embed)? == session.meta.base_rows_sha256,
         new: stats::summary(&drift_cos),
         hist: hist(&[("new", &drift_cos)], -1.0, 1.0),
         most: pick(&mut order.iter()),

@@ -203,19 +203,13 @@ impl Worker {
                     EngineError::Invalid("no injection run is open: start or open one".into())
                 })?;
                 let m = self.model()?;
-                let r = report::compute(
-                    m,
-                    &run.session,
-                    &run.state,
-                    &run.session.meta.base_rows_sha256,
-                    &mut |stage, f| {
-                        self.send(Event::Progress {
-                            id,
-                            stage: format!("report: {stage}"),
-                            fraction: Some(f),
-                        });
-                    },
-                )?;
+                let r = report::compute(m, &run.session, &run.state, &mut |stage, f| {
+                    self.send(Event::Progress {
+                        id,
+                        stage: format!("report: {stage}"),
+                        fraction: Some(f),
+                    });
+                })?;
                 let html = report::write(&run.dir, &r)?;
                 Ok(JobResult::Inject(Box::new(InjectResult::Report {
                     html,
