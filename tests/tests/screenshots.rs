@@ -231,7 +231,7 @@ fn injection_and_embedding_panels_with_the_real_model() {
     );
     save(&mut h, "embeddings.png");
 
-    // t-SNE of a 5,000-token sample plus the new rows (the full vocabulary takes ~80 s).
+    // t-SNE of a 5,000-token sample plus the new rows (the full vocabulary takes ~50 s).
     {
         let p = &mut h.state_mut().embed;
         p.tsne = true;

@@ -54,13 +54,14 @@ impl CosineIndex {
     }
 
     /// The `k` most similar rows to each query row of `q` (m, d), as (row, cosine), best first.
-    /// `skip(query, row)` leaves a row out (e.g. the query itself). `progress` gets the done
-    /// fraction after each chunk and stops the search by returning false (then `None`).
+    /// With `exclude_self`, query `i` is row `i` of the index and never its own neighbour.
+    /// `progress` gets the done fraction after each chunk and stops the search by returning
+    /// false (then `None`).
     pub fn search(
         &self,
         q: &Tensor,
         k: usize,
-        skip: &(dyn Fn(usize, usize) -> bool + Sync),
+        exclude_self: bool,
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<Option<Hits>> {
         let qn = normalize_rows(&q.to_dtype(candle_core::DType::F32)?)?;
@@ -75,11 +76,8 @@ impl CosineIndex {
                 .into_par_iter()
                 .enumerate()
                 .map(|(i, mut row)| {
-                    let qi = start + i;
-                    for (j, v) in row.iter_mut().enumerate() {
-                        if skip(qi, j) {
-                            *v = f32::NEG_INFINITY;
-                        }
+                    if exclude_self && let Some(v) = row.get_mut(start + i) {
+                        *v = f32::NEG_INFINITY;
                     }
                     top_indices(&row, k)
                         .into_iter()
@@ -115,18 +113,12 @@ mod tests {
         .unwrap();
         let idx = CosineIndex::new(&x).unwrap();
         let q = Tensor::from_vec(vec![5.0f32, 0.0], (1, 2), &Device::Cpu).unwrap();
-        let r = idx
-            .search(&q, 3, &|_, _| false, &mut |_| true)
-            .unwrap()
-            .unwrap();
+        let r = idx.search(&q, 3, false, &mut |_| true).unwrap().unwrap();
         let ids: Vec<usize> = r[0].iter().map(|(j, _)| *j).collect();
         assert_eq!(ids, vec![0, 2, 1]);
         assert!((r[0][1].1 - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
         // Skipping the query itself.
-        let r = idx
-            .search(&x, 1, &|i, j| i == j, &mut |_| true)
-            .unwrap()
-            .unwrap();
+        let r = idx.search(&x, 1, true, &mut |_| true).unwrap().unwrap();
         assert_eq!(r[0][0].0, 2);
         assert_eq!(r[3][0].0, 1); // −e0: e1 and the diagonal… e1 has cosine 0 > −0.707
     }

@@ -56,7 +56,7 @@ pub fn tsne(
     let k = ((3.0 * cfg.perplexity) as usize).clamp(1, n - 1);
     let index = CosineIndex::new(x)?;
     let found = index
-        .search(x, k, &|i, j| i == j, &mut |f| progress("neighbours", f))?
+        .search(x, k, true, &mut |f| progress("neighbours", f))?
         .ok_or(EngineError::Cancelled)?;
     let neighbors: Vec<Vec<bhtsne::Neighbor<f32>>> = found
         .into_iter()

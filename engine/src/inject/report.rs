@@ -318,12 +318,11 @@ pub fn compute(
         new.device(),
     )?;
     let index = CosineIndex::new(&base)?;
-    let none = |_: usize, _: usize| false;
     let before = index
-        .search(&init.index_select(&idx, 0)?, 5, &none, &mut |_| true)?
+        .search(&init.index_select(&idx, 0)?, 5, false, &mut |_| true)?
         .unwrap_or_default();
     let after = index
-        .search(&new.index_select(&idx, 0)?, 5, &none, &mut |_| true)?
+        .search(&new.index_select(&idx, 0)?, 5, false, &mut |_| true)?
         .unwrap_or_default();
     let neighbors = chosen
         .iter()

@@ -272,7 +272,7 @@ impl Worker {
                 let index = self.inject.index.as_ref().ok_or(EngineError::NoModel)?;
                 let q = Tensor::from_vec(v, (1, d), self.model()?.llama.device())?;
                 let found = index
-                    .search(&q, k, &|_, _| false, &mut |_| true)?
+                    .search(&q, k, false, &mut |_| true)?
                     .unwrap_or_default();
                 let hits = found
                     .first()
