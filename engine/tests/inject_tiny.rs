@@ -213,7 +213,7 @@ fn geometry_report_is_written_and_consistent() {
     let mut st = s.state(dir.path()).unwrap();
     s.train(&m, dir.path(), &mut st, None, &mut |_| true)
         .unwrap();
-    let r = report::compute(&m, &s, &st, &mut |_, _| {}).unwrap();
+    let r = report::compute(&m, &s, &st, &mut |_, _| true).unwrap();
     assert!(r.drift.base_identical);
     assert_eq!((r.n_new, r.n_known), (4, 1));
     assert_eq!(r.norms.base.n, m.llama.cfg.vocab_size);

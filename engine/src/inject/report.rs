@@ -192,6 +192,15 @@ pub struct GeometryReport {
     pub scatter_new: Vec<[f32; 2]>,
 }
 
+/// Reports a stage; `Cancelled` when the caller asks to stop.
+fn step(progress: &mut dyn FnMut(&str, f32) -> bool, stage: &str, f: f32) -> Result<()> {
+    if progress(stage, f) {
+        Ok(())
+    } else {
+        Err(crate::EngineError::Cancelled)
+    }
+}
+
 /// SHA-256 of a tensor's f32 bytes (to show the base matrix never changed).
 pub fn tensor_sha256(t: &Tensor) -> Result<String> {
     let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -244,12 +253,12 @@ fn labelled(hits: &[(usize, f32)], m: &LoadedModel) -> Vec<(String, f32)> {
 }
 
 /// Computes the report of `session` at `state` (the base matrix is checked against the hash
-/// recorded in the run at its start).
+/// recorded in the run at its start). `progress(stage, fraction)` returns false to cancel.
 pub fn compute(
     m: &LoadedModel,
     session: &Session,
     state: &TrainState,
-    progress: &mut dyn FnMut(&str, f32),
+    progress: &mut dyn FnMut(&str, f32) -> bool,
 ) -> Result<GeometryReport> {
     let seed = session.meta.config.seed;
     let base = m.llama.embed.to_dtype(DType::F32)?;
@@ -257,7 +266,7 @@ pub fn compute(
     let init = session.init.to_dtype(DType::F32)?;
     let (n_base, n_new) = (base.dim(0)?, new.dim(0)?);
 
-    progress("norms", 0.0);
+    step(progress, "norms", 0.0)?;
     let (nb, nn) = (row_norms(&base)?, row_norms(&new)?);
     let (lo, hi) = span(&[&nb, &nn]);
     let norms = Norms {
@@ -269,7 +278,7 @@ pub fn compute(
         hist: hist(&[("base", &nb), ("new", &nn)], lo, hi),
     };
 
-    progress("isotropy", 0.15);
+    step(progress, "isotropy", 0.15)?;
     let isotropy = Isotropy {
         kind: IsotropyKind::MuPartition,
         base: isotropy_mu(&base)?,
@@ -277,7 +286,7 @@ pub fn compute(
         new_initial: isotropy_mu(&init)?,
     };
 
-    progress("drift", 0.35);
+    step(progress, "drift", 0.35)?;
     let (ni, nf) = (normalize_rows(&init)?, normalize_rows(&new)?);
     let drift_cos: Vec<f64> = (ni * &nf)?
         .sum(D::Minus1)?
@@ -305,7 +314,7 @@ pub fn compute(
             .collect(),
     };
 
-    progress("neighbours", 0.45);
+    step(progress, "neighbours", 0.45)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut chosen: Vec<usize> = sample(&mut rng, n_new, NEIGHBOR_FORMS.min(n_new)).into_vec();
     chosen.sort_unstable();
@@ -334,7 +343,7 @@ pub fn compute(
         })
         .collect();
 
-    progress("PCA", 0.6);
+    step(progress, "PCA", 0.6)?;
     let pb = Pca::fit(&base)?;
     let pn = Pca::fit(&new)?;
     let pca = PcaDims {
@@ -356,7 +365,7 @@ pub fn compute(
     let scatter_base = to2(pb.project(&sb, 2)?);
     let scatter_new = to2(pb.project(&new, 2)?);
 
-    progress("pairwise cosines", 0.8);
+    step(progress, "pairwise cosines", 0.8)?;
     // Unit rows: the search index's copy of the base, the drift step's of the new rows.
     let (bn_, nn_) = (index.normed(), &nf);
     let bb = pair_cosines(bn_, bn_, true, PAIRS, seed ^ 2)?;
@@ -376,7 +385,7 @@ pub fn compute(
             1.0,
         ),
     };
-    progress("done", 1.0);
+    step(progress, "done", 1.0)?;
     Ok(GeometryReport {
         format: FORMAT.into(),
         version: VERSION,

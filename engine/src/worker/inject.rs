@@ -209,6 +209,7 @@ impl Worker {
                         stage: format!("report: {stage}"),
                         fraction: Some(f),
                     });
+                    !self.cancelled(id)
                 })?;
                 let html = report::write(&run.dir, &r)?;
                 Ok(JobResult::Inject(Box::new(InjectResult::Report {
