@@ -173,6 +173,18 @@ impl Llama {
         self.embed.device()
     }
 
+    /// Block `l`'s stacked query/key/value projection (q + 2·kv, d_model) and stacked
+    /// gate/up projection (2·d_mlp, d_model).
+    pub fn fused(&self, l: usize) -> (&Tensor, &Tensor) {
+        let (qkv, gu) = &self.fused[l];
+        (qkv, gu)
+    }
+
+    /// RoPE cos and sin tables, (n_ctx, d_head/2) each.
+    pub fn rope_tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// Output head weight (the embedding when tied).
     pub fn unembed(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod cpu;
 pub mod llama;
 pub mod load;
 pub mod ops;

@@ -9,6 +9,7 @@
 pub mod analysis;
 pub mod dataset;
 pub mod file;
+pub mod grad;
 pub mod train;
 
 use serde::{Deserialize, Serialize};

@@ -4,6 +4,7 @@
 //! APO-up term, `−log σ(β(Δc − Δr)) − log σ(βΔc)` with `Δ = log π − log π_ref` summed over the
 //! completion, the reference being the same model with the initial vectors.
 
+use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::SeedableRng;
@@ -11,7 +12,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::Example;
-use super::{Injection, Word, encode_with_words};
+use super::{Injection, Word, encode_with_words, grad};
 use crate::error::{EngineError, Result};
 use crate::hooks::HookPoint;
 use crate::model::LoadedModel;
@@ -294,6 +295,31 @@ fn prepare(m: &LoadedModel, words: &[Word], data: &[Example], loss: Loss) -> Res
     Ok(items)
 }
 
+/// The sequences a batch scores (chosen, rejected, chosen, … for the preference loss) and, for
+/// the preference loss, their reference log-probabilities in the same order.
+fn batch_seqs<'a>(batch: &[&'a Item]) -> (Vec<&'a ScoredSeq>, Vec<f32>) {
+    let mut seqs = Vec::new();
+    let mut refs = Vec::new();
+    for i in batch {
+        match i {
+            Item::Ce(s) => seqs.push(s),
+            Item::Pref {
+                chosen,
+                rejected,
+                ref_chosen,
+                ref_rejected,
+            } => {
+                seqs.push(chosen);
+                seqs.push(rejected);
+                refs.push(*ref_chosen);
+                refs.push(*ref_rejected);
+            }
+        }
+    }
+    (seqs, refs)
+}
+
+/// The batch loss as a candle graph (the autograd path).
 fn batch_loss(
     m: &LoadedModel,
     words: &[Word],
@@ -302,44 +328,67 @@ fn batch_loss(
     loss: Loss,
 ) -> Result<Tensor> {
     let dev = m.llama.device();
+    let (seqs, refs) = batch_seqs(batch);
+    let lp = seq_logprobs(m, words, vars, &seqs)?;
     match loss {
         Loss::CrossEntropy => {
-            let seqs: Vec<&ScoredSeq> = batch
-                .iter()
-                .filter_map(|i| match i {
-                    Item::Ce(s) => Some(s),
-                    Item::Pref { .. } => None,
-                })
-                .collect();
-            let lp = seq_logprobs(m, words, vars, &seqs)?;
             let per_example = (lp / token_counts(&seqs, dev)?)?;
             Ok(per_example.mean_all()?.neg()?)
         }
         Loss::Preference { beta } => {
-            let mut seqs = Vec::new();
-            let mut refs = Vec::new();
-            for i in batch {
-                if let Item::Pref {
-                    chosen,
-                    rejected,
-                    ref_chosen,
-                    ref_rejected,
-                } = i
-                {
-                    seqs.push(chosen);
-                    seqs.push(rejected);
-                    refs.push(*ref_chosen);
-                    refs.push(*ref_rejected);
-                }
-            }
             let n = refs.len() / 2;
-            let lp = seq_logprobs(m, words, vars, &seqs)?;
             let delta = (lp - Tensor::from_vec(refs, 2 * n, dev)?)?.reshape((n, 2))?;
             let dc = delta.narrow(1, 0, 1)?.squeeze(1)?;
             let dr = delta.narrow(1, 1, 1)?.squeeze(1)?;
             let dpo = crate::model::ops::softplus(&((&dc - &dr)? * (-beta))?)?;
             let apo_up = crate::model::ops::softplus(&(&dc * (-beta))?)?;
             Ok((dpo + apo_up)?.mean_all()?)
+        }
+    }
+}
+
+/// A batch's forward pass, kept for its gradient: the hand-written CPU pass (see `grad`) or a
+/// candle graph.
+enum Pass {
+    Hand(grad::Tape, Vec<f32>),
+    Graph(Tensor),
+}
+
+/// The batch loss at the vectors' current values (`current`, the same values the `vars` hold).
+fn forward_pass(
+    m: &LoadedModel,
+    words: &[Word],
+    vars: &[Var],
+    current: &[Vec<f32>],
+    batch: &[&Item],
+    loss: Loss,
+) -> Result<(f32, Pass)> {
+    if grad::supported(&m.llama, words) {
+        let (seqs, refs) = batch_seqs(batch);
+        let vectors: Vec<&[f32]> = current.iter().map(Vec::as_slice).collect();
+        let tape = grad::forward(&m.llama, words, &vectors, &seqs)?;
+        let (value, coef) = match loss {
+            Loss::CrossEntropy => grad::cross_entropy(&tape),
+            Loss::Preference { beta } => grad::preference(&tape, &refs, beta),
+        };
+        return Ok((value, Pass::Hand(tape, coef)));
+    }
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let t = batch_loss(m, words, &tensors, batch, loss)?;
+    Ok((t.to_dtype(DType::F32)?.to_scalar::<f32>()?, Pass::Graph(t)))
+}
+
+/// The gradients of a pass's loss with respect to the vectors.
+fn pass_gradients(m: &LoadedModel, vars: &[Var], pass: Pass) -> Result<GradStore> {
+    match pass {
+        Pass::Graph(t) => Ok(t.backward()?),
+        Pass::Hand(tape, coef) => {
+            let mut store = GradStore::default();
+            for (v, g) in vars.iter().zip(tape.backward(&m.llama, &coef)?) {
+                let n = g.len();
+                store.insert(v.as_tensor(), Tensor::from_vec(g, n, m.llama.device())?);
+            }
+            Ok(store)
         }
     }
 }
@@ -403,15 +452,13 @@ pub fn train(
     let mut epoch_losses = Vec::with_capacity(cfg.epochs);
     let mut last_good = snapshot(&vars)?;
     let mut best: Option<(f32, Vec<Vec<f32>>)> = None;
-    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let mut step = 0;
     for (epoch, order) in (1..=cfg.epochs).zip(&orders) {
         let mut sum = 0.0f32;
         for chunk in order.chunks(cfg.batch_size) {
             step += 1;
             let batch: Vec<&Item> = chunk.iter().map(|i| &items[*i]).collect();
-            let loss_t = batch_loss(m, words, &tensors, &batch, cfg.loss)?;
-            let loss = loss_t.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            let (loss, pass) = forward_pass(m, words, &vars, &last_good, &batch, cfg.loss)?;
             if !loss.is_finite() || loss > 1e4 {
                 return Ok(TrainOutcome {
                     vectors: last_good,
@@ -423,7 +470,7 @@ pub fn train(
                     )),
                 });
             }
-            let mut grads = loss_t.backward()?;
+            let mut grads = pass_gradients(m, &vars, pass)?;
             if let Some(clip) = cfg.clip_norm {
                 let mut sq = 0.0f64;
                 for v in &vars {

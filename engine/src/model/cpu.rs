@@ -1,0 +1,241 @@
+//! Plain-slice CPU kernels for hand-written passes (the word-gradient path): read access to the
+//! f32 data of candle tensors without copying, a matrix product into caller-owned buffers, and
+//! the row-wise pieces of a Llama block (RMSNorm and RoPE, each with its backward).
+//!
+//! Why by hand: candle's tensor ops allocate a fresh tensor per op and its autograd keeps every
+//! intermediate alive; the word-gradient pass needs neither, and needs products over row subsets
+//! that candle cannot express without copies. The matrix product itself is the `gemm` crate,
+//! the same kernel candle uses on the CPU.
+
+use candle_core::{CpuStorage, Storage, StorageRef, Tensor};
+use rayon::prelude::*;
+
+use crate::error::{EngineError, Result};
+
+/// Borrowed f32 data of a contiguous CPU tensor (a read lock on its storage).
+pub struct CpuView<'a> {
+    guard: StorageRef<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> CpuView<'a> {
+    /// Locks `t`'s storage for reading; fails unless `t` is a contiguous f32 CPU tensor.
+    pub fn new(t: &'a Tensor) -> Result<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            EngineError::Invalid("hand-written pass: weight is not contiguous".into())
+        })?;
+        if !matches!(&*guard, Storage::Cpu(CpuStorage::F32(_))) {
+            return Err(EngineError::Invalid(
+                "hand-written pass: weights must be f32 on the CPU".into(),
+            ));
+        }
+        Ok(Self { guard, start, end })
+    }
+
+    /// The tensor's values in row-major order.
+    pub fn data(&self) -> &[f32] {
+        match &*self.guard {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.end],
+            _ => &[],
+        }
+    }
+}
+
+/// `dst (m×n) = a (m×k) · B`, or `dst += …` when `accumulate`; all row-major. `B` is `b` read as
+/// (n×k) and transposed when `b_transposed` (a weight in (out, in) layout), else `b` as (k×n).
+///
+/// # Panics
+/// When a slice is shorter than its stated shape (a programming error, checked before the
+/// unchecked kernel runs).
+pub fn matmul(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    b_transposed: bool,
+    accumulate: bool,
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && dst.len() >= m * n,
+        "matmul: slices shorter than {m}×{k}·{k}×{n}"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let (rhs_cs, rhs_rs) = if b_transposed { (k, 1) } else { (1, n) };
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assertion above guarantees that every index the kernel touches — rows up to
+    // m, columns up to n, inner index up to k with the strides given — lies inside the slices;
+    // `dst` is borrowed mutably, so nothing else aliases it.
+    #[expect(
+        unsafe_code,
+        reason = "gemm's only entry point takes raw pointers and strides"
+    )]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            to_isize(n),
+            accumulate,
+            a.as_ptr(),
+            1,
+            to_isize(k),
+            b.as_ptr(),
+            to_isize(rhs_cs),
+            to_isize(rhs_rs),
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+fn to_isize(v: usize) -> isize {
+    isize::try_from(v).unwrap_or(isize::MAX)
+}
+
+/// RMSNorm of each `d`-wide row of `x` into `out` (`x / rms · w`); returns `1/rms` per row.
+pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Vec<f32> {
+    let d = w.len();
+    let mut inv = vec![0f32; x.len() / d];
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(inv.par_iter_mut())
+        .for_each(|((o, xr), r)| {
+            *r = inv_rms(xr, eps);
+            for ((o, xv), wv) in o.iter_mut().zip(xr).zip(w) {
+                *o = xv * *r * wv;
+            }
+        });
+    inv
+}
+
+/// `1 / sqrt(mean(x²) + eps)`.
+pub fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    #[expect(clippy::cast_precision_loss, reason = "row widths are small")]
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+/// Backward of `y = x · r · w` with `r = 1/rms(x)` for one row: adds `∂L/∂x` to `dx` given
+/// `dy = ∂L/∂y`. With `u = w ⊙ dy`: `∂L/∂x = r·u − x · r³ · (u·x) / d`.
+pub fn rms_norm_backward_row(x: &[f32], r: f32, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    #[expect(clippy::cast_precision_loss, reason = "row widths are small")]
+    let d = x.len() as f32;
+    let ux: f32 = dy.iter().zip(w).zip(x).map(|((g, w), x)| g * w * x).sum();
+    let c = r * r * r * ux / d;
+    for (((o, g), w), xv) in dx.iter_mut().zip(dy).zip(w).zip(x) {
+        *o += r * g * w - xv * c;
+    }
+}
+
+/// Rotate-half RoPE in place on one head vector (`cos`/`sin` of width d_head/2 at the token's
+/// position); `inverse` rotates back by the same angle, which is also the backward pass.
+pub fn rope_head(v: &mut [f32], cos: &[f32], sin: &[f32], inverse: bool) {
+    let half = cos.len();
+    let (a, b) = v.split_at_mut(half);
+    for (((x1, x2), c), s) in a.iter_mut().zip(b.iter_mut()).zip(cos).zip(sin) {
+        let s = if inverse { -*s } else { *s };
+        let (u, w) = (*x1, *x2);
+        *x1 = u * c - w * s;
+        *x2 = w * c + u * s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn matmul_matches_candle_in_both_layouts_and_accumulates() {
+        let dev = Device::Cpu;
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5) % 13) as f32 * 0.25 - 1.0)
+            .collect();
+        let at = Tensor::from_slice(&a, (m, k), &dev).unwrap();
+        let wt = Tensor::from_slice(&w, (n, k), &dev).unwrap();
+        let want = at.matmul(&wt.t().unwrap()).unwrap();
+        let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+        let mut got = vec![9.0; m * n];
+        matmul(&mut got, &a, &w, (m, k, n), true, false);
+        assert_eq!(got, want);
+        // Same product with the weight stored (k×n).
+        let wk: Vec<f32> = wt
+            .t()
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut got2 = vec![0.0; m * n];
+        matmul(&mut got2, &a, &wk, (m, k, n), false, false);
+        assert_eq!(got2, want);
+        matmul(&mut got2, &a, &wk, (m, k, n), false, true);
+        let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
+        assert_eq!(got2, twice);
+    }
+
+    #[test]
+    fn rms_norm_backward_matches_finite_differences() {
+        let x = [0.3f32, -1.2, 0.8, 2.0];
+        let w = [1.0f32, 0.5, -0.7, 1.3];
+        let dy = [0.2f32, -0.4, 1.0, 0.3];
+        let eps = 1e-5;
+        let loss = |x: &[f32]| -> f64 {
+            let mut y = [0f32; 4];
+            rms_norm_rows(x, &w, eps, &mut y);
+            y.iter().zip(&dy).map(|(a, b)| f64::from(a * b)).sum()
+        };
+        let mut dx = [0f32; 4];
+        rms_norm_backward_row(&x, inv_rms(&x, eps), &w, &dy, &mut dx);
+        for i in 0..4 {
+            let h = 1e-3f32;
+            let (mut p, mut q) = (x, x);
+            p[i] += h;
+            q[i] -= h;
+            let fd = (loss(&p) - loss(&q)) / (2.0 * f64::from(h));
+            assert!(
+                (fd - f64::from(dx[i])).abs() < 1e-3,
+                "{i}: {fd} vs {}",
+                dx[i]
+            );
+        }
+    }
+
+    #[test]
+    fn rope_inverse_undoes_rotation() {
+        let mut v = [1.0f32, 2.0, -0.5, 0.25];
+        let (c, s) = ([0.6f32, 0.8], [0.8f32, -0.6]);
+        rope_head(&mut v, &c, &s, false);
+        assert!((v[0] - (1.0 * 0.6 - -0.5 * 0.8)).abs() < 1e-6);
+        assert!((v[2] - (-0.5 * 0.6 + 1.0 * 0.8)).abs() < 1e-6);
+        rope_head(&mut v, &c, &s, true);
+        for (a, b) in v.iter().zip([1.0f32, 2.0, -0.5, 0.25]) {
+            assert!((a - b).abs() < 1e-6);
+        }
+    }
+}

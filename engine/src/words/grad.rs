@@ -1,0 +1,801 @@
+//! The gradient of new words' vectors, by hand, on the CPU.
+//!
+//! Training a word needs `∂loss/∂v` for its vector alone. candle's autograd (the general path,
+//! still used on CUDA and checked against this one in tests) records every intermediate of the
+//! forward pass and differentiates op by op. This pass does less work for the same gradient:
+//! - sequences are packed without padding;
+//! - the forward pass keeps only what the backward pass reads (block inputs, norms' scales,
+//!   rotated queries/keys and values, attention weights, the MLP's pre-activations);
+//! - nothing before a sequence's first word occurrence depends on the vectors, so the backward
+//!   pass runs over the rows from there on only (exact, not an approximation);
+//! - it stops at the lowest layer a word enters;
+//! - no weight gradient is formed (the matmuls give input gradients only), and the vocabulary
+//!   projection is done at scored positions only.
+//!
+//! The loss is any weighted sum of target log-probabilities: [`Tape::backward`] takes
+//! `∂loss/∂ log p(target)` per target, so cross-entropy and the preference loss share it.
+
+use candle_core::DType;
+use rayon::prelude::*;
+
+use super::train::ScoredSeq;
+use super::{Injection, Word};
+use crate::error::{EngineError, Result};
+use crate::model::Llama;
+use crate::model::cpu::{CpuView, matmul, rms_norm_backward_row, rms_norm_rows, rope_head};
+
+/// Whether the hand-written pass applies: f32 weights on the CPU, and every word entering as an
+/// embedding or into the residual stream of an existing layer.
+pub fn supported(m: &Llama, words: &[Word]) -> bool {
+    m.device().is_cpu()
+        && m.embed.dtype() == DType::F32
+        && words.iter().all(|w| match w.injection {
+            Injection::Embedding => true,
+            Injection::ResidPre(l) => l < m.cfg.num_hidden_layers,
+        })
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    d: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    dm: usize,
+    eps: f32,
+    scale: f32,
+    vocab: usize,
+}
+
+impl Dims {
+    fn of(m: &Llama) -> Self {
+        let hd = m.cfg.head_dim();
+        #[expect(clippy::cast_possible_truncation, reason = "eps is tiny")]
+        let eps = m.cfg.rms_norm_eps as f32;
+        #[expect(clippy::cast_precision_loss, reason = "head width is small")]
+        let scale = 1.0 / (hd as f32).sqrt();
+        Self {
+            d: m.cfg.hidden_size,
+            nh: m.cfg.num_attention_heads,
+            nkv: m.cfg.kv_heads(),
+            hd,
+            dm: m.cfg.intermediate_size,
+            eps,
+            scale,
+            vocab: m.unembed().dim(0).unwrap_or(0),
+        }
+    }
+    fn nq(self) -> usize {
+        self.nh * self.hd
+    }
+    fn nk(self) -> usize {
+        self.nkv * self.hd
+    }
+    /// Width of a fused q/k/v row.
+    fn w(self) -> usize {
+        self.nq() + 2 * self.nk()
+    }
+    fn rep(self) -> usize {
+        self.nh / self.nkv
+    }
+}
+
+struct LayerWeights<'a> {
+    attn_norm: CpuView<'a>,
+    qkv: CpuView<'a>,
+    wo: CpuView<'a>,
+    mlp_norm: CpuView<'a>,
+    gate_up: CpuView<'a>,
+    down: CpuView<'a>,
+}
+
+struct Weights<'a> {
+    embed: CpuView<'a>,
+    layers: Vec<LayerWeights<'a>>,
+    final_norm: CpuView<'a>,
+    unembed: CpuView<'a>,
+    cos: CpuView<'a>,
+    sin: CpuView<'a>,
+}
+
+impl<'a> Weights<'a> {
+    fn new(m: &'a Llama) -> Result<Self> {
+        let layers = m
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(l, b)| {
+                let (qkv, gate_up) = m.fused(l);
+                Ok(LayerWeights {
+                    attn_norm: CpuView::new(&b.attn_norm)?,
+                    qkv: CpuView::new(qkv)?,
+                    wo: CpuView::new(&b.wo)?,
+                    mlp_norm: CpuView::new(&b.mlp_norm)?,
+                    gate_up: CpuView::new(gate_up)?,
+                    down: CpuView::new(&b.w_down)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (cos, sin) = m.rope_tables();
+        Ok(Self {
+            embed: CpuView::new(&m.embed)?,
+            layers,
+            final_norm: CpuView::new(&m.final_norm)?,
+            unembed: CpuView::new(m.unembed())?,
+            cos: CpuView::new(cos)?,
+            sin: CpuView::new(sin)?,
+        })
+    }
+}
+
+/// Sequences packed one after another, no padding.
+struct Packed {
+    start: Vec<usize>,
+    len: Vec<usize>,
+    /// Position of each packed row within its sequence.
+    pos: Vec<usize>,
+    /// Per sequence, the first position that depends on a word (its length when none does).
+    first: Vec<usize>,
+    /// (packed row, word index) of every occurrence.
+    occ: Vec<(usize, usize)>,
+    /// (packed row, target id, sequence) of every scored position.
+    targets: Vec<(usize, u32, usize)>,
+    rows: usize,
+}
+
+impl Packed {
+    fn new(seqs: &[&ScoredSeq], n_words: usize, max_pos: usize) -> Result<Self> {
+        let mut p = Self {
+            start: Vec::new(),
+            len: Vec::new(),
+            pos: Vec::new(),
+            first: Vec::new(),
+            occ: Vec::new(),
+            targets: Vec::new(),
+            rows: 0,
+        };
+        for (si, s) in seqs.iter().enumerate() {
+            let n = s.ids.len();
+            if n > max_pos {
+                return Err(EngineError::Invalid(format!(
+                    "a training sequence has {n} tokens, the model's context is {max_pos}"
+                )));
+            }
+            p.start.push(p.rows);
+            p.len.push(n);
+            p.pos.extend(0..n);
+            let mut first = n;
+            for &(pos, wi) in &s.occ {
+                if pos >= n || wi >= n_words {
+                    return Err(EngineError::Invalid(format!(
+                        "word occurrence ({pos}, word {wi}) outside a {n}-token sequence"
+                    )));
+                }
+                first = first.min(pos);
+                p.occ.push((p.rows + pos, wi));
+            }
+            p.first.push(first);
+            for &(pos, t) in &s.targets {
+                if pos >= n {
+                    return Err(EngineError::Invalid(format!(
+                        "target position {pos} outside a {n}-token sequence"
+                    )));
+                }
+                p.targets.push((p.rows + pos, t, si));
+            }
+            p.rows += n;
+        }
+        Ok(p)
+    }
+}
+
+/// What one block's backward pass reads from its forward pass.
+struct LayerTape {
+    /// Block input (rows × d).
+    x: Vec<f32>,
+    /// `1/rms` of `x` per row.
+    r1: Vec<f32>,
+    /// Rotated queries and keys, and values (rows × (q + 2·kv)).
+    qkv: Vec<f32>,
+    /// Attention weights per (sequence, head), len × len, row-major, zero above the diagonal.
+    att: Vec<Vec<f32>>,
+    /// Residual after attention.
+    xm: Vec<f32>,
+    /// `1/rms` of `xm` per row.
+    r2: Vec<f32>,
+    /// Gate and up pre-activations (rows × 2·d_mlp).
+    gu: Vec<f32>,
+}
+
+/// A forward pass kept for [`Tape::backward`].
+pub struct Tape {
+    dims: Dims,
+    packed: Packed,
+    layer_of: Vec<usize>,
+    layers: Vec<LayerTape>,
+    /// Final residual at the scored rows (targets × d) and its `1/rms`.
+    x_final: Vec<f32>,
+    r_final: Vec<f32>,
+    /// Softmax over the vocabulary at the scored rows (targets × vocab).
+    probs: Vec<f32>,
+    logprobs: Vec<f32>,
+    n_seqs: usize,
+}
+
+/// Runs the model on `seqs` with each word's vector at its occurrences.
+pub fn forward(m: &Llama, words: &[Word], vectors: &[&[f32]], seqs: &[&ScoredSeq]) -> Result<Tape> {
+    let dims = Dims::of(m);
+    let d = dims.d;
+    if vectors.len() != words.len() || vectors.iter().any(|v| v.len() != d) {
+        return Err(EngineError::Invalid(format!(
+            "{} vectors for {} words, each must have d_model = {d} values",
+            vectors.len(),
+            words.len()
+        )));
+    }
+    let w = Weights::new(m)?;
+    let packed = Packed::new(seqs, words.len(), m.cfg.max_position_embeddings)?;
+    let layer_of: Vec<usize> = words
+        .iter()
+        .map(|w| match w.injection {
+            Injection::Embedding => 0,
+            Injection::ResidPre(l) => l,
+        })
+        .collect();
+    let n = packed.rows;
+    let emb = w.embed.data();
+    let mut x = vec![0f32; n * d];
+    let ids = seqs.iter().flat_map(|s| s.ids.iter());
+    for (row, id) in x.chunks_mut(d).zip(ids) {
+        let id = *id as usize;
+        let src = emb
+            .get(id * d..(id + 1) * d)
+            .ok_or_else(|| EngineError::Invalid(format!("token id {id} outside the vocabulary")))?;
+        row.copy_from_slice(src);
+    }
+    // A word's position sees zeros below the layer it enters (as the hooked forward does).
+    for &(row, _) in &packed.occ {
+        x[row * d..(row + 1) * d].fill(0.0);
+    }
+    let mut layers = Vec::with_capacity(w.layers.len());
+    for (l, lw) in w.layers.iter().enumerate() {
+        for &(row, wi) in &packed.occ {
+            if layer_of[wi] == l {
+                x[row * d..(row + 1) * d].copy_from_slice(vectors[wi]);
+            }
+        }
+        let (tape, next) = layer_forward(dims, lw, &packed, x, w.cos.data(), w.sin.data());
+        layers.push(tape);
+        x = next;
+    }
+    let nt = packed.targets.len();
+    let mut x_final = vec![0f32; nt * d];
+    for (dst, (row, _, _)) in x_final.chunks_mut(d).zip(&packed.targets) {
+        dst.copy_from_slice(&x[row * d..(row + 1) * d]);
+    }
+    let mut h = vec![0f32; nt * d];
+    let r_final = rms_norm_rows(&x_final, w.final_norm.data(), dims.eps, &mut h);
+    let v = dims.vocab;
+    let mut probs = vec![0f32; nt * v];
+    matmul(&mut probs, &h, w.unembed.data(), (nt, d, v), true, false);
+    let mut logprobs = vec![0f32; nt];
+    probs
+        .par_chunks_mut(v)
+        .zip(logprobs.par_iter_mut())
+        .zip(&packed.targets)
+        .for_each(|((z, lp), (_, t, _))| {
+            let mx = z.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+            let target = z[*t as usize];
+            let mut sum = 0f32;
+            for e in z.iter_mut() {
+                *e = (*e - mx).exp();
+                sum += *e;
+            }
+            *lp = target - mx - sum.ln();
+            for e in z.iter_mut() {
+                *e /= sum;
+            }
+        });
+    Ok(Tape {
+        dims,
+        packed,
+        layer_of,
+        layers,
+        x_final,
+        r_final,
+        probs,
+        logprobs,
+        n_seqs: seqs.len(),
+    })
+}
+
+fn layer_forward(
+    dims: Dims,
+    lw: &LayerWeights<'_>,
+    pk: &Packed,
+    x: Vec<f32>,
+    cos: &[f32],
+    sin: &[f32],
+) -> (LayerTape, Vec<f32>) {
+    let (n, d, dm, w) = (pk.rows, dims.d, dims.dm, dims.w());
+    let mut h = vec![0f32; n * d];
+    let r1 = rms_norm_rows(&x, lw.attn_norm.data(), dims.eps, &mut h);
+    let mut qkv = vec![0f32; n * w];
+    matmul(&mut qkv, &h, lw.qkv.data(), (n, d, w), true, false);
+    let (hd, half) = (dims.hd, dims.hd / 2);
+    qkv.par_chunks_mut(w).enumerate().for_each(|(row, r)| {
+        let p = pk.pos[row];
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
+        for head in r[..(dims.nh + dims.nkv) * hd].chunks_mut(hd) {
+            rope_head(head, c, s, false);
+        }
+    });
+    let (o, att) = attention_forward(dims, pk, &qkv);
+    let mut xm = x.clone();
+    matmul(&mut xm, &o, lw.wo.data(), (n, dims.nq(), d), true, true);
+    let r2 = rms_norm_rows(&xm, lw.mlp_norm.data(), dims.eps, &mut h);
+    let mut gu = vec![0f32; n * 2 * dm];
+    matmul(&mut gu, &h, lw.gate_up.data(), (n, d, 2 * dm), true, false);
+    let mut act = vec![0f32; n * dm];
+    act.par_chunks_mut(dm)
+        .zip(gu.par_chunks(2 * dm))
+        .for_each(|(a, g)| {
+            let (gate, up) = g.split_at(dm);
+            for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
+                *a = g / (1.0 + (-g).exp()) * u;
+            }
+        });
+    let mut next = xm.clone();
+    matmul(&mut next, &act, lw.down.data(), (n, dm, d), true, true);
+    (
+        LayerTape {
+            x,
+            r1,
+            qkv,
+            att,
+            xm,
+            r2,
+            gu,
+        },
+        next,
+    )
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Causal attention within each packed sequence: the heads' outputs (rows × q) and the
+/// attention weights per (sequence, head).
+fn attention_forward(dims: Dims, pk: &Packed, qkv: &[f32]) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let (w, hd, nq, nk) = (dims.w(), dims.hd, dims.nq(), dims.nk());
+    let tasks: Vec<(usize, usize)> = (0..pk.len.len())
+        .flat_map(|s| (0..dims.nh).map(move |h| (s, h)))
+        .collect();
+    let done: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(s, h)| {
+            let (start, len) = (pk.start[s], pk.len[s]);
+            let kvh = h / dims.rep();
+            let q_at = |i: usize| &qkv[(start + i) * w + h * hd..][..hd];
+            let k_at = |j: usize| &qkv[(start + j) * w + nq + kvh * hd..][..hd];
+            let v_at = |j: usize| &qkv[(start + j) * w + nq + nk + kvh * hd..][..hd];
+            let mut p = vec![0f32; len * len];
+            let mut o = vec![0f32; len * hd];
+            for i in 0..len {
+                let row = &mut p[i * len..=i * len + i];
+                let q = q_at(i);
+                let mut mx = f32::NEG_INFINITY;
+                for (j, e) in row.iter_mut().enumerate() {
+                    *e = dot(q, k_at(j)) * dims.scale;
+                    mx = mx.max(*e);
+                }
+                let mut sum = 0f32;
+                for e in row.iter_mut() {
+                    *e = (*e - mx).exp();
+                    sum += *e;
+                }
+                let oi = &mut o[i * hd..(i + 1) * hd];
+                for (j, e) in row.iter_mut().enumerate() {
+                    *e /= sum;
+                    axpy(oi, *e, v_at(j));
+                }
+            }
+            (o, p)
+        })
+        .collect();
+    let mut out = vec![0f32; pk.rows * nq];
+    let mut att = Vec::with_capacity(tasks.len());
+    for (&(s, h), (o, p)) in tasks.iter().zip(done) {
+        for (i, oi) in o.chunks(hd).enumerate() {
+            let row = pk.start[s] + i;
+            out[row * nq + h * hd..][..hd].copy_from_slice(oi);
+        }
+        att.push(p);
+    }
+    (out, att)
+}
+
+/// The rows the backward pass runs over: each sequence's rows from its first word occurrence.
+struct Active {
+    /// Packed row of each active row.
+    rows: Vec<usize>,
+    /// Offset of each sequence's first active row.
+    offset: Vec<usize>,
+}
+
+impl Active {
+    fn new(pk: &Packed) -> Self {
+        let mut rows = Vec::new();
+        let mut offset = Vec::with_capacity(pk.len.len());
+        for s in 0..pk.len.len() {
+            offset.push(rows.len());
+            rows.extend((pk.first[s]..pk.len[s]).map(|p| pk.start[s] + p));
+        }
+        Self { rows, offset }
+    }
+
+    /// The active index of packed row `row` (which must be active).
+    fn index(&self, pk: &Packed, row: usize) -> usize {
+        let s = pk.start.partition_point(|st| *st <= row) - 1;
+        self.offset[s] + (row - pk.start[s] - pk.first[s])
+    }
+}
+
+impl Tape {
+    /// `log p(target)` of every scored position, sequence by sequence, in the order of each
+    /// sequence's `targets`.
+    pub fn logprobs(&self) -> &[f32] {
+        &self.logprobs
+    }
+
+    /// Summed target log-probabilities of each sequence.
+    pub fn seq_logprobs(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.n_seqs];
+        for ((_, _, s), lp) in self.packed.targets.iter().zip(&self.logprobs) {
+            out[*s] += lp;
+        }
+        out
+    }
+
+    /// Number of scored positions of each sequence.
+    pub fn target_counts(&self) -> Vec<usize> {
+        let mut out = vec![0; self.n_seqs];
+        for (_, _, s) in &self.packed.targets {
+            out[*s] += 1;
+        }
+        out
+    }
+
+    /// The sequence each log-probability belongs to.
+    pub fn target_seqs(&self) -> impl Iterator<Item = usize> + '_ {
+        self.packed.targets.iter().map(|t| t.2)
+    }
+
+    /// Gradient of `Σ coef[t] · logprobs[t]` with respect to each word's vector.
+    pub fn backward(&self, m: &Llama, coef: &[f32]) -> Result<Vec<Vec<f32>>> {
+        let dims = self.dims;
+        let (d, v) = (dims.d, dims.vocab);
+        let pk = &self.packed;
+        if coef.len() != pk.targets.len() {
+            return Err(EngineError::Invalid(format!(
+                "{} coefficients for {} targets",
+                coef.len(),
+                pk.targets.len()
+            )));
+        }
+        let w = Weights::new(m)?;
+        let n_words = self.layer_of.len();
+        let mut grads = vec![vec![0f32; d]; n_words];
+        let Some(&lowest) = self.layer_of.iter().min() else {
+            return Ok(grads);
+        };
+        let active = Active::new(pk);
+        let nt = pk.targets.len();
+        // ∂/∂z of c·log softmax(z)[t] = c·(onehot(t) − softmax(z)).
+        let mut dz = self.probs.clone();
+        dz.par_chunks_mut(v)
+            .zip(coef)
+            .zip(&pk.targets)
+            .for_each(|((z, c), (_, t, _))| {
+                for e in z.iter_mut() {
+                    *e *= -c;
+                }
+                z[*t as usize] += c;
+            });
+        let mut dh = vec![0f32; nt * d];
+        matmul(&mut dh, &dz, w.unembed.data(), (nt, v, d), false, false);
+        drop(dz);
+        let mut dx = vec![0f32; active.rows.len() * d];
+        for (t, (row, _, s)) in pk.targets.iter().enumerate() {
+            if *row < pk.start[*s] + pk.first[*s] {
+                continue; // a position before any word: its gradient never reaches a vector
+            }
+            let a = active.index(pk, *row);
+            rms_norm_backward_row(
+                &self.x_final[t * d..(t + 1) * d],
+                self.r_final[t],
+                w.final_norm.data(),
+                &dh[t * d..(t + 1) * d],
+                &mut dx[a * d..(a + 1) * d],
+            );
+        }
+        for l in (lowest..self.layers.len()).rev() {
+            dx = layer_backward(
+                dims,
+                &w.layers[l],
+                pk,
+                &active,
+                &self.layers[l],
+                dx,
+                (w.cos.data(), w.sin.data()),
+            );
+            // A word entering here replaced this row: its gradient is the vector's, and nothing
+            // flows further down from it.
+            for &(row, wi) in &pk.occ {
+                if self.layer_of[wi] == l {
+                    let a = active.index(pk, row);
+                    let g = &mut dx[a * d..(a + 1) * d];
+                    for (acc, gv) in grads[wi].iter_mut().zip(g.iter_mut()) {
+                        *acc += *gv;
+                        *gv = 0.0;
+                    }
+                }
+            }
+        }
+        Ok(grads)
+    }
+}
+
+/// One block backward over the active rows: `dx` at the block's output → at its input.
+fn layer_backward(
+    dims: Dims,
+    lw: &LayerWeights<'_>,
+    pk: &Packed,
+    active: &Active,
+    tape: &LayerTape,
+    dx: Vec<f32>,
+    (cos, sin): (&[f32], &[f32]),
+) -> Vec<f32> {
+    let (d, dm, na) = (dims.d, dims.dm, active.rows.len());
+    // MLP: next = xm + down(silu(gate) · up).
+    let mut dact = vec![0f32; na * dm];
+    matmul(&mut dact, &dx, lw.down.data(), (na, d, dm), false, false);
+    let mut dgu = vec![0f32; na * 2 * dm];
+    dgu.par_chunks_mut(2 * dm)
+        .zip(dact.par_chunks(dm))
+        .zip(&active.rows)
+        .for_each(|((dg, da), row)| {
+            let gu = &tape.gu[row * 2 * dm..(row + 1) * 2 * dm];
+            let (gate, up) = gu.split_at(dm);
+            let (dgate, dup) = dg.split_at_mut(dm);
+            for j in 0..dm {
+                let (g, u) = (gate[j], up[j]);
+                let sg = 1.0 / (1.0 + (-g).exp());
+                dgate[j] = da[j] * u * sg * (1.0 + g * (1.0 - sg));
+                dup[j] = da[j] * g * sg;
+            }
+        });
+    drop(dact);
+    let mut dh = vec![0f32; na * d];
+    matmul(
+        &mut dh,
+        &dgu,
+        lw.gate_up.data(),
+        (na, 2 * dm, d),
+        false,
+        false,
+    );
+    drop(dgu);
+    let mut dxm = dx;
+    norm_backward_rows(
+        &mut dxm,
+        &dh,
+        &tape.xm,
+        &tape.r2,
+        lw.mlp_norm.data(),
+        active,
+    );
+    // Attention: xm = x + wo(attn(rope(q), rope(k), v)).
+    let mut d_o = vec![0f32; na * dims.nq()];
+    matmul(
+        &mut d_o,
+        &dxm,
+        lw.wo.data(),
+        (na, d, dims.nq()),
+        false,
+        false,
+    );
+    let dqkv = attention_backward(dims, pk, active, tape, &d_o, cos, sin);
+    matmul(
+        &mut dh,
+        &dqkv,
+        lw.qkv.data(),
+        (na, dims.w(), d),
+        false,
+        false,
+    );
+    norm_backward_rows(
+        &mut dxm,
+        &dh,
+        &tape.x,
+        &tape.r1,
+        lw.attn_norm.data(),
+        active,
+    );
+    dxm
+}
+
+/// `dx[a] += RMSNorm backward` of the active rows, given the norm output gradients `dy`.
+fn norm_backward_rows(
+    dx: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    r: &[f32],
+    w: &[f32],
+    active: &Active,
+) {
+    let d = w.len();
+    dx.par_chunks_mut(d)
+        .zip(dy.par_chunks(d))
+        .zip(&active.rows)
+        .for_each(|((o, g), row)| {
+            rms_norm_backward_row(&x[row * d..(row + 1) * d], r[*row], w, g, o);
+        });
+}
+
+/// Attention backward over the active rows: gradients of the (unrotated) queries, keys and
+/// values, as active rows × (q + 2·kv). Keys and values before a sequence's first word are
+/// constant and get none.
+fn attention_backward(
+    dims: Dims,
+    pk: &Packed,
+    active: &Active,
+    tape: &LayerTape,
+    d_o: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+) -> Vec<f32> {
+    let (w, hd, nq, nk, rep, half) = (
+        dims.w(),
+        dims.hd,
+        dims.nq(),
+        dims.nk(),
+        dims.rep(),
+        dims.hd / 2,
+    );
+    let qkv = &tape.qkv;
+    let tasks: Vec<(usize, usize)> = (0..pk.len.len())
+        .filter(|s| pk.first[*s] < pk.len[*s])
+        .flat_map(|s| (0..dims.nkv).map(move |g| (s, g)))
+        .collect();
+    let done: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(s, g)| {
+            let (start, len, first) = (pk.start[s], pk.len[s], pk.first[s]);
+            let off = active.offset[s];
+            let na = len - first;
+            let k_at = |j: usize| &qkv[(start + j) * w + nq + g * hd..][..hd];
+            let v_at = |j: usize| &qkv[(start + j) * w + nq + nk + g * hd..][..hd];
+            let mut dq = vec![0f32; na * rep * hd];
+            let mut dk = vec![0f32; na * hd];
+            let mut dv = vec![0f32; na * hd];
+            let mut dp = vec![0f32; len];
+            for r in 0..rep {
+                let h = g * rep + r;
+                let p = &tape.att[s * dims.nh + h];
+                for i in first..len {
+                    let ai = i - first;
+                    let doi = &d_o[(off + ai) * nq + h * hd..][..hd];
+                    let q = &qkv[(start + i) * w + h * hd..][..hd];
+                    let prow = &p[i * len..=i * len + i];
+                    let mut mean = 0f32;
+                    for (j, (e, pij)) in dp.iter_mut().zip(prow).enumerate() {
+                        *e = dot(doi, v_at(j));
+                        mean += pij * *e;
+                    }
+                    let dqi = &mut dq[(ai * rep + r) * hd..][..hd];
+                    for (j, pij) in prow.iter().enumerate() {
+                        let ds = pij * (dp[j] - mean) * dims.scale;
+                        axpy(dqi, ds, k_at(j));
+                        if j >= first {
+                            let aj = j - first;
+                            axpy(&mut dk[aj * hd..(aj + 1) * hd], ds, q);
+                            axpy(&mut dv[aj * hd..(aj + 1) * hd], *pij, doi);
+                        }
+                    }
+                }
+            }
+            // Undo the rotation (its transpose is the rotation by minus the angle).
+            for ai in 0..na {
+                let p = first + ai;
+                let (c, sn) = (
+                    &cos[p * half..(p + 1) * half],
+                    &sin[p * half..(p + 1) * half],
+                );
+                for head in dq[ai * rep * hd..(ai + 1) * rep * hd].chunks_mut(hd) {
+                    rope_head(head, c, sn, true);
+                }
+                rope_head(&mut dk[ai * hd..(ai + 1) * hd], c, sn, true);
+            }
+            (dq, dk, dv)
+        })
+        .collect();
+    let mut out = vec![0f32; active.rows.len() * w];
+    for (&(s, g), (dq, dk, dv)) in tasks.iter().zip(done) {
+        let off = active.offset[s];
+        for ai in 0..pk.len[s] - pk.first[s] {
+            let row = &mut out[(off + ai) * w..(off + ai + 1) * w];
+            row[g * rep * hd..(g + 1) * rep * hd]
+                .copy_from_slice(&dq[ai * rep * hd..(ai + 1) * rep * hd]);
+            row[nq + g * hd..nq + (g + 1) * hd].copy_from_slice(&dk[ai * hd..(ai + 1) * hd]);
+            row[nq + nk + g * hd..nq + nk + (g + 1) * hd]
+                .copy_from_slice(&dv[ai * hd..(ai + 1) * hd]);
+        }
+    }
+    out
+}
+
+/// `softplus(x) = log(1 + eˣ)`, stable.
+fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Cross-entropy loss (mean over sequences of each one's mean target negative log-probability)
+/// and `∂loss/∂ log p` per target.
+pub fn cross_entropy(tape: &Tape) -> (f32, Vec<f32>) {
+    let counts = tape.target_counts();
+    let sums = tape.seq_logprobs();
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    let b = sums.len() as f32;
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    let loss = -sums
+        .iter()
+        .zip(&counts)
+        .map(|(s, c)| s / (*c).max(1) as f32)
+        .sum::<f32>()
+        / b;
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    let coef = tape
+        .target_seqs()
+        .map(|s| -1.0 / (b * counts[s] as f32))
+        .collect();
+    (loss, coef)
+}
+
+/// The preference loss (DPO + APO-up, mean over pairs) on sequences ordered chosen, rejected,
+/// chosen, …, with the reference log-probabilities in the same order, and `∂loss/∂ log p` per
+/// target.
+pub fn preference(tape: &Tape, refs: &[f32], beta: f64) -> (f32, Vec<f32>) {
+    let lp = tape.seq_logprobs();
+    let pairs = lp.len() / 2;
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    let n = pairs as f64;
+    let mut loss = 0f64;
+    let mut dseq = vec![0f64; lp.len()];
+    for i in 0..pairs {
+        let dc = f64::from(lp[2 * i] - refs[2 * i]);
+        let dr = f64::from(lp[2 * i + 1] - refs[2 * i + 1]);
+        loss += softplus(-beta * (dc - dr)) + softplus(-beta * dc);
+        let s_dpo = sigmoid(-beta * (dc - dr));
+        dseq[2 * i] = (-beta * s_dpo - beta * sigmoid(-beta * dc)) / n;
+        dseq[2 * i + 1] = beta * s_dpo / n;
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "loss values are f32")]
+    let coef = tape.target_seqs().map(|s| dseq[s] as f32).collect();
+    #[expect(clippy::cast_possible_truncation, reason = "loss values are f32")]
+    ((loss / n) as f32, coef)
+}
