@@ -320,7 +320,14 @@ fn zero_steering_is_the_identity_and_files_round_trip() {
     let zero =
         neoscope_engine::mfa::steer::interventions(&m, point, 1, 0.0, &[0.0, 0.0], Positions::All)
             .unwrap();
-    assert_eq!(logits(zero), plain);
+    // The unhooked pass is the hand-written one, the hooked pass candle's: equal up to float
+    // rounding.
+    let diff = logits(zero)
+        .iter()
+        .zip(&plain)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "zero steering changed logits by {diff}");
     let some =
         neoscope_engine::mfa::steer::interventions(&m, point, 1, 0.5, &[1.0, -1.0], Positions::All)
             .unwrap();

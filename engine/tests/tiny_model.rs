@@ -78,7 +78,13 @@ fn bad_hf_directory_is_reported_with_its_file() {
 fn captures_and_zero_additions_leave_logits_bit_identical() {
     let m = tiny();
     let b = batch(&m, &["the then", "and an ant the"]);
-    let plain = m.llama.forward(&b, &HookSpec::default(), None).unwrap();
+    // A capture alone keeps the forward pass on candle's hooked path (an unhooked pass takes
+    // the hand-written one, compared separately below).
+    let capture_only = HookSpec {
+        capture: vec![HookPoint::LnFinal],
+        interventions: vec![],
+    };
+    let plain = m.llama.forward(&b, &capture_only, None).unwrap();
     let all_points: Vec<HookPoint> = std::iter::once(HookPoint::Embed)
         .chain((0..2).flat_map(|l| {
             [
@@ -116,6 +122,51 @@ fn captures_and_zero_additions_leave_logits_bit_identical() {
         .project(&hooked.captures[&HookPoint::ResidPost(1)])
         .unwrap();
     assert_eq!(max_diff(&projected, &plain.logits), 0.0);
+}
+
+#[test]
+fn unhooked_pass_matches_the_hooked_pass_at_every_real_position() {
+    let m = tiny();
+    let capture_only = HookSpec {
+        capture: vec![HookPoint::LnFinal],
+        interventions: vec![],
+    };
+    let texts = ["the then", "and an ant the cat sat", "a"];
+    let rows: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| m.tokenizer.encode(t).unwrap())
+        .collect();
+    for side in [PadSide::Right, PadSide::Left] {
+        let b = Batch::new(&rows, side, &Device::Cpu).unwrap();
+        let fast = m
+            .llama
+            .forward(&b, &HookSpec::default(), None)
+            .unwrap()
+            .logits;
+        let hooked = m.llama.forward(&b, &capture_only, None).unwrap().logits;
+        assert_eq!(fast.dims(), hooked.dims());
+        let mut compared = 0;
+        for (r, valid) in b.valid.iter().enumerate() {
+            for (c, v) in valid.iter().enumerate() {
+                let f = fast.i((r, c)).unwrap();
+                if *v {
+                    let d = max_diff(&f, &hooked.i((r, c)).unwrap());
+                    assert!(d < 1e-4, "{side:?} row {r} position {c}: differs by {d}");
+                    compared += 1;
+                } else {
+                    let z = f
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert_eq!(z, 0.0, "padding carries logits of zero");
+                }
+            }
+        }
+        assert_eq!(compared, rows.iter().map(Vec::len).sum::<usize>());
+    }
 }
 
 #[test]

@@ -88,7 +88,8 @@ pub enum ResolvedOp {
 /// Result of a forward pass.
 #[derive(Debug, Clone)]
 pub struct ForwardOutput {
-    /// Logits (B, T, d_vocab) for every position.
+    /// Logits (B, T, d_vocab) for every position (padding positions carry no prediction: zero
+    /// on the unhooked CPU pass, unspecified otherwise).
     pub logits: Tensor,
     /// Captured activations (B, T, d_model) by hook point.
     pub captures: BTreeMap<HookPoint, Tensor>,
@@ -296,6 +297,19 @@ impl Llama {
         ivs: &[ResolvedIntervention],
         cache: Option<&mut KvCache>,
     ) -> Result<ForwardOutput> {
+        // Nothing hooked, no cache, no gradient: the hand-written packed pass (same values,
+        // less overhead; see `fast`).
+        if capture.is_empty()
+            && ivs.is_empty()
+            && cache.is_none()
+            && !embeds.track_op()
+            && super::fast::supported(self)
+        {
+            return Ok(ForwardOutput {
+                logits: super::fast::forward_logits(self, &embeds, batch)?,
+                captures: BTreeMap::new(),
+            });
+        }
         let (normed, captures) = self.hidden_embeds(embeds, batch, capture, ivs, cache)?;
         let logits = linear(&normed, self.unembed())?;
         Ok(ForwardOutput { logits, captures })

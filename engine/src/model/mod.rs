@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod cache;
 pub mod cpu;
+pub mod fast;
 pub mod llama;
 pub mod load;
 pub mod ops;

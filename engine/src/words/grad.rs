@@ -15,155 +15,47 @@
 //! The loss is any weighted sum of target log-probabilities: [`Tape::backward`] takes
 //! `∂loss/∂ log p(target)` per target, so cross-entropy and the preference loss share it.
 
-use candle_core::DType;
 use rayon::prelude::*;
 
 use super::train::ScoredSeq;
 use super::{Injection, Word};
 use crate::error::{EngineError, Result};
 use crate::model::Llama;
-use crate::model::cpu::{CpuView, matmul, rms_norm_backward_row, rms_norm_rows, rope_head};
+use crate::model::cpu::{matmul, rms_norm_backward_row, rms_norm_rows, rope_head};
+use crate::model::fast::{self, Dims, LayerTape, LayerWeights, Weights, axpy, dot, layer_forward};
 
 /// Whether the hand-written pass applies: f32 weights on the CPU, and every word entering as an
 /// embedding or into the residual stream of an existing layer.
 pub fn supported(m: &Llama, words: &[Word]) -> bool {
-    m.device().is_cpu()
-        && m.embed.dtype() == DType::F32
+    fast::supported(m)
         && words.iter().all(|w| match w.injection {
             Injection::Embedding => true,
             Injection::ResidPre(l) => l < m.cfg.num_hidden_layers,
         })
 }
 
-#[derive(Clone, Copy)]
-struct Dims {
-    d: usize,
-    nh: usize,
-    nkv: usize,
-    hd: usize,
-    dm: usize,
-    eps: f32,
-    scale: f32,
-    vocab: usize,
-}
-
-impl Dims {
-    fn of(m: &Llama) -> Self {
-        let hd = m.cfg.head_dim();
-        #[expect(clippy::cast_possible_truncation, reason = "eps is tiny")]
-        let eps = m.cfg.rms_norm_eps as f32;
-        #[expect(clippy::cast_precision_loss, reason = "head width is small")]
-        let scale = 1.0 / (hd as f32).sqrt();
-        Self {
-            d: m.cfg.hidden_size,
-            nh: m.cfg.num_attention_heads,
-            nkv: m.cfg.kv_heads(),
-            hd,
-            dm: m.cfg.intermediate_size,
-            eps,
-            scale,
-            vocab: m.unembed().dim(0).unwrap_or(0),
-        }
-    }
-    fn nq(self) -> usize {
-        self.nh * self.hd
-    }
-    fn nk(self) -> usize {
-        self.nkv * self.hd
-    }
-    /// Width of a fused q/k/v row.
-    fn w(self) -> usize {
-        self.nq() + 2 * self.nk()
-    }
-    fn rep(self) -> usize {
-        self.nh / self.nkv
-    }
-}
-
-struct LayerWeights<'a> {
-    attn_norm: CpuView<'a>,
-    qkv: CpuView<'a>,
-    wo: CpuView<'a>,
-    mlp_norm: CpuView<'a>,
-    gate_up: CpuView<'a>,
-    down: CpuView<'a>,
-}
-
-struct Weights<'a> {
-    embed: CpuView<'a>,
-    layers: Vec<LayerWeights<'a>>,
-    final_norm: CpuView<'a>,
-    unembed: CpuView<'a>,
-    cos: CpuView<'a>,
-    sin: CpuView<'a>,
-}
-
-impl<'a> Weights<'a> {
-    fn new(m: &'a Llama) -> Result<Self> {
-        let layers = m
-            .blocks
-            .iter()
-            .enumerate()
-            .map(|(l, b)| {
-                let (qkv, gate_up) = m.fused(l);
-                Ok(LayerWeights {
-                    attn_norm: CpuView::new(&b.attn_norm)?,
-                    qkv: CpuView::new(qkv)?,
-                    wo: CpuView::new(&b.wo)?,
-                    mlp_norm: CpuView::new(&b.mlp_norm)?,
-                    gate_up: CpuView::new(gate_up)?,
-                    down: CpuView::new(&b.w_down)?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        let (cos, sin) = m.rope_tables();
-        Ok(Self {
-            embed: CpuView::new(&m.embed)?,
-            layers,
-            final_norm: CpuView::new(&m.final_norm)?,
-            unembed: CpuView::new(m.unembed())?,
-            cos: CpuView::new(cos)?,
-            sin: CpuView::new(sin)?,
-        })
-    }
-}
-
-/// Sequences packed one after another, no padding.
+/// The batch's sequences packed, with where the words and the scored positions are.
 struct Packed {
-    start: Vec<usize>,
-    len: Vec<usize>,
-    /// Position of each packed row within its sequence.
-    pos: Vec<usize>,
+    seq: fast::Packed,
     /// Per sequence, the first position that depends on a word (its length when none does).
     first: Vec<usize>,
     /// (packed row, word index) of every occurrence.
     occ: Vec<(usize, usize)>,
     /// (packed row, target id, sequence) of every scored position.
     targets: Vec<(usize, u32, usize)>,
-    rows: usize,
 }
 
 impl Packed {
     fn new(seqs: &[&ScoredSeq], n_words: usize, max_pos: usize) -> Result<Self> {
+        let seq = fast::Packed::new(seqs.iter().map(|s| s.ids.len()), max_pos)?;
         let mut p = Self {
-            start: Vec::new(),
-            len: Vec::new(),
-            pos: Vec::new(),
+            seq,
             first: Vec::new(),
             occ: Vec::new(),
             targets: Vec::new(),
-            rows: 0,
         };
         for (si, s) in seqs.iter().enumerate() {
-            let n = s.ids.len();
-            if n > max_pos {
-                return Err(EngineError::Invalid(format!(
-                    "a training sequence has {n} tokens, the model's context is {max_pos}"
-                )));
-            }
-            p.start.push(p.rows);
-            p.len.push(n);
-            p.pos.extend(0..n);
+            let (start, n) = (p.seq.start[si], p.seq.len[si]);
             let mut first = n;
             for &(pos, wi) in &s.occ {
                 if pos >= n || wi >= n_words {
@@ -172,7 +64,7 @@ impl Packed {
                     )));
                 }
                 first = first.min(pos);
-                p.occ.push((p.rows + pos, wi));
+                p.occ.push((start + pos, wi));
             }
             p.first.push(first);
             for &(pos, t) in &s.targets {
@@ -181,30 +73,11 @@ impl Packed {
                         "target position {pos} outside a {n}-token sequence"
                     )));
                 }
-                p.targets.push((p.rows + pos, t, si));
+                p.targets.push((start + pos, t, si));
             }
-            p.rows += n;
         }
         Ok(p)
     }
-}
-
-/// What one block's backward pass reads from its forward pass.
-struct LayerTape {
-    /// Block input (rows × d).
-    x: Vec<f32>,
-    /// `1/rms` of `x` per row.
-    r1: Vec<f32>,
-    /// Rotated queries and keys, and values (rows × (q + 2·kv)).
-    qkv: Vec<f32>,
-    /// Attention weights per (sequence, head), len × len, row-major, zero above the diagonal.
-    att: Vec<Vec<f32>>,
-    /// Residual after attention.
-    xm: Vec<f32>,
-    /// `1/rms` of `xm` per row.
-    r2: Vec<f32>,
-    /// Gate and up pre-activations (rows × 2·d_mlp).
-    gu: Vec<f32>,
 }
 
 /// A forward pass kept for [`Tape::backward`].
@@ -242,7 +115,7 @@ pub fn forward(m: &Llama, words: &[Word], vectors: &[&[f32]], seqs: &[&ScoredSeq
             Injection::ResidPre(l) => l,
         })
         .collect();
-    let n = packed.rows;
+    let n = packed.seq.rows;
     let emb = w.embed.data();
     let mut x = vec![0f32; n * d];
     let ids = seqs.iter().flat_map(|s| s.ids.iter());
@@ -264,7 +137,7 @@ pub fn forward(m: &Llama, words: &[Word], vectors: &[&[f32]], seqs: &[&ScoredSeq
                 x[row * d..(row + 1) * d].copy_from_slice(vectors[wi]);
             }
         }
-        let (tape, next) = layer_forward(dims, lw, &packed, x, w.cos.data(), w.sin.data());
+        let (tape, next) = layer_forward(dims, lw, &packed.seq, x, w.cos.data(), w.sin.data());
         layers.push(tape);
         x = next;
     }
@@ -309,122 +182,6 @@ pub fn forward(m: &Llama, words: &[Word], vectors: &[&[f32]], seqs: &[&ScoredSeq
     })
 }
 
-fn layer_forward(
-    dims: Dims,
-    lw: &LayerWeights<'_>,
-    pk: &Packed,
-    x: Vec<f32>,
-    cos: &[f32],
-    sin: &[f32],
-) -> (LayerTape, Vec<f32>) {
-    let (n, d, dm, w) = (pk.rows, dims.d, dims.dm, dims.w());
-    let mut h = vec![0f32; n * d];
-    let r1 = rms_norm_rows(&x, lw.attn_norm.data(), dims.eps, &mut h);
-    let mut qkv = vec![0f32; n * w];
-    matmul(&mut qkv, &h, lw.qkv.data(), (n, d, w), true, false);
-    let (hd, half) = (dims.hd, dims.hd / 2);
-    qkv.par_chunks_mut(w).enumerate().for_each(|(row, r)| {
-        let p = pk.pos[row];
-        let (c, s) = (
-            &cos[p * half..(p + 1) * half],
-            &sin[p * half..(p + 1) * half],
-        );
-        for head in r[..(dims.nh + dims.nkv) * hd].chunks_mut(hd) {
-            rope_head(head, c, s, false);
-        }
-    });
-    let (o, att) = attention_forward(dims, pk, &qkv);
-    let mut xm = x.clone();
-    matmul(&mut xm, &o, lw.wo.data(), (n, dims.nq(), d), true, true);
-    let r2 = rms_norm_rows(&xm, lw.mlp_norm.data(), dims.eps, &mut h);
-    let mut gu = vec![0f32; n * 2 * dm];
-    matmul(&mut gu, &h, lw.gate_up.data(), (n, d, 2 * dm), true, false);
-    let mut act = vec![0f32; n * dm];
-    act.par_chunks_mut(dm)
-        .zip(gu.par_chunks(2 * dm))
-        .for_each(|(a, g)| {
-            let (gate, up) = g.split_at(dm);
-            for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
-                *a = g / (1.0 + (-g).exp()) * u;
-            }
-        });
-    let mut next = xm.clone();
-    matmul(&mut next, &act, lw.down.data(), (n, dm, d), true, true);
-    (
-        LayerTape {
-            x,
-            r1,
-            qkv,
-            att,
-            xm,
-            r2,
-            gu,
-        },
-        next,
-    )
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
-
-/// Causal attention within each packed sequence: the heads' outputs (rows × q) and the
-/// attention weights per (sequence, head).
-fn attention_forward(dims: Dims, pk: &Packed, qkv: &[f32]) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let (w, hd, nq, nk) = (dims.w(), dims.hd, dims.nq(), dims.nk());
-    let tasks: Vec<(usize, usize)> = (0..pk.len.len())
-        .flat_map(|s| (0..dims.nh).map(move |h| (s, h)))
-        .collect();
-    let done: Vec<(Vec<f32>, Vec<f32>)> = tasks
-        .par_iter()
-        .map(|&(s, h)| {
-            let (start, len) = (pk.start[s], pk.len[s]);
-            let kvh = h / dims.rep();
-            let q_at = |i: usize| &qkv[(start + i) * w + h * hd..][..hd];
-            let k_at = |j: usize| &qkv[(start + j) * w + nq + kvh * hd..][..hd];
-            let v_at = |j: usize| &qkv[(start + j) * w + nq + nk + kvh * hd..][..hd];
-            let mut p = vec![0f32; len * len];
-            let mut o = vec![0f32; len * hd];
-            for i in 0..len {
-                let row = &mut p[i * len..=i * len + i];
-                let q = q_at(i);
-                let mut mx = f32::NEG_INFINITY;
-                for (j, e) in row.iter_mut().enumerate() {
-                    *e = dot(q, k_at(j)) * dims.scale;
-                    mx = mx.max(*e);
-                }
-                let mut sum = 0f32;
-                for e in row.iter_mut() {
-                    *e = (*e - mx).exp();
-                    sum += *e;
-                }
-                let oi = &mut o[i * hd..(i + 1) * hd];
-                for (j, e) in row.iter_mut().enumerate() {
-                    *e /= sum;
-                    axpy(oi, *e, v_at(j));
-                }
-            }
-            (o, p)
-        })
-        .collect();
-    let mut out = vec![0f32; pk.rows * nq];
-    let mut att = Vec::with_capacity(tasks.len());
-    for (&(s, h), (o, p)) in tasks.iter().zip(done) {
-        for (i, oi) in o.chunks(hd).enumerate() {
-            let row = pk.start[s] + i;
-            out[row * nq + h * hd..][..hd].copy_from_slice(oi);
-        }
-        att.push(p);
-    }
-    (out, att)
-}
-
 /// The rows the backward pass runs over: each sequence's rows from its first word occurrence.
 struct Active {
     /// Packed row of each active row.
@@ -436,18 +193,18 @@ struct Active {
 impl Active {
     fn new(pk: &Packed) -> Self {
         let mut rows = Vec::new();
-        let mut offset = Vec::with_capacity(pk.len.len());
-        for s in 0..pk.len.len() {
+        let mut offset = Vec::with_capacity(pk.seq.len.len());
+        for s in 0..pk.seq.len.len() {
             offset.push(rows.len());
-            rows.extend((pk.first[s]..pk.len[s]).map(|p| pk.start[s] + p));
+            rows.extend((pk.first[s]..pk.seq.len[s]).map(|p| pk.seq.start[s] + p));
         }
         Self { rows, offset }
     }
 
     /// The active index of packed row `row` (which must be active).
     fn index(&self, pk: &Packed, row: usize) -> usize {
-        let s = pk.start.partition_point(|st| *st <= row) - 1;
-        self.offset[s] + (row - pk.start[s] - pk.first[s])
+        let s = pk.seq.start.partition_point(|st| *st <= row) - 1;
+        self.offset[s] + (row - pk.seq.start[s] - pk.first[s])
     }
 }
 
@@ -517,7 +274,7 @@ impl Tape {
         drop(dz);
         let mut dx = vec![0f32; active.rows.len() * d];
         for (t, (row, _, s)) in pk.targets.iter().enumerate() {
-            if *row < pk.start[*s] + pk.first[*s] {
+            if *row < pk.seq.start[*s] + pk.first[*s] {
                 continue; // a position before any word: its gradient never reaches a vector
             }
             let a = active.index(pk, *row);
@@ -674,14 +431,14 @@ fn attention_backward(
         dims.hd / 2,
     );
     let qkv = &tape.qkv;
-    let tasks: Vec<(usize, usize)> = (0..pk.len.len())
-        .filter(|s| pk.first[*s] < pk.len[*s])
+    let tasks: Vec<(usize, usize)> = (0..pk.seq.len.len())
+        .filter(|s| pk.first[*s] < pk.seq.len[*s])
         .flat_map(|s| (0..dims.nkv).map(move |g| (s, g)))
         .collect();
     let done: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
         .map(|&(s, g)| {
-            let (start, len, first) = (pk.start[s], pk.len[s], pk.first[s]);
+            let (start, len, first) = (pk.seq.start[s], pk.seq.len[s], pk.first[s]);
             let off = active.offset[s];
             let na = len - first;
             let k_at = |j: usize| &qkv[(start + j) * w + nq + g * hd..][..hd];
@@ -733,7 +490,7 @@ fn attention_backward(
     let mut out = vec![0f32; active.rows.len() * w];
     for (&(s, g), (dq, dk, dv)) in tasks.iter().zip(done) {
         let off = active.offset[s];
-        for ai in 0..pk.len[s] - pk.first[s] {
+        for ai in 0..pk.seq.len[s] - pk.first[s] {
             let row = &mut out[(off + ai) * w..(off + ai + 1) * w];
             row[g * rep * hd..(g + 1) * rep * hd]
                 .copy_from_slice(&dq[ai * rep * hd..(ai + 1) * rep * hd]);

@@ -350,7 +350,7 @@ fn batch_loss(
 /// A batch's forward pass, kept for its gradient: the hand-written CPU pass (see `grad`) or a
 /// candle graph.
 enum Pass {
-    Hand(grad::Tape, Vec<f32>),
+    Hand(Box<grad::Tape>, Vec<f32>),
     Graph(Tensor),
 }
 
@@ -371,7 +371,7 @@ fn forward_pass(
             Loss::CrossEntropy => grad::cross_entropy(&tape),
             Loss::Preference { beta } => grad::preference(&tape, &refs, beta),
         };
-        return Ok((value, Pass::Hand(tape, coef)));
+        return Ok((value, Pass::Hand(Box::new(tape), coef)));
     }
     let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let t = batch_loss(m, words, &tensors, batch, loss)?;

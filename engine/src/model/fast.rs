@@ -1,0 +1,351 @@
+//! A hand-written forward pass of the Llama block on the CPU over packed sequences (no
+//! padding), on plain f32 buffers: the inference forward pass when nothing is hooked, and the
+//! forward half of the word-gradient pass (`words::grad`), which keeps each block's
+//! [`LayerTape`] for its backward pass.
+//!
+//! Why by hand: candle's composed ops allocate a tensor per op (RoPE alone is five), pad every
+//! sequence to the longest and add a mask; here attention runs per sequence on its own length
+//! and the products use `cpu::matmul`. Tests check it against the candle forward pass.
+
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
+
+use super::Llama;
+use super::batch::Batch;
+use super::cpu::{CpuView, matmul, rms_norm_rows, rope_head};
+use crate::error::{EngineError, Result};
+
+#[derive(Clone, Copy)]
+pub(crate) struct Dims {
+    pub(crate) d: usize,
+    pub(crate) nh: usize,
+    pub(crate) nkv: usize,
+    pub(crate) hd: usize,
+    pub(crate) dm: usize,
+    pub(crate) eps: f32,
+    pub(crate) scale: f32,
+    pub(crate) vocab: usize,
+}
+
+impl Dims {
+    pub(crate) fn of(m: &Llama) -> Self {
+        let hd = m.cfg.head_dim();
+        #[expect(clippy::cast_possible_truncation, reason = "eps is tiny")]
+        let eps = m.cfg.rms_norm_eps as f32;
+        #[expect(clippy::cast_precision_loss, reason = "head width is small")]
+        let scale = 1.0 / (hd as f32).sqrt();
+        Self {
+            d: m.cfg.hidden_size,
+            nh: m.cfg.num_attention_heads,
+            nkv: m.cfg.kv_heads(),
+            hd,
+            dm: m.cfg.intermediate_size,
+            eps,
+            scale,
+            vocab: m.unembed().dim(0).unwrap_or(0),
+        }
+    }
+    pub(crate) fn nq(self) -> usize {
+        self.nh * self.hd
+    }
+    pub(crate) fn nk(self) -> usize {
+        self.nkv * self.hd
+    }
+    /// Width of a fused q/k/v row.
+    pub(crate) fn w(self) -> usize {
+        self.nq() + 2 * self.nk()
+    }
+    pub(crate) fn rep(self) -> usize {
+        self.nh / self.nkv
+    }
+}
+
+pub(crate) struct LayerWeights<'a> {
+    pub(crate) attn_norm: CpuView<'a>,
+    pub(crate) qkv: CpuView<'a>,
+    pub(crate) wo: CpuView<'a>,
+    pub(crate) mlp_norm: CpuView<'a>,
+    pub(crate) gate_up: CpuView<'a>,
+    pub(crate) down: CpuView<'a>,
+}
+
+pub(crate) struct Weights<'a> {
+    pub(crate) embed: CpuView<'a>,
+    pub(crate) layers: Vec<LayerWeights<'a>>,
+    pub(crate) final_norm: CpuView<'a>,
+    pub(crate) unembed: CpuView<'a>,
+    pub(crate) cos: CpuView<'a>,
+    pub(crate) sin: CpuView<'a>,
+}
+
+impl<'a> Weights<'a> {
+    pub(crate) fn new(m: &'a Llama) -> Result<Self> {
+        let layers = m
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(l, b)| {
+                let (qkv, gate_up) = m.fused(l);
+                Ok(LayerWeights {
+                    attn_norm: CpuView::new(&b.attn_norm)?,
+                    qkv: CpuView::new(qkv)?,
+                    wo: CpuView::new(&b.wo)?,
+                    mlp_norm: CpuView::new(&b.mlp_norm)?,
+                    gate_up: CpuView::new(gate_up)?,
+                    down: CpuView::new(&b.w_down)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (cos, sin) = m.rope_tables();
+        Ok(Self {
+            embed: CpuView::new(&m.embed)?,
+            layers,
+            final_norm: CpuView::new(&m.final_norm)?,
+            unembed: CpuView::new(m.unembed())?,
+            cos: CpuView::new(cos)?,
+            sin: CpuView::new(sin)?,
+        })
+    }
+}
+
+/// Sequences packed one after another, no padding.
+pub(crate) struct Packed {
+    /// First packed row of each sequence.
+    pub(crate) start: Vec<usize>,
+    /// Length of each sequence.
+    pub(crate) len: Vec<usize>,
+    /// Position of each packed row within its sequence.
+    pub(crate) pos: Vec<usize>,
+    /// Total rows.
+    pub(crate) rows: usize,
+}
+
+impl Packed {
+    /// Packs sequences of the given lengths; fails past the model's context.
+    pub(crate) fn new(lens: impl IntoIterator<Item = usize>, max_pos: usize) -> Result<Self> {
+        let mut p = Self {
+            start: Vec::new(),
+            len: Vec::new(),
+            pos: Vec::new(),
+            rows: 0,
+        };
+        for n in lens {
+            if n > max_pos {
+                return Err(EngineError::Invalid(format!(
+                    "a sequence has {n} tokens, the model's context is {max_pos}"
+                )));
+            }
+            p.start.push(p.rows);
+            p.len.push(n);
+            p.pos.extend(0..n);
+            p.rows += n;
+        }
+        Ok(p)
+    }
+}
+
+/// Whether the hand-written pass can run this model: f32 weights on the CPU.
+pub fn supported(m: &Llama) -> bool {
+    m.device().is_cpu() && m.embed.dtype() == DType::F32
+}
+
+/// Logits (B, T, vocab) of a batch from its input embeddings (B, T, d_model), no hooks, no
+/// cache. Each row's real tokens are packed and attend only to each other (what the masked
+/// candle pass computes); padded positions get logits of zero.
+pub fn forward_logits(m: &Llama, embeds: &Tensor, batch: &Batch) -> Result<Tensor> {
+    let dims = Dims::of(m);
+    let (b, t, d) = embeds.dims3()?;
+    let w = Weights::new(m)?;
+    // Real tokens of a row are contiguous (padding is all on one side).
+    let spans: Vec<(usize, usize)> = batch
+        .valid
+        .iter()
+        .map(|v| {
+            (
+                v.iter().position(|x| *x).unwrap_or(0),
+                v.iter().filter(|x| **x).count(),
+            )
+        })
+        .collect();
+    let pk = Packed::new(spans.iter().map(|s| s.1), m.cfg.max_position_embeddings)?;
+    let embeds = embeds.contiguous()?;
+    let view = CpuView::new(&embeds)?;
+    let e = view.data();
+    let mut x = Vec::with_capacity(pk.rows * d);
+    for (r, (off, len)) in spans.iter().enumerate() {
+        x.extend_from_slice(&e[(r * t + off) * d..(r * t + off + len) * d]);
+    }
+    drop(view);
+    for lw in &w.layers {
+        x = layer_forward(dims, lw, &pk, x, w.cos.data(), w.sin.data()).1;
+    }
+    // Final norm into the padded layout (zero rows at padding), then one vocabulary product.
+    let mut h = vec![0f32; b * t * d];
+    let mut normed = vec![0f32; pk.rows * d];
+    rms_norm_rows(&x, w.final_norm.data(), dims.eps, &mut normed);
+    for (r, (off, len)) in spans.iter().enumerate() {
+        let src = &normed[pk.start[r] * d..(pk.start[r] + len) * d];
+        h[(r * t + off) * d..(r * t + off + len) * d].copy_from_slice(src);
+    }
+    drop(normed);
+    let v = dims.vocab;
+    let mut logits = vec![0f32; b * t * v];
+    matmul(
+        &mut logits,
+        &h,
+        w.unembed.data(),
+        (b * t, d, v),
+        true,
+        false,
+    );
+    Ok(Tensor::from_vec(logits, (b, t, v), m.device())?)
+}
+
+/// What one block's backward pass reads from its forward pass.
+pub(crate) struct LayerTape {
+    /// Block input (rows × d).
+    pub(crate) x: Vec<f32>,
+    /// `1/rms` of `x` per row.
+    pub(crate) r1: Vec<f32>,
+    /// Rotated queries and keys, and values (rows × (q + 2·kv)).
+    pub(crate) qkv: Vec<f32>,
+    /// Attention weights per (sequence, head), len × len, row-major, zero above the diagonal.
+    pub(crate) att: Vec<Vec<f32>>,
+    /// Residual after attention.
+    pub(crate) xm: Vec<f32>,
+    /// `1/rms` of `xm` per row.
+    pub(crate) r2: Vec<f32>,
+    /// Gate and up pre-activations (rows × 2·d_mlp).
+    pub(crate) gu: Vec<f32>,
+}
+
+pub(crate) fn layer_forward(
+    dims: Dims,
+    lw: &LayerWeights<'_>,
+    pk: &Packed,
+    x: Vec<f32>,
+    cos: &[f32],
+    sin: &[f32],
+) -> (LayerTape, Vec<f32>) {
+    let (n, d, dm, w) = (pk.rows, dims.d, dims.dm, dims.w());
+    let mut h = vec![0f32; n * d];
+    let r1 = rms_norm_rows(&x, lw.attn_norm.data(), dims.eps, &mut h);
+    let mut qkv = vec![0f32; n * w];
+    matmul(&mut qkv, &h, lw.qkv.data(), (n, d, w), true, false);
+    let (hd, half) = (dims.hd, dims.hd / 2);
+    qkv.par_chunks_mut(w).enumerate().for_each(|(row, r)| {
+        let p = pk.pos[row];
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
+        for head in r[..(dims.nh + dims.nkv) * hd].chunks_mut(hd) {
+            rope_head(head, c, s, false);
+        }
+    });
+    let (o, att) = attention_forward(dims, pk, &qkv);
+    let mut xm = x.clone();
+    matmul(&mut xm, &o, lw.wo.data(), (n, dims.nq(), d), true, true);
+    let r2 = rms_norm_rows(&xm, lw.mlp_norm.data(), dims.eps, &mut h);
+    let mut gu = vec![0f32; n * 2 * dm];
+    matmul(&mut gu, &h, lw.gate_up.data(), (n, d, 2 * dm), true, false);
+    let mut act = vec![0f32; n * dm];
+    act.par_chunks_mut(dm)
+        .zip(gu.par_chunks(2 * dm))
+        .for_each(|(a, g)| {
+            let (gate, up) = g.split_at(dm);
+            for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
+                *a = g / (1.0 + (-g).exp()) * u;
+            }
+        });
+    let mut next = xm.clone();
+    matmul(&mut next, &act, lw.down.data(), (n, dm, d), true, true);
+    (
+        LayerTape {
+            x,
+            r1,
+            qkv,
+            att,
+            xm,
+            r2,
+            gu,
+        },
+        next,
+    )
+}
+
+/// Dot product with eight independent partial sums, so that the compiler vectorizes it (a
+/// single running sum is a serial dependency chain it must keep in order).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Causal attention within each packed sequence: the heads' outputs (rows × q) and the
+/// attention weights per (sequence, head).
+pub(crate) fn attention_forward(dims: Dims, pk: &Packed, qkv: &[f32]) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let (w, hd, nq, nk) = (dims.w(), dims.hd, dims.nq(), dims.nk());
+    let tasks: Vec<(usize, usize)> = (0..pk.len.len())
+        .flat_map(|s| (0..dims.nh).map(move |h| (s, h)))
+        .collect();
+    let done: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(s, h)| {
+            let (start, len) = (pk.start[s], pk.len[s]);
+            let kvh = h / dims.rep();
+            let q_at = |i: usize| &qkv[(start + i) * w + h * hd..][..hd];
+            let k_at = |j: usize| &qkv[(start + j) * w + nq + kvh * hd..][..hd];
+            let v_at = |j: usize| &qkv[(start + j) * w + nq + nk + kvh * hd..][..hd];
+            let mut p = vec![0f32; len * len];
+            let mut o = vec![0f32; len * hd];
+            for i in 0..len {
+                let row = &mut p[i * len..=i * len + i];
+                let q = q_at(i);
+                let mut mx = f32::NEG_INFINITY;
+                for (j, e) in row.iter_mut().enumerate() {
+                    *e = dot(q, k_at(j)) * dims.scale;
+                    mx = mx.max(*e);
+                }
+                let mut sum = 0f32;
+                for e in row.iter_mut() {
+                    *e = (*e - mx).exp();
+                    sum += *e;
+                }
+                let oi = &mut o[i * hd..(i + 1) * hd];
+                for (j, e) in row.iter_mut().enumerate() {
+                    *e /= sum;
+                    axpy(oi, *e, v_at(j));
+                }
+            }
+            (o, p)
+        })
+        .collect();
+    let mut out = vec![0f32; pk.rows * nq];
+    let mut att = Vec::with_capacity(tasks.len());
+    for (&(s, h), (o, p)) in tasks.iter().zip(done) {
+        for (i, oi) in o.chunks(hd).enumerate() {
+            let row = pk.start[s] + i;
+            out[row * nq + h * hd..][..hd].copy_from_slice(oi);
+        }
+        att.push(p);
+    }
+    (out, att)
+}
