@@ -78,7 +78,7 @@ fn hand_gradient_equals_autograd_for_every_injection() {
         let words = [word(&m, "<a>", ia, 1), word(&m, "<b>", ib, 2)];
         assert!(grad::supported(&m.llama, &words));
         let vectors: Vec<&[f32]> = words.iter().map(|w| w.vector.as_slice()).collect();
-        let tape = grad::forward(&m.llama, &words, &vectors, &refs).unwrap();
+        let tape = grad::forward(&m.llama, &words, &vectors, &refs, &[]).unwrap();
         // Same log-probabilities as the hooked forward pass.
         let want = seq_logprobs(
             &m,
@@ -135,12 +135,12 @@ fn preference_gradient_matches_finite_differences() {
     let beta = 0.5;
     let loss = |vectors: &[Vec<f32>]| -> f64 {
         let v: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
-        let tape = grad::forward(&m.llama, &words, &v, &refs).unwrap();
+        let tape = grad::forward(&m.llama, &words, &v, &refs, &[]).unwrap();
         f64::from(grad::preference(&tape, &ref_lp, beta).0)
     };
     let base: Vec<Vec<f32>> = words.iter().map(|w| w.vector.clone()).collect();
     let v: Vec<&[f32]> = base.iter().map(Vec::as_slice).collect();
-    let tape = grad::forward(&m.llama, &words, &v, &refs).unwrap();
+    let tape = grad::forward(&m.llama, &words, &v, &refs, &[]).unwrap();
     let (_, coef) = grad::preference(&tape, &ref_lp, beta);
     let g = tape.backward(&m.llama, &coef).unwrap();
     for (wi, i) in [(0usize, 0usize), (0, 13), (1, 5), (1, 30)] {
@@ -170,7 +170,7 @@ fn cross_entropy_is_the_mean_of_per_sequence_means() {
         word(&m, "<b>", Injection::Embedding, 2),
     ];
     let v: Vec<&[f32]> = words.iter().map(|w| w.vector.as_slice()).collect();
-    let tape = grad::forward(&m.llama, &words, &v, &refs).unwrap();
+    let tape = grad::forward(&m.llama, &words, &v, &refs, &[]).unwrap();
     let (loss, coef) = grad::cross_entropy(&tape);
     let want: f32 = -all
         .iter()
@@ -184,4 +184,46 @@ fn cross_entropy_is_the_mean_of_per_sequence_means() {
         (wsum + 1.0).abs() < 1e-5,
         "coefficients sum to -1, got {wsum}"
     );
+}
+
+#[test]
+fn cached_prefixes_change_nothing() {
+    let m = tiny_model(42, &Device::Cpu).unwrap();
+    let all = seqs(&m);
+    let refs: Vec<&ScoredSeq> = all.iter().collect();
+    for (ia, ib) in [
+        (Injection::Embedding, Injection::Embedding),
+        (Injection::ResidPre(1), Injection::Embedding),
+    ] {
+        let words = [word(&m, "<a>", ia, 1), word(&m, "<b>", ib, 2)];
+        let v: Vec<&[f32]> = words.iter().map(|w| w.vector.as_slice()).collect();
+        let plain = grad::forward(&m.llama, &words, &v, &refs, &[]).unwrap();
+        let kv = grad::prefix_kv(&m.llama, &refs).unwrap();
+        let cached: Vec<Option<&grad::PrefixKv>> = kv.iter().map(Some).collect();
+        let fast = grad::forward(&m.llama, &words, &v, &refs, &cached).unwrap();
+        for (a, b) in fast.logprobs().iter().zip(plain.logprobs()) {
+            assert!((a - b).abs() < 1e-5, "{ia:?}: {a} vs {b}");
+        }
+        let (_, coef) = grad::cross_entropy(&plain);
+        let g0 = plain.backward(&m.llama, &coef).unwrap();
+        let g1 = fast.backward(&m.llama, &coef).unwrap();
+        for (a, b) in g1.iter().zip(&g0) {
+            let diff = max_rel_diff(a, b);
+            assert!(diff < 1e-5, "{ia:?}: gradients differ by {diff}");
+        }
+    }
+    // A prefix made for another sequence is refused.
+    let words = [
+        word(&m, "<a>", Injection::Embedding, 1),
+        word(&m, "<b>", Injection::Embedding, 2),
+    ];
+    let v: Vec<&[f32]> = words.iter().map(|w| w.vector.as_slice()).collect();
+    let kv = grad::prefix_kv(&m.llama, &refs).unwrap();
+    let swapped: Vec<Option<&grad::PrefixKv>> =
+        vec![Some(&kv[3]), Some(&kv[1]), Some(&kv[2]), Some(&kv[0])];
+    let err = grad::forward(&m.llama, &words, &v, &refs, &swapped)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("prefix"), "{err}");
 }

@@ -116,6 +116,9 @@ pub(crate) struct Packed {
     pub(crate) len: Vec<usize>,
     /// Position of each packed row within its sequence.
     pub(crate) pos: Vec<usize>,
+    /// Leading positions of each sequence that are not packed: their keys and values come
+    /// from a cache (see `layer_forward`'s `past`).
+    pub(crate) prefix: Vec<usize>,
     /// Total rows.
     pub(crate) rows: usize,
 }
@@ -123,24 +126,73 @@ pub(crate) struct Packed {
 impl Packed {
     /// Packs sequences of the given lengths; fails past the model's context.
     pub(crate) fn new(lens: impl IntoIterator<Item = usize>, max_pos: usize) -> Result<Self> {
+        Self::with_prefix(lens.into_iter().map(|n| (0, n)), max_pos)
+    }
+
+    /// Packs the rows after a cached prefix of each sequence: `(prefix, rows)` per sequence.
+    pub(crate) fn with_prefix(
+        spans: impl IntoIterator<Item = (usize, usize)>,
+        max_pos: usize,
+    ) -> Result<Self> {
         let mut p = Self {
             start: Vec::new(),
             len: Vec::new(),
             pos: Vec::new(),
+            prefix: Vec::new(),
             rows: 0,
         };
-        for n in lens {
-            if n > max_pos {
+        for (pre, n) in spans {
+            if pre + n > max_pos {
                 return Err(EngineError::Invalid(format!(
-                    "a sequence has {n} tokens, the model's context is {max_pos}"
+                    "a sequence has {} tokens, the model's context is {max_pos}",
+                    pre + n
                 )));
             }
             p.start.push(p.rows);
             p.len.push(n);
-            p.pos.extend(0..n);
+            p.prefix.push(pre);
+            p.pos.extend(pre..pre + n);
             p.rows += n;
         }
         Ok(p)
+    }
+
+    /// Keys attended to by sequence `s`: its prefix and its packed rows.
+    pub(crate) fn total(&self, s: usize) -> usize {
+        self.prefix[s] + self.len[s]
+    }
+}
+
+/// Where attention finds key `j` (a position in its sequence) of sequence `s` at one layer: in
+/// the cached prefix (rows × 2·kv: rotated keys, then values) or in the packed rows.
+pub(crate) struct KeySource<'a> {
+    pub(crate) dims: Dims,
+    pub(crate) pk: &'a Packed,
+    pub(crate) qkv: &'a [f32],
+    pub(crate) past: &'a [&'a [f32]],
+}
+
+impl KeySource<'_> {
+    /// Rotated key of position `j` of sequence `s`, KV head `g`.
+    pub(crate) fn key(&self, s: usize, g: usize, j: usize) -> &[f32] {
+        let (hd, pre) = (self.dims.hd, self.pk.prefix[s]);
+        if j < pre {
+            &self.past[s][j * 2 * self.dims.nk() + g * hd..][..hd]
+        } else {
+            let row = self.pk.start[s] + j - pre;
+            &self.qkv[row * self.dims.w() + self.dims.nq() + g * hd..][..hd]
+        }
+    }
+
+    /// Value of position `j` of sequence `s`, KV head `g`.
+    pub(crate) fn value(&self, s: usize, g: usize, j: usize) -> &[f32] {
+        let (hd, nk, pre) = (self.dims.hd, self.dims.nk(), self.pk.prefix[s]);
+        if j < pre {
+            &self.past[s][j * 2 * nk + nk + g * hd..][..hd]
+        } else {
+            let row = self.pk.start[s] + j - pre;
+            &self.qkv[row * self.dims.w() + self.dims.nq() + nk + g * hd..][..hd]
+        }
     }
 }
 
@@ -176,8 +228,9 @@ pub fn forward_logits(m: &Llama, embeds: &Tensor, batch: &Batch) -> Result<Tenso
         x.extend_from_slice(&e[(r * t + off) * d..(r * t + off + len) * d]);
     }
     drop(view);
+    let past = vec![&[][..]; pk.len.len()];
     for lw in &w.layers {
-        x = layer_forward(dims, lw, &pk, x, w.cos.data(), w.sin.data()).1;
+        x = layer_forward(dims, lw, &pk, x, (w.cos.data(), w.sin.data()), &past).1;
     }
     // Final norm into the padded layout (zero rows at padding), then one vocabulary product.
     let mut h = vec![0f32; b * t * d];
@@ -209,7 +262,8 @@ pub(crate) struct LayerTape {
     pub(crate) r1: Vec<f32>,
     /// Rotated queries and keys, and values (rows × (q + 2·kv)).
     pub(crate) qkv: Vec<f32>,
-    /// Attention weights per (sequence, head), len × len, row-major, zero above the diagonal.
+    /// Attention weights per (sequence, head): packed rows × (prefix + rows), row-major, zero
+    /// past each row's own position.
     pub(crate) att: Vec<Vec<f32>>,
     /// Residual after attention.
     pub(crate) xm: Vec<f32>,
@@ -224,8 +278,8 @@ pub(crate) fn layer_forward(
     lw: &LayerWeights<'_>,
     pk: &Packed,
     x: Vec<f32>,
-    cos: &[f32],
-    sin: &[f32],
+    (cos, sin): (&[f32], &[f32]),
+    past: &[&[f32]],
 ) -> (LayerTape, Vec<f32>) {
     let (n, d, dm, w) = (pk.rows, dims.d, dims.dm, dims.w());
     let mut h = vec![0f32; n * d];
@@ -243,7 +297,12 @@ pub(crate) fn layer_forward(
             rope_head(head, c, s, false);
         }
     });
-    let (o, att) = attention_forward(dims, pk, &qkv);
+    let (o, att) = attention_forward(&KeySource {
+        dims,
+        pk,
+        qkv: &qkv,
+        past,
+    });
     let mut xm = x.clone();
     matmul(&mut xm, &o, lw.wo.data(), (n, dims.nq(), d), true, true);
     let r2 = rms_norm_rows(&xm, lw.mlp_norm.data(), dims.eps, &mut h);
@@ -301,27 +360,25 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 
 /// Causal attention within each packed sequence: the heads' outputs (rows × q) and the
 /// attention weights per (sequence, head).
-pub(crate) fn attention_forward(dims: Dims, pk: &Packed, qkv: &[f32]) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let (w, hd, nq, nk) = (dims.w(), dims.hd, dims.nq(), dims.nk());
+pub(crate) fn attention_forward(src: &KeySource<'_>) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let (dims, pk, qkv) = (src.dims, src.pk, src.qkv);
+    let (w, hd, nq) = (dims.w(), dims.hd, dims.nq());
     let tasks: Vec<(usize, usize)> = (0..pk.len.len())
         .flat_map(|s| (0..dims.nh).map(move |h| (s, h)))
         .collect();
     let done: Vec<(Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
         .map(|&(s, h)| {
-            let (start, len) = (pk.start[s], pk.len[s]);
-            let kvh = h / dims.rep();
-            let q_at = |i: usize| &qkv[(start + i) * w + h * hd..][..hd];
-            let k_at = |j: usize| &qkv[(start + j) * w + nq + kvh * hd..][..hd];
-            let v_at = |j: usize| &qkv[(start + j) * w + nq + nk + kvh * hd..][..hd];
-            let mut p = vec![0f32; len * len];
+            let (start, len, pre, total) = (pk.start[s], pk.len[s], pk.prefix[s], pk.total(s));
+            let g = h / dims.rep();
+            let mut p = vec![0f32; len * total];
             let mut o = vec![0f32; len * hd];
             for i in 0..len {
-                let row = &mut p[i * len..=i * len + i];
-                let q = q_at(i);
+                let row = &mut p[i * total..=i * total + pre + i];
+                let q = &qkv[(start + i) * w + h * hd..][..hd];
                 let mut mx = f32::NEG_INFINITY;
                 for (j, e) in row.iter_mut().enumerate() {
-                    *e = dot(q, k_at(j)) * dims.scale;
+                    *e = dot(q, src.key(s, g, j)) * dims.scale;
                     mx = mx.max(*e);
                 }
                 let mut sum = 0f32;
@@ -332,7 +389,7 @@ pub(crate) fn attention_forward(dims: Dims, pk: &Packed, qkv: &[f32]) -> (Vec<f3
                 let oi = &mut o[i * hd..(i + 1) * hd];
                 for (j, e) in row.iter_mut().enumerate() {
                     *e /= sum;
-                    axpy(oi, *e, v_at(j));
+                    axpy(oi, *e, src.value(s, g, j));
                 }
             }
             (o, p)

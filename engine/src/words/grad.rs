@@ -22,7 +22,9 @@ use super::{Injection, Word};
 use crate::error::{EngineError, Result};
 use crate::model::Llama;
 use crate::model::cpu::{matmul, rms_norm_backward_row, rms_norm_rows, rope_head};
-use crate::model::fast::{self, Dims, LayerTape, LayerWeights, Weights, axpy, dot, layer_forward};
+use crate::model::fast::{
+    self, Dims, KeySource, LayerTape, LayerWeights, Weights, axpy, dot, layer_forward,
+};
 
 /// Whether the hand-written pass applies: f32 weights on the CPU, and every word entering as an
 /// embedding or into the residual stream of an existing layer.
@@ -34,10 +36,12 @@ pub fn supported(m: &Llama, words: &[Word]) -> bool {
         })
 }
 
-/// The batch's sequences packed, with where the words and the scored positions are.
+/// The batch's sequences packed (after their cached prefixes), with where the words and the
+/// scored positions are, as packed rows.
 struct Packed {
     seq: fast::Packed,
-    /// Per sequence, the first position that depends on a word (its length when none does).
+    /// Per sequence, the first packed position that depends on a word (its length when none
+    /// does).
     first: Vec<usize>,
     /// (packed row, word index) of every occurrence.
     occ: Vec<(usize, usize)>,
@@ -46,8 +50,9 @@ struct Packed {
 }
 
 impl Packed {
-    fn new(seqs: &[&ScoredSeq], n_words: usize, max_pos: usize) -> Result<Self> {
-        let seq = fast::Packed::new(seqs.iter().map(|s| s.ids.len()), max_pos)?;
+    fn new(seqs: &[&ScoredSeq], prefix: &[usize], n_words: usize, max_pos: usize) -> Result<Self> {
+        let spans = seqs.iter().zip(prefix).map(|(s, p)| (*p, s.ids.len() - p));
+        let seq = fast::Packed::with_prefix(spans, max_pos)?;
         let mut p = Self {
             seq,
             first: Vec::new(),
@@ -55,7 +60,7 @@ impl Packed {
             targets: Vec::new(),
         };
         for (si, s) in seqs.iter().enumerate() {
-            let (start, n) = (p.seq.start[si], p.seq.len[si]);
+            let (start, n, pre) = (p.seq.start[si], s.ids.len(), prefix[si]);
             let mut first = n;
             for &(pos, wi) in &s.occ {
                 if pos >= n || wi >= n_words {
@@ -64,26 +69,97 @@ impl Packed {
                     )));
                 }
                 first = first.min(pos);
-                p.occ.push((start + pos, wi));
+                p.occ.push((start + pos - pre, wi));
             }
-            p.first.push(first);
+            p.first.push(first - pre);
             for &(pos, t) in &s.targets {
                 if pos >= n {
                     return Err(EngineError::Invalid(format!(
                         "target position {pos} outside a {n}-token sequence"
                     )));
                 }
-                p.targets.push((start + pos, t, si));
+                p.targets.push((start + pos - pre, t, si));
             }
         }
         Ok(p)
     }
 }
 
+/// How many leading positions of `s` never depend on the words: those before its first word
+/// occurrence and before its first scored position (none when it has no word).
+fn constant_prefix(s: &ScoredSeq) -> usize {
+    let Some(first) = s.occ.iter().map(|o| o.0).min() else {
+        return 0;
+    };
+    s.targets.iter().map(|t| t.0).fold(first, usize::min)
+}
+
+/// Keys and values of a sequence's rows before its first word, at every layer. They do not
+/// change while only the words' vectors train, so a training run computes them once per
+/// sequence and each step runs the model from the first word on.
+#[derive(Debug, Clone)]
+pub struct PrefixKv {
+    /// The prefix's token ids.
+    ids: Vec<u32>,
+    /// Per layer, rows × (rotated keys, values).
+    layers: Vec<Vec<f32>>,
+}
+
+/// The constant prefixes of `seqs` (see [`PrefixKv`]), computed in one packed pass.
+pub fn prefix_kv(m: &Llama, seqs: &[&ScoredSeq]) -> Result<Vec<PrefixKv>> {
+    let dims = Dims::of(m);
+    let w = Weights::new(m)?;
+    let lens: Vec<usize> = seqs.iter().map(|s| constant_prefix(s)).collect();
+    let pk = fast::Packed::new(lens.iter().copied(), m.cfg.max_position_embeddings)?;
+    let ids: Vec<u32> = seqs
+        .iter()
+        .zip(&lens)
+        .flat_map(|(s, n)| s.ids[..*n].iter().copied())
+        .collect();
+    let mut x = embed_rows(&w, dims.d, &ids)?;
+    let mut out: Vec<PrefixKv> = seqs
+        .iter()
+        .zip(&lens)
+        .map(|(s, n)| PrefixKv {
+            ids: s.ids[..*n].to_vec(),
+            layers: Vec::with_capacity(w.layers.len()),
+        })
+        .collect();
+    let past = vec![&[][..]; seqs.len()];
+    let (nq, nk, width) = (dims.nq(), dims.nk(), dims.w());
+    for lw in &w.layers {
+        let (tape, next) = layer_forward(dims, lw, &pk, x, (w.cos.data(), w.sin.data()), &past);
+        for (si, p) in out.iter_mut().enumerate() {
+            let rows = tape.qkv[pk.start[si] * width..(pk.start[si] + pk.len[si]) * width]
+                .chunks(width)
+                .flat_map(|r| r[nq..nq + 2 * nk].iter().copied())
+                .collect();
+            p.layers.push(rows);
+        }
+        x = next;
+    }
+    Ok(out)
+}
+
+/// Input embeddings of `ids`, rows × d.
+fn embed_rows(w: &Weights<'_>, d: usize, ids: &[u32]) -> Result<Vec<f32>> {
+    let emb = w.embed.data();
+    let mut x = vec![0f32; ids.len() * d];
+    for (row, id) in x.chunks_mut(d).zip(ids) {
+        let id = *id as usize;
+        let src = emb
+            .get(id * d..(id + 1) * d)
+            .ok_or_else(|| EngineError::Invalid(format!("token id {id} outside the vocabulary")))?;
+        row.copy_from_slice(src);
+    }
+    Ok(x)
+}
+
 /// A forward pass kept for [`Tape::backward`].
-pub struct Tape {
+pub struct Tape<'a> {
     dims: Dims,
     packed: Packed,
+    prefixes: Vec<Option<&'a PrefixKv>>,
     layer_of: Vec<usize>,
     layers: Vec<LayerTape>,
     /// Final residual at the scored rows (targets × d) and its `1/rms`.
@@ -95,8 +171,23 @@ pub struct Tape {
     n_seqs: usize,
 }
 
-/// Runs the model on `seqs` with each word's vector at its occurrences.
-pub fn forward(m: &Llama, words: &[Word], vectors: &[&[f32]], seqs: &[&ScoredSeq]) -> Result<Tape> {
+/// Per sequence, its cached prefix's keys and values at layer `l` (empty without a cache).
+fn past_at<'a>(prefixes: &[Option<&'a PrefixKv>], l: usize) -> Vec<&'a [f32]> {
+    prefixes
+        .iter()
+        .map(|p| p.map_or(&[][..], |p| p.layers[l].as_slice()))
+        .collect()
+}
+
+/// Runs the model on `seqs` with each word's vector at its occurrences. `prefixes` holds, per
+/// sequence, its [`PrefixKv`] from [`prefix_kv`] (or `None`; an empty slice: none at all).
+pub fn forward<'a>(
+    m: &Llama,
+    words: &[Word],
+    vectors: &[&[f32]],
+    seqs: &[&ScoredSeq],
+    prefixes: &[Option<&'a PrefixKv>],
+) -> Result<Tape<'a>> {
     let dims = Dims::of(m);
     let d = dims.d;
     if vectors.len() != words.len() || vectors.iter().any(|v| v.len() != d) {
@@ -106,8 +197,35 @@ pub fn forward(m: &Llama, words: &[Word], vectors: &[&[f32]], seqs: &[&ScoredSeq
             words.len()
         )));
     }
+    let prefixes: Vec<Option<&PrefixKv>> = if prefixes.is_empty() {
+        vec![None; seqs.len()]
+    } else {
+        prefixes.to_vec()
+    };
+    if prefixes.len() != seqs.len() {
+        return Err(EngineError::Invalid(format!(
+            "{} cached prefixes for {} sequences",
+            prefixes.len(),
+            seqs.len()
+        )));
+    }
+    let mut lens = Vec::with_capacity(seqs.len());
+    for (s, p) in seqs.iter().zip(&prefixes) {
+        let n = p.map_or(0, |p| p.ids.len());
+        if n > constant_prefix(s) || !s.ids.starts_with(p.map_or(&[], |p| p.ids.as_slice())) {
+            return Err(EngineError::Invalid(
+                "a cached prefix does not belong to its sequence".into(),
+            ));
+        }
+        if p.is_some_and(|p| p.layers.len() != m.blocks.len()) {
+            return Err(EngineError::Invalid(
+                "a cached prefix was made for another model".into(),
+            ));
+        }
+        lens.push(n);
+    }
     let w = Weights::new(m)?;
-    let packed = Packed::new(seqs, words.len(), m.cfg.max_position_embeddings)?;
+    let packed = Packed::new(seqs, &lens, words.len(), m.cfg.max_position_embeddings)?;
     let layer_of: Vec<usize> = words
         .iter()
         .map(|w| match w.injection {
@@ -115,17 +233,12 @@ pub fn forward(m: &Llama, words: &[Word], vectors: &[&[f32]], seqs: &[&ScoredSeq
             Injection::ResidPre(l) => l,
         })
         .collect();
-    let n = packed.seq.rows;
-    let emb = w.embed.data();
-    let mut x = vec![0f32; n * d];
-    let ids = seqs.iter().flat_map(|s| s.ids.iter());
-    for (row, id) in x.chunks_mut(d).zip(ids) {
-        let id = *id as usize;
-        let src = emb
-            .get(id * d..(id + 1) * d)
-            .ok_or_else(|| EngineError::Invalid(format!("token id {id} outside the vocabulary")))?;
-        row.copy_from_slice(src);
-    }
+    let ids: Vec<u32> = seqs
+        .iter()
+        .zip(&lens)
+        .flat_map(|(s, n)| s.ids[*n..].iter().copied())
+        .collect();
+    let mut x = embed_rows(&w, d, &ids)?;
     // A word's position sees zeros below the layer it enters (as the hooked forward does).
     for &(row, _) in &packed.occ {
         x[row * d..(row + 1) * d].fill(0.0);
@@ -137,7 +250,15 @@ pub fn forward(m: &Llama, words: &[Word], vectors: &[&[f32]], seqs: &[&ScoredSeq
                 x[row * d..(row + 1) * d].copy_from_slice(vectors[wi]);
             }
         }
-        let (tape, next) = layer_forward(dims, lw, &packed.seq, x, w.cos.data(), w.sin.data());
+        let past = past_at(&prefixes, l);
+        let (tape, next) = layer_forward(
+            dims,
+            lw,
+            &packed.seq,
+            x,
+            (w.cos.data(), w.sin.data()),
+            &past,
+        );
         layers.push(tape);
         x = next;
     }
@@ -172,6 +293,7 @@ pub fn forward(m: &Llama, words: &[Word], vectors: &[&[f32]], seqs: &[&ScoredSeq
     Ok(Tape {
         dims,
         packed,
+        prefixes,
         layer_of,
         layers,
         x_final,
@@ -208,7 +330,7 @@ impl Active {
     }
 }
 
-impl Tape {
+impl Tape<'_> {
     /// `log p(target)` of every scored position, sequence by sequence, in the order of each
     /// sequence's `targets`.
     pub fn logprobs(&self) -> &[f32] {
@@ -287,15 +409,15 @@ impl Tape {
             );
         }
         for l in (lowest..self.layers.len()).rev() {
-            dx = layer_backward(
+            let past = past_at(&self.prefixes, l);
+            let ctx = Backward {
                 dims,
-                &w.layers[l],
                 pk,
-                &active,
-                &self.layers[l],
-                dx,
-                (w.cos.data(), w.sin.data()),
-            );
+                active: &active,
+                rope: (w.cos.data(), w.sin.data()),
+                past: &past,
+            };
+            dx = layer_backward(&ctx, &w.layers[l], &self.layers[l], dx);
             // A word entering here replaced this row: its gradient is the vector's, and nothing
             // flows further down from it.
             for &(row, wi) in &pk.occ {
@@ -313,16 +435,24 @@ impl Tape {
     }
 }
 
+/// What every block's backward pass shares.
+struct Backward<'a> {
+    dims: Dims,
+    pk: &'a Packed,
+    active: &'a Active,
+    rope: (&'a [f32], &'a [f32]),
+    /// Per sequence, the cached prefix's keys and values at this layer.
+    past: &'a [&'a [f32]],
+}
+
 /// One block backward over the active rows: `dx` at the block's output → at its input.
 fn layer_backward(
-    dims: Dims,
+    ctx: &Backward<'_>,
     lw: &LayerWeights<'_>,
-    pk: &Packed,
-    active: &Active,
     tape: &LayerTape,
     dx: Vec<f32>,
-    (cos, sin): (&[f32], &[f32]),
 ) -> Vec<f32> {
+    let (dims, active) = (ctx.dims, ctx.active);
     let (d, dm, na) = (dims.d, dims.dm, active.rows.len());
     // MLP: next = xm + down(silu(gate) · up).
     let mut dact = vec![0f32; na * dm];
@@ -372,7 +502,7 @@ fn layer_backward(
         false,
         false,
     );
-    let dqkv = attention_backward(dims, pk, active, tape, &d_o, cos, sin);
+    let dqkv = attention_backward(ctx, tape, &d_o);
     matmul(
         &mut dh,
         &dqkv,
@@ -413,15 +543,9 @@ fn norm_backward_rows(
 /// Attention backward over the active rows: gradients of the (unrotated) queries, keys and
 /// values, as active rows × (q + 2·kv). Keys and values before a sequence's first word are
 /// constant and get none.
-fn attention_backward(
-    dims: Dims,
-    pk: &Packed,
-    active: &Active,
-    tape: &LayerTape,
-    d_o: &[f32],
-    cos: &[f32],
-    sin: &[f32],
-) -> Vec<f32> {
+fn attention_backward(ctx: &Backward<'_>, tape: &LayerTape, d_o: &[f32]) -> Vec<f32> {
+    let (dims, pk, active) = (ctx.dims, ctx.pk, ctx.active);
+    let (cos, sin) = ctx.rope;
     let (w, hd, nq, nk, rep, half) = (
         dims.w(),
         dims.hd,
@@ -430,7 +554,12 @@ fn attention_backward(
         dims.rep(),
         dims.hd / 2,
     );
-    let qkv = &tape.qkv;
+    let src = KeySource {
+        dims,
+        pk: &pk.seq,
+        qkv: &tape.qkv,
+        past: ctx.past,
+    };
     let tasks: Vec<(usize, usize)> = (0..pk.seq.len.len())
         .filter(|s| pk.first[*s] < pk.seq.len[*s])
         .flat_map(|s| (0..dims.nkv).map(move |g| (s, g)))
@@ -439,33 +568,33 @@ fn attention_backward(
         .par_iter()
         .map(|&(s, g)| {
             let (start, len, first) = (pk.seq.start[s], pk.seq.len[s], pk.first[s]);
+            let (pre, total) = (pk.seq.prefix[s], pk.seq.total(s));
             let off = active.offset[s];
             let na = len - first;
-            let k_at = |j: usize| &qkv[(start + j) * w + nq + g * hd..][..hd];
-            let v_at = |j: usize| &qkv[(start + j) * w + nq + nk + g * hd..][..hd];
             let mut dq = vec![0f32; na * rep * hd];
             let mut dk = vec![0f32; na * hd];
             let mut dv = vec![0f32; na * hd];
-            let mut dp = vec![0f32; len];
+            let mut dp = vec![0f32; total];
             for r in 0..rep {
                 let h = g * rep + r;
                 let p = &tape.att[s * dims.nh + h];
                 for i in first..len {
                     let ai = i - first;
                     let doi = &d_o[(off + ai) * nq + h * hd..][..hd];
-                    let q = &qkv[(start + i) * w + h * hd..][..hd];
-                    let prow = &p[i * len..=i * len + i];
+                    let q = &tape.qkv[(start + i) * w + h * hd..][..hd];
+                    let prow = &p[i * total..=i * total + pre + i];
                     let mut mean = 0f32;
                     for (j, (e, pij)) in dp.iter_mut().zip(prow).enumerate() {
-                        *e = dot(doi, v_at(j));
+                        *e = dot(doi, src.value(s, g, j));
                         mean += pij * *e;
                     }
                     let dqi = &mut dq[(ai * rep + r) * hd..][..hd];
                     for (j, pij) in prow.iter().enumerate() {
                         let ds = pij * (dp[j] - mean) * dims.scale;
-                        axpy(dqi, ds, k_at(j));
-                        if j >= first {
-                            let aj = j - first;
+                        axpy(dqi, ds, src.key(s, g, j));
+                        // Keys and values before the first word are constant.
+                        if j >= pre + first {
+                            let aj = j - pre - first;
                             axpy(&mut dk[aj * hd..(aj + 1) * hd], ds, q);
                             axpy(&mut dv[aj * hd..(aj + 1) * hd], *pij, doi);
                         }
@@ -474,7 +603,7 @@ fn attention_backward(
             }
             // Undo the rotation (its transpose is the rotation by minus the angle).
             for ai in 0..na {
-                let p = first + ai;
+                let p = pk.seq.pos[start + first + ai];
                 let (c, sn) = (
                     &cos[p * half..(p + 1) * half],
                     &sin[p * half..(p + 1) * half],

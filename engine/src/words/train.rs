@@ -295,28 +295,34 @@ fn prepare(m: &LoadedModel, words: &[Word], data: &[Example], loss: Loss) -> Res
     Ok(items)
 }
 
+impl Item {
+    /// The sequences this item scores (chosen before rejected).
+    fn seqs(&self) -> Vec<&ScoredSeq> {
+        match self {
+            Item::Ce(s) => vec![s],
+            Item::Pref {
+                chosen, rejected, ..
+            } => vec![chosen, rejected],
+        }
+    }
+}
+
 /// The sequences a batch scores (chosen, rejected, chosen, … for the preference loss) and, for
 /// the preference loss, their reference log-probabilities in the same order.
 fn batch_seqs<'a>(batch: &[&'a Item]) -> (Vec<&'a ScoredSeq>, Vec<f32>) {
-    let mut seqs = Vec::new();
     let mut refs = Vec::new();
     for i in batch {
-        match i {
-            Item::Ce(s) => seqs.push(s),
-            Item::Pref {
-                chosen,
-                rejected,
-                ref_chosen,
-                ref_rejected,
-            } => {
-                seqs.push(chosen);
-                seqs.push(rejected);
-                refs.push(*ref_chosen);
-                refs.push(*ref_rejected);
-            }
+        if let Item::Pref {
+            ref_chosen,
+            ref_rejected,
+            ..
+        } = i
+        {
+            refs.push(*ref_chosen);
+            refs.push(*ref_rejected);
         }
     }
-    (seqs, refs)
+    (batch.iter().flat_map(|i| i.seqs()).collect(), refs)
 }
 
 /// The batch loss as a candle graph (the autograd path).
@@ -349,24 +355,27 @@ fn batch_loss(
 
 /// A batch's forward pass, kept for its gradient: the hand-written CPU pass (see `grad`) or a
 /// candle graph.
-enum Pass {
-    Hand(Box<grad::Tape>, Vec<f32>),
+enum Pass<'a> {
+    Hand(Box<grad::Tape<'a>>, Vec<f32>),
     Graph(Tensor),
 }
 
 /// The batch loss at the vectors' current values (`current`, the same values the `vars` hold).
-fn forward_pass(
+/// `prefixes` are the batch's cached prefixes for the hand-written pass (empty on the autograd
+/// path).
+fn forward_pass<'a>(
     m: &LoadedModel,
     words: &[Word],
     vars: &[Var],
     current: &[Vec<f32>],
     batch: &[&Item],
+    prefixes: &[Option<&'a grad::PrefixKv>],
     loss: Loss,
-) -> Result<(f32, Pass)> {
+) -> Result<(f32, Pass<'a>)> {
     if grad::supported(&m.llama, words) {
         let (seqs, refs) = batch_seqs(batch);
         let vectors: Vec<&[f32]> = current.iter().map(Vec::as_slice).collect();
-        let tape = grad::forward(&m.llama, words, &vectors, &seqs)?;
+        let tape = grad::forward(&m.llama, words, &vectors, &seqs, prefixes)?;
         let (value, coef) = match loss {
             Loss::CrossEntropy => grad::cross_entropy(&tape),
             Loss::Preference { beta } => grad::preference(&tape, &refs, beta),
@@ -379,7 +388,7 @@ fn forward_pass(
 }
 
 /// The gradients of a pass's loss with respect to the vectors.
-fn pass_gradients(m: &LoadedModel, vars: &[Var], pass: Pass) -> Result<GradStore> {
+fn pass_gradients(m: &LoadedModel, vars: &[Var], pass: Pass<'_>) -> Result<GradStore> {
     match pass {
         Pass::Graph(t) => Ok(t.backward()?),
         Pass::Hand(tape, coef) => {
@@ -445,6 +454,20 @@ pub fn train(
             .map(|v| Ok(v.as_tensor().to_vec1::<f32>()?))
             .collect()
     };
+    // Positions before a sequence's first word never change: the hand-written pass computes
+    // their keys and values once for the whole run.
+    let prefixes = if grad::supported(&m.llama, words) {
+        let all: Vec<&ScoredSeq> = items.iter().flat_map(Item::seqs).collect();
+        grad::prefix_kv(&m.llama, &all)?
+    } else {
+        Vec::new()
+    };
+    let mut first_seq = Vec::with_capacity(items.len());
+    let mut count = 0;
+    for it in &items {
+        first_seq.push(count);
+        count += it.seqs().len();
+    }
     let orders = epoch_orders(items.len(), cfg);
     let steps_per_epoch = items.len().div_ceil(cfg.batch_size);
     let total_steps = steps_per_epoch * cfg.epochs;
@@ -458,7 +481,20 @@ pub fn train(
         for chunk in order.chunks(cfg.batch_size) {
             step += 1;
             let batch: Vec<&Item> = chunk.iter().map(|i| &items[*i]).collect();
-            let (loss, pass) = forward_pass(m, words, &vars, &last_good, &batch, cfg.loss)?;
+            let batch_prefixes: Vec<Option<&grad::PrefixKv>> = chunk
+                .iter()
+                .flat_map(|i| first_seq[*i]..first_seq[*i] + items[*i].seqs().len())
+                .map(|k| prefixes.get(k))
+                .collect();
+            let (loss, pass) = forward_pass(
+                m,
+                words,
+                &vars,
+                &last_good,
+                &batch,
+                &batch_prefixes,
+                cfg.loss,
+            )?;
             if !loss.is_finite() || loss > 1e4 {
                 return Ok(TrainOutcome {
                     vectors: last_good,
