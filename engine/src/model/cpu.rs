@@ -8,6 +8,7 @@
 //! the same kernel candle uses on the CPU.
 
 use candle_core::{CpuStorage, Storage, StorageRef, Tensor};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
@@ -149,16 +150,22 @@ pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Vec<f32
     out.par_chunks_mut(d)
         .zip(x.par_chunks(d))
         .zip(inv.par_iter_mut())
-        .for_each(|((o, xr), r)| {
-            *r = inv_rms(xr, eps);
-            for ((o, xv), wv) in o.iter_mut().zip(xr).zip(w) {
-                *o = xv * *r * wv;
-            }
-        });
+        .for_each(|((o, xr), r)| *r = rms_norm_row(xr, w, eps, o));
     inv
 }
 
+/// One row of [`rms_norm_rows`]; returns `1/rms`.
+#[multiversion(targets = "simd")]
+fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32 {
+    let r = inv_rms(x, eps);
+    for ((o, xv), wv) in out.iter_mut().zip(x).zip(w) {
+        *o = xv * r * wv;
+    }
+    r
+}
+
 /// `1 / sqrt(mean(x²) + eps)`.
+#[inline]
 pub fn inv_rms(x: &[f32], eps: f32) -> f32 {
     #[expect(clippy::cast_precision_loss, reason = "row widths are small")]
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
@@ -167,6 +174,7 @@ pub fn inv_rms(x: &[f32], eps: f32) -> f32 {
 
 /// Backward of `y = x · r · w` with `r = 1/rms(x)` for one row: adds `∂L/∂x` to `dx` given
 /// `dy = ∂L/∂y`. With `u = w ⊙ dy`: `∂L/∂x = r·u − x · r³ · (u·x) / d`.
+#[multiversion(targets = "simd")]
 pub fn rms_norm_backward_row(x: &[f32], r: f32, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     #[expect(clippy::cast_precision_loss, reason = "row widths are small")]
     let d = x.len() as f32;

@@ -8,6 +8,7 @@
 //! and the products use `cpu::matmul`. Tests check it against the candle forward pass.
 
 use candle_core::{DType, Tensor};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::Llama;
@@ -174,6 +175,7 @@ pub(crate) struct KeySource<'a> {
 
 impl KeySource<'_> {
     /// Rotated key of position `j` of sequence `s`, KV head `g`.
+    #[inline]
     pub(crate) fn key(&self, s: usize, g: usize, j: usize) -> &[f32] {
         let (hd, pre) = (self.dims.hd, self.pk.prefix[s]);
         if j < pre {
@@ -185,6 +187,7 @@ impl KeySource<'_> {
     }
 
     /// Value of position `j` of sequence `s`, KV head `g`.
+    #[inline]
     pub(crate) fn value(&self, s: usize, g: usize, j: usize) -> &[f32] {
         let (hd, nk, pre) = (self.dims.hd, self.dims.nk(), self.pk.prefix[s]);
         if j < pre {
@@ -311,12 +314,7 @@ pub(crate) fn layer_forward(
     let mut act = vec![0f32; n * dm];
     act.par_chunks_mut(dm)
         .zip(gu.par_chunks(2 * dm))
-        .for_each(|(a, g)| {
-            let (gate, up) = g.split_at(dm);
-            for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
-                *a = g / (1.0 + (-g).exp()) * u;
-            }
-        });
+        .for_each(|(a, g)| silu_mul_row(a, g));
     let mut next = xm.clone();
     matmul(&mut next, &act, lw.down.data(), (n, dm, d), true, true);
     (
@@ -335,6 +333,7 @@ pub(crate) fn layer_forward(
 
 /// Dot product with eight independent partial sums, so that the compiler vectorizes it (a
 /// single running sum is a serial dependency chain it must keep in order).
+#[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -352,6 +351,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline]
 pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += a * x;
@@ -361,39 +361,14 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 /// Causal attention within each packed sequence: the heads' outputs (rows × q) and the
 /// attention weights per (sequence, head).
 pub(crate) fn attention_forward(src: &KeySource<'_>) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let (dims, pk, qkv) = (src.dims, src.pk, src.qkv);
-    let (w, hd, nq) = (dims.w(), dims.hd, dims.nq());
+    let (dims, pk) = (src.dims, src.pk);
+    let (hd, nq) = (dims.hd, dims.nq());
     let tasks: Vec<(usize, usize)> = (0..pk.len.len())
         .flat_map(|s| (0..dims.nh).map(move |h| (s, h)))
         .collect();
     let done: Vec<(Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
-        .map(|&(s, h)| {
-            let (start, len, pre, total) = (pk.start[s], pk.len[s], pk.prefix[s], pk.total(s));
-            let g = h / dims.rep();
-            let mut p = vec![0f32; len * total];
-            let mut o = vec![0f32; len * hd];
-            for i in 0..len {
-                let row = &mut p[i * total..=i * total + pre + i];
-                let q = &qkv[(start + i) * w + h * hd..][..hd];
-                let mut mx = f32::NEG_INFINITY;
-                for (j, e) in row.iter_mut().enumerate() {
-                    *e = dot(q, src.key(s, g, j)) * dims.scale;
-                    mx = mx.max(*e);
-                }
-                let mut sum = 0f32;
-                for e in row.iter_mut() {
-                    *e = (*e - mx).exp();
-                    sum += *e;
-                }
-                let oi = &mut o[i * hd..(i + 1) * hd];
-                for (j, e) in row.iter_mut().enumerate() {
-                    *e /= sum;
-                    axpy(oi, *e, src.value(s, g, j));
-                }
-            }
-            (o, p)
-        })
+        .map(|&(s, h)| attend_head(src, s, h))
         .collect();
     let mut out = vec![0f32; pk.rows * nq];
     let mut att = Vec::with_capacity(tasks.len());
@@ -405,4 +380,45 @@ pub(crate) fn attention_forward(src: &KeySource<'_>) -> (Vec<f32>, Vec<Vec<f32>>
         att.push(p);
     }
     (out, att)
+}
+
+/// One head of causal attention for sequence `s`: its output rows (rows × d_head) and
+/// attention weights (rows × keys).
+#[multiversion(targets = "simd")]
+fn attend_head(src: &KeySource<'_>, s: usize, h: usize) -> (Vec<f32>, Vec<f32>) {
+    let (dims, pk, qkv) = (src.dims, src.pk, src.qkv);
+    let (w, hd) = (dims.w(), dims.hd);
+    let (start, len, pre, total) = (pk.start[s], pk.len[s], pk.prefix[s], pk.total(s));
+    let g = h / dims.rep();
+    let mut p = vec![0f32; len * total];
+    let mut o = vec![0f32; len * hd];
+    for i in 0..len {
+        let row = &mut p[i * total..=i * total + pre + i];
+        let q = &qkv[(start + i) * w + h * hd..][..hd];
+        let mut mx = f32::NEG_INFINITY;
+        for (j, e) in row.iter_mut().enumerate() {
+            *e = dot(q, src.key(s, g, j)) * dims.scale;
+            mx = mx.max(*e);
+        }
+        let mut sum = 0f32;
+        for e in row.iter_mut() {
+            *e = (*e - mx).exp();
+            sum += *e;
+        }
+        let oi = &mut o[i * hd..(i + 1) * hd];
+        for (j, e) in row.iter_mut().enumerate() {
+            *e /= sum;
+            axpy(oi, *e, src.value(s, g, j));
+        }
+    }
+    (o, p)
+}
+
+/// `a = silu(gate) · up` for one row of stacked (gate, up).
+#[multiversion(targets = "simd")]
+fn silu_mul_row(a: &mut [f32], gu: &[f32]) {
+    let (gate, up) = gu.split_at(a.len());
+    for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
+        *a = g / (1.0 + (-g).exp()) * u;
+    }
 }

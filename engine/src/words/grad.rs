@@ -15,6 +15,7 @@
 //! The loss is any weighted sum of target log-probabilities: [`Tape::backward`] takes
 //! `∂loss/∂ log p(target)` per target, so cross-entropy and the preference loss share it.
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::train::ScoredSeq;
@@ -277,19 +278,7 @@ pub fn forward<'a>(
         .par_chunks_mut(v)
         .zip(logprobs.par_iter_mut())
         .zip(&packed.targets)
-        .for_each(|((z, lp), (_, t, _))| {
-            let mx = z.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
-            let target = z[*t as usize];
-            let mut sum = 0f32;
-            for e in z.iter_mut() {
-                *e = (*e - mx).exp();
-                sum += *e;
-            }
-            *lp = target - mx - sum.ln();
-            for e in z.iter_mut() {
-                *e /= sum;
-            }
-        });
+        .for_each(|((z, lp), (_, t, _))| *lp = log_softmax_at(z, *t as usize));
     Ok(Tape {
         dims,
         packed,
@@ -462,15 +451,7 @@ fn layer_backward(
         .zip(dact.par_chunks(dm))
         .zip(&active.rows)
         .for_each(|((dg, da), row)| {
-            let gu = &tape.gu[row * 2 * dm..(row + 1) * 2 * dm];
-            let (gate, up) = gu.split_at(dm);
-            let (dgate, dup) = dg.split_at_mut(dm);
-            for j in 0..dm {
-                let (g, u) = (gate[j], up[j]);
-                let sg = 1.0 / (1.0 + (-g).exp());
-                dgate[j] = da[j] * u * sg * (1.0 + g * (1.0 - sg));
-                dup[j] = da[j] * g * sg;
-            }
+            silu_mul_backward_row(dg, da, &tape.gu[row * 2 * dm..(row + 1) * 2 * dm]);
         });
     drop(dact);
     let mut dh = vec![0f32; na * d];
@@ -545,15 +526,7 @@ fn norm_backward_rows(
 /// constant and get none.
 fn attention_backward(ctx: &Backward<'_>, tape: &LayerTape, d_o: &[f32]) -> Vec<f32> {
     let (dims, pk, active) = (ctx.dims, ctx.pk, ctx.active);
-    let (cos, sin) = ctx.rope;
-    let (w, hd, nq, nk, rep, half) = (
-        dims.w(),
-        dims.hd,
-        dims.nq(),
-        dims.nk(),
-        dims.rep(),
-        dims.hd / 2,
-    );
+    let (w, hd, nq, nk, rep) = (dims.w(), dims.hd, dims.nq(), dims.nk(), dims.rep());
     let src = KeySource {
         dims,
         pk: &pk.seq,
@@ -566,55 +539,7 @@ fn attention_backward(ctx: &Backward<'_>, tape: &LayerTape, d_o: &[f32]) -> Vec<
         .collect();
     let done: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
-        .map(|&(s, g)| {
-            let (start, len, first) = (pk.seq.start[s], pk.seq.len[s], pk.first[s]);
-            let (pre, total) = (pk.seq.prefix[s], pk.seq.total(s));
-            let off = active.offset[s];
-            let na = len - first;
-            let mut dq = vec![0f32; na * rep * hd];
-            let mut dk = vec![0f32; na * hd];
-            let mut dv = vec![0f32; na * hd];
-            let mut dp = vec![0f32; total];
-            for r in 0..rep {
-                let h = g * rep + r;
-                let p = &tape.att[s * dims.nh + h];
-                for i in first..len {
-                    let ai = i - first;
-                    let doi = &d_o[(off + ai) * nq + h * hd..][..hd];
-                    let q = &tape.qkv[(start + i) * w + h * hd..][..hd];
-                    let prow = &p[i * total..=i * total + pre + i];
-                    let mut mean = 0f32;
-                    for (j, (e, pij)) in dp.iter_mut().zip(prow).enumerate() {
-                        *e = dot(doi, src.value(s, g, j));
-                        mean += pij * *e;
-                    }
-                    let dqi = &mut dq[(ai * rep + r) * hd..][..hd];
-                    for (j, pij) in prow.iter().enumerate() {
-                        let ds = pij * (dp[j] - mean) * dims.scale;
-                        axpy(dqi, ds, src.key(s, g, j));
-                        // Keys and values before the first word are constant.
-                        if j >= pre + first {
-                            let aj = j - pre - first;
-                            axpy(&mut dk[aj * hd..(aj + 1) * hd], ds, q);
-                            axpy(&mut dv[aj * hd..(aj + 1) * hd], *pij, doi);
-                        }
-                    }
-                }
-            }
-            // Undo the rotation (its transpose is the rotation by minus the angle).
-            for ai in 0..na {
-                let p = pk.seq.pos[start + first + ai];
-                let (c, sn) = (
-                    &cos[p * half..(p + 1) * half],
-                    &sin[p * half..(p + 1) * half],
-                );
-                for head in dq[ai * rep * hd..(ai + 1) * rep * hd].chunks_mut(hd) {
-                    rope_head(head, c, sn, true);
-                }
-                rope_head(&mut dk[ai * hd..(ai + 1) * hd], c, sn, true);
-            }
-            (dq, dk, dv)
-        })
+        .map(|&(s, g)| attend_back(ctx, &src, tape, d_o, s, g))
         .collect();
     let mut out = vec![0f32; active.rows.len() * w];
     for (&(s, g), (dq, dk, dv)) in tasks.iter().zip(done) {
@@ -684,4 +609,97 @@ pub fn preference(tape: &Tape, refs: &[f32], beta: f64) -> (f32, Vec<f32>) {
     let coef = tape.target_seqs().map(|s| dseq[s] as f32).collect();
     #[expect(clippy::cast_possible_truncation, reason = "loss values are f32")]
     ((loss / n) as f32, coef)
+}
+
+/// Attention backward for sequence `s`, KV head `g`: the gradients of its query heads, key and
+/// value at the sequence's active rows (each active rows × width).
+#[multiversion(targets = "simd")]
+fn attend_back(
+    ctx: &Backward<'_>,
+    src: &KeySource<'_>,
+    tape: &LayerTape,
+    d_o: &[f32],
+    s: usize,
+    g: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (dims, pk, active) = (ctx.dims, ctx.pk, ctx.active);
+    let (cos, sin) = ctx.rope;
+    let (w, hd, nq, rep, half) = (dims.w(), dims.hd, dims.nq(), dims.rep(), dims.hd / 2);
+    let (start, len, first) = (pk.seq.start[s], pk.seq.len[s], pk.first[s]);
+    let (pre, total) = (pk.seq.prefix[s], pk.seq.total(s));
+    let off = active.offset[s];
+    let na = len - first;
+    let mut dq = vec![0f32; na * rep * hd];
+    let mut dk = vec![0f32; na * hd];
+    let mut dv = vec![0f32; na * hd];
+    let mut dp = vec![0f32; total];
+    for r in 0..rep {
+        let h = g * rep + r;
+        let p = &tape.att[s * dims.nh + h];
+        for i in first..len {
+            let ai = i - first;
+            let doi = &d_o[(off + ai) * nq + h * hd..][..hd];
+            let q = &tape.qkv[(start + i) * w + h * hd..][..hd];
+            let prow = &p[i * total..=i * total + pre + i];
+            let mut mean = 0f32;
+            for (j, (e, pij)) in dp.iter_mut().zip(prow).enumerate() {
+                *e = dot(doi, src.value(s, g, j));
+                mean += pij * *e;
+            }
+            let dqi = &mut dq[(ai * rep + r) * hd..][..hd];
+            for (j, pij) in prow.iter().enumerate() {
+                let ds = pij * (dp[j] - mean) * dims.scale;
+                axpy(dqi, ds, src.key(s, g, j));
+                // Keys and values before the first word are constant.
+                if j >= pre + first {
+                    let aj = j - pre - first;
+                    axpy(&mut dk[aj * hd..(aj + 1) * hd], ds, q);
+                    axpy(&mut dv[aj * hd..(aj + 1) * hd], *pij, doi);
+                }
+            }
+        }
+    }
+    // Undo the rotation (its transpose is the rotation by minus the angle).
+    for ai in 0..na {
+        let p = pk.seq.pos[start + first + ai];
+        let (c, sn) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
+        for head in dq[ai * rep * hd..(ai + 1) * rep * hd].chunks_mut(hd) {
+            rope_head(head, c, sn, true);
+        }
+        rope_head(&mut dk[ai * hd..(ai + 1) * hd], c, sn, true);
+    }
+    (dq, dk, dv)
+}
+
+/// Backward of `a = silu(gate) · up` for one row: `∂/∂(gate, up)` from `∂/∂a`.
+#[multiversion(targets = "simd")]
+fn silu_mul_backward_row(dgu: &mut [f32], da: &[f32], gu: &[f32]) {
+    let dm = da.len();
+    let (gate, up) = gu.split_at(dm);
+    let (dgate, dup) = dgu.split_at_mut(dm);
+    for j in 0..dm {
+        let (g, u) = (gate[j], up[j]);
+        let sg = 1.0 / (1.0 + (-g).exp());
+        dgate[j] = da[j] * u * sg * (1.0 + g * (1.0 - sg));
+        dup[j] = da[j] * g * sg;
+    }
+}
+
+/// Turns logits `z` into probabilities in place; returns `log p[t]`.
+#[multiversion(targets = "simd")]
+fn log_softmax_at(z: &mut [f32], t: usize) -> f32 {
+    let mx = z.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+    let target = z[t];
+    let mut sum = 0f32;
+    for e in z.iter_mut() {
+        *e = (*e - mx).exp();
+        sum += *e;
+    }
+    for e in z.iter_mut() {
+        *e /= sum;
+    }
+    target - mx - sum.ln()
 }
