@@ -693,13 +693,18 @@ fn silu_mul_backward_row(dgu: &mut [f32], da: &[f32], gu: &[f32]) {
 fn log_softmax_at(z: &mut [f32], t: usize) -> f32 {
     let mx = z.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
     let target = z[t];
-    let mut sum = 0f32;
+    // The normaliser sums ~50k terms: accumulate in f64 (an f32 running sum loses ~1e-5).
+    let mut sum = 0f64;
     for e in z.iter_mut() {
         *e = (*e - mx).exp();
-        sum += *e;
+        sum += f64::from(*e);
     }
+    #[expect(clippy::cast_possible_truncation, reason = "probabilities are f32")]
+    let inv = (1.0 / sum) as f32;
     for e in z.iter_mut() {
-        *e /= sum;
+        *e *= inv;
     }
-    target - mx - sum.ln()
+    #[expect(clippy::cast_possible_truncation, reason = "log-probabilities are f32")]
+    let ln = sum.ln() as f32;
+    target - mx - ln
 }

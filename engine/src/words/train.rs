@@ -455,8 +455,8 @@ pub fn train(
             .collect()
     };
     // Positions before a sequence's first word never change: the hand-written pass computes
-    // their keys and values once for the whole run.
-    let prefixes = if grad::supported(&m.llama, words) {
+    // their keys and values once for the whole run (worth it when sequences come back).
+    let prefixes = if grad::supported(&m.llama, words) && cfg.epochs > 1 {
         let all: Vec<&ScoredSeq> = items.iter().flat_map(Item::seqs).collect();
         grad::prefix_kv(&m.llama, &all)?
     } else {
