@@ -65,9 +65,18 @@ fn hooks_do_not_change_logits_and_last_layer_lens_equals_logits() {
         interventions: vec![],
     };
     let captured = m.llama.forward(&b, &capture, None).unwrap();
-    assert_eq!(max_diff(&plain.logits, &captured.logits), 0.0);
+    // The unhooked pass takes the hand-written CPU path: same numbers up to rounding at every
+    // real position (padding positions are zero there, so only real ones are compared).
+    for (row, tokens) in rows.iter().enumerate() {
+        let real = |t: &Tensor| t.i(row).unwrap().narrow(0, 0, tokens.len()).unwrap();
+        let diff = max_diff(&real(&plain.logits), &real(&captured.logits));
+        assert!(
+            diff < 2e-3,
+            "row {row}: unhooked vs hooked logits differ by {diff}"
+        );
+    }
     let lens = m.llama.project(&captured.captures[&last]).unwrap();
-    assert_eq!(max_diff(&lens, &plain.logits), 0.0);
+    assert_eq!(max_diff(&lens, &captured.logits), 0.0);
     let zero = HookSpec {
         capture: vec![],
         interventions: vec![Intervention {
@@ -80,7 +89,7 @@ fn hooks_do_not_change_logits_and_last_layer_lens_equals_logits() {
         }],
     };
     let added = m.llama.forward(&b, &zero, None).unwrap();
-    assert_eq!(max_diff(&plain.logits, &added.logits), 0.0);
+    assert_eq!(max_diff(&captured.logits, &added.logits), 0.0);
     // Logits come for every position, not just the last.
     assert_eq!(plain.logits.dims(), &[2, b.width(), 49152]);
     assert!(
