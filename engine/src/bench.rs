@@ -179,15 +179,8 @@ fn bench_training(
 ) -> Result<(f64, f64, TrainWorkload)> {
     use crate::words::dataset::Example;
     use crate::words::train::{TrainConfig, train};
-    use crate::words::{Init, Injection, OutputRow, Word, init_vector};
-    let init = Init::default();
-    let word = Word {
-        name: "<w>".into(),
-        vector: init_vector(m, &init)?,
-        injection: Injection::Embedding,
-        init,
-        output: OutputRow::None,
-    };
+    use crate::words::{Init, Injection, Word};
+    let word = Word::create(m, "<w>", Init::default(), Injection::Embedding)?;
     let data: Vec<Example> = TRAIN_EXAMPLES
         .iter()
         .map(|(p, t)| Example::Completion {

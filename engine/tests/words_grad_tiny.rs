@@ -8,17 +8,10 @@ use neoscope_engine::model::LoadedModel;
 use neoscope_engine::tiny::tiny_model;
 use neoscope_engine::words::grad;
 use neoscope_engine::words::train::{ScoredSeq, scored_seq, seq_logprobs};
-use neoscope_engine::words::{Init, Injection, OutputRow, Word, init_vector};
+use neoscope_engine::words::{Init, Injection, Word};
 
 fn word(m: &LoadedModel, name: &str, injection: Injection, seed: u64) -> Word {
-    let init = Init::Random { std: 0.5, seed };
-    Word {
-        name: name.into(),
-        vector: init_vector(m, &init).unwrap(),
-        injection,
-        init,
-        output: OutputRow::None,
-    }
+    Word::create(m, name, Init::Random { std: 0.5, seed }, injection).unwrap()
 }
 
 fn seqs(m: &LoadedModel) -> Vec<ScoredSeq> {

@@ -10,23 +10,14 @@ use neoscope_engine::words::dataset::Example;
 use neoscope_engine::words::train::{
     Loss, StopReason, TrainConfig, scored_seq, seq_logprobs, train,
 };
-use neoscope_engine::words::{
-    Init, Injection, OutputRow, Word, encode_with_words, file, init_vector, prepare,
-};
+use neoscope_engine::words::{Init, Injection, Word, encode_with_words, file, prepare};
 
 fn tiny() -> LoadedModel {
     tiny_model(42, &Device::Cpu).unwrap()
 }
 
 fn word(m: &LoadedModel, name: &str, injection: Injection, seed: u64) -> Word {
-    let init = Init::Random { std: 0.5, seed };
-    Word {
-        name: name.into(),
-        vector: init_vector(m, &init).unwrap(),
-        injection,
-        init,
-        output: OutputRow::None,
-    }
+    Word::create(m, name, Init::Random { std: 0.5, seed }, injection).unwrap()
 }
 
 fn ce_data(name: &str) -> Vec<Example> {
@@ -326,4 +317,20 @@ fn two_words_train_jointly() {
     assert_ne!(out.vectors[0], a.vector);
     assert_ne!(out.vectors[1], b.vector);
     assert!(out.losses.last().unwrap() < &out.losses[0]);
+}
+
+#[test]
+fn creating_a_word_refuses_bad_names_and_missing_layers() {
+    let m = tiny();
+    let layers = m.llama.cfg.num_hidden_layers;
+    let err = Word::create(&m, "two words", Init::Zero, Injection::Embedding).unwrap_err();
+    assert!(err.to_string().contains("no spaces"), "{err}");
+    let err = Word::create(&m, "<w>", Init::Zero, Injection::ResidPre(layers)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("layer {layers} does not exist")),
+        "{err}"
+    );
+    let w = Word::create(&m, "<w>", Init::Zero, Injection::ResidPre(layers - 1)).unwrap();
+    assert_eq!(w.vector, vec![0.0; m.llama.cfg.hidden_size]);
 }

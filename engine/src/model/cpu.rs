@@ -203,31 +203,40 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// candle's `a · wᵀ` for `a` (m×k) and `w` (n×k), and `w` transposed to (k×n).
+    fn candle_reference(
+        a: &[f32],
+        w: &[f32],
+        (m, k, n): (usize, usize, usize),
+    ) -> (Vec<f32>, Vec<f32>) {
+        let dev = Device::Cpu;
+        let at = Tensor::from_slice(a, (m, k), &dev).unwrap();
+        let wt = Tensor::from_slice(w, (n, k), &dev).unwrap();
+        let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let want = flat(at.matmul(&wt.t().unwrap()).unwrap());
+        let wk = flat(wt.t().unwrap().contiguous().unwrap());
+        (want, wk)
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
     #[test]
     fn matmul_matches_candle_in_both_layouts_and_accumulates() {
-        let dev = Device::Cpu;
         let (m, k, n) = (5, 7, 3);
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 5) % 13) as f32 * 0.25 - 1.0)
             .collect();
-        let at = Tensor::from_slice(&a, (m, k), &dev).unwrap();
-        let wt = Tensor::from_slice(&w, (n, k), &dev).unwrap();
-        let want = at.matmul(&wt.t().unwrap()).unwrap();
-        let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+        let (want, wk) = candle_reference(&a, &w, (m, k, n));
         let mut got = vec![9.0; m * n];
         matmul(&mut got, &a, &w, (m, k, n), true, false);
         assert_eq!(got, want);
         // Same product with the weight stored (k×n).
-        let wk: Vec<f32> = wt
-            .t()
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
         let mut got2 = vec![0.0; m * n];
         matmul(&mut got2, &a, &wk, (m, k, n), false, false);
         assert_eq!(got2, want);
@@ -238,7 +247,6 @@ mod tests {
 
     #[test]
     fn split_products_match_candle() {
-        let dev = Device::Cpu;
         let (m, k, n) = (9, 40, 700);
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7) % 11) as f32 * 0.1 - 0.5)
@@ -246,40 +254,16 @@ mod tests {
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 5) % 13) as f32 * 0.05 - 0.3)
             .collect();
-        let at = Tensor::from_slice(&a, (m, k), &dev).unwrap();
-        let wt = Tensor::from_slice(&w, (n, k), &dev).unwrap();
-        let want: Vec<f32> = at
-            .matmul(&wt.t().unwrap())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let (want, wk) = candle_reference(&a, &w, (m, k, n));
         let mut got = vec![0.0; m * n];
         matmul(&mut got, &a, &w, (m, k, n), true, false);
-        let diff = got
-            .iter()
-            .zip(&want)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "{diff}");
-        // (k×n) layout: the same weight transposed.
-        let wk: Vec<f32> = wt
-            .t()
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        // (k×n) layout, accumulating onto ones.
         let mut got2 = vec![1.0; m * n];
         matmul(&mut got2, &a, &wk, (m, k, n), false, true);
-        let diff = got2
-            .iter()
-            .zip(&want)
-            .map(|(x, y)| (x - 1.0 - y).abs())
-            .fold(0f32, f32::max);
+        let shifted: Vec<f32> = got2.iter().map(|v| v - 1.0).collect();
+        let diff = max_abs_diff(&shifted, &want);
         assert!(diff < 1e-5, "{diff}");
     }
 

@@ -89,6 +89,28 @@ pub struct Word {
     pub output: OutputRow,
 }
 
+impl Word {
+    /// A new word for `m`: checks the name and the injection layer, then draws the vector.
+    pub fn create(m: &LoadedModel, name: &str, init: Init, injection: Injection) -> Result<Self> {
+        check_name(name)?;
+        if let Injection::ResidPre(l) = injection
+            && l >= m.llama.cfg.num_hidden_layers
+        {
+            return Err(EngineError::Invalid(format!(
+                "layer {l} does not exist (the model has {})",
+                m.llama.cfg.num_hidden_layers
+            )));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            vector: init_vector(m, &init)?,
+            injection,
+            init,
+            output: OutputRow::None,
+        })
+    }
+}
+
 /// Checks a word name: non-empty, no whitespace.
 pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.chars().any(char::is_whitespace) {

@@ -9,7 +9,7 @@ use crate::words::analysis::{
 };
 use crate::words::dataset::Dataset;
 use crate::words::train::{TrainConfig, train};
-use crate::words::{Init, OutputRow, Word, check_name, file, init_vector};
+use crate::words::{Init, OutputRow, Word, check_name, file};
 
 impl Worker {
     fn word(&self, name: &str) -> Result<&Word> {
@@ -50,25 +50,9 @@ impl Worker {
                 init,
                 injection,
             } => {
-                check_name(&name)?;
-                let m = self.model()?;
-                if let crate::words::Injection::ResidPre(l) = injection
-                    && l >= m.llama.cfg.num_hidden_layers
-                {
-                    return Err(EngineError::Invalid(format!(
-                        "layer {l} does not exist (the model has {})",
-                        m.llama.cfg.num_hidden_layers
-                    )));
-                }
-                let vector = init_vector(m, &init)?;
+                let word = Word::create(self.model()?, &name, init, injection)?;
                 self.records.remove(&name);
-                self.upsert(Word {
-                    name,
-                    vector,
-                    injection,
-                    init,
-                    output: OutputRow::None,
-                });
+                self.upsert(word);
                 Ok(JobResult::Words(self.word_infos()))
             }
             Command::RemoveWord { name } => {
