@@ -118,6 +118,12 @@ fn model_and_playground_panels_with_the_real_model() {
     settle(&mut h, Duration::from_secs(300));
     assert!(h.state().error.is_none(), "{:?}", h.state().error);
     assert!(h.state().compare.result.is_some());
+    // The toolbar wraps instead of widening the panel past the window.
+    let export = h.get_by_label("Export JSON…").rect();
+    assert!(
+        export.max.x <= 1100.0,
+        "toolbar runs off screen: {export:?}"
+    );
     save(&mut h, "compare.png");
 
     // Lens on the pun prompt with target " current".

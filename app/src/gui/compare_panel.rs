@@ -89,7 +89,9 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
         ui.label("Create and train two words in the Words panel (for example <pun> and <lit>).");
         return;
     }
-    ui.horizontal(|ui| {
+    // Wrapped so that a narrow window moves the buttons to a second line instead of widening
+    // the panel (which would push the right-hand column off screen).
+    ui.horizontal_wrapped(|ui| {
         for (label, slot) in [("A", &mut app.compare.a), ("B", &mut app.compare.b)] {
             ui.label(label);
             egui::ComboBox::from_id_salt(label)
@@ -101,7 +103,7 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
                 });
         }
         ui.label("steering prompt");
-        ui.add(egui::TextEdit::singleline(&mut app.compare.steer_prompt).desired_width(300.0));
+        ui.add(egui::TextEdit::singleline(&mut app.compare.steer_prompt).desired_width(260.0));
         let ok = names.contains(&app.compare.a) && names.contains(&app.compare.b);
         match app.compare.running {
             Some(id) => {

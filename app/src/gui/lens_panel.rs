@@ -582,7 +582,7 @@ fn top_table(ui: &mut egui::Ui, r: &LensResult, position: Option<usize>) {
         "Top tokens at position {pos} ({:?}); click a cell to change",
         r.tokens[pos]
     ));
-    egui::ScrollArea::vertical()
+    egui::ScrollArea::both()
         .id_salt("lens_top")
         .max_height(200.0)
         .show(ui, |ui| {
