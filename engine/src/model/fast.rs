@@ -235,25 +235,32 @@ pub fn forward_logits(m: &Llama, embeds: &Tensor, batch: &Batch) -> Result<Tenso
     for lw in &w.layers {
         x = layer_forward(dims, lw, &pk, x, (w.cos.data(), w.sin.data()), &past).1;
     }
-    // Final norm into the padded layout (zero rows at padding), then one vocabulary product.
-    let mut h = vec![0f32; b * t * d];
+    // Final norm and the vocabulary product on the real rows only, then the logits are placed
+    // into the padded layout (zero at padding).
     let mut normed = vec![0f32; pk.rows * d];
     rms_norm_rows(&x, w.final_norm.data(), dims.eps, &mut normed);
-    for (r, (off, len)) in spans.iter().enumerate() {
-        let src = &normed[pk.start[r] * d..(pk.start[r] + len) * d];
-        h[(r * t + off) * d..(r * t + off + len) * d].copy_from_slice(src);
-    }
-    drop(normed);
+    drop(x);
     let v = dims.vocab;
-    let mut logits = vec![0f32; b * t * v];
+    let mut packed = vec![0f32; pk.rows * v];
     matmul(
-        &mut logits,
-        &h,
+        &mut packed,
+        &normed,
         w.unembed.data(),
-        (b * t, d, v),
+        (pk.rows, d, v),
         true,
         false,
     );
+    let logits = if pk.rows == b * t {
+        // No padding: the packed rows already are the (B, T) layout.
+        packed
+    } else {
+        let mut logits = vec![0f32; b * t * v];
+        for (r, (off, len)) in spans.iter().enumerate() {
+            let src = &packed[pk.start[r] * v..(pk.start[r] + len) * v];
+            logits[(r * t + off) * v..(r * t + off + len) * v].copy_from_slice(src);
+        }
+        logits
+    };
     Ok(Tensor::from_vec(logits, (b, t, v), m.device())?)
 }
 
