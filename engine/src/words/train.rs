@@ -462,12 +462,12 @@ pub fn train(
     } else {
         Vec::new()
     };
-    let mut first_seq = Vec::with_capacity(items.len());
-    let mut count = 0;
-    for it in &items {
-        first_seq.push(count);
-        count += it.seqs().len();
-    }
+    // Each item's sequences' cached prefixes (`None` throughout without a cache).
+    let mut cached = prefixes.iter();
+    let item_prefixes: Vec<Vec<Option<&grad::PrefixKv>>> = items
+        .iter()
+        .map(|it| it.seqs().iter().map(|_| cached.next()).collect())
+        .collect();
     let orders = epoch_orders(items.len(), cfg);
     let steps_per_epoch = items.len().div_ceil(cfg.batch_size);
     let total_steps = steps_per_epoch * cfg.epochs;
@@ -483,8 +483,7 @@ pub fn train(
             let batch: Vec<&Item> = chunk.iter().map(|i| &items[*i]).collect();
             let batch_prefixes: Vec<Option<&grad::PrefixKv>> = chunk
                 .iter()
-                .flat_map(|i| first_seq[*i]..first_seq[*i] + items[*i].seqs().len())
-                .map(|k| prefixes.get(k))
+                .flat_map(|i| item_prefixes[*i].iter().copied())
                 .collect();
             let (loss, pass) = forward_pass(
                 m,
