@@ -2,6 +2,7 @@
 //! a model reports.
 
 use serde::{Deserialize, Serialize};
+pub use neoscope_api::model::{Dims};
 
 /// A Llama-family configuration; field names as in Hugging Face's `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,25 +103,4 @@ impl LlamaConfig {
             n_ctx: self.max_position_embeddings,
         }
     }
-}
-
-/// A model's dimensions, named as in TransformerLens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dims {
-    /// Residual stream width.
-    pub d_model: usize,
-    /// Number of blocks.
-    pub n_layers: usize,
-    /// Vocabulary size.
-    pub d_vocab: usize,
-    /// Query heads.
-    pub n_heads: usize,
-    /// Key/value heads.
-    pub n_kv_heads: usize,
-    /// Width of one head.
-    pub d_head: usize,
-    /// MLP width.
-    pub d_mlp: usize,
-    /// Context length.
-    pub n_ctx: usize,
 }

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use neoscope_api::{ApiError, ErrorKind};
+
 /// Result alias used throughout the engine.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
@@ -42,6 +44,40 @@ pub enum EngineError {
     /// No model is loaded yet.
     #[error("no model is loaded: load or fetch a model first")]
     NoModel,
+    /// A model asks for math this engine does not implement (refused by name, never run).
+    #[error("{path}: unsupported model: {msg}")]
+    Unsupported {
+        /// The file or folder involved.
+        path: PathBuf,
+        /// What is not supported.
+        msg: String,
+    },
+    /// Tensors or vectors of the wrong shape were given.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// An error that already is protocol data (from the protocol crate's parsers, or a remote
+    /// engine).
+    #[error("{0}")]
+    Api(#[from] ApiError),
+}
+
+impl From<&EngineError> for ApiError {
+    fn from(e: &EngineError) -> Self {
+        let kind = match e {
+            EngineError::Api(a) => return a.clone(),
+            EngineError::Candle(_) | EngineError::Shape(_) => ErrorKind::Shape,
+            EngineError::Io { .. } => ErrorKind::Io,
+            EngineError::BadModel { .. } | EngineError::Unsupported { .. } => {
+                ErrorKind::UnsupportedModel
+            }
+            EngineError::Tokenizer(_) => ErrorKind::Tokenizer,
+            EngineError::Fetch(_) => ErrorKind::Fetch,
+            EngineError::Invalid(_) => ErrorKind::BadInput,
+            EngineError::Cancelled => ErrorKind::Cancelled,
+            EngineError::NoModel => ErrorKind::NoModel,
+        };
+        ApiError::new(kind, e.to_string())
+    }
 }
 
 impl EngineError {
@@ -59,5 +95,11 @@ impl EngineError {
             path: path.into(),
             msg: msg.into(),
         }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        Self::from(&e)
     }
 }

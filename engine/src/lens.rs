@@ -5,7 +5,6 @@
 //! probability, log-probability and rank of chosen target tokens.
 
 use candle_core::{IndexOp, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 use crate::hooks::{HookPoint, HookSpec};
@@ -13,94 +12,7 @@ use crate::model::ops::linear;
 use crate::model::{Batch, LoadedModel, PadSide};
 use crate::tuned::TunedLens;
 use rayon::prelude::*;
-
-/// Which lens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum LensKind {
-    /// Unembedding without the final norm.
-    Raw,
-    /// Final norm, then unembedding.
-    #[default]
-    Logit,
-    /// A trained per-layer translator, then final norm and unembedding.
-    Tuned,
-}
-
-/// A token with its probability.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TokenProb {
-    /// Id.
-    pub id: u32,
-    /// Text.
-    pub text: String,
-    /// Probability.
-    pub prob: f32,
-}
-
-/// A target token's statistics in one cell.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TargetStat {
-    /// Probability.
-    pub prob: f32,
-    /// Log-probability.
-    pub logprob: f32,
-    /// Number of tokens with a larger probability (0 = top-1).
-    pub rank: usize,
-}
-
-/// One (layer, position) cell.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LensCell {
-    /// Most likely tokens.
-    pub top: Vec<TokenProb>,
-    /// Entropy in nats.
-    pub entropy: f32,
-    /// KL(final ‖ this layer) in nats.
-    pub kl_to_final: f32,
-    /// One entry per target.
-    pub targets: Vec<TargetStat>,
-}
-
-/// A target token, as resolved from the user's text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Target {
-    /// What the user typed.
-    pub text: String,
-    /// The token used.
-    pub id: u32,
-    /// Its text.
-    pub token: String,
-    /// A note when the text is several tokens (the first is used).
-    pub note: Option<String>,
-}
-
-/// The lens over a whole prompt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LensResult {
-    /// Lens used.
-    pub lens: LensKind,
-    /// Token texts of the prompt (new words by name).
-    pub tokens: Vec<String>,
-    /// Targets.
-    pub targets: Vec<Target>,
-    /// `cells[layer][position]`.
-    pub cells: Vec<Vec<LensCell>>,
-}
-
-impl LensResult {
-    /// Tokens that are top-1 at any layer at `position`, in order of first appearance.
-    pub fn top1_any_layer(&self, position: usize) -> Vec<TokenProb> {
-        let mut seen: Vec<TokenProb> = Vec::new();
-        for layer in &self.cells {
-            if let Some(t) = layer.get(position).and_then(|c| c.top.first())
-                && !seen.iter().any(|s| s.id == t.id)
-            {
-                seen.push(t.clone());
-            }
-        }
-        seen
-    }
-}
+pub use neoscope_api::lens::{LensCell, LensKind, LensResult, Target, TargetStat, TokenProb};
 
 /// Resolves target texts to tokens: the first token of each, with a note if there are more.
 pub fn resolve_targets(m: &LoadedModel, texts: &[String]) -> Result<Vec<Target>> {

@@ -1,8 +1,9 @@
 //! Neoscope's engine: loads language models, runs a hooked transformer on candle, and provides
 //! the analyses the app and the CLI show. No GUI dependency; front ends talk to it through
-//! [`api`] messages handled by the engine thread in [`worker`].
+//! the protocol crate `neoscope_api`, handled by the engine thread in [`worker`] (in process,
+//! or out of process through [`serve`]).
 
-pub mod api;
+
 pub mod bench;
 pub mod config;
 pub mod embed;
@@ -19,6 +20,7 @@ pub mod stats;
 pub mod steer;
 pub mod tiny;
 pub mod tokenizer;
+pub mod serve;
 pub mod tuned;
 pub mod worker;
 

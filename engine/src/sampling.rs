@@ -2,45 +2,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
-
-/// One row of a top-k table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TokenScore {
-    /// Token id.
-    pub id: u32,
-    /// Its text.
-    pub text: String,
-    /// Raw logit.
-    pub logit: f32,
-    /// Softmax probability.
-    pub prob: f32,
-}
-
-/// How to pick the next token.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Sampling {
-    /// Temperature; 0 means greedy.
-    pub temperature: f32,
-    /// Nucleus mass in (0, 1]; 1 disables it.
-    pub top_p: f32,
-    /// Seed of the random generator.
-    pub seed: u64,
-}
-
-impl Sampling {
-    /// Greedy decoding.
-    pub const GREEDY: Self = Self {
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: 0,
-    };
-
-    /// Whether this picks the arg-max.
-    pub fn is_greedy(&self) -> bool {
-        self.temperature <= 0.0
-    }
-}
+pub use neoscope_api::text::{Sampling, TokenScore};
 
 /// Softmax of a logit row, in f64 for accuracy.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {

@@ -3,19 +3,8 @@
 //! come from `statrs`; the tests themselves are a few lines each (statrs has no hypothesis
 //! tests), checked against scipy in the unit tests below.
 
-use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
-
-/// A test statistic and its two-sided p-value.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TestResult {
-    /// The statistic (t, U or D).
-    pub statistic: f64,
-    /// Two-sided p-value.
-    pub p_value: f64,
-    /// Degrees of freedom, where the test has them (Welch).
-    pub df: Option<f64>,
-}
+pub use neoscope_api::inject::{Summary, TestResult};
 
 /// Mean and sample variance (n − 1).
 pub fn mean_var(x: &[f64]) -> (f64, f64) {
@@ -150,23 +139,6 @@ pub fn ks_2samp(a: &[f64], b: &[f64]) -> TestResult {
         p_value: kolmogorov_sf(en.sqrt() * d),
         df: None,
     }
-}
-
-/// Five-number-style summary of a sample.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    /// Count.
-    pub n: usize,
-    /// Mean.
-    pub mean: f64,
-    /// Standard deviation (n − 1).
-    pub std: f64,
-    /// Minimum.
-    pub min: f64,
-    /// Median.
-    pub median: f64,
-    /// Maximum.
-    pub max: f64,
 }
 
 /// Summary of a non-empty sample (NaNs if empty).

@@ -18,6 +18,7 @@ use crate::hooks::{HookPoint, HookSpec};
 use crate::model::ops::{linear, log_softmax_last};
 use crate::model::{Batch, LoadedModel, ModelInfo, PadSide};
 use crate::words::file::{BaseModel, write_atomic};
+pub use neoscope_api::lens::{TunedConfig, TunedReport, TunedStep};
 
 /// Format name of tuned-lens files.
 pub const FORMAT: &str = "neoscope-tuned-lens";
@@ -58,70 +59,6 @@ impl TunedLens {
         );
         Ok((h + linear(h, a)?)?.broadcast_add(b)?)
     }
-}
-
-/// Training settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TunedConfig {
-    /// Adam learning rate.
-    pub lr: f64,
-    /// Optimiser steps.
-    pub steps: usize,
-    /// Tokens per training sequence (the corpus is cut into windows of this length).
-    pub window: usize,
-    /// Positions per step (sampled from the windows).
-    pub positions: usize,
-    /// Fraction of windows held out for the KL report.
-    pub heldout_fraction: f32,
-    /// At most this many held-out windows are evaluated (the report's cost).
-    #[serde(default = "default_max_heldout")]
-    pub max_heldout_windows: usize,
-    /// Seed.
-    pub seed: u64,
-}
-
-impl Default for TunedConfig {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            steps: 200,
-            window: 64,
-            positions: 32,
-            heldout_fraction: 0.2,
-            max_heldout_windows: default_max_heldout(),
-            seed: 0,
-        }
-    }
-}
-
-fn default_max_heldout() -> usize {
-    32
-}
-
-/// Progress of tuned-lens training.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TunedStep {
-    /// Step (from 1).
-    pub step: usize,
-    /// Steps planned.
-    pub total: usize,
-    /// Mean KL over layers of this step.
-    pub loss: f32,
-}
-
-/// Held-out KL(final ‖ lens) per layer, for the logit lens and the tuned lens.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TunedReport {
-    /// Logit lens, per layer.
-    pub logit_kl: Vec<f32>,
-    /// Tuned lens, per layer.
-    pub tuned_kl: Vec<f32>,
-    /// Loss of every step.
-    pub losses: Vec<f32>,
-    /// Whether the user stopped it early.
-    pub cancelled: bool,
-    /// Held-out positions the KL is averaged over.
-    pub heldout_positions: usize,
 }
 
 /// Cuts a corpus into token windows.

@@ -10,7 +10,7 @@ use neoscope_engine::model::{Batch, LoadedModel, PadSide};
 use neoscope_engine::sampling::softmax;
 use neoscope_engine::tiny::tiny_model;
 use neoscope_engine::tuned::{self, TunedConfig, TunedLens};
-use neoscope_engine::words::{Init, Injection, OutputRow, Word, init_vector, prepare};
+use neoscope_engine::words::{Init, Injection, Word, init_vector, prepare};
 
 fn tiny() -> LoadedModel {
     tiny_model(42, &Device::Cpu).unwrap()
@@ -87,7 +87,6 @@ fn a_new_word_changes_the_lens_only_from_its_position_on() {
         vector: init_vector(&m, &init).unwrap(),
         injection: Injection::Embedding,
         init,
-        output: OutputRow::None,
     };
     let targets = resolve_targets(&m, &[" the".to_owned()]).unwrap();
     let spec = LensSpec {
@@ -166,7 +165,6 @@ fn word_steering_changes_the_lens_only_from_its_layer_on_and_scale_zero_is_ident
         vector: init_vector(&m, &init).unwrap(),
         injection: Injection::Embedding,
         init,
-        output: OutputRow::None,
     };
     let words = std::slice::from_ref(&w);
     let targets = resolve_targets(&m, &[" the".to_owned()]).unwrap();

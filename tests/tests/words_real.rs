@@ -15,7 +15,7 @@ use neoscope_engine::sampling::Sampling;
 use neoscope_engine::words::analysis::{define, mean_logprob};
 use neoscope_engine::words::dataset::{self, Example};
 use neoscope_engine::words::train::{StopReason, TrainConfig, train};
-use neoscope_engine::words::{Init, Injection, OutputRow, Word, init_vector};
+use neoscope_engine::words::{Init, Injection, Word, init_vector};
 
 fn data(name: &str) -> Vec<Example> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/datasets");
@@ -30,7 +30,6 @@ fn trained(name: &str, file: &str) -> (Word, Vec<f32>) {
         vector: init_vector(m, &init).unwrap(),
         injection: Injection::Embedding,
         init,
-        output: OutputRow::None,
     };
     let cfg = TrainConfig {
         epochs: 6,

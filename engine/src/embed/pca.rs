@@ -4,9 +4,9 @@
 
 use candle_core::{DType, Tensor};
 use nalgebra::{DMatrix, SymmetricEigen};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
+pub use neoscope_api::embed::{IsotropyKind};
 
 /// A fitted PCA.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,16 +96,6 @@ impl Pca {
             .matmul(&comps.t()?)?;
         Ok(y.to_vec2()?)
     }
-}
-
-/// Which isotropy measure a report uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum IsotropyKind {
-    /// Mu, Bhat & Viswanath (2018), "All-but-the-Top": `min_c Z(c) / max_c Z(c)` with
-    /// `Z(c) = Σ_w exp(cᵀw)` over the eigenvectors `c` of `WᵀW` (uncentred), each taken with
-    /// both signs (an eigenvector's sign is arbitrary, so ±c makes the measure well defined).
-    /// 1 = isotropic, near 0 = a dominant direction.
-    MuPartition,
 }
 
 /// Mu et al.'s isotropy of the rows of `w` (n, d), computed in log space (the partition

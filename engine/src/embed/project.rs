@@ -4,33 +4,21 @@
 use candle_core::Tensor;
 use rand::SeedableRng;
 use rand::seq::index::sample;
-use serde::{Deserialize, Serialize};
 
 use super::pca::Pca;
-use super::tsne::{TsneConfig, tsne};
+use super::tsne::tsne;
 use crate::error::{EngineError, Result};
+pub use neoscope_api::embed::{BaseSelection, Method, PointKind, Projection};
 
-/// Which base-vocabulary rows to include.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BaseSelection {
-    /// Every row (no cap).
-    All,
-    /// A seeded uniform sample of `n` rows (chosen by the user, stated in the result).
-    Sample {
-        /// Rows to keep.
-        n: usize,
-        /// Seed.
-        seed: u64,
-    },
-    /// Rows whose token text contains this string (case-insensitive).
-    Containing(String),
-    /// No base rows (only new words).
-    None,
+/// Picks the base rows a [`BaseSelection`] names (the selection is protocol data).
+pub trait SelectBase {
+    /// The selected ids among `vocab` base tokens, given each token's text.
+    fn select(&self, vocab: usize, text: &dyn Fn(u32) -> String) -> Vec<u32>;
 }
 
-impl BaseSelection {
+impl SelectBase for BaseSelection {
     /// The selected ids among `vocab` base tokens, given each token's text.
-    pub fn select(&self, vocab: usize, text: &dyn Fn(u32) -> String) -> Vec<u32> {
+    fn select(&self, vocab: usize, text: &dyn Fn(u32) -> String) -> Vec<u32> {
         let all = || (0..vocab).filter_map(|i| u32::try_from(i).ok());
         match self {
             Self::All => all().collect(),
@@ -52,58 +40,6 @@ impl BaseSelection {
             }
         }
     }
-}
-
-/// Projection method.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Method {
-    /// First two principal components (exact, instant).
-    Pca,
-    /// t-SNE (neighbourhoods; minutes at the full vocabulary).
-    Tsne(TsneConfig),
-}
-
-/// What a point is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PointKind {
-    /// A base-vocabulary token.
-    Base,
-    /// An injected lexicon row.
-    New,
-    /// A trained neologism.
-    Word,
-    /// A residual-stream activation (collected in the MFA panel).
-    Activation,
-}
-
-/// The vectors to project and what each is.
-#[derive(Debug, Clone)]
-pub struct PointSet {
-    /// Vectors (n, d).
-    pub vectors: Tensor,
-    /// Token id of each point (base or injected id; words get `u32::MAX`).
-    pub ids: Vec<u32>,
-    /// Label of each point.
-    pub labels: Vec<String>,
-    /// Kind of each point.
-    pub kinds: Vec<PointKind>,
-}
-
-/// A 2-D projection, ready to plot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Projection {
-    /// "PCA" or "t-SNE (perplexity …)".
-    pub method: String,
-    /// Coordinates.
-    pub points: Vec<[f32; 2]>,
-    /// Token id of each point.
-    pub ids: Vec<u32>,
-    /// Label of each point.
-    pub labels: Vec<String>,
-    /// Kind of each point.
-    pub kinds: Vec<PointKind>,
-    /// Share of variance on the two axes (PCA only).
-    pub explained: Option<[f64; 2]>,
 }
 
 /// Projects `set` with `method`; `progress(stage, fraction)` returns false to cancel.
@@ -147,4 +83,17 @@ pub fn project(
         kinds: set.kinds,
         explained,
     })
+}
+
+/// The vectors to project and what each is.
+#[derive(Debug, Clone)]
+pub struct PointSet {
+    /// Vectors (n, d).
+    pub vectors: Tensor,
+    /// Token id of each point (base or injected id; words get `u32::MAX`).
+    pub ids: Vec<u32>,
+    /// Label of each point.
+    pub labels: Vec<String>,
+    /// Kind of each point.
+    pub kinds: Vec<PointKind>,
 }

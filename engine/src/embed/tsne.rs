@@ -4,29 +4,11 @@
 //! dimensions), the start from the PCA coordinates (deterministic, preserves global layout).
 
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
 
 use super::neighbors::CosineIndex;
 use super::pca::Pca;
 use crate::error::{EngineError, Result};
-
-/// t-SNE settings.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TsneConfig {
-    /// Perplexity (effective neighbours per point; 30 is usual).
-    pub perplexity: f32,
-    /// Gradient-descent iterations (the first 250 with early exaggeration).
-    pub epochs: usize,
-}
-
-impl Default for TsneConfig {
-    fn default() -> Self {
-        Self {
-            perplexity: 30.0,
-            epochs: 750,
-        }
-    }
-}
+pub use neoscope_api::embed::{TsneConfig};
 
 /// Panic payload used to leave the crate's epoch loop when the user cancels (the crate's
 /// callback cannot stop the loop; `resume_unwind` skips the panic hook, so nothing is printed).

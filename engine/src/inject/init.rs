@@ -9,30 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::lexicon::{Affix, Morpheme};
-
-/// How new rows start.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum InitKind {
-    /// Morpheme composition with weight `alpha` per affix and noise of standard deviation
-    /// `noise` (in units of the embedding's std).
-    Compositional {
-        /// Affix weight α (0.25 in Wake2Vec).
-        alpha: f32,
-        /// Noise std as a fraction of the embedding std.
-        noise: f32,
-    },
-    /// Random direction on a sphere of radius `1.5 · std · √d`.
-    Spherical,
-}
-
-impl Default for InitKind {
-    fn default() -> Self {
-        Self::Compositional {
-            alpha: 0.25,
-            noise: 0.05,
-        }
-    }
-}
+pub use neoscope_api::inject::{InitKind};
 
 /// A form split into prefix, root and suffix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,10 +10,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{EngineError, Result};
 use crate::tokenizer::ModelTokenizer;
 
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))
-}
-
 /// Parses a lexicon: one form per line; blank lines and `#` comments are skipped; a form may not
 /// contain whitespace. Duplicates are dropped (first kept); `source` names the file in errors.
 pub fn parse_lexicon(text: &str, source: &str) -> Result<Vec<String>> {
@@ -40,11 +36,6 @@ pub fn parse_lexicon(text: &str, source: &str) -> Result<Vec<String>> {
         )));
     }
     Ok(out)
-}
-
-/// Reads a lexicon file.
-pub fn read_lexicon(path: &Path) -> Result<Vec<String>> {
-    parse_lexicon(&read(path)?, &path.display().to_string())
 }
 
 /// Prefix or suffix.
@@ -116,11 +107,6 @@ pub fn parse_morphemes(text: &str, source: &str) -> Result<Vec<Morpheme>> {
         return Err(EngineError::Invalid(format!("{source}: no morphemes")));
     }
     Ok(out)
-}
-
-/// Reads a morpheme table file.
-pub fn read_morphemes(path: &Path) -> Result<Vec<Morpheme>> {
-    parse_morphemes(&read(path)?, &path.display().to_string())
 }
 
 /// How the forms of a lexicon relate to the base vocabulary.

@@ -6,7 +6,6 @@ pub mod forward;
 pub mod html;
 pub mod init;
 pub mod lexicon;
-pub mod messages;
 pub mod report;
 pub mod run;
 pub mod session;

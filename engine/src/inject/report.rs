@@ -7,7 +7,6 @@
 use candle_core::{D, DType, Tensor};
 use rand::SeedableRng;
 use rand::seq::index::sample;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::session::Session;
@@ -16,8 +15,8 @@ use crate::embed::neighbors::{CosineIndex, normalize_rows};
 use crate::embed::pca::{IsotropyKind, Pca, isotropy_mu};
 use crate::error::Result;
 use crate::model::LoadedModel;
-use crate::stats::{self, Summary, TestResult};
-use crate::words::file::BaseModel;
+use crate::stats::{self};
+pub use neoscope_api::inject::{Drift, FormNeighbors, GeometryReport, Histogram, Isotropy, Norms, Pairwise, PcaDims};
 
 /// Format name of `report.json`.
 pub const FORMAT: &str = "neoscope-geometry-report";
@@ -31,17 +30,6 @@ const NEIGHBOR_FORMS: usize = 12;
 const SCATTER_BASE: usize = 3_000;
 /// Histogram bins.
 const BINS: usize = 40;
-
-/// A histogram of several series over the same bins.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Histogram {
-    /// Left edge.
-    pub lo: f64,
-    /// Right edge.
-    pub hi: f64,
-    /// (name, counts) per series.
-    pub series: Vec<(String, Vec<usize>)>,
-}
 
 fn hist(series: &[(&str, &[f64])], lo: f64, hi: f64) -> Histogram {
     Histogram {
@@ -59,137 +47,6 @@ fn span(xs: &[&[f64]]) -> (f64, f64) {
     let lo = it().fold(f64::INFINITY, f64::min);
     let hi = it().fold(f64::NEG_INFINITY, f64::max);
     (lo, if hi > lo { hi } else { lo + 1.0 })
-}
-
-/// Norm comparison.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Norms {
-    /// Base row norms.
-    pub base: Summary,
-    /// New row norms (after training).
-    pub new: Summary,
-    /// Welch's t-test, base vs new.
-    pub welch: TestResult,
-    /// Mann-Whitney U, base vs new.
-    pub mann_whitney: TestResult,
-    /// Cohen's d, base − new.
-    pub cohen_d: f64,
-    /// Histogram of both.
-    pub hist: Histogram,
-}
-
-/// Isotropy values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Isotropy {
-    /// The definition used.
-    pub kind: IsotropyKind,
-    /// Base rows.
-    pub base: f64,
-    /// New rows after training.
-    pub new: f64,
-    /// New rows before training.
-    pub new_initial: f64,
-}
-
-/// How far the new rows moved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Drift {
-    /// Whether the base matrix hashes the same as when the run started.
-    pub base_identical: bool,
-    /// Cosine(initial, final) of the new rows.
-    pub new: Summary,
-    /// Histogram of those cosines.
-    pub hist: Histogram,
-    /// The ten forms that moved most (lowest cosine).
-    pub most: Vec<(String, f64)>,
-    /// The ten that moved least.
-    pub least: Vec<(String, f64)>,
-    /// Every new form with its cosine, in id order.
-    pub per_form: Vec<(String, f64)>,
-}
-
-/// Nearest base tokens of one form.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FormNeighbors {
-    /// The form.
-    pub form: String,
-    /// Before training: (token, cosine).
-    pub before: Vec<(String, f32)>,
-    /// After training.
-    pub after: Vec<(String, f32)>,
-}
-
-/// Intrinsic dimensionality by PCA.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PcaDims {
-    /// Base: components for 90% of the variance.
-    pub base_90: usize,
-    /// Base: for 95%.
-    pub base_95: usize,
-    /// New: for 90%.
-    pub new_90: usize,
-    /// New: for 95%.
-    pub new_95: usize,
-}
-
-/// Pairwise cosine distributions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Pairwise {
-    /// Pairs sampled per distribution.
-    pub pairs: usize,
-    /// Base-base.
-    pub base_base: Summary,
-    /// New-new.
-    pub new_new: Summary,
-    /// Base-new.
-    pub base_new: Summary,
-    /// KS test base-base vs new-new.
-    pub ks_bb_nn: TestResult,
-    /// KS test base-base vs base-new.
-    pub ks_bb_bn: TestResult,
-    /// KS test new-new vs base-new.
-    pub ks_nn_bn: TestResult,
-    /// Histograms over [−1, 1].
-    pub hist: Histogram,
-}
-
-/// The whole report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GeometryReport {
-    /// Format name.
-    pub format: String,
-    /// Version.
-    pub version: u32,
-    /// The base model.
-    pub base_model: BaseModel,
-    /// Base rows.
-    pub n_base: usize,
-    /// New rows.
-    pub n_new: usize,
-    /// Forms of the lexicon left out (already one token).
-    pub n_known: usize,
-    /// Training steps done.
-    pub steps: usize,
-    /// Training loss per step.
-    pub losses: Vec<f32>,
-    /// (step, validation loss).
-    pub val: Vec<(usize, f32)>,
-    /// Norms.
-    pub norms: Norms,
-    /// Isotropy.
-    pub isotropy: Isotropy,
-    /// Drift.
-    pub drift: Drift,
-    /// Neighbours of sampled forms.
-    pub neighbors: Vec<FormNeighbors>,
-    /// PCA dimensions.
-    pub pca: PcaDims,
-    /// Pairwise cosines.
-    pub pairwise: Pairwise,
-    /// PCA (of the base rows) coordinates of a base sample.
-    pub scatter_base: Vec<[f32; 2]>,
-    /// Same projection of every new row.
-    pub scatter_new: Vec<[f32; 2]>,
 }
 
 /// Reports a stage; `Cancelled` when the caller asks to stop.

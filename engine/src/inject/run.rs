@@ -64,7 +64,7 @@ fn save_tensors(path: &Path, t: &[(&str, &Tensor)], meta: Option<String>) -> Res
     let info = meta.map(|m| HashMap::from([("state".to_owned(), m)]));
     let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v)), info)
         .map_err(|e| serr(path, e))?;
-    write_atomic(path, &bytes)
+    Ok(write_atomic(path, &bytes)?)
 }
 
 fn load_tensors(path: &Path, dev: &Device) -> Result<(HashMap<String, Tensor>, Option<String>)> {
@@ -111,7 +111,7 @@ pub fn create(dir: &Path, meta: &RunMeta, init: &Tensor, blocks: &Blocks) -> Res
 pub fn write_meta(dir: &Path, meta: &RunMeta) -> Result<()> {
     let json = dir.join("run.json");
     let text = serde_json::to_vec_pretty(meta).map_err(|e| serr(&json, e))?;
-    write_atomic(&json, &text)
+    Ok(write_atomic(&json, &text)?)
 }
 
 /// Opens a run: metadata, initial rows and blocks.

@@ -1,6 +1,7 @@
 //! Starting and continuing an injection run: sort the lexicon, make the rows, tokenize and split
 //! the corpus, create the run folder, and train with checkpoints into it.
 
+use crate::inject::train::InjectConfigExt;
 use std::path::Path;
 
 use candle_core::Tensor;

@@ -13,88 +13,25 @@
 use candle_core::{Tensor, Var};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
 
 use super::forward::nll_sum;
-use super::init::InitKind;
 use crate::error::{EngineError, Result};
 use crate::model::LoadedModel;
+pub use neoscope_api::inject::{InjectConfig, InjectEvent, Schedule, Stopped};
 
-/// Learning-rate shape after warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Schedule {
-    /// Cosine decay to 10% of the peak at the last step.
-    Cosine,
-    /// Constant at the peak.
-    Constant,
-}
-
-/// Injection and training settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InjectConfig {
-    /// How new rows start.
-    pub init: InitKind,
-    /// Seed for initialisation noise, the split and the block order.
-    pub seed: u64,
-    /// Tokens per block.
-    pub block_len: usize,
-    /// Share of blocks held out for validation.
-    pub val_fraction: f32,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Warmup as a share of all steps (linear from 0).
-    pub warmup: f32,
-    /// Shape after warmup.
-    pub schedule: Schedule,
-    /// Blocks per forward pass.
-    pub micro_batch: usize,
-    /// Forward passes per optimiser step (gradient accumulation).
-    pub accum: usize,
-    /// Optimiser steps in the whole run.
-    pub steps: usize,
-    /// AdamW weight decay (new rows only).
-    pub weight_decay: f64,
-    /// Global-norm gradient clipping.
-    pub clip_norm: Option<f64>,
-    /// Validation every this many steps (and at the start and end).
-    pub eval_every: usize,
-    /// Checkpoint every this many steps (and at the end or on cancel).
-    pub checkpoint_every: usize,
-    /// At most this many validation blocks are scored (all when 0).
-    pub max_val_blocks: usize,
-    /// Update only the rows whose forms occur in a step's blocks (lazy Adam).
-    pub lazy: bool,
-    /// Adam's ε.
-    pub adam_eps: f64,
-}
-
-impl Default for InjectConfig {
-    fn default() -> Self {
-        Self {
-            init: InitKind::default(),
-            seed: 42,
-            block_len: 64,
-            val_fraction: 0.1,
-            lr: 5e-3,
-            warmup: 0.05,
-            schedule: Schedule::Cosine,
-            micro_batch: 4,
-            accum: 2,
-            steps: 60,
-            weight_decay: 0.0,
-            clip_norm: Some(1.0),
-            eval_every: 20,
-            checkpoint_every: 10,
-            max_val_blocks: 32,
-            lazy: false,
-            adam_eps: 1e-4,
-        }
-    }
-}
-
-impl InjectConfig {
+/// The engine's computations on injection settings (the settings are protocol data).
+pub trait InjectConfigExt {
     /// Checks the settings.
-    pub fn check(&self) -> Result<()> {
+    fn check(&self) -> Result<()>;
+    /// Learning rate at step `s` (1-based).
+    fn lr_at(&self, s: usize) -> f64;
+    /// Training-block indices of step `s` (1-based), `micro_batch · accum` of them.
+    fn step_blocks(&self, n_train: usize, s: usize) -> Vec<usize>;
+}
+
+impl InjectConfigExt for InjectConfig {
+    /// Checks the settings.
+    fn check(&self) -> Result<()> {
         let bad = |m: &str| Err(EngineError::Invalid(format!("injection settings: {m}")));
         if self.block_len < 2 {
             return bad("block length must be at least 2 tokens");
@@ -115,7 +52,7 @@ impl InjectConfig {
     }
 
     /// Learning rate at step `s` (1-based).
-    pub fn lr_at(&self, s: usize) -> f64 {
+    fn lr_at(&self, s: usize) -> f64 {
         #[expect(clippy::cast_precision_loss, reason = "step counts")]
         let (s, total) = (s as f64, self.steps as f64);
         let warm = (f64::from(self.warmup) * total).ceil();
@@ -132,7 +69,7 @@ impl InjectConfig {
     }
 
     /// Training-block indices of step `s` (1-based), `micro_batch · accum` of them.
-    pub fn step_blocks(&self, n_train: usize, s: usize) -> Vec<usize> {
+    fn step_blocks(&self, n_train: usize, s: usize) -> Vec<usize> {
         let per = self.micro_batch * self.accum;
         let mut out = Vec::with_capacity(per);
         let mut cached: Option<(usize, Vec<usize>)> = None;
@@ -215,40 +152,6 @@ impl TrainState {
             val: Vec::new(),
         })
     }
-}
-
-/// What training reports.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum InjectEvent {
-    /// An optimiser step.
-    Step {
-        /// Step (1-based).
-        step: usize,
-        /// Steps in the run.
-        total: usize,
-        /// Token-mean loss of the step's blocks.
-        loss: f32,
-        /// Learning rate used.
-        lr: f64,
-    },
-    /// A validation score.
-    Val {
-        /// After this many steps.
-        step: usize,
-        /// Token-mean validation loss.
-        loss: f32,
-    },
-    /// Validation progress (fraction of blocks scored).
-    Evaluating(f32),
-}
-
-/// Why a run stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Stopped {
-    /// All steps done.
-    Completed,
-    /// Stopped at the caller's request (after saving a checkpoint).
-    Cancelled,
 }
 
 /// Token-mean validation loss of `rows` over `val` (forward only).

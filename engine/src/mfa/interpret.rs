@@ -15,6 +15,7 @@ use super::linalg::spd_inverse_logdet;
 use super::model::Mfa;
 use crate::error::{EngineError, Result};
 use crate::tokenizer::ModelTokenizer;
+pub use neoscope_api::mfa::{ComponentInfo, Context};
 
 /// Rows per scoring batch.
 const BATCH: usize = 1024;
@@ -98,40 +99,6 @@ pub fn scan(mfa: &Mfa, x: &Tensor, n: usize, cancel: &dyn Fn() -> bool) -> Resul
         by_likelihood: by_l,
         by_responsibility: by_r,
     })
-}
-
-/// A context shown for a component: text before, the token itself, what follows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Context {
-    /// Row.
-    pub row: usize,
-    /// Text before the token.
-    pub before: String,
-    /// The token.
-    pub token: String,
-    /// The next token.
-    pub after: String,
-    /// Score.
-    pub score: f32,
-}
-
-/// One component in words.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ComponentInfo {
-    /// Index.
-    pub index: usize,
-    /// Rows assigned to it (hard).
-    pub size: usize,
-    /// Mixing weight π.
-    pub weight: f32,
-    /// Most common tokens among its rows, with counts.
-    pub top_tokens: Vec<(String, usize)>,
-    /// Most common next tokens among its rows, with counts.
-    pub top_next: Vec<(String, usize)>,
-    /// Top contexts by likelihood.
-    pub by_likelihood: Vec<Context>,
-    /// Top contexts by responsibility.
-    pub by_responsibility: Vec<Context>,
 }
 
 fn counts(ids: impl Iterator<Item = u32>, tok: &ModelTokenizer, n: usize) -> Vec<(String, usize)> {

@@ -8,7 +8,6 @@ pub mod grad;
 pub mod interpret;
 pub mod kmeans;
 pub mod linalg;
-pub mod messages;
 pub mod model;
 pub mod steer;
 pub mod train;

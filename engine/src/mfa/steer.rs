@@ -2,7 +2,6 @@
 //! steering `x + α(μ_k − x) + W_k z`, at the hook point the MFA was fitted at.
 
 use candle_core::{DType, IndexOp};
-use serde::{Deserialize, Serialize};
 
 use super::model::Mfa;
 use crate::error::{EngineError, Result};
@@ -11,6 +10,7 @@ use crate::infer::{GenerateOptions, generate, last_logits};
 use crate::model::LoadedModel;
 use crate::sampling::Sampling;
 use crate::words::analysis::LogitShift;
+pub use neoscope_api::mfa::{SteerReport};
 
 /// The interventions for component `k` with weight `alpha` and latent offset `z` (empty: none).
 pub fn interventions(
@@ -83,21 +83,6 @@ pub fn logit_shift(
             .map(shift)
             .collect(),
     )
-}
-
-/// A steered run next to the plain one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SteerReport {
-    /// The prompt.
-    pub prompt: String,
-    /// Most promoted next tokens.
-    pub promoted: Vec<LogitShift>,
-    /// Most suppressed next tokens.
-    pub suppressed: Vec<LogitShift>,
-    /// Greedy generation, steered.
-    pub steered: String,
-    /// Greedy generation, plain.
-    pub plain: String,
 }
 
 /// Next-token logit differences and greedy generations with and without `hooks`.

@@ -7,103 +7,13 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
 
 use super::grad::nll_and_grads;
 use super::kmeans::{KmeansConfig, kmeans, random_points};
 use super::model::Mfa;
 use crate::error::{EngineError, Result};
 use crate::sampling::normal_vec;
-
-/// How the means start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InitKind {
-    /// K-means (projected, restarts, refined on all data).
-    Kmeans,
-    /// Random data points.
-    RandomPoints,
-}
-
-/// Fitting settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MfaConfig {
-    /// Components K.
-    pub k: usize,
-    /// Latent rank R.
-    pub rank: usize,
-    /// Epochs.
-    pub epochs: usize,
-    /// Minibatch size.
-    pub batch: usize,
-    /// Adam learning rate.
-    pub lr: f64,
-    /// Fraction of activations held out for validation.
-    pub val_fraction: f32,
-    /// Initialisation.
-    pub init: InitKind,
-    /// Seed (split, shuffling, directions, k-means).
-    pub seed: u64,
-}
-
-impl MfaConfig {
-    /// CPU default: small enough to fit in a few minutes on two cores.
-    pub fn cpu_default() -> Self {
-        Self {
-            k: 64,
-            rank: 8,
-            epochs: 40,
-            batch: 256,
-            lr: 1e-2,
-            val_fraction: 0.1,
-            init: InitKind::Kmeans,
-            seed: 0,
-        }
-    }
-
-    /// The reference notebook's scale (K=500, R=10, lr 1e-3, batch 128), for big machines.
-    pub fn reference_scale() -> Self {
-        Self {
-            k: 500,
-            rank: 10,
-            epochs: 10,
-            batch: 128,
-            lr: 1e-3,
-            ..Self::cpu_default()
-        }
-    }
-}
-
-/// Progress after an epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct MfaEpoch {
-    /// Epoch (from 1).
-    pub epoch: usize,
-    /// Epochs planned.
-    pub total: usize,
-    /// Mean train NLL over the epoch's batches.
-    pub train_nll: f64,
-    /// Validation NLL after the epoch.
-    pub val_nll: f64,
-}
-
-/// What a fit reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MfaReport {
-    /// Per-epoch numbers.
-    pub epochs: Vec<MfaEpoch>,
-    /// Validation NLL right after initialisation.
-    pub init_val_nll: f64,
-    /// Epoch restored (1-based; 0 = the initialisation).
-    pub best_epoch: usize,
-    /// Its validation NLL.
-    pub best_val_nll: f64,
-    /// Train / validation counts.
-    pub n_train: usize,
-    /// Validation count.
-    pub n_val: usize,
-    /// Whether the user stopped it.
-    pub cancelled: bool,
-}
+pub use neoscope_api::mfa::{InitKind, MfaConfig, MfaEpoch, MfaReport};
 
 /// What the fit calls back with.
 pub enum FitEvent<'a> {

@@ -6,34 +6,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use super::llama::{Block, Llama};
-use crate::config::{Dims, LlamaConfig};
+use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
 use crate::fetch::sha256_file;
 use crate::tokenizer::ModelTokenizer;
-
-/// What a loaded model is: enough to identify it in files and to show it to the user.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelInfo {
-    /// Display name (file or folder name).
-    pub name: String,
-    /// The file or folder it came from.
-    pub path: PathBuf,
-    /// `gguf` or `hf`.
-    pub format: String,
-    /// SHA-256 of the weights file (the GGUF, or the first safetensors file).
-    pub sha256: String,
-    /// Dimensions.
-    pub dims: Dims,
-    /// Architecture name.
-    pub architecture: String,
-    /// Device, in words.
-    pub device: String,
-    /// Whether a chat template is available.
-    pub has_chat_template: bool,
-}
+pub use neoscope_api::model::{ModelInfo};
 
 /// A model ready to run: weights, tokenizer, identity.
 #[derive(Debug, Clone)]

@@ -3,34 +3,14 @@
 //! arithmetic, steering (logit differences and generations with and without the word), and a
 //! side-by-side comparison of two words.
 
-use serde::{Deserialize, Serialize};
 
 use super::train::{ScoredSeq, scored_seq, seq_logprobs};
-use super::{Injection, Word, prepare};
+use super::{Word, prepare};
 use crate::error::{EngineError, Result};
 use crate::infer::{GenerateOptions, generate, last_logits};
 use crate::model::LoadedModel;
 use crate::sampling::{Sampling, top_indices};
-
-/// The plain definition prompts (`{w}` stands for the word).
-pub const PLAIN_DEFINITION_PROMPTS: [&str; 3] = [
-    "The word {w} means",
-    "A {w} is defined as",
-    "When someone says {w}, they mean",
-];
-/// The chat definition prompt.
-pub const CHAT_DEFINITION_PROMPT: &str = "What does the word {w} mean?";
-
-/// One definition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Definition {
-    /// The prompt as asked (with the word's name).
-    pub prompt: String,
-    /// Chat mode.
-    pub chat: bool,
-    /// The model's answer.
-    pub text: String,
-}
+pub use neoscope_api::words::{CHAT_DEFINITION_PROMPT, CompareConfig, Definition, HeldoutSets, LogitShift, Neighbor, PLAIN_DEFINITION_PROMPTS, PlugIn, Steering, WordReport, default_definition_prompts};
 
 fn generate_with(
     m: &LoadedModel,
@@ -82,16 +62,6 @@ pub fn define(
         .collect()
 }
 
-/// The default definition prompts: the plain ones, and the chat one when `chat` (the model
-/// has a chat template).
-pub fn default_definition_prompts(chat: bool) -> Vec<(String, bool)> {
-    PLAIN_DEFINITION_PROMPTS
-        .iter()
-        .map(|p| ((*p).to_owned(), false))
-        .chain(chat.then(|| (CHAT_DEFINITION_PROMPT.to_owned(), true)))
-        .collect()
-}
-
 /// Mean over examples of the completion's mean token log-probability.
 pub fn mean_logprob(m: &LoadedModel, words: &[Word], pairs: &[(String, String)]) -> Result<f32> {
     let names: Vec<&str> = words.iter().map(|w| w.name.as_str()).collect();
@@ -120,22 +90,6 @@ pub fn mean_logprob(m: &LoadedModel, words: &[Word], pairs: &[(String, String)])
 /// `prompt` with every occurrence of the word `name` (and the space before it) removed.
 pub fn remove_word(prompt: &str, name: &str) -> String {
     prompt.replace(&format!(" {name}"), "").replace(name, "")
-}
-
-/// Plug-in evaluation of a word on held-out (prompt, target) pairs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlugIn {
-    /// Mean target log-prob with the word.
-    pub with_word: f32,
-    /// With the word's name replaced by the replacement text.
-    pub with_text: f32,
-    /// With the word removed.
-    pub without_word: f32,
-    /// The replacement text.
-    pub text: String,
-    /// (with_text − without) / (with_word − without): how much of the word's effect the text
-    /// recovers (1 = all of it).
-    pub recovered: f32,
 }
 
 /// Replaces the word by `text` (e.g. its verbalization) and measures how much of the word's
@@ -179,17 +133,6 @@ pub fn plug_in(
     })
 }
 
-/// A token and its similarity to a vector.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Neighbor {
-    /// Token id.
-    pub id: u32,
-    /// Token text.
-    pub text: String,
-    /// Cosine similarity.
-    pub cosine: f32,
-}
-
 /// Cosine similarity of `v` to every base token embedding.
 pub fn cosines(m: &LoadedModel, v: &[f32]) -> Result<Vec<f32>> {
     let e = &m.llama.embed;
@@ -225,21 +168,6 @@ pub fn term_vector(m: &LoadedModel, words: &[Word], term: &str) -> Result<Vec<f3
         return Ok(w.vector.clone());
     }
     super::init_vector(m, &super::Init::Words(vec![term.to_owned()]))
-}
-
-/// Similarity of a word's vector to each listed ordinary word.
-pub fn similarity_to(
-    m: &LoadedModel,
-    word: &Word,
-    others: &[String],
-) -> Result<Vec<(String, f32)>> {
-    others
-        .iter()
-        .map(|o| {
-            let v = term_vector(m, &[], o)?;
-            Ok((o.clone(), cosine(&word.vector, &v)))
-        })
-        .collect()
 }
 
 /// Cosine similarity of two vectors.
@@ -284,34 +212,6 @@ pub fn arithmetic_with(
     } else {
         Err(EngineError::Invalid(format!("`{expr}` has no terms")))
     }
-}
-
-/// A token whose logit the word moves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogitShift {
-    /// Token id.
-    pub id: u32,
-    /// Token text.
-    pub text: String,
-    /// Logit with the word minus logit without it.
-    pub delta: f32,
-}
-
-/// Steering: next-token logit differences and generations, with and without the word.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Steering {
-    /// The prompt with the word.
-    pub prompt_with: String,
-    /// The prompt without it.
-    pub prompt_without: String,
-    /// Tokens the word promotes most.
-    pub promoted: Vec<LogitShift>,
-    /// Tokens the word suppresses most.
-    pub suppressed: Vec<LogitShift>,
-    /// Generation with the word.
-    pub generation_with: String,
-    /// Generation without it.
-    pub generation_without: String,
 }
 
 /// How to run a steering comparison.
@@ -366,52 +266,6 @@ pub fn steer(
         prompt_with: prompt.to_owned(),
         prompt_without: without,
     })
-}
-
-/// Everything about one word, for side-by-side comparison.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WordReport {
-    /// Name.
-    pub name: String,
-    /// Injection point.
-    pub injection: Injection,
-    /// L2 norm of the vector.
-    pub norm: f32,
-    /// Definitions.
-    pub definitions: Vec<Definition>,
-    /// Nearest base tokens.
-    pub neighbors: Vec<Neighbor>,
-    /// Held-out mean log-prob of the targets with this word, per held-out set (by name).
-    pub heldout: Vec<(String, f32)>,
-    /// Steering on the shared prompt.
-    pub steering: Steering,
-}
-
-/// Named held-out sets of (prompt with `{w}` in the word's place, target) pairs.
-pub type HeldoutSets = Vec<(String, Vec<(String, String)>)>;
-
-/// Settings of a comparison.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CompareConfig {
-    /// Definition prompts (`{w}` = the word) and whether each is a chat prompt.
-    pub definition_prompts: Vec<(String, bool)>,
-    /// Tokens per definition.
-    pub max_new_tokens: usize,
-    /// Neighbours per word.
-    pub neighbors: usize,
-    /// Steering prompt (`{w}` = the word).
-    pub steer_prompt: String,
-}
-
-impl Default for CompareConfig {
-    fn default() -> Self {
-        Self {
-            definition_prompts: default_definition_prompts(true),
-            max_new_tokens: 40,
-            neighbors: 10,
-            steer_prompt: "Tell me something funny about {w} cats:".into(),
-        }
-    }
 }
 
 /// Reports on two words side by side. `heldout` holds named held-out sets of (prompt with the

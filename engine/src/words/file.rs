@@ -4,46 +4,22 @@
 //! loading into a different base model is refused.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::train::TrainConfig;
-use super::{Init, Injection, OutputRow, Word};
+use super::{Init, Injection, Word};
 use crate::error::{EngineError, Result};
 use crate::model::ModelInfo;
+pub use neoscope_api::files::write_atomic;
+pub use neoscope_api::model::BaseModel;
 
 /// Format name written into every word file.
 pub const FORMAT: &str = "neoscope-words";
 /// Current format version.
 pub const VERSION: u32 = 1;
-
-/// The base model a file was made for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BaseModel {
-    /// Display name.
-    pub name: String,
-    /// SHA-256 of its weights file.
-    pub sha256: String,
-    /// Residual width.
-    pub d_model: usize,
-    /// Base vocabulary size.
-    pub d_vocab: usize,
-}
-
-impl BaseModel {
-    /// Identity of a loaded model.
-    pub fn of(info: &ModelInfo) -> Self {
-        Self {
-            name: info.name.clone(),
-            sha256: info.sha256.clone(),
-            d_model: info.dims.d_model,
-            d_vocab: info.dims.d_vocab,
-        }
-    }
-}
 
 /// Refuses an unknown format or a newer version.
 pub fn check_header(path: &Path, format: &str, version: u32, want: &str, max: u32) -> Result<()> {
@@ -78,8 +54,6 @@ pub struct WordMeta {
     pub injection: Injection,
     /// Initialisation.
     pub init: Init,
-    /// Output-row policy.
-    pub output: OutputRow,
     /// Tensor name in the safetensors file.
     pub tensor: String,
 }
@@ -101,26 +75,6 @@ pub struct WordFileMeta {
     pub losses: Vec<f32>,
     /// Per-epoch mean losses.
     pub epoch_losses: Vec<f32>,
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, renamed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".neoscope-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| EngineError::io(&dir, e))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| EngineError::io(tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| EngineError::io(path, e.error))?;
-    Ok(())
 }
 
 /// The two paths of a word file named by `path` (any extension is replaced).
@@ -161,7 +115,6 @@ pub fn save(
             name: w.name.clone(),
             injection: w.injection,
             init: w.init.clone(),
-            output: w.output,
             tensor: name,
         });
     }
@@ -255,7 +208,6 @@ pub fn load(path: &Path, info: &ModelInfo) -> Result<(Vec<Word>, WordFileMeta)> 
                 vector,
                 injection: w.injection,
                 init: w.init.clone(),
-                output: w.output,
             })
         })
         .collect::<Result<_>>()?;

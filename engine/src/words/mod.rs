@@ -18,61 +18,11 @@ use crate::error::{EngineError, Result};
 use crate::hooks::{HookPoint, HookSpec, Intervention, InterventionOp, Positions};
 use crate::model::LoadedModel;
 use crate::tokenizer::ChatMessage;
+pub use neoscope_api::words::{Init, Injection};
 
 /// The token the model sees at a word's position before the word's vector is put there (its
 /// embedding is replaced, so which id does not matter; 0 is always valid).
 pub const CARRIER_ID: u32 = 0;
-
-/// Where a word's vector enters the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum Injection {
-    /// As the token embedding (`hook_embed`).
-    #[default]
-    Embedding,
-    /// Into the residual stream before block `L` (`blocks.L.hook_resid_pre`); layers below
-    /// see a zero vector at the word's position.
-    ResidPre(usize),
-}
-
-impl Injection {
-    /// The hook point the vector replaces.
-    pub fn point(self) -> HookPoint {
-        match self {
-            Self::Embedding => HookPoint::Embed,
-            Self::ResidPre(l) => HookPoint::ResidPre(l),
-        }
-    }
-}
-
-/// How a new word's vector starts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Init {
-    /// Normal noise with this standard deviation, from a seed (the seed recipe uses 0.02).
-    Random {
-        /// Standard deviation.
-        std: f32,
-        /// Seed.
-        seed: u64,
-    },
-    /// The mean of these existing words' token embeddings (one word copies it).
-    Words(Vec<String>),
-    /// All zeros.
-    Zero,
-}
-
-impl Default for Init {
-    fn default() -> Self {
-        Self::Random { std: 0.02, seed: 0 }
-    }
-}
-
-/// Whether the model may emit the word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum OutputRow {
-    /// The word has no output row: the model cannot predict it (default).
-    #[default]
-    None,
-}
 
 /// A new word: its name as written in prompts, and its vector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,8 +35,6 @@ pub struct Word {
     pub injection: Injection,
     /// How it was initialised.
     pub init: Init,
-    /// Output-row policy.
-    pub output: OutputRow,
 }
 
 impl Word {
@@ -106,7 +54,6 @@ impl Word {
             vector: init_vector(m, &init)?,
             injection,
             init,
-            output: OutputRow::None,
         })
     }
 }

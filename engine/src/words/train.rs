@@ -19,75 +19,7 @@ use crate::model::LoadedModel;
 use crate::model::batch::{Batch, PadSide};
 use crate::model::llama::{ResolvedIntervention, ResolvedOp};
 use crate::model::ops::{linear, log_softmax_last};
-
-/// Which loss to train with.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Loss {
-    /// Cross-entropy on `target` completions.
-    CrossEntropy,
-    /// DPO + APO-up on `chosen`/`rejected` triples.
-    Preference {
-        /// Inverse temperature β (default 0.2).
-        beta: f64,
-    },
-}
-
-/// Training settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Loss.
-    pub loss: Loss,
-    /// AdamW learning rate.
-    pub lr: f64,
-    /// AdamW weight decay (on the trained vectors only; nothing else is trained).
-    pub weight_decay: f64,
-    /// Passes over the data.
-    pub epochs: usize,
-    /// Examples per step.
-    pub batch_size: usize,
-    /// Shuffling seed.
-    pub seed: u64,
-    /// Clip the gradient's global norm to this, if set.
-    pub clip_norm: Option<f64>,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            loss: Loss::CrossEntropy,
-            lr: 0.02,
-            weight_decay: 0.0,
-            epochs: 20,
-            batch_size: 4,
-            seed: 0,
-            clip_norm: Some(1.0),
-        }
-    }
-}
-
-/// One optimiser step, reported as progress.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TrainStep {
-    /// Step number (from 1).
-    pub step: usize,
-    /// Total steps planned.
-    pub total_steps: usize,
-    /// Epoch (from 1).
-    pub epoch: usize,
-    /// Loss of this step's batch.
-    pub loss: f32,
-}
-
-/// Why training ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum StopReason {
-    /// All epochs ran.
-    Completed,
-    /// The user cancelled; the best vectors so far were kept.
-    Cancelled,
-    /// The loss became NaN or exploded; the last good vectors were kept.
-    Diverged(String),
-}
+pub use neoscope_api::words::{Loss, StopReason, TrainConfig, TrainStep};
 
 /// The result of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

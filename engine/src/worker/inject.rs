@@ -7,14 +7,15 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 
 use super::Worker;
-use crate::api::{Event, JobResult, RequestId};
+use neoscope_api::Event;
+use neoscope_api::embed::{EmbedCommand, EmbedResult, Hit};
+use neoscope_api::inject::{InjectCommand, InjectResult, LexiconCounts, TextSource};
+
+use super::Job;
 use crate::embed::neighbors::CosineIndex;
-use crate::embed::project::{PointKind, PointSet, project};
+use crate::embed::project::{SelectBase, PointKind, PointSet, project};
 use crate::error::{EngineError, Result};
 use crate::inject::lexicon::{Affix, parse_lexicon, parse_morphemes, sort_forms};
-use crate::inject::messages::{
-    EmbedCommand, EmbedResult, Hit, InjectCommand, InjectResult, LexiconCounts, TextSource,
-};
 use crate::inject::report;
 use crate::inject::session::{self, Inputs, Session};
 use crate::inject::train::{InjectEvent, Stopped, TrainState};
@@ -51,7 +52,7 @@ impl Worker {
             None => Vec::new(),
         };
         sources.extend(corpus.iter().map(|c| format!("corpus: {}", c.name())));
-        let texts: Vec<String> = corpus.iter().map(TextSource::load).collect::<Result<_>>()?;
+        let texts: Vec<String> = corpus.iter().map(TextSource::load).collect::<std::result::Result<_, _>>()?;
         if texts.iter().all(|t| t.trim().is_empty()) {
             return Err(EngineError::Invalid(
                 "the corpus is empty: add a text file".into(),
@@ -67,24 +68,20 @@ impl Worker {
 
     fn train_run(
         &mut self,
-        id: RequestId,
+        job: &Job,
         dir: PathBuf,
         session: Session,
         mut state: TrainState,
         steps: Option<usize>,
-    ) -> Result<JobResult> {
+    ) -> Result<InjectResult> {
         self.inject = InjectState::default();
         let m = self.model()?;
         let stopped = session.train(m, &dir, &mut state, steps, &mut |ev| {
             match ev {
-                InjectEvent::Evaluating(f) => self.send(Event::Progress {
-                    id,
-                    stage: "validation".into(),
-                    fraction: Some(f),
-                }),
-                other => self.send(Event::InjectStep { id, event: other }),
+                InjectEvent::Evaluating(f) => job.progress("validation", Some(f)),
+                other => job.emit(Event::InjectStep { id: job.id, event: other }),
             }
-            !self.cancelled(id)
+            !job.cancelled()
         })?;
         Ok(self.keep_run(dir, session, state, Some(stopped), steps))
     }
@@ -96,7 +93,7 @@ impl Worker {
         state: TrainState,
         stopped: Option<Stopped>,
         steps: Option<usize>,
-    ) -> JobResult {
+    ) -> InjectResult {
         let res = InjectResult::Run {
             dir: dir.clone(),
             stopped,
@@ -114,14 +111,14 @@ impl Worker {
             }),
             index: None,
         };
-        JobResult::Inject(Box::new(res))
+        res
     }
 
     pub(super) fn execute_inject(
         &mut self,
-        id: RequestId,
+        job: &Job,
         cmd: InjectCommand,
-    ) -> Result<JobResult> {
+    ) -> Result<InjectResult> {
         match cmd {
             InjectCommand::Inspect {
                 lexicon,
@@ -149,7 +146,7 @@ impl Worker {
                         .count();
                     (p, inputs.morphemes.len() - p)
                 });
-                Ok(JobResult::Inject(Box::new(InjectResult::Counts(
+                Ok(InjectResult::Counts(
                     LexiconCounts {
                         forms: inputs.forms.len(),
                         new: sorted.new.len(),
@@ -161,7 +158,7 @@ impl Worker {
                         corpus_new_tokens: uses,
                         forms_in_corpus: seen.iter().filter(|s| **s).count(),
                     },
-                ))))
+                ))
             }
             InjectCommand::Start {
                 lexicon,
@@ -171,20 +168,16 @@ impl Worker {
                 dir,
             } => {
                 let inputs = Self::inputs(&lexicon, morphemes.as_ref(), &corpus)?;
-                self.send(Event::Progress {
-                    id,
-                    stage: "initialising new rows".into(),
-                    fraction: None,
-                });
+                job.progress("initialising new rows", None);
                 let session = session::start(self.model()?, &inputs, &config, &dir)?;
                 let state = TrainState::new(session.init.clone())?;
-                self.train_run(id, dir, session, state, None)
+                self.train_run(job, dir, session, state, None)
             }
             InjectCommand::Resume { dir, steps } => {
                 let m = self.model()?;
                 let session = session::open(m, &dir)?;
                 let state = session.state(&dir)?;
-                self.train_run(id, dir, session, state, steps)
+                self.train_run(job, dir, session, state, steps)
             }
             InjectCommand::Open { dir } => {
                 let m = self.model()?;
@@ -204,18 +197,14 @@ impl Worker {
                 })?;
                 let m = self.model()?;
                 let r = report::compute(m, &run.session, &run.state, &mut |stage, f| {
-                    self.send(Event::Progress {
-                        id,
-                        stage: format!("report: {stage}"),
-                        fraction: Some(f),
-                    });
-                    !self.cancelled(id)
+                    job.progress(format!("report: {stage}"), Some(f));
+                    !job.cancelled()
                 })?;
                 let html = report::write(&run.dir, &r)?;
-                Ok(JobResult::Inject(Box::new(InjectResult::Report {
+                Ok(InjectResult::Report {
                     html,
                     report: Box::new(r),
-                })))
+                })
             }
         }
     }
@@ -262,7 +251,7 @@ impl Worker {
         })
     }
 
-    pub(super) fn execute_embed(&mut self, id: RequestId, cmd: EmbedCommand) -> Result<JobResult> {
+    pub(super) fn execute_embed(&mut self, job: &Job, cmd: EmbedCommand) -> Result<EmbedResult> {
         match cmd {
             EmbedCommand::Neighbors { query, k } => {
                 let d = self.model()?.llama.cfg.hidden_size;
@@ -293,10 +282,10 @@ impl Worker {
                     })
                     .transpose()?
                     .unwrap_or_default();
-                Ok(JobResult::Embed(Box::new(EmbedResult::Neighbors {
+                Ok(EmbedResult::Neighbors {
                     query,
                     hits,
-                })))
+                })
             }
             EmbedCommand::Project {
                 base,
@@ -306,16 +295,12 @@ impl Worker {
             } => {
                 let set = self.point_set(&base, include_new, include_activations)?;
                 let p = project(set, &method, &mut |stage, f| {
-                    self.send(Event::Progress {
-                        id,
-                        stage: stage.to_owned(),
-                        fraction: Some(f),
-                    });
-                    !self.cancelled(id)
+                    job.progress(stage.to_owned(), Some(f));
+                    !job.cancelled()
                 })?;
-                Ok(JobResult::Embed(Box::new(EmbedResult::Projection(
+                Ok(EmbedResult::Projection(
                     Box::new(p),
-                ))))
+                ))
             }
         }
     }

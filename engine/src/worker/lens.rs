@@ -1,15 +1,17 @@
 //! The engine thread's lens commands: run the lens, train, save and load a tuned lens.
 
 use super::Worker;
-use crate::api::{Command, Event, JobResult, RequestId};
+use neoscope_api::lens::{LensCommand, LensOutput};
+
+use super::{Job, TunedState};
 use crate::error::{EngineError, Result};
 use crate::hooks::{HookSpec, Intervention};
 use crate::steer::Steer;
 
 impl Worker {
-    pub(super) fn execute_lens(&mut self, id: RequestId, cmd: Command) -> Result<JobResult> {
+    pub(super) fn execute_lens(&mut self, job: &Job, cmd: LensCommand) -> Result<LensOutput> {
         match cmd {
-            Command::Lens {
+            LensCommand::Run {
                 prompts,
                 chat,
                 lens,
@@ -23,7 +25,7 @@ impl Worker {
                 let targets = crate::lens::resolve_targets(m, &targets)?;
                 let lens_spec = crate::lens::LensSpec {
                     kind: lens,
-                    tuned: self.tuned.as_ref().map(|t| &t.0),
+                    tuned: self.tuned.as_ref().map(|t| &t.lens),
                     targets: &targets,
                     top_k,
                 };
@@ -45,39 +47,41 @@ impl Worker {
                         crate::lens::run(m, &wt.model_ids(), pieces, &spec, &lens_spec)
                     })
                     .collect::<Result<_>>()?;
-                Ok(JobResult::Lens(results))
+                Ok(LensOutput::Runs(results))
             }
-            Command::TrainTunedLens { corpus, config } => {
+            LensCommand::TrainTuned { corpus, config } => {
                 let m = self.model()?;
                 let (lens, report) = crate::tuned::train(m, &corpus, &config, &mut |s| {
                     #[expect(clippy::cast_precision_loss, reason = "step counts")]
                     let f = s.step as f32 / s.total.max(1) as f32;
-                    let _ = self.events.send(Event::Progress {
-                        id,
-                        stage: format!("tuned lens step {}/{} · KL {:.3}", s.step, s.total, s.loss),
-                        fraction: Some(f),
-                    });
-                    (self.waker)();
-                    !self.cancelled(id)
+                    job.progress(format!("tuned lens step {}/{} · KL {:.3}", s.step, s.total, s.loss), Some(f));
+                    !job.cancelled()
                 })?;
-                self.tuned = Some((lens, Some(config), Some(report.clone())));
-                Ok(JobResult::TunedLens(Some(report)))
+                self.tuned = Some(TunedState {
+                    lens,
+                    config: Some(config),
+                    report: Some(report.clone()),
+                });
+                Ok(LensOutput::Tuned(Some(report)))
             }
-            Command::SaveTunedLens { path } => {
+            LensCommand::SaveTuned { path } => {
                 let m = self.model()?;
-                let (lens, cfg, report) = self.tuned.as_ref().ok_or_else(|| {
+                let t = self.tuned.as_ref().ok_or_else(|| {
                     EngineError::Invalid("no tuned lens to save: train one first".into())
                 })?;
-                let path = crate::tuned::save(&path, lens, &m.info, cfg.as_ref(), report.as_ref())?;
-                Ok(JobResult::Saved { path })
+                let path = crate::tuned::save(&path, &t.lens, &m.info, t.config.as_ref(), t.report.as_ref())?;
+                Ok(LensOutput::TunedSaved { path })
             }
-            Command::LoadTunedLens { path } => {
+            LensCommand::LoadTuned { path } => {
                 let m = self.model()?;
                 let (lens, meta) = crate::tuned::load(&path, m)?;
-                self.tuned = Some((lens, meta.config, meta.report.clone()));
-                Ok(JobResult::TunedLens(meta.report))
+                self.tuned = Some(TunedState {
+                    lens,
+                    config: meta.config,
+                    report: meta.report.clone(),
+                });
+                Ok(LensOutput::Tuned(meta.report))
             }
-            other => Err(EngineError::Invalid(format!("unhandled command {other:?}"))),
         }
     }
 

@@ -2,14 +2,16 @@
 //! subspace coordinates and steering.
 
 use super::Worker;
-use crate::api::{Event, JobResult, RequestId};
+use neoscope_api::Event;
+use neoscope_api::mfa::{MfaCommand, MfaResult, SteerPositions, SubspacePoint};
+
+use super::Job;
 use crate::error::{EngineError, Result};
 use crate::hooks::{HookPoint, HookSpec, Positions};
 use crate::mfa::Mfa;
 use crate::mfa::activations::{self, Activations, CollectConfig};
 use crate::mfa::file::{self, MfaMeta};
 use crate::mfa::interpret::{self, Scan};
-use crate::mfa::messages::{MfaCommand, MfaResult, SteerPositions, SubspacePoint};
 use crate::words::file::BaseModel;
 
 /// Contexts kept per component and used by the coherence measure.
@@ -45,7 +47,7 @@ impl Worker {
         Ok(BaseModel::of(&self.model()?.info))
     }
 
-    pub(super) fn execute_mfa(&mut self, id: RequestId, cmd: MfaCommand) -> Result<JobResult> {
+    pub(super) fn execute_mfa(&mut self, job: &Job, cmd: MfaCommand) -> Result<MfaResult> {
         let r = match cmd {
             MfaCommand::Collect {
                 texts,
@@ -64,12 +66,8 @@ impl Worker {
                 };
                 let corpus = texts.join("\n\n");
                 let acts = activations::collect(m, &corpus, &cfg, &mut |f| {
-                    self.send(Event::Progress {
-                        id,
-                        stage: format!("collecting at {point}"),
-                        fraction: Some(f),
-                    });
-                    !self.cancelled(id)
+                    job.progress(format!("collecting at {point}"), Some(f));
+                    !job.cancelled()
                 })?;
                 let saved = match save {
                     Some(p) => Some(activations::save(&p, &acts, &self.base()?)?),
@@ -105,17 +103,13 @@ impl Worker {
                 let (mfa, report) = crate::mfa::train::fit(&x, &config, &mut |ev| {
                     match ev {
                         crate::mfa::train::FitEvent::Stage(s, f) => {
-                            self.send(Event::Progress {
-                                id,
-                                stage: s.to_owned(),
-                                fraction: Some(f),
-                            });
+                            job.progress(s.to_owned(), Some(f));
                         }
                         crate::mfa::train::FitEvent::Epoch(e) => {
-                            self.send(Event::MfaEpoch { id, epoch: e })
+                            job.emit(Event::MfaEpoch { id: job.id, epoch: e })
                         }
                     }
-                    !self.cancelled(id)
+                    !job.cancelled()
                 })?;
                 let (k, d, rank) = mfa.dims()?;
                 let meta = MfaMeta {
@@ -130,7 +124,7 @@ impl Worker {
                     report: Some(report),
                 };
                 self.mfa.model = Some((mfa, meta));
-                self.describe(id)?
+                self.describe(job)?
             }
             MfaCommand::Save { path } => {
                 let (mfa, meta) =
@@ -145,7 +139,7 @@ impl Worker {
                 let (mfa, meta) = file::load(&path, &self.base()?, &self.dev)?;
                 self.mfa.model = Some((mfa, meta));
                 self.mfa.scan = None;
-                self.describe(id)?
+                self.describe(job)?
             }
             MfaCommand::Subspace {
                 component,
@@ -233,16 +227,16 @@ impl Worker {
                     &hooks,
                     top,
                     max_new_tokens,
-                    &|| self.cancelled(id),
+                    &|| job.cancelled(),
                 )?;
                 MfaResult::Steering(rep)
             }
         };
-        Ok(JobResult::Mfa(Box::new(r)))
+        Ok(r)
     }
 
     /// Scans the activations (if any) and describes the current MFA.
-    fn describe(&mut self, id: RequestId) -> Result<MfaResult> {
+    fn describe(&mut self, job: &Job) -> Result<MfaResult> {
         let (mfa, meta) = self
             .mfa
             .model
@@ -255,13 +249,9 @@ impl Worker {
             && acts.point == meta.point
             && acts.x.dim(1)? == meta.d
         {
-            self.send(Event::Progress {
-                id,
-                stage: "describing components".into(),
-                fraction: None,
-            });
+            job.progress("describing components", None);
             let x = acts.x.to_device(&self.dev)?;
-            let scan = interpret::scan(mfa, &x, TOP_CONTEXTS, &|| self.cancelled(id))?;
+            let scan = interpret::scan(mfa, &x, TOP_CONTEXTS, &|| job.cancelled())?;
             components = interpret::components(mfa, acts, &scan, tok, 10)?;
             coherence = Some(interpret::coherence(&scan, acts, TOP_CONTEXTS, 0));
             scan_out = Some(scan);

@@ -2,14 +2,17 @@
 //! evaluate, compare.
 
 use super::Worker;
-use crate::api::{Command, Event, JobResult, RequestId, WordInfo};
+use neoscope_api::Event;
+use neoscope_api::words::{WordCommand, WordInfo, WordResult};
+
+use super::{Job, TrainRecord};
 use crate::error::{EngineError, Result};
 use crate::words::analysis::{
     SteerOptions, arithmetic, compare, cosine, define, nearest, plug_in, steer, term_vector,
 };
 use crate::words::dataset::Dataset;
 use crate::words::train::{TrainConfig, train};
-use crate::words::{Init, OutputRow, Word, check_name, file};
+use crate::words::{Init, Word, check_name, file};
 
 impl Worker {
     fn word(&self, name: &str) -> Result<&Word> {
@@ -30,7 +33,7 @@ impl Worker {
                 losses: self
                     .records
                     .get(&w.name)
-                    .map(|r| r.1.clone())
+                    .map(|r| r.losses.clone())
                     .unwrap_or_default(),
             })
             .collect()
@@ -43,9 +46,9 @@ impl Worker {
         }
     }
 
-    pub(super) fn execute_word(&mut self, id: RequestId, cmd: Command) -> Result<JobResult> {
+    pub(super) fn execute_word(&mut self, job: &Job, cmd: WordCommand) -> Result<WordResult> {
         match cmd {
-            Command::CreateWord {
+            WordCommand::Create {
                 name,
                 init,
                 injection,
@@ -53,20 +56,20 @@ impl Worker {
                 let word = Word::create(self.model()?, &name, init, injection)?;
                 self.records.remove(&name);
                 self.upsert(word);
-                Ok(JobResult::Words(self.word_infos()))
+                Ok(WordResult::List(self.word_infos()))
             }
-            Command::RemoveWord { name } => {
+            WordCommand::Remove { name } => {
                 self.word(&name)?;
                 self.words.retain(|w| w.name != name);
                 self.records.remove(&name);
-                Ok(JobResult::Words(self.word_infos()))
+                Ok(WordResult::List(self.word_infos()))
             }
-            Command::TrainWords {
+            WordCommand::Train {
                 names,
                 data,
                 config,
-            } => self.train_words(id, &names, data, &config),
-            Command::SaveWords { names, path } => {
+            } => self.train_words(job, &names, data, &config),
+            WordCommand::Save { names, path } => {
                 let m = self.model()?;
                 let words: Vec<Word> = names
                     .iter()
@@ -78,27 +81,31 @@ impl Worker {
                     &path,
                     &words,
                     &m.info,
-                    rec.map(|r| &r.0),
-                    rec.map_or(&[][..], |r| &r.1),
-                    rec.map_or(&[][..], |r| &r.2),
+                    rec.map(|r| &r.config),
+                    rec.map_or(&[][..], |r| &r.losses),
+                    rec.map_or(&[][..], |r| &r.epoch_losses),
                 )?;
-                Ok(JobResult::Saved { path })
+                Ok(WordResult::Saved { path })
             }
-            Command::LoadWords { path } => {
+            WordCommand::Load { path } => {
                 let m = self.model()?;
                 let (words, meta) = file::load(&path, &m.info)?;
                 for w in words {
                     if let Some(cfg) = &meta.training {
                         self.records.insert(
                             w.name.clone(),
-                            (cfg.clone(), meta.losses.clone(), meta.epoch_losses.clone()),
+                            TrainRecord {
+                                config: cfg.clone(),
+                                losses: meta.losses.clone(),
+                                epoch_losses: meta.epoch_losses.clone(),
+                            },
                         );
                     }
                     self.upsert(w);
                 }
-                Ok(JobResult::Words(self.word_infos()))
+                Ok(WordResult::List(self.word_infos()))
             }
-            Command::DefineWord {
+            WordCommand::Define {
                 name,
                 prompts,
                 max_new_tokens,
@@ -107,11 +114,11 @@ impl Worker {
                 let m = self.model()?;
                 let w = self.word(&name)?;
                 let defs = define(m, w, &prompts, max_new_tokens, sampling, &|| {
-                    self.cancelled(id)
+                    job.cancelled()
                 })?;
-                Ok(JobResult::Definitions(defs))
+                Ok(WordResult::Definitions(defs))
             }
-            Command::Neighbors {
+            WordCommand::Neighbors {
                 expr,
                 k,
                 others,
@@ -137,15 +144,14 @@ impl Worker {
                         vector: v,
                         injection,
                         init: Init::Zero,
-                        output: OutputRow::None,
                     });
                 }
-                Ok(JobResult::Neighbors {
+                Ok(WordResult::Neighbors {
                     nearest,
                     similarities,
                 })
             }
-            Command::Steer {
+            WordCommand::Steer {
                 name,
                 prompt,
                 baseline,
@@ -159,19 +165,19 @@ impl Worker {
                     top: 10,
                     max_new_tokens,
                 };
-                let s = steer(m, w, &prompt, &baseline, opts, &|| self.cancelled(id))?;
-                Ok(JobResult::Steering(Box::new(s)))
+                let s = steer(m, w, &prompt, &baseline, opts, &|| job.cancelled())?;
+                Ok(WordResult::Steering(Box::new(s)))
             }
-            Command::Evaluate {
+            WordCommand::Evaluate {
                 name,
                 heldout,
                 text,
             } => {
                 let m = self.model()?;
                 let w = self.word(&name)?;
-                Ok(JobResult::Evaluation(plug_in(m, w, &heldout, &text)?))
+                Ok(WordResult::Evaluation(plug_in(m, w, &heldout, &text)?))
             }
-            Command::Compare {
+            WordCommand::Compare {
                 a,
                 b,
                 heldout,
@@ -179,20 +185,19 @@ impl Worker {
             } => {
                 let m = self.model()?;
                 let (wa, wb) = (self.word(&a)?, self.word(&b)?);
-                let r = compare(m, wa, wb, &heldout, &config, &|| self.cancelled(id))?;
-                Ok(JobResult::Comparison(Box::new(r)))
+                let r = compare(m, wa, wb, &heldout, &config, &|| job.cancelled())?;
+                Ok(WordResult::Comparison(Box::new(r)))
             }
-            other => Err(EngineError::Invalid(format!("unhandled command {other:?}"))),
         }
     }
 
     fn train_words(
         &mut self,
-        id: RequestId,
+        job: &Job,
         names: &[String],
         data: Vec<crate::words::dataset::Example>,
         config: &TrainConfig,
-    ) -> Result<JobResult> {
+    ) -> Result<WordResult> {
         let m = self.model()?;
         let words: Vec<Word> = names
             .iter()
@@ -212,25 +217,24 @@ impl Worker {
             std::path::Path::new("dataset"),
         )?;
         let outcome = train(m, &words, &data.examples, config, &mut |step| {
-            let _ = self.events.send(Event::TrainStep { id, step: *step });
-            (self.waker)();
-            !self.cancelled(id)
+            job.emit(Event::TrainStep { id: job.id, step: *step });
+            !job.cancelled()
         })?;
         for (w, v) in words.into_iter().zip(&outcome.vectors) {
             self.records.insert(
                 w.name.clone(),
-                (
-                    config.clone(),
-                    outcome.losses.clone(),
-                    outcome.epoch_losses.clone(),
-                ),
+                TrainRecord {
+                    config: config.clone(),
+                    losses: outcome.losses.clone(),
+                    epoch_losses: outcome.epoch_losses.clone(),
+                },
             );
             self.upsert(Word {
                 vector: v.clone(),
                 ..w
             });
         }
-        Ok(JobResult::Trained {
+        Ok(WordResult::Trained {
             losses: outcome.losses,
             epoch_losses: outcome.epoch_losses,
             stop: outcome.stop,

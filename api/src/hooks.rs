@@ -1,0 +1,167 @@
+//! Hook points (named as in TransformerLens), captures and interventions, all as plain data.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A place in the forward pass where activations can be captured or changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum HookPoint {
+    /// `hook_embed`: token embeddings.
+    Embed,
+    /// `blocks.{l}.hook_resid_pre`: residual stream entering block `l`.
+    ResidPre(usize),
+    /// `blocks.{l}.hook_resid_mid`: after attention, before the MLP of block `l`.
+    ResidMid(usize),
+    /// `blocks.{l}.hook_resid_post`: residual stream leaving block `l`.
+    ResidPost(usize),
+    /// `ln_final.hook_normalized`: the final-normed residual stream (before unembedding).
+    LnFinal,
+}
+
+impl HookPoint {
+    /// Layer index for per-block points.
+    pub fn layer(self) -> Option<usize> {
+        match self {
+            Self::ResidPre(l) | Self::ResidMid(l) | Self::ResidPost(l) => Some(l),
+            Self::Embed | Self::LnFinal => None,
+        }
+    }
+}
+
+impl fmt::Display for HookPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Embed => write!(f, "hook_embed"),
+            Self::ResidPre(l) => write!(f, "blocks.{l}.hook_resid_pre"),
+            Self::ResidMid(l) => write!(f, "blocks.{l}.hook_resid_mid"),
+            Self::ResidPost(l) => write!(f, "blocks.{l}.hook_resid_post"),
+            Self::LnFinal => write!(f, "ln_final.hook_normalized"),
+        }
+    }
+}
+
+impl FromStr for HookPoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hook_embed" => return Ok(Self::Embed),
+            "ln_final.hook_normalized" => return Ok(Self::LnFinal),
+            _ => {}
+        }
+        let bad = || {
+            format!(
+                "unknown hook point `{s}`: expected hook_embed, blocks.L.hook_resid_pre, \
+                 blocks.L.hook_resid_mid, blocks.L.hook_resid_post or ln_final.hook_normalized"
+            )
+        };
+        let rest = s.strip_prefix("blocks.").ok_or_else(bad)?;
+        let (l, name) = rest.split_once('.').ok_or_else(bad)?;
+        let l: usize = l.parse().map_err(|_| bad())?;
+        match name {
+            "hook_resid_pre" => Ok(Self::ResidPre(l)),
+            "hook_resid_mid" => Ok(Self::ResidMid(l)),
+            "hook_resid_post" => Ok(Self::ResidPost(l)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl TryFrom<String> for HookPoint {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<HookPoint> for String {
+    fn from(h: HookPoint) -> Self {
+        h.to_string()
+    }
+}
+
+/// Which (batch row, position) pairs an intervention touches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Positions {
+    /// Every position of every row.
+    All,
+    /// These positions in every row.
+    Columns(Vec<usize>),
+    /// These (row, position) pairs.
+    Cells(Vec<(usize, usize)>),
+}
+
+/// What an intervention does to the selected vectors `x`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InterventionOp {
+    /// `x ← v`.
+    Replace(Vec<f32>),
+    /// `x ← x + scale·v`.
+    Add {
+        /// The direction.
+        vector: Vec<f32>,
+        /// Its scale.
+        scale: f32,
+    },
+    /// `x ← (1−α)·x + α·t`.
+    Interpolate {
+        /// The target `t`.
+        target: Vec<f32>,
+        /// The weight α.
+        alpha: f32,
+    },
+}
+
+/// One intervention: at a hook point, on some positions, an operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intervention {
+    /// Where.
+    pub point: HookPoint,
+    /// Which vectors.
+    pub positions: Positions,
+    /// What to do.
+    pub op: InterventionOp,
+}
+
+/// What a forward pass should capture and change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HookSpec {
+    /// Points whose activations are returned.
+    pub capture: Vec<HookPoint>,
+    /// Interventions, applied in order at their points.
+    pub interventions: Vec<Intervention>,
+}
+
+impl HookSpec {
+    /// True when nothing is captured or changed.
+    pub fn is_empty(&self) -> bool {
+        self.capture.is_empty() && self.interventions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for h in [
+            HookPoint::Embed,
+            HookPoint::ResidPre(0),
+            HookPoint::ResidMid(7),
+            HookPoint::ResidPost(29),
+            HookPoint::LnFinal,
+        ] {
+            assert_eq!(h.to_string().parse::<HookPoint>().unwrap(), h);
+        }
+        assert_eq!(
+            HookPoint::ResidPost(3).to_string(),
+            "blocks.3.hook_resid_post"
+        );
+        assert!("blocks.x.hook_resid_pre".parse::<HookPoint>().is_err());
+        assert!("blocks.1.hook_attn".parse::<HookPoint>().is_err());
+    }
+}

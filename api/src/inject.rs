@@ -1,0 +1,440 @@
+//! Vocabulary injection: inputs, training settings and events, the geometry report (with its statistics), and the injection commands.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::embed::IsotropyKind;
+use crate::error::{ApiError, ApiResult};
+use crate::model::BaseModel;
+
+/// Learning-rate shape after warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// Cosine decay to 10% of the peak at the last step.
+    Cosine,
+    /// Constant at the peak.
+    Constant,
+}
+
+/// Injection and training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InjectConfig {
+    /// How new rows start.
+    pub init: InitKind,
+    /// Seed for initialisation noise, the split and the block order.
+    pub seed: u64,
+    /// Tokens per block.
+    pub block_len: usize,
+    /// Share of blocks held out for validation.
+    pub val_fraction: f32,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warmup as a share of all steps (linear from 0).
+    pub warmup: f32,
+    /// Shape after warmup.
+    pub schedule: Schedule,
+    /// Blocks per forward pass.
+    pub micro_batch: usize,
+    /// Forward passes per optimiser step (gradient accumulation).
+    pub accum: usize,
+    /// Optimiser steps in the whole run.
+    pub steps: usize,
+    /// AdamW weight decay (new rows only).
+    pub weight_decay: f64,
+    /// Global-norm gradient clipping.
+    pub clip_norm: Option<f64>,
+    /// Validation every this many steps (and at the start and end).
+    pub eval_every: usize,
+    /// Checkpoint every this many steps (and at the end or on cancel).
+    pub checkpoint_every: usize,
+    /// At most this many validation blocks are scored (all when 0).
+    pub max_val_blocks: usize,
+    /// Update only the rows whose forms occur in a step's blocks (lazy Adam).
+    pub lazy: bool,
+    /// Adam's ε.
+    pub adam_eps: f64,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        Self {
+            init: InitKind::default(),
+            seed: 42,
+            block_len: 64,
+            val_fraction: 0.1,
+            lr: 5e-3,
+            warmup: 0.05,
+            schedule: Schedule::Cosine,
+            micro_batch: 4,
+            accum: 2,
+            steps: 60,
+            weight_decay: 0.0,
+            clip_norm: Some(1.0),
+            eval_every: 20,
+            checkpoint_every: 10,
+            max_val_blocks: 32,
+            lazy: false,
+            adam_eps: 1e-4,
+        }
+    }
+}
+
+/// What training reports.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum InjectEvent {
+    /// An optimiser step.
+    Step {
+        /// Step (1-based).
+        step: usize,
+        /// Steps in the run.
+        total: usize,
+        /// Token-mean loss of the step's blocks.
+        loss: f32,
+        /// Learning rate used.
+        lr: f64,
+    },
+    /// A validation score.
+    Val {
+        /// After this many steps.
+        step: usize,
+        /// Token-mean validation loss.
+        loss: f32,
+    },
+    /// Validation progress (fraction of blocks scored).
+    Evaluating(f32),
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stopped {
+    /// All steps done.
+    Completed,
+    /// Stopped at the caller's request (after saving a checkpoint).
+    Cancelled,
+}
+
+/// How new rows start.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum InitKind {
+    /// Morpheme composition with weight `alpha` per affix and noise of standard deviation
+    /// `noise` (in units of the embedding's std).
+    Compositional {
+        /// Affix weight α (0.25 in Wake2Vec).
+        alpha: f32,
+        /// Noise std as a fraction of the embedding std.
+        noise: f32,
+    },
+    /// Random direction on a sphere of radius `1.5 · std · √d`.
+    Spherical,
+}
+
+impl Default for InitKind {
+    fn default() -> Self {
+        Self::Compositional {
+            alpha: 0.25,
+            noise: 0.05,
+        }
+    }
+}
+
+/// A histogram of several series over the same bins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Left edge.
+    pub lo: f64,
+    /// Right edge.
+    pub hi: f64,
+    /// (name, counts) per series.
+    pub series: Vec<(String, Vec<usize>)>,
+}
+
+/// Norm comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Norms {
+    /// Base row norms.
+    pub base: Summary,
+    /// New row norms (after training).
+    pub new: Summary,
+    /// Welch's t-test, base vs new.
+    pub welch: TestResult,
+    /// Mann-Whitney U, base vs new.
+    pub mann_whitney: TestResult,
+    /// Cohen's d, base − new.
+    pub cohen_d: f64,
+    /// Histogram of both.
+    pub hist: Histogram,
+}
+
+/// Isotropy values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Isotropy {
+    /// The definition used.
+    pub kind: IsotropyKind,
+    /// Base rows.
+    pub base: f64,
+    /// New rows after training.
+    pub new: f64,
+    /// New rows before training.
+    pub new_initial: f64,
+}
+
+/// How far the new rows moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drift {
+    /// Whether the base matrix hashes the same as when the run started.
+    pub base_identical: bool,
+    /// Cosine(initial, final) of the new rows.
+    pub new: Summary,
+    /// Histogram of those cosines.
+    pub hist: Histogram,
+    /// The ten forms that moved most (lowest cosine).
+    pub most: Vec<(String, f64)>,
+    /// The ten that moved least.
+    pub least: Vec<(String, f64)>,
+    /// Every new form with its cosine, in id order.
+    pub per_form: Vec<(String, f64)>,
+}
+
+/// Nearest base tokens of one form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormNeighbors {
+    /// The form.
+    pub form: String,
+    /// Before training: (token, cosine).
+    pub before: Vec<(String, f32)>,
+    /// After training.
+    pub after: Vec<(String, f32)>,
+}
+
+/// Intrinsic dimensionality by PCA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PcaDims {
+    /// Base: components for 90% of the variance.
+    pub base_90: usize,
+    /// Base: for 95%.
+    pub base_95: usize,
+    /// New: for 90%.
+    pub new_90: usize,
+    /// New: for 95%.
+    pub new_95: usize,
+}
+
+/// Pairwise cosine distributions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pairwise {
+    /// Pairs sampled per distribution.
+    pub pairs: usize,
+    /// Base-base.
+    pub base_base: Summary,
+    /// New-new.
+    pub new_new: Summary,
+    /// Base-new.
+    pub base_new: Summary,
+    /// KS test base-base vs new-new.
+    pub ks_bb_nn: TestResult,
+    /// KS test base-base vs base-new.
+    pub ks_bb_bn: TestResult,
+    /// KS test new-new vs base-new.
+    pub ks_nn_bn: TestResult,
+    /// Histograms over [−1, 1].
+    pub hist: Histogram,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeometryReport {
+    /// Format name.
+    pub format: String,
+    /// Version.
+    pub version: u32,
+    /// The base model.
+    pub base_model: BaseModel,
+    /// Base rows.
+    pub n_base: usize,
+    /// New rows.
+    pub n_new: usize,
+    /// Forms of the lexicon left out (already one token).
+    pub n_known: usize,
+    /// Training steps done.
+    pub steps: usize,
+    /// Training loss per step.
+    pub losses: Vec<f32>,
+    /// (step, validation loss).
+    pub val: Vec<(usize, f32)>,
+    /// Norms.
+    pub norms: Norms,
+    /// Isotropy.
+    pub isotropy: Isotropy,
+    /// Drift.
+    pub drift: Drift,
+    /// Neighbours of sampled forms.
+    pub neighbors: Vec<FormNeighbors>,
+    /// PCA dimensions.
+    pub pca: PcaDims,
+    /// Pairwise cosines.
+    pub pairwise: Pairwise,
+    /// PCA (of the base rows) coordinates of a base sample.
+    pub scatter_base: Vec<[f32; 2]>,
+    /// Same projection of every new row.
+    pub scatter_new: Vec<[f32; 2]>,
+}
+
+/// A test statistic and its two-sided p-value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    /// The statistic (t, U or D).
+    pub statistic: f64,
+    /// Two-sided p-value.
+    pub p_value: f64,
+    /// Degrees of freedom, where the test has them (Welch).
+    pub df: Option<f64>,
+}
+
+/// Five-number-style summary of a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Count.
+    pub n: usize,
+    /// Mean.
+    pub mean: f64,
+    /// Standard deviation (n − 1).
+    pub std: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Median.
+    pub median: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// An input text: a file (read by the engine thread, never the UI thread) or a text in memory
+/// (the shipped demo), with the name shown in errors and recorded in the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TextSource {
+    /// A file, named by its path.
+    File(PathBuf),
+    /// A text already in memory.
+    Text {
+        /// Where it came from.
+        name: String,
+        /// Contents.
+        text: String,
+    },
+}
+
+impl TextSource {
+    /// The name (path or given name).
+    pub fn name(&self) -> String {
+        match self {
+            Self::File(p) => p.display().to_string(),
+            Self::Text { name, .. } => name.clone(),
+        }
+    }
+
+    /// The contents, reading the file if it is one.
+    pub fn load(&self) -> ApiResult<String> {
+        match self {
+            Self::File(p) => std::fs::read_to_string(p).map_err(|e| ApiError::io(p, &e)),
+            Self::Text { text, .. } => Ok(text.clone()),
+        }
+    }
+}
+
+/// Injection commands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InjectCommand {
+    /// Counts a lexicon's forms: new vs already single tokens, and their uses in a corpus.
+    Inspect {
+        /// The lexicon.
+        lexicon: TextSource,
+        /// Optional morpheme table (checked and counted).
+        morphemes: Option<TextSource>,
+        /// Corpus texts.
+        corpus: Vec<TextSource>,
+    },
+    /// Creates a run in `dir` and trains it.
+    Start {
+        /// The lexicon.
+        lexicon: TextSource,
+        /// Morpheme table (needed for compositional init).
+        morphemes: Option<TextSource>,
+        /// Corpus texts (joined by blank lines).
+        corpus: Vec<TextSource>,
+        /// Settings.
+        config: InjectConfig,
+        /// Run folder.
+        dir: PathBuf,
+    },
+    /// Continues the run in `dir` from its latest checkpoint (to `steps` in all, if given).
+    Resume {
+        /// Run folder.
+        dir: PathBuf,
+        /// New total step count.
+        steps: Option<usize>,
+    },
+    /// Opens the run in `dir` (latest checkpoint) so its rows show in the embedding space.
+    Open {
+        /// Run folder.
+        dir: PathBuf,
+    },
+    /// Computes and writes the geometry report of the open run (or of `dir`).
+    Report {
+        /// Run folder (default: the open run).
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Counts from `Inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LexiconCounts {
+    /// Distinct forms in the lexicon.
+    pub forms: usize,
+    /// Forms that need a new token.
+    pub new: usize,
+    /// Forms already one token.
+    pub known: usize,
+    /// A few known forms (for display).
+    pub known_examples: Vec<String>,
+    /// A few new forms.
+    pub new_examples: Vec<String>,
+    /// Morpheme table rows (prefixes, suffixes).
+    pub morphemes: Option<(usize, usize)>,
+    /// Corpus tokens with the new forms injected, and how many of them are new forms.
+    pub corpus_tokens: usize,
+    /// Occurrences of new forms in the corpus.
+    pub corpus_new_tokens: usize,
+    /// New forms that occur at least once in the corpus.
+    pub forms_in_corpus: usize,
+}
+
+/// Injection results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InjectResult {
+    /// From `Inspect`.
+    Counts(LexiconCounts),
+    /// From `Start`/`Resume`/`Open`: the run's state.
+    Run {
+        /// Run folder.
+        dir: PathBuf,
+        /// How training ended (`None` for `Open`).
+        stopped: Option<Stopped>,
+        /// Steps done.
+        step: usize,
+        /// Steps planned.
+        steps: usize,
+        /// New forms.
+        forms: usize,
+        /// Training losses.
+        losses: Vec<f32>,
+        /// (step, validation loss).
+        val: Vec<(usize, f32)>,
+    },
+    /// From `Report`: where the HTML went and the report itself.
+    Report {
+        /// `report.html`.
+        html: PathBuf,
+        /// The report.
+        report: Box<GeometryReport>,
+    },
+}
