@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-
-
 /// Benchmark results; every field name carries its unit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {

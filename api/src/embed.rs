@@ -1,7 +1,5 @@
 //! The embedding space: which vectors to project, how, the projection, neighbours, and the embedding commands.
 
-
-
 use serde::{Deserialize, Serialize};
 
 /// Which base-vocabulary rows to include.

@@ -378,6 +378,24 @@ pub enum InjectCommand {
         /// Run folder.
         dir: PathBuf,
     },
+    /// Writes a synthetic lexicon (`lexicon.txt`) and corpus (`corpus.txt`) made from a
+    /// morpheme table and roots into `out_dir` (no model needed).
+    Synthesize {
+        /// Morpheme table.
+        morphemes: TextSource,
+        /// Roots, one per line (`#` comments).
+        roots: TextSource,
+        /// Forms to make.
+        count: usize,
+        /// Sentences: one per form, then this many more.
+        sentences: usize,
+        /// Extra sentences with Zipf-weighted forms.
+        zipf_sentences: usize,
+        /// Seed.
+        seed: u64,
+        /// Output folder.
+        out_dir: PathBuf,
+    },
     /// Computes and writes the geometry report of the open run (or of `dir`).
     Report {
         /// Run folder (default: the open run).
@@ -429,6 +447,15 @@ pub enum InjectResult {
         losses: Vec<f32>,
         /// (step, validation loss).
         val: Vec<(usize, f32)>,
+    },
+    /// From `Synthesize`: what was written.
+    Synthesized {
+        /// Forms written.
+        forms: usize,
+        /// Sentences written.
+        sentences: usize,
+        /// The folder.
+        out_dir: PathBuf,
     },
     /// From `Report`: where the HTML went and the report itself.
     Report {

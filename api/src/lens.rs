@@ -1,5 +1,6 @@
 //! Lenses (raw, logit, tuned): per-layer predictions, tuned-lens training settings and reports, and the lens commands.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -210,4 +211,32 @@ pub enum LensOutput {
 
 fn default_max_heldout() -> usize {
     32
+}
+
+/// Every cell of every prompt as CSV, one row per (prompt, layer, position).
+pub fn cells_csv(results: &[LensResult]) -> String {
+    let mut out = String::from(
+        "prompt,layer,position,token,top1,top1_prob,entropy,kl_to_final,p_target,rank_target\n",
+    );
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    for (pi, r) in results.iter().enumerate() {
+        for (l, row) in r.cells.iter().enumerate() {
+            for (p, c) in row.iter().enumerate() {
+                let top = c.top.first();
+                let t = c.targets.first();
+                let _ = writeln!(
+                    out,
+                    "{pi},{l},{p},{},{},{},{},{},{},{}",
+                    q(&r.tokens[p]),
+                    q(top.map_or("", |t| t.text.as_str())),
+                    top.map_or(0.0, |t| t.prob),
+                    c.entropy,
+                    c.kl_to_final,
+                    t.map_or(String::new(), |t| t.prob.to_string()),
+                    t.map_or(String::new(), |t| t.rank.to_string()),
+                );
+            }
+        }
+    }
+    out
 }

@@ -20,4 +20,4 @@ pub mod wire;
 pub mod words;
 
 pub use error::{ApiError, ApiResult, ErrorKind};
-pub use protocol::{Command, Event, JobResult, RequestId};
+pub use protocol::{Command, Event, JobResult, Reply, RequestId};

@@ -70,6 +70,8 @@ pub enum ModelResult {
     Fetched {
         /// Where.
         path: PathBuf,
+        /// Its SHA-256 (checked against the expected one).
+        sha256: String,
     },
     /// A model was loaded.
     Loaded(ModelInfo),
@@ -99,5 +101,3 @@ impl BaseModel {
         }
     }
 }
-
-

@@ -152,3 +152,42 @@ impl Event {
         }
     }
 }
+
+/// A result type that a [`JobResult`] may hold: lets a caller wait for "the `TextResult` of this
+/// command" without matching the outer enum.
+pub trait Reply: Sized {
+    /// The inner result, if `r` is of this type.
+    fn from_result(r: JobResult) -> Option<Self>;
+}
+
+impl Reply for JobResult {
+    fn from_result(r: JobResult) -> Option<Self> {
+        Some(r)
+    }
+}
+
+macro_rules! analysis {
+    ($variant:ident, $cmd:ty, $res:ty) => {
+        impl From<$cmd> for Command {
+            fn from(c: $cmd) -> Self {
+                Self::$variant(c)
+            }
+        }
+        impl Reply for $res {
+            fn from_result(r: JobResult) -> Option<Self> {
+                match r {
+                    JobResult::$variant(b) => Some(*b),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+analysis!(Model, ModelCommand, ModelResult);
+analysis!(Text, TextCommand, TextResult);
+analysis!(Words, WordCommand, WordResult);
+analysis!(Lens, LensCommand, LensOutput);
+analysis!(Mfa, MfaCommand, MfaResult);
+analysis!(Inject, InjectCommand, InjectResult);
+analysis!(Embed, EmbedCommand, EmbedResult);

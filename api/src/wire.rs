@@ -46,8 +46,8 @@ pub enum ClientFrame {
     Run {
         /// Request id.
         id: RequestId,
-        /// The command.
-        command: Command,
+        /// The command (boxed: commands are large, cancels tiny).
+        command: Box<Command>,
     },
     /// Cancel a request.
     Cancel {
@@ -133,6 +133,10 @@ mod tests {
         cut.extend_from_slice(b"{}");
         assert!(read_frame::<ClientFrame>(&mut cut.as_slice()).is_err());
         // Clean end.
-        assert!(read_frame::<ClientFrame>(&mut [].as_slice()).unwrap().is_none());
+        assert!(
+            read_frame::<ClientFrame>(&mut [].as_slice())
+                .unwrap()
+                .is_none()
+        );
     }
 }

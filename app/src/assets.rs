@@ -1,6 +1,10 @@
 //! Datasets shipped with the app (the files in `assets/datasets/`, compiled in so the binary
 //! works from any folder).
 
+/// The default tuned-lens and MFA corpus (model-generated text; see
+/// `assets/corpus/make_corpus.sh`).
+pub const CORPUS: &str = include_str!("../../assets/corpus/corpus.txt");
+
 /// `pun` training set: pun setups with their punchlines, prompts naming `<pun>`.
 pub const PUN_TRAIN: &str = include_str!("../../assets/datasets/pun.train.jsonl");
 /// `pun` held-out split (never trained on).
@@ -23,9 +27,8 @@ pub fn dataset(name: &str) -> Option<&'static str> {
 
 /// The shipped held-out splits (`pun`, `literal`) as (prompt with `{w}` in the word's place,
 /// target) pairs, ready to score any word in the same templates.
-pub fn shipped_heldout()
--> Result<neoscope_engine::words::analysis::HeldoutSets, neoscope_engine::EngineError> {
-    use neoscope_engine::words::dataset::{Example, parse_jsonl};
+pub fn shipped_heldout() -> Result<neoscope_api::words::HeldoutSets, neoscope_api::ApiError> {
+    use neoscope_api::dataset::{Example, parse_jsonl};
     [("pun", PUN_HELDOUT), ("literal", LITERAL_HELDOUT)]
         .iter()
         .map(|(name, text)| {
@@ -57,11 +60,11 @@ pub const INJECT_CORPUS: &str = include_str!("../../assets/inject/corpus.txt");
 
 /// The shipped demo inputs as named texts: (lexicon, morphemes, corpus).
 pub fn inject_demo() -> (
-    neoscope_engine::inject::messages::TextSource,
-    neoscope_engine::inject::messages::TextSource,
-    neoscope_engine::inject::messages::TextSource,
+    neoscope_api::inject::TextSource,
+    neoscope_api::inject::TextSource,
+    neoscope_api::inject::TextSource,
 ) {
-    use neoscope_engine::inject::messages::TextSource;
+    use neoscope_api::inject::TextSource;
     let t = |name: &str, text: &str| TextSource::Text {
         name: format!("shipped demo {name}"),
         text: text.to_owned(),
@@ -71,4 +74,17 @@ pub fn inject_demo() -> (
         t("morphemes.csv", INJECT_MORPHEMES),
         t("corpus.txt", INJECT_CORPUS),
     )
+}
+
+/// Training steps of the shipped demo: a few minutes on 2 cores.
+pub const DEMO_STEPS: usize = 48;
+
+/// The demo's settings: the defaults with a step count that fits a few minutes on 2 cores.
+pub fn demo_config(steps: usize) -> neoscope_api::inject::InjectConfig {
+    neoscope_api::inject::InjectConfig {
+        steps,
+        eval_every: steps.div_ceil(2).max(1),
+        checkpoint_every: 10,
+        ..neoscope_api::inject::InjectConfig::default()
+    }
 }

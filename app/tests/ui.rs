@@ -22,7 +22,7 @@ fn harness(dir: &std::path::Path, model_text: bool) -> Harness<'static, NeoApp> 
         python: "python3".into(),
         device: DeviceChoice::Cpu,
     };
-    let app = NeoApp::new(opts, Box::new(|| {}));
+    let app = NeoApp::new(opts, std::sync::Arc::new(|| {}));
     let mut b = Harness::builder().with_size([1000.0, 700.0]);
     if model_text {
         b = b.allow_missing_glyphs();

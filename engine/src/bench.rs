@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-
 use crate::error::{EngineError, Result};
 use crate::hooks::HookSpec;
 use crate::infer::{GenerateOptions, generate};

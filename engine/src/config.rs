@@ -1,8 +1,8 @@
 //! Model configuration with Hugging Face field names, and the TransformerLens-named dimensions
 //! a model reports.
 
+pub use neoscope_api::model::Dims;
 use serde::{Deserialize, Serialize};
-pub use neoscope_api::model::{Dims};
 
 /// A Llama-family configuration; field names as in Hugging Face's `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use crate::error::{EngineError, Result};
-pub use neoscope_api::model::{DEFAULT_MODEL_PACKAGE};
+pub use neoscope_api::model::DEFAULT_MODEL_PACKAGE;
 
 /// The default model's file name in the cache.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

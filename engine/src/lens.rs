@@ -11,8 +11,8 @@ use crate::hooks::{HookPoint, HookSpec};
 use crate::model::ops::linear;
 use crate::model::{Batch, LoadedModel, PadSide};
 use crate::tuned::TunedLens;
-use rayon::prelude::*;
 pub use neoscope_api::lens::{LensCell, LensKind, LensResult, Target, TargetStat, TokenProb};
+use rayon::prelude::*;
 
 /// Resolves target texts to tokens: the first token of each, with a note if there are more.
 pub fn resolve_targets(m: &LoadedModel, texts: &[String]) -> Result<Vec<Target>> {

@@ -3,7 +3,6 @@
 //! the protocol crate `neoscope_api`, handled by the engine thread in [`worker`] (in process,
 //! or out of process through [`serve`]).
 
-
 pub mod bench;
 pub mod config;
 pub mod embed;
@@ -16,11 +15,11 @@ pub mod lens;
 pub mod mfa;
 pub mod model;
 pub mod sampling;
+pub mod serve;
 pub mod stats;
 pub mod steer;
 pub mod tiny;
 pub mod tokenizer;
-pub mod serve;
 pub mod tuned;
 pub mod worker;
 

@@ -1,8 +1,8 @@
 //! Next-token distributions: top-k tables and sampling (greedy, temperature, top-p), seeded.
 
+pub use neoscope_api::text::{Sampling, TokenScore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-pub use neoscope_api::text::{Sampling, TokenScore};
 
 /// Softmax of a logit row, in f64 for accuracy.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {

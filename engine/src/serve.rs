@@ -47,12 +47,18 @@ struct Shared {
 pub fn new_token() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..4).map(|_| format!("{:08x}", rng.random::<u32>())).collect()
+    (0..4)
+        .map(|_| format!("{:08x}", rng.random::<u32>()))
+        .collect()
 }
 
 /// Compares tokens in time independent of where they differ.
 fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Starts the engine, binds `listen` and serves until the process ends; `ready` is told the
@@ -64,7 +70,9 @@ pub fn serve(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     if token.is_empty() {
-        return Err(EngineError::Invalid("the server token must not be empty".into()));
+        return Err(EngineError::Invalid(
+            "the server token must not be empty".into(),
+        ));
     }
     let listener = TcpListener::bind(listen)
         .map_err(|e| EngineError::Invalid(format!("could not listen on {listen}: {e}")))?;
@@ -196,7 +204,7 @@ fn connection(mut stream: TcpStream, shared: &Shared) {
                 let sent = shared
                     .commands
                     .lock()
-                    .is_ok_and(|tx| tx.send((engine_id, command)).is_ok());
+                    .is_ok_and(|tx| tx.send((engine_id, *command)).is_ok());
                 if !sent {
                     let _ = out_tx.send(ServerFrame::Error(ApiError::new(
                         ErrorKind::Internal,

@@ -3,8 +3,8 @@
 //! come from `statrs`; the tests themselves are a few lines each (statrs has no hypothesis
 //! tests), checked against scipy in the unit tests below.
 
-use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 pub use neoscope_api::inject::{Summary, TestResult};
+use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
 /// Mean and sample variance (n − 1).
 pub fn mean_var(x: &[f64]) -> (f64, f64) {

@@ -1,11 +1,10 @@
 //! Steering chosen by name in one panel and applied in another: a `Steer` is plain data that the
 //! engine thread turns into interventions using the state it holds (word vectors, a fitted MFA).
 
-
 use crate::error::{EngineError, Result};
 use crate::hooks::{HookPoint, Intervention, InterventionOp, Positions};
 use crate::words::Word;
-pub use neoscope_api::steer::{Steer};
+pub use neoscope_api::steer::Steer;
 
 /// Turns word steering into interventions; `n_layers` bounds the layer.
 pub fn word_direction(

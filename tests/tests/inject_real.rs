@@ -3,9 +3,12 @@
 //! trained for the demo's steps on the shipped corpus; validation loss on held-out blocks must
 //! fall, the base matrix must be unchanged, and the report must be written as JSON and HTML.
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
 mod common;
 
-use neoscope::cli::inject::{DEMO_STEPS, InjectCmd};
+use neoscope::assets::DEMO_STEPS;
+use neoscope::cli::inject::InjectCmd;
 use neoscope::cli::{Cmd, DeviceArg, Global};
 
 #[test]
@@ -17,6 +20,8 @@ fn shipped_demo_lowers_validation_loss_and_writes_the_report() {
         model_dir: None,
         device: DeviceArg::Cpu,
         json: true,
+        engine: None,
+        engine_token: None,
     };
     let cmd = Cmd::Inject(InjectCmd::Demo {
         out: Some(out.clone()),

@@ -57,7 +57,7 @@ fn mfa_components_are_coherent_and_centroid_steering_promotes_their_tokens() {
 
     let infos = components(&mfa, &acts, &s, &m.tokenizer, 5).unwrap();
     let mut largest: Vec<_> = infos.iter().collect();
-    largest.sort_by(|a, b| b.size.cmp(&a.size));
+    largest.sort_by_key(|c| std::cmp::Reverse(c.size));
     let prompt = "I think that";
     let ids = m.tokenizer.encode(prompt).unwrap();
     let plain = last_logits(m, &ids, &HookSpec::default()).unwrap();

@@ -4,13 +4,13 @@
 
 mod common;
 
+use neoscope_api::model::ModelCommand;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use neoscope::gui::{NeoApp, Owner, PanelKind};
-use neoscope_engine::api::Command;
 use neoscope_engine::worker::{DeviceChoice, EngineOptions};
 
 fn settle(h: &mut Harness<'static, NeoApp>, limit: Duration) {
@@ -46,8 +46,8 @@ fn loaded_app() -> Harness<'static, NeoApp> {
         python: "python3".into(),
         device: DeviceChoice::Cpu,
     };
-    let mut app = NeoApp::new(opts, Box::new(|| {}));
-    app.send(Command::LoadDefault, Owner::Model);
+    let mut app = NeoApp::new(opts, std::sync::Arc::new(|| {}));
+    app.send(ModelCommand::LoadDefault, Owner::Model);
     let mut h = Harness::builder()
         .with_size([1100.0, 720.0])
         .wgpu()

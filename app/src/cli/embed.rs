@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Subcommand, ValueEnum};
-use neoscope_engine::api::{Command, JobResult};
-use neoscope_engine::embed::project::{BaseSelection, Method, PointKind};
-use neoscope_engine::embed::tsne::TsneConfig;
-use neoscope_engine::inject::messages::{EmbedCommand, EmbedResult, InjectCommand};
-use neoscope_engine::mfa::messages::MfaCommand;
+use neoscope_api::embed::TsneConfig;
+use neoscope_api::embed::{BaseSelection, Method, PointKind};
+use neoscope_api::embed::{EmbedCommand, EmbedResult};
+use neoscope_api::inject::InjectCommand;
+use neoscope_api::mfa::MfaCommand;
+use neoscope_api::{Command, JobResult};
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
@@ -138,7 +139,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: EmbedCmd) -> Result<
             let include_activations = activations.is_some();
             if let Some(path) = activations {
                 let cmd = Command::Mfa(MfaCommand::LoadActivations { path });
-                call_with(engine, cmd, &mut super::progress_to_stderr)?;
+                call_with::<JobResult>(engine, cmd, &mut super::progress_to_stderr)?;
             }
             let base = match (sample, containing, no_base) {
                 (_, _, true) => BaseSelection::None,
@@ -174,7 +175,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: EmbedCmd) -> Result<
                 ])?;
             }
             let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-            neoscope_engine::words::file::write_atomic(&out, &bytes)?;
+            neoscope_api::files::write_atomic(&out, &bytes)?;
             emit(
                 json_mode,
                 &json!({"method": p.method, "points": p.points.len(), "explained": p.explained, "out": out}),

@@ -5,17 +5,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
-use neoscope_engine::api::{Command, Event, JobResult};
-use neoscope_engine::inject::init::InitKind;
-use neoscope_engine::inject::lexicon::parse_morphemes;
-use neoscope_engine::inject::messages::{InjectCommand, InjectResult, TextSource};
-use neoscope_engine::inject::report::GeometryReport;
-use neoscope_engine::inject::synth;
-use neoscope_engine::inject::train::{InjectConfig, InjectEvent};
+use neoscope_api::inject::GeometryReport;
+use neoscope_api::inject::InitKind;
+use neoscope_api::inject::{InjectCommand, InjectResult, TextSource};
+use neoscope_api::inject::{InjectConfig, InjectEvent};
+use neoscope_api::{Command, Event, JobResult};
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
-use super::{call_with, emit};
+use super::{call, call_with, emit};
 
 /// Injection subcommands.
 #[derive(Debug, Subcommand)]
@@ -41,7 +39,7 @@ pub enum InjectCmd {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Optimiser steps.
-        #[arg(long, default_value_t = DEMO_STEPS)]
+        #[arg(long, default_value_t = crate::assets::DEMO_STEPS)]
         steps: usize,
     },
     /// Generate a synthetic lexicon and corpus from a morpheme table and roots (no model).
@@ -69,9 +67,6 @@ pub enum InjectCmd {
         out_dir: PathBuf,
     },
 }
-
-/// Steps of the shipped demo.
-pub const DEMO_STEPS: usize = 48;
 
 /// Initialisation on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -244,7 +239,7 @@ fn train_and_report(engine: &mut EngineHandle, json_mode: bool, cmd: InjectComma
 }
 
 /// Runs `inject generate` (needs no model).
-pub fn generate(json_mode: bool, cmd: &InjectCmd) -> Result<bool> {
+pub fn generate(engine: &mut EngineHandle, json_mode: bool, cmd: &InjectCmd) -> Result<bool> {
     let InjectCmd::Generate {
         morphemes,
         roots,
@@ -264,45 +259,41 @@ pub fn generate(json_mode: bool, cmd: &InjectCmd) -> Result<bool> {
             text: crate::assets::INJECT_MORPHEMES.into(),
         },
     };
-    let ms = parse_morphemes(&mt.load()?, &mt.name())?;
     let rt = match roots {
-        Some(p) => file(p).load()?,
-        None => crate::assets::INJECT_ROOTS.to_owned(),
+        Some(p) => file(p),
+        None => TextSource::Text {
+            name: "shipped roots.txt".into(),
+            text: crate::assets::INJECT_ROOTS.into(),
+        },
     };
-    let roots: Vec<String> = rt
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
-    let forms = synth::forms(&ms, &roots, *count, *seed)?;
-    let lines = synth::sentences(&forms, *sentences, *zipf_sentences, *seed);
-    std::fs::create_dir_all(out_dir)?;
-    let lex: String = forms.iter().map(|(f, _)| format!("{f}\n")).collect();
-    let corpus: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    neoscope_engine::words::file::write_atomic(&out_dir.join("lexicon.txt"), lex.as_bytes())?;
-    neoscope_engine::words::file::write_atomic(&out_dir.join("corpus.txt"), corpus.as_bytes())?;
+    let InjectResult::Synthesized {
+        forms,
+        sentences,
+        out_dir,
+    } = call(
+        engine,
+        InjectCommand::Synthesize {
+            morphemes: mt,
+            roots: rt,
+            count: *count,
+            sentences: *sentences,
+            zipf_sentences: *zipf_sentences,
+            seed: *seed,
+            out_dir: out_dir.clone(),
+        },
+    )?
+    else {
+        bail!("unexpected engine reply");
+    };
     emit(
         json_mode,
-        &json!({"forms": forms.len(), "sentences": lines.len(), "out_dir": out_dir}),
+        &json!({"forms": forms, "sentences": sentences, "out_dir": out_dir}),
         &format!(
-            "{} forms and {} sentences written to {}",
-            forms.len(),
-            lines.len(),
+            "{forms} forms and {sentences} sentences written to {}",
             out_dir.display()
         ),
     )?;
     Ok(true)
-}
-
-/// The demo's settings: the defaults with a step count that fits a few minutes on 2 cores.
-pub fn demo_config(steps: usize) -> InjectConfig {
-    InjectConfig {
-        steps,
-        eval_every: steps.div_ceil(2).max(1),
-        checkpoint_every: 10,
-        ..InjectConfig::default()
-    }
 }
 
 /// Runs an injection subcommand.
@@ -358,7 +349,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result
                 lexicon,
                 morphemes: Some(morphemes),
                 corpus: vec![corpus],
-                config: demo_config(steps),
+                config: crate::assets::demo_config(steps),
                 dir: out,
             };
             train_and_report(engine, json_mode, cmd)

@@ -1,22 +1,23 @@
 //! `neoscope lens` (top-k per layer, target curves, CSV) and `neoscope lens train-tuned`.
 
+use neoscope_api::lens::LensCommand;
+use neoscope_api::lens::LensOutput;
+use neoscope_api::words::WordCommand;
+use neoscope_api::words::WordResult;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
-use neoscope_engine::api::{Command, Event, JobResult};
-use neoscope_engine::hooks::HookSpec;
-use neoscope_engine::lens::{LensKind, LensResult};
-use neoscope_engine::steer::Steer;
-use neoscope_engine::tuned::TunedConfig;
+use neoscope_api::hooks::HookSpec;
+use neoscope_api::lens::TunedConfig;
+use neoscope_api::lens::{LensKind, LensResult};
+use neoscope_api::steer::Steer;
+use neoscope_api::{Event, JobResult};
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
 use super::{call, call_with, emit};
-
-/// The default tuned-lens corpus (model-generated text; see `assets/corpus/make_corpus.sh`).
-pub const CORPUS: &str = include_str!("../../../assets/corpus/corpus.txt");
 
 /// Lens kind on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -113,34 +114,6 @@ pub fn layers_json(r: &LensResult, position: usize) -> serde_json::Value {
     })
 }
 
-/// Every cell as CSV.
-pub fn cells_csv(results: &[LensResult]) -> String {
-    let mut out = String::from(
-        "prompt,layer,position,token,top1,top1_prob,entropy,kl_to_final,p_target,rank_target\n",
-    );
-    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    for (pi, r) in results.iter().enumerate() {
-        for (l, row) in r.cells.iter().enumerate() {
-            for (p, c) in row.iter().enumerate() {
-                let top = c.top.first();
-                let t = c.targets.first();
-                let _ = writeln!(
-                    out,
-                    "{pi},{l},{p},{},{},{},{},{},{},{}",
-                    q(&r.tokens[p]),
-                    q(top.map_or("", |t| t.text.as_str())),
-                    top.map_or(0.0, |t| t.prob),
-                    c.entropy,
-                    c.kl_to_final,
-                    t.map_or(String::new(), |t| t.prob.to_string()),
-                    t.map_or(String::new(), |t| t.rank.to_string()),
-                );
-            }
-        }
-    }
-    out
-}
-
 /// Runs `lens`.
 pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()> {
     if let Some(LensAction::TrainTuned {
@@ -154,16 +127,16 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()
             Some(p) => {
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
             }
-            None => CORPUS.to_owned(),
+            None => crate::assets::CORPUS.to_owned(),
         };
         let config = TunedConfig {
             steps,
             lr,
             ..TunedConfig::default()
         };
-        let JobResult::TunedLens(Some(report)) = call_with(
+        let LensOutput::Tuned(Some(report)) = call_with(
             engine,
-            Command::TrainTunedLens {
+            LensCommand::TrainTuned {
                 corpus: text,
                 config,
             },
@@ -177,7 +150,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()
             bail!("unexpected engine reply");
         };
         eprintln!();
-        let JobResult::Saved { path } = call(engine, Command::SaveTunedLens { path: out })? else {
+        let WordResult::Saved { path } = call(engine, LensCommand::SaveTuned { path: out })? else {
             bail!("unexpected engine reply");
         };
         let mut text = String::from("layer  logit-lens KL  tuned-lens KL (held-out)\n");
@@ -193,19 +166,19 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()
         );
     }
     for f in &a.words {
-        call(engine, Command::LoadWords { path: f.clone() })?;
+        call::<JobResult>(engine, WordCommand::Load { path: f.clone() })?;
     }
     if let Some(t) = &a.tuned {
-        call(engine, Command::LoadTunedLens { path: t.clone() })?;
+        call::<JobResult>(engine, LensCommand::LoadTuned { path: t.clone() })?;
     }
     let lens = match a.lens {
         LensArg::Raw => LensKind::Raw,
         LensArg::Logit => LensKind::Logit,
         LensArg::Tuned => LensKind::Tuned,
     };
-    let JobResult::Lens(results) = call(
+    let LensOutput::Runs(results) = call(
         engine,
-        Command::Lens {
+        LensCommand::Run {
             prompts: a.texts.clone(),
             chat: a.chat,
             lens,
@@ -219,7 +192,10 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()
         bail!("unexpected engine reply");
     };
     if let Some(p) = &a.csv {
-        neoscope_engine::words::file::write_atomic(Path::new(p), cells_csv(&results).as_bytes())?;
+        neoscope_api::files::write_atomic(
+            Path::new(p),
+            neoscope_api::lens::cells_csv(&results).as_bytes(),
+        )?;
     }
     let mut objs = Vec::new();
     let mut text = String::new();

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
-use neoscope_engine::api::{Command, Event, JobResult};
-use neoscope_engine::hooks::HookPoint;
-use neoscope_engine::mfa::interpret::ComponentInfo;
-use neoscope_engine::mfa::messages::{MfaCommand, MfaResult, SteerPositions};
-use neoscope_engine::mfa::train::{InitKind, MfaConfig};
+use neoscope_api::hooks::HookPoint;
+use neoscope_api::mfa::ComponentInfo;
+use neoscope_api::mfa::{InitKind, MfaConfig};
+use neoscope_api::mfa::{MfaCommand, MfaResult, SteerPositions};
+use neoscope_api::{Command, Event, JobResult};
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
@@ -222,7 +222,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
             out,
         } => {
             let texts = if corpus.is_empty() {
-                vec![super::lens::CORPUS.to_owned()]
+                vec![crate::assets::CORPUS.to_owned()]
             } else {
                 corpus
                     .iter()
@@ -390,7 +390,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
             else {
                 bail!("unexpected engine reply");
             };
-            let fmt = |v: &[neoscope_engine::words::analysis::LogitShift]| {
+            let fmt = |v: &[neoscope_api::words::LogitShift]| {
                 v.iter()
                     .map(|s| format!("{:?} {:+.2}", s.text, s.delta))
                     .collect::<Vec<_>>()

@@ -3,15 +3,18 @@
 
 #![expect(clippy::print_stdout, reason = "the CLI's output goes to stdout")]
 
+use neoscope_api::model::ModelCommand;
+use neoscope_api::model::ModelResult;
+use neoscope_api::text::TextCommand;
+use neoscope_api::text::TextResult;
 use std::io::Write;
-use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use neoscope_engine::api::{Command, Event, JobResult};
-use neoscope_engine::hooks::HookSpec;
-use neoscope_engine::sampling::Sampling;
-use neoscope_engine::worker::{DeviceChoice, EngineHandle, EngineOptions};
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use neoscope_api::hooks::HookSpec;
+use neoscope_api::text::Sampling;
+use neoscope_api::{Command, Event, JobResult, Reply};
+use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
 pub mod embed;
@@ -19,6 +22,8 @@ pub mod inject;
 pub mod lens;
 pub mod mfa;
 pub mod word;
+
+pub use crate::options::{DeviceArg, Global};
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
@@ -30,35 +35,6 @@ pub struct Args {
     /// What to do; none opens the app.
     #[command(subcommand)]
     pub command: Option<Cmd>,
-}
-
-/// Options shared by every front end.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Global {
-    /// A `.gguf` file or Hugging Face model folder (default: SmolLM2-135M-Instruct, fetched on
-    /// first use).
-    #[arg(long, global = true)]
-    pub model: Option<PathBuf>,
-    /// Model cache folder (default: $NEOSCOPE_MODEL_DIR, else ~/.cache/neoscope/models).
-    #[arg(long, global = true)]
-    pub model_dir: Option<PathBuf>,
-    /// Device to run on.
-    #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
-    /// Print exactly one JSON object on stdout.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-/// Device choice on the command line.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DeviceArg {
-    /// CUDA if built with it and present, else CPU.
-    Auto,
-    /// CPU.
-    Cpu,
-    /// CUDA GPU 0.
-    Cuda,
 }
 
 /// Subcommands.
@@ -129,6 +105,17 @@ pub enum Cmd {
     /// The embedding space: 2-D projections and nearest neighbours.
     #[command(subcommand)]
     Embed(embed::EmbedCmd),
+    /// Run the engine in this process for other processes (`--engine ADDRESS`): prints the
+    /// address and the token clients must present, then serves until stopped.
+    Serve {
+        /// Address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: String,
+        /// The token clients must present (default: $NEOSCOPE_ENGINE_TOKEN, else a new
+        /// random one).
+        #[arg(long, env = "NEOSCOPE_ENGINE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 /// Demonstrations.
@@ -138,28 +125,22 @@ pub enum DemoCmd {
     PunVsLiteral(word::DemoArgs),
 }
 
-impl Global {
-    /// Engine options from the flags.
-    pub fn engine_options(&self) -> EngineOptions {
-        let mut o = EngineOptions::default();
-        if let Some(d) = &self.model_dir {
-            o.model_dir.clone_from(d);
-        }
-        o.device = match self.device {
-            DeviceArg::Auto => DeviceChoice::Auto,
-            DeviceArg::Cpu => DeviceChoice::Cpu,
-            DeviceArg::Cuda => DeviceChoice::Cuda,
-        };
-        o
-    }
-
-    /// The command that loads the chosen model.
-    pub fn load_command(&self) -> Command {
-        match &self.model {
-            Some(path) => Command::Load { path: path.clone() },
-            None => Command::LoadDefault,
-        }
-    }
+/// `neoscope serve`: prints where it listens and the token, then serves until killed.
+fn serve(g: &Global, listen: &str, token: Option<String>) -> Result<()> {
+    let token = token.unwrap_or_else(neoscope_engine::serve::new_token);
+    let json_mode = g.json;
+    let shown = token.clone();
+    neoscope_engine::serve::serve(g.engine_options(), listen, &token, move |addr| {
+        let text = format!(
+            "neoscope engine listening on {addr}\ntoken: {shown}\nconnect with: neoscope --engine {addr} (token in $NEOSCOPE_ENGINE_TOKEN)"
+        );
+        let _ = emit(
+            json_mode,
+            &json!({"address": addr.to_string(), "token": shown}),
+            &text,
+        );
+    })?;
+    Ok(())
 }
 
 /// Shows progress on stderr, one line per stage.
@@ -183,16 +164,16 @@ fn progress_to_stderr(ev: &Event) {
     }
 }
 
-fn call(engine: &mut EngineHandle, cmd: Command) -> Result<JobResult> {
+fn call<R: Reply>(engine: &mut EngineHandle, cmd: impl Into<Command>) -> Result<R> {
     call_with(engine, cmd, &mut progress_to_stderr)
 }
 
-fn call_with(
+fn call_with<R: Reply>(
     engine: &mut EngineHandle,
-    cmd: Command,
+    cmd: impl Into<Command>,
     on_event: &mut dyn FnMut(&Event),
-) -> Result<JobResult> {
-    engine.call(cmd, on_event).map_err(anyhow::Error::msg)
+) -> Result<R> {
+    Ok(engine.call(cmd, on_event)?)
 }
 
 fn emit(json_mode: bool, value: &serde_json::Value, text: &str) -> Result<()> {
@@ -207,29 +188,31 @@ fn emit(json_mode: bool, value: &serde_json::Value, text: &str) -> Result<()> {
 
 /// Runs one subcommand.
 pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
+    if let Cmd::Serve { listen, token } = &cmd {
+        return serve(g, listen, token.clone());
+    }
+    let mut engine = g.open_engine(std::sync::Arc::new(|| {}))?;
     if let Cmd::Inject(c) = &cmd
-        && inject::generate(g.json, c)?
+        && inject::generate(&mut engine, g.json, c)?
     {
         return Ok(());
     }
-    let mut engine =
-        EngineHandle::spawn(g.engine_options(), Box::new(|| {})).context("starting the engine")?;
     if let Cmd::Fetch = cmd {
-        let JobResult::Fetched { path } = call(&mut engine, Command::Fetch)? else {
+        let ModelResult::Fetched { path, sha256: sha } = call(&mut engine, ModelCommand::Fetch)?
+        else {
             bail!("unexpected engine reply");
         };
-        let sha = neoscope_engine::fetch::sha256_file(&path)?;
         return emit(
             g.json,
             &json!({"path": path, "sha256": sha}),
             &format!("default model ready at {} (SHA-256 {sha})", path.display()),
         );
     }
-    let JobResult::Loaded(info) = call(&mut engine, g.load_command())? else {
+    let ModelResult::Loaded(info) = call(&mut engine, g.load_command())? else {
         bail!("unexpected engine reply");
     };
     match cmd {
-        Cmd::Fetch => Ok(()),
+        Cmd::Fetch | Cmd::Serve { .. } => Ok(()),
         Cmd::Word(w) => word::run(&mut engine, g.json, w),
         Cmd::Lens(a) => lens::run(&mut engine, g.json, a),
         Cmd::Mfa(c) => mfa::run(&mut engine, g.json, info.dims.n_layers, c),
@@ -266,8 +249,8 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
             emit(g.json, &v, &text)
         }
         Cmd::Tokenize { chat, text } => {
-            let JobResult::Tokens { ids, pieces } =
-                call(&mut engine, Command::Tokenize { text, chat })?
+            let TextResult::Tokens { ids, pieces } =
+                call(&mut engine, TextCommand::Tokenize { text, chat })?
             else {
                 bail!("unexpected engine reply");
             };
@@ -283,9 +266,9 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
             )
         }
         Cmd::Logits { top_k, chat, text } => {
-            let JobResult::NextToken { ids, top } = call(
+            let TextResult::NextToken { ids, top } = call(
                 &mut engine,
-                Command::NextToken {
+                TextCommand::NextToken {
                     text,
                     chat,
                     top_k,
@@ -328,7 +311,7 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
                 _ => Sampling::GREEDY,
             };
             let json_mode = g.json;
-            let id = engine.send(Command::Generate {
+            let id = engine.send(TextCommand::Generate {
                 text,
                 chat,
                 max_new_tokens,
@@ -342,7 +325,9 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
                         let _ = std::io::stdout().flush();
                     }
                     Some(Event::Finished { id: i, result }) if i == id => {
-                        let JobResult::Generated { new_ids, text, .. } = *result else {
+                        let Some(TextResult::Generated { new_ids, text, .. }) =
+                            TextResult::from_result(result)
+                        else {
                             bail!("unexpected engine reply");
                         };
                         if json_mode {

@@ -1,15 +1,17 @@
 //! `neoscope word …` and `neoscope demo pun-vs-literal`: new words from the command line.
 
+use neoscope_api::words::WordCommand;
+use neoscope_api::words::WordResult;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
-use neoscope_engine::api::{Command, JobResult};
-use neoscope_engine::sampling::Sampling;
-use neoscope_engine::words::analysis::{CompareConfig, WordReport, default_definition_prompts};
-use neoscope_engine::words::dataset::{self, Example};
-use neoscope_engine::words::train::{Loss, StopReason, TrainConfig};
-use neoscope_engine::words::{Init, Injection};
+use neoscope_api::JobResult;
+use neoscope_api::dataset::{self, Example};
+use neoscope_api::text::Sampling;
+use neoscope_api::words::{CompareConfig, WordReport, default_definition_prompts};
+use neoscope_api::words::{Init, Injection};
+use neoscope_api::words::{Loss, StopReason, TrainConfig};
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
@@ -220,7 +222,7 @@ fn pairs(examples: &[Example]) -> Vec<(String, String)> {
 
 fn load_words(engine: &mut EngineHandle, files: &[PathBuf]) -> Result<()> {
     for f in files {
-        call(engine, Command::LoadWords { path: f.clone() })?;
+        call::<JobResult>(engine, WordCommand::Load { path: f.clone() })?;
     }
     Ok(())
 }
@@ -233,29 +235,29 @@ fn train_word(
 ) -> Result<serde_json::Value> {
     let data = read_dataset(&a.data)?;
     let injection = a.layer.map_or(Injection::Embedding, Injection::ResidPre);
-    call(
+    call::<JobResult>(
         engine,
-        Command::CreateWord {
+        WordCommand::Create {
             name: a.name.clone(),
             init: a.init(),
             injection,
         },
     )?;
     let n = data.len();
-    let JobResult::Trained {
+    let WordResult::Trained {
         losses,
         epoch_losses,
         stop,
         words,
     } = super::call_with(
         engine,
-        Command::TrainWords {
+        WordCommand::Train {
             names: vec![a.name.clone()],
             data,
             config: a.config(),
         },
         &mut |ev| {
-            if let neoscope_engine::api::Event::TrainStep { step, .. } = ev
+            if let neoscope_api::Event::TrainStep { step, .. } = ev
                 && (!json_mode || step.step == step.total_steps)
             {
                 eprint!(
@@ -272,9 +274,9 @@ fn train_word(
     if let StopReason::Diverged(msg) = &stop {
         eprintln!("warning: {msg}");
     }
-    let JobResult::Saved { path } = call(
+    let WordResult::Saved { path } = call(
         engine,
-        Command::SaveWords {
+        WordCommand::Save {
             names: vec![a.name.clone()],
             path: a.out.clone(),
         },
@@ -334,9 +336,9 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
             } else {
                 prompts.into_iter().map(|p| (p, chat)).collect()
             };
-            let JobResult::Definitions(defs) = call(
+            let WordResult::Definitions(defs) = call(
                 engine,
-                Command::DefineWord {
+                WordCommand::Define {
                     name,
                     prompts,
                     max_new_tokens,
@@ -373,12 +375,12 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
             out,
         } => {
             load_words(engine, &files)?;
-            let JobResult::Neighbors {
+            let WordResult::Neighbors {
                 nearest,
                 similarities,
             } = call(
                 engine,
-                Command::Neighbors {
+                WordCommand::Neighbors {
                     expr: expr.clone(),
                     k,
                     others: similar,
@@ -390,9 +392,9 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
             };
             let saved = match (save_as, out) {
                 (Some(name), Some(path)) => {
-                    let JobResult::Saved { path } = call(
+                    let WordResult::Saved { path } = call(
                         engine,
-                        Command::SaveWords {
+                        WordCommand::Save {
                             names: vec![name],
                             path,
                         },
@@ -431,9 +433,9 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
             max_new_tokens,
         } => {
             load_words(engine, &files)?;
-            let JobResult::Steering(s) = call(
+            let WordResult::Steering(s) = call(
                 engine,
-                Command::Steer {
+                WordCommand::Steer {
                     name,
                     prompt,
                     baseline,
@@ -458,9 +460,9 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
             let text = match text {
                 Some(t) => t,
                 None => {
-                    let JobResult::Definitions(d) = call(
+                    let WordResult::Definitions(d) = call(
                         engine,
-                        Command::DefineWord {
+                        WordCommand::Define {
                             name: name.clone(),
                             prompts: vec![("The word {w} means".into(), false)],
                             max_new_tokens: 12,
@@ -473,9 +475,9 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
                     d.first().map(|d| d.text.clone()).unwrap_or_default()
                 }
             };
-            let JobResult::Evaluation(e) = call(
+            let WordResult::Evaluation(e) = call(
                 engine,
-                Command::Evaluate {
+                WordCommand::Evaluate {
                     name,
                     heldout: pairs,
                     text,
@@ -524,9 +526,9 @@ fn compare_words(
     b: &str,
     heldout: Vec<(String, Vec<(String, String)>)>,
 ) -> Result<[WordReport; 2]> {
-    let JobResult::Comparison(r) = call(
+    let WordResult::Comparison(r) = call(
         engine,
-        Command::Compare {
+        WordCommand::Compare {
             a: a.into(),
             b: b.into(),
             heldout,
@@ -539,8 +541,8 @@ fn compare_words(
     Ok(*r)
 }
 
-fn steering_text(s: &neoscope_engine::words::analysis::Steering) -> String {
-    let list = |v: &[neoscope_engine::words::analysis::LogitShift]| {
+fn steering_text(s: &neoscope_api::words::Steering) -> String {
+    let list = |v: &[neoscope_api::words::LogitShift]| {
         v.iter()
             .map(|x| format!("{:?} {:+.2}", x.text, x.delta))
             .collect::<Vec<_>>()

@@ -3,8 +3,9 @@
 //! The comparison can be exported as JSON.
 
 use egui_plot::{Bar, BarChart, Plot};
-use neoscope_engine::api::{Command, RequestId};
-use neoscope_engine::words::analysis::{CompareConfig, LogitShift, WordReport};
+use neoscope_api::RequestId;
+use neoscope_api::words::WordCommand;
+use neoscope_api::words::{CompareConfig, LogitShift, WordReport};
 
 use super::dialogs::{Mode, Pending};
 use super::words_panel::loss_plot;
@@ -56,7 +57,7 @@ pub fn start(app: &mut NeoApp) {
             return;
         }
     };
-    let cmd = Command::Compare {
+    let cmd = WordCommand::Compare {
         a: c.a.clone(),
         b: c.b.clone(),
         heldout,
@@ -75,7 +76,7 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             let written = serde_json::to_vec_pretty(&**r)
                 .map_err(|e| e.to_string())
                 .and_then(|bytes| {
-                    neoscope_engine::words::file::write_atomic(&path.with_extension("json"), &bytes)
+                    neoscope_api::files::write_atomic(&path.with_extension("json"), &bytes)
                         .map_err(|e| e.to_string())
                 });
             if let Err(e) = written {

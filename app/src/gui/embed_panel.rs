@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use egui::Color32;
 use egui_plot::{Plot, PlotPoint, PlotPoints, Points};
-use neoscope_engine::api::{Command, RequestId};
-use neoscope_engine::embed::project::{BaseSelection, Method, PointKind, Projection};
-use neoscope_engine::embed::tsne::TsneConfig;
-use neoscope_engine::inject::messages::{EmbedCommand, Hit};
+use neoscope_api::embed::TsneConfig;
+use neoscope_api::embed::{BaseSelection, Method, PointKind, Projection};
+use neoscope_api::embed::{EmbedCommand, Hit};
+use neoscope_api::{Command, RequestId};
 
 use super::{JobView, NeoApp, Owner};
 

@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 
-use neoscope_engine::api::Command;
-use neoscope_engine::inject::init::InitKind;
-use neoscope_engine::inject::messages::{InjectCommand, LexiconCounts, TextSource};
-use neoscope_engine::inject::report::GeometryReport;
-use neoscope_engine::inject::train::InjectConfig;
+use neoscope_api::Command;
+use neoscope_api::inject::GeometryReport;
+use neoscope_api::inject::InitKind;
+use neoscope_api::inject::InjectConfig;
+use neoscope_api::inject::{InjectCommand, LexiconCounts, TextSource};
 
 use super::dialogs::{Mode, Pending};
 use super::{JobView, NeoApp, Owner};
@@ -71,7 +71,7 @@ impl Default for InjectPanel {
             lexicon: None,
             morphemes: None,
             corpus: Vec::new(),
-            config: crate::cli::inject::demo_config(crate::cli::inject::DEMO_STEPS),
+            config: crate::assets::demo_config(crate::assets::DEMO_STEPS),
             dir: format!("neoscope-runs/inject-{t}"),
             counts: None,
             job: None,
@@ -184,7 +184,7 @@ fn handle_dialog(app: &mut NeoApp) {
 }
 
 fn save(app: &mut NeoApp, path: &std::path::Path, bytes: Result<Option<Vec<u8>>, String>) {
-    match bytes.map(|b| b.map(|b| neoscope_engine::words::file::write_atomic(path, &b))) {
+    match bytes.map(|b| b.map(|b| neoscope_api::files::write_atomic(path, &b))) {
         Ok(Some(Ok(()))) => app.notice = Some(format!("Saved {}", path.display())),
         Ok(Some(Err(e))) => app.error = Some(e.to_string()),
         Ok(None) => {}

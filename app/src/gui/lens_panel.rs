@@ -5,11 +5,12 @@
 
 use egui::{Color32, Rect, Sense, Stroke, pos2, vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
-use neoscope_engine::api::{Command, RequestId};
-use neoscope_engine::hooks::HookSpec;
-use neoscope_engine::lens::{LensCell, LensKind, LensResult};
-use neoscope_engine::steer::Steer;
-use neoscope_engine::tuned::{TunedConfig, TunedReport};
+use neoscope_api::RequestId;
+use neoscope_api::hooks::HookSpec;
+use neoscope_api::lens::LensCommand;
+use neoscope_api::lens::{LensCell, LensKind, LensResult};
+use neoscope_api::lens::{TunedConfig, TunedReport};
+use neoscope_api::steer::Steer;
 
 use super::dialogs::{Mode, Pending};
 use super::{JobView, NeoApp, Owner};
@@ -158,7 +159,7 @@ pub fn start(app: &mut NeoApp) {
     } else {
         vec![p.target.clone()]
     };
-    let cmd = Command::Lens {
+    let cmd = LensCommand::Run {
         prompts,
         chat: p.chat,
         lens: p.lens,
@@ -179,7 +180,7 @@ fn handle_dialog(app: &mut NeoApp) {
     let (path, bytes) = match what {
         Export::Csv => (
             path.with_extension("csv"),
-            crate::cli::lens::cells_csv(&app.lens.results).into_bytes(),
+            neoscope_api::lens::cells_csv(&app.lens.results).into_bytes(),
         ),
         Export::Json => match serde_json::to_vec_pretty(&app.lens.results) {
             Ok(b) => (path.with_extension("json"), b),
@@ -189,7 +190,7 @@ fn handle_dialog(app: &mut NeoApp) {
             }
         },
     };
-    if let Err(e) = neoscope_engine::words::file::write_atomic(&path, &bytes) {
+    if let Err(e) = neoscope_api::files::write_atomic(&path, &bytes) {
         app.error = Some(e.to_string());
     }
 }
@@ -291,8 +292,8 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
                     .on_hover_text("Per-layer affine translators trained on the shipped corpus")
                     .clicked()
                 {
-                    let cmd = Command::TrainTunedLens {
-                        corpus: crate::cli::lens::CORPUS.to_owned(),
+                    let cmd = LensCommand::TrainTuned {
+                        corpus: crate::assets::CORPUS.to_owned(),
                         config: TunedConfig::default(),
                     };
                     if let Some(id) = app.send(cmd, Owner::Tuned) {

@@ -4,12 +4,12 @@
 
 use egui::text::LayoutJob;
 use egui::{Color32, TextFormat};
-use neoscope_engine::api::{Command, RequestId};
-use neoscope_engine::hooks::HookPoint;
-use neoscope_engine::mfa::interpret::{ComponentInfo, Context};
-use neoscope_engine::mfa::messages::{MfaCommand, SubspacePoint};
-use neoscope_engine::mfa::steer::SteerReport;
-use neoscope_engine::mfa::train::{InitKind, MfaConfig, MfaEpoch, MfaReport};
+use neoscope_api::hooks::HookPoint;
+use neoscope_api::mfa::SteerReport;
+use neoscope_api::mfa::{ComponentInfo, Context};
+use neoscope_api::mfa::{InitKind, MfaConfig, MfaEpoch, MfaReport};
+use neoscope_api::mfa::{MfaCommand, SubspacePoint};
+use neoscope_api::{Command, RequestId};
 
 use super::dialogs::{Mode, Pending};
 use super::{JobView, NeoApp, Owner};
@@ -146,7 +146,7 @@ pub fn collect(app: &mut NeoApp) {
     let p = &app.mfa;
     let mut texts: Vec<String> = Vec::new();
     if p.shipped {
-        texts.push(crate::cli::lens::CORPUS.to_owned());
+        texts.push(crate::assets::CORPUS.to_owned());
     }
     for f in &p.texts {
         match std::fs::read_to_string(f) {
@@ -224,7 +224,7 @@ fn handle_dialog(app: &mut NeoApp) {
     app.mfa.dialog = None;
     let Some(path) = answer else { return };
     let write = |app: &mut NeoApp, path: std::path::PathBuf, bytes: Vec<u8>| {
-        match neoscope_engine::words::file::write_atomic(&path, &bytes) {
+        match neoscope_api::files::write_atomic(&path, &bytes) {
             Ok(()) => app.notice = Some(format!("Saved {}", path.display())),
             Err(e) => app.error = Some(e.to_string()),
         }

@@ -2,10 +2,10 @@
 //! promoted/suppressed bar chart, steered and plain generations side by side).
 
 use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints, Points};
-use neoscope_engine::api::Command;
-use neoscope_engine::mfa::messages::{MfaCommand, SteerPositions};
-use neoscope_engine::mfa::train::MfaEpoch;
-use neoscope_engine::steer::Steer;
+use neoscope_api::Command;
+use neoscope_api::mfa::MfaEpoch;
+use neoscope_api::mfa::{MfaCommand, SteerPositions};
+use neoscope_api::steer::Steer;
 
 use super::{NeoApp, Owner};
 

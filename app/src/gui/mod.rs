@@ -14,15 +14,20 @@ pub mod playground;
 pub mod png_export;
 pub mod words_panel;
 
+use neoscope_api::lens::LensOutput;
+use neoscope_api::model::ModelResult;
+use neoscope_api::text::TextResult;
+use neoscope_api::words::WordResult;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use neoscope_engine::api::{Command, Event, JobResult, RequestId};
-use neoscope_engine::inject::messages::{EmbedResult, InjectResult};
-use neoscope_engine::inject::train::{InjectEvent, Stopped};
-use neoscope_engine::mfa::messages::MfaResult;
-use neoscope_engine::model::ModelInfo;
-use neoscope_engine::words::train::StopReason;
+use neoscope_api::embed::EmbedResult;
+use neoscope_api::inject::InjectResult;
+use neoscope_api::inject::{InjectEvent, Stopped};
+use neoscope_api::mfa::MfaResult;
+use neoscope_api::model::ModelInfo;
+use neoscope_api::words::StopReason;
+use neoscope_api::{Command, Event, JobResult, RequestId};
 use neoscope_engine::worker::{EngineHandle, EngineOptions, Waker};
 
 pub use compare_panel::ComparePanel;
@@ -30,11 +35,11 @@ pub use model_panel::ModelPanel;
 pub use playground::Playground;
 pub use words_panel::WordsPanel;
 
-use crate::cli::Global;
+use crate::options::Global;
 
 /// Opens the app window.
 pub fn run(g: &Global) -> anyhow::Result<()> {
-    let engine_opts = g.engine_options();
+    let g = g.clone();
     let load = g.load_command();
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -49,8 +54,9 @@ pub fn run(g: &Global) -> anyhow::Result<()> {
         options,
         Box::new(move |cc| {
             let ctx = cc.egui_ctx.clone();
-            let waker: Waker = Box::new(move || ctx.request_repaint());
-            let mut app = NeoApp::new(engine_opts, waker);
+            let waker: Waker = std::sync::Arc::new(move || ctx.request_repaint());
+            let model_dir = g.engine_options().model_dir;
+            let mut app = NeoApp::with_engine(g.open_engine(waker), model_dir);
             app.send(load, Owner::Model);
             Ok(Box::new(app))
         }),
@@ -165,7 +171,18 @@ impl NeoApp {
     /// Starts the engine thread; a failure to start is shown in the app, not a panic.
     pub fn new(opts: EngineOptions, waker: Waker) -> Self {
         let model_dir = opts.model_dir.clone();
-        let (engine, device, error) = match EngineHandle::spawn(opts, waker) {
+        Self::with_engine(
+            EngineHandle::spawn(opts, waker).map_err(Into::into),
+            model_dir,
+        )
+    }
+
+    /// The app on an engine already started or connected (or the reason it could not be).
+    pub fn with_engine(
+        engine: anyhow::Result<EngineHandle>,
+        model_dir: std::path::PathBuf,
+    ) -> Self {
+        let (engine, device, error) = match engine {
             Ok(h) => {
                 let d = h.device.clone();
                 (Some(h), d, None)
@@ -173,7 +190,7 @@ impl NeoApp {
             Err(e) => (
                 None,
                 "none".into(),
-                Some(format!("The engine could not start: {e}")),
+                Some(format!("The engine could not start: {e:#}")),
             ),
         };
         Self {
@@ -202,7 +219,7 @@ impl NeoApp {
     }
 
     /// Sends a command on behalf of `owner`.
-    pub fn send(&mut self, cmd: Command, owner: Owner) -> Option<RequestId> {
+    pub fn send(&mut self, cmd: impl Into<Command>, owner: Owner) -> Option<RequestId> {
         let engine = self.engine.as_mut()?;
         let id = engine.send(cmd);
         self.pending.insert(id, owner);
@@ -247,6 +264,11 @@ impl NeoApp {
     fn handle(&mut self, ev: Event) {
         let Some(id) = ev.request_id() else { return };
         let Some(owner) = self.pending.get(&id).copied() else {
+            if let Event::Failed { error, .. } = ev {
+                // Not a request's answer: the engine connection itself failed.
+                self.error = Some(error.message);
+                self.pending.clear();
+            }
             return;
         };
         match ev {
@@ -277,11 +299,9 @@ impl NeoApp {
             }
             Event::Finished { result, .. } => {
                 self.pending.remove(&id);
-                self.finished(owner, *result);
+                self.finished(result);
             }
-            Event::Failed {
-                error, cancelled, ..
-            } => {
+            Event::Failed { error, .. } => {
                 self.pending.remove(&id);
                 match owner {
                     Owner::Model => self.model.job = None,
@@ -301,47 +321,84 @@ impl NeoApp {
                     Owner::EmbedNeighbors => self.embed.neighbors_running = None,
                     Owner::Inject => self.inject.job = None,
                 }
-                if !cancelled {
-                    self.error = Some(error);
+                if !error.is_cancelled() {
+                    self.error = Some(error.message);
                 }
             }
         }
     }
 
-    fn finished(&mut self, owner: Owner, result: JobResult) {
-        match (owner, result) {
-            (Owner::Model, JobResult::Loaded(info)) => {
-                self.model.job = None;
-                self.model.info = Some(info);
-                self.error = None;
-            }
-            (Owner::Model, JobResult::Fetched { path }) => {
-                self.model.job = None;
-                self.model.fetched = Some(path);
-            }
-            (Owner::Generate, JobResult::Generated { new_ids, text, .. }) => {
-                self.playground.generating = None;
-                self.playground.output = text;
-                self.playground.new_tokens = new_ids.len();
-            }
-            (Owner::NextToken, JobResult::NextToken { ids, top }) => {
-                self.playground.predicting = None;
-                self.playground.prompt_tokens = ids.len();
-                self.playground.top = top;
-            }
-            (Owner::Words, JobResult::Words(words)) => self.words.words = words,
-            (Owner::Words, JobResult::Saved { path }) => {
+    fn finished(&mut self, result: JobResult) {
+        match result {
+            JobResult::Model(r) => match *r {
+                ModelResult::Loaded(info) => {
+                    self.model.job = None;
+                    self.model.info = Some(info);
+                    self.error = None;
+                }
+                ModelResult::Fetched { path, .. } => {
+                    self.model.job = None;
+                    self.model.fetched = Some(path);
+                }
+            },
+            JobResult::Text(r) => match *r {
+                TextResult::Generated { new_ids, text, .. } => {
+                    self.playground.generating = None;
+                    self.playground.output = text;
+                    self.playground.new_tokens = new_ids.len();
+                }
+                TextResult::NextToken { ids, top } => {
+                    self.playground.predicting = None;
+                    self.playground.prompt_tokens = ids.len();
+                    self.playground.top = top;
+                }
+                TextResult::Tokens { .. } => {}
+            },
+            JobResult::Words(r) => self.words_finished(*r),
+            JobResult::Lens(r) => match *r {
+                LensOutput::Runs(results) => {
+                    self.lens.running = None;
+                    self.lens.shown = self.lens.shown.min(results.len().saturating_sub(1));
+                    self.lens.results = results;
+                }
+                LensOutput::Tuned(report) => {
+                    self.lens.training = None;
+                    self.lens.tuned_ready = true;
+                    self.lens.report = report;
+                }
+                LensOutput::TunedSaved { path } => {
+                    self.notice = Some(format!("Saved {}", path.display()));
+                }
+            },
+            JobResult::Mfa(r) => self.mfa_finished(*r),
+            JobResult::Embed(r) => match *r {
+                EmbedResult::Projection(p) => {
+                    self.embed.job = None;
+                    embed_panel::set_projection(&mut self.embed, *p);
+                }
+                EmbedResult::Neighbors { hits, .. } => {
+                    self.embed.neighbors_running = None;
+                    let label = std::mem::take(&mut self.embed.neighbors_label);
+                    self.embed.neighbors = Some((label, hits));
+                }
+            },
+            JobResult::Inject(r) => self.inject_finished(*r),
+            JobResult::Bench(_) => {}
+        }
+    }
+
+    fn words_finished(&mut self, r: WordResult) {
+        match r {
+            WordResult::List(words) => self.words.words = words,
+            WordResult::Saved { path } => {
                 self.notice = Some(format!("Saved {}", path.display()));
             }
-            (
-                Owner::Train,
-                JobResult::Trained {
-                    losses,
-                    epoch_losses,
-                    stop,
-                    words,
-                },
-            ) => {
+            WordResult::Trained {
+                losses,
+                epoch_losses,
+                stop,
+                words,
+            } => {
                 self.words.training = None;
                 self.words.live = losses;
                 self.words.words = words;
@@ -355,45 +412,21 @@ impl NeoApp {
                     StopReason::Diverged(msg) => msg,
                 });
             }
-            (Owner::Evaluate, JobResult::Evaluation(r)) => {
+            WordResult::Evaluation(r) => {
                 self.words.evaluating = None;
                 let set = self.words.heldout_set.clone();
                 self.words.plugins.push((set, r));
             }
-            (Owner::Define, JobResult::Definitions(defs)) => {
+            WordResult::Definitions(defs) => {
                 self.words.defining = None;
                 self.words.definitions = defs;
             }
-            (Owner::Lens, JobResult::Lens(results)) => {
-                self.lens.running = None;
-                self.lens.shown = self.lens.shown.min(results.len().saturating_sub(1));
-                self.lens.results = results;
-            }
-            (Owner::Tuned, JobResult::TunedLens(report)) => {
-                self.lens.training = None;
-                self.lens.tuned_ready = true;
-                self.lens.report = report;
-            }
-            (Owner::Compare, JobResult::Comparison(r)) => {
+            WordResult::Comparison(r) => {
                 self.compare.running = None;
                 self.compare.result = Some(r);
             }
-            (Owner::Mfa | Owner::MfaSubspace | Owner::MfaSteer, JobResult::Mfa(r)) => {
-                self.mfa_finished(*r)
-            }
-            (Owner::Embed | Owner::EmbedNeighbors, JobResult::Embed(r)) => match *r {
-                EmbedResult::Projection(p) => {
-                    self.embed.job = None;
-                    embed_panel::set_projection(&mut self.embed, *p);
-                }
-                EmbedResult::Neighbors { hits, .. } => {
-                    self.embed.neighbors_running = None;
-                    let label = std::mem::take(&mut self.embed.neighbors_label);
-                    self.embed.neighbors = Some((label, hits));
-                }
-            },
-            (Owner::Inject, JobResult::Inject(r)) => self.inject_finished(*r),
-            (_, other) => self.error = Some(format!("unexpected engine reply: {other:?}")),
+            // Neighbours and steering are asked for by the CLI, not by a panel.
+            WordResult::Neighbors { .. } | WordResult::Steering(_) => {}
         }
     }
 
@@ -432,6 +465,12 @@ impl NeoApp {
                 self.inject.run = Some(dir);
                 // Projections now include the new rows: refresh on the next Project.
                 self.embed.neighbors = None;
+            }
+            InjectResult::Synthesized { out_dir, .. } => {
+                self.notice = Some(format!(
+                    "Wrote a synthetic lexicon to {}",
+                    out_dir.display()
+                ));
             }
             InjectResult::Report { html, report } => {
                 self.notice = Some(format!("Report written to {}", html.display()));

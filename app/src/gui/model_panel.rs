@@ -1,10 +1,10 @@
 //! The Model panel: fetch progress, load a model (default, file dialog or path), model info.
 
+use neoscope_api::model::ModelCommand;
 use std::path::PathBuf;
 
-use neoscope_engine::api::Command;
-use neoscope_engine::fetch::DEFAULT_MODEL_PACKAGE;
-use neoscope_engine::model::ModelInfo;
+use neoscope_api::model::DEFAULT_MODEL_PACKAGE;
+use neoscope_api::model::ModelInfo;
 
 use super::{JobView, NeoApp, Owner, dialogs};
 
@@ -31,7 +31,7 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
         app.model.dialog = None;
         if let Some(path) = picked {
             app.model.path_input = path.display().to_string();
-            app.send(Command::Load { path }, Owner::Model);
+            app.send(ModelCommand::Load { path }, Owner::Model);
         }
     }
     ui.heading("Model");
@@ -62,7 +62,7 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             ))
             .clicked()
         {
-            app.send(Command::LoadDefault, Owner::Model);
+            app.send(ModelCommand::LoadDefault, Owner::Model);
         }
         if ui
             .add_enabled(
@@ -92,7 +92,7 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             .add_enabled(!busy && !path.is_empty(), egui::Button::new("Load"))
             .clicked()
         {
-            app.send(Command::Load { path: path.into() }, Owner::Model);
+            app.send(ModelCommand::Load { path: path.into() }, Owner::Model);
         }
     });
     ui.weak(format!("Model cache: {}", app.model_dir.display()));

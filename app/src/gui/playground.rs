@@ -1,9 +1,10 @@
 //! The Playground panel: a prompt, chat or plain mode, sampling settings, streamed generation
 //! with a stop button, and the next-token top-k table.
 
-use neoscope_engine::api::{Command, RequestId};
-use neoscope_engine::hooks::HookSpec;
-use neoscope_engine::sampling::{Sampling, TokenScore};
+use neoscope_api::RequestId;
+use neoscope_api::hooks::HookSpec;
+use neoscope_api::text::TextCommand;
+use neoscope_api::text::{Sampling, TokenScore};
 
 use super::{NeoApp, Owner};
 
@@ -77,14 +78,14 @@ impl Playground {
 /// Starts a generation and a next-token prediction for the current prompt.
 pub fn start(app: &mut NeoApp) {
     let p = &app.playground;
-    let gen_cmd = Command::Generate {
+    let gen_cmd = TextCommand::Generate {
         text: p.prompt.clone(),
         chat: p.chat,
         max_new_tokens: p.max_new_tokens,
         sampling: p.sampling(),
         hooks: HookSpec::default(),
     };
-    let next_cmd = Command::NextToken {
+    let next_cmd = TextCommand::NextToken {
         text: p.prompt.clone(),
         chat: p.chat,
         top_k: p.top_k,

@@ -79,7 +79,7 @@ pub fn write_png(img: &egui::ColorImage, path: &std::path::Path) -> Result<(), S
         image::ImageFormat::Png,
     )
     .map_err(|e| format!("encoding {}: {e}", path.display()))?;
-    neoscope_engine::words::file::write_atomic(path, &bytes).map_err(|e| e.to_string())
+    neoscope_api::files::write_atomic(path, &bytes).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -2,16 +2,18 @@
 //! export JSONL/CSV), pick loss, initialisation, injection point and hyperparameters, train
 //! with a live loss plot and a cancel button, save and load words, ask what a word means.
 
+use neoscope_api::words::WordCommand;
 use std::collections::HashMap;
 use std::path::Path;
 
 use egui_plot::{Legend, Line, Plot, PlotPoints};
-use neoscope_engine::api::{Command, RequestId, WordInfo};
-use neoscope_engine::sampling::Sampling;
-use neoscope_engine::words::analysis::{Definition, PlugIn, default_definition_prompts};
-use neoscope_engine::words::dataset::{self, Example};
-use neoscope_engine::words::train::{Loss, TrainConfig};
-use neoscope_engine::words::{Init, Injection};
+use neoscope_api::RequestId;
+use neoscope_api::dataset::{self, Example};
+use neoscope_api::text::Sampling;
+use neoscope_api::words::WordInfo;
+use neoscope_api::words::{Definition, PlugIn, default_definition_prompts};
+use neoscope_api::words::{Init, Injection};
+use neoscope_api::words::{Loss, TrainConfig};
 
 use super::dialogs::{Mode, Pending};
 use super::{NeoApp, Owner};
@@ -199,7 +201,7 @@ pub fn start_training(app: &mut NeoApp) {
     p.total_steps = 0;
     p.last_result = None;
     app.words.training = app.send(
-        Command::TrainWords {
+        WordCommand::Train {
             names: vec![name],
             data,
             config,
@@ -225,7 +227,7 @@ fn create_word(app: &mut NeoApp) {
     app.words.selected = Some(name.clone());
     app.words.datasets.entry(name.clone()).or_default();
     app.send(
-        Command::CreateWord {
+        WordCommand::Create {
             name,
             init,
             injection,
@@ -242,7 +244,7 @@ fn handle_dialog(app: &mut NeoApp) {
     let Some(path) = answer else { return };
     let Some(name) = app.words.selected.clone() else {
         if action == FileAction::LoadWord {
-            app.send(Command::LoadWords { path }, Owner::Words);
+            app.send(WordCommand::Load { path }, Owner::Words);
         }
         return;
     };
@@ -264,7 +266,7 @@ fn handle_dialog(app: &mut NeoApp) {
         }
         FileAction::SaveWord => {
             app.send(
-                Command::SaveWords {
+                WordCommand::Save {
                     names: vec![name],
                     path,
                 },
@@ -272,12 +274,12 @@ fn handle_dialog(app: &mut NeoApp) {
             );
         }
         FileAction::LoadWord => {
-            app.send(Command::LoadWords { path }, Owner::Words);
+            app.send(WordCommand::Load { path }, Owner::Words);
         }
         FileAction::ExportLosses => {
             let csv = losses_csv(&app.words.live);
             let path = path.with_extension("csv");
-            if let Err(e) = neoscope_engine::words::file::write_atomic(&path, csv.as_bytes()) {
+            if let Err(e) = neoscope_api::files::write_atomic(&path, csv.as_bytes()) {
                 app.error = Some(e.to_string());
             }
         }
@@ -631,7 +633,7 @@ fn definitions(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
             app.words.definitions.clear();
             app.words.plugins.clear();
             app.words.defining = app.send(
-                Command::DefineWord {
+                WordCommand::Define {
                     name: name.to_owned(),
                     prompts: default_definition_prompts(chat),
                     max_new_tokens: 40,
@@ -708,7 +710,7 @@ fn start_plugin(app: &mut NeoApp, name: &str, text: String) {
         .map(|(p, t)| (p.replace("{w}", name), t))
         .collect();
     app.words.evaluating = app.send(
-        Command::Evaluate {
+        WordCommand::Evaluate {
             name: name.to_owned(),
             heldout,
             text,

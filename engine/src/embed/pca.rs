@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 use crate::error::{EngineError, Result};
-pub use neoscope_api::embed::{IsotropyKind};
+pub use neoscope_api::embed::IsotropyKind;
 
 /// A fitted PCA.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use super::neighbors::CosineIndex;
 use super::pca::Pca;
 use crate::error::{EngineError, Result};
-pub use neoscope_api::embed::{TsneConfig};
+pub use neoscope_api::embed::TsneConfig;
 
 /// Panic payload used to leave the crate's epoch loop when the user cancels (the crate's
 /// callback cannot stop the loop; `resume_unwind` skips the panic hook, so nothing is printed).

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::lexicon::{Affix, Morpheme};
-pub use neoscope_api::inject::{InitKind};
+pub use neoscope_api::inject::InitKind;
 
 /// A form split into prefix, root and suffix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

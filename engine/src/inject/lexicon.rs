@@ -3,7 +3,6 @@
 //! single token. Errors name the file, line and field.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 

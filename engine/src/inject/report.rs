@@ -16,7 +16,9 @@ use crate::embed::pca::{IsotropyKind, Pca, isotropy_mu};
 use crate::error::Result;
 use crate::model::LoadedModel;
 use crate::stats::{self};
-pub use neoscope_api::inject::{Drift, FormNeighbors, GeometryReport, Histogram, Isotropy, Norms, Pairwise, PcaDims};
+pub use neoscope_api::inject::{
+    Drift, FormNeighbors, GeometryReport, Histogram, Isotropy, Norms, Pairwise, PcaDims,
+};
 
 /// Format name of `report.json`.
 pub const FORMAT: &str = "neoscope-geometry-report";

@@ -10,7 +10,7 @@ use crate::infer::{GenerateOptions, generate, last_logits};
 use crate::model::LoadedModel;
 use crate::sampling::Sampling;
 use crate::words::analysis::LogitShift;
-pub use neoscope_api::mfa::{SteerReport};
+pub use neoscope_api::mfa::SteerReport;
 
 /// The interventions for component `k` with weight `alpha` and latent offset `z` (empty: none).
 pub fn interventions(

@@ -12,7 +12,7 @@ use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
 use crate::fetch::sha256_file;
 use crate::tokenizer::ModelTokenizer;
-pub use neoscope_api::model::{ModelInfo};
+pub use neoscope_api::model::ModelInfo;
 
 /// A model ready to run: weights, tokenizer, identity.
 #[derive(Debug, Clone)]

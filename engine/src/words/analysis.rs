@@ -3,14 +3,16 @@
 //! arithmetic, steering (logit differences and generations with and without the word), and a
 //! side-by-side comparison of two words.
 
-
 use super::train::{ScoredSeq, scored_seq, seq_logprobs};
 use super::{Word, prepare};
 use crate::error::{EngineError, Result};
 use crate::infer::{GenerateOptions, generate, last_logits};
 use crate::model::LoadedModel;
 use crate::sampling::{Sampling, top_indices};
-pub use neoscope_api::words::{CHAT_DEFINITION_PROMPT, CompareConfig, Definition, HeldoutSets, LogitShift, Neighbor, PLAIN_DEFINITION_PROMPTS, PlugIn, Steering, WordReport, default_definition_prompts};
+pub use neoscope_api::words::{
+    CHAT_DEFINITION_PROMPT, CompareConfig, Definition, HeldoutSets, LogitShift, Neighbor,
+    PLAIN_DEFINITION_PROMPTS, PlugIn, Steering, WordReport, default_definition_prompts,
+};
 
 fn generate_with(
     m: &LoadedModel,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use neoscope_api::wire::{self, ClientFrame, Hello, ServerFrame, WIRE_VERSION, Welcome};
-use neoscope_api::{ApiError, Command, ErrorKind, Event, JobResult, RequestId};
+use neoscope_api::{ApiError, Command, ErrorKind, Event, Reply, RequestId};
 
 use super::job::{CANCEL_ALL, Job};
 use super::{EngineOptions, Waker, Worker, select_device};
@@ -138,7 +138,11 @@ impl EngineHandle {
                 _ => serde_json::from_value::<Welcome>(v)
                     .map_err(|e| refused(format!("unexpected handshake from {address}: {e}")))?,
             },
-            None => return Err(refused(format!("the engine at {address} closed the connection"))),
+            None => {
+                return Err(refused(format!(
+                    "the engine at {address} closed the connection"
+                )));
+            }
         };
         if welcome.version != WIRE_VERSION {
             return Err(refused(format!(
@@ -164,7 +168,8 @@ impl EngineHandle {
     }
 
     /// Queues a command; returns its request id.
-    pub fn send(&mut self, cmd: Command) -> RequestId {
+    pub fn send(&mut self, cmd: impl Into<Command>) -> RequestId {
+        let cmd = cmd.into();
         let id = self.next_id;
         self.next_id += 1;
         match &self.link {
@@ -173,7 +178,10 @@ impl EngineHandle {
                 let _ = tx.send((id, cmd));
             }
             Link::Remote { writer, .. } => {
-                let frame = ClientFrame::Run { id, command: cmd };
+                let frame = ClientFrame::Run {
+                    id,
+                    command: Box::new(cmd),
+                };
                 if let Ok(mut w) = writer.lock() {
                     // A broken connection ends the reader thread, which reports it.
                     let _ = wire::write_frame(&mut *w, &frame);
@@ -211,15 +219,21 @@ impl EngineHandle {
     }
 
     /// Sends `cmd` and waits for its result, passing every other event to `on_event`.
-    pub fn call(
+    /// The result is asked for by type (`JobResult`, or one analysis's result type); a reply of
+    /// another type is an error.
+    pub fn call<R: Reply>(
         &mut self,
-        cmd: Command,
+        cmd: impl Into<Command>,
         on_event: &mut dyn FnMut(&Event),
-    ) -> std::result::Result<JobResult, ApiError> {
+    ) -> std::result::Result<R, ApiError> {
         let id = self.send(cmd);
         while let Some(ev) = self.recv() {
             match ev {
-                Event::Finished { id: i, result } if i == id => return Ok(result),
+                Event::Finished { id: i, result } if i == id => {
+                    return R::from_result(result).ok_or_else(|| {
+                        ApiError::new(ErrorKind::Internal, "unexpected reply from the engine")
+                    });
+                }
                 Event::Failed { id: i, error } if i == id => return Err(error),
                 other => on_event(&other),
             }
@@ -262,7 +276,7 @@ impl Drop for EngineHandle {
                 }
             }
             Link::Remote { writer, reader } => {
-                if let Ok(w) = writer.lock() {
+                if let Ok(w) = writer.get_mut() {
                     let _ = w.shutdown(std::net::Shutdown::Both);
                 }
                 if let Some(t) = reader.take() {

@@ -13,7 +13,7 @@ use neoscope_api::inject::{InjectCommand, InjectResult, LexiconCounts, TextSourc
 
 use super::Job;
 use crate::embed::neighbors::CosineIndex;
-use crate::embed::project::{SelectBase, PointKind, PointSet, project};
+use crate::embed::project::{PointKind, PointSet, SelectBase, project};
 use crate::error::{EngineError, Result};
 use crate::inject::lexicon::{Affix, parse_lexicon, parse_morphemes, sort_forms};
 use crate::inject::report;
@@ -52,7 +52,10 @@ impl Worker {
             None => Vec::new(),
         };
         sources.extend(corpus.iter().map(|c| format!("corpus: {}", c.name())));
-        let texts: Vec<String> = corpus.iter().map(TextSource::load).collect::<std::result::Result<_, _>>()?;
+        let texts: Vec<String> = corpus
+            .iter()
+            .map(TextSource::load)
+            .collect::<std::result::Result<_, _>>()?;
         if texts.iter().all(|t| t.trim().is_empty()) {
             return Err(EngineError::Invalid(
                 "the corpus is empty: add a text file".into(),
@@ -79,7 +82,10 @@ impl Worker {
         let stopped = session.train(m, &dir, &mut state, steps, &mut |ev| {
             match ev {
                 InjectEvent::Evaluating(f) => job.progress("validation", Some(f)),
-                other => job.emit(Event::InjectStep { id: job.id, event: other }),
+                other => job.emit(Event::InjectStep {
+                    id: job.id,
+                    event: other,
+                }),
             }
             !job.cancelled()
         })?;
@@ -114,11 +120,7 @@ impl Worker {
         res
     }
 
-    pub(super) fn execute_inject(
-        &mut self,
-        job: &Job,
-        cmd: InjectCommand,
-    ) -> Result<InjectResult> {
+    pub(super) fn execute_inject(&mut self, job: &Job, cmd: InjectCommand) -> Result<InjectResult> {
         match cmd {
             InjectCommand::Inspect {
                 lexicon,
@@ -146,19 +148,17 @@ impl Worker {
                         .count();
                     (p, inputs.morphemes.len() - p)
                 });
-                Ok(InjectResult::Counts(
-                    LexiconCounts {
-                        forms: inputs.forms.len(),
-                        new: sorted.new.len(),
-                        known: sorted.known.len(),
-                        known_examples: sorted.known.iter().take(8).cloned().collect(),
-                        new_examples: sorted.new.iter().take(8).cloned().collect(),
-                        morphemes,
-                        corpus_tokens: ids.len(),
-                        corpus_new_tokens: uses,
-                        forms_in_corpus: seen.iter().filter(|s| **s).count(),
-                    },
-                ))
+                Ok(InjectResult::Counts(LexiconCounts {
+                    forms: inputs.forms.len(),
+                    new: sorted.new.len(),
+                    known: sorted.known.len(),
+                    known_examples: sorted.known.iter().take(8).cloned().collect(),
+                    new_examples: sorted.new.iter().take(8).cloned().collect(),
+                    morphemes,
+                    corpus_tokens: ids.len(),
+                    corpus_new_tokens: uses,
+                    forms_in_corpus: seen.iter().filter(|s| **s).count(),
+                }))
             }
             InjectCommand::Start {
                 lexicon,
@@ -184,6 +184,36 @@ impl Worker {
                 let session = session::open(m, &dir)?;
                 let state = session.state(&dir)?;
                 Ok(self.keep_run(dir, session, state, None, None))
+            }
+            InjectCommand::Synthesize {
+                morphemes,
+                roots,
+                count,
+                sentences,
+                zipf_sentences,
+                seed,
+                out_dir,
+            } => {
+                let ms = parse_morphemes(&morphemes.load()?, &morphemes.name())?;
+                let roots: Vec<String> = roots
+                    .load()?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect();
+                let forms = crate::inject::synth::forms(&ms, &roots, count, seed)?;
+                let lines =
+                    crate::inject::synth::sentences(&forms, sentences, zipf_sentences, seed);
+                let lex: String = forms.iter().map(|(f, _)| format!("{f}\n")).collect();
+                let corpus: String = lines.iter().map(|l| format!("{l}\n")).collect();
+                neoscope_api::files::write_atomic(&out_dir.join("lexicon.txt"), lex.as_bytes())?;
+                neoscope_api::files::write_atomic(&out_dir.join("corpus.txt"), corpus.as_bytes())?;
+                Ok(InjectResult::Synthesized {
+                    forms: forms.len(),
+                    sentences: lines.len(),
+                    out_dir,
+                })
             }
             InjectCommand::Report { dir } => {
                 if let Some(d) = dir {
@@ -282,10 +312,7 @@ impl Worker {
                     })
                     .transpose()?
                     .unwrap_or_default();
-                Ok(EmbedResult::Neighbors {
-                    query,
-                    hits,
-                })
+                Ok(EmbedResult::Neighbors { query, hits })
             }
             EmbedCommand::Project {
                 base,
@@ -298,9 +325,7 @@ impl Worker {
                     job.progress(stage.to_owned(), Some(f));
                     !job.cancelled()
                 })?;
-                Ok(EmbedResult::Projection(
-                    Box::new(p),
-                ))
+                Ok(EmbedResult::Projection(Box::new(p)))
             }
         }
     }

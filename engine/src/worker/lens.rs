@@ -54,7 +54,10 @@ impl Worker {
                 let (lens, report) = crate::tuned::train(m, &corpus, &config, &mut |s| {
                     #[expect(clippy::cast_precision_loss, reason = "step counts")]
                     let f = s.step as f32 / s.total.max(1) as f32;
-                    job.progress(format!("tuned lens step {}/{} · KL {:.3}", s.step, s.total, s.loss), Some(f));
+                    job.progress(
+                        format!("tuned lens step {}/{} · KL {:.3}", s.step, s.total, s.loss),
+                        Some(f),
+                    );
                     !job.cancelled()
                 })?;
                 self.tuned = Some(TunedState {
@@ -69,7 +72,13 @@ impl Worker {
                 let t = self.tuned.as_ref().ok_or_else(|| {
                     EngineError::Invalid("no tuned lens to save: train one first".into())
                 })?;
-                let path = crate::tuned::save(&path, &t.lens, &m.info, t.config.as_ref(), t.report.as_ref())?;
+                let path = crate::tuned::save(
+                    &path,
+                    &t.lens,
+                    &m.info,
+                    t.config.as_ref(),
+                    t.report.as_ref(),
+                )?;
                 Ok(LensOutput::TunedSaved { path })
             }
             LensCommand::LoadTuned { path } => {

@@ -105,9 +105,10 @@ impl Worker {
                         crate::mfa::train::FitEvent::Stage(s, f) => {
                             job.progress(s.to_owned(), Some(f));
                         }
-                        crate::mfa::train::FitEvent::Epoch(e) => {
-                            job.emit(Event::MfaEpoch { id: job.id, epoch: e })
-                        }
+                        crate::mfa::train::FitEvent::Epoch(e) => job.emit(Event::MfaEpoch {
+                            id: job.id,
+                            epoch: e,
+                        }),
                     }
                     !job.cancelled()
                 })?;

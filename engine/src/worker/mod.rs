@@ -237,9 +237,11 @@ impl Worker {
 
     fn execute_model(&mut self, job: &Job, cmd: ModelCommand) -> Result<ModelResult> {
         match cmd {
-            ModelCommand::Fetch => Ok(ModelResult::Fetched {
-                path: self.fetch(job)?,
-            }),
+            ModelCommand::Fetch => {
+                let path = self.fetch(job)?;
+                let sha256 = crate::fetch::sha256_file(&path)?;
+                Ok(ModelResult::Fetched { path, sha256 })
+            }
             ModelCommand::LoadDefault => {
                 let path = self.fetch(job)?;
                 self.load(job, path)

@@ -217,7 +217,10 @@ impl Worker {
             std::path::Path::new("dataset"),
         )?;
         let outcome = train(m, &words, &data.examples, config, &mut |step| {
-            job.emit(Event::TrainStep { id: job.id, step: *step });
+            job.emit(Event::TrainStep {
+                id: job.id,
+                step: *step,
+            });
             !job.cancelled()
         })?;
         for (w, v) in words.into_iter().zip(&outcome.vectors) {

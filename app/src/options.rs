@@ -1,0 +1,88 @@
+//! Options shared by every front end (the app and each subcommand): which model, which
+//! device, which engine.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use neoscope_api::Command;
+use neoscope_api::model::ModelCommand;
+use neoscope_engine::worker::{DeviceChoice, EngineHandle, EngineOptions, Waker};
+
+/// Options shared by every front end.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// A `.gguf` file or Hugging Face model folder (default: SmolLM2-135M-Instruct, fetched on
+    /// first use).
+    #[arg(long, global = true)]
+    pub model: Option<PathBuf>,
+    /// Model cache folder (default: $NEOSCOPE_MODEL_DIR, else ~/.cache/neoscope/models).
+    #[arg(long, global = true)]
+    pub model_dir: Option<PathBuf>,
+    /// Device to run on.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Use the engine served by `neoscope serve` at HOST:PORT instead of one in this process.
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    pub engine: Option<String>,
+    /// The served engine's token (default: $NEOSCOPE_ENGINE_TOKEN).
+    #[arg(
+        long,
+        global = true,
+        env = "NEOSCOPE_ENGINE_TOKEN",
+        hide_env_values = true
+    )]
+    pub engine_token: Option<String>,
+}
+
+/// Device choice on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    /// CUDA if built with it and present, else CPU.
+    Auto,
+    /// CPU.
+    Cpu,
+    /// CUDA GPU 0.
+    Cuda,
+}
+
+impl Global {
+    /// Engine options from the flags.
+    pub fn engine_options(&self) -> EngineOptions {
+        let mut o = EngineOptions::default();
+        if let Some(d) = &self.model_dir {
+            o.model_dir.clone_from(d);
+        }
+        o.device = match self.device {
+            DeviceArg::Auto => DeviceChoice::Auto,
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Cuda => DeviceChoice::Cuda,
+        };
+        o
+    }
+
+    /// The engine: the served one when `--engine` is given, else a thread of this process.
+    pub fn open_engine(&self, waker: Waker) -> Result<EngineHandle> {
+        match &self.engine {
+            Some(addr) => {
+                let token = self.engine_token.as_deref().unwrap_or_default();
+                EngineHandle::connect(addr, token, waker)
+                    .with_context(|| format!("connecting to the engine at {addr}"))
+            }
+            None => {
+                EngineHandle::spawn(self.engine_options(), waker).context("starting the engine")
+            }
+        }
+    }
+
+    /// The command that loads the chosen model.
+    pub fn load_command(&self) -> Command {
+        match &self.model {
+            Some(path) => ModelCommand::Load { path: path.clone() }.into(),
+            None => ModelCommand::LoadDefault.into(),
+        }
+    }
+}
