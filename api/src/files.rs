@@ -24,3 +24,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> ApiResult<()> {
         .map_err(|e| ApiError::io(path, &e.error))?;
     Ok(())
 }
+
+/// The header every Neoscope artifact's JSON begins with: which format, which version of it,
+/// and the base model it belongs to. Artifact metadata structs embed it with `#[serde(flatten)]`,
+/// so the three fields sit at the top level of the JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Header {
+    /// Format name, e.g. `neoscope-words`.
+    pub format: String,
+    /// Format version.
+    pub version: u32,
+    /// The model the artifact was made for.
+    pub base_model: crate::model::BaseModel,
+}

@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::embed::IsotropyKind;
 use crate::error::{ApiError, ApiResult};
-use crate::model::BaseModel;
 
 /// Learning-rate shape after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,12 +243,9 @@ pub struct Pairwise {
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GeometryReport {
-    /// Format name.
-    pub format: String,
-    /// Version.
-    pub version: u32,
-    /// The base model.
-    pub base_model: BaseModel,
+    /// Format, version, base model.
+    #[serde(flatten)]
+    pub header: crate::files::Header,
     /// Base rows.
     pub n_base: usize,
     /// New rows.

@@ -35,6 +35,14 @@ pub enum EngineError {
     /// Obtaining the default model failed.
     #[error("fetching the default model failed: {0}")]
     Fetch(String),
+    /// A file the user gave (an artifact, a dataset, a word list) is malformed or does not fit.
+    #[error("{path}: {msg}")]
+    BadFile {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong with it (field, line, tensor).
+        msg: String,
+    },
     /// The request is invalid (bad argument, unknown hook point, …).
     #[error("{0}")]
     Invalid(String),
@@ -72,7 +80,7 @@ impl From<&EngineError> for ApiError {
             }
             EngineError::Tokenizer(_) => ErrorKind::Tokenizer,
             EngineError::Fetch(_) => ErrorKind::Fetch,
-            EngineError::Invalid(_) => ErrorKind::BadInput,
+            EngineError::Invalid(_) | EngineError::BadFile { .. } => ErrorKind::BadInput,
             EngineError::Cancelled => ErrorKind::Cancelled,
             EngineError::NoModel => ErrorKind::NoModel,
         };
@@ -86,6 +94,14 @@ impl EngineError {
         Self::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// A malformed or mismatched user file.
+    pub fn bad_file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Self::BadFile {
+            path: path.into(),
+            msg: msg.into(),
         }
     }
 

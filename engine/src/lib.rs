@@ -3,6 +3,7 @@
 //! the protocol crate `neoscope_api`, handled by the engine thread in [`worker`] (in process,
 //! or out of process through [`serve`]).
 
+pub mod artifact;
 pub mod bench;
 pub mod config;
 pub mod embed;

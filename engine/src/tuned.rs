@@ -4,26 +4,27 @@
 //! identity (the logit lens is exact there). Files: safetensors + JSON, refused for another
 //! model.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{D, DType, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::SeedableRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use serde::{Deserialize, Serialize};
 
+use crate::artifact::{self, BaseModel, Header, Kind};
 use crate::error::{EngineError, Result};
 use crate::hooks::{HookPoint, HookSpec};
 use crate::model::ops::{linear, log_softmax_last};
 use crate::model::{Batch, LoadedModel, ModelInfo, PadSide};
-use crate::words::file::{BaseModel, write_atomic};
 pub use neoscope_api::lens::{TunedConfig, TunedReport, TunedStep};
 
-/// Format name of tuned-lens files.
-pub const FORMAT: &str = "neoscope-tuned-lens";
-/// Current format version.
-pub const VERSION: u32 = 1;
+/// The tuned-lens artifact.
+pub const KIND: Kind = Kind {
+    format: "neoscope-tuned-lens",
+    version: 1,
+    what: "tuned lens",
+};
 
 /// Per-layer translators.
 #[derive(Debug, Clone)]
@@ -254,12 +255,9 @@ pub fn train(
 /// The JSON half of a tuned-lens file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TunedMeta {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// Format version.
-    pub version: u32,
-    /// The model it was trained for.
-    pub base_model: BaseModel,
+    /// Format, version, and the model it was trained for.
+    #[serde(flatten)]
+    pub header: Header,
     /// Layers.
     pub n_layers: usize,
     /// Training settings and results, if trained here.
@@ -276,55 +274,32 @@ pub fn save(
     config: Option<&TunedConfig>,
     report: Option<&TunedReport>,
 ) -> Result<PathBuf> {
-    let st = path.with_extension("safetensors");
-    let json = path.with_extension("json");
-    let mut t = HashMap::new();
+    let mut tensors = Vec::new();
     for (l, (a, b)) in lens.a.iter().zip(&lens.b).enumerate() {
-        t.insert(format!("a.{l}"), a.to_device(&Device::Cpu)?);
-        t.insert(format!("b.{l}"), b.to_device(&Device::Cpu)?);
+        tensors.push((format!("a.{l}"), a.clone()));
+        tensors.push((format!("b.{l}"), b.clone()));
     }
-    let bytes = safetensors::serialize(
-        t.iter().map(|(k, v)| (k.clone(), v)).collect::<Vec<_>>(),
-        None,
-    )
-    .map_err(|e| EngineError::Invalid(format!("serialising {}: {e}", st.display())))?;
-    write_atomic(&st, &bytes)?;
     let meta = TunedMeta {
-        format: FORMAT.into(),
-        version: VERSION,
-        base_model: BaseModel::of(info),
+        header: KIND.header(&BaseModel::of(info)),
         n_layers: lens.a.len(),
         config: config.cloned(),
         report: report.cloned(),
     };
-    let text = serde_json::to_vec_pretty(&meta).map_err(|e| EngineError::Invalid(e.to_string()))?;
-    write_atomic(&json, &text)?;
-    Ok(json)
+    artifact::save(path, &tensors, &meta)
 }
 
 /// Loads a tuned lens, refusing one made for another model.
 pub fn load(path: &Path, m: &LoadedModel) -> Result<(TunedLens, TunedMeta)> {
-    let st = path.with_extension("safetensors");
-    let json = path.with_extension("json");
-    let text = std::fs::read_to_string(&json).map_err(|e| EngineError::io(&json, e))?;
-    let meta: TunedMeta = serde_json::from_str(&text)
-        .map_err(|e| EngineError::Invalid(format!("{}: {e}", json.display())))?;
-    crate::words::file::check_header(&json, &meta.format, meta.version, FORMAT, VERSION)?;
-    crate::words::file::check_base(&json, &meta.base_model, &BaseModel::of(&m.info))?;
-    let t = candle_core::safetensors::load(&st, m.llama.device())
-        .map_err(|e| EngineError::Invalid(format!("{}: {e}", st.display())))?;
-    let get = |k: String| {
-        t.get(&k)
-            .cloned()
-            .ok_or_else(|| EngineError::Invalid(format!("{}: missing tensor {k}", st.display())))
-    };
+    let (meta, t): (TunedMeta, _) =
+        artifact::load(path, &KIND, &BaseModel::of(&m.info), m.llama.device())?;
     let n = m.llama.cfg.num_hidden_layers;
+    let d = m.info.dims.d_model;
     let lens = TunedLens {
         a: (0..n)
-            .map(|l| get(format!("a.{l}")))
+            .map(|l| t.get(&format!("a.{l}"), Some(&[d, d])))
             .collect::<Result<_>>()?,
         b: (0..n)
-            .map(|l| get(format!("b.{l}")))
+            .map(|l| t.get(&format!("b.{l}"), Some(&[d])))
             .collect::<Result<_>>()?,
     };
     Ok((lens, meta))

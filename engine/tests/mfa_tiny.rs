@@ -342,11 +342,9 @@ fn zero_steering_is_the_identity_and_files_round_trip() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let base = neoscope_engine::words::file::BaseModel::of(&model.info);
+    let base = neoscope_engine::artifact::BaseModel::of(&model.info);
     let meta = neoscope_engine::mfa::file::MfaMeta {
-        format: neoscope_engine::mfa::file::FORMAT.into(),
-        version: neoscope_engine::mfa::file::VERSION,
-        base_model: base.clone(),
+        header: neoscope_engine::mfa::file::KIND.header(&base),
         point,
         k: 3,
         d,
@@ -362,7 +360,7 @@ fn zero_steering_is_the_identity_and_files_round_trip() {
         mean_nll(&back, &x, 256).unwrap(),
         mean_nll(&m, &x, 256).unwrap()
     );
-    let other = neoscope_engine::words::file::BaseModel {
+    let other = neoscope_engine::artifact::BaseModel {
         sha256: "other".into(),
         ..base
     };

@@ -280,7 +280,7 @@ fn word_files_round_trip_exactly_and_refuse_another_model() {
     assert_eq!(words, vec![w1, w2]);
     assert_eq!(meta.losses, vec![3.0, 2.0]);
     assert_eq!(meta.training, Some(cfg));
-    assert_eq!(meta.version, file::VERSION);
+    assert_eq!(meta.header.version, file::KIND.version);
     // Only the two files: no temporary files left behind.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     let other = tiny_model(43, &Device::Cpu).unwrap();

@@ -3,7 +3,6 @@
 use neoscope_api::lens::LensCommand;
 use neoscope_api::lens::LensOutput;
 use neoscope_api::words::WordCommand;
-use neoscope_api::words::WordResult;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -150,7 +149,8 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()
             bail!("unexpected engine reply");
         };
         eprintln!();
-        let WordResult::Saved { path } = call(engine, LensCommand::SaveTuned { path: out })? else {
+        let LensOutput::TunedSaved { path } = call(engine, LensCommand::SaveTuned { path: out })?
+        else {
             bail!("unexpected engine reply");
         };
         let mut text = String::from("layer  logit-lens KL  tuned-lens KL (held-out)\n");

@@ -223,7 +223,7 @@ pub fn render(r: &GeometryReport) -> String {
          figcaption{{font-size:90%;color:#555}}</style></head><body>\
          <h1>Geometry report</h1><p>Base model <b>{}</b>: {} base rows; {} new rows \
          ({} lexicon forms were already single tokens); {} training steps.</p>",
-        esc(&r.base_model.name),
+        esc(&r.header.base_model.name),
         r.n_base,
         r.n_new,
         r.n_known,

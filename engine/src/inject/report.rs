@@ -20,10 +20,12 @@ pub use neoscope_api::inject::{
     Drift, FormNeighbors, GeometryReport, Histogram, Isotropy, Norms, Pairwise, PcaDims,
 };
 
-/// Format name of `report.json`.
-pub const FORMAT: &str = "neoscope-geometry-report";
-/// Version.
-pub const VERSION: u32 = 1;
+/// The geometry report (`report.json`; JSON only, no tensors).
+pub const KIND: crate::artifact::Kind = crate::artifact::Kind {
+    format: "neoscope-geometry-report",
+    version: 1,
+    what: "geometry report",
+};
 /// Pairs sampled per pairwise-cosine distribution.
 const PAIRS: usize = 20_000;
 /// Forms whose neighbours are listed.
@@ -246,9 +248,7 @@ pub fn compute(
     };
     step(progress, "done", 1.0)?;
     Ok(GeometryReport {
-        format: FORMAT.into(),
-        version: VERSION,
-        base_model: session.meta.base_model.clone(),
+        header: KIND.header(&session.meta.header.base_model),
         n_base,
         n_new,
         n_known: session.meta.known.len(),
@@ -268,11 +268,8 @@ pub fn compute(
 
 /// Writes `report.json` and `report.html` into `dir` (atomically); returns the HTML path.
 pub fn write(dir: &std::path::Path, r: &GeometryReport) -> Result<std::path::PathBuf> {
-    let json = dir.join("report.json");
-    let text = serde_json::to_vec_pretty(r)
-        .map_err(|e| crate::EngineError::Invalid(format!("{}: {e}", json.display())))?;
-    crate::words::file::write_atomic(&json, &text)?;
+    crate::artifact::write_json(&dir.join("report.json"), r)?;
     let html = dir.join("report.html");
-    crate::words::file::write_atomic(&html, super::html::render(r).as_bytes())?;
+    crate::artifact::write_atomic(&html, super::html::render(r).as_bytes())?;
     Ok(html)
 }

@@ -17,25 +17,24 @@ use serde::{Deserialize, Serialize};
 
 use super::train::{Blocks, InjectConfig, TrainState};
 use super::vocab::FormInit;
+use crate::artifact::{self, BaseModel, Header, Kind};
 use crate::error::{EngineError, Result};
-use crate::words::file::{BaseModel, check_base, check_header, write_atomic};
 
-/// Format name of `run.json`.
-pub const FORMAT: &str = "neoscope-injection";
-/// Current version.
-pub const VERSION: u32 = 1;
+/// The injection-run artifact (`run.json` + `data.safetensors`).
+pub const KIND: Kind = Kind {
+    format: "neoscope-injection",
+    version: 1,
+    what: "injection run",
+};
 /// Checkpoints kept.
 const KEEP: usize = 3;
 
 /// `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunMeta {
-    /// Format name.
-    pub format: String,
-    /// Version.
-    pub version: u32,
-    /// The base model.
-    pub base_model: BaseModel,
+    /// Format, version, base model.
+    #[serde(flatten)]
+    pub header: Header,
     /// Settings.
     pub config: InjectConfig,
     /// Forms given new rows, in id order.
@@ -50,34 +49,6 @@ pub struct RunMeta {
     pub corpus_tokens: usize,
     /// SHA-256 of the base embedding matrix at the start (the report checks it is unchanged).
     pub base_rows_sha256: String,
-}
-
-fn serr(path: &Path, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Invalid(format!("{}: {e}", path.display()))
-}
-
-fn save_tensors(path: &Path, t: &[(&str, &Tensor)], meta: Option<String>) -> Result<()> {
-    let cpu: Vec<(String, Tensor)> = t
-        .iter()
-        .map(|(k, v)| Ok(((*k).to_owned(), v.to_device(&Device::Cpu)?)))
-        .collect::<Result<_>>()?;
-    let info = meta.map(|m| HashMap::from([("state".to_owned(), m)]));
-    let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v)), info)
-        .map_err(|e| serr(path, e))?;
-    Ok(write_atomic(path, &bytes)?)
-}
-
-fn load_tensors(path: &Path, dev: &Device) -> Result<(HashMap<String, Tensor>, Option<String>)> {
-    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
-    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| serr(path, e))?;
-    let state = md.metadata().as_ref().and_then(|m| m.get("state").cloned());
-    let t = candle_core::safetensors::load_buffer(&bytes, dev).map_err(|e| serr(path, e))?;
-    Ok((t, state))
-}
-
-fn take(t: &mut HashMap<String, Tensor>, path: &Path, k: &str) -> Result<Tensor> {
-    t.remove(k)
-        .ok_or_else(|| serr(path, format!("missing tensor `{k}`")))
 }
 
 fn blocks_tensor(b: &[Vec<u32>], len: usize) -> Result<Tensor> {
@@ -95,12 +66,12 @@ pub fn create(dir: &Path, meta: &RunMeta, init: &Tensor, blocks: &Blocks) -> Res
         )));
     }
     let len = meta.config.block_len;
-    save_tensors(
+    artifact::write_tensors(
         &dir.join("data.safetensors"),
         &[
-            ("init", init),
-            ("train", &blocks_tensor(&blocks.train, len)?),
-            ("val", &blocks_tensor(&blocks.val, len)?),
+            ("init".to_owned(), init.clone()),
+            ("train".to_owned(), blocks_tensor(&blocks.train, len)?),
+            ("val".to_owned(), blocks_tensor(&blocks.val, len)?),
         ],
         None,
     )?;
@@ -109,38 +80,19 @@ pub fn create(dir: &Path, meta: &RunMeta, init: &Tensor, blocks: &Blocks) -> Res
 
 /// Writes `run.json` (atomically).
 pub fn write_meta(dir: &Path, meta: &RunMeta) -> Result<()> {
-    let json = dir.join("run.json");
-    let text = serde_json::to_vec_pretty(meta).map_err(|e| serr(&json, e))?;
-    Ok(write_atomic(&json, &text)?)
+    artifact::write_json(&dir.join("run.json"), meta)
 }
 
 /// Opens a run: metadata, initial rows and blocks.
 pub fn open(dir: &Path, base: &BaseModel, dev: &Device) -> Result<(RunMeta, Tensor, Blocks)> {
-    let json = dir.join("run.json");
-    let text = std::fs::read_to_string(&json).map_err(|e| EngineError::io(&json, e))?;
-    let meta: RunMeta = serde_json::from_str(&text).map_err(|e| serr(&json, e))?;
-    check_header(&json, &meta.format, meta.version, FORMAT, VERSION)?;
-    check_base(&json, &meta.base_model, base)?;
-    let data = dir.join("data.safetensors");
-    let (mut t, _) = load_tensors(&data, dev)?;
-    let init = take(&mut t, &data, "init")?;
-    if init.dims() != [meta.forms.len(), base.d_model] {
-        return Err(serr(
-            &data,
-            format!(
-                "initial rows have shape {:?}, expected [{}, {}]",
-                init.dims(),
-                meta.forms.len(),
-                base.d_model
-            ),
-        ));
-    }
-    let rows = |k: &str, t: &mut HashMap<String, Tensor>| -> Result<Vec<Vec<u32>>> {
-        Ok(take(t, &data, k)?.to_dtype(DType::U32)?.to_vec2()?)
-    };
+    let meta: RunMeta = artifact::read_json(&dir.join("run.json"), &KIND, base)?;
+    let t = artifact::read_tensors(&dir.join("data.safetensors"), dev)?;
+    let init = t.get("init", Some(&[meta.forms.len(), base.d_model]))?;
+    let rows =
+        |k: &str| -> Result<Vec<Vec<u32>>> { Ok(t.get(k, None)?.to_dtype(DType::U32)?.to_vec2()?) };
     let blocks = Blocks {
-        train: rows("train", &mut t)?,
-        val: rows("val", &mut t)?,
+        train: rows("train")?,
+        val: rows("val")?,
     };
     Ok((meta, init, blocks))
 }
@@ -170,6 +122,9 @@ fn checkpoint_path(dir: &Path, step: usize) -> PathBuf {
         .join(format!("step-{step:06}.safetensors"))
 }
 
+/// The checkpoint metadata key that holds [`Curves`].
+const STATE: &str = "state";
+
 #[derive(Serialize, Deserialize)]
 struct Curves {
     step: usize,
@@ -185,15 +140,16 @@ pub fn save_checkpoint(dir: &Path, state: &TrainState) -> Result<PathBuf> {
         losses: state.losses.clone(),
         val: state.val.clone(),
     };
-    let meta = serde_json::to_string(&curves).map_err(|e| serr(&path, e))?;
-    save_tensors(
+    let curves = serde_json::to_string(&curves)
+        .map_err(|e| EngineError::bad_file(&path, format!("serialising: {e}")))?;
+    artifact::write_tensors(
         &path,
         &[
-            ("rows", &state.rows),
-            ("adam_m", &state.m),
-            ("adam_v", &state.v),
+            ("rows".to_owned(), state.rows.clone()),
+            ("adam_m".to_owned(), state.m.clone()),
+            ("adam_v".to_owned(), state.v.clone()),
         ],
-        Some(meta),
+        Some(HashMap::from([(STATE.to_owned(), curves)])),
     )?;
     let all = checkpoints(dir)?;
     for old in all.iter().take(all.len().saturating_sub(KEEP)) {
@@ -212,14 +168,14 @@ pub fn load_checkpoint(dir: &Path, step: Option<usize>, dev: &Device) -> Result<
         })?,
     };
     let path = checkpoint_path(dir, step);
-    let (mut t, meta) = load_tensors(&path, dev)?;
-    let meta = meta.ok_or_else(|| serr(&path, "no training state in the metadata"))?;
-    let c: Curves = serde_json::from_str(&meta).map_err(|e| serr(&path, e))?;
+    let t = artifact::read_tensors(&path, dev)?;
+    let c: Curves = serde_json::from_str(t.metadata(STATE)?)
+        .map_err(|e| EngineError::bad_file(&path, format!("training state: {e}")))?;
     Ok(TrainState {
         step: c.step,
-        rows: take(&mut t, &path, "rows")?,
-        m: take(&mut t, &path, "adam_m")?,
-        v: take(&mut t, &path, "adam_v")?,
+        rows: t.get("rows", None)?,
+        m: t.get("adam_m", None)?,
+        v: t.get("adam_v", None)?,
         losses: c.losses,
         val: c.val,
     })

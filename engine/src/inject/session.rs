@@ -10,9 +10,9 @@ use super::lexicon::{Morpheme, sort_forms};
 use super::run::{self, RunMeta};
 use super::train::{self, Blocks, InjectConfig, InjectEvent, Stopped, TrainHooks, TrainState};
 use super::vocab::{NewVocab, initial_rows};
+use crate::artifact::BaseModel;
 use crate::error::{EngineError, Result};
 use crate::model::LoadedModel;
-use crate::words::file::BaseModel;
 
 /// What a run starts from.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,9 +64,7 @@ pub fn start(m: &LoadedModel, inputs: &Inputs, cfg: &InjectConfig, dir: &Path) -
     let ids = vocab.encode(m, &inputs.corpus)?;
     let blocks = train::make_blocks(&ids, cfg.block_len, cfg.val_fraction, cfg.seed)?;
     let meta = RunMeta {
-        format: run::FORMAT.into(),
-        version: run::VERSION,
-        base_model: BaseModel::of(&m.info),
+        header: run::KIND.header(&BaseModel::of(&m.info)),
         config: cfg.clone(),
         forms: vocab.forms.clone(),
         known: sorted.known,

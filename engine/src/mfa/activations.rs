@@ -2,7 +2,6 @@
 //! safetensors (`x`, `window`, `pos`) plus a JSON index (the token windows, the hook point and the
 //! base model) so they can be reused and interpreted later.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -11,15 +10,17 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::kmeans::reservoir;
+use crate::artifact::{self, BaseModel, Header, Kind};
 use crate::error::{EngineError, Result};
 use crate::hooks::HookPoint;
 use crate::model::{Batch, LoadedModel, PadSide};
-use crate::words::file::{BaseModel, write_atomic};
 
-/// Format name of activation files.
-pub const FORMAT: &str = "neoscope-activations";
-/// Current format version.
-pub const VERSION: u32 = 1;
+/// The activations artifact.
+pub const KIND: Kind = Kind {
+    format: "neoscope-activations",
+    version: 1,
+    what: "activation file",
+};
 
 /// How to collect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,12 +153,9 @@ pub fn collect(
 /// The JSON half of an activation file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActivationsMeta {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// Format version.
-    pub version: u32,
-    /// The model they came from.
-    pub base_model: BaseModel,
+    /// Format, version, base model.
+    #[serde(flatten)]
+    pub header: Header,
     /// Hook point.
     pub point: HookPoint,
     /// Rows.
@@ -170,62 +168,31 @@ pub struct ActivationsMeta {
 
 /// Saves activations (`PATH.safetensors` + `PATH.json`), atomically.
 pub fn save(path: &Path, a: &Activations, base: &BaseModel) -> Result<PathBuf> {
-    let st = path.with_extension("safetensors");
-    let json = path.with_extension("json");
     let cpu = Device::Cpu;
     let n = a.len();
-    let mut t = HashMap::new();
-    t.insert("x".to_owned(), a.x.to_device(&cpu)?);
     let (w, p): (Vec<u32>, Vec<u32>) = a.index.iter().copied().unzip();
-    t.insert("window".to_owned(), Tensor::from_vec(w, n, &cpu)?);
-    t.insert("pos".to_owned(), Tensor::from_vec(p, n, &cpu)?);
-    let bytes = safetensors::serialize(
-        t.iter().map(|(k, v)| (k.clone(), v)).collect::<Vec<_>>(),
-        None,
-    )
-    .map_err(|e| EngineError::Invalid(format!("serialising {}: {e}", st.display())))?;
-    write_atomic(&st, &bytes)?;
+    let tensors = [
+        ("x".to_owned(), a.x.clone()),
+        ("window".to_owned(), Tensor::from_vec(w, n, &cpu)?),
+        ("pos".to_owned(), Tensor::from_vec(p, n, &cpu)?),
+    ];
     let meta = ActivationsMeta {
-        format: FORMAT.into(),
-        version: VERSION,
-        base_model: base.clone(),
+        header: KIND.header(base),
         point: a.point,
         count: n,
         d_model: a.x.dim(1)?,
         windows: a.windows.clone(),
     };
-    let text = serde_json::to_vec(&meta).map_err(|e| EngineError::Invalid(e.to_string()))?;
-    write_atomic(&json, &text)?;
-    Ok(json)
+    artifact::save(path, &tensors, &meta)
 }
 
 /// Loads activations, refusing a file made from another model.
 pub fn load(path: &Path, base: &BaseModel, device: &Device) -> Result<Activations> {
-    let st = path.with_extension("safetensors");
-    let json = path.with_extension("json");
-    let text = std::fs::read_to_string(&json).map_err(|e| EngineError::io(&json, e))?;
-    let meta: ActivationsMeta = serde_json::from_str(&text)
-        .map_err(|e| EngineError::Invalid(format!("{}: {e}", json.display())))?;
-    crate::words::file::check_header(&json, &meta.format, meta.version, FORMAT, VERSION)?;
-    crate::words::file::check_base(&json, &meta.base_model, base)?;
-    let t = candle_core::safetensors::load(&st, device)
-        .map_err(|e| EngineError::Invalid(format!("{}: {e}", st.display())))?;
-    let get = |k: &str| {
-        t.get(k)
-            .cloned()
-            .ok_or_else(|| EngineError::Invalid(format!("{}: missing tensor {k}", st.display())))
-    };
-    let x = get("x")?;
-    let w: Vec<u32> = get("window")?.to_vec1()?;
-    let p: Vec<u32> = get("pos")?.to_vec1()?;
-    if x.dims() != [meta.count, meta.d_model] || w.len() != meta.count || p.len() != meta.count {
-        return Err(EngineError::Invalid(format!(
-            "{}: tensor shapes do not match the index ({} rows of width {})",
-            st.display(),
-            meta.count,
-            meta.d_model
-        )));
-    }
+    let (meta, t): (ActivationsMeta, _) = artifact::load(path, &KIND, base, device)?;
+    let n = meta.count;
+    let x = t.get("x", Some(&[n, meta.d_model]))?;
+    let w: Vec<u32> = t.get("window", Some(&[n]))?.to_vec1()?;
+    let p: Vec<u32> = t.get("pos", Some(&[n]))?.to_vec1()?;
     let index: Vec<(u32, u32)> = w.into_iter().zip(p).collect();
     for (i, (wi, pi)) in index.iter().enumerate() {
         if meta
@@ -233,10 +200,10 @@ pub fn load(path: &Path, base: &BaseModel, device: &Device) -> Result<Activation
             .get(*wi as usize)
             .is_none_or(|win| *pi as usize >= win.len())
         {
-            return Err(EngineError::Invalid(format!(
-                "{}: row {i} points outside the stored windows",
-                st.display()
-            )));
+            return Err(EngineError::bad_file(
+                t.path(),
+                format!("row {i} points outside the stored windows"),
+            ));
         }
     }
     Ok(Activations {

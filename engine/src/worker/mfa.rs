@@ -6,13 +6,13 @@ use neoscope_api::Event;
 use neoscope_api::mfa::{MfaCommand, MfaResult, SteerPositions, SubspacePoint};
 
 use super::Job;
+use crate::artifact::BaseModel;
 use crate::error::{EngineError, Result};
 use crate::hooks::{HookPoint, HookSpec, Positions};
 use crate::mfa::Mfa;
 use crate::mfa::activations::{self, Activations, CollectConfig};
 use crate::mfa::file::{self, MfaMeta};
 use crate::mfa::interpret::{self, Scan};
-use crate::words::file::BaseModel;
 
 /// Contexts kept per component and used by the coherence measure.
 const TOP_CONTEXTS: usize = 20;
@@ -114,9 +114,7 @@ impl Worker {
                 })?;
                 let (k, d, rank) = mfa.dims()?;
                 let meta = MfaMeta {
-                    format: file::FORMAT.into(),
-                    version: file::VERSION,
-                    base_model: self.base()?,
+                    header: file::KIND.header(&self.base()?),
                     point: acts.point,
                     k,
                     d,

@@ -1,0 +1,286 @@
+//! Neoscope's one artifact format: tensors in a safetensors file and a JSON header beside it
+//! (format, version, base model name and SHA-256, then whatever the artifact adds). Words, tuned
+//! lenses, activations, MFAs and injection runs are all saved and loaded here, so every artifact
+//! is written atomically (temporary file + rename, the JSON last: a file set whose JSON exists is
+//! complete) and every one is refused with the same message for another base model or a newer
+//! version.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{EngineError, Result};
+pub use neoscope_api::files::{Header, write_atomic};
+pub use neoscope_api::model::BaseModel;
+
+/// One kind of artifact: its format name, the newest version this build writes and reads, and
+/// what to call it in messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// Format name written into the header.
+    pub format: &'static str,
+    /// Current version.
+    pub version: u32,
+    /// Human name ("word file", "tuned lens", …).
+    pub what: &'static str,
+}
+
+impl Kind {
+    /// The header of a new artifact of this kind for `base`.
+    pub fn header(&self, base: &BaseModel) -> Header {
+        Header {
+            format: self.format.into(),
+            version: self.version,
+            base_model: base.clone(),
+        }
+    }
+
+    /// Refuses a header of another format, a newer version, or another base model.
+    pub fn check(&self, path: &Path, h: &Header, base: &BaseModel) -> Result<()> {
+        if h.format != self.format {
+            return Err(EngineError::bad_file(
+                path,
+                format!(
+                    "not a Neoscope {} (format `{}`, expected `{}`)",
+                    self.what, h.format, self.format
+                ),
+            ));
+        }
+        if h.version > self.version {
+            return Err(EngineError::bad_file(
+                path,
+                format!(
+                    "{} version {} is newer than this Neoscope understands ({}); update Neoscope",
+                    self.what, h.version, self.version
+                ),
+            ));
+        }
+        if h.base_model.sha256 != base.sha256 || h.base_model.d_model != base.d_model {
+            return Err(EngineError::bad_file(
+                path,
+                format!(
+                    "was made for the model {} (SHA-256 {}…), but the loaded model is {} \
+                     (SHA-256 {}…); load {} first",
+                    h.base_model.name,
+                    short(&h.base_model.sha256),
+                    base.name,
+                    short(&base.sha256),
+                    h.base_model.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// The two files of an artifact named by `path` (any extension is replaced).
+pub fn paths(path: &Path) -> (PathBuf, PathBuf) {
+    (
+        path.with_extension("safetensors"),
+        path.with_extension("json"),
+    )
+}
+
+/// Tensors read from one safetensors file; lookups name the file, the tensor and the shape.
+#[derive(Debug)]
+pub struct Tensors {
+    path: PathBuf,
+    map: HashMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+}
+
+impl Tensors {
+    /// The tensor `name`, which must have `shape` when one is given.
+    pub fn get(&self, name: &str, shape: Option<&[usize]>) -> Result<Tensor> {
+        let t = self
+            .map
+            .get(name)
+            .ok_or_else(|| EngineError::bad_file(&self.path, format!("missing tensor `{name}`")))?;
+        if let Some(shape) = shape
+            && t.dims() != shape
+        {
+            return Err(EngineError::bad_file(
+                &self.path,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    t.dims()
+                ),
+            ));
+        }
+        Ok(t.clone())
+    }
+
+    /// A string from the file's own metadata block.
+    pub fn metadata(&self, key: &str) -> Result<&str> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| EngineError::bad_file(&self.path, format!("no `{key}` in its metadata")))
+    }
+
+    /// The file these came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Writes a safetensors file atomically (tensors are copied to the CPU first), with an optional
+/// metadata block of strings.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let cpu = tensors
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v)), metadata)
+        .map_err(|e| EngineError::bad_file(path, format!("serialising: {e}")))?;
+    Ok(write_atomic(path, &bytes)?)
+}
+
+/// Reads a safetensors file onto `device`.
+pub fn read_tensors(path: &Path, device: &Device) -> Result<Tensors> {
+    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| EngineError::bad_file(path, e.to_string()))?;
+    let metadata = md.metadata().clone().unwrap_or_default();
+    let map = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| EngineError::bad_file(path, e.to_string()))?;
+    Ok(Tensors {
+        path: path.to_path_buf(),
+        map,
+        metadata,
+    })
+}
+
+/// Writes a value as pretty JSON, atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_vec_pretty(value)
+        .map_err(|e| EngineError::bad_file(path, format!("serialising: {e}")))?;
+    Ok(write_atomic(path, &text)?)
+}
+
+/// Reads an artifact's JSON: its header first (refused for another format, a newer version or
+/// another base model), then the whole of it (errors name line and column).
+pub fn read_json<M: DeserializeOwned>(path: &Path, kind: &Kind, base: &BaseModel) -> Result<M> {
+    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    let header: Header =
+        serde_json::from_str(&text).map_err(|e| EngineError::bad_file(path, e.to_string()))?;
+    kind.check(path, &header, base)?;
+    serde_json::from_str(&text).map_err(|e| EngineError::bad_file(path, e.to_string()))
+}
+
+/// Saves an artifact: `PATH.safetensors`, then `PATH.json` (last, so that a JSON that exists
+/// always has its tensors). Returns the JSON's path.
+pub fn save<M: Serialize>(path: &Path, tensors: &[(String, Tensor)], meta: &M) -> Result<PathBuf> {
+    let (st, json) = paths(path);
+    write_tensors(&st, tensors, None)?;
+    write_json(&json, meta)?;
+    Ok(json)
+}
+
+/// Loads an artifact saved by [`save`]: checks the header, then reads the tensors onto `device`.
+pub fn load<M: DeserializeOwned>(
+    path: &Path,
+    kind: &Kind,
+    base: &BaseModel,
+    device: &Device,
+) -> Result<(M, Tensors)> {
+    let (st, json) = paths(path);
+    let meta = read_json(&json, kind, base)?;
+    Ok((meta, read_tensors(&st, device)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KIND: Kind = Kind {
+        format: "neoscope-test",
+        version: 2,
+        what: "test file",
+    };
+
+    #[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+    struct Meta {
+        #[serde(flatten)]
+        header: Header,
+        note: String,
+    }
+
+    fn base(name: &str, sha: &str) -> BaseModel {
+        BaseModel {
+            name: name.into(),
+            sha256: sha.into(),
+            d_model: 4,
+            d_vocab: 10,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_the_three_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        let b = base("m", "aaaaaaaaaaaaaaaa");
+        let meta = Meta {
+            header: KIND.header(&b),
+            note: "hi".into(),
+        };
+        let t = Tensor::arange(0f32, 6., &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let json = save(&path, &[("x".into(), t)], &meta).unwrap();
+        let text = std::fs::read_to_string(&json).unwrap();
+        assert!(text.contains("\"format\": \"neoscope-test\""), "{text}");
+        let (back, tensors): (Meta, _) = load(&path, &KIND, &b, &Device::Cpu).unwrap();
+        assert_eq!(back, meta);
+        assert_eq!(tensors.get("x", Some(&[2, 3])).unwrap().dims(), &[2, 3]);
+        let e = tensors.get("x", Some(&[3, 2])).unwrap_err().to_string();
+        assert!(e.contains("`x` has shape [2, 3], expected [3, 2]"), "{e}");
+        let e = tensors.get("y", None).unwrap_err().to_string();
+        assert!(e.contains("a.safetensors: missing tensor `y`"), "{e}");
+
+        let other = base("other", "bbbbbbbbbbbbbbbbbb");
+        let e = load::<Meta>(&path, &KIND, &other, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("was made for the model m"), "{e}");
+        assert!(e.contains("the loaded model is other"), "{e}");
+
+        let old = Kind { version: 1, ..KIND };
+        let e = load::<Meta>(&path, &old, &b, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 2 is newer"), "{e}");
+
+        let wrong = Kind {
+            format: "neoscope-else",
+            ..KIND
+        };
+        let e = load::<Meta>(&path, &wrong, &b, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a Neoscope test file"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_json_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("b.json");
+        std::fs::write(&json, "{\n \"format\": \"neoscope-test\",\n oops\n}").unwrap();
+        let e = read_json::<Meta>(&json, &KIND, &base("m", "a"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b.json") && e.contains("line 3"), "{e}");
+    }
+}
