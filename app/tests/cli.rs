@@ -1,25 +1,16 @@
 //! The CLI contract: with `--json`, exactly one JSON object on stdout. Runs the real binary on a
-//! tiny random model saved as a Hugging Face folder (fast), and checks error reporting.
+//! tiny random model saved as a Hugging Face folder (fast), and checks error reporting. Every
+//! test runs twice: with the engine in process, and against `neoscope serve` via `--engine`.
 
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
-use std::process::Command;
+mod common;
 
 use candle_core::Device;
 use neoscope_engine::model::load::save_hf_dir;
 use neoscope_engine::tiny::tiny_model;
 
-fn neoscope(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_neoscope"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{neoscope, served, with_served_engine};
 
 fn json(stdout: &str) -> serde_json::Value {
     assert_eq!(
@@ -30,7 +21,6 @@ fn json(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout).unwrap()
 }
 
-#[test]
 fn json_subcommands_print_one_object() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny_model(9, &Device::Cpu).unwrap();
@@ -89,7 +79,6 @@ fn json_subcommands_print_one_object() {
     assert_eq!(a, run("5"));
 }
 
-#[test]
 fn errors_name_the_problem_and_exit_non_zero() {
     let (ok, out, err) = neoscope(&["info", "--json", "--model", "/no/such/file.gguf"]);
     assert!(!ok);
@@ -101,7 +90,6 @@ fn errors_name_the_problem_and_exit_non_zero() {
     }
 }
 
-#[test]
 fn word_train_define_neighbors_steer_evaluate_compare_on_a_tiny_model() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny_model(10, &Device::Cpu).unwrap();
@@ -248,7 +236,6 @@ fn word_train_define_neighbors_steer_evaluate_compare_on_a_tiny_model() {
     assert!(err.contains("was made for the model"), "{err}");
 }
 
-#[test]
 fn lens_json_has_every_layer_and_tuned_lens_trains_and_loads() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny_model(12, &Device::Cpu).unwrap();
@@ -319,8 +306,13 @@ fn lens_json_has_every_layer_and_tuned_lens_trains_and_loads() {
     assert!(ok, "{err}");
     assert_eq!(json(&out)["position"], 1);
     let (ok, _, err) = neoscope(&["lens", "--model", model, "--lens", "tuned", "the cat"]);
-    assert!(!ok);
-    assert!(err.contains("no tuned lens"), "{err}");
+    if served() {
+        // A served engine is one session: the tuned lens the last client loaded is still there.
+        assert!(ok, "{err}");
+    } else {
+        assert!(!ok);
+        assert!(err.contains("no tuned lens"), "{err}");
+    }
     let (ok, _, err) = neoscope(&[
         "lens",
         "--model",
@@ -336,7 +328,6 @@ fn lens_json_has_every_layer_and_tuned_lens_trains_and_loads() {
     assert!(err.contains("layer `x` is not a whole number"), "{err}");
 }
 
-#[test]
 fn inject_run_resume_report_and_embed_project_neighbors_on_a_tiny_model() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny_model(12, &Device::Cpu).unwrap();
@@ -429,4 +420,54 @@ fn inject_run_resume_report_and_embed_project_neighbors_on_a_tiny_model() {
     assert_eq!(v["hits"].as_array().unwrap().len(), 3);
     let (ok, _, err) = neoscope(&["embed", "neighbors", "--model", model, "#999999"]);
     assert!(!ok && err.contains("no token #999999"), "{err}");
+}
+
+#[test]
+fn json_subcommands_print_one_object_in_process() {
+    json_subcommands_print_one_object();
+}
+
+#[test]
+fn json_subcommands_print_one_object_served() {
+    with_served_engine(json_subcommands_print_one_object);
+}
+
+#[test]
+fn errors_name_the_problem_and_exit_non_zero_in_process() {
+    errors_name_the_problem_and_exit_non_zero();
+}
+
+#[test]
+fn errors_name_the_problem_and_exit_non_zero_served() {
+    with_served_engine(errors_name_the_problem_and_exit_non_zero);
+}
+
+#[test]
+fn word_train_define_neighbors_steer_evaluate_compare_on_a_tiny_model_in_process() {
+    word_train_define_neighbors_steer_evaluate_compare_on_a_tiny_model();
+}
+
+#[test]
+fn word_train_define_neighbors_steer_evaluate_compare_on_a_tiny_model_served() {
+    with_served_engine(word_train_define_neighbors_steer_evaluate_compare_on_a_tiny_model);
+}
+
+#[test]
+fn lens_json_has_every_layer_and_tuned_lens_trains_and_loads_in_process() {
+    lens_json_has_every_layer_and_tuned_lens_trains_and_loads();
+}
+
+#[test]
+fn lens_json_has_every_layer_and_tuned_lens_trains_and_loads_served() {
+    with_served_engine(lens_json_has_every_layer_and_tuned_lens_trains_and_loads);
+}
+
+#[test]
+fn inject_run_resume_report_and_embed_project_neighbors_on_a_tiny_model_in_process() {
+    inject_run_resume_report_and_embed_project_neighbors_on_a_tiny_model();
+}
+
+#[test]
+fn inject_run_resume_report_and_embed_project_neighbors_on_a_tiny_model_served() {
+    with_served_engine(inject_run_resume_report_and_embed_project_neighbors_on_a_tiny_model);
 }

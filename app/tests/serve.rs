@@ -4,9 +4,10 @@
 
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use candle_core::Device;
@@ -14,61 +15,7 @@ use neoscope_api::wire::{self, Hello, ServerFrame, WIRE_VERSION};
 use neoscope_engine::model::load::save_hf_dir;
 use neoscope_engine::tiny::tiny_model;
 
-/// A served engine, killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
-    token: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_neoscope"))
-        .args([
-            "serve",
-            "--json",
-            "--listen",
-            "127.0.0.1:0",
-            "--device",
-            "cpu",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    Server {
-        child,
-        address: v["address"].as_str().unwrap().to_owned(),
-        token: v["token"].as_str().unwrap().to_owned(),
-    }
-}
-
-/// Runs the CLI; `engine` is (address, token) of a served engine.
-fn neoscope(args: &[&str], engine: Option<(&str, &str)>) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_neoscope"));
-    cmd.args(args).env_remove("NEOSCOPE_ENGINE_TOKEN");
-    if let Some((addr, token)) = engine {
-        cmd.args(["--engine", addr])
-            .env("NEOSCOPE_ENGINE_TOKEN", token);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{neoscope_on as neoscope, serve};
 
 fn json(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).unwrap()
