@@ -37,7 +37,6 @@ fn time_runs(
     f()?; // warm-up
     let mut times = Vec::with_capacity(RUNS);
     for r in 0..RUNS {
-        #[expect(clippy::cast_precision_loss, reason = "small counts")]
         let frac = base + step * (r as f32 / RUNS as f32);
         if !progress(name, frac) {
             return Err(EngineError::Cancelled);

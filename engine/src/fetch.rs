@@ -100,7 +100,6 @@ pub fn install_verified(
         tmp.write_all(&buf[..n])
             .map_err(|e| EngineError::io(tmp.path(), e))?;
         done += n as u64;
-        #[expect(clippy::cast_precision_loss, reason = "progress fraction")]
         progress(FetchStage::Verifying(done as f32 / total.max(1) as f32));
     }
     let got = hex::encode(h.finalize());
@@ -142,7 +141,6 @@ fn parse_pip_progress(line: &str) -> Option<f32> {
     let (a, b) = rest.split_once(" of ")?;
     let a: f64 = a.trim().parse().ok()?;
     let b: f64 = b.trim().parse().ok()?;
-    #[expect(clippy::cast_possible_truncation, reason = "progress fraction")]
     (b > 0.0).then(|| (a / b) as f32)
 }
 

@@ -82,7 +82,6 @@ fn log_sum_exp(x: &[f32]) -> f64 {
 /// and target statistics, in two passes over the vocabulary without building probability rows.
 /// Written out by hand because a tensor version made ~15 full passes per row and dominated the
 /// lens's time.
-#[expect(clippy::cast_possible_truncation, reason = "probabilities to f32")]
 fn cell(
     m: &LoadedModel,
     x: &[f32],

@@ -9,7 +9,6 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f64> = logits.iter().map(|l| f64::from(l - max).exp()).collect();
     let sum: f64 = exps.iter().sum();
-    #[expect(clippy::cast_possible_truncation, reason = "probabilities fit f32")]
     exps.iter().map(|e| (e / sum) as f32).collect()
 }
 

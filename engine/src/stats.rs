@@ -8,10 +8,6 @@ use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
 /// Mean and sample variance (n − 1).
 pub fn mean_var(x: &[f64]) -> (f64, f64) {
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "sample sizes are far below 2^52"
-    )]
     let n = x.len() as f64;
     let m = x.iter().sum::<f64>() / n;
     let v = x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1.0);
@@ -22,7 +18,6 @@ pub fn mean_var(x: &[f64]) -> (f64, f64) {
 pub fn welch_t(a: &[f64], b: &[f64]) -> TestResult {
     let (ma, va) = mean_var(a);
     let (mb, vb) = mean_var(b);
-    #[expect(clippy::cast_precision_loss, reason = "sample sizes")]
     let (na, nb) = (a.len() as f64, b.len() as f64);
     let (sa, sb) = (va / na, vb / nb);
     let t = (ma - mb) / (sa + sb).sqrt();
@@ -39,7 +34,6 @@ pub fn welch_t(a: &[f64], b: &[f64]) -> TestResult {
 pub fn cohen_d(a: &[f64], b: &[f64]) -> f64 {
     let (ma, va) = mean_var(a);
     let (mb, vb) = mean_var(b);
-    #[expect(clippy::cast_precision_loss, reason = "sample sizes")]
     let (na, nb) = (a.len() as f64, b.len() as f64);
     let sp = (((na - 1.0) * va + (nb - 1.0) * vb) / (na + nb - 2.0)).sqrt();
     (ma - mb) / sp
@@ -63,13 +57,11 @@ pub fn mann_whitney(a: &[f64], b: &[f64]) -> TestResult {
         while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
             j += 1;
         }
-        #[expect(clippy::cast_precision_loss, reason = "ranks")]
         let (mid, t) = ((i + j) as f64 / 2.0 + 1.0, (j - i + 1) as f64);
         tie_term += t * t * t - t;
         rank_a += mid * all[i..=j].iter().filter(|x| x.1).count() as f64;
         i = j + 1;
     }
-    #[expect(clippy::cast_precision_loss, reason = "sample sizes")]
     let (na, nb) = (a.len() as f64, b.len() as f64);
     let n = na + nb;
     let u1 = rank_a - na * (na + 1.0) / 2.0;
@@ -118,7 +110,6 @@ pub fn ks_2samp(a: &[f64], b: &[f64]) -> TestResult {
     let mut b = b.to_vec();
     a.sort_by(f64::total_cmp);
     b.sort_by(f64::total_cmp);
-    #[expect(clippy::cast_precision_loss, reason = "sample sizes")]
     let (na, nb) = (a.len() as f64, b.len() as f64);
     let (mut i, mut j, mut d) = (0usize, 0usize, 0.0f64);
     while i < a.len() && j < b.len() {
@@ -129,7 +120,6 @@ pub fn ks_2samp(a: &[f64], b: &[f64]) -> TestResult {
         while j < b.len() && b[j] <= v {
             j += 1;
         }
-        #[expect(clippy::cast_precision_loss, reason = "sample sizes")]
         let gap = (i as f64 / na - j as f64 / nb).abs();
         d = d.max(gap);
     }
@@ -165,11 +155,6 @@ pub fn histogram(x: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<usize> {
     let mut h = vec![0usize; bins.max(1)];
     let w = (hi - lo) / h.len() as f64;
     for v in x {
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            reason = "clamped to the bin range"
-        )]
         let i = (((v - lo) / w).floor().max(0.0) as usize).min(h.len() - 1);
         h[i] += 1;
     }

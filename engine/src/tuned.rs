@@ -135,18 +135,12 @@ fn heldout_kl(
                 };
                 let v = kl(&final_logp, &log_softmax_last(&m.llama.project(&h)?)?)?
                     .to_scalar::<f32>()?;
-                #[expect(clippy::cast_precision_loss, reason = "position counts")]
                 let w = pick.len() as f64;
                 sums[li][l] += f64::from(v) * w;
             }
         }
         count += pick.len();
     }
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_precision_loss,
-        reason = "means"
-    )]
     let out = sums
         .iter()
         .map(|v| v.iter().map(|s| (s / count.max(1) as f64) as f32).collect())
@@ -165,12 +159,6 @@ pub fn train(
     let mut wins = windows(m, corpus, cfg.window)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     wins.shuffle(&mut rng);
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "a count"
-    )]
     let n_held =
         ((wins.len() as f32 * cfg.heldout_fraction).ceil() as usize).clamp(1, wins.len() - 1);
     let mut held: Vec<Vec<u32>> = wins.drain(..n_held).collect();
@@ -213,7 +201,6 @@ pub fn train(
             let t = ((h + linear(h, a[l].as_tensor())?)?).broadcast_add(b[l].as_tensor())?;
             loss = (loss + kl(&final_logp, &log_softmax_last(&m.llama.project(&t)?)?)?)?;
         }
-        #[expect(clippy::cast_precision_loss, reason = "layer count")]
         let loss = (loss / (n - 1) as f64)?;
         let v = loss.to_scalar::<f32>()?;
         if !v.is_finite() {

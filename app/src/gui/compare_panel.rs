@@ -168,7 +168,6 @@ fn report(ui: &mut egui::Ui, r: &WordReport) {
     ui.heading(&r.name);
     ui.weak(format!("norm {:.2} · {:?}", r.norm, r.injection));
     ui.strong("Held-out mean log-prob of targets (higher is better)");
-    #[expect(clippy::cast_precision_loss, reason = "a few bars")]
     let bars: Vec<Bar> = r
         .heldout
         .iter()
@@ -212,7 +211,6 @@ fn shift_bars(ui: &mut egui::Ui, id: &str, promoted: &[LogitShift], suppressed: 
         .chain(suppressed.iter().take(5))
         .collect();
     for (i, s) in all.iter().enumerate() {
-        #[expect(clippy::cast_precision_loss, reason = "a few bars")]
         let bar = Bar::new(i as f64, f64::from(s.delta))
             .name(format!("{:?}", s.text))
             .width(0.7);

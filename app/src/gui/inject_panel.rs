@@ -396,7 +396,6 @@ fn settings_row(app: &mut NeoApp, ui: &mut egui::Ui) {
         }
         if let Some(job) = app.inject.job.clone() {
             let step = app.inject.losses.last().map_or(0, |l| l.0);
-            #[expect(clippy::cast_precision_loss, reason = "progress")]
             let by_steps = step as f32 / app.inject.steps.max(1) as f32;
             super::job_row(app, ui, &job, job.fraction.or(Some(by_steps)));
         } else if let Some(s) = &app.inject.status {

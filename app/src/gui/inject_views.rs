@@ -18,7 +18,6 @@ pub(super) fn curves(app: &mut NeoApp, ui: &mut egui::Ui) {
         ui.weak("Training and validation loss appear here as the run goes.");
         return;
     }
-    #[expect(clippy::cast_precision_loss, reason = "steps")]
     let pts = |v: &[(usize, f32)]| -> Vec<[f64; 2]> {
         v.iter().map(|(s, l)| [*s as f64, f64::from(*l)]).collect()
     };

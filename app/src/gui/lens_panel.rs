@@ -42,7 +42,6 @@ impl Stat {
     fn shade(self, c: &LensCell) -> f32 {
         match self {
             Self::TargetProb => c.targets.first().map_or(0.0, |t| t.prob),
-            #[expect(clippy::cast_precision_loss, reason = "ranks are small enough")]
             Self::TargetRank => c.targets.first().map_or(0.0, |t| {
                 1.0 - ((t.rank as f32 + 1.0).ln() / 49152f32.ln()).min(1.0)
             }),
@@ -428,11 +427,6 @@ fn ramp(t: f32) -> Color32 {
     let (s0, c0) = STOPS[i];
     let (s1, c1) = STOPS[i + 1];
     let f = (t - s0) / (s1 - s0);
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "colour channels"
-    )]
     let mix = |a: u8, b: u8| (f32::from(a) + f * (f32::from(b) - f32::from(a))) as u8;
     Color32::from_rgb(mix(c0[0], c1[0]), mix(c0[1], c1[1]), mix(c0[2], c1[2]))
 }

@@ -11,7 +11,6 @@ use super::{NeoApp, Owner};
 
 /// Train and validation NLL per epoch.
 pub fn nll_plot(ui: &mut egui::Ui, epochs: &[MfaEpoch], height: f32) {
-    #[expect(clippy::cast_precision_loss, reason = "epoch numbers")]
     let pts = |f: fn(&MfaEpoch) -> f64| -> PlotPoints<'static> {
         epochs.iter().map(|e| [e.epoch as f64, f(e)]).collect()
     };
@@ -157,7 +156,6 @@ fn steering(app: &mut NeoApp, ui: &mut egui::Ui) {
     }
     let Some(r) = &app.mfa.steer else { return };
     let mut bars = Vec::new();
-    #[expect(clippy::cast_precision_loss, reason = "bar positions")]
     for (i, s) in r.promoted.iter().enumerate() {
         bars.push(
             Bar::new(i as f64, f64::from(s.delta))
@@ -165,7 +163,6 @@ fn steering(app: &mut NeoApp, ui: &mut egui::Ui) {
                 .fill(egui::Color32::from_rgb(80, 160, 90)),
         );
     }
-    #[expect(clippy::cast_precision_loss, reason = "bar positions")]
     for (i, s) in r.suppressed.iter().enumerate() {
         let x = (r.promoted.len() + 1 + i) as f64;
         bars.push(
@@ -185,11 +182,6 @@ fn steering(app: &mut NeoApp, ui: &mut egui::Ui) {
         .height(110.0)
         .y_axis_label("logit change")
         .x_axis_formatter(move |m, _| {
-            #[expect(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                reason = "bar index"
-            )]
             let i = m.value.round() as usize;
             let j = if i < n_prom {
                 Some(i)

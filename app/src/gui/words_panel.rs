@@ -564,7 +564,6 @@ fn training(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
             }
             let done = app.words.live.len();
             let total = app.words.total_steps.max(1);
-            #[expect(clippy::cast_precision_loss, reason = "step counts")]
             let frac = done as f32 / total as f32;
             ui.add(
                 egui::ProgressBar::new(frac)
@@ -608,7 +607,6 @@ pub fn loss_plot(ui: &mut egui::Ui, runs: &[(&str, &[f32])], height: f32) -> egu
         .allow_scroll(false)
         .show(ui, |plot| {
             for (name, losses) in runs {
-                #[expect(clippy::cast_precision_loss, reason = "step indices")]
                 let pts: Vec<[f64; 2]> = losses
                     .iter()
                     .enumerate()

@@ -88,7 +88,6 @@ impl CosineIndex {
                 .collect();
             out.extend(found);
             start += len;
-            #[expect(clippy::cast_precision_loss, reason = "progress")]
             if !progress(start as f32 / m as f32) {
                 return Ok(None);
             }

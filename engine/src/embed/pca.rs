@@ -28,7 +28,6 @@ fn eigh_desc(m: &Tensor) -> Result<(Vec<f64>, Vec<Vec<f32>>)> {
     let mut order: Vec<usize> = (0..d).collect();
     order.sort_by(|a, b| eig.eigenvalues[*b].total_cmp(&eig.eigenvalues[*a]));
     let values = order.iter().map(|i| eig.eigenvalues[*i]).collect();
-    #[expect(clippy::cast_possible_truncation, reason = "unit vectors in f32")]
     let vectors = order
         .iter()
         .map(|i| {
@@ -54,7 +53,6 @@ impl Pca {
         let x = x.to_dtype(DType::F32)?;
         let mean = x.mean_keepdim(0)?;
         let xc = x.broadcast_sub(&mean)?;
-        #[expect(clippy::cast_precision_loss, reason = "row counts")]
         let cov = (xc.t()?.matmul(&xc)? / (n as f64 - 1.0))?;
         let (variances, components) = eigh_desc(&cov)?;
         Ok(Self {
@@ -172,9 +170,7 @@ mod tests {
         let mut w = Vec::new();
         for i in 0..n {
             for j in 0..d {
-                #[expect(clippy::cast_precision_loss, reason = "small")]
                 let (fi, fj) = (i as f64, j as f64);
-                #[expect(clippy::cast_possible_truncation, reason = "test data")]
                 w.push(((fi * 7.0 + fj * 3.0).sin() * 0.5 + 0.1 * fj) as f32);
             }
         }

@@ -22,7 +22,6 @@ pub fn tsne(
     progress: &mut dyn FnMut(&str, f32) -> bool,
 ) -> Result<Vec<[f32; 2]>> {
     let n = x.dims2()?.0;
-    #[expect(clippy::cast_precision_loss, reason = "point counts")]
     let max_perp = (n as f32 - 1.0) / 3.0;
     if n < 4 || cfg.perplexity <= 0.0 || cfg.perplexity > max_perp {
         return Err(EngineError::Invalid(format!(
@@ -30,11 +29,6 @@ pub fn tsne(
             cfg.perplexity
         )));
     }
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "checked positive and small"
-    )]
     let k = ((3.0 * cfg.perplexity) as usize).clamp(1, n - 1);
     let index = CosineIndex::new(x)?;
     let found = index
@@ -55,7 +49,6 @@ pub fn tsne(
     // PCA start scaled to standard deviation 1e-4 in the first coordinate, as openTSNE does.
     let pca = Pca::fit(x)?;
     let start = pca.project(x, 2)?;
-    #[expect(clippy::cast_possible_truncation, reason = "scale factor")]
     let scale = 1e-4 / pca.variances[0].sqrt().max(1e-12) as f32;
     let init: Vec<f32> = start
         .iter()
@@ -70,7 +63,6 @@ pub fn tsne(
             .epochs(epochs)
             .initial_embedding(init)
             .epoch_callback(|e, _| {
-                #[expect(clippy::cast_precision_loss, reason = "progress")]
                 let f = (e + 1) as f32 / epochs.max(1) as f32;
                 if (e % 10 == 0 || e + 1 == epochs) && !progress("t-SNE", f) {
                     cancelled = true;
@@ -118,7 +110,6 @@ mod tests {
         let y = tsne(&x, &cfg, &mut |_, _| true).unwrap();
         let centre = |c: usize| {
             let pts = &y[c * per..(c + 1) * per];
-            #[expect(clippy::cast_precision_loss, reason = "test")]
             let n = per as f32;
             [
                 pts.iter().map(|p| p[0]).sum::<f32>() / n,

@@ -65,18 +65,15 @@ fn histogram_svg(title: &str, h: &Histogram) -> String {
         .iter()
         .map(|(_, c)| {
             let t: usize = c.iter().sum();
-            #[expect(clippy::cast_precision_loss, reason = "counts")]
             c.iter().map(|v| *v as f64 / t.max(1) as f64).collect()
         })
         .collect();
     let top = dens.iter().flatten().copied().fold(0.0f64, f64::max);
     let mut body = String::new();
     for (k, d) in dens.iter().enumerate() {
-        #[expect(clippy::cast_precision_loss, reason = "bins")]
         let bw = (h.hi - h.lo) / d.len() as f64;
         let mut pts = String::new();
         for (i, v) in d.iter().enumerate() {
-            #[expect(clippy::cast_precision_loss, reason = "bins")]
             let x0 = h.lo + i as f64 * bw;
             let _ = write!(
                 pts,
@@ -233,12 +230,8 @@ pub fn render(r: &GeometryReport) -> String {
         .losses
         .iter()
         .enumerate()
-        .map(|(i, l)| {
-            #[expect(clippy::cast_precision_loss, reason = "steps")]
-            ((i + 1) as f64, f64::from(*l))
-        })
+        .map(|(i, l)| ((i + 1) as f64, f64::from(*l)))
         .collect();
-    #[expect(clippy::cast_precision_loss, reason = "steps")]
     let val: Vec<(f64, f64)> = r
         .val
         .iter()

@@ -81,7 +81,6 @@ pub fn root_usable(root: &str) -> bool {
 
 /// Scales `direction` (any nonzero vector) to length `1.5 · std · √d`.
 pub fn spherical(direction: &[f32], std: f32) -> Vec<f32> {
-    #[expect(clippy::cast_precision_loss, reason = "d_model")]
     let radius = 1.5 * std * (direction.len() as f32).sqrt();
     let n = direction
         .iter()

@@ -116,7 +116,6 @@ pub fn sentences(
             out.push(t.replace("{form}", &f.0).replace("{root}", &f.1));
         }
     }
-    #[expect(clippy::cast_precision_loss, reason = "ranks")]
     let weights: Vec<f64> = (1..=forms.len()).map(|r| 1.0 / r as f64).collect();
     if let Ok(dist) = rand::distr::weighted::WeightedIndex::new(&weights) {
         use rand::distr::Distribution;

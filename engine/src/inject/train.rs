@@ -53,7 +53,6 @@ impl InjectConfigExt for InjectConfig {
 
     /// Learning rate at step `s` (1-based).
     fn lr_at(&self, s: usize) -> f64 {
-        #[expect(clippy::cast_precision_loss, reason = "step counts")]
         let (s, total) = (s as f64, self.steps as f64);
         let warm = (f64::from(self.warmup) * total).ceil();
         if s <= warm {
@@ -112,12 +111,6 @@ pub fn make_blocks(ids: &[u32], len: usize, val_fraction: f32, seed: u64) -> Res
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     blocks.shuffle(&mut rng);
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "a share of the block count"
-    )]
     let n_val = ((blocks.len() as f32 * val_fraction).round() as usize).clamp(1, blocks.len() - 1);
     let train = blocks.split_off(n_val);
     Ok(Blocks { train, val: blocks })
@@ -169,16 +162,10 @@ pub fn val_loss(
         let (nll, n) = nll_sum(m, rows, &refs)?;
         sum += f64::from(nll.to_scalar::<f32>()?);
         count += n;
-        #[expect(clippy::cast_precision_loss, reason = "progress")]
         if !progress(((i + 1) * micro_batch) as f32 / val.len() as f32) {
             return Ok(None);
         }
     }
-    #[expect(
-        clippy::cast_precision_loss,
-        clippy::cast_possible_truncation,
-        reason = "mean"
-    )]
     Ok(Some((sum / count.max(1) as f64) as f32))
 }
 
@@ -193,7 +180,6 @@ fn step(
     let idx = cfg.step_blocks(blocks.train.len(), s);
     let var = Var::from_tensor(&state.rows)?;
     let total = idx.len() * (cfg.block_len - 1);
-    #[expect(clippy::cast_precision_loss, reason = "token counts")]
     let scale = 1.0 / total as f64;
     let mut grad: Option<Tensor> = None;
     let mut loss = 0.0f64;
@@ -248,7 +234,6 @@ fn step(
     let upd = (upd + (&state.rows * cfg.weight_decay)?)?.broadcast_mul(&mask)?;
     state.rows = (&state.rows - (upd * lr)?)?.detach();
     state.step = s;
-    #[expect(clippy::cast_possible_truncation, reason = "loss")]
     let loss = loss as f32;
     if !loss.is_finite() {
         return Err(EngineError::Invalid(format!(

@@ -136,7 +136,6 @@ fn morpheme_vector(m: &LoadedModel, mo: &Morpheme) -> Result<Vec<f32>> {
         .iter()
         .map(|e| mean_embedding(m, e))
         .collect::<Result<_>>()?;
-    #[expect(clippy::cast_precision_loss, reason = "few examples")]
     let n = vs.len() as f32;
     Ok((0..vs[0].len())
         .map(|i| vs.iter().map(|v| v[i]).sum::<f32>() / n)

@@ -102,7 +102,6 @@ pub fn collect(
     let mut parts = Vec::new();
     let mut index = Vec::new();
     for (bi, chunk) in windows.chunks(cfg.batch.max(1)).enumerate() {
-        #[expect(clippy::cast_precision_loss, reason = "counts")]
         let f = (bi * cfg.batch.max(1)) as f32 / windows.len() as f32;
         if !progress(f) {
             return Err(EngineError::Cancelled);

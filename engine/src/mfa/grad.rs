@@ -33,7 +33,6 @@ pub fn nll_and_grads(mfa: &Mfa, der: &Derived, x: &Tensor) -> Result<(f64, GradS
 fn grads_from(mfa: &Mfa, der: &Derived, x: &Tensor, fwd: &Forward) -> Result<GradStore> {
     let (b, d) = x.dims2()?;
     let (k, _, r) = der.w.dims3()?;
-    #[expect(clippy::cast_precision_loss, reason = "batch sizes are small")]
     let inv_b = 1.0 / b as f64;
     let resp = softmax(&fwd.joint, 1)?;
     let g = (resp * -inv_b)?; // (B, K)

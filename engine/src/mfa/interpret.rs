@@ -173,9 +173,7 @@ fn purity(rows: &[usize], acts: &Activations) -> f64 {
     for r in rows {
         *c.entry(acts.token(*r)).or_default() += 1;
     }
-    #[expect(clippy::cast_precision_loss, reason = "counts")]
-    let p = c.values().max().copied().unwrap_or(0) as f64 / rows.len().max(1) as f64;
-    p
+    c.values().max().copied().unwrap_or(0) as f64 / rows.len().max(1) as f64
 }
 
 /// Coherence: mean over components of the share of the most common token among their top `n`
@@ -193,7 +191,6 @@ pub fn coherence(scan: &Scan, acts: &Activations, n: usize, seed: u64) -> (f64, 
         chance += purity(&rand_rows, acts);
         count += 1;
     }
-    #[expect(clippy::cast_precision_loss, reason = "counts")]
     let c = count.max(1) as f64;
     (obs / c, chance / c)
 }

@@ -137,7 +137,6 @@ fn lloyd(
                 cents[c * d..(c + 1) * d].copy_from_slice(row(far));
                 dist[far] = 0.0;
             } else {
-                #[expect(clippy::cast_precision_loss, reason = "counts")]
                 let inv = 1.0 / counts[c] as f32;
                 for (cv, s) in cents[c * d..(c + 1) * d]
                     .iter_mut()
@@ -224,7 +223,6 @@ pub fn kmeans(
         )?,
         0,
     )?;
-    #[expect(clippy::cast_precision_loss, reason = "dimension")]
     let scale = 1.0 / (cfg.proj_dim as f32).sqrt();
     let proj = normal_vec(&mut rng, d * cfg.proj_dim, scale);
     let proj = Tensor::from_vec(proj, (d, cfg.proj_dim), x.device())?.to_dtype(x.dtype())?;
@@ -236,7 +234,6 @@ pub fn kmeans(
         .to_vec1()?;
     let mut best: Option<(Vec<usize>, f32)> = None;
     for r in 0..cfg.restarts.max(1) {
-        #[expect(clippy::cast_precision_loss, reason = "counts")]
         let f = r as f32 / (cfg.restarts.max(1) + cfg.refine_iters) as f32;
         if !progress(
             &format!("k-means restart {}/{}", r + 1, cfg.restarts.max(1)),
@@ -260,7 +257,6 @@ pub fn kmeans(
     let mut dists = vec![0f32; pool.len()];
     let mut c = means(&pool_t, &ids, &mut dists, cfg.k)?;
     for it in 0..cfg.refine_iters {
-        #[expect(clippy::cast_precision_loss, reason = "counts")]
         let f = (cfg.restarts.max(1) + it) as f32 / (cfg.restarts.max(1) + cfg.refine_iters) as f32;
         if !progress(
             &format!("k-means refinement {}/{}", it + 1, cfg.refine_iters),

@@ -213,7 +213,6 @@ impl Derived {
         let dpd =
             ((xpm * -2.0)?.broadcast_add(&xpx)?).broadcast_add(&self.mu_p_mu.unsqueeze(0)?)?;
         let quad = (dpd - vmv)?;
-        #[expect(clippy::cast_precision_loss, reason = "dimension is small")]
         let konst = d as f64 * (2.0 * std::f64::consts::PI).ln();
         let ll = ((quad.broadcast_add(&self.logdet.unsqueeze(0)?)? + konst)? * -0.5)?;
         let joint = ll.broadcast_add(&self.log_pi.unsqueeze(0)?)?;

@@ -56,7 +56,6 @@ pub fn mean_nll(mfa: &Mfa, x: &Tensor, batch: usize) -> Result<f64> {
             .to_scalar::<f64>()?;
         total -= lp;
     }
-    #[expect(clippy::cast_precision_loss, reason = "counts")]
     Ok(total / n.max(1) as f64)
 }
 
@@ -65,12 +64,6 @@ pub fn split(x: &Tensor, frac: f32, seed: u64) -> Result<(Tensor, Tensor)> {
     let n = x.dim(0)?;
     let mut idx: Vec<u32> = (0..u32::try_from(n).unwrap_or(u32::MAX)).collect();
     idx.shuffle(&mut StdRng::seed_from_u64(seed));
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "fraction of a count"
-    )]
     let n_val = ((n as f32 * frac).round() as usize).min(n.saturating_sub(1));
     let take = |v: &[u32]| -> Result<Tensor> {
         Ok(x.index_select(&Tensor::from_vec(v.to_vec(), v.len(), x.device())?, 0)?)
@@ -145,7 +138,6 @@ pub fn fit(
             opt.step(&grads)?;
             sum += loss * chunk.len() as f64;
             count += chunk.len();
-            #[expect(clippy::cast_precision_loss, reason = "counts")]
             let f = ((e - 1) as f32 + (bi + 1) as f32 / n_batches as f32) / cfg.epochs as f32;
             if bi % 8 == 0
                 && !on(FitEvent::Stage(
@@ -160,7 +152,6 @@ pub fn fit(
         let ep = MfaEpoch {
             epoch: e,
             total: cfg.epochs,
-            #[expect(clippy::cast_precision_loss, reason = "counts")]
             train_nll: sum / count.max(1) as f64,
             val_nll: eval(&mfa)?,
         };

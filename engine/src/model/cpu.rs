@@ -167,7 +167,6 @@ fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32 {
 /// `1 / sqrt(mean(x²) + eps)`.
 #[inline]
 pub fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    #[expect(clippy::cast_precision_loss, reason = "row widths are small")]
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     1.0 / (ms + eps).sqrt()
 }
@@ -176,7 +175,6 @@ pub fn inv_rms(x: &[f32], eps: f32) -> f32 {
 /// `dy = ∂L/∂y`. With `u = w ⊙ dy`: `∂L/∂x = r·u − x · r³ · (u·x) / d`.
 #[multiversion(targets = "simd")]
 pub fn rms_norm_backward_row(x: &[f32], r: f32, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-    #[expect(clippy::cast_precision_loss, reason = "row widths are small")]
     let d = x.len() as f32;
     let ux: f32 = dy.iter().zip(w).zip(x).map(|((g, w), x)| g * w * x).sum();
     let c = r * r * r * ux / d;

@@ -31,9 +31,7 @@ pub(crate) struct Dims {
 impl Dims {
     pub(crate) fn of(m: &Llama) -> Self {
         let hd = m.cfg.head_dim();
-        #[expect(clippy::cast_possible_truncation, reason = "eps is tiny")]
         let eps = m.cfg.rms_norm_eps as f32;
-        #[expect(clippy::cast_precision_loss, reason = "head width is small")]
         let scale = 1.0 / (hd as f32).sqrt();
         Self {
             d: m.cfg.hidden_size,

@@ -472,7 +472,6 @@ impl Llama {
         // Query heads that share a key/value head are folded into the row dimension, so keys and
         // values are never copied per head.
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        #[expect(clippy::cast_precision_loss, reason = "head width is small")]
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?
             .reshape((b, nh, t, s))?
@@ -506,9 +505,7 @@ fn apply(x: &Tensor, iv: &ResolvedIntervention) -> Result<Tensor> {
 /// RoPE cos/sin tables (n_ctx, d_head/2), computed in f32 as the reference implementations do.
 fn rope_tables(cfg: &LlamaConfig, dev: &Device) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim();
-    #[expect(clippy::cast_possible_truncation, reason = "RoPE base fits f32")]
     let base = cfg.rope_theta as f32;
-    #[expect(clippy::cast_precision_loss, reason = "small integers")]
     let inv: Vec<f32> = (0..hd)
         .step_by(2)
         .map(|i| 1.0 / base.powf(i as f32 / hd as f32))
@@ -516,7 +513,6 @@ fn rope_tables(cfg: &LlamaConfig, dev: &Device) -> Result<(Tensor, Tensor)> {
     let n = cfg.max_position_embeddings;
     let mut angles = Vec::with_capacity(n * inv.len());
     for p in 0..n {
-        #[expect(clippy::cast_precision_loss, reason = "positions < 2^24")]
         let pf = p as f32;
         angles.extend(inv.iter().map(|f| pf * f));
     }

@@ -9,7 +9,6 @@ use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) · w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     if !x.track_op() && !w.track_op() {
-        #[expect(clippy::cast_possible_truncation, reason = "eps is tiny")]
         return candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32);
     }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;

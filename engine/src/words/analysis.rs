@@ -80,12 +80,10 @@ pub fn mean_logprob(m: &LoadedModel, words: &[Word], pairs: &[(String, String)])
         let refs: Vec<&ScoredSeq> = chunk.iter().collect();
         let lp = seq_logprobs(m, words, &vectors, &refs)?.to_vec1::<f32>()?;
         for (s, l) in chunk.iter().zip(lp) {
-            #[expect(clippy::cast_precision_loss, reason = "small counts")]
             let n = s.targets.len() as f32;
             total += l / n;
         }
     }
-    #[expect(clippy::cast_precision_loss, reason = "small counts")]
     Ok(total / pairs.len().max(1) as f32)
 }
 

@@ -570,16 +570,13 @@ fn sigmoid(x: f64) -> f64 {
 pub fn cross_entropy(tape: &Tape) -> (f32, Vec<f32>) {
     let counts = tape.target_counts();
     let sums = tape.seq_logprobs();
-    #[expect(clippy::cast_precision_loss, reason = "small counts")]
     let b = sums.len() as f32;
-    #[expect(clippy::cast_precision_loss, reason = "small counts")]
     let loss = -sums
         .iter()
         .zip(&counts)
         .map(|(s, c)| s / (*c).max(1) as f32)
         .sum::<f32>()
         / b;
-    #[expect(clippy::cast_precision_loss, reason = "small counts")]
     let coef = tape
         .target_seqs()
         .map(|s| -1.0 / (b * counts[s] as f32))
@@ -593,7 +590,6 @@ pub fn cross_entropy(tape: &Tape) -> (f32, Vec<f32>) {
 pub fn preference(tape: &Tape, refs: &[f32], beta: f64) -> (f32, Vec<f32>) {
     let lp = tape.seq_logprobs();
     let pairs = lp.len() / 2;
-    #[expect(clippy::cast_precision_loss, reason = "small counts")]
     let n = pairs as f64;
     let mut loss = 0f64;
     let mut dseq = vec![0f64; lp.len()];
@@ -605,9 +601,7 @@ pub fn preference(tape: &Tape, refs: &[f32], beta: f64) -> (f32, Vec<f32>) {
         dseq[2 * i] = (-beta * s_dpo - beta * sigmoid(-beta * dc)) / n;
         dseq[2 * i + 1] = beta * s_dpo / n;
     }
-    #[expect(clippy::cast_possible_truncation, reason = "loss values are f32")]
     let coef = tape.target_seqs().map(|s| dseq[s] as f32).collect();
-    #[expect(clippy::cast_possible_truncation, reason = "loss values are f32")]
     ((loss / n) as f32, coef)
 }
 
@@ -699,12 +693,10 @@ fn log_softmax_at(z: &mut [f32], t: usize) -> f32 {
         *e = (*e - mx).exp();
         sum += f64::from(*e);
     }
-    #[expect(clippy::cast_possible_truncation, reason = "probabilities are f32")]
     let inv = (1.0 / sum) as f32;
     for e in z.iter_mut() {
         *e *= inv;
     }
-    #[expect(clippy::cast_possible_truncation, reason = "log-probabilities are f32")]
     let ln = sum.ln() as f32;
     target - mx - ln
 }

@@ -95,7 +95,6 @@ pub fn init_vector(m: &LoadedModel, init: &Init) -> Result<Vec<f32>> {
                     n += 1;
                 }
             }
-            #[expect(clippy::cast_precision_loss, reason = "small counts")]
             let inv = 1.0 / n as f32;
             Ok(sum.into_iter().map(|s| s * inv).collect())
         }

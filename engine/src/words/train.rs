@@ -164,7 +164,6 @@ pub fn seq_logprobs(
 }
 
 fn token_counts(seqs: &[&ScoredSeq], dev: &candle_core::Device) -> Result<Tensor> {
-    #[expect(clippy::cast_precision_loss, reason = "small counts")]
     let c: Vec<f32> = seqs.iter().map(|s| s.targets.len() as f32).collect();
     Ok(Tensor::from_vec(c, seqs.len(), dev)?)
 }
@@ -485,7 +484,6 @@ pub fn train(
                 });
             }
         }
-        #[expect(clippy::cast_precision_loss, reason = "small counts")]
         let mean = sum / steps_per_epoch as f32;
         epoch_losses.push(mean);
         if best.as_ref().is_none_or(|(b, _)| mean < *b) {

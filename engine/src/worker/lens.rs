@@ -52,7 +52,6 @@ impl Worker {
             LensCommand::TrainTuned { corpus, config } => {
                 let m = self.model()?;
                 let (lens, report) = crate::tuned::train(m, &corpus, &config, &mut |s| {
-                    #[expect(clippy::cast_precision_loss, reason = "step counts")]
                     let f = s.step as f32 / s.total.max(1) as f32;
                     job.progress(
                         format!("tuned lens step {}/{} · KL {:.3}", s.step, s.total, s.loss),
