@@ -1,5 +1,6 @@
 //! Models: configuration, weights, the hooked forward pass, batches, KV cache and loading.
 
+pub mod backward;
 pub mod batch;
 pub mod cache;
 pub mod cpu;
