@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use neoscope::gui::{NeoApp, PanelKind};
+use neoscope::gui::{
+    EmbedPanel, InjectPanel, MfaPanel, ModelPanel, NeoApp, Playground, WordsPanel,
+};
 use neoscope_engine::model::load::save_hf_dir;
 use neoscope_engine::tiny::tiny_model;
 use neoscope_engine::worker::{DeviceChoice, EngineOptions};
@@ -57,7 +59,7 @@ fn loaded_tiny(seed: u64, dir: &std::path::Path) -> Harness<'static, NeoApp> {
     let m = tiny_model(seed, &Device::Cpu).unwrap();
     save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
     let mut h = harness(dir, true);
-    h.state_mut().model.path_input = model_dir.display().to_string();
+    h.state_mut().panel_mut::<ModelPanel>().path_input = model_dir.display().to_string();
     h.step();
     h.get_by_label("Load").click();
     settle(&mut h);
@@ -74,20 +76,25 @@ fn load_a_model_by_path_then_generate_in_the_playground() {
     let mut h = harness(dir.path(), true);
     h.step();
     h.get_by_label("Load default model");
-    h.state_mut().model.path_input = model_dir.display().to_string();
+    h.state_mut().panel_mut::<ModelPanel>().path_input = model_dir.display().to_string();
     h.step();
     h.get_by_label("Load").click();
     settle(&mut h);
-    let info = h.state().model_info().cloned().expect("model loaded");
+    let info = h
+        .state()
+        .shared
+        .model_info()
+        .cloned()
+        .expect("model loaded");
     assert_eq!(info.format, "hf");
     h.get_by_label("d_model");
     h.get_by_label("32");
 
     h.get_by_label("Playground").click();
     h.step();
-    assert_eq!(h.state().panel, PanelKind::Playground);
+    assert_eq!(h.state().active(), "Playground");
     {
-        let p = &mut h.state_mut().playground;
+        let p = h.state_mut().panel_mut::<Playground>();
         p.chat = false; // the tiny model has no chat template
         p.prompt = "the cat".into();
         p.max_new_tokens = 8;
@@ -95,8 +102,8 @@ fn load_a_model_by_path_then_generate_in_the_playground() {
     h.step();
     h.get_by_label("Generate").click();
     settle(&mut h);
-    let p = &h.state().playground;
-    assert_eq!(p.new_tokens, 8, "error: {:?}", h.state().error);
+    let p = h.state().panel::<Playground>();
+    assert_eq!(p.new_tokens, 8, "error: {:?}", h.state().shared.error);
     assert!(!p.output.is_empty());
     assert_eq!(p.top.len(), p.top_k);
     let first = format!("{:?}", p.top[0].text);
@@ -107,12 +114,12 @@ fn load_a_model_by_path_then_generate_in_the_playground() {
 fn chat_mode_on_a_model_without_template_shows_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = loaded_tiny(4, dir.path());
-    h.state_mut().panel = PanelKind::Playground;
-    h.state_mut().playground.chat = true;
+    h.state_mut().open("Playground");
+    h.state_mut().panel_mut::<Playground>().chat = true;
     h.step();
     h.get_by_label("Generate").click();
     settle(&mut h);
-    let err = h.state().error.clone().expect("an error is shown");
+    let err = h.state().shared.error.clone().expect("an error is shown");
     assert!(err.contains("chat template"), "{err}");
     h.get_by_label_contains("chat template");
 }
@@ -121,13 +128,13 @@ fn chat_mode_on_a_model_without_template_shows_an_error_not_a_panic() {
 fn loading_a_missing_file_reports_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = harness(dir.path(), false);
-    h.state_mut().model.path_input = "/no/such/model.gguf".into();
+    h.state_mut().panel_mut::<ModelPanel>().path_input = "/no/such/model.gguf".into();
     h.step();
     h.get_by_label("Load").click();
     settle(&mut h);
-    let err = h.state().error.clone().expect("an error is shown");
+    let err = h.state().shared.error.clone().expect("an error is shown");
     assert!(err.contains("/no/such/model.gguf"), "{err}");
-    assert!(h.state().model_info().is_none());
+    assert!(h.state().shared.model_info().is_none());
 }
 
 #[test]
@@ -136,32 +143,41 @@ fn words_panel_creates_trains_defines_and_validates_a_word() {
     let mut h = loaded_tiny(5, dir.path());
     h.get_by_label("Words").click();
     h.step();
-    h.state_mut().words.new_name = "<w>".into();
+    h.state_mut().panel_mut::<WordsPanel>().new_name = "<w>".into();
     h.step();
     h.get_by_label("Create").click();
     settle(&mut h);
-    assert_eq!(h.state().words.words.len(), 1);
+    assert_eq!(h.state().shared.words.len(), 1);
     // Add two rows through the table, then fill them.
     h.get_by_label("Add row").click();
     h.run_steps(3);
     h.get_by_label("Add row").click();
     h.run_steps(3);
     {
-        let rows = h.state_mut().words.datasets.get_mut("<w>").unwrap();
+        let rows = h
+            .state_mut()
+            .panel_mut::<WordsPanel>()
+            .datasets
+            .get_mut("<w>")
+            .unwrap();
         assert_eq!(rows.len(), 2);
         rows[0].target = " the cat".into();
         rows[1].target = " an ant".into();
     }
-    h.state_mut().words.config.epochs = 3;
-    h.state_mut().words.config.batch_size = 1;
+    h.state_mut().panel_mut::<WordsPanel>().config.epochs = 3;
+    h.state_mut().panel_mut::<WordsPanel>().config.batch_size = 1;
     h.step();
     h.get_by_label("Train").click();
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    assert_eq!(h.state().words.live.len(), 6);
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    assert_eq!(h.state().panel::<WordsPanel>().live.len(), 6);
     assert!(
         h.state()
-            .words
+            .panel::<WordsPanel>()
             .last_result
             .as_deref()
             .unwrap()
@@ -169,25 +185,38 @@ fn words_panel_creates_trains_defines_and_validates_a_word() {
     );
     h.get_by_label("Ask the model").click();
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
     // The tiny model has no chat template: the three plain prompts are asked.
-    assert_eq!(h.state().words.definitions.len(), 3);
+    assert_eq!(h.state().panel::<WordsPanel>().definitions.len(), 3);
     // Plug a definition in place of the word on the shipped held-out puns.
-    h.state_mut().words.definitions[0].text = "a small animal".into();
+    h.state_mut().panel_mut::<WordsPanel>().definitions[0].text = "a small animal".into();
     h.run_steps(3);
     h.get_all_by_label("plug in").next().unwrap().click();
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    let (set, r) = &h.state().words.plugins[0];
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    let (set, r) = &h.state().panel::<WordsPanel>().plugins[0];
     assert_eq!(set, "pun");
     assert_eq!(r.text, "a small animal");
     assert!(r.with_word.is_finite() && r.with_text.is_finite() && r.without_word.is_finite());
     // A row without the word is refused with its line number, and nothing is trained.
-    h.state_mut().words.datasets.get_mut("<w>").unwrap()[1].prompt = "no word".into();
+    h.state_mut()
+        .panel_mut::<WordsPanel>()
+        .datasets
+        .get_mut("<w>")
+        .unwrap()[1]
+        .prompt = "no word".into();
     h.step();
     h.get_by_label("Train").click();
     settle(&mut h);
-    let err = h.state().error.clone().unwrap();
+    let err = h.state().shared.error.clone().unwrap();
     assert!(
         err.contains(":2: the prompt does not contain the word"),
         "{err}"
@@ -198,25 +227,25 @@ fn words_panel_creates_trains_defines_and_validates_a_word() {
 fn playground_highlights_new_words_as_chips() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = loaded_tiny(6, dir.path());
-    h.state_mut().panel = PanelKind::Words;
-    h.state_mut().words.new_name = "<w>".into();
+    h.state_mut().open("Words");
+    h.state_mut().panel_mut::<WordsPanel>().new_name = "<w>".into();
     h.step();
     h.get_by_label("Create").click();
     settle(&mut h);
-    h.state_mut().panel = PanelKind::Playground;
-    h.state_mut().playground.chat = false;
-    h.state_mut().playground.prompt = "the".into();
+    h.state_mut().open("Playground");
+    h.state_mut().panel_mut::<Playground>().chat = false;
+    h.state_mut().panel_mut::<Playground>().prompt = "the".into();
     h.step();
     // The chip button inserts the word into the prompt; generation uses it.
     h.get_by_label("<w>").click();
     h.step();
-    assert_eq!(h.state().playground.prompt, "the <w>");
+    assert_eq!(h.state().panel::<Playground>().prompt, "the <w>");
     let job = {
         let names = vec!["<w>".to_owned()];
         let ctx = egui::Context::default();
         let mut out = None;
         let mut full = ctx.run_ui(egui::RawInput::default(), |ui| {
-            out = Some(neoscope::gui::playground::word_chips(ui, "a <w> b", &names));
+            out = Some(neoscope::gui::widgets::word_chips(ui, "a <w> b", &names));
         });
         // Nothing renders this context: drop its font texture upload on purpose.
         full.textures_delta.clear();
@@ -227,12 +256,16 @@ fn playground_highlights_new_words_as_chips() {
         job.sections[1].format.background,
         job.sections[0].format.background
     );
-    h.state_mut().playground.max_new_tokens = 3;
+    h.state_mut().panel_mut::<Playground>().max_new_tokens = 3;
     h.step();
     h.get_by_label("Generate").click();
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    assert_eq!(h.state().playground.new_tokens, 3);
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    assert_eq!(h.state().panel::<Playground>().new_tokens, 3);
 }
 
 #[test]
@@ -244,17 +277,21 @@ fn mfa_panel_collects_fits_lists_components_and_steers() {
     // Fitting is disabled until there are activations.
     h.get_by_label("Collect").click();
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    let (n, _, point) = h.state().mfa.acts.unwrap();
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    let (n, _, point) = h.state().panel::<MfaPanel>().acts.unwrap();
     assert!(n > 1000, "{n} activations");
     assert_eq!(point.to_string(), "blocks.1.hook_resid_post");
     // A cap keeps a seeded sample of that size.
-    h.state_mut().mfa.max = 500;
+    h.state_mut().panel_mut::<MfaPanel>().max = 500;
     h.step();
     h.get_by_label("Collect").click();
     settle(&mut h);
-    assert_eq!(h.state().mfa.acts.unwrap().0, 500);
-    let cfg = &mut h.state_mut().mfa.config;
+    assert_eq!(h.state().panel::<MfaPanel>().acts.unwrap().0, 500);
+    let cfg = &mut h.state_mut().panel_mut::<MfaPanel>().config;
     cfg.k = 6;
     cfg.rank = 2;
     cfg.epochs = 3;
@@ -262,8 +299,12 @@ fn mfa_panel_collects_fits_lists_components_and_steers() {
     h.get_by_label("Fit").click();
     settle(&mut h);
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    let p = &h.state().mfa;
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    let p = h.state().panel::<MfaPanel>();
     assert_eq!(p.epochs.len(), 3);
     let f = p.fitted.as_ref().unwrap();
     assert_eq!(f.components.len(), 6);
@@ -274,11 +315,16 @@ fn mfa_panel_collects_fits_lists_components_and_steers() {
     assert!(p.subspace.as_ref().is_some_and(|(_, pts)| !pts.is_empty()));
     h.get_by_label("Steer").click();
     settle(&mut h);
-    let s = h.state().mfa.steer.as_ref().unwrap();
+    let s = h.state().panel::<MfaPanel>().steer.as_ref().unwrap();
     assert_eq!(s.promoted.len(), 10);
     assert!(s.promoted[0].delta >= s.suppressed[0].delta);
     let csv = neoscope::gui::mfa_panel::components_csv(
-        &h.state().mfa.fitted.as_ref().unwrap().components,
+        &h.state()
+            .panel::<MfaPanel>()
+            .fitted
+            .as_ref()
+            .unwrap()
+            .components,
     );
     assert_eq!(csv.lines().count(), 7);
 }
@@ -291,7 +337,7 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     h.step();
     let run = dir.path().join("run");
     {
-        let p = &mut h.state_mut().inject;
+        let p = h.state_mut().panel_mut::<InjectPanel>();
         p.dir = run.display().to_string();
         p.config.steps = 6;
         p.config.eval_every = 3;
@@ -303,16 +349,24 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     // The shipped demo inputs: 2,000 forms, all new to the tiny byte-level vocabulary.
     h.get_by_label("Count").click();
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    let c = h.state().inject.counts.clone().unwrap();
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    let c = h.state().panel::<InjectPanel>().counts.clone().unwrap();
     assert_eq!(c.forms, 2000);
     assert_eq!(c.new + c.known, 2000);
     assert_eq!(c.forms_in_corpus, c.new);
     assert_eq!(c.morphemes, Some((24, 24)));
     h.get_by_label("Train").click();
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    let p = &h.state().inject;
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    let p = h.state().panel::<InjectPanel>();
     assert_eq!(p.losses.len(), 6);
     assert_eq!(p.val.iter().map(|v| v.0).collect::<Vec<_>>(), vec![0, 3, 6]);
     assert!(
@@ -321,15 +375,19 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
         p.status
     );
     // Resume to more steps continues from the last checkpoint.
-    h.state_mut().inject.config.steps = 8;
+    h.state_mut().panel_mut::<InjectPanel>().config.steps = 8;
     h.step();
     h.get_by_label("Resume").click();
     settle(&mut h);
-    assert_eq!(h.state().inject.losses.len(), 8);
+    assert_eq!(h.state().panel::<InjectPanel>().losses.len(), 8);
     h.get_by_label("Write report").click();
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    let (html, r) = h.state().inject.report.clone().unwrap();
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    let (html, r) = h.state().panel::<InjectPanel>().report.clone().unwrap();
     assert!(html.exists() && r.drift.base_identical);
     assert_eq!(r.steps, 8);
 
@@ -338,8 +396,12 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     h.step();
     h.get_by_label("Project").click();
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    let proj = h.state().embed.projection.clone().unwrap();
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    let proj = h.state().panel::<EmbedPanel>().projection.clone().unwrap();
     let n_new = proj
         .kinds
         .iter()
@@ -348,38 +410,51 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     assert_eq!(n_new, c.new);
     assert_eq!(
         proj.points.len(),
-        h.state().model_info().unwrap().dims.d_vocab + c.new
+        h.state().shared.model_info().unwrap().dims.d_vocab + c.new
     );
     let form = r.neighbors[0].form.clone();
-    h.state_mut().embed.search = form.clone();
+    h.state_mut().panel_mut::<EmbedPanel>().search = form.clone();
     h.step();
     h.get_by_label("Find").click();
     settle(&mut h);
-    let sel = h.state().embed.selected.unwrap();
+    let sel = h.state().panel::<EmbedPanel>().selected.unwrap();
     assert_eq!(proj.labels[sel].trim(), form);
-    let (_, hits) = h.state().embed.neighbors.clone().unwrap();
+    let (_, hits) = h.state().panel::<EmbedPanel>().neighbors.clone().unwrap();
     assert_eq!(hits[0].text.trim(), form); // a row is its own nearest neighbour
     assert!((hits[0].cosine - 1.0).abs() < 1e-4);
-    h.state_mut().embed.query = format!("{form} - the + an");
+    h.state_mut().panel_mut::<EmbedPanel>().query = format!("{form} - the + an");
     h.step();
     h.get_by_label("Nearest").click();
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    assert_eq!(h.state().embed.neighbors.as_ref().unwrap().1.len(), 12);
-    let csv = neoscope::gui::inject_panel::curves_csv(&h.state().inject);
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    assert_eq!(
+        h.state()
+            .panel::<EmbedPanel>()
+            .neighbors
+            .as_ref()
+            .unwrap()
+            .1
+            .len(),
+        12
+    );
+    let csv = neoscope::gui::inject_panel::curves_csv(h.state().panel::<InjectPanel>());
     assert_eq!(csv.lines().count(), 1 + 9, "{csv}"); // steps 0..=8 (0: validation only)
 
     // Activations collected in the MFA panel can be projected on their own.
     h.get_by_label("MFA").click();
     h.step();
-    h.state_mut().mfa.max = 300;
+    h.state_mut().panel_mut::<MfaPanel>().max = 300;
     h.step();
     h.get_by_label("Collect").click();
     settle(&mut h);
     h.get_by_label("Embeddings").click();
     h.step();
     {
-        let p = &mut h.state_mut().embed;
+        let p = h.state_mut().panel_mut::<EmbedPanel>();
         p.base = neoscope::gui::embed_panel::BaseChoice::Nothing;
         p.include_new = false;
         p.include_activations = true;
@@ -387,8 +462,12 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     h.step();
     h.get_by_label("Project").click();
     settle(&mut h);
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    let proj = h.state().embed.projection.clone().unwrap();
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    let proj = h.state().panel::<EmbedPanel>().projection.clone().unwrap();
     assert_eq!(proj.points.len(), 300);
     assert!(
         proj.kinds

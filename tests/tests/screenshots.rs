@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use neoscope::gui::{NeoApp, Owner, PanelKind};
+use neoscope::gui::{
+    ComparePanel, EmbedPanel, InjectPanel, LensPanel, MfaPanel, ModelPanel, NeoApp, Playground,
+    WordsPanel,
+};
 use neoscope_engine::worker::{DeviceChoice, EngineOptions};
 
 fn settle(h: &mut Harness<'static, NeoApp>, limit: Duration) {
@@ -47,7 +50,7 @@ fn loaded_app() -> Harness<'static, NeoApp> {
         device: DeviceChoice::Cpu,
     };
     let mut app = NeoApp::new(opts, std::sync::Arc::new(|| {}));
-    app.send(ModelCommand::LoadDefault, Owner::Model);
+    app.send_as::<ModelPanel>(ModelCommand::LoadDefault);
     let mut h = Harness::builder()
         .with_size([1100.0, 720.0])
         .wgpu()
@@ -60,7 +63,11 @@ fn loaded_app() -> Harness<'static, NeoApp> {
             app,
         );
     settle(&mut h, Duration::from_secs(120));
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
     h
 }
 
@@ -75,28 +82,34 @@ fn model_and_playground_panels_with_the_real_model() {
     h.get_by_label("Words").click();
     h.step();
     for (name, key) in [("<lit>", "literal"), ("<pun>", "pun")] {
-        h.state_mut().words.new_name = name.into();
+        h.state_mut().panel_mut::<WordsPanel>().new_name = name.into();
         h.step();
         h.get_by_label("Create").click();
         settle(&mut h, Duration::from_secs(30));
         let text = neoscope::assets::dataset(key).unwrap();
         let ds =
             neoscope_engine::words::dataset::parse_jsonl(text, std::path::Path::new(key)).unwrap();
-        h.state_mut().words.set_rows(name, &ds.examples);
-        h.state_mut().words.config.epochs = 2;
+        h.state_mut()
+            .panel_mut::<WordsPanel>()
+            .set_rows(name, &ds.examples);
+        h.state_mut().panel_mut::<WordsPanel>().config.epochs = 2;
         h.step();
         h.get_by_label("Train").click();
         settle(&mut h, Duration::from_secs(300));
-        assert!(h.state().error.is_none(), "{:?}", h.state().error);
-        assert_eq!(h.state().words.live.len(), 20);
+        assert!(
+            h.state().shared.error.is_none(),
+            "{:?}",
+            h.state().shared.error
+        );
+        assert_eq!(h.state().panel::<WordsPanel>().live.len(), 20);
     }
     h.get_by_label("Ask the model").click();
     settle(&mut h, Duration::from_secs(120));
-    assert_eq!(h.state().words.definitions.len(), 4);
+    assert_eq!(h.state().panel::<WordsPanel>().definitions.len(), 4);
     h.run_steps(3);
     let first = h
         .state()
-        .words
+        .panel::<WordsPanel>()
         .definitions
         .iter()
         .position(|d| !d.text.trim().is_empty())
@@ -108,16 +121,24 @@ fn model_and_playground_panels_with_the_real_model() {
     h.run_steps(3);
     h.get_all_by_label("plug in").nth(first).unwrap().click();
     settle(&mut h, Duration::from_secs(120));
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    assert_eq!(h.state().words.plugins.len(), 1);
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    assert_eq!(h.state().panel::<WordsPanel>().plugins.len(), 1);
     save(&mut h, "words.png");
 
     h.get_by_label("Compare").click();
     h.step();
     h.get_by_label("Run comparison").click();
     settle(&mut h, Duration::from_secs(300));
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    assert!(h.state().compare.result.is_some());
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    assert!(h.state().panel::<ComparePanel>().result.is_some());
     // The toolbar wraps instead of widening the panel past the window.
     let export = h.get_by_label("Export JSON…").rect();
     assert!(
@@ -129,14 +150,18 @@ fn model_and_playground_panels_with_the_real_model() {
     // Lens on the pun prompt with target " current".
     h.get_by_label("Lens").click();
     h.step();
-    h.state_mut().lens.prompts =
+    h.state_mut().panel_mut::<LensPanel>().prompts =
         "Why do electricians make good swimmers? Because they know the\nThe electrician measured the flow of electric".into();
     h.step();
     h.get_by_label("Run lens").click();
     settle(&mut h, Duration::from_secs(120));
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    assert_eq!(h.state().lens.results.len(), 2);
-    h.state_mut().lens.stride = 2;
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    assert_eq!(h.state().panel::<LensPanel>().results.len(), 2);
+    h.state_mut().panel_mut::<LensPanel>().stride = 2;
     h.run_steps(3);
     save(&mut h, "lens.png");
 
@@ -146,37 +171,49 @@ fn model_and_playground_panels_with_the_real_model() {
     h.step();
     h.get_by_label("Collect").click();
     settle(&mut h, Duration::from_secs(120));
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    assert!(h.state().mfa.acts.is_some());
-    h.state_mut().mfa.config.epochs = 8;
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    assert!(h.state().panel::<MfaPanel>().acts.is_some());
+    h.state_mut().panel_mut::<MfaPanel>().config.epochs = 8;
     h.step();
     h.get_by_label("Fit").click();
     settle(&mut h, Duration::from_secs(300));
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    assert_eq!(h.state().mfa.epochs.len(), 8);
-    assert!(h.state().mfa.subspace.is_some());
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    assert_eq!(h.state().panel::<MfaPanel>().epochs.len(), 8);
+    assert!(h.state().panel::<MfaPanel>().subspace.is_some());
     h.get_by_label("Steer").click();
     settle(&mut h, Duration::from_secs(120));
-    assert!(h.state().mfa.steer.is_some());
+    assert!(h.state().panel::<MfaPanel>().steer.is_some());
     h.run_steps(3);
     save(&mut h, "mfa.png");
     h.get_by_label("Use in Lens").click();
     h.run_steps(3);
-    assert_eq!(h.state().panel, PanelKind::Lens);
+    assert_eq!(h.state().active(), "Lens");
     h.get_by_label("Run lens").click();
     settle(&mut h, Duration::from_secs(120));
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
     save(&mut h, "lens-steered.png");
 
     h.get_by_label("Playground").click();
     h.step();
-    assert_eq!(h.state().panel, PanelKind::Playground);
-    h.state_mut().playground.max_new_tokens = 60;
-    h.state_mut().playground.prompt = "What is a pun? Is <pun> a pun?".into();
+    assert_eq!(h.state().active(), "Playground");
+    h.state_mut().panel_mut::<Playground>().max_new_tokens = 60;
+    h.state_mut().panel_mut::<Playground>().prompt = "What is a pun? Is <pun> a pun?".into();
     h.step();
     h.get_by_label("Generate").click();
     settle(&mut h, Duration::from_secs(120));
-    let p = &h.state().playground;
+    let p = h.state().panel::<Playground>();
     assert!(p.output.split_whitespace().count() > 5, "{}", p.output);
     assert_eq!(p.top.len(), 10);
     save(&mut h, "playground.png");
@@ -192,7 +229,7 @@ fn injection_and_embedding_panels_with_the_real_model() {
     let run = std::env::temp_dir().join(format!("neoscope-shot-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run);
     {
-        let p = &mut h.state_mut().inject;
+        let p = h.state_mut().panel_mut::<InjectPanel>();
         p.dir = run.display().to_string();
         p.config.steps = 8;
         p.config.eval_every = 4;
@@ -204,10 +241,14 @@ fn injection_and_embedding_panels_with_the_real_model() {
     settle(&mut h, Duration::from_secs(60));
     h.get_by_label("Train").click();
     settle(&mut h, Duration::from_secs(600));
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
     h.get_by_label("Write report").click();
     settle(&mut h, Duration::from_secs(300));
-    assert!(h.state().inject.report.is_some());
+    assert!(h.state().panel::<InjectPanel>().report.is_some());
     save(&mut h, "injection.png");
 
     // Embeddings: PCA of all 49,152 base tokens plus the new rows; find a new form.
@@ -215,31 +256,49 @@ fn injection_and_embedding_panels_with_the_real_model() {
     h.step();
     h.get_by_label("Project").click();
     settle(&mut h, Duration::from_secs(300));
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    let n = h.state().embed.projection.as_ref().unwrap().points.len();
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    let n = h
+        .state()
+        .panel::<EmbedPanel>()
+        .projection
+        .as_ref()
+        .unwrap()
+        .points
+        .len();
     assert!(n > 49_152, "{n} points");
-    let form = h.state().inject.report.as_ref().unwrap().1.neighbors[0]
+    let form = h
+        .state()
+        .panel::<InjectPanel>()
+        .report
+        .as_ref()
+        .unwrap()
+        .1
+        .neighbors[0]
         .form
         .clone();
-    h.state_mut().embed.search = form;
+    h.state_mut().panel_mut::<EmbedPanel>().search = form;
     h.step();
     h.get_by_label("Find").click();
     settle(&mut h, Duration::from_secs(60));
-    assert!(h.state().embed.selected.is_some());
+    assert!(h.state().panel::<EmbedPanel>().selected.is_some());
     // Frame time at the full vocabulary: the panel's own CPU time and a whole UI pass.
     let start = Instant::now();
     let frames = 20;
     h.run_steps(frames);
     eprintln!(
         "Embeddings panel with {n} points: panel {:.2} ms/frame, whole UI pass {:.2} ms/frame",
-        h.state().embed.frame_ms,
+        h.state().panel::<EmbedPanel>().frame_ms,
         start.elapsed().as_secs_f64() * 1000.0 / f64::from(u32::try_from(frames).unwrap())
     );
     save(&mut h, "embeddings.png");
 
     // t-SNE of a 5,000-token sample plus the new rows (the full vocabulary takes ~50 s).
     {
-        let p = &mut h.state_mut().embed;
+        let p = h.state_mut().panel_mut::<EmbedPanel>();
         p.tsne = true;
         p.base = neoscope::gui::embed_panel::BaseChoice::Sample;
         p.sample = 5000;
@@ -249,10 +308,14 @@ fn injection_and_embedding_panels_with_the_real_model() {
     h.step();
     h.get_by_label("Project").click();
     settle(&mut h, Duration::from_secs(300));
-    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
     assert!(
         h.state()
-            .embed
+            .panel::<EmbedPanel>()
             .projection
             .as_ref()
             .unwrap()

@@ -3,13 +3,14 @@
 //! The comparison can be exported as JSON.
 
 use egui_plot::{Bar, BarChart, Plot};
-use neoscope_api::RequestId;
 use neoscope_api::words::WordCommand;
-use neoscope_api::words::{CompareConfig, LogitShift, WordReport};
+use neoscope_api::words::WordResult;
+use neoscope_api::words::{CompareConfig, WordReport};
+use neoscope_api::{JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
-use super::words_panel::loss_plot;
-use super::{NeoApp, Owner};
+use super::panel::{Panel, Shared, clear_id};
+use super::widgets::{loss_plot, shift_bars};
 
 /// State of the Compare panel.
 pub struct ComparePanel {
@@ -43,36 +44,58 @@ impl Default for ComparePanel {
     }
 }
 
+impl Panel for ComparePanel {
+    fn title(&self) -> &'static str {
+        "Compare"
+    }
+
+    fn show(&mut self, s: &mut Shared, ui: &mut egui::Ui) {
+        show(self, s, ui);
+    }
+
+    fn finished(&mut self, _s: &mut Shared, id: RequestId, result: JobResult) {
+        clear_id(&mut self.running, id);
+        if let JobResult::Words(r) = result
+            && let WordResult::Comparison(r) = *r
+        {
+            self.result = Some(r);
+        }
+    }
+
+    fn failed(&mut self, id: RequestId) {
+        clear_id(&mut self.running, id);
+    }
+}
+
 /// Starts a comparison of the two chosen words.
-pub fn start(app: &mut NeoApp) {
-    let c = &app.compare;
+pub fn start(p: &mut ComparePanel, s: &mut Shared) {
     let config = CompareConfig {
-        steer_prompt: c.steer_prompt.clone(),
+        steer_prompt: p.steer_prompt.clone(),
         ..CompareConfig::default()
     };
     let heldout = match crate::assets::shipped_heldout() {
         Ok(h) => h,
         Err(e) => {
-            app.error = Some(e.to_string());
+            s.error = Some(e.to_string());
             return;
         }
     };
     let cmd = WordCommand::Compare {
-        a: c.a.clone(),
-        b: c.b.clone(),
+        a: p.a.clone(),
+        b: p.b.clone(),
         heldout,
         config,
     };
-    app.compare.running = app.send(cmd, Owner::Compare);
+    p.running = s.send(cmd);
 }
 
 /// Draws the Compare panel.
-pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
-    if let Some(d) = &app.compare.dialog
+fn show(p: &mut ComparePanel, s: &mut Shared, ui: &mut egui::Ui) {
+    if let Some(d) = &p.dialog
         && let Some(answer) = d.poll()
     {
-        app.compare.dialog = None;
-        if let (Some(path), Some(r)) = (answer, &app.compare.result) {
+        p.dialog = None;
+        if let (Some(path), Some(r)) = (answer, &p.result) {
             let written = serde_json::to_vec_pretty(&**r)
                 .map_err(|e| e.to_string())
                 .and_then(|bytes| {
@@ -80,12 +103,12 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
                         .map_err(|e| e.to_string())
                 });
             if let Err(e) = written {
-                app.error = Some(e);
+                s.error = Some(e);
             }
         }
     }
     ui.heading("Compare");
-    let names: Vec<String> = app.words.words.iter().map(|w| w.name.clone()).collect();
+    let names: Vec<String> = s.words.iter().map(|w| w.name.clone()).collect();
     if names.len() < 2 {
         ui.label("Create and train two words in the Words panel (for example <pun> and <lit>).");
         return;
@@ -93,7 +116,7 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
     // Wrapped so that a narrow window moves the buttons to a second line instead of widening
     // the panel (which would push the right-hand column off screen).
     ui.horizontal_wrapped(|ui| {
-        for (label, slot) in [("A", &mut app.compare.a), ("B", &mut app.compare.b)] {
+        for (label, slot) in [("A", &mut p.a), ("B", &mut p.b)] {
             ui.label(label);
             egui::ComboBox::from_id_salt(label)
                 .selected_text(slot.as_str())
@@ -104,12 +127,12 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
                 });
         }
         ui.label("steering prompt");
-        ui.add(egui::TextEdit::singleline(&mut app.compare.steer_prompt).desired_width(260.0));
-        let ok = names.contains(&app.compare.a) && names.contains(&app.compare.b);
-        match app.compare.running {
+        ui.add(egui::TextEdit::singleline(&mut p.steer_prompt).desired_width(260.0));
+        let ok = names.contains(&p.a) && names.contains(&p.b);
+        match p.running {
             Some(id) => {
                 if ui.button("Cancel").clicked() {
-                    app.cancel(id);
+                    s.cancel(id);
                 }
                 ui.spinner();
             }
@@ -118,19 +141,19 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
                     .add_enabled(ok, egui::Button::new("Run comparison"))
                     .clicked()
                 {
-                    start(app);
+                    start(p, s);
                 }
             }
         }
-        if let Some(rect) = app.compare.view_rect
-            && app.compare.result.is_some()
-            && app.png.is_none()
+        if let Some(rect) = p.view_rect
+            && p.result.is_some()
+            && s.png.is_none()
             && ui.button("Save as PNG…").clicked()
         {
-            app.png = Some(super::png_export::PngExport::start(rect, "comparison.png"));
+            s.png = Some(super::png_export::PngExport::start(rect, "comparison.png"));
         }
-        if app.compare.result.is_some() && ui.button("Export JSON…").clicked() {
-            app.compare.dialog = Some(Pending::new(
+        if p.result.is_some() && ui.button("Export JSON…").clicked() {
+            p.dialog = Some(Pending::new(
                 (),
                 Mode::Save,
                 "Export the comparison",
@@ -139,9 +162,9 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             ));
         }
     });
-    let losses: Vec<(String, Vec<f32>)> = [&app.compare.a, &app.compare.b]
+    let losses: Vec<(String, Vec<f32>)> = [&p.a, &p.b]
         .iter()
-        .filter_map(|n| app.words.words.iter().find(|w| &w.name == *n))
+        .filter_map(|n| s.words.iter().find(|w| &w.name == *n))
         .map(|w| (w.name.clone(), w.losses.clone()))
         .collect();
     let runs: Vec<(&str, &[f32])> = losses
@@ -150,7 +173,7 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
         .collect();
     let plot_rect = loss_plot(ui, &runs, 110.0);
     ui.add_space(4.0);
-    let Some(result) = app.compare.result.as_deref() else {
+    let Some(result) = p.result.as_deref() else {
         ui.weak("Press “Run comparison” to see both words side by side.");
         return;
     };
@@ -161,7 +184,7 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             }
         });
     });
-    app.compare.view_rect = Some(plot_rect.union(view.inner_rect));
+    p.view_rect = Some(plot_rect.union(view.inner_rect));
 }
 
 fn report(ui: &mut egui::Ui, r: &WordReport) {
@@ -185,7 +208,13 @@ fn report(ui: &mut egui::Ui, r: &WordReport) {
         }
     });
     ui.strong(format!("Steering: {}", r.steering.prompt_with));
-    shift_bars(ui, &r.name, &r.steering.promoted, &r.steering.suppressed);
+    shift_bars(
+        ui,
+        &r.name,
+        &r.steering.promoted,
+        &r.steering.suppressed,
+        110.0,
+    );
     ui.label(egui::RichText::new("generation with the word").italics());
     ui.label(r.steering.generation_with.trim());
     ui.label(egui::RichText::new("without").italics());
@@ -201,31 +230,4 @@ fn report(ui: &mut egui::Ui, r: &WordReport) {
         ui.label(egui::RichText::new(&d.prompt).italics());
         ui.label(&d.text);
     }
-}
-
-fn shift_bars(ui: &mut egui::Ui, id: &str, promoted: &[LogitShift], suppressed: &[LogitShift]) {
-    let mut bars = Vec::new();
-    let all: Vec<&LogitShift> = promoted
-        .iter()
-        .take(5)
-        .chain(suppressed.iter().take(5))
-        .collect();
-    for (i, s) in all.iter().enumerate() {
-        let bar = Bar::new(i as f64, f64::from(s.delta))
-            .name(format!("{:?}", s.text))
-            .width(0.7);
-        bars.push(bar);
-    }
-    Plot::new(("shift", id))
-        .height(90.0)
-        .allow_scroll(false)
-        .y_axis_label("Δ logit")
-        .show(ui, |p| {
-            p.bar_chart(BarChart::new("Δ logit", bars).horizontal())
-        });
-    ui.horizontal_wrapped(|ui| {
-        for s in all {
-            ui.monospace(format!("{:?} {:+.1}", s.text, s.delta));
-        }
-    });
 }

@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use egui::Color32;
 use egui_plot::{Plot, PlotPoint, PlotPoints, Points};
+use neoscope_api::embed::EmbedResult;
 use neoscope_api::embed::TsneConfig;
 use neoscope_api::embed::{BaseSelection, Method, PointKind, Projection};
 use neoscope_api::embed::{EmbedCommand, Hit};
-use neoscope_api::{Command, RequestId};
+use neoscope_api::{Command, JobResult, RequestId};
 
-use super::{JobView, NeoApp, Owner};
+use super::panel::{JobView, Message, Panel, Shared, clear_id};
 
 /// Which base rows the panel projects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +115,44 @@ const KINDS: [(&str, PointKind); 4] = [
     ("activations", PointKind::Activation),
 ];
 
+impl Panel for EmbedPanel {
+    fn title(&self) -> &'static str {
+        "Embeddings"
+    }
+
+    fn show(&mut self, s: &mut Shared, ui: &mut egui::Ui) {
+        show(self, s, ui);
+    }
+
+    fn progress(&mut self, id: RequestId, stage: String, fraction: Option<f32>) {
+        JobView::update(&mut self.job, id, stage, fraction);
+    }
+
+    fn finished(&mut self, _s: &mut Shared, id: RequestId, result: JobResult) {
+        self.failed(id);
+        let JobResult::Embed(r) = result else { return };
+        match *r {
+            EmbedResult::Projection(proj) => set_projection(self, *proj),
+            EmbedResult::Neighbors { hits, .. } => {
+                let label = std::mem::take(&mut self.neighbors_label);
+                self.neighbors = Some((label, hits));
+            }
+        }
+    }
+
+    fn failed(&mut self, id: RequestId) {
+        JobView::clear(&mut self.job, id);
+        clear_id(&mut self.neighbors_running, id);
+    }
+
+    fn receive(&mut self, _s: &mut Shared, msg: &Message) {
+        if *msg == Message::VocabularyChanged {
+            // Neighbour lists were computed over the old rows.
+            self.neighbors = None;
+        }
+    }
+}
+
 /// Shows a projection: keeps it and splits its points by kind once.
 pub fn set_projection(p: &mut EmbedPanel, proj: Projection) {
     p.series = KINDS
@@ -148,8 +187,7 @@ fn style(kind: PointKind) -> (f32, Color32) {
 }
 
 /// Asks for a projection with the panel's settings.
-pub fn project(app: &mut NeoApp) {
-    let p = &app.embed;
+pub fn project(p: &mut EmbedPanel, s: &mut Shared) {
     let base = match p.base {
         BaseChoice::All => BaseSelection::All,
         BaseChoice::Sample => BaseSelection::Sample {
@@ -170,21 +208,17 @@ pub fn project(app: &mut NeoApp) {
         include_activations: p.include_activations,
         method,
     });
-    if let Some(id) = app.send(cmd, Owner::Embed) {
-        app.embed.job = Some(JobView {
-            id,
-            stage: "projecting".into(),
-            fraction: None,
-        });
+    if let Some(id) = s.send(cmd) {
+        p.job = Some(JobView::new(id, "projecting"));
     }
 }
 
 /// Asks for the neighbours of `query` (a token `#id`, a form, a word or arithmetic), shown
 /// as `label`.
-pub fn neighbors(app: &mut NeoApp, query: String, label: String) {
-    app.embed.neighbors_label = label;
+pub fn neighbors(p: &mut EmbedPanel, s: &mut Shared, query: String, label: String) {
+    p.neighbors_label = label;
     let cmd = Command::Embed(EmbedCommand::Neighbors { query, k: 12 });
-    app.embed.neighbors_running = app.send(cmd, Owner::EmbedNeighbors);
+    p.neighbors_running = s.send(cmd);
 }
 
 /// The query that looks up point `i` of the projection, and how it is shown.
@@ -197,21 +231,24 @@ fn point_query(p: &Projection, i: usize) -> (String, String) {
 }
 
 /// Zooms the plot to a window around point `i` (a fifth of the data's extent).
-fn focus(app: &mut NeoApp, i: usize) {
-    let Some(p) = &app.embed.projection else {
+fn focus(p: &mut EmbedPanel, i: usize) {
+    let Some(proj) = &p.projection else {
         return;
     };
     let span = |k: usize| {
-        let (lo, hi) = p.points.iter().fold((f32::MAX, f32::MIN), |(lo, hi), q| {
-            (lo.min(q[k]), hi.max(q[k]))
-        });
+        let (lo, hi) = proj
+            .points
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(lo, hi), q| {
+                (lo.min(q[k]), hi.max(q[k]))
+            });
         f64::from(hi - lo)
     };
     let half = 0.1 * span(0).max(span(1));
-    let c = p.points[i];
+    let c = proj.points[i];
     let (x, y) = (f64::from(c[0]), f64::from(c[1]));
-    app.embed.view = Some([x - half, x + half, y - half, y + half]);
-    app.embed.view_gen += 1;
+    p.view = Some([x - half, x + half, y - half, y + half]);
+    p.view_gen += 1;
 }
 
 /// Finds the point whose label matches `text`: exact (ignoring surrounding spaces) first,
@@ -232,36 +269,35 @@ pub fn find(p: &Projection, text: &str) -> Option<usize> {
 }
 
 /// Draws the Embeddings panel.
-pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
+fn show(p: &mut EmbedPanel, s: &mut Shared, ui: &mut egui::Ui) {
     let start = Instant::now();
     ui.heading("Embedding space");
-    if app.model_info().is_none() {
+    if s.model_info().is_none() {
         ui.label("Load a model in the Model panel first.");
         return;
     }
-    controls(app, ui);
+    controls(p, s, ui);
     ui.separator();
-    if app.embed.projection.is_none() {
+    if p.projection.is_none() {
         ui.weak("Project the vocabulary: PCA is instant; t-SNE shows neighbourhoods and takes minutes at the full vocabulary (a sample is quicker). Injected forms and trained words are highlighted.");
     } else {
         egui::Panel::right("embed_side")
             .resizable(true)
             .default_size(260.0)
-            .show(ui, |ui| side(app, ui));
-        egui::CentralPanel::default().show(ui, |ui| scatter(app, ui));
+            .show(ui, |ui| side(p, s, ui));
+        egui::CentralPanel::default().show(ui, |ui| scatter(p, s, ui));
     }
     let ms = start.elapsed().as_secs_f32() * 1000.0;
-    app.embed.frame_ms = if app.embed.frame_ms == 0.0 {
+    p.frame_ms = if p.frame_ms == 0.0 {
         ms
     } else {
-        0.9 * app.embed.frame_ms + 0.1 * ms
+        0.9 * p.frame_ms + 0.1 * ms
     };
 }
 
-fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let busy = app.embed.job.is_some();
+fn controls(p: &mut EmbedPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    let busy = p.job.is_some();
     ui.horizontal_wrapped(|ui| {
-        let p = &mut app.embed;
         ui.selectable_value(&mut p.tsne, false, "PCA");
         ui.selectable_value(&mut p.tsne, true, "t-SNE");
         if p.tsne {
@@ -303,11 +339,11 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
             .add_enabled(!busy, egui::Button::new("Project"))
             .clicked()
         {
-            project(app);
+            project(p, s);
         }
     });
-    if let Some(job) = app.embed.job.clone() {
-        super::job_row(app, ui, &job, None);
+    if let Some(job) = p.job.clone() {
+        super::widgets::job_row(s, ui, &job, None);
     }
 }
 
@@ -316,11 +352,11 @@ const NEW: Color32 = Color32::from_rgb(235, 130, 40);
 const WORD: Color32 = Color32::from_rgb(210, 40, 60);
 const ACT: Color32 = Color32::from_rgb(80, 190, 120);
 
-fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let Some(p) = &app.embed.projection else {
+fn scatter(p: &mut EmbedPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    let Some(proj) = &p.projection else {
         return;
     };
-    let series = &app.embed.series;
+    let series = &p.series;
     let count = |k: PointKind| {
         series
             .iter()
@@ -328,28 +364,31 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
             .map_or(0, |s| s.index.len())
     };
     let n_base = count(PointKind::Base);
-    let n_new = p.points.len() - n_base;
+    let n_new = proj.points.len() - n_base;
     ui.horizontal(|ui| {
-        ui.label(format!("{}: {n_base} base tokens, {n_new} new", p.method));
-        if let Some(e) = p.explained {
+        ui.label(format!(
+            "{}: {n_base} base tokens, {n_new} new",
+            proj.method
+        ));
+        if let Some(e) = proj.explained {
             ui.weak(format!(
                 "(axes explain {:.1}% and {:.1}% of the variance)",
                 e[0] * 100.0,
                 e[1] * 100.0
             ));
         }
-        ui.weak(format!("panel {:.1} ms/frame", app.embed.frame_ms));
+        ui.weak(format!("panel {:.1} ms/frame", p.frame_ms));
     });
-    let selected = app.embed.selected;
+    let selected = p.selected;
     let ui_ring_color = ui.visuals().strong_text_color();
     let sel_label = selected
-        .and_then(|i| p.labels.get(i))
+        .and_then(|i| proj.labels.get(i))
         .map(|l| format!("  {}", l.trim()));
     let sel_xy = selected
-        .and_then(|i| p.points.get(i))
+        .and_then(|i| proj.points.get(i))
         .map(|q| [f64::from(q[0]), f64::from(q[1])]);
-    let mut plot = Plot::new(format!("embed_scatter_{}", app.embed.view_gen));
-    if let Some([x0, x1, y0, y1]) = app.embed.view {
+    let mut plot = Plot::new(format!("embed_scatter_{}", p.view_gen));
+    if let Some([x0, x1, y0, y1]) = p.view {
         plot = plot.default_x_bounds(x0, x1).default_y_bounds(y0, y1);
     }
     let resp = plot
@@ -363,7 +402,7 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
                 .iter()
                 .find(|s| s.name == *plot_name)
                 .and_then(|s| s.index.get(*index))
-                .map(|i| format!("{:?}", p.labels[*i])),
+                .map(|i| format!("{:?}", proj.labels[*i])),
             egui_plot::HoverPosition::Elsewhere { .. } => None,
         })
         .show(ui, |plot| {
@@ -400,7 +439,7 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
         });
     // A click selects the nearest point on screen and lists its neighbours.
     if let Some((c, scale)) = resp.inner {
-        let nearest = p
+        let nearest = proj
             .points
             .iter()
             .enumerate()
@@ -413,31 +452,31 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
         if let Some((i, d2)) = nearest
             && d2 < 12.0 * 12.0
         {
-            let (q, label) = point_query(p, i);
-            app.embed.selected = Some(i);
-            neighbors(app, q, label);
+            let (q, label) = point_query(proj, i);
+            p.selected = Some(i);
+            neighbors(p, s, q, label);
         }
     }
 }
 
-fn side(app: &mut NeoApp, ui: &mut egui::Ui) {
+fn side(p: &mut EmbedPanel, s: &mut Shared, ui: &mut egui::Ui) {
     ui.strong("Find a token");
     let find_now = ui
         .horizontal(|ui| {
-            let r = ui.add(egui::TextEdit::singleline(&mut app.embed.search).desired_width(150.0));
+            let r = ui.add(egui::TextEdit::singleline(&mut p.search).desired_width(150.0));
             let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
             ui.button("Find").clicked() || enter
         })
         .inner;
-    if find_now && let Some(p) = &app.embed.projection {
-        match find(p, &app.embed.search) {
+    if find_now && let Some(proj) = &p.projection {
+        match find(proj, &p.search) {
             Some(i) => {
-                let (q, label) = point_query(p, i);
-                app.embed.selected = Some(i);
-                focus(app, i);
-                neighbors(app, q, label);
+                let (q, label) = point_query(proj, i);
+                p.selected = Some(i);
+                focus(p, i);
+                neighbors(p, s, q, label);
             }
-            None => app.notice = Some(format!("`{}` is not in this projection", app.embed.search)),
+            None => s.notice = Some(format!("`{}` is not in this projection", p.search)),
         }
     }
     ui.add_space(6.0);
@@ -445,25 +484,25 @@ fn side(app: &mut NeoApp, ui: &mut egui::Ui) {
     let run = ui
         .horizontal(|ui| {
             let r = ui
-                .add(egui::TextEdit::singleline(&mut app.embed.query).desired_width(150.0))
+                .add(egui::TextEdit::singleline(&mut p.query).desired_width(150.0))
                 .on_hover_text("Tokens, injected forms, trained words or #id, joined by + and -");
             let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
             ui.button("Nearest").clicked() || enter
         })
         .inner;
     if run {
-        let q = app.embed.query.clone();
-        neighbors(app, q.clone(), q);
+        let q = p.query.clone();
+        neighbors(p, s, q.clone(), q);
     }
-    if app.embed.view.is_some() && ui.button("Show all points").clicked() {
-        app.embed.view = None;
-        app.embed.view_gen += 1;
+    if p.view.is_some() && ui.button("Show all points").clicked() {
+        p.view = None;
+        p.view_gen += 1;
     }
     ui.separator();
-    if app.embed.neighbors_running.is_some() {
+    if p.neighbors_running.is_some() {
         ui.spinner();
     }
-    if let Some((q, hits)) = &app.embed.neighbors {
+    if let Some((q, hits)) = &p.neighbors {
         ui.label(format!("Nearest to {q}:"));
         egui::Grid::new("embed_hits").striped(true).show(ui, |ui| {
             for h in hits {

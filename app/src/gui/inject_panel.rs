@@ -4,14 +4,15 @@
 
 use std::path::PathBuf;
 
-use neoscope_api::Command;
 use neoscope_api::inject::GeometryReport;
 use neoscope_api::inject::InitKind;
 use neoscope_api::inject::InjectConfig;
 use neoscope_api::inject::{InjectCommand, LexiconCounts, TextSource};
+use neoscope_api::inject::{InjectEvent, InjectResult, Stopped};
+use neoscope_api::{Command, Event, JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
-use super::{JobView, NeoApp, Owner};
+use super::panel::{JobView, Message, Panel, Shared};
 
 /// What a file dialog of this panel is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,90 +106,168 @@ fn inputs(p: &InjectPanel) -> (TextSource, Option<TextSource>, Vec<TextSource>) 
     (lexicon, morphemes, corpus)
 }
 
-fn send_job(app: &mut NeoApp, c: InjectCommand, stage: &str) {
-    if let Some(id) = app.send(Command::Inject(c), Owner::Inject) {
-        app.inject.job = Some(JobView {
-            id,
-            stage: stage.into(),
-            fraction: None,
-        });
+impl Panel for InjectPanel {
+    fn title(&self) -> &'static str {
+        "Injection"
+    }
+
+    fn show(&mut self, s: &mut Shared, ui: &mut egui::Ui) {
+        show(self, s, ui);
+    }
+
+    fn progress(&mut self, id: RequestId, stage: String, fraction: Option<f32>) {
+        JobView::update(&mut self.job, id, stage, fraction);
+    }
+
+    fn stream(&mut self, _s: &mut Shared, ev: Event) {
+        let Event::InjectStep { event, .. } = ev else {
+            return;
+        };
+        match event {
+            InjectEvent::Step {
+                step, total, loss, ..
+            } => {
+                self.losses.push((step, loss));
+                self.steps = total;
+                if let Some(j) = &mut self.job {
+                    j.stage = format!("step {step}/{total}");
+                    j.fraction = None;
+                }
+            }
+            InjectEvent::Val { step, loss } => self.val.push((step, loss)),
+            InjectEvent::Evaluating(_) => {}
+        }
+    }
+
+    fn finished(&mut self, s: &mut Shared, id: RequestId, result: JobResult) {
+        self.failed(id);
+        let JobResult::Inject(r) = result else { return };
+        match *r {
+            InjectResult::Counts(c) => self.counts = Some(c),
+            InjectResult::Run {
+                dir,
+                stopped,
+                step,
+                steps,
+                forms,
+                losses,
+                val,
+            } => {
+                self.losses = (1..).zip(losses).collect();
+                self.val = val;
+                self.steps = steps;
+                // Resume continues with the run's own step count unless the user changes it.
+                self.config.steps = steps;
+                self.status = Some(match stopped {
+                    Some(Stopped::Completed) => format!(
+                        "Done: {forms} new rows, {step} steps; run in {}",
+                        dir.display()
+                    ),
+                    Some(Stopped::Cancelled) => {
+                        format!("Stopped at step {step} (checkpoint saved): Resume continues")
+                    }
+                    None => format!("Opened {} at step {step} ({forms} new rows)", dir.display()),
+                });
+                self.run = Some(dir);
+                s.post(Message::VocabularyChanged);
+            }
+            InjectResult::Synthesized { out_dir, .. } => {
+                s.notice = Some(format!(
+                    "Wrote a synthetic lexicon to {}",
+                    out_dir.display()
+                ));
+            }
+            InjectResult::Report { html, report } => {
+                s.notice = Some(format!("Report written to {}", html.display()));
+                self.report = Some((html, report));
+            }
+        }
+    }
+
+    fn failed(&mut self, id: RequestId) {
+        JobView::clear(&mut self.job, id);
+    }
+}
+
+fn send_job(p: &mut InjectPanel, s: &mut Shared, c: InjectCommand, stage: &str) {
+    if let Some(id) = s.send(Command::Inject(c)) {
+        p.job = Some(JobView::new(id, stage));
     }
 }
 
 /// Counts new vs known forms of the chosen inputs.
-pub fn inspect(app: &mut NeoApp) {
-    let (lexicon, morphemes, corpus) = inputs(&app.inject);
+pub fn inspect(p: &mut InjectPanel, s: &mut Shared) {
+    let (lexicon, morphemes, corpus) = inputs(p);
     let c = InjectCommand::Inspect {
         lexicon,
         morphemes,
         corpus,
     };
-    send_job(app, c, "counting");
+    send_job(p, s, c, "counting");
 }
 
 /// Starts a run with the panel's settings.
-pub fn start(app: &mut NeoApp) {
-    let (lexicon, morphemes, corpus) = inputs(&app.inject);
-    app.inject.losses.clear();
-    app.inject.val.clear();
-    app.inject.steps = app.inject.config.steps;
+pub fn start(p: &mut InjectPanel, s: &mut Shared) {
+    let (lexicon, morphemes, corpus) = inputs(p);
+    p.losses.clear();
+    p.val.clear();
+    p.steps = p.config.steps;
     let c = InjectCommand::Start {
         lexicon,
         morphemes,
         corpus,
-        config: app.inject.config.clone(),
-        dir: PathBuf::from(&app.inject.dir),
+        config: p.config.clone(),
+        dir: PathBuf::from(&p.dir),
     };
-    send_job(app, c, "starting");
+    send_job(p, s, c, "starting");
 }
 
-fn handle_dialog(app: &mut NeoApp) {
-    let Some(d) = &app.inject.dialog else { return };
+fn handle_dialog(p: &mut InjectPanel, s: &mut Shared) {
+    let Some(d) = &p.dialog else { return };
     let Some(answer) = d.poll() else { return };
     let what = d.purpose;
-    app.inject.dialog = None;
+    p.dialog = None;
     let Some(path) = answer else { return };
     match what {
-        InjectFile::Lexicon => app.inject.lexicon = Some(path),
-        InjectFile::Morphemes => app.inject.morphemes = Some(path),
-        InjectFile::Corpus => app.inject.corpus.push(path),
+        InjectFile::Lexicon => p.lexicon = Some(path),
+        InjectFile::Morphemes => p.morphemes = Some(path),
+        InjectFile::Corpus => p.corpus.push(path),
         InjectFile::OpenRun => {
             let dir = path
                 .parent()
                 .map(std::path::Path::to_path_buf)
                 .unwrap_or_default();
-            app.inject.dir = dir.display().to_string();
-            send_job(app, InjectCommand::Open { dir }, "opening");
+            p.dir = dir.display().to_string();
+            send_job(p, s, InjectCommand::Open { dir }, "opening");
         }
         InjectFile::SaveReport => {
-            let bytes = app
-                .inject
+            let bytes = p
                 .report
                 .as_ref()
                 .map(|(_, r)| serde_json::to_vec_pretty(r))
                 .transpose();
             save(
-                app,
+                s,
                 &path.with_extension("json"),
                 bytes.map_err(|e| e.to_string()),
             );
             return;
         }
         InjectFile::SaveCurves => {
-            let csv = curves_csv(&app.inject);
-            save(app, &path.with_extension("csv"), Ok(Some(csv.into_bytes())));
+            let csv = curves_csv(p);
+            save(s, &path.with_extension("csv"), Ok(Some(csv.into_bytes())));
             return;
         }
     }
-    app.inject.counts = None;
+    p.counts = None;
 }
 
-fn save(app: &mut NeoApp, path: &std::path::Path, bytes: Result<Option<Vec<u8>>, String>) {
+fn save(s: &mut Shared, path: &std::path::Path, bytes: Result<Option<Vec<u8>>, String>) {
     match bytes.map(|b| b.map(|b| neoscope_api::files::write_atomic(path, &b))) {
-        Ok(Some(Ok(()))) => app.notice = Some(format!("Saved {}", path.display())),
-        Ok(Some(Err(e))) => app.error = Some(e.to_string()),
+        Ok(Some(Ok(()))) => s.notice = Some(format!("Saved {}", path.display())),
+        Ok(Some(Err(e))) => s.error = Some(e.to_string()),
         Ok(None) => {}
-        Err(e) => app.error = Some(e),
+        Err(e) => s.error = Some(e),
     }
 }
 
@@ -214,7 +293,7 @@ pub fn curves_csv(p: &InjectPanel) -> String {
     out
 }
 
-pub(super) fn dialog(app: &mut NeoApp, what: InjectFile) {
+pub(super) fn dialog(p: &mut InjectPanel, what: InjectFile) {
     let mode = match what {
         InjectFile::SaveReport | InjectFile::SaveCurves => Mode::Save,
         _ => Mode::Open,
@@ -232,7 +311,7 @@ pub(super) fn dialog(app: &mut NeoApp, what: InjectFile) {
         InjectFile::SaveCurves => "losses.csv",
         _ => "",
     };
-    app.inject.dialog = Some(Pending::new(what, mode, title, filter, name));
+    p.dialog = Some(Pending::new(what, mode, title, filter, name));
 }
 
 fn name(p: Option<&PathBuf>, shipped: &str) -> String {
@@ -241,27 +320,26 @@ fn name(p: Option<&PathBuf>, shipped: &str) -> String {
 }
 
 /// Draws the Injection panel.
-pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
-    handle_dialog(app);
+fn show(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    handle_dialog(p, s);
     ui.heading("Vocabulary injection");
-    if app.model_info().is_none() {
+    if s.model_info().is_none() {
         ui.label("Load a model in the Model panel first.");
         return;
     }
-    inputs_row(app, ui);
-    settings_row(app, ui);
+    inputs_row(p, s, ui);
+    settings_row(p, s, ui);
     ui.separator();
     ui.columns(2, |cols| {
-        super::inject_views::curves(app, &mut cols[0]);
-        super::inject_views::report_view(app, &mut cols[1]);
+        super::inject_views::curves(p, &mut cols[0]);
+        super::inject_views::report_view(p, s, &mut cols[1]);
     });
 }
 
-fn inputs_row(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let busy = app.inject.job.is_some();
+fn inputs_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    let busy = p.job.is_some();
     ui.horizontal_wrapped(|ui| {
         ui.strong("1. Inputs");
-        let p = &app.inject;
         let lex = name(p.lexicon.as_ref(), "demo lexicon");
         let mor = name(p.morphemes.as_ref(), "demo morphemes");
         let cor = if p.corpus.is_empty() {
@@ -270,30 +348,28 @@ fn inputs_row(app: &mut NeoApp, ui: &mut egui::Ui) {
             format!("{} corpus file(s)", p.corpus.len())
         };
         if ui.button(format!("Lexicon: {lex}…")).clicked() {
-            dialog(app, InjectFile::Lexicon);
+            dialog(p, InjectFile::Lexicon);
         }
         if ui.button(format!("Morphemes: {mor}…")).clicked() {
-            dialog(app, InjectFile::Morphemes);
+            dialog(p, InjectFile::Morphemes);
         }
         if ui.button(format!("Corpus: {cor} (add…)")).clicked() {
-            dialog(app, InjectFile::Corpus);
+            dialog(p, InjectFile::Corpus);
         }
-        if (app.inject.lexicon.is_some()
-            || app.inject.morphemes.is_some()
-            || !app.inject.corpus.is_empty())
+        if (p.lexicon.is_some() || p.morphemes.is_some() || !p.corpus.is_empty())
             && ui.small_button("use the shipped demo").clicked()
         {
-            let keep = std::mem::take(&mut app.inject.dir);
-            app.inject = InjectPanel {
+            let keep = std::mem::take(&mut p.dir);
+            *p = InjectPanel {
                 dir: keep,
                 ..InjectPanel::default()
             };
         }
         if ui.add_enabled(!busy, egui::Button::new("Count")).clicked() {
-            inspect(app);
+            inspect(p, s);
         }
     });
-    if let Some(c) = &app.inject.counts {
+    if let Some(c) = &p.counts {
         let morph = c.morphemes.map_or(String::new(), |(p, s)| {
             format!("; {p} prefixes, {s} suffixes")
         });
@@ -311,10 +387,9 @@ fn inputs_row(app: &mut NeoApp, ui: &mut egui::Ui) {
     }
 }
 
-fn settings_row(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let busy = app.inject.job.is_some();
+fn settings_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    let busy = p.job.is_some();
     ui.horizontal_wrapped(|ui| {
-        let p = &mut app.inject;
         ui.strong("2. Train");
         let comp = matches!(p.config.init, InitKind::Compositional { .. });
         if ui.selectable_label(comp, "compositional").clicked() {
@@ -366,39 +441,36 @@ fn settings_row(app: &mut NeoApp, ui: &mut egui::Ui) {
     });
     ui.horizontal(|ui| {
         if ui.add_enabled(!busy, egui::Button::new("Train")).clicked() {
-            start(app);
+            start(p, s);
         }
-        let run = app.inject.run.clone();
+        let run = p.run.clone();
         if ui
             .add_enabled(!busy && run.is_some(), egui::Button::new("Resume"))
             .on_hover_text("Continue the run from its latest checkpoint")
             .clicked()
             && let Some(dir) = run
         {
-            app.inject.steps = app.inject.config.steps;
-            let steps = Some(app.inject.config.steps);
-            send_job(app, InjectCommand::Resume { dir, steps }, "resuming");
+            p.steps = p.config.steps;
+            let steps = Some(p.config.steps);
+            send_job(p, s, InjectCommand::Resume { dir, steps }, "resuming");
         }
         if ui
             .add_enabled(!busy, egui::Button::new("Open run…"))
             .clicked()
         {
-            dialog(app, InjectFile::OpenRun);
+            dialog(p, InjectFile::OpenRun);
         }
         if ui
-            .add_enabled(
-                !busy && app.inject.run.is_some(),
-                egui::Button::new("Write report"),
-            )
+            .add_enabled(!busy && p.run.is_some(), egui::Button::new("Write report"))
             .clicked()
         {
-            send_job(app, InjectCommand::Report { dir: None }, "report");
+            send_job(p, s, InjectCommand::Report { dir: None }, "report");
         }
-        if let Some(job) = app.inject.job.clone() {
-            let step = app.inject.losses.last().map_or(0, |l| l.0);
-            let by_steps = step as f32 / app.inject.steps.max(1) as f32;
-            super::job_row(app, ui, &job, job.fraction.or(Some(by_steps)));
-        } else if let Some(s) = &app.inject.status {
+        if let Some(job) = p.job.clone() {
+            let step = p.losses.last().map_or(0, |l| l.0);
+            let by_steps = step as f32 / p.steps.max(1) as f32;
+            super::widgets::job_row(s, ui, &job, job.fraction.or(Some(by_steps)));
+        } else if let Some(s) = &p.status {
             ui.label(s);
         }
     });

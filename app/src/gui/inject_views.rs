@@ -2,18 +2,17 @@
 
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
-use super::NeoApp;
-use super::inject_panel::{InjectFile, dialog};
+use super::inject_panel::{InjectFile, InjectPanel, dialog};
+use super::panel::Shared;
 
-pub(super) fn curves(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let has = !app.inject.losses.is_empty();
+pub(super) fn curves(p: &mut InjectPanel, ui: &mut egui::Ui) {
+    let has = !p.losses.is_empty();
     ui.horizontal(|ui| {
         ui.strong("Loss");
         if has && ui.small_button("CSV…").clicked() {
-            dialog(app, InjectFile::SaveCurves);
+            dialog(p, InjectFile::SaveCurves);
         }
     });
-    let p = &app.inject;
     if p.losses.is_empty() && p.val.is_empty() {
         ui.weak("Training and validation loss appear here as the run goes.");
         return;
@@ -47,9 +46,9 @@ pub(super) fn curves(app: &mut NeoApp, ui: &mut egui::Ui) {
     }
 }
 
-pub(super) fn report_view(app: &mut NeoApp, ui: &mut egui::Ui) {
+pub(super) fn report_view(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
     ui.strong("Geometry report");
-    let Some((html, r)) = &app.inject.report else {
+    let Some((html, r)) = &p.report else {
         ui.weak("Write the report after training: norms, isotropy, drift, neighbours, PCA dimensions, pairwise cosines.");
         return;
     };
@@ -122,7 +121,7 @@ pub(super) fn report_view(app: &mut NeoApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.weak(html.display().to_string());
         if ui.button("Save JSON…").clicked() {
-            dialog(app, InjectFile::SaveReport);
+            dialog(p, InjectFile::SaveReport);
         }
         if ui.button("Open report").clicked() {
             let opener = if cfg!(target_os = "macos") {
@@ -131,7 +130,7 @@ pub(super) fn report_view(app: &mut NeoApp, ui: &mut egui::Ui) {
                 "xdg-open"
             };
             if let Err(e) = std::process::Command::new(opener).arg(&html).spawn() {
-                app.error = Some(format!(
+                s.error = Some(format!(
                     "could not open {}: {e}; open it in a browser",
                     html.display()
                 ));

@@ -5,15 +5,16 @@
 
 use egui::{Color32, Rect, Sense, Stroke, pos2, vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
-use neoscope_api::RequestId;
 use neoscope_api::hooks::HookSpec;
 use neoscope_api::lens::LensCommand;
+use neoscope_api::lens::LensOutput;
 use neoscope_api::lens::{LensCell, LensKind, LensResult};
 use neoscope_api::lens::{TunedConfig, TunedReport};
 use neoscope_api::steer::Steer;
+use neoscope_api::{JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
-use super::{JobView, NeoApp, Owner};
+use super::panel::{JobView, Message, Panel, Shared, clear_id};
 
 /// The statistic the heatmap shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,9 +144,53 @@ impl Default for LensPanel {
     }
 }
 
+impl Panel for LensPanel {
+    fn title(&self) -> &'static str {
+        "Lens"
+    }
+
+    fn show(&mut self, s: &mut Shared, ui: &mut egui::Ui) {
+        show(self, s, ui);
+    }
+
+    fn progress(&mut self, id: RequestId, stage: String, fraction: Option<f32>) {
+        JobView::update(&mut self.training, id, stage, fraction);
+    }
+
+    fn finished(&mut self, s: &mut Shared, id: RequestId, result: JobResult) {
+        self.failed(id);
+        let JobResult::Lens(r) = result else { return };
+        match *r {
+            LensOutput::Runs(results) => {
+                self.shown = self.shown.min(results.len().saturating_sub(1));
+                self.results = results;
+            }
+            LensOutput::Tuned(report) => {
+                self.tuned_ready = true;
+                self.report = report;
+            }
+            LensOutput::TunedSaved { path } => {
+                s.notice = Some(format!("Saved {}", path.display()));
+            }
+        }
+    }
+
+    fn failed(&mut self, id: RequestId) {
+        clear_id(&mut self.running, id);
+        JobView::clear(&mut self.training, id);
+    }
+
+    fn receive(&mut self, _s: &mut Shared, msg: &Message) {
+        match msg {
+            Message::SteerLensWithWord(name) => self.steer_word = Some(name.clone()),
+            Message::SteerLens(steer) => self.external = Some(steer.clone()),
+            Message::VocabularyChanged => {}
+        }
+    }
+}
+
 /// Runs the lens on the panel's prompts.
-pub fn start(app: &mut NeoApp) {
-    let p = &app.lens;
+pub fn start(p: &mut LensPanel, s: &mut Shared) {
     let prompts: Vec<String> = p
         .prompts
         .lines()
@@ -167,43 +212,43 @@ pub fn start(app: &mut NeoApp) {
         hooks: HookSpec::default(),
         steer: p.steering(),
     };
-    app.lens.running = app.send(cmd, Owner::Lens);
+    p.running = s.send(cmd);
 }
 
-fn handle_dialog(app: &mut NeoApp) {
-    let Some(d) = &app.lens.dialog else { return };
+fn handle_dialog(p: &mut LensPanel, s: &mut Shared) {
+    let Some(d) = &p.dialog else { return };
     let Some(answer) = d.poll() else { return };
     let what = d.purpose;
-    app.lens.dialog = None;
+    p.dialog = None;
     let Some(path) = answer else { return };
     let (path, bytes) = match what {
         Export::Csv => (
             path.with_extension("csv"),
-            neoscope_api::lens::cells_csv(&app.lens.results).into_bytes(),
+            neoscope_api::lens::cells_csv(&p.results).into_bytes(),
         ),
-        Export::Json => match serde_json::to_vec_pretty(&app.lens.results) {
+        Export::Json => match serde_json::to_vec_pretty(&p.results) {
             Ok(b) => (path.with_extension("json"), b),
             Err(e) => {
-                app.error = Some(e.to_string());
+                s.error = Some(e.to_string());
                 return;
             }
         },
     };
     if let Err(e) = neoscope_api::files::write_atomic(&path, &bytes) {
-        app.error = Some(e.to_string());
+        s.error = Some(e.to_string());
     }
 }
 
 /// Draws the Lens panel.
-pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
-    handle_dialog(app);
+fn show(p: &mut LensPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    handle_dialog(p, s);
     ui.heading("Lens");
-    if app.model_info().is_none() {
+    if s.model_info().is_none() {
         ui.label("Load a model in the Model panel first.");
         return;
     }
-    controls(app, ui);
-    let Some(r) = app.lens.results.get(app.lens.shown).cloned() else {
+    controls(p, s, ui);
+    let Some(r) = p.results.get(p.shown).cloned() else {
         ui.weak("Run the lens to see what every layer predicts.");
         return;
     };
@@ -211,17 +256,16 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
         ui.weak(note);
     }
     egui::ScrollArea::vertical().show(ui, |ui| {
-        heatmap(app, ui, &r);
+        heatmap(p, ui, &r);
         ui.add_space(6.0);
         ui.columns(2, |cols| {
-            target_plot(&mut cols[0], &app.lens.results);
-            top_table(&mut cols[1], &r, app.lens.position);
+            target_plot(&mut cols[0], &p.results);
+            top_table(&mut cols[1], &r, p.position);
         });
     });
 }
 
-fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let p = &mut app.lens;
+fn controls(p: &mut LensPanel, s: &mut Shared, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.add(
             egui::TextEdit::multiline(&mut p.prompts)
@@ -256,28 +300,28 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
         ui.add(egui::DragValue::new(&mut p.stride).range(1..=10));
         ui.label("layers");
     });
-    steering_row(app, ui);
+    steering_row(p, s, ui);
     ui.horizontal(|ui| {
-        match app.lens.running {
+        match p.running {
             Some(_) => {
                 ui.spinner();
             }
             None => {
                 if ui.button("Run lens").clicked() {
-                    start(app);
+                    start(p, s);
                 }
             }
         }
-        if app.lens.results.len() > 1 {
+        if p.results.len() > 1 {
             ui.label("heatmap of prompt");
-            let n = app.lens.results.len();
-            ui.add(egui::DragValue::new(&mut app.lens.shown).range(0..=n - 1));
+            let n = p.results.len();
+            ui.add(egui::DragValue::new(&mut p.shown).range(0..=n - 1));
         }
         ui.separator();
-        match app.lens.training.clone() {
+        match p.training.clone() {
             Some(job) => {
                 if ui.button("Cancel training").clicked() {
-                    app.cancel(job.id);
+                    s.cancel(job.id);
                 }
                 ui.add(
                     egui::ProgressBar::new(job.fraction.unwrap_or(0.0))
@@ -295,8 +339,8 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
                         corpus: crate::assets::CORPUS.to_owned(),
                         config: TunedConfig::default(),
                     };
-                    if let Some(id) = app.send(cmd, Owner::Tuned) {
-                        app.lens.training = Some(JobView {
+                    if let Some(id) = s.send(cmd) {
+                        p.training = Some(JobView {
                             id,
                             stage: "starting".into(),
                             fraction: Some(0.0),
@@ -305,10 +349,10 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
                 }
             }
         }
-        if !app.lens.results.is_empty() {
+        if !p.results.is_empty() {
             ui.separator();
             if ui.button("CSV…").clicked() {
-                app.lens.dialog = Some(Pending::new(
+                p.dialog = Some(Pending::new(
                     Export::Csv,
                     Mode::Save,
                     "Export lens cells",
@@ -317,7 +361,7 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
                 ));
             }
             if ui.button("JSON…").clicked() {
-                app.lens.dialog = Some(Pending::new(
+                p.dialog = Some(Pending::new(
                     Export::Json,
                     Mode::Save,
                     "Export lens results",
@@ -325,15 +369,15 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
                     "lens.json",
                 ));
             }
-            if let Some(rect) = app.lens.heatmap_rect
-                && app.png.is_none()
+            if let Some(rect) = p.heatmap_rect
+                && s.png.is_none()
                 && ui.button("PNG…").clicked()
             {
-                app.png = Some(super::png_export::PngExport::start(rect, "lens.png"));
+                s.png = Some(super::png_export::PngExport::start(rect, "lens.png"));
             }
         }
     });
-    if let Some(r) = &app.lens.report {
+    if let Some(r) = &p.report {
         let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
         ui.weak(format!(
             "Tuned lens: held-out KL {:.3} (logit lens {:.3}), mean over layers",
@@ -343,11 +387,10 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
     }
 }
 
-fn steering_row(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let names: Vec<String> = app.words.words.iter().map(|w| w.name.clone()).collect();
-    let n_layers = app.model_info().map_or(1, |i| i.dims.n_layers);
+fn steering_row(p: &mut LensPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    let names: Vec<String> = s.words.iter().map(|w| w.name.clone()).collect();
+    let n_layers = s.model_info().map_or(1, |i| i.dims.n_layers);
     let mut chosen = None;
-    let p = &mut app.lens;
     ui.horizontal_wrapped(|ui| {
         ui.label("steer");
         let shown = p.steer_word.clone().unwrap_or_else(|| "none".into());
@@ -395,8 +438,8 @@ fn steering_row(app: &mut NeoApp, ui: &mut egui::Ui) {
         }
     });
     if let Some(t) = chosen {
-        app.lens.target = t;
-        start(app);
+        p.target = t;
+        start(p, s);
     }
 }
 
@@ -431,9 +474,9 @@ fn ramp(t: f32) -> Color32 {
     Color32::from_rgb(mix(c0[0], c1[0]), mix(c0[1], c1[1]), mix(c0[2], c1[2]))
 }
 
-fn heatmap(app: &mut NeoApp, ui: &mut egui::Ui, r: &LensResult) {
-    let stat = app.lens.stat;
-    let layers = strided_layers(r.cells.len(), app.lens.stride);
+fn heatmap(p: &mut LensPanel, ui: &mut egui::Ui, r: &LensResult) {
+    let stat = p.stat;
+    let layers = strided_layers(r.cells.len(), p.stride);
     let cols = r.tokens.len();
     let label_w = 40.0;
     let header_h = 18.0;
@@ -444,7 +487,7 @@ fn heatmap(app: &mut NeoApp, ui: &mut egui::Ui, r: &LensResult) {
         header_h + cell_h * layers.len() as f32,
     );
     let (rect, resp) = ui.allocate_exact_size(size, Sense::click());
-    app.lens.heatmap_rect = Some(rect);
+    p.heatmap_rect = Some(rect);
     let painter = ui.painter_at(rect);
     let font = egui::FontId::proportional(10.0);
     let text_color = ui.visuals().text_color();
@@ -530,7 +573,7 @@ fn heatmap(app: &mut NeoApp, ui: &mut egui::Ui, r: &LensResult) {
                     }
                 });
                 if resp.clicked() {
-                    app.lens.position = Some(j);
+                    p.position = Some(j);
                 }
             }
         }

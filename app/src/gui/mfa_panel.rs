@@ -5,14 +5,15 @@
 use egui::text::LayoutJob;
 use egui::{Color32, TextFormat};
 use neoscope_api::hooks::HookPoint;
+use neoscope_api::mfa::MfaResult;
 use neoscope_api::mfa::SteerReport;
 use neoscope_api::mfa::{ComponentInfo, Context};
 use neoscope_api::mfa::{InitKind, MfaConfig, MfaEpoch, MfaReport};
 use neoscope_api::mfa::{MfaCommand, SubspacePoint};
-use neoscope_api::{Command, RequestId};
+use neoscope_api::{Command, Event, JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
-use super::{JobView, NeoApp, Owner};
+use super::panel::{JobView, Panel, Shared, clear_id};
 
 /// What a file dialog of this panel is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,10 +130,70 @@ impl Default for MfaPanel {
     }
 }
 
+impl Panel for MfaPanel {
+    fn title(&self) -> &'static str {
+        "MFA"
+    }
+
+    fn show(&mut self, s: &mut Shared, ui: &mut egui::Ui) {
+        show(self, s, ui);
+    }
+
+    fn progress(&mut self, id: RequestId, stage: String, fraction: Option<f32>) {
+        JobView::update(&mut self.job, id, stage, fraction);
+    }
+
+    fn stream(&mut self, _s: &mut Shared, ev: Event) {
+        if let Event::MfaEpoch { epoch, .. } = ev {
+            self.epochs.push(epoch);
+        }
+    }
+
+    fn finished(&mut self, s: &mut Shared, id: RequestId, result: JobResult) {
+        self.failed(id);
+        let JobResult::Mfa(r) = result else { return };
+        match *r {
+            MfaResult::Activations {
+                count, d, point, ..
+            } => {
+                self.acts = Some((count, d, point));
+                s.notice = Some(format!("{count} activations collected at {point}"));
+            }
+            MfaResult::Model {
+                point,
+                config,
+                report,
+                components,
+                coherence,
+            } => {
+                let v = FittedView {
+                    point,
+                    config,
+                    report,
+                    components,
+                    coherence,
+                };
+                fitted(self, s, v);
+            }
+            MfaResult::Saved { path } => s.notice = Some(format!("Saved {}", path.display())),
+            MfaResult::Subspace { component, points } => {
+                self.subspace = Some((component, points));
+            }
+            MfaResult::Steering(r) => self.steer = Some(r),
+        }
+    }
+
+    fn failed(&mut self, id: RequestId) {
+        JobView::clear(&mut self.job, id);
+        clear_id(&mut self.subspace_running, id);
+        clear_id(&mut self.steering, id);
+    }
+}
+
 /// Sends an MFA command owned by this panel's main job slot.
-fn send_job(app: &mut NeoApp, c: MfaCommand, stage: &str) {
-    if let Some(id) = app.send(Command::Mfa(c), Owner::Mfa) {
-        app.mfa.job = Some(JobView {
+fn send_job(p: &mut MfaPanel, s: &mut Shared, c: MfaCommand, stage: &str) {
+    if let Some(id) = s.send(Command::Mfa(c)) {
+        p.job = Some(JobView {
             id,
             stage: stage.into(),
             fraction: None,
@@ -141,9 +202,8 @@ fn send_job(app: &mut NeoApp, c: MfaCommand, stage: &str) {
 }
 
 /// Collects activations with the panel's settings.
-pub fn collect(app: &mut NeoApp) {
-    let n_layers = app.model_info().map_or(1, |i| i.dims.n_layers);
-    let p = &app.mfa;
+pub fn collect(p: &mut MfaPanel, s: &mut Shared) {
+    let n_layers = s.model_info().map_or(1, |i| i.dims.n_layers);
     let mut texts: Vec<String> = Vec::new();
     if p.shipped {
         texts.push(crate::assets::CORPUS.to_owned());
@@ -152,13 +212,13 @@ pub fn collect(app: &mut NeoApp) {
         match std::fs::read_to_string(f) {
             Ok(t) => texts.push(t),
             Err(e) => {
-                app.error = Some(format!("{}: {e}", f.display()));
+                s.error = Some(format!("{}: {e}", f.display()));
                 return;
             }
         }
     }
     if texts.is_empty() {
-        app.error =
+        s.error =
             Some("No text to collect from: keep the shipped corpus or add a text file.".into());
         return;
     }
@@ -171,87 +231,81 @@ pub fn collect(app: &mut NeoApp) {
         max,
         save: None,
     };
-    send_job(app, c, "collecting");
+    send_job(p, s, c, "collecting");
 }
 
 /// Fits with the panel's settings.
-pub fn fit(app: &mut NeoApp) {
-    app.mfa.epochs.clear();
+pub fn fit(p: &mut MfaPanel, s: &mut Shared) {
+    p.epochs.clear();
     let c = MfaCommand::Fit {
-        config: app.mfa.config.clone(),
+        config: p.config.clone(),
     };
-    send_job(app, c, "fitting");
+    send_job(p, s, c, "fitting");
 }
 
-/// Applies a result of the main job slot.
-pub fn fitted(app: &mut NeoApp, v: FittedView) {
-    app.mfa.job = None;
+/// Applies a fitted (or loaded) MFA.
+fn fitted(p: &mut MfaPanel, s: &mut Shared, v: FittedView) {
     let rank = v.config.as_ref().map_or(0, |c| c.rank);
-    app.mfa.z = vec![0.0; rank];
-    app.mfa.dims = (0, 1.min(rank.saturating_sub(1)));
-    app.mfa.selected = v.components.iter().max_by_key(|c| c.size).map(|c| c.index);
-    app.mfa.subspace = None;
-    app.mfa.steer = None;
+    p.z = vec![0.0; rank];
+    p.dims = (0, 1.min(rank.saturating_sub(1)));
+    p.selected = v.components.iter().max_by_key(|c| c.size).map(|c| c.index);
+    p.subspace = None;
+    p.steer = None;
     if let Some(r) = &v.report {
-        app.mfa.epochs.clone_from(&r.epochs);
+        p.epochs.clone_from(&r.epochs);
     }
-    app.mfa.fitted = Some(v);
-    request_subspace(app);
+    p.fitted = Some(v);
+    request_subspace(p, s);
 }
 
 /// Asks for the selected component's subspace points.
-pub fn request_subspace(app: &mut NeoApp) {
-    let Some(k) = app.mfa.selected else { return };
-    if app
-        .mfa
-        .fitted
-        .as_ref()
-        .is_none_or(|f| f.components.is_empty())
-    {
+pub fn request_subspace(p: &mut MfaPanel, s: &mut Shared) {
+    let Some(k) = p.selected else { return };
+    if p.fitted.as_ref().is_none_or(|f| f.components.is_empty()) {
         return;
     }
     let c = Command::Mfa(MfaCommand::Subspace {
         component: k,
         max_points: 400,
     });
-    app.mfa.subspace_running = app.send(c, Owner::MfaSubspace);
+    p.subspace_running = s.send(c);
 }
 
-fn handle_dialog(app: &mut NeoApp) {
-    let Some(d) = &app.mfa.dialog else { return };
+fn handle_dialog(p: &mut MfaPanel, s: &mut Shared) {
+    let Some(d) = &p.dialog else { return };
     let Some(answer) = d.poll() else { return };
     let what = d.purpose;
-    app.mfa.dialog = None;
+    p.dialog = None;
     let Some(path) = answer else { return };
-    let write = |app: &mut NeoApp, path: std::path::PathBuf, bytes: Vec<u8>| {
+    let write = |s: &mut Shared, path: std::path::PathBuf, bytes: Vec<u8>| {
         match neoscope_api::files::write_atomic(&path, &bytes) {
-            Ok(()) => app.notice = Some(format!("Saved {}", path.display())),
-            Err(e) => app.error = Some(e.to_string()),
+            Ok(()) => s.notice = Some(format!("Saved {}", path.display())),
+            Err(e) => s.error = Some(e.to_string()),
         }
     };
     match what {
-        MfaFile::Save => send_job(app, MfaCommand::Save { path }, "saving"),
-        MfaFile::Load => send_job(app, MfaCommand::Load { path }, "loading"),
+        MfaFile::Save => send_job(p, s, MfaCommand::Save { path }, "saving"),
+        MfaFile::Load => send_job(p, s, MfaCommand::Load { path }, "loading"),
         MfaFile::LoadActivations => send_job(
-            app,
+            p,
+            s,
             MfaCommand::LoadActivations { path },
             "loading activations",
         ),
-        MfaFile::AddText => app.mfa.texts.push(path),
+        MfaFile::AddText => p.texts.push(path),
         MfaFile::Csv => {
-            let csv = app
-                .mfa
+            let csv = p
                 .fitted
                 .as_ref()
                 .map(|f| components_csv(&f.components))
                 .unwrap_or_default();
-            write(app, path.with_extension("csv"), csv.into_bytes());
+            write(s, path.with_extension("csv"), csv.into_bytes());
         }
         MfaFile::Json => {
-            let v = serde_json::json!({"mfa": app.mfa.fitted, "steering": app.mfa.steer});
+            let v = serde_json::json!({"mfa": p.fitted, "steering": p.steer});
             match serde_json::to_vec_pretty(&v) {
-                Ok(b) => write(app, path.with_extension("json"), b),
-                Err(e) => app.error = Some(e.to_string()),
+                Ok(b) => write(s, path.with_extension("json"), b),
+                Err(e) => s.error = Some(e.to_string()),
             }
         }
     }
@@ -281,7 +335,7 @@ pub fn components_csv(cs: &[ComponentInfo]) -> String {
     out
 }
 
-fn dialog(app: &mut NeoApp, what: MfaFile) {
+fn dialog(p: &mut MfaPanel, what: MfaFile) {
     let (mode, title, filter, name): (Mode, &str, (&str, &[&str]), &str) = match what {
         MfaFile::Save => (Mode::Save, "Save MFA", ("MFA", &["json"]), "mfa.json"),
         MfaFile::Load => (Mode::Open, "Load MFA", ("MFA", &["json"]), ""),
@@ -305,43 +359,42 @@ fn dialog(app: &mut NeoApp, what: MfaFile) {
             "mfa.json",
         ),
     };
-    app.mfa.dialog = Some(Pending::new(what, mode, title, filter, name));
+    p.dialog = Some(Pending::new(what, mode, title, filter, name));
 }
 
 /// Draws the MFA panel.
-pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
-    handle_dialog(app);
+fn show(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    handle_dialog(p, s);
     ui.heading("Mixture of factor analyzers");
-    if app.model_info().is_none() {
+    if s.model_info().is_none() {
         ui.label("Load a model in the Model panel first.");
         return;
     }
-    controls(app, ui);
+    controls(p, s, ui);
     ui.separator();
-    if app.mfa.fitted.is_none() {
-        if !app.mfa.epochs.is_empty() {
-            super::mfa_views::nll_plot(ui, &app.mfa.epochs, 160.0);
+    if p.fitted.is_none() {
+        if !p.epochs.is_empty() {
+            super::mfa_views::nll_plot(ui, &p.epochs, 160.0);
         }
         ui.weak("Collect activations, then fit: each Gaussian is a region of the residual stream with its own low-rank subspace.");
         return;
     }
     ui.columns(3, |cols| {
-        component_list(app, &mut cols[0]);
-        component_detail(app, &mut cols[1]);
+        component_list(p, s, &mut cols[0]);
+        component_detail(p, &mut cols[1]);
         egui::ScrollArea::vertical()
             .id_salt("mfa_right")
             .show(&mut cols[2], |ui| {
-                let r = super::mfa_views::subspace_and_steering(app, ui);
-                app.mfa.plots_rect = Some(r);
+                let r = super::mfa_views::subspace_and_steering(p, s, ui);
+                p.plots_rect = Some(r);
             });
     });
 }
 
-fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let n_layers = app.model_info().map_or(1, |i| i.dims.n_layers);
-    let busy = app.mfa.job.is_some();
+fn controls(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    let n_layers = s.model_info().map_or(1, |i| i.dims.n_layers);
+    let busy = p.job.is_some();
     ui.horizontal_wrapped(|ui| {
-        let p = &mut app.mfa;
         ui.strong("1. Activations");
         let mut layer = p.layer.unwrap_or(n_layers / 2);
         ui.add(
@@ -362,21 +415,20 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
         let add = ui.add_enabled(!busy, egui::Button::new("Add text…"));
         let collect_btn = ui.add_enabled(!busy, egui::Button::new("Collect"));
         let load_acts = ui.add_enabled(!busy, egui::Button::new("Load activations…"));
-        if let Some((n, d, point)) = &app.mfa.acts {
+        if let Some((n, d, point)) = &p.acts {
             ui.label(format!("{n} × {d} at {point}"));
         }
         if add.clicked() {
-            dialog(app, MfaFile::AddText);
+            dialog(p, MfaFile::AddText);
         }
         if collect_btn.clicked() {
-            collect(app);
+            collect(p, s);
         }
         if load_acts.clicked() {
-            dialog(app, MfaFile::LoadActivations);
+            dialog(p, MfaFile::LoadActivations);
         }
     });
     ui.horizontal_wrapped(|ui| {
-        let p = &mut app.mfa;
         ui.strong("2. Fit");
         if ui
             .small_button("CPU preset")
@@ -421,40 +473,40 @@ fn controls(app: &mut NeoApp, ui: &mut egui::Ui) {
         let fit_btn = ui
             .add_enabled(can_fit, egui::Button::new("Fit"))
             .on_disabled_hover_text("Collect activations first");
-        let has = app.mfa.fitted.is_some();
+        let has = p.fitted.is_some();
         let save = ui.add_enabled(has && !busy, egui::Button::new("Save…"));
         let load = ui.add_enabled(!busy, egui::Button::new("Load…"));
         if fit_btn.clicked() {
-            fit(app);
+            fit(p, s);
         }
         if save.clicked() {
-            dialog(app, MfaFile::Save);
+            dialog(p, MfaFile::Save);
         }
         if load.clicked() {
-            dialog(app, MfaFile::Load);
+            dialog(p, MfaFile::Load);
         }
         if has {
             if ui.button("CSV…").clicked() {
-                dialog(app, MfaFile::Csv);
+                dialog(p, MfaFile::Csv);
             }
             if ui.button("JSON…").clicked() {
-                dialog(app, MfaFile::Json);
+                dialog(p, MfaFile::Json);
             }
-            if let Some(rect) = app.mfa.plots_rect
-                && app.png.is_none()
+            if let Some(rect) = p.plots_rect
+                && s.png.is_none()
                 && ui.button("PNG…").clicked()
             {
-                app.png = Some(super::png_export::PngExport::start(rect, "mfa.png"));
+                s.png = Some(super::png_export::PngExport::start(rect, "mfa.png"));
             }
         }
     });
-    if let Some(job) = app.mfa.job.clone() {
-        super::job_row(app, ui, &job, None);
+    if let Some(job) = p.job.clone() {
+        super::widgets::job_row(s, ui, &job, None);
     }
 }
 
-fn component_list(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let Some(f) = &app.mfa.fitted else { return };
+fn component_list(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    let Some(f) = &p.fitted else { return };
     if let Some(r) = &f.report {
         ui.label(format!(
             "Validation NLL {:.1} (best epoch {}, init {:.1})",
@@ -465,8 +517,8 @@ fn component_list(app: &mut NeoApp, ui: &mut egui::Ui) {
         ui.label(format!("Coherence {o:.2} vs chance {c:.2}"))
             .on_hover_text("Share of each component's top-20 contexts whose token is its most common one, averaged; chance: the same for random contexts");
     }
-    if !app.mfa.epochs.is_empty() {
-        super::mfa_views::nll_plot(ui, &app.mfa.epochs, 110.0);
+    if !p.epochs.is_empty() {
+        super::mfa_views::nll_plot(ui, &p.epochs, 110.0);
     }
     ui.strong("Components (by size)");
     let mut order: Vec<&ComponentInfo> = f.components.iter().collect();
@@ -484,7 +536,7 @@ fn component_list(app: &mut NeoApp, ui: &mut egui::Ui) {
                     .map(|(t, _)| format!("{t:?}"))
                     .collect();
                 let text = format!("#{:<3} {:>5}  {}", c.index, c.size, toks.join(" "));
-                let sel = app.mfa.selected == Some(c.index);
+                let sel = p.selected == Some(c.index);
                 if ui
                     .selectable_label(sel, egui::RichText::new(text).monospace())
                     .clicked()
@@ -494,8 +546,8 @@ fn component_list(app: &mut NeoApp, ui: &mut egui::Ui) {
             }
         });
     if let Some(k) = clicked {
-        app.mfa.selected = Some(k);
-        request_subspace(app);
+        p.selected = Some(k);
+        request_subspace(p, s);
     }
 }
 
@@ -525,8 +577,8 @@ fn context_job(c: &Context, ui: &egui::Ui) -> LayoutJob {
     job
 }
 
-fn component_detail(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let (Some(f), Some(k)) = (&app.mfa.fitted, app.mfa.selected) else {
+fn component_detail(p: &mut MfaPanel, ui: &mut egui::Ui) {
+    let (Some(f), Some(k)) = (&p.fitted, p.selected) else {
         return;
     };
     let Some(c) = f.components.get(k) else { return };
@@ -544,10 +596,10 @@ fn component_detail(app: &mut NeoApp, ui: &mut egui::Ui) {
     ui.label(format!("next: {}", list(&c.top_next)));
     ui.horizontal(|ui| {
         ui.label("top contexts by");
-        ui.selectable_value(&mut app.mfa.by_responsibility, false, "likelihood");
-        ui.selectable_value(&mut app.mfa.by_responsibility, true, "responsibility");
+        ui.selectable_value(&mut p.by_responsibility, false, "likelihood");
+        ui.selectable_value(&mut p.by_responsibility, true, "responsibility");
     });
-    let ctxs = if app.mfa.by_responsibility {
+    let ctxs = if p.by_responsibility {
         &c.by_responsibility
     } else {
         &c.by_likelihood
@@ -557,7 +609,7 @@ fn component_detail(app: &mut NeoApp, ui: &mut egui::Ui) {
         .show(ui, |ui| {
             for x in ctxs {
                 let job = context_job(x, ui);
-                super::mfa_views::ragged(ui, job);
+                super::widgets::ragged(ui, job);
             }
         });
 }

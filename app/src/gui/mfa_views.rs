@@ -1,13 +1,15 @@
 //! Plots of the MFA panel: the NLL curve, a component's subspace scatter, and steering (controls,
 //! promoted/suppressed bar chart, steered and plain generations side by side).
 
-use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints, Points};
+use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 use neoscope_api::Command;
 use neoscope_api::mfa::MfaEpoch;
 use neoscope_api::mfa::{MfaCommand, SteerPositions};
 use neoscope_api::steer::Steer;
 
-use super::{NeoApp, Owner};
+use super::mfa_panel::MfaPanel;
+use super::panel::{Message, Shared};
+use super::widgets::{ragged, shift_bars};
 
 /// Train and validation NLL per epoch.
 pub fn nll_plot(ui: &mut egui::Ui, epochs: &[MfaEpoch], height: f32) {
@@ -26,17 +28,16 @@ pub fn nll_plot(ui: &mut egui::Ui, epochs: &[MfaEpoch], height: f32) {
 }
 
 /// The right column: subspace scatter and steering; returns the area drawn (for PNG export).
-pub fn subspace_and_steering(app: &mut NeoApp, ui: &mut egui::Ui) -> egui::Rect {
+pub fn subspace_and_steering(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) -> egui::Rect {
     let top = ui.cursor().min;
-    scatter(app, ui);
+    scatter(p, ui);
     ui.separator();
-    steering(app, ui);
+    steering(p, s, ui);
     egui::Rect::from_min_max(top, ui.min_rect().max)
 }
 
-fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let rank = app.mfa.z.len();
-    let p = &mut app.mfa;
+fn scatter(p: &mut MfaPanel, ui: &mut egui::Ui) {
+    let rank = p.z.len();
     ui.horizontal(|ui| {
         ui.strong("Subspace");
         if rank > 1 {
@@ -88,12 +89,11 @@ fn scatter(app: &mut NeoApp, ui: &mut egui::Ui) {
         });
 }
 
-fn steering(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let Some(k) = app.mfa.selected else { return };
+fn steering(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    let Some(k) = p.selected else { return };
     ui.strong(format!("Steer toward component {k}"));
-    let n_layers = app.model_info().map_or(1, |i| i.dims.n_layers);
-    let fitted_layer = app.mfa.fitted.as_ref().and_then(|f| f.point.layer());
-    let p = &mut app.mfa;
+    let n_layers = s.model_info().map_or(1, |i| i.dims.n_layers);
+    let fitted_layer = p.fitted.as_ref().and_then(|f| f.point.layer());
     ui.add(
         egui::TextEdit::singleline(&mut p.prompt)
             .desired_width(f32::INFINITY)
@@ -144,68 +144,22 @@ fn steering(app: &mut NeoApp, ui: &mut egui::Ui) {
             top: 10,
             max_new_tokens: 20,
         };
-        app.mfa.steering = app.send(Command::Mfa(c), Owner::MfaSteer);
+        p.steering = s.send(Command::Mfa(c));
     }
     if to_lens {
-        app.lens.external = Some(Steer::MfaComponent {
+        s.post(Message::SteerLens(Steer::MfaComponent {
             component: k,
-            alpha: app.mfa.alpha,
-            z: app.mfa.z.clone(),
-        });
-        app.panel = super::PanelKind::Lens;
+            alpha: p.alpha,
+            z: p.z.clone(),
+        }));
+        s.goto("Lens");
     }
-    let Some(r) = &app.mfa.steer else { return };
-    let mut bars = Vec::new();
-    for (i, s) in r.promoted.iter().enumerate() {
-        bars.push(
-            Bar::new(i as f64, f64::from(s.delta))
-                .name(format!("{:?}", s.text))
-                .fill(egui::Color32::from_rgb(80, 160, 90)),
-        );
-    }
-    for (i, s) in r.suppressed.iter().enumerate() {
-        let x = (r.promoted.len() + 1 + i) as f64;
-        bars.push(
-            Bar::new(x, f64::from(s.delta))
-                .name(format!("{:?}", s.text))
-                .fill(egui::Color32::from_rgb(200, 80, 70)),
-        );
-    }
-    let names: Vec<String> = r
-        .promoted
-        .iter()
-        .chain(&r.suppressed)
-        .map(|s| s.text.clone())
-        .collect();
-    let n_prom = r.promoted.len();
-    Plot::new("mfa_steer_bars")
-        .height(110.0)
-        .y_axis_label("logit change")
-        .x_axis_formatter(move |m, _| {
-            let i = m.value.round() as usize;
-            let j = if i < n_prom {
-                Some(i)
-            } else {
-                i.checked_sub(n_prom + 1).map(|j| j + n_prom)
-            };
-            j.and_then(|j| names.get(j))
-                .map_or_else(String::new, |s| s.trim().chars().take(8).collect())
-        })
-        .show(ui, |plot| {
-            plot.bar_chart(BarChart::new("logit change", bars))
-        });
+    let Some(r) = &p.steer else { return };
+    shift_bars(ui, "mfa_steer", &r.promoted, &r.suppressed, 110.0);
     ui.columns(2, |cols| {
         cols[0].strong("steered");
         ragged(&mut cols[0], format!("{}{}", r.prompt, r.steered));
         cols[1].strong("plain");
         ragged(&mut cols[1], format!("{}{}", r.prompt, r.plain));
-    });
-}
-
-/// A wrapped label in a non-justified layout (columns justify text by default, which spreads
-/// short lines letter by letter).
-pub fn ragged(ui: &mut egui::Ui, text: impl Into<egui::WidgetText>) {
-    ui.with_layout(egui::Layout::top_down(egui::Align::LEFT), |ui| {
-        ui.label(text);
     });
 }

@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use neoscope_api::model::DEFAULT_MODEL_PACKAGE;
 use neoscope_api::model::ModelInfo;
 
-use super::{JobView, NeoApp, Owner, dialogs};
+use neoscope_api::model::ModelResult;
+use neoscope_api::{JobResult, RequestId};
+
+use super::dialogs;
+use super::panel::{JobView, Panel, Shared};
 
 /// State of the Model panel.
 #[derive(Default)]
 pub struct ModelPanel {
-    /// The loaded model.
-    pub info: Option<ModelInfo>,
     /// A fetch or load in progress.
     pub job: Option<JobView>,
     /// Where the default model was fetched to.
@@ -23,25 +25,60 @@ pub struct ModelPanel {
     dialog: Option<dialogs::Pending<()>>,
 }
 
+impl Panel for ModelPanel {
+    fn title(&self) -> &'static str {
+        "Model"
+    }
+
+    fn show(&mut self, s: &mut Shared, ui: &mut egui::Ui) {
+        show(self, s, ui);
+    }
+
+    fn progress(&mut self, id: RequestId, stage: String, fraction: Option<f32>) {
+        // Loads and fetches report progress from their start: show the latest.
+        self.job = Some(JobView {
+            id,
+            stage,
+            fraction,
+        });
+    }
+
+    fn finished(&mut self, s: &mut Shared, id: RequestId, result: JobResult) {
+        JobView::clear(&mut self.job, id);
+        let JobResult::Model(r) = result else { return };
+        match *r {
+            ModelResult::Loaded(info) => {
+                s.model = Some(info);
+                s.error = None;
+            }
+            ModelResult::Fetched { path, .. } => self.fetched = Some(path),
+        }
+    }
+
+    fn failed(&mut self, id: RequestId) {
+        JobView::clear(&mut self.job, id);
+    }
+}
+
 /// Draws the Model panel.
-pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
-    if let Some(d) = &app.model.dialog
+fn show(p: &mut ModelPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    if let Some(d) = &p.dialog
         && let Some(picked) = d.poll()
     {
-        app.model.dialog = None;
+        p.dialog = None;
         if let Some(path) = picked {
-            app.model.path_input = path.display().to_string();
-            app.send(ModelCommand::Load { path }, Owner::Model);
+            p.path_input = path.display().to_string();
+            s.send(ModelCommand::Load { path });
         }
     }
     ui.heading("Model");
     ui.add_space(4.0);
-    if let Some(job) = app.model.job.clone() {
+    if let Some(job) = p.job.clone() {
         ui.group(|ui| {
             ui.horizontal(|ui| {
                 ui.label(&job.stage);
                 if ui.button("Cancel").clicked() {
-                    app.cancel(job.id);
+                    s.cancel(job.id);
                 }
             });
             let bar = match job.fraction {
@@ -52,7 +89,7 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
         });
         ui.add_space(8.0);
     }
-    let busy = app.model.job.is_some();
+    let busy = p.job.is_some();
     ui.horizontal(|ui| {
         if ui
             .add_enabled(!busy, egui::Button::new("Load default model"))
@@ -62,16 +99,13 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             ))
             .clicked()
         {
-            app.send(ModelCommand::LoadDefault, Owner::Model);
+            s.send(ModelCommand::LoadDefault);
         }
         if ui
-            .add_enabled(
-                !busy && app.model.dialog.is_none(),
-                egui::Button::new("Open GGUF…"),
-            )
+            .add_enabled(!busy && p.dialog.is_none(), egui::Button::new("Open GGUF…"))
             .clicked()
         {
-            app.model.dialog = Some(dialogs::Pending::new(
+            p.dialog = Some(dialogs::Pending::new(
                 (),
                 dialogs::Mode::Open,
                 "Open a GGUF model",
@@ -83,22 +117,22 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.label("Path:");
         ui.add(
-            egui::TextEdit::singleline(&mut app.model.path_input)
+            egui::TextEdit::singleline(&mut p.path_input)
                 .hint_text("a .gguf file or a Hugging Face model folder")
                 .desired_width(380.0),
         );
-        let path = app.model.path_input.trim().to_owned();
+        let path = p.path_input.trim().to_owned();
         if ui
             .add_enabled(!busy && !path.is_empty(), egui::Button::new("Load"))
             .clicked()
         {
-            app.send(ModelCommand::Load { path: path.into() }, Owner::Model);
+            s.send(ModelCommand::Load { path: path.into() });
         }
     });
-    ui.weak(format!("Model cache: {}", app.model_dir.display()));
+    ui.weak(format!("Model cache: {}", s.model_dir.display()));
     ui.add_space(10.0);
-    let device = app.device.clone();
-    match &app.model.info {
+    let device = s.device.clone();
+    match &s.model {
         Some(info) => info_grid(ui, info),
         None if !busy => {
             ui.label("No model loaded yet. Load the default model to begin.");

@@ -6,7 +6,11 @@ use neoscope_api::hooks::HookSpec;
 use neoscope_api::text::TextCommand;
 use neoscope_api::text::{Sampling, TokenScore};
 
-use super::{NeoApp, Owner};
+use neoscope_api::text::TextResult;
+use neoscope_api::{Event, JobResult};
+
+use super::panel::{Panel, Shared, clear_id};
+use super::widgets::word_chips;
 
 /// State of the Playground.
 pub struct Playground {
@@ -75,9 +79,46 @@ impl Playground {
     }
 }
 
+impl Panel for Playground {
+    fn title(&self) -> &'static str {
+        "Playground"
+    }
+
+    fn show(&mut self, s: &mut Shared, ui: &mut egui::Ui) {
+        show(self, s, ui);
+    }
+
+    fn stream(&mut self, _s: &mut Shared, ev: Event) {
+        if let Event::Token { text, .. } = ev {
+            self.output.push_str(&text);
+        }
+    }
+
+    fn finished(&mut self, _s: &mut Shared, id: RequestId, result: JobResult) {
+        clear_id(&mut self.generating, id);
+        clear_id(&mut self.predicting, id);
+        let JobResult::Text(r) = result else { return };
+        match *r {
+            TextResult::Generated { new_ids, text, .. } => {
+                self.output = text;
+                self.new_tokens = new_ids.len();
+            }
+            TextResult::NextToken { ids, top } => {
+                self.prompt_tokens = ids.len();
+                self.top = top;
+            }
+            TextResult::Tokens { .. } => {}
+        }
+    }
+
+    fn failed(&mut self, id: RequestId) {
+        clear_id(&mut self.generating, id);
+        clear_id(&mut self.predicting, id);
+    }
+}
+
 /// Starts a generation and a next-token prediction for the current prompt.
-pub fn start(app: &mut NeoApp) {
-    let p = &app.playground;
+pub fn start(p: &mut Playground, s: &mut Shared) {
     let gen_cmd = TextCommand::Generate {
         text: p.prompt.clone(),
         chat: p.chat,
@@ -91,25 +132,24 @@ pub fn start(app: &mut NeoApp) {
         top_k: p.top_k,
         hooks: HookSpec::default(),
     };
-    app.playground.output.clear();
-    app.playground.new_tokens = 0;
-    app.playground.predicting = app.send(next_cmd, Owner::NextToken);
-    app.playground.generating = app.send(gen_cmd, Owner::Generate);
+    p.output.clear();
+    p.new_tokens = 0;
+    p.predicting = s.send(next_cmd);
+    p.generating = s.send(gen_cmd);
 }
 
 /// Draws the Playground.
-pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
+fn show(p: &mut Playground, s: &mut Shared, ui: &mut egui::Ui) {
     ui.heading("Playground");
-    let loaded = app.model_info().is_some();
+    let loaded = s.model_info().is_some();
     if !loaded {
         ui.label("Load a model in the Model panel first.");
     }
     egui::Panel::right("playground_settings")
         .resizable(false)
         .exact_size(300.0)
-        .show(ui, |ui| settings(app, ui));
+        .show(ui, |ui| settings(p, ui));
     egui::CentralPanel::default().show(ui, |ui| {
-        let p = &mut app.playground;
         ui.horizontal(|ui| {
             ui.label("Mode:");
             ui.selectable_value(&mut p.chat, true, "Chat")
@@ -117,7 +157,7 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             ui.selectable_value(&mut p.chat, false, "Plain")
                 .on_hover_text("Continue the text as it is");
         });
-        let names: Vec<String> = app.words.words.iter().map(|w| w.name.clone()).collect();
+        let names: Vec<String> = s.words.iter().map(|w| w.name.clone()).collect();
         let mut layouter = |ui: &egui::Ui, buf: &dyn egui::TextBuffer, wrap: f32| {
             let mut job = word_chips(ui, buf.as_str(), &names);
             job.wrap.max_width = wrap;
@@ -146,21 +186,21 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
             });
         }
         ui.horizontal(|ui| {
-            let running = app.playground.generating;
+            let running = p.generating;
             match running {
                 Some(id) => {
                     if ui.button("Stop").clicked() {
-                        app.cancel(id);
+                        s.cancel(id);
                     }
                     ui.spinner();
                 }
                 None => {
-                    let ready = loaded && !app.playground.prompt.trim().is_empty();
+                    let ready = loaded && !p.prompt.trim().is_empty();
                     if ui
                         .add_enabled(ready, egui::Button::new("Generate"))
                         .clicked()
                     {
-                        start(app);
+                        start(p, s);
                     }
                 }
             }
@@ -174,49 +214,19 @@ pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
                 .max_height(220.0)
                 .stick_to_bottom(true)
                 .show(ui, |ui| {
-                    if app.playground.output.is_empty() {
+                    if p.output.is_empty() {
                         ui.weak("Generated text appears here as it streams.");
                     } else {
-                        ui.label(&app.playground.output);
+                        ui.label(&p.output);
                     }
                 });
         });
         ui.add_space(6.0);
-        top_k_table(ui, &app.playground);
+        top_k_table(ui, p);
     });
 }
 
-/// Lays out `text` with every occurrence of a new word's name drawn as a highlighted chip.
-pub fn word_chips(ui: &egui::Ui, text: &str, names: &[String]) -> egui::text::LayoutJob {
-    let style = ui.style();
-    let font = egui::TextStyle::Body.resolve(style);
-    let plain = egui::TextFormat::simple(font.clone(), style.visuals.text_color());
-    let chip = egui::TextFormat {
-        background: style.visuals.selection.bg_fill,
-        color: style.visuals.strong_text_color(),
-        ..egui::TextFormat::simple(font, style.visuals.strong_text_color())
-    };
-    let mut job = egui::text::LayoutJob::default();
-    let mut rest = text;
-    loop {
-        let hit = names
-            .iter()
-            .filter(|n| !n.is_empty())
-            .filter_map(|n| rest.find(n.as_str()).map(|at| (at, n.len())))
-            .min_by_key(|(at, len)| (*at, std::cmp::Reverse(*len)));
-        let Some((at, len)) = hit else {
-            job.append(rest, 0.0, plain);
-            break;
-        };
-        job.append(&rest[..at], 0.0, plain.clone());
-        job.append(&rest[at..at + len], 0.0, chip.clone());
-        rest = &rest[at + len..];
-    }
-    job
-}
-
-fn settings(app: &mut NeoApp, ui: &mut egui::Ui) {
-    let p = &mut app.playground;
+fn settings(p: &mut Playground, ui: &mut egui::Ui) {
     ui.strong("Sampling");
     ui.checkbox(&mut p.greedy, "Greedy (arg-max)");
     ui.add_enabled_ui(!p.greedy, |ui| {

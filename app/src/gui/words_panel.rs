@@ -4,19 +4,17 @@
 
 use neoscope_api::words::WordCommand;
 use std::collections::HashMap;
-use std::path::Path;
 
-use egui_plot::{Legend, Line, Plot, PlotPoints};
-use neoscope_api::RequestId;
 use neoscope_api::dataset::{self, Example};
-use neoscope_api::text::Sampling;
-use neoscope_api::words::WordInfo;
-use neoscope_api::words::{Definition, PlugIn, default_definition_prompts};
+use neoscope_api::words::{Definition, PlugIn, StopReason, WordResult};
 use neoscope_api::words::{Init, Injection};
 use neoscope_api::words::{Loss, TrainConfig};
+use neoscope_api::{Event, JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
-use super::{NeoApp, Owner};
+use super::panel::{Message, Panel, Shared, clear_id};
+use super::widgets::loss_plot;
+use super::words_views::{dataset_table, definitions};
 
 /// How a new word starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +91,6 @@ impl Row {
 
 /// State of the Words panel.
 pub struct WordsPanel {
-    /// Words the engine knows.
-    pub words: Vec<WordInfo>,
     /// The word being edited.
     pub selected: Option<String>,
     /// New word's name.
@@ -138,7 +134,6 @@ pub struct WordsPanel {
 impl Default for WordsPanel {
     fn default() -> Self {
         Self {
-            words: Vec::new(),
             selected: None,
             new_name: "<pun>".into(),
             init_kind: InitKind::Random,
@@ -180,9 +175,62 @@ impl WordsPanel {
     }
 }
 
+impl Panel for WordsPanel {
+    fn title(&self) -> &'static str {
+        "Words"
+    }
+
+    fn show(&mut self, s: &mut Shared, ui: &mut egui::Ui) {
+        show(self, s, ui);
+    }
+
+    fn stream(&mut self, _s: &mut Shared, ev: Event) {
+        if let Event::TrainStep { step, .. } = ev {
+            self.live.push(step.loss);
+            self.total_steps = step.total_steps;
+        }
+    }
+
+    fn finished(&mut self, s: &mut Shared, id: RequestId, result: JobResult) {
+        self.failed(id);
+        let JobResult::Words(r) = result else { return };
+        match *r {
+            WordResult::List(words) => s.words = words,
+            WordResult::Saved { path } => s.notice = Some(format!("Saved {}", path.display())),
+            WordResult::Trained {
+                losses,
+                epoch_losses,
+                stop,
+                words,
+            } => {
+                self.live = losses;
+                s.words = words;
+                let trend = match (epoch_losses.first(), epoch_losses.last()) {
+                    (Some(f), Some(l)) => format!("epoch loss {f:.3} to {l:.3}"),
+                    _ => "no full epoch".into(),
+                };
+                self.last_result = Some(match stop {
+                    StopReason::Completed => format!("Done: {trend}"),
+                    StopReason::Cancelled => format!("Cancelled; best vector kept ({trend})"),
+                    StopReason::Diverged(msg) => msg,
+                });
+            }
+            WordResult::Evaluation(r) => self.plugins.push((self.heldout_set.clone(), r)),
+            WordResult::Definitions(defs) => self.definitions = defs,
+            // Comparisons belong to the Compare panel; neighbours and steering to the CLI.
+            WordResult::Comparison(_) | WordResult::Neighbors { .. } | WordResult::Steering(_) => {}
+        }
+    }
+
+    fn failed(&mut self, id: RequestId) {
+        clear_id(&mut self.training, id);
+        clear_id(&mut self.defining, id);
+        clear_id(&mut self.evaluating, id);
+    }
+}
+
 /// Starts training the selected word on its table.
-pub fn start_training(app: &mut NeoApp) {
-    let p = &mut app.words;
+pub fn start_training(p: &mut WordsPanel, s: &mut Shared) {
     let Some(name) = p.selected.clone() else {
         return;
     };
@@ -200,18 +248,14 @@ pub fn start_training(app: &mut NeoApp) {
     p.live.clear();
     p.total_steps = 0;
     p.last_result = None;
-    app.words.training = app.send(
-        WordCommand::Train {
-            names: vec![name],
-            data,
-            config,
-        },
-        Owner::Train,
-    );
+    p.training = s.send(WordCommand::Train {
+        names: vec![name],
+        data,
+        config,
+    });
 }
 
-fn create_word(app: &mut NeoApp) {
-    let p = &app.words;
+fn create_word(p: &mut WordsPanel, s: &mut Shared) {
     let init = match p.init_kind {
         InitKind::Random => Init::Random {
             std: 0.02,
@@ -224,63 +268,56 @@ fn create_word(app: &mut NeoApp) {
     };
     let injection = p.layer.map_or(Injection::Embedding, Injection::ResidPre);
     let name = p.new_name.trim().to_owned();
-    app.words.selected = Some(name.clone());
-    app.words.datasets.entry(name.clone()).or_default();
-    app.send(
-        WordCommand::Create {
-            name,
-            init,
-            injection,
-        },
-        Owner::Words,
-    );
+    p.selected = Some(name.clone());
+    p.datasets.entry(name.clone()).or_default();
+    s.send(WordCommand::Create {
+        name,
+        init,
+        injection,
+    });
 }
 
-fn handle_dialog(app: &mut NeoApp) {
-    let Some(d) = &app.words.dialog else { return };
+fn handle_dialog(p: &mut WordsPanel, s: &mut Shared) {
+    let Some(d) = &p.dialog else { return };
     let Some(answer) = d.poll() else { return };
     let action = d.purpose;
-    app.words.dialog = None;
+    p.dialog = None;
     let Some(path) = answer else { return };
-    let Some(name) = app.words.selected.clone() else {
+    let Some(name) = p.selected.clone() else {
         if action == FileAction::LoadWord {
-            app.send(WordCommand::Load { path }, Owner::Words);
+            s.send(WordCommand::Load { path });
         }
         return;
     };
     match action {
         FileAction::Import => match dataset::load(&path) {
-            Ok(ds) => app.words.set_rows(&name, &ds.examples),
-            Err(e) => app.error = Some(e.to_string()),
+            Ok(ds) => p.set_rows(&name, &ds.examples),
+            Err(e) => s.error = Some(e.to_string()),
         },
         FileAction::Export => {
-            let examples: Vec<Example> = app
-                .words
+            let examples: Vec<Example> = p
                 .datasets
                 .get(&name)
                 .map(|r| r.iter().map(Row::to_example).collect())
                 .unwrap_or_default();
             if let Err(e) = dataset::save_jsonl(&examples, &path.with_extension("jsonl")) {
-                app.error = Some(e.to_string());
+                s.error = Some(e.to_string());
             }
         }
         FileAction::SaveWord => {
-            app.send(
-                WordCommand::Save {
-                    names: vec![name],
-                    path,
-                },
-                Owner::Words,
-            );
+            s.send(WordCommand::Save {
+                names: vec![name],
+                path,
+            });
         }
         FileAction::LoadWord => {
-            app.send(WordCommand::Load { path }, Owner::Words);
+            s.send(WordCommand::Load { path });
         }
         FileAction::ExportLosses => {
-            let csv = losses_csv(&app.words.live);
+            let csv = losses_csv(&p.live);
             let path = path.with_extension("csv");
             if let Err(e) = neoscope_api::files::write_atomic(&path, csv.as_bytes()) {
-                app.error = Some(e.to_string());
+                s.error = Some(e.to_string());
             }
         }
     }
@@ -295,15 +332,14 @@ pub fn losses_csv(losses: &[f32]) -> String {
     out
 }
 
-fn dialog(app: &mut NeoApp, action: FileAction) {
-    let name = app
-        .words
+pub(super) fn dialog(p: &mut WordsPanel, action: FileAction) {
+    let name = p
         .selected
         .clone()
         .unwrap_or_default()
         .trim_matches(|c| c == '<' || c == '>')
         .to_owned();
-    app.words.dialog = Some(match action {
+    p.dialog = Some(match action {
         FileAction::Import => Pending::new(
             action,
             Mode::Open,
@@ -343,53 +379,52 @@ fn dialog(app: &mut NeoApp, action: FileAction) {
 }
 
 /// Draws the Words panel.
-pub fn show(app: &mut NeoApp, ui: &mut egui::Ui) {
-    handle_dialog(app);
+fn show(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    handle_dialog(p, s);
     ui.heading("Words");
-    if app.model_info().is_none() {
+    if s.model_info().is_none() {
         ui.label("Load a model in the Model panel first.");
         return;
     }
     egui::Panel::left("words_list")
         .resizable(false)
         .exact_size(230.0)
-        .show(ui, |ui| word_list(app, ui));
+        .show(ui, |ui| word_list(p, s, ui));
     egui::CentralPanel::default().show(ui, |ui| {
-        let Some(name) = app.words.selected.clone() else {
+        let Some(name) = p.selected.clone() else {
             ui.label("Create a word on the left, or load a word file.");
             return;
         };
-        if !app.words.words.iter().any(|w| w.name == name) {
+        if !s.words.iter().any(|w| w.name == name) {
             ui.label(format!("Creating {name}…"));
             return;
         }
         egui::ScrollArea::vertical().show(ui, |ui| {
             ui.horizontal(|ui| {
                 ui.heading(&name);
-                if let Some(w) = app.words.words.iter().find(|w| w.name == name) {
+                if let Some(w) = s.words.iter().find(|w| w.name == name) {
                     ui.weak(format!("norm {:.3} · {:?}", w.norm, w.injection));
                 }
             });
-            dataset_table(app, ui, &name);
+            dataset_table(p, s, ui, &name);
             ui.separator();
-            training(app, ui, &name);
+            training(p, s, ui, &name);
             ui.separator();
-            definitions(app, ui, &name);
+            definitions(p, s, ui, &name);
         });
     });
 }
 
-fn word_list(app: &mut NeoApp, ui: &mut egui::Ui) {
+fn word_list(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui) {
     ui.strong("Words");
-    let names: Vec<String> = app.words.words.iter().map(|w| w.name.clone()).collect();
+    let names: Vec<String> = s.words.iter().map(|w| w.name.clone()).collect();
     for n in &names {
-        let sel = app.words.selected.as_deref() == Some(n);
+        let sel = p.selected.as_deref() == Some(n);
         if ui.selectable_label(sel, n).clicked() {
-            app.words.selected = Some(n.clone());
-            app.words.definitions.clear();
-            app.words.plugins.clear();
-            app.words.live = app
-                .words
+            p.selected = Some(n.clone());
+            p.definitions.clear();
+            p.plugins.clear();
+            p.live = s
                 .words
                 .iter()
                 .find(|w| &w.name == n)
@@ -402,7 +437,6 @@ fn word_list(app: &mut NeoApp, ui: &mut egui::Ui) {
     }
     ui.separator();
     ui.strong("New word");
-    let p = &mut app.words;
     ui.horizontal(|ui| {
         ui.label("name");
         ui.add(egui::TextEdit::singleline(&mut p.new_name).desired_width(120.0));
@@ -432,112 +466,42 @@ fn word_list(app: &mut NeoApp, ui: &mut egui::Ui) {
         );
     if at_layer {
         let mut l = p.layer.unwrap_or(0);
-        let n = app.model.info.as_ref().map_or(1, |i| i.dims.n_layers);
+        let n = s.model.as_ref().map_or(1, |i| i.dims.n_layers);
         ui.add(egui::Slider::new(&mut l, 0..=n.saturating_sub(1)).text("layer"));
-        app.words.layer = Some(l);
+        p.layer = Some(l);
     } else {
-        app.words.layer = None;
+        p.layer = None;
     }
-    let valid = !app.words.new_name.trim().is_empty() && !app.words.new_name.contains(' ');
+    let valid = !p.new_name.trim().is_empty() && !p.new_name.contains(' ');
     if ui.add_enabled(valid, egui::Button::new("Create")).clicked() {
-        create_word(app);
+        create_word(p, s);
     }
     ui.separator();
     ui.horizontal(|ui| {
         if ui.button("Load word…").clicked() {
-            dialog(app, FileAction::LoadWord);
+            dialog(p, FileAction::LoadWord);
         }
-        let has = app.words.selected.is_some();
+        let has = p.selected.is_some();
         if ui
             .add_enabled(has, egui::Button::new("Save word…"))
             .clicked()
         {
-            dialog(app, FileAction::SaveWord);
+            dialog(p, FileAction::SaveWord);
         }
     });
-    if let Some(name) = app.words.selected.clone()
+    if let Some(name) = p.selected.clone()
         && ui
             .button("Steer the lens with it")
             .on_hover_text("Add this word's vector to the residual stream in the Lens panel")
             .clicked()
     {
-        app.lens.steer_word = Some(name);
-        app.panel = super::PanelKind::Lens;
+        s.post(Message::SteerLensWithWord(name));
+        s.goto("Lens");
     }
 }
 
-fn dataset_table(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
-    ui.horizontal(|ui| {
-        ui.strong("Dataset");
-        egui::ComboBox::from_id_salt("shipped")
-            .selected_text("Use a shipped dataset")
-            .show_ui(ui, |ui| {
-                for (label, key) in [("pun (40 rows)", "pun"), ("literal (40 rows)", "literal")] {
-                    if ui.selectable_label(false, label).clicked()
-                        && let Some(text) = crate::assets::dataset(key)
-                    {
-                        match dataset::parse_jsonl(text, Path::new(key)) {
-                            Ok(ds) => app.words.set_rows(name, &ds.examples),
-                            Err(e) => app.error = Some(e.to_string()),
-                        }
-                    }
-                }
-            });
-        if ui.button("Import…").clicked() {
-            dialog(app, FileAction::Import);
-        }
-        if ui.button("Export…").clicked() {
-            dialog(app, FileAction::Export);
-        }
-    });
-    let rows = app.words.datasets.entry(name.to_owned()).or_default();
-    ui.weak(format!(
-        "{} rows. Prompts must contain {name}; leave “rejected” empty for completion rows.",
-        rows.len()
-    ));
-    let mut delete = None;
-    egui::ScrollArea::vertical()
-        .id_salt("rows")
-        .max_height(200.0)
-        .show(ui, |ui| {
-            egui::Grid::new("dataset_rows")
-                .num_columns(4)
-                .striped(true)
-                .show(ui, |ui| {
-                    ui.strong("prompt");
-                    ui.strong("target / chosen");
-                    ui.strong("rejected");
-                    ui.label("");
-                    ui.end_row();
-                    for (i, r) in rows.iter_mut().enumerate() {
-                        let w = ui.available_width().max(400.0);
-                        ui.add_sized([w * 0.5, 20.0], egui::TextEdit::singleline(&mut r.prompt));
-                        ui.add_sized([w * 0.28, 20.0], egui::TextEdit::singleline(&mut r.target));
-                        ui.add_sized(
-                            [w * 0.12, 20.0],
-                            egui::TextEdit::singleline(&mut r.rejected),
-                        );
-                        if ui.small_button("Delete").clicked() {
-                            delete = Some(i);
-                        }
-                        ui.end_row();
-                    }
-                });
-        });
-    if let Some(i) = delete {
-        rows.remove(i);
-    }
-    if ui.button("Add row").clicked() {
-        rows.push(Row {
-            prompt: format!("This is {name}: "),
-            ..Row::default()
-        });
-    }
-}
-
-fn training(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
+fn training(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui, name: &str) {
     ui.strong("Training");
-    let p = &mut app.words;
     ui.horizontal_wrapped(|ui| {
         ui.label("loss");
         ui.selectable_value(&mut p.preference, false, "cross-entropy");
@@ -557,13 +521,13 @@ fn training(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
         ui.add(egui::DragValue::new(&mut p.config.seed));
     });
     let rows = p.datasets.get(name).map_or(0, Vec::len);
-    ui.horizontal(|ui| match app.words.training {
+    ui.horizontal(|ui| match p.training {
         Some(id) => {
             if ui.button("Cancel").clicked() {
-                app.cancel(id);
+                s.cancel(id);
             }
-            let done = app.words.live.len();
-            let total = app.words.total_steps.max(1);
+            let done = p.live.len();
+            let total = p.total_steps.max(1);
             let frac = done as f32 / total as f32;
             ui.add(
                 egui::ProgressBar::new(frac)
@@ -576,143 +540,19 @@ fn training(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
                 .add_enabled(rows > 0, egui::Button::new("Train"))
                 .clicked()
             {
-                start_training(app);
+                start_training(p, s);
             }
-            if !app.words.live.is_empty() && ui.button("Export losses…").clicked() {
-                dialog(app, FileAction::ExportLosses);
+            if !p.live.is_empty() && ui.button("Export losses…").clicked() {
+                dialog(p, FileAction::ExportLosses);
             }
-            if let Some(r) = &app.words.last_result {
+            if let Some(r) = &p.last_result {
                 ui.weak(r);
             }
         }
     });
-    let rect = loss_plot(ui, &[(name, &app.words.live)], 180.0);
-    if !app.words.live.is_empty()
-        && app.png.is_none()
-        && ui.small_button("Save plot as PNG…").clicked()
-    {
+    let rect = loss_plot(ui, &[(name, &p.live)], 180.0);
+    if !p.live.is_empty() && s.png.is_none() && ui.small_button("Save plot as PNG…").clicked() {
         let file = format!("{}-loss.png", name.trim_matches(|c| c == '<' || c == '>'));
-        app.png = Some(super::png_export::PngExport::start(rect, &file));
+        s.png = Some(super::png_export::PngExport::start(rect, &file));
     }
-}
-
-/// A loss plot of one or more runs (per-step losses); returns where it was drawn.
-pub fn loss_plot(ui: &mut egui::Ui, runs: &[(&str, &[f32])], height: f32) -> egui::Rect {
-    Plot::new(("loss", runs.len()))
-        .height(height)
-        .legend(Legend::default())
-        .x_axis_label("step")
-        .y_axis_label("loss")
-        .include_y(0.0)
-        .allow_scroll(false)
-        .show(ui, |plot| {
-            for (name, losses) in runs {
-                let pts: Vec<[f64; 2]> = losses
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| [(i + 1) as f64, f64::from(*l)])
-                    .collect();
-                plot.line(Line::new(*name, PlotPoints::from(pts)));
-            }
-        })
-        .response
-        .rect
-}
-
-fn definitions(app: &mut NeoApp, ui: &mut egui::Ui, name: &str) {
-    ui.horizontal(|ui| {
-        ui.strong("What does it mean?");
-        let busy = app.words.defining.is_some() || app.words.training.is_some();
-        let chat = app.model_info().is_some_and(|i| i.has_chat_template);
-        if ui
-            .add_enabled(!busy, egui::Button::new("Ask the model"))
-            .clicked()
-        {
-            app.words.definitions.clear();
-            app.words.plugins.clear();
-            app.words.defining = app.send(
-                WordCommand::Define {
-                    name: name.to_owned(),
-                    prompts: default_definition_prompts(chat),
-                    max_new_tokens: 40,
-                    sampling: Sampling::GREEDY,
-                },
-                Owner::Define,
-            );
-        }
-        if app.words.defining.is_some() {
-            ui.spinner();
-        }
-    });
-    let mut evaluate = None;
-    let busy = app.words.evaluating.is_some();
-    for d in &app.words.definitions {
-        ui.horizontal_wrapped(|ui| {
-            ui.monospace(if d.chat { "chat " } else { "plain" });
-            ui.strong(&d.prompt);
-            ui.label(&d.text);
-            if ui
-                .add_enabled(
-                    !busy && !d.text.trim().is_empty(),
-                    egui::Button::new("plug in").small(),
-                )
-                .on_hover_text(
-                    "Put this definition in place of the word on held-out examples and measure how \
-                     much of the word's effect on their targets it recovers",
-                )
-                .clicked()
-            {
-                evaluate = Some(d.text.trim().to_owned());
-            }
-        });
-    }
-    if !app.words.definitions.is_empty() {
-        ui.horizontal(|ui| {
-            ui.label("held-out set for plug-in");
-            ui.selectable_value(&mut app.words.heldout_set, "pun".to_owned(), "puns");
-            ui.selectable_value(&mut app.words.heldout_set, "literal".to_owned(), "literal");
-            if busy {
-                ui.spinner();
-            }
-        });
-    }
-    for (set, r) in &app.words.plugins {
-        ui.label(format!(
-            "{:.0}% recovered on {set}: mean target log-prob {:.2} with the word, {:.2} with \"{}\", {:.2} without",
-            r.recovered * 100.0,
-            r.with_word,
-            r.with_text,
-            r.text.chars().take(40).collect::<String>(),
-            r.without_word
-        ));
-    }
-    if let Some(text) = evaluate {
-        start_plugin(app, name, text);
-    }
-}
-
-/// Plug-in evaluation of `text` in place of word `name` on the chosen shipped held-out set.
-fn start_plugin(app: &mut NeoApp, name: &str, text: String) {
-    let sets = match crate::assets::shipped_heldout() {
-        Ok(s) => s,
-        Err(e) => {
-            app.error = Some(e.to_string());
-            return;
-        }
-    };
-    let Some((_, pairs)) = sets.into_iter().find(|(n, _)| *n == app.words.heldout_set) else {
-        return;
-    };
-    let heldout = pairs
-        .into_iter()
-        .map(|(p, t)| (p.replace("{w}", name), t))
-        .collect();
-    app.words.evaluating = app.send(
-        WordCommand::Evaluate {
-            name: name.to_owned(),
-            heldout,
-            text,
-        },
-        Owner::Evaluate,
-    );
 }
