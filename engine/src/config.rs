@@ -35,6 +35,72 @@ pub struct LlamaConfig {
     /// Model family as named in `config.json` (`llama`, `mistral`, `qwen2`, …).
     #[serde(default = "default_model_type")]
     pub model_type: String,
+    /// RoPE frequency scaling (Llama 3.x `llama3`, `linear`); `None` is plain RoPE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Width of one head when it is not `hidden_size / num_attention_heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// Sliding-window attention span (Mistral): each token sees at most this many tokens,
+    /// itself included. Sequences up to this length are computed exactly; longer ones are
+    /// refused (see `n_ctx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+}
+
+/// RoPE frequency scaling as transformers defines it (`rope_scaling.rope_type`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Every inverse frequency divided by `factor` (positions interpolated).
+    Linear {
+        /// Divisor.
+        factor: f64,
+    },
+    /// Llama 3.1/3.2: low frequencies divided by `factor`, high ones kept, a smooth ramp
+    /// between the wavelengths `original_max_position_embeddings / {low,high}_freq_factor`.
+    Llama3 {
+        /// Divisor of the low frequencies.
+        factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are scaled.
+        low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// The pre-training context.
+        original_max_position_embeddings: usize,
+    },
+}
+
+impl RopeScaling {
+    /// Applies the scaling to RoPE's inverse frequencies, in f32 as transformers does.
+    pub fn apply(&self, inv_freq: &mut [f32]) {
+        match *self {
+            Self::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor as f32),
+            Self::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let (factor, lo, hi) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                );
+                let old = original_max_position_embeddings as f32;
+                let (lo_wavelen, hi_wavelen) = (old / lo, old / hi);
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen > lo_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= hi_wavelen {
+                        let smooth = (old / wavelen - lo) / (hi - lo);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn default_eps() -> f64 {
@@ -58,7 +124,22 @@ impl LlamaConfig {
 
     /// Width of one head.
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Whether the query/key/value projections carry biases (Qwen2).
+    pub fn qkv_bias(&self) -> bool {
+        self.model_type == "qwen2"
+    }
+
+    /// The longest sequence computed exactly: the context, or the sliding window when it is
+    /// shorter (within the window, sliding-window attention equals full causal attention).
+    pub fn n_ctx(&self) -> usize {
+        self.sliding_window
+            .map_or(self.max_position_embeddings, |w| {
+                w.min(self.max_position_embeddings)
+            })
     }
 
     /// Checks the configuration for consistency.
@@ -68,7 +149,7 @@ impl LlamaConfig {
                 "hidden_size, num_attention_heads and num_hidden_layers must be > 0".into(),
             );
         }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -100,7 +181,7 @@ impl LlamaConfig {
             n_kv_heads: self.kv_heads(),
             d_head: self.head_dim(),
             d_mlp: self.intermediate_size,
-            n_ctx: self.max_position_embeddings,
+            n_ctx: self.n_ctx(),
         }
     }
 }

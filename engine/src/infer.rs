@@ -67,7 +67,7 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(EngineError::Invalid("the prompt is empty".into()));
     }
-    let n_ctx = m.llama.cfg.max_position_embeddings;
+    let n_ctx = m.llama.cfg.n_ctx();
     if prompt.len() + opts.max_new_tokens > n_ctx {
         return Err(EngineError::Invalid(format!(
             "prompt ({} tokens) plus {} new tokens exceeds the context of {n_ctx}",

@@ -30,6 +30,9 @@ pub fn tiny_config() -> LlamaConfig {
         max_position_embeddings: 128,
         tie_word_embeddings: true,
         model_type: "llama".into(),
+        rope_scaling: None,
+        head_dim: None,
+        sliding_window: None,
     }
 }
 
@@ -100,6 +103,7 @@ pub fn tiny_model(seed: u64, dev: &Device) -> Result<LoadedModel> {
             w_gate: randn(&mut rng, &[m, d], 0.2, dev)?,
             w_up: randn(&mut rng, &[m, d], 0.2, dev)?,
             w_down: randn(&mut rng, &[d, m], 0.2, dev)?,
+            qkv_bias: None,
         });
     }
     let final_norm = norm_weight(&mut rng, d, dev)?;

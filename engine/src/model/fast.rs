@@ -62,6 +62,7 @@ impl Dims {
 pub(crate) struct LayerWeights<'a> {
     pub(crate) attn_norm: CpuView<'a>,
     pub(crate) qkv: CpuView<'a>,
+    pub(crate) qkv_bias: Option<CpuView<'a>>,
     pub(crate) wo: CpuView<'a>,
     pub(crate) mlp_norm: CpuView<'a>,
     pub(crate) gate_up: CpuView<'a>,
@@ -88,6 +89,7 @@ impl<'a> Weights<'a> {
                 Ok(LayerWeights {
                     attn_norm: CpuView::new(&b.attn_norm)?,
                     qkv: CpuView::new(qkv)?,
+                    qkv_bias: b.qkv_bias.as_ref().map(CpuView::new).transpose()?,
                     wo: CpuView::new(&b.wo)?,
                     mlp_norm: CpuView::new(&b.mlp_norm)?,
                     gate_up: CpuView::new(gate_up)?,
@@ -220,7 +222,7 @@ pub fn forward_logits(m: &Llama, embeds: &Tensor, batch: &Batch) -> Result<Tenso
             )
         })
         .collect();
-    let pk = Packed::new(spans.iter().map(|s| s.1), m.cfg.max_position_embeddings)?;
+    let pk = Packed::new(spans.iter().map(|s| s.1), m.cfg.n_ctx())?;
     let embeds = embeds.contiguous()?;
     let view = CpuView::new(&embeds)?;
     let e = view.data();
@@ -295,7 +297,11 @@ pub(crate) fn layer_forward(
     let mut qkv = vec![0f32; n * w];
     matmul(&mut qkv, &h, lw.qkv.data(), (n, d, w), true, false);
     let (hd, half) = (dims.hd, dims.hd / 2);
+    let bias = lw.qkv_bias.as_ref().map(CpuView::data);
     qkv.par_chunks_mut(w).enumerate().for_each(|(row, r)| {
+        if let Some(b) = bias {
+            r.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+        }
         let p = pk.pos[row];
         let (c, s) = (
             &cos[p * half..(p + 1) * half],

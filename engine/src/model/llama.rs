@@ -40,6 +40,9 @@ pub struct Block {
     pub w_up: Tensor,
     /// Down projection (d_model, d_mlp).
     pub w_down: Tensor,
+    /// Biases of the stacked query/key/value projection (n_heads·d_head + 2·n_kv_heads·d_head),
+    /// present exactly when the configuration asks for them (Qwen2).
+    pub qkv_bias: Option<Tensor>,
 }
 
 /// The whole model.
@@ -143,6 +146,22 @@ impl Llama {
             check(format!("blocks.{l}.w_gate"), &b.w_gate, &[m, d])?;
             check(format!("blocks.{l}.w_up"), &b.w_up, &[m, d])?;
             check(format!("blocks.{l}.w_down"), &b.w_down, &[d, m])?;
+            match (&b.qkv_bias, cfg.qkv_bias()) {
+                (Some(bias), true) => check(format!("blocks.{l}.qkv_bias"), bias, &[q + 2 * kv])?,
+                (None, false) => {}
+                (Some(_), false) => {
+                    return Err(EngineError::Invalid(format!(
+                        "blocks.{l} has q/k/v biases but model_type `{}` has none",
+                        cfg.model_type
+                    )));
+                }
+                (None, true) => {
+                    return Err(EngineError::Invalid(format!(
+                        "blocks.{l} lacks the q/k/v biases model_type `{}` needs",
+                        cfg.model_type
+                    )));
+                }
+            }
         }
         let mut blocks = blocks;
         let mut fused = Vec::with_capacity(blocks.len());
@@ -393,8 +412,14 @@ impl Llama {
         let pos: Vec<u32> = positions.concat();
         let max_pos = self.cos.dim(0)?;
         if let Some(p) = pos.iter().find(|p| **p as usize >= max_pos) {
+            let why = if self.cfg.sliding_window.is_some_and(|w| w == max_pos) {
+                " (its sliding-window attention span; longer sequences need sliding-window \
+                 attention, which is not implemented)"
+            } else {
+                ""
+            };
             return Err(EngineError::Invalid(format!(
-                "position {p} exceeds the model's context of {max_pos} tokens"
+                "position {p} exceeds the model's context of {max_pos} tokens{why}"
             )));
         }
         let pos = Tensor::from_vec(pos, b * t, &dev)?;
@@ -445,7 +470,10 @@ impl Llama {
         );
         let rep = nh / nkv;
         let h = rms_norm(x, &blk.attn_norm, self.cfg.rms_norm_eps)?;
-        let qkv = linear(&h, w_qkv)?;
+        let mut qkv = linear(&h, w_qkv)?;
+        if let Some(bias) = &blk.qkv_bias {
+            qkv = qkv.broadcast_add(bias)?;
+        }
         let q = qkv
             .narrow(D::Minus1, 0, nh * hd)?
             .reshape((b, t, nh, hd))?
@@ -502,15 +530,20 @@ fn apply(x: &Tensor, iv: &ResolvedIntervention) -> Result<Tensor> {
     })
 }
 
-/// RoPE cos/sin tables (n_ctx, d_head/2), computed in f32 as the reference implementations do.
+/// RoPE cos/sin tables (n_ctx, d_head/2), computed in f32 as the reference implementations do,
+/// with the configuration's frequency scaling. Only `n_ctx` positions get a row, so a longer
+/// sequence is refused (`forward_embeds`) rather than computed wrongly.
 fn rope_tables(cfg: &LlamaConfig, dev: &Device) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim();
     let base = cfg.rope_theta as f32;
-    let inv: Vec<f32> = (0..hd)
+    let mut inv: Vec<f32> = (0..hd)
         .step_by(2)
         .map(|i| 1.0 / base.powf(i as f32 / hd as f32))
         .collect();
-    let n = cfg.max_position_embeddings;
+    if let Some(s) = &cfg.rope_scaling {
+        s.apply(&mut inv);
+    }
+    let n = cfg.n_ctx();
     let mut angles = Vec::with_capacity(n * inv.len());
     for p in 0..n {
         let pf = p as f32;

@@ -8,7 +8,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
 use super::llama::{Block, Llama};
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{EngineError, Result};
 use crate::fetch::sha256_file;
 use crate::tokenizer::ModelTokenizer;
@@ -58,6 +58,27 @@ fn md_f64(md: &HashMap<String, gguf_file::Value>, key: &str) -> Option<f64> {
         .and_then(|v| v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok())
 }
 
+/// RoPE scaling from llama.cpp's metadata (`llama.rope.scaling.type`).
+fn gguf_rope_scaling(
+    md: &HashMap<String, gguf_file::Value>,
+) -> std::result::Result<Option<RopeScaling>, String> {
+    let kind = md
+        .get("llama.rope.scaling.type")
+        .and_then(|v| v.to_string().ok())
+        .map_or("none", String::as_str);
+    match kind {
+        "none" => Ok(None),
+        "linear" => {
+            let factor = md_f64(md, "llama.rope.scaling.factor")
+                .ok_or("`llama.rope.scaling.type` is linear but the factor is missing")?;
+            Ok((factor != 1.0).then_some(RopeScaling::Linear { factor }))
+        }
+        other => Err(format!(
+            "`llama.rope.scaling.type` = \"{other}\" is not implemented (implemented: none, linear)"
+        )),
+    }
+}
+
 /// llama.cpp stores q/k rows permuted for interleaved RoPE; this undoes it, giving the
 /// rotate-half layout of Hugging Face checkpoints.
 fn unpermute_qk(w: &Tensor, heads: usize) -> Result<Tensor> {
@@ -86,10 +107,12 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
             format!("architecture `{arch}` is not supported yet (Llama family only)"),
         ));
     }
+    let mut used: Vec<String> = Vec::new();
     let mut get = |name: &str| -> Result<Tensor> {
         let q = content
             .tensor(&mut f, name, dev)
             .map_err(|e| EngineError::bad_model(path, format!("tensor `{name}`: {e}")))?;
+        used.push(name.to_owned());
         Ok(q.dequantize(dev)?.to_dtype(DType::F32)?)
     };
     let embed = get("token_embd.weight")?;
@@ -108,7 +131,32 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
         max_position_embeddings: md_usize(md, "llama.context_length", path).unwrap_or(2048),
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         model_type: "llama".into(),
+        rope_scaling: gguf_rope_scaling(md).map_err(|msg| EngineError::Unsupported {
+            path: path.to_path_buf(),
+            msg,
+        })?,
+        head_dim: None,
+        sliding_window: None,
     };
+    let unsupported = |msg: String| EngineError::Unsupported {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let embd = cfg.hidden_size / heads.max(1);
+    if let Ok(k) = md_usize(md, "llama.attention.key_length", path)
+        && k != embd
+    {
+        return Err(unsupported(format!(
+            "`llama.attention.key_length` = {k} differs from embedding_length / head_count = {embd}"
+        )));
+    }
+    if let Ok(r) = md_usize(md, "llama.rope.dimension_count", path)
+        && r != embd
+    {
+        return Err(unsupported(format!(
+            "`llama.rope.dimension_count` = {r}: partial rotary embeddings are not implemented"
+        )));
+    }
     let mut blocks = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
         let p = format!("blk.{l}");
@@ -122,6 +170,7 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
             w_gate: get(&format!("{p}.ffn_gate.weight"))?,
             w_up: get(&format!("{p}.ffn_up.weight"))?,
             w_down: get(&format!("{p}.ffn_down.weight"))?,
+            qkv_bias: None,
         });
     }
     let final_norm = get("output_norm.weight")?;
@@ -130,6 +179,24 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
     } else {
         Some(get("output.weight")?)
     };
+    drop(get);
+    let mut left: Vec<&String> = content
+        .tensor_infos
+        .keys()
+        .filter(|k| !used.contains(k))
+        .collect();
+    left.sort();
+    if let Some(first) = left.first() {
+        let what = if first.as_str() == "rope_freqs.weight" {
+            " (Llama 3.1-style RoPE frequency factors; load the Hugging Face folder instead)"
+        } else {
+            ""
+        };
+        return Err(unsupported(format!(
+            "tensor `{first}`{what} is not used by the llama computation ({} such tensors)",
+            left.len()
+        )));
+    }
     let tokenizer = ModelTokenizer::from_gguf(md, path)?;
     let llama = Llama::new(cfg, embed, blocks, final_norm, lm_head)
         .map_err(|e| EngineError::bad_model(path, e.to_string()))?;
@@ -173,14 +240,10 @@ fn file_name(path: &Path) -> String {
 pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
-    let cfg: LlamaConfig = serde_json::from_str(&text)
-        .map_err(|e| EngineError::bad_model(&cfg_path, e.to_string()))?;
-    if !matches!(cfg.model_type.as_str(), "llama" | "mistral" | "qwen2") {
-        return Err(EngineError::bad_model(
-            &cfg_path,
-            format!("model_type `{}` is not supported yet", cfg.model_type),
-        ));
-    }
+    let cfg = super::hf_config::parse(&text).map_err(|msg| EngineError::Unsupported {
+        path: cfg_path.clone(),
+        msg,
+    })?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| EngineError::io(dir, e))?
         .filter_map(std::result::Result::ok)
@@ -218,6 +281,15 @@ pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
             w_gate: get(&format!("{p}.mlp.gate_proj.weight"))?,
             w_up: get(&format!("{p}.mlp.up_proj.weight"))?,
             w_down: get(&format!("{p}.mlp.down_proj.weight"))?,
+            qkv_bias: if cfg.qkv_bias() {
+                let b = ["q", "k", "v"]
+                    .iter()
+                    .map(|n| get(&format!("{p}.self_attn.{n}_proj.bias")))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Tensor::cat(&b, 0)?)
+            } else {
+                None
+            },
         });
     }
     let final_norm = get("model.norm.weight")?;
@@ -226,6 +298,44 @@ pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
     } else {
         Some(get("lm_head.weight")?)
     };
+    // A tensor the computation does not use means the checkpoint's math differs from ours
+    // (biases, extra norms, …): refuse it by name. Old checkpoints keep RoPE's `inv_freq`
+    // buffers, which hold nothing the tables above do not compute.
+    if cfg.tie_word_embeddings
+        && let Some(head) = tensors.remove("lm_head.weight")
+    {
+        // Some tied checkpoints also store the head; it must be the embedding.
+        let same = head.dims() == embed.dims()
+            && (head.to_dtype(DType::F32)? - &embed)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?
+                == 0.0;
+        if !same {
+            return Err(EngineError::Unsupported {
+                path: dir.to_path_buf(),
+                msg: "`tie_word_embeddings` is true but `lm_head.weight` differs from the \
+                      embedding"
+                    .into(),
+            });
+        }
+    }
+    let mut left: Vec<&String> = tensors
+        .keys()
+        .filter(|k| !k.ends_with("rotary_emb.inv_freq"))
+        .collect();
+    left.sort();
+    if let Some(first) = left.first() {
+        return Err(EngineError::Unsupported {
+            path: dir.to_path_buf(),
+            msg: format!(
+                "tensor `{first}` is not used by the `{}` computation ({} such tensors); \
+                 the model's math differs from what is implemented",
+                cfg.model_type,
+                left.len()
+            ),
+        });
+    }
     let tokenizer = ModelTokenizer::from_hf_dir(dir)?;
     let arch = cfg.model_type.clone();
     let llama = Llama::new(cfg, embed, blocks, final_norm, lm_head)
@@ -256,6 +366,15 @@ pub fn save_hf_dir(llama: &Llama, tokenizer: &ModelTokenizer, dir: &Path) -> Res
             ("mlp.down_proj", &b.w_down),
         ] {
             t.insert(format!("{p}.{n}.weight"), w.clone());
+        }
+        if let Some(bias) = &b.qkv_bias {
+            let (q, kv) = (b.wq.dim(0)?, b.wk.dim(0)?);
+            for (n, start, len) in [("q", 0, q), ("k", q, kv), ("v", q + kv, kv)] {
+                t.insert(
+                    format!("{p}.self_attn.{n}_proj.bias"),
+                    bias.narrow(0, start, len)?.contiguous()?,
+                );
+            }
         }
     }
     let st = dir.join("model.safetensors");

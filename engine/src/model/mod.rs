@@ -5,6 +5,7 @@ pub mod batch;
 pub mod cache;
 pub mod cpu;
 pub mod fast;
+pub mod hf_config;
 pub mod llama;
 pub mod load;
 pub mod ops;

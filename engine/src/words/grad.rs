@@ -110,7 +110,7 @@ pub fn prefix_kv(m: &Llama, seqs: &[&ScoredSeq]) -> Result<Vec<PrefixKv>> {
     let dims = Dims::of(m);
     let w = Weights::new(m)?;
     let lens: Vec<usize> = seqs.iter().map(|s| constant_prefix(s)).collect();
-    let pk = fast::Packed::new(lens.iter().copied(), m.cfg.max_position_embeddings)?;
+    let pk = fast::Packed::new(lens.iter().copied(), m.cfg.n_ctx())?;
     let ids: Vec<u32> = seqs
         .iter()
         .zip(&lens)
@@ -225,7 +225,7 @@ pub fn forward<'a>(
         lens.push(n);
     }
     let w = Weights::new(m)?;
-    let packed = Packed::new(seqs, &lens, words.len(), m.cfg.max_position_embeddings)?;
+    let packed = Packed::new(seqs, &lens, words.len(), m.cfg.n_ctx())?;
     let layer_of: Vec<usize> = words
         .iter()
         .map(|w| match w.injection {

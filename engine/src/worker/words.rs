@@ -205,7 +205,7 @@ impl Worker {
             .collect::<Result<_>>()?;
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let data = Dataset::from_examples(data);
-        let max = m.llama.cfg.max_position_embeddings;
+        let max = m.llama.cfg.n_ctx();
         crate::words::dataset::validate(
             &data,
             &name_refs,

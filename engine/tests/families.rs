@@ -1,0 +1,226 @@
+//! Every supported model family against transformers' own computation: tiny random checkpoints
+//! written by transformers (`tests/fixtures/mkmodels.py`) with its logits and every layer's
+//! `hook_resid_post` for two prompts. Both of Neoscope's passes are checked (the hand-written
+//! CPU pass used when nothing is hooked, and the hooked candle pass), one prompt at a time and
+//! as a left-padded batch; then the words' hand gradient against autograd on two families;
+//! then refusals: a config asking for math that is not implemented, a tensor left over, a
+//! sequence past Mistral's sliding window.
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, IndexOp, Tensor, Var};
+use neoscope_engine::hooks::{HookPoint, HookSpec};
+use neoscope_engine::model::{Batch, LoadedModel, PadSide, load_model};
+use neoscope_engine::words::train::{ScoredSeq, scored_seq, seq_logprobs};
+use neoscope_engine::words::{Init, Injection, Word, grad};
+
+const CASES: [&str; 4] = ["llama3", "llama_linear_head_dim", "mistral", "qwen2"];
+/// Logits and residuals here span about ±20; f32 summation-order differences are ~1e-6.
+const TOL: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(name)
+}
+
+struct Expected {
+    prompts: Vec<Vec<u32>>,
+    tensors: HashMap<String, Tensor>,
+}
+
+fn expected(name: &str) -> Expected {
+    let tensors = candle_core::safetensors::load(
+        fixture(&format!("{name}.expected.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let prompts = (0..)
+        .map_while(|j| tensors.get(&format!("p{j}.ids")))
+        .map(|t| {
+            t.to_vec1::<i64>()
+                .unwrap()
+                .into_iter()
+                .map(|x| u32::try_from(x).unwrap())
+                .collect()
+        })
+        .collect();
+    Expected { prompts, tensors }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn all_resid_post(m: &LoadedModel) -> HookSpec {
+    HookSpec {
+        capture: (0..m.llama.cfg.num_hidden_layers)
+            .map(HookPoint::ResidPost)
+            .collect(),
+        interventions: Vec::new(),
+    }
+}
+
+#[test]
+fn every_family_matches_transformers_logits_and_residuals() {
+    for name in CASES {
+        let m = load_model(&fixture(name), &Device::Cpu).unwrap();
+        let e = expected(name);
+        let hooks = all_resid_post(&m);
+        for (j, ids) in e.prompts.iter().enumerate() {
+            let want = &e.tensors[&format!("p{j}.logits")];
+            let b = Batch::new(std::slice::from_ref(ids), PadSide::Left, &Device::Cpu).unwrap();
+            // Unhooked: the hand-written CPU pass.
+            let fast = m.llama.forward(&b, &HookSpec::default(), None).unwrap();
+            let d = max_diff(&fast.logits.i(0).unwrap(), want);
+            assert!(d < TOL, "{name} prompt {j}: unhooked logits differ by {d}");
+            // Hooked: the candle pass, with every layer's residual stream.
+            let out = m.llama.forward(&b, &hooks, None).unwrap();
+            let d = max_diff(&out.logits.i(0).unwrap(), want);
+            assert!(d < TOL, "{name} prompt {j}: hooked logits differ by {d}");
+            for l in 0..m.llama.cfg.num_hidden_layers {
+                let got = out.captures[&HookPoint::ResidPost(l)].i(0).unwrap();
+                let d = max_diff(&got, &e.tensors[&format!("p{j}.resid_post.{l}")]);
+                assert!(d < TOL, "{name} prompt {j}: resid_post {l} differs by {d}");
+            }
+        }
+        // Both prompts as one left-padded batch, compared at the real positions.
+        let b = Batch::new(&e.prompts, PadSide::Left, &Device::Cpu).unwrap();
+        for hooks in [HookSpec::default(), all_resid_post(&m)] {
+            let out = m.llama.forward(&b, &hooks, None).unwrap();
+            for (j, ids) in e.prompts.iter().enumerate() {
+                let pad = b.width() - ids.len();
+                let got = out.logits.i((j, pad..)).unwrap();
+                let d = max_diff(&got, &e.tensors[&format!("p{j}.logits")]);
+                assert!(d < TOL, "{name} batch row {j}: logits differ by {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_fixtures_are_sensitive_to_the_math_they_check() {
+    // Without its RoPE scaling, the Llama 3 model is far off: the comparison above can fail.
+    let mut m = load_model(&fixture("llama3"), &Device::Cpu).unwrap();
+    let e = expected("llama3");
+    let llama = &m.llama;
+    let mut cfg = llama.cfg.clone();
+    cfg.rope_scaling = None;
+    let blocks = llama.blocks.clone();
+    m.llama = neoscope_engine::model::Llama::new(
+        cfg,
+        llama.embed.clone(),
+        blocks,
+        llama.final_norm.clone(),
+        llama.lm_head.clone(),
+    )
+    .unwrap();
+    let b = Batch::new(&e.prompts[..1], PadSide::Left, &Device::Cpu).unwrap();
+    let out = m.llama.forward(&b, &HookSpec::default(), None).unwrap();
+    let d = max_diff(&out.logits.i(0).unwrap(), &e.tensors["p0.logits"]);
+    assert!(d > 1e-2, "plain RoPE should differ, got {d}");
+}
+
+fn autograd_grad(m: &LoadedModel, w: &Word, seqs: &[&ScoredSeq], coef: &[f32]) -> Vec<f32> {
+    let dev = Device::Cpu;
+    let var = Var::from_slice(&w.vector, w.vector.len(), &dev).unwrap();
+    let lp = seq_logprobs(m, std::slice::from_ref(w), &[var.as_tensor().clone()], seqs).unwrap();
+    let c = Tensor::from_slice(coef, coef.len(), &dev).unwrap();
+    let grads = (lp * c).unwrap().sum_all().unwrap().backward().unwrap();
+    grads
+        .get(var.as_tensor())
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn word_gradient_equals_autograd_on_qwen2_and_llama3() {
+    for name in ["qwen2", "llama3"] {
+        let m = load_model(&fixture(name), &Device::Cpu).unwrap();
+        let names = ["<w>"];
+        let data = [("the <w> sat on", " the mat"), ("a pun <w>", " is a joke")];
+        let seqs: Vec<ScoredSeq> = data
+            .iter()
+            .map(|(p, c)| scored_seq(&m, p, c, &names).unwrap())
+            .collect();
+        let refs: Vec<&ScoredSeq> = seqs.iter().collect();
+        for injection in [Injection::Embedding, Injection::ResidPre(1)] {
+            let w = Word::create(&m, "<w>", Init::Random { std: 0.5, seed: 3 }, injection).unwrap();
+            assert!(grad::supported(&m.llama, std::slice::from_ref(&w)));
+            let vectors = [w.vector.as_slice()];
+            let tape =
+                grad::forward(&m.llama, std::slice::from_ref(&w), &vectors, &refs, &[]).unwrap();
+            let per_seq = [0.8f32, -1.1];
+            let coef: Vec<f32> = tape.target_seqs().map(|s| per_seq[s]).collect();
+            let hand = tape.backward(&m.llama, &coef).unwrap().remove(0);
+            let auto = autograd_grad(&m, &w, &refs, &per_seq);
+            let scale = auto.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert!(scale > 1e-3, "{name} {injection:?}: zero gradient");
+            let diff = hand
+                .iter()
+                .zip(&auto)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+                / scale;
+            assert!(diff < 1e-4, "{name} {injection:?}: hand vs autograd {diff}");
+        }
+    }
+}
+
+/// A copy of fixture `name` with `edit` applied to its config.json.
+fn edited(name: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture(name).join(f), dir.path().join(f)).unwrap();
+    }
+    let p = dir.path().join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&p, v.to_string()).unwrap();
+    dir
+}
+
+fn load_error(dir: &Path) -> String {
+    load_model(dir, &Device::Cpu).unwrap_err().to_string()
+}
+
+#[test]
+fn unimplemented_math_is_refused_by_name() {
+    let yarn = edited("llama3", |v| {
+        v["rope_parameters"]["rope_type"] = "yarn".into();
+    });
+    let e = load_error(yarn.path());
+    assert!(e.contains("unsupported model") && e.contains("yarn"), "{e}");
+    // Qwen2 weights read as Llama: the biases would be dropped, so they are refused by name.
+    let no_bias = edited("qwen2", |v| v["model_type"] = "llama".into());
+    let e = load_error(no_bias.path());
+    assert!(e.contains("_proj.bias"), "{e}");
+    let gpt2 = edited("llama3", |v| v["model_type"] = "gpt2".into());
+    assert!(load_error(gpt2.path()).contains("gpt2"));
+    let act = edited("mistral", |v| v["hidden_act"] = "gelu_pytorch_tanh".into());
+    assert!(load_error(act.path()).contains("hidden_act"));
+}
+
+#[test]
+fn mistral_past_its_sliding_window_is_refused_not_miscomputed() {
+    let m = load_model(&fixture("mistral"), &Device::Cpu).unwrap();
+    assert_eq!(m.info.dims.n_ctx, 24);
+    let ids: Vec<u32> = (0..30).collect();
+    let b = Batch::new(&[ids], PadSide::Left, &Device::Cpu).unwrap();
+    for hooks in [HookSpec::default(), all_resid_post(&m)] {
+        let e = m.llama.forward(&b, &hooks, None).unwrap_err().to_string();
+        assert!(e.contains("24"), "{e}");
+    }
+}
