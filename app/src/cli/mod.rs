@@ -17,6 +17,7 @@ use neoscope_api::{Command, Event, JobResult, Reply};
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
+pub mod compare;
 pub mod embed;
 pub mod inject;
 pub mod lens;
@@ -122,7 +123,7 @@ pub enum Cmd {
 #[derive(Debug, Subcommand)]
 pub enum DemoCmd {
     /// Train `<pun>` and `<lit>` on the shipped datasets and compare them side by side.
-    PunVsLiteral(word::DemoArgs),
+    PunVsLiteral(compare::DemoArgs),
 }
 
 /// `neoscope serve`: prints where it listens and the token, then serves until killed.
@@ -218,7 +219,7 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
         Cmd::Mfa(c) => mfa::run(&mut engine, g.json, info.dims.n_layers, c),
         Cmd::Inject(c) => inject::run(&mut engine, g.json, c),
         Cmd::Embed(c) => embed::run(&mut engine, g.json, c),
-        Cmd::Demo(DemoCmd::PunVsLiteral(a)) => word::demo(&mut engine, g.json, &a),
+        Cmd::Demo(DemoCmd::PunVsLiteral(a)) => compare::demo(&mut engine, g.json, &a),
         Cmd::Info => {
             let d = info.dims;
             let v = json!({

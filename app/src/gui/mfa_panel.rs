@@ -2,12 +2,10 @@
 //! cancel), browse components and their top contexts, and look inside one component's subspace
 //! and steer toward it (in `mfa_views`).
 
-use egui::text::LayoutJob;
-use egui::{Color32, TextFormat};
 use neoscope_api::hooks::HookPoint;
+use neoscope_api::mfa::ComponentInfo;
 use neoscope_api::mfa::MfaResult;
 use neoscope_api::mfa::SteerReport;
-use neoscope_api::mfa::{ComponentInfo, Context};
 use neoscope_api::mfa::{InitKind, MfaConfig, MfaEpoch, MfaReport};
 use neoscope_api::mfa::{MfaCommand, SubspacePoint};
 use neoscope_api::{Command, Event, JobResult, RequestId};
@@ -381,7 +379,7 @@ fn show(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
     }
     ui.columns(3, |cols| {
         component_list(p, s, &mut cols[0]);
-        component_detail(p, &mut cols[1]);
+        super::mfa_views::component_detail(p, &mut cols[1]);
         egui::ScrollArea::vertical()
             .id_salt("mfa_right")
             .show(&mut cols[2], |ui| {
@@ -549,67 +547,4 @@ fn component_list(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
         p.selected = Some(k);
         request_subspace(p, s);
     }
-}
-
-/// A context with its token highlighted.
-fn context_job(c: &Context, ui: &egui::Ui) -> LayoutJob {
-    let mut job = LayoutJob::default();
-    let normal = TextFormat {
-        color: ui.visuals().text_color(),
-        ..Default::default()
-    };
-    let mark = TextFormat {
-        color: Color32::BLACK,
-        background: Color32::from_rgb(250, 210, 90),
-        ..Default::default()
-    };
-    let clean = |s: &str| s.replace('\n', " ");
-    job.append(&clean(&c.before), 0.0, normal.clone());
-    job.append(&clean(&c.token), 0.0, mark);
-    job.append(
-        &clean(&c.after),
-        0.0,
-        TextFormat {
-            color: ui.visuals().weak_text_color(),
-            ..normal
-        },
-    );
-    job
-}
-
-fn component_detail(p: &mut MfaPanel, ui: &mut egui::Ui) {
-    let (Some(f), Some(k)) = (&p.fitted, p.selected) else {
-        return;
-    };
-    let Some(c) = f.components.get(k) else { return };
-    ui.strong(format!(
-        "Component {} · {} points · weight {:.3}",
-        c.index, c.size, c.weight
-    ));
-    let list = |v: &[(String, usize)]| {
-        v.iter()
-            .map(|(t, n)| format!("{t:?} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    ui.label(format!("tokens: {}", list(&c.top_tokens)));
-    ui.label(format!("next: {}", list(&c.top_next)));
-    ui.horizontal(|ui| {
-        ui.label("top contexts by");
-        ui.selectable_value(&mut p.by_responsibility, false, "likelihood");
-        ui.selectable_value(&mut p.by_responsibility, true, "responsibility");
-    });
-    let ctxs = if p.by_responsibility {
-        &c.by_responsibility
-    } else {
-        &c.by_likelihood
-    };
-    egui::ScrollArea::vertical()
-        .id_salt("mfa_contexts")
-        .show(ui, |ui| {
-            for x in ctxs {
-                let job = context_job(x, ui);
-                super::widgets::ragged(ui, job);
-            }
-        });
 }

@@ -1,9 +1,11 @@
 //! Plots of the MFA panel: the NLL curve, a component's subspace scatter, and steering (controls,
 //! promoted/suppressed bar chart, steered and plain generations side by side).
 
+use egui::text::LayoutJob;
+use egui::{Color32, TextFormat};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 use neoscope_api::Command;
-use neoscope_api::mfa::MfaEpoch;
+use neoscope_api::mfa::{Context, MfaEpoch};
 use neoscope_api::mfa::{MfaCommand, SteerPositions};
 use neoscope_api::steer::Steer;
 
@@ -162,4 +164,67 @@ fn steering(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
         cols[1].strong("plain");
         ragged(&mut cols[1], format!("{}{}", r.prompt, r.plain));
     });
+}
+
+/// A context with its token highlighted.
+fn context_job(c: &Context, ui: &egui::Ui) -> LayoutJob {
+    let mut job = LayoutJob::default();
+    let normal = TextFormat {
+        color: ui.visuals().text_color(),
+        ..Default::default()
+    };
+    let mark = TextFormat {
+        color: Color32::BLACK,
+        background: Color32::from_rgb(250, 210, 90),
+        ..Default::default()
+    };
+    let clean = |s: &str| s.replace('\n', " ");
+    job.append(&clean(&c.before), 0.0, normal.clone());
+    job.append(&clean(&c.token), 0.0, mark);
+    job.append(
+        &clean(&c.after),
+        0.0,
+        TextFormat {
+            color: ui.visuals().weak_text_color(),
+            ..normal
+        },
+    );
+    job
+}
+
+pub(super) fn component_detail(p: &mut MfaPanel, ui: &mut egui::Ui) {
+    let (Some(f), Some(k)) = (&p.fitted, p.selected) else {
+        return;
+    };
+    let Some(c) = f.components.get(k) else { return };
+    ui.strong(format!(
+        "Component {} · {} points · weight {:.3}",
+        c.index, c.size, c.weight
+    ));
+    let list = |v: &[(String, usize)]| {
+        v.iter()
+            .map(|(t, n)| format!("{t:?} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    ui.label(format!("tokens: {}", list(&c.top_tokens)));
+    ui.label(format!("next: {}", list(&c.top_next)));
+    ui.horizontal(|ui| {
+        ui.label("top contexts by");
+        ui.selectable_value(&mut p.by_responsibility, false, "likelihood");
+        ui.selectable_value(&mut p.by_responsibility, true, "responsibility");
+    });
+    let ctxs = if p.by_responsibility {
+        &c.by_responsibility
+    } else {
+        &c.by_likelihood
+    };
+    egui::ScrollArea::vertical()
+        .id_salt("mfa_contexts")
+        .show(ui, |ui| {
+            for x in ctxs {
+                let job = context_job(x, ui);
+                super::widgets::ragged(ui, job);
+            }
+        });
 }

@@ -8,6 +8,7 @@ pub mod embed_panel;
 pub mod inject_panel;
 mod inject_views;
 pub mod lens_panel;
+mod lens_views;
 pub mod mfa_panel;
 mod mfa_views;
 pub mod model_panel;
@@ -21,7 +22,7 @@ mod words_views;
 
 use std::time::{Duration, Instant};
 
-use neoscope_api::{Command, Event};
+use neoscope_api::{Command, Event, RequestId};
 use neoscope_engine::worker::{EngineHandle, EngineOptions, Waker};
 
 pub use compare_panel::ComparePanel;
@@ -85,10 +86,7 @@ impl NeoApp {
             .position(|p| panel::downcast::<P>(p.as_ref()).is_some())
     }
 
-    /// The registered panel of type `P`.
-    ///
-    /// # Panics
-    /// If `P` is not in the registry (a programming error).
+    /// The registered panel of type `P` (panics if `P` is not registered: a programming error).
     #[expect(clippy::expect_used, reason = "every panel type is registered once")]
     pub fn panel<P: Panel>(&self) -> &P {
         self.panels
@@ -97,10 +95,7 @@ impl NeoApp {
             .expect("panel registered")
     }
 
-    /// The registered panel of type `P`, mutably.
-    ///
-    /// # Panics
-    /// If `P` is not in the registry (a programming error).
+    /// The registered panel of type `P`, mutably (panics as `panel`).
     #[expect(clippy::expect_used, reason = "every panel type is registered once")]
     pub fn panel_mut<P: Panel>(&mut self) -> &mut P {
         self.panels
@@ -110,10 +105,7 @@ impl NeoApp {
     }
 
     /// Sends a command on behalf of panel `P` (its events go to that panel).
-    pub fn send_as<P: Panel>(
-        &mut self,
-        cmd: impl Into<Command>,
-    ) -> Option<neoscope_api::RequestId> {
+    pub fn send_as<P: Panel>(&mut self, cmd: impl Into<Command>) -> Option<RequestId> {
         let i = self.index_of::<P>()?;
         self.shared.set_current(i);
         self.shared.send(cmd)
@@ -138,17 +130,7 @@ impl NeoApp {
 
     /// Drains engine events for at most a few milliseconds (the rest waits for the next frame).
     pub fn poll(&mut self, ctx: &egui::Context) {
-        let s = &mut self.shared;
-        if let Some(p) = &mut s.png
-            && let Some(outcome) = p.poll(ctx)
-        {
-            s.png = None;
-            match outcome {
-                Ok(Some(path)) => s.notice = Some(format!("Saved {}", path.display())),
-                Ok(None) => {}
-                Err(e) => s.error = Some(e),
-            }
-        }
+        self.shared.poll_png(ctx);
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(4) {
             let Some(ev) = self.shared.next_event() else {

@@ -190,6 +190,20 @@ impl Shared {
         self.messages.push(msg);
     }
 
+    /// Advances a PNG export; its outcome goes to the status line.
+    pub(super) fn poll_png(&mut self, ctx: &egui::Context) {
+        if let Some(p) = &mut self.png
+            && let Some(outcome) = p.poll(ctx)
+        {
+            self.png = None;
+            match outcome {
+                Ok(Some(path)) => self.notice = Some(format!("Saved {}", path.display())),
+                Ok(None) => {}
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
+
     pub(super) fn set_current(&mut self, index: usize) {
         self.current = index;
     }

@@ -1,0 +1,161 @@
+//! Every analysis runs end to end on each supported family's tiny transformers-written checkpoint
+//! (`tests/fixtures/models`, matched to transformers in `engine/tests/families.rs`): logits,
+//! generation over the KV cache, the logit lens, training a word and steering with it, and
+//! collecting activations, fitting an MFA and steering toward a component.
+
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
+mod common;
+
+use common::neoscope;
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let (ok, out, err) = neoscope(args);
+    assert!(ok, "{args:?}: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn analyses_run(name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture(name);
+    let m = ["--model", model.as_str(), "--device", "cpu"];
+    let with = |cmd: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = cmd.iter().map(ToString::to_string).collect();
+        v.extend(m.iter().map(ToString::to_string));
+        v
+    };
+    let run = |cmd: &[&str]| {
+        let args = with(cmd);
+        json(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let v = run(&["generate", "--json", "--max-new-tokens", "5", "the cat"]);
+    assert_eq!(v["new_ids"].as_array().unwrap().len(), 5, "{name}");
+
+    let v = run(&["lens", "--json", "--target", " the", "the cat sat on"]);
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{name}");
+    for layer in layers {
+        assert!(layer["p_target"].as_f64().unwrap() > 0.0, "{name}: {layer}");
+    }
+
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\":\"the <w> sat on\",\"target\":\" the mat\"}\n{\"prompt\":\"a pun <w>\",\"target\":\" is a joke\"}\n",
+    )
+    .unwrap();
+    let word = dir.path().join("w");
+    let v = run(&[
+        "word",
+        "train",
+        "--json",
+        "--name",
+        "<w>",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        word.to_str().unwrap(),
+        "--epochs",
+        "4",
+        "--lr",
+        "0.1",
+    ]);
+    let losses: Vec<f64> = v["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_f64().unwrap())
+        .collect();
+    assert!(
+        losses.last().unwrap() < losses.first().unwrap(),
+        "{name}: {losses:?}"
+    );
+    let v = run(&[
+        "word",
+        "steer",
+        "--json",
+        "--words",
+        word.to_str().unwrap(),
+        "--name",
+        "<w>",
+        "--prompt",
+        "the <w> is",
+        "--max-new-tokens",
+        "3",
+    ]);
+    assert_eq!(v["promoted"].as_array().unwrap().len(), 10, "{name}");
+
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(
+        &corpus,
+        "the cat sat on the mat and the dog ate the cake. a pun is a joke that plays on words. "
+            .repeat(6),
+    )
+    .unwrap();
+    let acts = dir.path().join("acts");
+    let v = run(&[
+        "mfa",
+        "collect",
+        "--json",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--window",
+        "16",
+        "--out",
+        acts.to_str().unwrap(),
+    ]);
+    assert!(v["count"].as_u64().unwrap() > 100, "{name}: {v}");
+    let mfa = dir.path().join("mfa");
+    run(&[
+        "mfa",
+        "fit",
+        "--json",
+        "--acts",
+        acts.to_str().unwrap(),
+        "--k",
+        "3",
+        "--rank",
+        "2",
+        "--epochs",
+        "3",
+        "--out",
+        mfa.to_str().unwrap(),
+    ]);
+    let v = run(&[
+        "mfa",
+        "steer",
+        "--json",
+        "--mfa",
+        mfa.to_str().unwrap(),
+        "--component",
+        "0",
+        "--max-new-tokens",
+        "3",
+        "the cat",
+    ]);
+    assert!(v["steered"].is_string(), "{name}: {v}");
+}
+
+#[test]
+fn analyses_run_on_llama3() {
+    analyses_run("llama3");
+}
+
+#[test]
+fn analyses_run_on_qwen2() {
+    analyses_run("qwen2");
+}
+
+#[test]
+fn analyses_run_on_mistral() {
+    analyses_run("mistral");
+}
