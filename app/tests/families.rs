@@ -159,3 +159,8 @@ fn analyses_run_on_qwen2() {
 fn analyses_run_on_mistral() {
     analyses_run("mistral");
 }
+
+#[test]
+fn analyses_run_on_qwen3() {
+    analyses_run("qwen3");
+}

@@ -133,6 +133,11 @@ impl LlamaConfig {
         self.model_type == "qwen2"
     }
 
+    /// Whether queries and keys are RMS-normalised per head before RoPE (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.model_type == "qwen3"
+    }
+
     /// The longest sequence computed exactly: the context, or the sliding window when it is
     /// shorter (within the window, sliding-window attention equals full causal attention).
     pub fn n_ctx(&self) -> usize {

@@ -104,6 +104,7 @@ pub fn tiny_model(seed: u64, dev: &Device) -> Result<LoadedModel> {
             w_up: randn(&mut rng, &[m, d], 0.2, dev)?,
             w_down: randn(&mut rng, &[d, m], 0.2, dev)?,
             qkv_bias: None,
+            qk_norm: None,
         });
     }
     let final_norm = norm_weight(&mut rng, d, dev)?;

@@ -201,7 +201,8 @@ impl KeySource<'_> {
 
 /// Whether the hand-written pass can run this model: f32 weights on the CPU.
 pub fn supported(m: &Llama) -> bool {
-    m.device().is_cpu() && m.embed.dtype() == DType::F32
+    // Per-head q/k norms (Qwen3) are not written here: such models take the candle pass.
+    m.device().is_cpu() && m.embed.dtype() == DType::F32 && !m.cfg.qk_norm()
 }
 
 /// Logits (B, T, vocab) of a batch from its input embeddings (B, T, d_model), no hooks, no

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use crate::config::{LlamaConfig, RopeScaling};
 
 /// Families computed by the Llama block (with their differences handled in `LlamaConfig`).
-const FAMILIES: &[&str] = &["llama", "mistral", "qwen2"];
+const FAMILIES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
 /// Keys that change the computation when set and that no supported family implements here.
 const UNHANDLED: &[&str] = &[
@@ -45,7 +45,6 @@ pub fn parse(text: &str) -> Result<LlamaConfig, String> {
             "gemma" | "gemma2" | "gemma3" | "gemma3_text" => {
                 " (Gemma: scaled embedding, (1 + w) norms, GeGLU, soft-capping)"
             }
-            "qwen3" => " (Qwen3: q/k RMSNorm)",
             "phi3" => " (Phi-3: fused qkv and gate/up)",
             _ => "",
         };
@@ -70,7 +69,7 @@ pub fn parse(text: &str) -> Result<LlamaConfig, String> {
     obj.retain(|_, v| !v.is_null());
     let max_pos: u64 = match model_type.as_str() {
         "mistral" => 131_072,
-        "qwen2" => 32_768,
+        "qwen2" | "qwen3" => 32_768,
         _ => 2048,
     };
     for (key, default) in [
@@ -112,6 +111,8 @@ fn check_flags(obj: &Map<String, Value>, model_type: &str) -> Result<(), String>
         }
     }
     if model_type != "qwen2" && is_set(obj.get("attention_bias")) {
+        // Qwen2's q/k/v biases are implied by its family; elsewhere this flag also adds an
+        // output-projection bias.
         return Err(
             "`attention_bias: true` (biases on the q/k/v/o projections) is not implemented".into(),
         );

@@ -43,6 +43,8 @@ pub struct Block {
     /// Biases of the stacked query/key/value projection (n_heads·d_head + 2·n_kv_heads·d_head),
     /// present exactly when the configuration asks for them (Qwen2).
     pub qkv_bias: Option<Tensor>,
+    /// Per-head RMSNorm weights (d_head each) of queries and keys before RoPE (Qwen3).
+    pub qk_norm: Option<(Tensor, Tensor)>,
 }
 
 /// The whole model.
@@ -158,6 +160,19 @@ impl Llama {
                 (None, true) => {
                     return Err(EngineError::Invalid(format!(
                         "blocks.{l} lacks the q/k/v biases model_type `{}` needs",
+                        cfg.model_type
+                    )));
+                }
+            }
+            match (&b.qk_norm, cfg.qk_norm()) {
+                (Some((qn, kn)), true) => {
+                    check(format!("blocks.{l}.q_norm"), qn, &[hd])?;
+                    check(format!("blocks.{l}.k_norm"), kn, &[hd])?;
+                }
+                (None, false) => {}
+                _ => {
+                    return Err(EngineError::Invalid(format!(
+                        "blocks.{l}: q/k norms present exactly when model_type `{}` has them",
                         cfg.model_type
                     )));
                 }
@@ -486,6 +501,13 @@ impl Llama {
             .narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?;
+        let (q, k) = match &blk.qk_norm {
+            Some((qn, kn)) => {
+                let eps = self.cfg.rms_norm_eps;
+                (rms_norm(&q, qn, eps)?, rms_norm(&k, kn, eps)?)
+            }
+            None => (q, k),
+        };
         let q = rope(&q.contiguous()?, cos, sin)?;
         let mut k = rope(&k.contiguous()?, cos, sin)?;
         let mut v = v.contiguous()?;

@@ -171,6 +171,7 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
             w_up: get(&format!("{p}.ffn_up.weight"))?,
             w_down: get(&format!("{p}.ffn_down.weight"))?,
             qkv_bias: None,
+            qk_norm: None,
         });
     }
     let final_norm = get("output_norm.weight")?;
@@ -290,6 +291,14 @@ pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
             } else {
                 None
             },
+            qk_norm: if cfg.qk_norm() {
+                Some((
+                    get(&format!("{p}.self_attn.q_norm.weight"))?,
+                    get(&format!("{p}.self_attn.k_norm.weight"))?,
+                ))
+            } else {
+                None
+            },
         });
     }
     let final_norm = get("model.norm.weight")?;
@@ -366,6 +375,10 @@ pub fn save_hf_dir(llama: &Llama, tokenizer: &ModelTokenizer, dir: &Path) -> Res
             ("mlp.down_proj", &b.w_down),
         ] {
             t.insert(format!("{p}.{n}.weight"), w.clone());
+        }
+        if let Some((qn, kn)) = &b.qk_norm {
+            t.insert(format!("{p}.self_attn.q_norm.weight"), qn.clone());
+            t.insert(format!("{p}.self_attn.k_norm.weight"), kn.clone());
         }
         if let Some(bias) = &b.qkv_bias {
             let (q, kv) = (b.wq.dim(0)?, b.wk.dim(0)?);
