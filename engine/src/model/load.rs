@@ -180,7 +180,6 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
     } else {
         Some(get("output.weight")?)
     };
-    drop(get);
     let mut left: Vec<&String> = content
         .tensor_infos
         .keys()
