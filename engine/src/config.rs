@@ -72,6 +72,44 @@ pub enum RopeScaling {
 }
 
 impl RopeScaling {
+    /// Finite positive factors; the Llama 3 band in the right order.
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`rope_scaling.{name}` = {v} must be a finite number > 0"
+                ))
+            }
+        };
+        match *self {
+            Self::Linear { factor } => ok("factor", factor),
+            Self::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                ok("factor", factor)?;
+                ok("low_freq_factor", low_freq_factor)?;
+                ok("high_freq_factor", high_freq_factor)?;
+                if high_freq_factor <= low_freq_factor {
+                    return Err(format!(
+                        "`rope_scaling.high_freq_factor` ({high_freq_factor}) must exceed \
+                         `low_freq_factor` ({low_freq_factor})"
+                    ));
+                }
+                if original_max_position_embeddings == 0 {
+                    return Err(
+                        "`rope_scaling.original_max_position_embeddings` must be > 0".into(),
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Applies the scaling to RoPE's inverse frequencies, in f32 as transformers does.
     pub fn apply(&self, inv_freq: &mut [f32]) {
         match *self {
@@ -147,12 +185,44 @@ impl LlamaConfig {
             })
     }
 
-    /// Checks the configuration for consistency.
+    /// Checks the configuration before any tensor is shaped by it: positive sizes, divisibility,
+    /// finite positive RoPE base and norm epsilon, sane RoPE scaling, a context whose RoPE tables
+    /// fit in memory. The message names the field and the value.
     pub fn validate(&self) -> Result<(), String> {
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 {
-            return Err(
-                "hidden_size, num_attention_heads and num_hidden_layers must be > 0".into(),
-            );
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(format!("`{name}` must be > 0"));
+            }
+        }
+        if self.head_dim == Some(0) || self.sliding_window == Some(0) {
+            return Err("`head_dim` and `sliding_window` must be > 0 when set".into());
+        }
+        for (name, v) in [
+            ("rope_theta", self.rope_theta),
+            ("rms_norm_eps", self.rms_norm_eps),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("`{name}` = {v} must be a finite number > 0"));
+            }
+        }
+        if let Some(s) = &self.rope_scaling {
+            s.validate()?;
+        }
+        // The RoPE tables hold n_ctx × d_head/2 numbers each.
+        const MAX_TABLE: usize = 1 << 27;
+        if self.n_ctx().saturating_mul(self.head_dim() / 2) > MAX_TABLE {
+            return Err(format!(
+                "context of {} positions × head width {} is beyond what is supported (RoPE tables \
+                 of at most {MAX_TABLE} numbers)",
+                self.n_ctx(),
+                self.head_dim()
+            ));
         }
         if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(

@@ -231,3 +231,66 @@ fn mistral_past_its_sliding_window_is_refused_not_miscomputed() {
         assert!(e.contains("24"), "{e}");
     }
 }
+
+#[test]
+fn invalid_configs_are_refused_before_any_tensor_is_shaped() {
+    for (edit, key) in [
+        (
+            (
+                "rope_parameters",
+                serde_json::json!({"rope_type": "default", "rope_theta": -1.0}),
+            ),
+            "rope_theta",
+        ),
+        (("rms_norm_eps", serde_json::json!(0.0)), "rms_norm_eps"),
+        (
+            ("num_attention_heads", serde_json::json!(0)),
+            "num_attention_heads",
+        ),
+        (
+            (
+                "max_position_embeddings",
+                serde_json::json!(1_000_000_000_u64),
+            ),
+            "context",
+        ),
+        (
+            (
+                "rope_parameters",
+                serde_json::json!({"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0,
+                    "low_freq_factor": 4.0, "high_freq_factor": 1.0,
+                    "original_max_position_embeddings": 64}),
+            ),
+            "high_freq_factor",
+        ),
+    ] {
+        let dir = edited("llama3", |v| v[edit.0] = edit.1.clone());
+        let e = load_error(dir.path());
+        assert!(e.contains(key), "{key}: {e}");
+    }
+    // A GGUF whose head count is 0 (a division by zero before the config was checked).
+    use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.gguf");
+    let embd = QTensor::quantize(
+        &Tensor::zeros((16, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
+    let md: Vec<(&str, gguf_file::Value)> = vec![
+        (
+            "general.architecture",
+            gguf_file::Value::String("llama".into()),
+        ),
+        ("llama.block_count", gguf_file::Value::U32(1)),
+        ("llama.attention.head_count", gguf_file::Value::U32(0)),
+        ("llama.embedding_length", gguf_file::Value::U32(8)),
+        ("llama.feed_forward_length", gguf_file::Value::U32(16)),
+    ];
+    let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let mut f = std::fs::File::create(&path).unwrap();
+    gguf_file::write(&mut f, &md_refs, &[("token_embd.weight", &embd)]).unwrap();
+    drop(f);
+    let e = load_error(&path);
+    assert!(e.contains("num_attention_heads"), "{e}");
+}

@@ -138,6 +138,8 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
         head_dim: None,
         sliding_window: None,
     };
+    cfg.validate()
+        .map_err(|e| EngineError::bad_model(path, format!("metadata: {e}")))?;
     let unsupported = |msg: String| EngineError::Unsupported {
         path: path.to_path_buf(),
         msg,
@@ -203,7 +205,8 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
     finish(llama, tokenizer, path, "gguf", path, arch, dev)
 }
 
-/// Wraps an assembled model with its identity (the weights file's SHA-256, dimensions, device).
+/// Wraps an assembled model with its identity (the weights file's SHA-256, dimensions, device),
+/// after checking that every id the tokenizer can produce has an embedding row.
 fn finish(
     llama: Llama,
     tokenizer: ModelTokenizer,
@@ -213,6 +216,22 @@ fn finish(
     architecture: String,
     dev: &Device,
 ) -> Result<LoadedModel> {
+    let rows = llama.cfg.vocab_size;
+    if tokenizer.vocab_size() > rows {
+        return Err(EngineError::bad_model(
+            path,
+            format!(
+                "the tokenizer has {} ids but the embedding only {rows} rows",
+                tokenizer.vocab_size()
+            ),
+        ));
+    }
+    if let Some(eos) = tokenizer.eos_id.filter(|&e| e as usize >= rows) {
+        return Err(EngineError::bad_model(
+            path,
+            format!("end-of-sequence id {eos} is outside the vocabulary of {rows}"),
+        ));
+    }
     let info = ModelInfo {
         name: file_name(path),
         path: path.to_path_buf(),
