@@ -115,6 +115,25 @@ pub enum InterventionOp {
     },
 }
 
+impl InterventionOp {
+    /// Refuses NaN and infinities in the vector and the scale or weight (they would turn every
+    /// later activation into NaN without a word).
+    pub fn check_finite(&self) -> Result<(), String> {
+        let (v, s, what) = match self {
+            Self::Replace(v) => (v, 0.0, "replacement"),
+            Self::Add { vector, scale } => (vector, *scale, "steering scale"),
+            Self::Interpolate { target, alpha } => (target, *alpha, "interpolation weight α"),
+        };
+        if !s.is_finite() {
+            return Err(format!("{what} {s} is not a finite number"));
+        }
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(format!("intervention vector holds {} at index {i}", v[i]));
+        }
+        Ok(())
+    }
+}
+
 /// One intervention: at a hook point, on some positions, an operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Intervention {

@@ -36,6 +36,20 @@ impl Sampling {
         seed: 0,
     };
 
+    /// Checks the settings: a finite temperature ≥ 0 and a nucleus mass in (0, 1].
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(format!(
+                "temperature {} must be a finite number ≥ 0 (0 is greedy)",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top-p {} must be in (0, 1]", self.top_p));
+        }
+        Ok(())
+    }
+
     /// Whether this picks the arg-max.
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0

@@ -143,6 +143,64 @@ fn analyses_run(name: &str) {
         "the cat",
     ]);
     assert!(v["steered"].is_string(), "{name}: {v}");
+
+    // Out-of-range numbers are refused with the value and the range, before any work.
+    let refused = |cmd: &[&str], needle: &str| {
+        let args = with(cmd);
+        let (ok, out, err) = neoscope(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!ok && out.is_empty(), "{cmd:?} should fail");
+        assert!(err.contains(needle), "{cmd:?}: {err}");
+    };
+    refused(&["generate", "--temperature", "NaN", "the"], "temperature");
+    refused(
+        &["generate", "--temperature", "0.5", "--top-p", "2", "the"],
+        "top-p",
+    );
+    refused(
+        &[
+            "generate",
+            "--max-new-tokens",
+            "18446744073709551615",
+            "the",
+        ],
+        "exceeds the context",
+    );
+    let c = corpus.to_str().unwrap();
+    let o = dir.path().join("x");
+    let o = o.to_str().unwrap();
+    refused(
+        &["mfa", "collect", "--corpus", c, "--window", "0", "--out", o],
+        "window",
+    );
+    let a = acts.to_str().unwrap();
+    refused(
+        &["mfa", "fit", "--acts", a, "--rank", "999", "--out", o],
+        "rank",
+    );
+    refused(
+        &["mfa", "fit", "--acts", a, "--lr", "NaN", "--out", o],
+        "learning rate",
+    );
+    let w = word.to_str().unwrap();
+    refused(
+        &["lens", "--words", w, "--steer-word", "<w>:1:NaN", "the cat"],
+        "steering scale",
+    );
+    let f = mfa.to_str().unwrap();
+    refused(
+        &[
+            "mfa",
+            "steer",
+            "--mfa",
+            f,
+            "--component",
+            "0",
+            "--alpha",
+            "NaN",
+            "the cat",
+        ],
+        "not a finite number",
+    );
 }
 
 #[test]

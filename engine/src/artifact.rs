@@ -80,12 +80,42 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
-/// The two files of an artifact named by `path` (any extension is replaced).
+/// The two files of an artifact named by `path`: the stem is kept as given (`words/base.v2` →
+/// `words/base.v2.json`), only a trailing `.json` or `.safetensors` naming one of the pair is
+/// taken off.
 pub fn paths(path: &Path) -> (PathBuf, PathBuf) {
-    (
-        path.with_extension("safetensors"),
-        path.with_extension("json"),
-    )
+    let stem = match path.extension().and_then(|e| e.to_str()) {
+        Some("json" | "safetensors") => path.with_extension(""),
+        _ => path.to_path_buf(),
+    };
+    let with = |ext: &str| {
+        let mut s = stem.clone().into_os_string();
+        s.push(".");
+        s.push(ext);
+        PathBuf::from(s)
+    };
+    (with("safetensors"), with("json"))
+}
+
+/// Refuses a tensor holding NaN or an infinity: such numbers are never written to a file nor
+/// taken from one (they would poison every later computation silently).
+fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
+    if !t.dtype().is_float() {
+        return Ok(());
+    }
+    let bad = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .position(|v| !v.is_finite());
+    match bad {
+        None => Ok(()),
+        Some(i) => Err(EngineError::bad_file(
+            path,
+            format!("tensor `{name}` holds a non-finite number (NaN or infinity) at index {i}"),
+        )),
+    }
 }
 
 /// Tensors read from one safetensors file; lookups name the file, the tensor and the shape.
@@ -103,6 +133,7 @@ impl Tensors {
             .map
             .get(name)
             .ok_or_else(|| EngineError::bad_file(&self.path, format!("missing tensor `{name}`")))?;
+        check_finite(&self.path, name, t)?;
         if let Some(shape) = shape
             && t.dims() != shape
         {
@@ -140,7 +171,10 @@ pub fn write_tensors(
 ) -> Result<()> {
     let cpu = tensors
         .iter()
-        .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?)))
+        .map(|(k, v)| {
+            check_finite(path, k, v)?;
+            Ok((k.clone(), v.to_device(&Device::Cpu)?))
+        })
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v)), metadata)
         .map_err(|e| EngineError::bad_file(path, format!("serialising: {e}")))?;
@@ -271,6 +305,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a Neoscope test file"), "{e}");
+    }
+
+    #[test]
+    fn the_stem_is_kept_and_non_finite_numbers_are_neither_written_nor_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = base("m", "aaaaaaaaaaaaaaaa");
+        let meta = Meta {
+            header: KIND.header(&b),
+            note: "v2".into(),
+        };
+        let t = Tensor::ones(3, candle_core::DType::F32, &Device::Cpu).unwrap();
+        // `base.v2` is a name, not an extension to replace: `base` stays untouched.
+        let json = save(
+            &dir.path().join("base.v2"),
+            &[("x".into(), t.clone())],
+            &meta,
+        )
+        .unwrap();
+        assert!(json.ends_with("base.v2.json"), "{}", json.display());
+        assert!(dir.path().join("base.v2.safetensors").exists());
+        assert!(!dir.path().join("base.json").exists());
+        let (back, _): (Meta, _) =
+            load(&dir.path().join("base.v2.json"), &KIND, &b, &Device::Cpu).unwrap();
+        assert_eq!(back.note, "v2");
+
+        let nan = Tensor::new(&[1f32, f32::NAN, 2.0], &Device::Cpu).unwrap();
+        let e = save(&dir.path().join("bad"), &[("v".into(), nan.clone())], &meta)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`v`") && e.contains("non-finite") && e.contains("index 1"),
+            "{e}"
+        );
+        assert!(!dir.path().join("bad.safetensors").exists());
+        // A file written by someone else with an infinity is refused when read.
+        let st = dir.path().join("inf.safetensors");
+        let inf = Tensor::new(&[f32::INFINITY], &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("w".to_owned(), inf)]), &st).unwrap();
+        let e = read_tensors(&st, &Device::Cpu)
+            .unwrap()
+            .get("w", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("non-finite"), "{e}");
     }
 
     #[test]

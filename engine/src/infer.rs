@@ -67,8 +67,9 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(EngineError::Invalid("the prompt is empty".into()));
     }
+    opts.sampling.validate().map_err(EngineError::Invalid)?;
     let n_ctx = m.llama.cfg.n_ctx();
-    if prompt.len() + opts.max_new_tokens > n_ctx {
+    if prompt.len().saturating_add(opts.max_new_tokens) > n_ctx {
         return Err(EngineError::Invalid(format!(
             "prompt ({} tokens) plus {} new tokens exceeds the context of {n_ctx}",
             prompt.len(),

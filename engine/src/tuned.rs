@@ -64,6 +64,12 @@ impl TunedLens {
 
 /// Cuts a corpus into token windows.
 pub fn windows(m: &LoadedModel, corpus: &str, window: usize) -> Result<Vec<Vec<u32>>> {
+    let n_ctx = m.llama.cfg.n_ctx();
+    if !(2..=n_ctx).contains(&window) {
+        return Err(EngineError::Invalid(format!(
+            "window of {window} tokens: it must be between 2 and the model's context of {n_ctx}"
+        )));
+    }
     let ids = m.tokenizer.encode(corpus)?;
     let w: Vec<Vec<u32>> = ids
         .chunks(window)

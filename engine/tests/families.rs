@@ -294,3 +294,36 @@ fn invalid_configs_are_refused_before_any_tensor_is_shaped() {
     let e = load_error(&path);
     assert!(e.contains("num_attention_heads"), "{e}");
 }
+
+#[test]
+fn kv_cache_steps_match_transformers_on_every_family() {
+    use neoscope_engine::model::KvCache;
+    for name in CASES {
+        let m = load_model(&fixture(name), &Device::Cpu).unwrap();
+        let e = expected(name);
+        let ids = &e.prompts[0];
+        let want = &e.tensors["p0.logits"];
+        let mut cache = KvCache::new(m.llama.cfg.num_hidden_layers);
+        // A prefix in one pass, then one token at a time (as generation does).
+        let split = 12;
+        let b = Batch::new(&[ids[..split].to_vec()], PadSide::Right, &Device::Cpu).unwrap();
+        let out = m
+            .llama
+            .forward(&b, &HookSpec::default(), Some(&mut cache))
+            .unwrap();
+        let d = max_diff(&out.logits.i(0).unwrap(), &want.i(..split).unwrap());
+        assert!(d < TOL, "{name}: cached prefix differs by {d}");
+        for (t, id) in ids.iter().enumerate().skip(split) {
+            let b = Batch::new(&[vec![*id]], PadSide::Right, &Device::Cpu).unwrap();
+            let out = m
+                .llama
+                .forward(&b, &HookSpec::default(), Some(&mut cache))
+                .unwrap();
+            let d = max_diff(&out.logits.i((0, 0)).unwrap(), &want.i(t).unwrap());
+            assert!(
+                d < TOL,
+                "{name}: cached step at position {t} differs by {d}"
+            );
+        }
+    }
+}

@@ -77,11 +77,23 @@ pub fn fit(
     cfg: &MfaConfig,
     on: &mut dyn FnMut(FitEvent<'_>) -> bool,
 ) -> Result<(Mfa, MfaReport)> {
-    let (n, _) = x.dims2()?;
+    let (n, d) = x.dims2()?;
     if cfg.rank == 0 || cfg.k == 0 {
         return Err(EngineError::Invalid(
             "MFA needs at least one component and rank ≥ 1".into(),
         ));
+    }
+    if cfg.rank >= d {
+        return Err(EngineError::Invalid(format!(
+            "rank {} must be below the activations' width {d}",
+            cfg.rank
+        )));
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) || cfg.epochs == 0 {
+        return Err(EngineError::Invalid(format!(
+            "learning rate {} must be a finite number > 0 and epochs ({}) at least 1",
+            cfg.lr, cfg.epochs
+        )));
     }
     let (train, val) = split(x, cfg.val_fraction, cfg.seed)?;
     let n_train = train.dim(0)?;

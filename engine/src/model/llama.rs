@@ -247,6 +247,7 @@ impl Llama {
             .iter()
             .map(|iv| {
                 self.check_point(iv.point)?;
+                iv.op.check_finite().map_err(EngineError::Invalid)?;
                 let mut mask = vec![0u8; rows * width];
                 let mut set = |r: usize, c: usize| -> Result<()> {
                     if r >= rows || c >= width {
