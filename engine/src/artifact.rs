@@ -213,16 +213,30 @@ pub fn read_json<M: DeserializeOwned>(path: &Path, kind: &Kind, base: &BaseModel
     serde_json::from_str(&text).map_err(|e| EngineError::bad_file(path, e.to_string()))
 }
 
+/// The key in an artifact's JSON that holds the SHA-256 of its safetensors file: the pair is
+/// one unit, so a JSON beside tensors from another save (a save killed between its two
+/// renames) is refused instead of loaded.
+const TENSORS_SHA256: &str = "tensors_sha256";
+
 /// Saves an artifact: `PATH.safetensors`, then `PATH.json` (last, so that a JSON that exists
-/// always has its tensors). Returns the JSON's path.
+/// always has its tensors) recording the tensors' SHA-256. Returns the JSON's path.
 pub fn save<M: Serialize>(path: &Path, tensors: &[(String, Tensor)], meta: &M) -> Result<PathBuf> {
     let (st, json) = paths(path);
+    let mut value = serde_json::to_value(meta)
+        .map_err(|e| EngineError::bad_file(&json, format!("serialising: {e}")))?;
     write_tensors(&st, tensors, None)?;
-    write_json(&json, meta)?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert(
+            TENSORS_SHA256.into(),
+            crate::fetch::sha256_file(&st)?.into(),
+        );
+    }
+    write_json(&json, &value)?;
     Ok(json)
 }
 
-/// Loads an artifact saved by [`save`]: checks the header, then reads the tensors onto `device`.
+/// Loads an artifact saved by [`save`]: checks the header and that the tensors are the ones
+/// the JSON was written with, then reads the tensors onto `device`.
 pub fn load<M: DeserializeOwned>(
     path: &Path,
     kind: &Kind,
@@ -230,7 +244,27 @@ pub fn load<M: DeserializeOwned>(
     device: &Device,
 ) -> Result<(M, Tensors)> {
     let (st, json) = paths(path);
-    let meta = read_json(&json, kind, base)?;
+    let value: serde_json::Value = read_json(&json, kind, base)?;
+    if let Some(want) = value
+        .get(TENSORS_SHA256)
+        .and_then(serde_json::Value::as_str)
+    {
+        let got = crate::fetch::sha256_file(&st)?;
+        if got != want {
+            return Err(EngineError::bad_file(
+                &json,
+                format!(
+                    "belongs to another save than {} (SHA-256 {}… instead of {}…): the pair \
+                     was mixed, e.g. by an interrupted save; save it again",
+                    st.display(),
+                    short(&got),
+                    short(want)
+                ),
+            ));
+        }
+    }
+    let meta =
+        serde_json::from_value(value).map_err(|e| EngineError::bad_file(&json, e.to_string()))?;
     Ok((meta, read_tensors(&st, device)?))
 }
 
@@ -349,6 +383,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("non-finite"), "{e}");
+    }
+
+    #[test]
+    fn a_json_beside_tensors_of_another_save_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = base("m", "aaaaaaaaaaaaaaaa");
+        let meta = Meta {
+            header: KIND.header(&b),
+            note: "first".into(),
+        };
+        let one = Tensor::ones(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let path = dir.path().join("w");
+        save(&path, &[("x".into(), one.clone())], &meta).unwrap();
+        let old_json = std::fs::read(dir.path().join("w.json")).unwrap();
+        // A second save, "killed" after its tensors were renamed into place: the old JSON is
+        // put back beside the new tensors.
+        save(&path, &[("x".into(), (one * 2.0).unwrap())], &meta).unwrap();
+        std::fs::write(dir.path().join("w.json"), old_json).unwrap();
+        let e = load::<Meta>(&path, &KIND, &b, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another save"), "{e}");
     }
 
     #[test]
