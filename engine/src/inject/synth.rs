@@ -41,6 +41,19 @@ pub fn forms(
             "generating forms needs at least one prefix, one suffix and one root".into(),
         ));
     }
+    // Each form is a root with a prefix, a suffix or both: no more distinct forms exist.
+    let most = roots
+        .len()
+        .saturating_mul((pre.len() + 1) * (suf.len() + 1) - 1);
+    if count > most {
+        return Err(EngineError::Invalid(format!(
+            "{count} forms asked for, but {} prefixes, {} suffixes and {} roots make at most \
+             {most} distinct forms",
+            pre.len(),
+            suf.len(),
+            roots.len()
+        )));
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let root_set: HashSet<&str> = roots.iter().map(String::as_str).collect();
     let mut seen = HashSet::new();
@@ -163,6 +176,9 @@ mod tests {
         assert!(!f.iter().any(|(x, _)| x == "danceing"));
         assert_eq!(f, forms(&ms, &roots, 6, 1).unwrap());
         assert!(forms(&ms, &roots, 50, 1).is_err()); // only 9 combinations exist
+        // A huge count is refused at once, not after a long loop or an allocation failure.
+        let e = forms(&ms, &roots, usize::MAX, 1).unwrap_err().to_string();
+        assert!(e.contains("at most 9 distinct forms"), "{e}");
         let s = sentences(&f, 2, 30, 3);
         assert_eq!(s.len(), 42);
         // Zipf: the first form is the most frequent.
