@@ -65,6 +65,39 @@ impl Dataset {
     }
 }
 
+/// Where a dataset's rows came from, so that the engine's checks name the file and line:
+/// the file and the 1-based line of each example.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The file the rows were read from.
+    pub path: std::path::PathBuf,
+    /// The line of each example, in order.
+    pub lines: Vec<usize>,
+}
+
+impl Dataset {
+    /// The dataset of `examples` from `origin` (row numbers 1, 2, … of an in-memory table
+    /// without one, or when the lines do not match the examples).
+    pub fn with_origin(
+        examples: Vec<Example>,
+        origin: Option<&Origin>,
+    ) -> (Self, std::path::PathBuf) {
+        match origin {
+            Some(o) if o.lines.len() == examples.len() => (
+                Self {
+                    examples,
+                    lines: o.lines.clone(),
+                },
+                o.path.clone(),
+            ),
+            _ => (Self::from_examples(examples), TABLE.into()),
+        }
+    }
+}
+
+/// How rows without a file (the Words panel's table) are named in errors.
+const TABLE: &str = "dataset table";
+
 /// A problem with one row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowError {
@@ -78,7 +111,13 @@ fn row_err(path: &Path, errs: &[RowError]) -> ApiError {
     let list: Vec<String> = errs
         .iter()
         .take(10)
-        .map(|e| format!("{}:{}: {}", path.display(), e.line, e.msg))
+        .map(|e| {
+            if path == Path::new(TABLE) {
+                format!("{TABLE}, row {}: {}", e.line, e.msg)
+            } else {
+                format!("{}:{}: {}", path.display(), e.line, e.msg)
+            }
+        })
         .collect();
     let more = errs.len().saturating_sub(10);
     let tail = if more > 0 {

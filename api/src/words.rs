@@ -288,6 +288,9 @@ pub enum WordCommand {
         names: Vec<String>,
         /// Training data.
         data: Vec<Example>,
+        /// The file the data came from, for errors that name file and line (`None`: a table).
+        #[serde(default)]
+        origin: Option<crate::dataset::Origin>,
         /// Settings.
         config: TrainConfig,
     },

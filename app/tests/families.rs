@@ -181,6 +181,18 @@ fn analyses_run(name: &str) {
         &["mfa", "fit", "--acts", a, "--lr", "NaN", "--out", o],
         "learning rate",
     );
+    // Rows the engine refuses name the user's file and line, not a row number.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"prompt\":\"the <w> sat\",\"target\":\" on\"}\n\n{\"prompt\":\"no word here\",\"target\":\" x\"}\n",
+    )
+    .unwrap();
+    let b = bad.to_str().unwrap();
+    refused(
+        &["word", "train", "--name", "<w>", "--data", b, "--out", o],
+        "bad.jsonl:3: the prompt does not contain the word",
+    );
     let w = word.to_str().unwrap();
     refused(
         &["lens", "--words", w, "--steer-word", "<w>:1:NaN", "the cat"],

@@ -218,7 +218,7 @@ fn words_panel_creates_trains_defines_and_validates_a_word() {
     settle(&mut h);
     let err = h.state().shared.error.clone().unwrap();
     assert!(
-        err.contains(":2: the prompt does not contain the word"),
+        err.contains("dataset table, row 2: the prompt does not contain the word"),
         "{err}"
     );
 }

@@ -200,15 +200,21 @@ impl TrainArgs {
 }
 
 /// Reads a dataset from a file or the shipped assets.
-pub fn read_dataset(spec: &str) -> Result<Vec<Example>> {
+pub fn read_dataset(spec: &str) -> Result<(Vec<Example>, dataset::Origin)> {
     let path = Path::new(spec);
-    if path.exists() {
-        return Ok(dataset::load(path)?.examples);
-    }
-    let text = crate::assets::dataset(spec).with_context(|| {
-        format!("no file {spec} and no shipped dataset of that name (pun, literal, pun.heldout, literal.heldout)")
-    })?;
-    Ok(dataset::parse_jsonl(text, Path::new(spec))?.examples)
+    let ds = if path.exists() {
+        dataset::load(path)?
+    } else {
+        let text = crate::assets::dataset(spec).with_context(|| {
+            format!("no file {spec} and no shipped dataset of that name (pun, literal, pun.heldout, literal.heldout)")
+        })?;
+        dataset::parse_jsonl(text, path)?
+    };
+    let origin = dataset::Origin {
+        path: path.to_path_buf(),
+        lines: ds.lines,
+    };
+    Ok((ds.examples, origin))
 }
 
 fn pairs(examples: &[Example]) -> Vec<(String, String)> {
@@ -234,7 +240,7 @@ pub(super) fn train_word(
     a: &TrainArgs,
     json_mode: bool,
 ) -> Result<serde_json::Value> {
-    let data = read_dataset(&a.data)?;
+    let (data, origin) = read_dataset(&a.data)?;
     let injection = a.layer.map_or(Injection::Embedding, Injection::ResidPre);
     call::<JobResult>(
         engine,
@@ -255,6 +261,7 @@ pub(super) fn train_word(
         WordCommand::Train {
             names: vec![a.name.clone()],
             data,
+            origin: Some(origin),
             config: a.config(),
         },
         &mut |ev| {
@@ -457,7 +464,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
             text,
         } => {
             load_words(engine, &files)?;
-            let pairs = pairs(&read_dataset(&heldout)?);
+            let pairs = pairs(&read_dataset(&heldout)?.0);
             let text = match text {
                 Some(t) => t,
                 None => {
@@ -509,7 +516,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
                 let (n, f) = h
                     .split_once('=')
                     .with_context(|| format!("--heldout {h}: expected NAME=FILE"))?;
-                let p = pairs(&read_dataset(f)?)
+                let p = pairs(&read_dataset(f)?.0)
                     .into_iter()
                     .map(|(p, t)| (p.replace(&a, "{w}").replace(&b, "{w}"), t))
                     .collect();

@@ -249,6 +249,7 @@ pub fn start_training(p: &mut WordsPanel, s: &mut Shared) {
     p.total_steps = 0;
     p.last_result = None;
     p.training = s.send(WordCommand::Train {
+        origin: None,
         names: vec![name],
         data,
         config,

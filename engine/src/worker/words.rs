@@ -67,8 +67,9 @@ impl Worker {
             WordCommand::Train {
                 names,
                 data,
+                origin,
                 config,
-            } => self.train_words(job, &names, data, &config),
+            } => self.train_words(job, &names, data, origin.as_ref(), &config),
             WordCommand::Save { names, path } => {
                 let m = self.model()?;
                 let words: Vec<Word> = names
@@ -196,6 +197,7 @@ impl Worker {
         job: &Job,
         names: &[String],
         data: Vec<crate::words::dataset::Example>,
+        origin: Option<&crate::words::dataset::Origin>,
         config: &TrainConfig,
     ) -> Result<WordResult> {
         let m = self.model()?;
@@ -204,7 +206,7 @@ impl Worker {
             .map(|n| self.word(n).cloned())
             .collect::<Result<_>>()?;
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let data = Dataset::from_examples(data);
+        let (data, source) = Dataset::with_origin(data, origin);
         let max = m.llama.cfg.n_ctx();
         crate::words::dataset::validate(
             &data,
@@ -214,7 +216,7 @@ impl Worker {
                 Ok(crate::words::encode_with_words(m, p, &name_refs)?.ids.len()
                     + m.tokenizer.encode(c)?.len())
             },
-            std::path::Path::new("dataset"),
+            &source,
         )?;
         let outcome = train(m, &words, &data.examples, config, &mut |step| {
             job.emit(Event::TrainStep {
