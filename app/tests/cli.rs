@@ -214,9 +214,10 @@ fn word_train_define_neighbors_steer_evaluate_compare_on_a_tiny_model() {
     let (ok, out, err) = neoscope(&args);
     assert!(ok, "{err}");
     let v = json(&out);
-    assert_eq!(v.as_array().unwrap().len(), 2);
-    assert_eq!(v[0]["name"], "<a>");
-    assert_eq!(v[1]["heldout"][0][0], "h");
+    assert!(v.is_object(), "{v}");
+    assert_eq!(v["a"]["name"], "<a>");
+    assert_eq!(v["b"]["name"], "<b>");
+    assert_eq!(v["b"]["heldout"][0][0], "h");
 
     // A word file for another model is refused, naming both models.
     let other = dir.path().join("other");

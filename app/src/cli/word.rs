@@ -523,7 +523,9 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
                 sets.push((n.to_owned(), p));
             }
             let r = compare_words(engine, &a, &b, sets)?;
-            emit(json_mode, &serde_json::to_value(&r)?, &report_text(&r))
+            // One JSON object, as every `--json` reply: the two reports under `a` and `b`.
+            let [ra, rb] = &r;
+            emit(json_mode, &json!({"a": ra, "b": rb}), &report_text(&r))
         }
     }
 }
