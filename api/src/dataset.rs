@@ -76,27 +76,29 @@ pub struct Origin {
 }
 
 impl Dataset {
-    /// The dataset of `examples` from `origin` (row numbers 1, 2, … of an in-memory table
-    /// without one, or when the lines do not match the examples).
-    pub fn with_origin(
-        examples: Vec<Example>,
-        origin: Option<&Origin>,
-    ) -> (Self, std::path::PathBuf) {
+    /// The dataset of `examples` with the file they came from (`None`: an in-memory table,
+    /// rows numbered 1, 2, …; also when the lines do not match the examples).
+    pub fn with_origin(examples: Vec<Example>, origin: Option<&Origin>) -> (Self, Option<&Path>) {
         match origin {
             Some(o) if o.lines.len() == examples.len() => (
                 Self {
                     examples,
                     lines: o.lines.clone(),
                 },
-                o.path.clone(),
+                Some(o.path.as_path()),
             ),
-            _ => (Self::from_examples(examples), TABLE.into()),
+            _ => (Self::from_examples(examples), None),
         }
     }
 }
 
-/// How rows without a file (the Words panel's table) are named in errors.
-const TABLE: &str = "dataset table";
+/// Where row `line` is, for errors: `file:line`, or a row of the table when there is no file.
+fn place(file: Option<&Path>, line: usize) -> String {
+    match file {
+        Some(p) => format!("{}:{line}", p.display()),
+        None => format!("dataset table, row {line}"),
+    }
+}
 
 /// A problem with one row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,17 +109,11 @@ pub struct RowError {
     pub msg: String,
 }
 
-fn row_err(path: &Path, errs: &[RowError]) -> ApiError {
+fn row_err(file: Option<&Path>, errs: &[RowError]) -> ApiError {
     let list: Vec<String> = errs
         .iter()
         .take(10)
-        .map(|e| {
-            if path == Path::new(TABLE) {
-                format!("{TABLE}, row {}: {}", e.line, e.msg)
-            } else {
-                format!("{}:{}: {}", path.display(), e.line, e.msg)
-            }
-        })
+        .map(|e| format!("{}: {}", place(file, e.line), e.msg))
         .collect();
     let more = errs.len().saturating_sub(10);
     let tail = if more > 0 {
@@ -173,7 +169,7 @@ pub fn parse_jsonl(text: &str, path: &Path) -> Result<Dataset> {
     if errs.is_empty() {
         Ok(out)
     } else {
-        Err(row_err(path, &errs))
+        Err(row_err(Some(path), &errs))
     }
 }
 
@@ -225,7 +221,7 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Dataset> {
     if errs.is_empty() {
         Ok(out)
     } else {
-        Err(row_err(path, &errs))
+        Err(row_err(Some(path), &errs))
     }
 }
 
@@ -254,20 +250,19 @@ pub fn save_jsonl(examples: &[Example], path: &Path) -> Result<()> {
 
 /// Checks every example for use with the words `names`: the prompt must name one of them, the
 /// completion must be non-empty, and prompt + completion must fit `max_tokens`.
-/// `count_tokens` gives the token count of a prompt + completion.
+/// `count_tokens` gives the token count of a prompt + completion; `file` is where the rows came
+/// from (`None`: an in-memory table).
 pub fn validate(
     data: &Dataset,
     names: &[&str],
     max_tokens: usize,
     count_tokens: &dyn Fn(&str, &str) -> Result<usize>,
-    path: &Path,
+    file: Option<&Path>,
 ) -> Result<()> {
     let mut errs = Vec::new();
     if data.examples.is_empty() {
-        return Err(ApiError::bad_input(format!(
-            "{}: no examples",
-            path.display()
-        )));
+        let what = file.map_or("the dataset table".into(), |p| p.display().to_string());
+        return Err(ApiError::bad_input(format!("{what}: no examples")));
     }
     for (ex, &line) in data.examples.iter().zip(&data.lines) {
         if !names.iter().any(|n| ex.prompt().contains(n)) {
@@ -306,7 +301,7 @@ pub fn validate(
     if errs.is_empty() {
         Ok(())
     } else {
-        Err(row_err(path, &errs))
+        Err(row_err(file, &errs))
     }
 }
 
@@ -337,7 +332,7 @@ mod tests {
         assert_eq!(ex.examples.len(), 3);
         assert_eq!(ex.lines, vec![2, 3, 4]);
         let count = |a: &str, b: &str| Ok(a.len() + b.len());
-        let err = validate(&ex, &["<w>"], 1000, &count, p)
+        let err = validate(&ex, &["<w>"], 1000, &count, Some(p))
             .unwrap_err()
             .to_string();
         assert!(
@@ -346,7 +341,7 @@ mod tests {
         );
         assert!(err.contains("d.csv:4: empty `target`"), "{err}");
         let first = Dataset::from_examples(ex.examples[..1].to_vec());
-        let err = validate(&first, &["<w>"], 5, &count, p)
+        let err = validate(&first, &["<w>"], 5, &count, Some(p))
             .unwrap_err()
             .to_string();
         assert!(err.contains("more than 5"), "{err}");

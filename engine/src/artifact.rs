@@ -163,31 +163,42 @@ impl Tensors {
 }
 
 /// Writes a safetensors file atomically (tensors are copied to the CPU first), with an optional
-/// metadata block of strings.
+/// metadata block of strings. Returns the SHA-256 of the bytes written.
 pub fn write_tensors(
     path: &Path,
     tensors: &[(String, Tensor)],
     metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
+) -> Result<String> {
     let cpu = tensors
         .iter()
         .map(|(k, v)| {
-            check_finite(path, k, v)?;
-            Ok((k.clone(), v.to_device(&Device::Cpu)?))
+            let v = v.to_device(&Device::Cpu)?;
+            check_finite(path, k, &v)?;
+            Ok((k.clone(), v))
         })
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v)), metadata)
         .map_err(|e| EngineError::bad_file(path, format!("serialising: {e}")))?;
-    Ok(write_atomic(path, &bytes)?)
+    write_atomic(path, &bytes)?;
+    Ok(sha256_hex(&bytes))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Reads a safetensors file onto `device`.
 pub fn read_tensors(path: &Path, device: &Device) -> Result<Tensors> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
-    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)
+    parse_tensors(path, &bytes, device)
+}
+
+fn parse_tensors(path: &Path, bytes: &[u8], device: &Device) -> Result<Tensors> {
+    let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| EngineError::bad_file(path, e.to_string()))?;
     let metadata = md.metadata().clone().unwrap_or_default();
-    let map = candle_core::safetensors::load_buffer(&bytes, device)
+    let map = candle_core::safetensors::load_buffer(bytes, device)
         .map_err(|e| EngineError::bad_file(path, e.to_string()))?;
     Ok(Tensors {
         path: path.to_path_buf(),
@@ -224,12 +235,9 @@ pub fn save<M: Serialize>(path: &Path, tensors: &[(String, Tensor)], meta: &M) -
     let (st, json) = paths(path);
     let mut value = serde_json::to_value(meta)
         .map_err(|e| EngineError::bad_file(&json, format!("serialising: {e}")))?;
-    write_tensors(&st, tensors, None)?;
+    let sha = write_tensors(&st, tensors, None)?;
     if let serde_json::Value::Object(map) = &mut value {
-        map.insert(
-            TENSORS_SHA256.into(),
-            crate::fetch::sha256_file(&st)?.into(),
-        );
+        map.insert(TENSORS_SHA256.into(), sha.into());
     }
     write_json(&json, &value)?;
     Ok(json)
@@ -245,11 +253,12 @@ pub fn load<M: DeserializeOwned>(
 ) -> Result<(M, Tensors)> {
     let (st, json) = paths(path);
     let value: serde_json::Value = read_json(&json, kind, base)?;
+    let bytes = std::fs::read(&st).map_err(|e| EngineError::io(&st, e))?;
     if let Some(want) = value
         .get(TENSORS_SHA256)
         .and_then(serde_json::Value::as_str)
     {
-        let got = crate::fetch::sha256_file(&st)?;
+        let got = sha256_hex(&bytes);
         if got != want {
             return Err(EngineError::bad_file(
                 &json,
@@ -265,7 +274,7 @@ pub fn load<M: DeserializeOwned>(
     }
     let meta =
         serde_json::from_value(value).map_err(|e| EngineError::bad_file(&json, e.to_string()))?;
-    Ok((meta, read_tensors(&st, device)?))
+    Ok((meta, parse_tensors(&st, &bytes, device)?))
 }
 
 #[cfg(test)]

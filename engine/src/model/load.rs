@@ -79,6 +79,30 @@ fn gguf_rope_scaling(
     }
 }
 
+/// Refuses a checkpoint with tensors the computation does not use: they mean its math differs
+/// from ours (biases, extra norms, …). `note` explains a known name.
+fn refuse_leftovers<'a>(
+    path: &Path,
+    family: &str,
+    left: impl Iterator<Item = &'a String>,
+    note: impl Fn(&str) -> &'static str,
+) -> Result<()> {
+    let mut left: Vec<&String> = left.collect();
+    left.sort();
+    match left.first() {
+        None => Ok(()),
+        Some(first) => Err(EngineError::Unsupported {
+            path: path.to_path_buf(),
+            msg: format!(
+                "tensor `{first}`{} is not used by the `{family}` computation ({} such tensors); \
+                 the model's math differs from what is implemented",
+                note(first),
+                left.len()
+            ),
+        }),
+    }
+}
+
 /// llama.cpp stores q/k rows permuted for interleaved RoPE; this undoes it, giving the
 /// rotate-half layout of Hugging Face checkpoints.
 fn unpermute_qk(w: &Tensor, heads: usize) -> Result<Tensor> {
@@ -144,7 +168,7 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
         path: path.to_path_buf(),
         msg,
     };
-    let embd = cfg.hidden_size / heads.max(1);
+    let embd = cfg.head_dim();
     if let Ok(k) = md_usize(md, "llama.attention.key_length", path)
         && k != embd
     {
@@ -182,23 +206,18 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
     } else {
         Some(get("output.weight")?)
     };
-    let mut left: Vec<&String> = content
-        .tensor_infos
-        .keys()
-        .filter(|k| !used.contains(k))
-        .collect();
-    left.sort();
-    if let Some(first) = left.first() {
-        let what = if first.as_str() == "rope_freqs.weight" {
-            " (Llama 3.1-style RoPE frequency factors; load the Hugging Face folder instead)"
-        } else {
-            ""
-        };
-        return Err(unsupported(format!(
-            "tensor `{first}`{what} is not used by the llama computation ({} such tensors)",
-            left.len()
-        )));
-    }
+    refuse_leftovers(
+        path,
+        "llama",
+        content.tensor_infos.keys().filter(|k| !used.contains(k)),
+        |name| {
+            if name == "rope_freqs.weight" {
+                " (Llama 3.1-style RoPE frequency factors; load the Hugging Face folder instead)"
+            } else {
+                ""
+            }
+        },
+    )?;
     let tokenizer = ModelTokenizer::from_gguf(md, path)?;
     let llama = Llama::new(cfg, embed, blocks, final_norm, lm_head)
         .map_err(|e| EngineError::bad_model(path, e.to_string()))?;
@@ -325,9 +344,6 @@ pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
     } else {
         Some(get("lm_head.weight")?)
     };
-    // A tensor the computation does not use means the checkpoint's math differs from ours
-    // (biases, extra norms, …): refuse it by name. Old checkpoints keep RoPE's `inv_freq`
-    // buffers, which hold nothing the tables above do not compute.
     if cfg.tie_word_embeddings
         && let Some(head) = tensors.remove("lm_head.weight")
     {
@@ -347,22 +363,16 @@ pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
             });
         }
     }
-    let mut left: Vec<&String> = tensors
-        .keys()
-        .filter(|k| !k.ends_with("rotary_emb.inv_freq"))
-        .collect();
-    left.sort();
-    if let Some(first) = left.first() {
-        return Err(EngineError::Unsupported {
-            path: dir.to_path_buf(),
-            msg: format!(
-                "tensor `{first}` is not used by the `{}` computation ({} such tensors); \
-                 the model's math differs from what is implemented",
-                cfg.model_type,
-                left.len()
-            ),
-        });
-    }
+    // Old checkpoints keep RoPE's `inv_freq` buffers, which hold nothing the tables do not
+    // compute; any other tensor left over is refused by name.
+    refuse_leftovers(
+        dir,
+        &cfg.model_type,
+        tensors
+            .keys()
+            .filter(|k| !k.ends_with("rotary_emb.inv_freq")),
+        |_| "",
+    )?;
     let tokenizer = ModelTokenizer::from_hf_dir(dir)?;
     let arch = cfg.model_type.clone();
     let llama = Llama::new(cfg, embed, blocks, final_norm, lm_head)

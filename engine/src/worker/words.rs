@@ -216,7 +216,7 @@ impl Worker {
                 Ok(crate::words::encode_with_words(m, p, &name_refs)?.ids.len()
                     + m.tokenizer.encode(c)?.len())
             },
-            &source,
+            source,
         )?;
         let outcome = train(m, &words, &data.examples, config, &mut |step| {
             job.emit(Event::TrainStep {
