@@ -11,6 +11,10 @@ probabilities, greedy tokens).
     pip install -r bench/requirements.txt
     cargo build --release
     python3 bench/compare_pytorch.py [--neoscope target/release/neoscope] [--rounds 2] [--out bench/results.json]
+
+On a GPU: `--device cuda` runs both sides there (Neoscope built with `--features cuda`), and
+`--model DIR` benchmarks a Hugging Face folder instead of the default model (see
+bench/synth_model.py for a same-shape checkpoint where the model cannot be downloaded).
 """
 
 import argparse
@@ -35,29 +39,43 @@ def run_child(cmd):
     return out.decode(), ru.ru_maxrss / 1024.0
 
 
+SYNC = lambda: None  # torch.cuda.synchronize on a GPU: a timing ends when the work has
+
+
 def timed(fn, runs=RUNS, warmup=True):
     if warmup:
         fn()
+        SYNC()
     times = []
     for _ in range(runs):
         t = time.perf_counter()
         fn()
+        SYNC()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
-def worker(report_path, gguf, threads):
+def worker(report_path, model_path, threads, device):
     """The PyTorch side: the same workloads as `neoscope bench`, printed as one JSON object."""
+    global SYNC
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
+    if device == "cuda":
+        SYNC = torch.cuda.synchronize
+        torch.set_default_device("cuda")
+        # Plain f32 matmuls, as Neoscope's (no TF32 rounding).
+        torch.backends.cuda.matmul.allow_tf32 = False
     rep = json.load(open(report_path))
     w = rep["workloads"]
-    model = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32
-    )
-    model.eval()
+    if os.path.isdir(model_path):
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(model_path), gguf_file=os.path.basename(model_path), dtype=torch.float32
+        )
+    model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     out = {}
@@ -152,7 +170,8 @@ def worker(report_path, gguf, threads):
     def run(batches, nudge=0.0):
         vec = torch.tensor(t["init_vector"])
         if nudge:
-            vec = vec + nudge * torch.randn(vec.shape, generator=torch.Generator().manual_seed(0))
+            g = torch.Generator(device=vec.device).manual_seed(0)
+            vec = vec + nudge * torch.randn(vec.shape, generator=g, device=vec.device)
         vec.requires_grad_(True)
         opt = torch.optim.AdamW([vec], lr=t["lr"], betas=(0.9, 0.999), eps=1e-8,
                                 weight_decay=t["weight_decay"])
@@ -208,24 +227,27 @@ def main():
     ap.add_argument("--neoscope", default="target/release/neoscope")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
-    ap.add_argument("--worker", nargs=3, metavar=("REPORT", "GGUF", "THREADS"), help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--model", default=None, help="a GGUF file or Hugging Face folder (default: the default model)")
+    ap.add_argument("--worker", nargs=4, metavar=("REPORT", "MODEL", "THREADS", "DEVICE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        worker(a.worker[0], a.worker[1], int(a.worker[2]))
+        worker(a.worker[0], a.worker[1], int(a.worker[2]), a.worker[3])
         return
-    info = json.loads(subprocess.check_output([a.neoscope, "info", "--json"], stderr=subprocess.DEVNULL))
+    ns = [a.neoscope, "--device", a.device] + (["--model", a.model] if a.model else [])
+    info = json.loads(subprocess.check_output(ns + ["info", "--json"], stderr=subprocess.DEVNULL))
     ours, theirs = [], []
     report_path = os.path.abspath(".neoscope-bench-report.json")
     for r in range(a.rounds):
         print(f"round {r + 1}/{a.rounds}: neoscope bench", file=sys.stderr)
-        text, rss = run_child([a.neoscope, "bench", "--json"])
+        text, rss = run_child(ns + ["bench", "--json"])
         rep = json.loads(text)
         rep["peak_rss_mib"] = rss
         ours.append(rep)
         with open(report_path, "w") as f:
             json.dump(rep, f)
         print(f"round {r + 1}/{a.rounds}: PyTorch", file=sys.stderr)
-        text, rss = run_child([sys.executable, __file__, "--worker", report_path, info["model_file"], str(rep["threads"])])
+        text, rss = run_child([sys.executable, __file__, "--worker", report_path, a.model or info["model_file"], str(rep["threads"]), a.device])
         res = json.loads(text)
         res["peak_rss_mib"] = rss
         theirs.append(res)
@@ -233,7 +255,7 @@ def main():
     med = lambda runs, k: statistics.median(x[k] for x in runs)
     rows = []
     lines = [
-        f"Machine: {os.cpu_count()} CPUs, {ours[0]['threads']} threads each; model {info['name']}; "
+        f"Machine: {os.cpu_count()} CPUs, {ours[0]['threads']} threads each; device {a.device}; model {info['name']}; "
         f"{a.rounds} alternating rounds, medians.",
         "",
         "| workload | Neoscope | PyTorch | Neoscope/PyTorch time |",

@@ -95,8 +95,13 @@ pub fn generate(
     for _ in 0..opts.max_new_tokens {
         let batch = Batch::new(&[input.clone()], PadSide::Right, dev)?;
         let out = m.llama.forward(&batch, spec, Some(&mut cache))?;
-        let row = out.logits.i((0, input.len() - 1))?.to_vec1::<f32>()?;
-        let next = sampler.sample(&row);
+        let last = out.logits.i((0, input.len() - 1))?;
+        let next = if opts.sampling.is_greedy() && !dev.is_cpu() {
+            // Greedy on a GPU: only the chosen id crosses to the host, not the vocabulary row.
+            last.argmax(0)?.to_scalar::<u32>()?
+        } else {
+            sampler.sample(&last.to_vec1::<f32>()?)
+        };
         if opts.stop_at_eos && Some(next) == m.tokenizer.eos_id {
             break;
         }
