@@ -4,7 +4,11 @@
 //! fixtures as `families.rs`), KV-cache decoding, greedy generation, the logit lens, a word's
 //! gradient and a short word training against the CPU run of the same thing.
 #![cfg(feature = "cuda")]
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers outside #[test] functions"
+)]
 
 use std::path::{Path, PathBuf};
 

@@ -14,6 +14,8 @@ use crate::tuned::TunedLens;
 pub use neoscope_api::lens::{LensCell, LensKind, LensResult, Target, TargetStat, TokenProb};
 use rayon::prelude::*;
 
+mod device;
+
 /// Resolves target texts to tokens: the first token of each, with a note if there are more.
 pub fn resolve_targets(m: &LoadedModel, texts: &[String]) -> Result<Vec<Target>> {
     texts
@@ -158,6 +160,20 @@ pub fn run(
     hooks: &HookSpec,
     spec_: &LensSpec<'_>,
 ) -> Result<LensResult> {
+    let on_device = !m.llama.device().is_cpu();
+    run_with(m, ids, pieces, hooks, spec_, on_device)
+}
+
+/// `run`, with the per-cell reductions done by tensor ops where the logits are
+/// (`reduce_on_device`) or by the hand-written host pass.
+fn run_with(
+    m: &LoadedModel,
+    ids: &[u32],
+    pieces: Vec<String>,
+    hooks: &HookSpec,
+    spec_: &LensSpec<'_>,
+    reduce_on_device: bool,
+) -> Result<LensResult> {
     let LensSpec {
         kind,
         tuned,
@@ -178,7 +194,16 @@ pub fn run(
     let mut spec = hooks.clone();
     spec.capture = (0..n).map(HookPoint::ResidPost).collect();
     let out = m.llama.forward(&batch, &spec, None)?;
-    let fin = FinalDist::new(&out.logits.i(0)?.to_vec2::<f32>()?);
+    // The CPU reads rows in one hand-written pass; a GPU reduces them where they are.
+    enum Final {
+        Host(FinalDist),
+        Device(device::FinalOnDevice),
+    }
+    let fin = if !reduce_on_device {
+        Final::Host(FinalDist::new(&out.logits.i(0)?.to_vec2::<f32>()?))
+    } else {
+        Final::Device(device::FinalOnDevice::new(&out.logits.i(0)?)?)
+    };
     let t = ids.len();
     // Several layers share one projection matmul; chunks bound the logits held at once
     // (about 512 rows × the vocabulary).
@@ -205,12 +230,15 @@ pub fn run(
             LensKind::Raw => linear(&h, m.llama.unembed())?,
             LensKind::Logit | LensKind::Tuned => m.llama.project(&h)?,
         };
-        let rows = logits.to_vec2::<f32>()?;
-        let mut chunk: Vec<LensCell> = rows
-            .par_iter()
-            .enumerate()
-            .map(|(r, x)| cell(m, x, &fin, r % t, targets, top_k))
-            .collect();
+        let mut chunk: Vec<LensCell> = match &fin {
+            Final::Host(fin) => logits
+                .to_vec2::<f32>()?
+                .par_iter()
+                .enumerate()
+                .map(|(r, x)| cell(m, x, fin, r % t, targets, top_k))
+                .collect(),
+            Final::Device(fin) => device::cells(m, &logits, fin, t, targets, top_k)?,
+        };
         for _ in &layers {
             let rest = chunk.split_off(t);
             cells.push(chunk);
@@ -223,4 +251,46 @@ pub fn run(
         targets: targets.to_vec(),
         cells,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The GPU's tensor reductions, run here on the CPU, against the hand-written host pass.
+    #[test]
+    fn device_reductions_equal_the_host_pass() -> Result<()> {
+        let m = crate::tiny::tiny_model(7, &Device::Cpu)?;
+        let ids = m.tokenizer.encode("the cat and the hat sat")?;
+        let pieces: Vec<String> = ids.iter().map(|i| m.tokenizer.piece(*i)).collect();
+        let targets = resolve_targets(&m, &[" the".to_owned(), " cat".to_owned()])?;
+        for kind in [LensKind::Logit, LensKind::Raw] {
+            let spec = LensSpec {
+                kind,
+                tuned: None,
+                targets: &targets,
+                top_k: 4,
+            };
+            let host = run_with(&m, &ids, pieces.clone(), &HookSpec::default(), &spec, false)?;
+            let dev = run_with(&m, &ids, pieces.clone(), &HookSpec::default(), &spec, true)?;
+            for (lh, ld) in host.cells.iter().zip(&dev.cells) {
+                for (a, b) in lh.iter().zip(ld) {
+                    let ids_a: Vec<u32> = a.top.iter().map(|t| t.id).collect();
+                    let ids_b: Vec<u32> = b.top.iter().map(|t| t.id).collect();
+                    assert_eq!(ids_a, ids_b);
+                    for (x, y) in a.top.iter().zip(&b.top) {
+                        assert!((x.prob - y.prob).abs() < 1e-5);
+                    }
+                    assert!((a.entropy - b.entropy).abs() < 1e-4, "{a:?} {b:?}");
+                    assert!((a.kl_to_final - b.kl_to_final).abs() < 1e-4, "{a:?} {b:?}");
+                    for (x, y) in a.targets.iter().zip(&b.targets) {
+                        assert_eq!(x.rank, y.rank);
+                        assert!((x.logprob - y.logprob).abs() < 1e-4);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
