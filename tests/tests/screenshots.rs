@@ -50,7 +50,9 @@ fn loaded_app() -> Harness<'static, NeoApp> {
         device: DeviceChoice::Cpu,
     };
     let mut app = NeoApp::new(opts, std::sync::Arc::new(|| {}));
-    app.send_as::<ModelPanel>(ModelCommand::LoadDefault);
+    app.send_as::<ModelPanel>(ModelCommand::LoadDefault {
+        options: neoscope_api::model::LoadOptions::default(),
+    });
     let mut h = Harness::builder()
         .with_size([1100.0, 720.0])
         .wgpu()

@@ -1,6 +1,6 @@
 //! The Model panel: fetch progress, load a model (default, file dialog or path), model info.
 
-use neoscope_api::model::ModelCommand;
+use neoscope_api::model::{LoadOptions, ModelCommand, WeightDType};
 use std::path::PathBuf;
 
 use neoscope_api::model::DEFAULT_MODEL_PACKAGE;
@@ -21,8 +21,19 @@ pub struct ModelPanel {
     pub fetched: Option<PathBuf>,
     /// Path typed by the user.
     pub path_input: String,
+    /// The weight type the next load asks for.
+    pub dtype: WeightDType,
     /// A file dialog running off the UI thread.
     dialog: Option<dialogs::Pending<()>>,
+}
+
+impl ModelPanel {
+    fn options(&self) -> LoadOptions {
+        LoadOptions {
+            dtype: self.dtype,
+            memory_limit: None,
+        }
+    }
 }
 
 impl Panel for ModelPanel {
@@ -48,7 +59,7 @@ impl Panel for ModelPanel {
         let JobResult::Model(r) = result else { return };
         match *r {
             ModelResult::Loaded(info) => {
-                s.model = Some(info);
+                s.model = Some(*info);
                 s.error = None;
             }
             ModelResult::Fetched { path, .. } => self.fetched = Some(path),
@@ -68,7 +79,10 @@ fn show(p: &mut ModelPanel, s: &mut Shared, ui: &mut egui::Ui) {
         p.dialog = None;
         if let Some(path) = picked {
             p.path_input = path.display().to_string();
-            s.send(ModelCommand::Load { path });
+            s.send(ModelCommand::Load {
+                path,
+                options: p.options(),
+            });
         }
     }
     ui.heading("Model");
@@ -99,7 +113,9 @@ fn show(p: &mut ModelPanel, s: &mut Shared, ui: &mut egui::Ui) {
             ))
             .clicked()
         {
-            s.send(ModelCommand::LoadDefault);
+            s.send(ModelCommand::LoadDefault {
+                options: p.options(),
+            });
         }
         if ui
             .add_enabled(!busy && p.dialog.is_none(), egui::Button::new("Open GGUF…"))
@@ -126,8 +142,32 @@ fn show(p: &mut ModelPanel, s: &mut Shared, ui: &mut egui::Ui) {
             .add_enabled(!busy && !path.is_empty(), egui::Button::new("Load"))
             .clicked()
         {
-            s.send(ModelCommand::Load { path: path.into() });
+            s.send(ModelCommand::Load {
+                path: path.into(),
+                options: p.options(),
+            });
         }
+    });
+    ui.horizontal(|ui| {
+        ui.label("Weights:");
+        egui::ComboBox::from_id_salt("weights_dtype")
+            .selected_text(p.dtype.name())
+            .show_ui(ui, |ui| {
+                for d in [
+                    WeightDType::Auto,
+                    WeightDType::F32,
+                    WeightDType::Bf16,
+                    WeightDType::F16,
+                ] {
+                    ui.selectable_value(&mut p.dtype, d, d.name());
+                }
+            })
+            .response
+            .on_hover_text(
+                "The blocks' matrices as f32, bf16 or f16 (half the memory); auto takes f32 \
+                 when it fits comfortably. Embeddings, norms and activations stay f32. A model \
+                 that does not fit is refused before loading.",
+            );
     });
     ui.weak(format!("Model cache: {}", s.model_dir.display()));
     ui.add_space(10.0);
@@ -152,10 +192,20 @@ fn info_grid(ui: &mut egui::Ui, info: &ModelInfo) {
             .striped(true)
             .show(ui, |ui| {
                 let d = info.dims;
-                let rows: [(&str, String); 14] = [
+                let w = &info.weights;
+                let rows: [(&str, String); 15] = [
                     ("architecture", info.architecture.clone()),
                     ("format", info.format.clone()),
                     ("device", info.device.clone()),
+                    (
+                        "weights",
+                        format!(
+                            "{} blocks, {} in memory (file: {})",
+                            w.dtype.name(),
+                            neoscope_api::model::human_bytes(w.bytes),
+                            w.stored_as
+                        ),
+                    ),
                     ("d_model", d.d_model.to_string()),
                     ("n_layers", d.n_layers.to_string()),
                     ("d_vocab", d.d_vocab.to_string()),

@@ -202,7 +202,10 @@ impl KeySource<'_> {
 /// Whether the hand-written pass can run this model: f32 weights on the CPU.
 pub fn supported(m: &Llama) -> bool {
     // Per-head q/k norms (Qwen3) are not written here: such models take the candle pass.
-    m.device().is_cpu() && m.embed.dtype() == DType::F32 && !m.cfg.qk_norm()
+    m.device().is_cpu()
+        && m.embed.dtype() == DType::F32
+        && m.blocks.iter().all(|b| b.wq.dtype() == DType::F32)
+        && !m.cfg.qk_norm()
 }
 
 /// Logits (B, T, vocab) of a batch from its input embeddings (B, T, d_model), no hooks, no

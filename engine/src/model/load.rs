@@ -8,6 +8,9 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
 use super::llama::{Block, Llama};
+use super::weights::{
+    LoadOptions, WeightsInfo, available, census_gguf, census_safetensors, choose, dtype_of,
+};
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{EngineError, Result};
 use crate::fetch::sha256_file;
@@ -34,12 +37,17 @@ pub fn device_name(dev: &Device) -> String {
     }
 }
 
-/// Loads a model from a `.gguf` file or a Hugging Face directory.
+/// Loads a model from a `.gguf` file or a Hugging Face directory, with `auto` weights.
 pub fn load_model(path: &Path, dev: &Device) -> Result<LoadedModel> {
+    load_model_with(path, dev, LoadOptions::default())
+}
+
+/// Loads a model with the given weight type, after checking that its weights fit.
+pub fn load_model_with(path: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel> {
     if path.is_dir() {
-        load_hf_dir(path, dev)
+        load_hf_dir(path, dev, opts)
     } else {
-        load_gguf(path, dev)
+        load_gguf(path, dev, opts)
     }
 }
 
@@ -114,11 +122,21 @@ fn unpermute_qk(w: &Tensor, heads: usize) -> Result<Tensor> {
         .contiguous()?)
 }
 
-/// Loads a GGUF file, dequantizing every weight to f32.
-pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
+/// Loads a GGUF file, dequantizing every weight (the blocks' matrices to `opts.dtype`, the
+/// rest to f32).
+fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel> {
     let mut f = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
     let content = gguf_file::Content::read(&mut f)
         .map_err(|e| EngineError::bad_model(path, format!("not a readable GGUF file: {e}")))?;
+    let census = census_gguf(&content);
+    let chosen = choose(opts.dtype, &census, available(dev, opts.memory_limit), path)?;
+    let mat_dtype = dtype_of(chosen);
+    let weights = WeightsInfo {
+        dtype: chosen,
+        bytes: census.bytes(mat_dtype),
+        stored_as: census.stored_as,
+    };
+    let mat = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(mat_dtype)?) };
     let md = &content.metadata;
     let arch = md
         .get("general.architecture")
@@ -188,14 +206,17 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
         let p = format!("blk.{l}");
         blocks.push(Block {
             attn_norm: get(&format!("{p}.attn_norm.weight"))?,
-            wq: unpermute_qk(&get(&format!("{p}.attn_q.weight"))?, heads)?,
-            wk: unpermute_qk(&get(&format!("{p}.attn_k.weight"))?, kv_heads)?,
-            wv: get(&format!("{p}.attn_v.weight"))?,
-            wo: get(&format!("{p}.attn_output.weight"))?,
+            wq: mat(unpermute_qk(&get(&format!("{p}.attn_q.weight"))?, heads)?)?,
+            wk: mat(unpermute_qk(
+                &get(&format!("{p}.attn_k.weight"))?,
+                kv_heads,
+            )?)?,
+            wv: mat(get(&format!("{p}.attn_v.weight"))?)?,
+            wo: mat(get(&format!("{p}.attn_output.weight"))?)?,
             mlp_norm: get(&format!("{p}.ffn_norm.weight"))?,
-            w_gate: get(&format!("{p}.ffn_gate.weight"))?,
-            w_up: get(&format!("{p}.ffn_up.weight"))?,
-            w_down: get(&format!("{p}.ffn_down.weight"))?,
+            w_gate: mat(get(&format!("{p}.ffn_gate.weight"))?)?,
+            w_up: mat(get(&format!("{p}.ffn_up.weight"))?)?,
+            w_down: mat(get(&format!("{p}.ffn_down.weight"))?)?,
             qkv_bias: None,
             qk_norm: None,
         });
@@ -221,7 +242,7 @@ pub fn load_gguf(path: &Path, dev: &Device) -> Result<LoadedModel> {
     let tokenizer = ModelTokenizer::from_gguf(md, path)?;
     let llama = Llama::new(cfg, embed, blocks, final_norm, lm_head)
         .map_err(|e| EngineError::bad_model(path, e.to_string()))?;
-    finish(llama, tokenizer, path, "gguf", path, arch, dev)
+    finish(llama, tokenizer, path, ("gguf", path, arch, weights), dev)
 }
 
 /// Wraps an assembled model with its identity (the weights file's SHA-256, dimensions, device),
@@ -230,9 +251,7 @@ fn finish(
     llama: Llama,
     tokenizer: ModelTokenizer,
     path: &Path,
-    format: &str,
-    weights_file: &Path,
-    architecture: String,
+    (format, weights_file, architecture, weights): (&str, &Path, String, WeightsInfo),
     dev: &Device,
 ) -> Result<LoadedModel> {
     let rows = llama.cfg.vocab_size;
@@ -260,6 +279,7 @@ fn finish(
         architecture,
         device: device_name(dev),
         has_chat_template: tokenizer.has_chat_template(),
+        weights,
     };
     Ok(LoadedModel {
         llama,
@@ -274,8 +294,8 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// Loads a Hugging Face model directory.
-pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
+/// Loads a Hugging Face model directory (the blocks' matrices as `opts.dtype`, the rest f32).
+fn load_hf_dir(dir: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
     let cfg = super::hf_config::parse(&text).map_err(|msg| EngineError::Unsupported {
@@ -293,36 +313,44 @@ pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
         .first()
         .cloned()
         .ok_or_else(|| EngineError::bad_model(dir, "no *.safetensors file"))?;
+    let census = census_safetensors(&files)?;
+    let chosen = choose(opts.dtype, &census, available(dev, opts.memory_limit), dir)?;
+    let mat_dtype = dtype_of(chosen);
+    let weights = WeightsInfo {
+        dtype: chosen,
+        bytes: census.bytes(mat_dtype),
+        stored_as: census.stored_as,
+    };
     let mut tensors = HashMap::new();
     for f in &files {
         let t = candle_core::safetensors::load(f, dev)
             .map_err(|e| EngineError::bad_model(f, e.to_string()))?;
         tensors.extend(t);
     }
-    let mut get = |name: &str| -> Result<Tensor> {
+    let mut get_as = |name: &str, dtype: DType| -> Result<Tensor> {
         let t = tensors
             .remove(name)
             .ok_or_else(|| EngineError::bad_model(dir, format!("missing tensor `{name}`")))?;
-        Ok(t.to_dtype(DType::F32)?)
+        Ok(t.to_dtype(dtype)?)
     };
-    let embed = get("model.embed_tokens.weight")?;
+    let embed = get_as("model.embed_tokens.weight", DType::F32)?;
     let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         blocks.push(Block {
-            attn_norm: get(&format!("{p}.input_layernorm.weight"))?,
-            wq: get(&format!("{p}.self_attn.q_proj.weight"))?,
-            wk: get(&format!("{p}.self_attn.k_proj.weight"))?,
-            wv: get(&format!("{p}.self_attn.v_proj.weight"))?,
-            wo: get(&format!("{p}.self_attn.o_proj.weight"))?,
-            mlp_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
-            w_gate: get(&format!("{p}.mlp.gate_proj.weight"))?,
-            w_up: get(&format!("{p}.mlp.up_proj.weight"))?,
-            w_down: get(&format!("{p}.mlp.down_proj.weight"))?,
+            attn_norm: get_as(&format!("{p}.input_layernorm.weight"), DType::F32)?,
+            wq: get_as(&format!("{p}.self_attn.q_proj.weight"), mat_dtype)?,
+            wk: get_as(&format!("{p}.self_attn.k_proj.weight"), mat_dtype)?,
+            wv: get_as(&format!("{p}.self_attn.v_proj.weight"), mat_dtype)?,
+            wo: get_as(&format!("{p}.self_attn.o_proj.weight"), mat_dtype)?,
+            mlp_norm: get_as(&format!("{p}.post_attention_layernorm.weight"), DType::F32)?,
+            w_gate: get_as(&format!("{p}.mlp.gate_proj.weight"), mat_dtype)?,
+            w_up: get_as(&format!("{p}.mlp.up_proj.weight"), mat_dtype)?,
+            w_down: get_as(&format!("{p}.mlp.down_proj.weight"), mat_dtype)?,
             qkv_bias: if cfg.qkv_bias() {
                 let b = ["q", "k", "v"]
                     .iter()
-                    .map(|n| get(&format!("{p}.self_attn.{n}_proj.bias")))
+                    .map(|n| get_as(&format!("{p}.self_attn.{n}_proj.bias"), DType::F32))
                     .collect::<Result<Vec<_>>>()?;
                 Some(Tensor::cat(&b, 0)?)
             } else {
@@ -330,19 +358,19 @@ pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
             },
             qk_norm: if cfg.qk_norm() {
                 Some((
-                    get(&format!("{p}.self_attn.q_norm.weight"))?,
-                    get(&format!("{p}.self_attn.k_norm.weight"))?,
+                    get_as(&format!("{p}.self_attn.q_norm.weight"), DType::F32)?,
+                    get_as(&format!("{p}.self_attn.k_norm.weight"), DType::F32)?,
                 ))
             } else {
                 None
             },
         });
     }
-    let final_norm = get("model.norm.weight")?;
+    let final_norm = get_as("model.norm.weight", DType::F32)?;
     let lm_head = if cfg.tie_word_embeddings {
         None
     } else {
-        Some(get("lm_head.weight")?)
+        Some(get_as("lm_head.weight", DType::F32)?)
     };
     if cfg.tie_word_embeddings
         && let Some(head) = tensors.remove("lm_head.weight")
@@ -377,7 +405,7 @@ pub fn load_hf_dir(dir: &Path, dev: &Device) -> Result<LoadedModel> {
     let arch = cfg.model_type.clone();
     let llama = Llama::new(cfg, embed, blocks, final_norm, lm_head)
         .map_err(|e| EngineError::bad_model(dir, e.to_string()))?;
-    finish(llama, tokenizer, dir, "hf", &first, arch, dev)
+    finish(llama, tokenizer, dir, ("hf", &first, arch, weights), dev)
 }
 
 /// Saves a model as a Hugging Face directory (config, one safetensors file, tokenizer).

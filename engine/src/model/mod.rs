@@ -9,8 +9,10 @@ pub mod hf_config;
 pub mod llama;
 pub mod load;
 pub mod ops;
+pub mod weights;
 
 pub use batch::{Batch, PadSide};
 pub use cache::KvCache;
 pub use llama::{ForwardOutput, Llama};
-pub use load::{LoadedModel, ModelInfo, load_model};
+pub use load::{LoadedModel, ModelInfo, load_model, load_model_with};
+pub use weights::{LoadOptions, WeightDType, WeightsInfo};

@@ -75,10 +75,18 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let inner = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, inner))?;
-    let frozen_path =
-        x2.track_op() && !w.track_op() && x2.device().is_cpu() && x2.dtype() == DType::F32;
+    let frozen_path = x2.track_op()
+        && !w.track_op()
+        && x2.device().is_cpu()
+        && x2.dtype() == DType::F32
+        && w.dtype() == DType::F32;
     let y = if frozen_path {
         x2.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?
+    } else if w.dtype() != x2.dtype() {
+        // bf16/f16 weights: the product in their type, the activations back to f32.
+        x2.to_dtype(w.dtype())?
+            .matmul(&w.t()?)?
+            .to_dtype(x2.dtype())?
     } else {
         x2.matmul(&w.t()?)?
     };

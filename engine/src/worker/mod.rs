@@ -16,7 +16,7 @@ use neoscope_api::{ApiError, Command, ErrorKind, Event, JobResult};
 use crate::error::{EngineError, Result};
 use crate::fetch::{FetchStage, ensure_default_model};
 use crate::infer::{GenerateOptions, generate, next_token_top_k};
-use crate::model::{LoadedModel, load_model};
+use crate::model::{LoadOptions, LoadedModel, load_model_with};
 use crate::words::Word;
 use crate::words::train::TrainConfig;
 
@@ -198,9 +198,9 @@ impl Worker {
         )
     }
 
-    fn load(&mut self, job: &Job, path: PathBuf) -> Result<ModelResult> {
+    fn load(&mut self, job: &Job, path: PathBuf, options: LoadOptions) -> Result<ModelResult> {
         job.progress(format!("Loading {}", path.display()), None);
-        let m = load_model(&path, &self.dev)?;
+        let m = load_model_with(&path, &self.dev, options)?;
         let info = m.info.clone();
         if self
             .model
@@ -212,7 +212,7 @@ impl Worker {
             *self = Self::new(opts, dev);
         }
         self.model = Some(m);
-        Ok(ModelResult::Loaded(info))
+        Ok(ModelResult::Loaded(Box::new(info)))
     }
 
     fn execute(&mut self, job: &Job, cmd: Command) -> Result<JobResult> {
@@ -242,11 +242,11 @@ impl Worker {
                 let sha256 = crate::fetch::sha256_file(&path)?;
                 Ok(ModelResult::Fetched { path, sha256 })
             }
-            ModelCommand::LoadDefault => {
+            ModelCommand::LoadDefault { options } => {
                 let path = self.fetch(job)?;
-                self.load(job, path)
+                self.load(job, path, options)
             }
-            ModelCommand::Load { path } => self.load(job, path),
+            ModelCommand::Load { path, options } => self.load(job, path, options),
         }
     }
 
