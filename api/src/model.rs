@@ -29,7 +29,8 @@ pub struct Dims {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightDType {
-    /// f32 when it fits comfortably in the device's memory, else bf16 (refused if neither fits).
+    /// f32 when it fits comfortably in the device's memory, else the GGUF file's own
+    /// quantization (bf16 for other files); refused if that does not fit either.
     #[default]
     Auto,
     /// Every weight as f32.
@@ -39,6 +40,9 @@ pub enum WeightDType {
     Bf16,
     /// The blocks' matrices as f16, as for bf16.
     F16,
+    /// The blocks' matrices kept in the GGUF file's quantized blocks (products straight from
+    /// them); the rest f32. GGUF files only.
+    Quantized,
 }
 
 impl WeightDType {
@@ -49,6 +53,7 @@ impl WeightDType {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
             Self::F16 => "f16",
+            Self::Quantized => "quantized",
         }
     }
 }

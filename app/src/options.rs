@@ -22,8 +22,9 @@ pub struct Global {
     /// Device to run on.
     #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// Type of the blocks' weights: auto (f32 when it fits comfortably, else bf16), f32, bf16
-    /// or f16. Embeddings, norms and every activation stay f32.
+    /// Type of the blocks' weights: auto (f32 when it fits comfortably, else the GGUF file's
+    /// quantization, else bf16), f32, bf16, f16 or quantized (a GGUF file's blocks as stored).
+    /// Embeddings, norms and every activation stay f32.
     #[arg(long, global = true, value_enum, default_value_t = DTypeArg::Auto)]
     pub dtype: DTypeArg,
     /// Refuse a model whose weights need more than this many GB (default: what the device has).
@@ -32,6 +33,9 @@ pub struct Global {
     /// Print exactly one JSON object on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Replace output files that exist (without it they are refused before any work).
+    #[arg(long, global = true)]
+    pub force: bool,
     /// Use the engine served by `neoscope serve` at HOST:PORT instead of one in this process.
     #[arg(long, global = true, value_name = "ADDRESS")]
     pub engine: Option<String>,
@@ -67,6 +71,8 @@ pub enum DTypeArg {
     Bf16,
     /// f16 blocks.
     F16,
+    /// The GGUF file's quantized blocks, kept as they are.
+    Quantized,
 }
 
 impl Global {
@@ -78,6 +84,7 @@ impl Global {
                 DTypeArg::F32 => WeightDType::F32,
                 DTypeArg::Bf16 => WeightDType::Bf16,
                 DTypeArg::F16 => WeightDType::F16,
+                DTypeArg::Quantized => WeightDType::Quantized,
             },
             memory_limit: self
                 .max_memory

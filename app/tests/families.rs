@@ -234,3 +234,56 @@ fn analyses_run_on_mistral() {
 fn analyses_run_on_qwen3() {
     analyses_run("qwen3");
 }
+
+#[test]
+fn outputs_are_not_replaced_without_force_and_unwritable_ones_fail_before_any_work() {
+    let model = fixture("qwen2");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("points.csv");
+    std::fs::write(&csv, "keep me").unwrap();
+    let csv_s = csv.to_str().unwrap();
+    let project = ["--model", &model, "embed", "project", "--out", csv_s];
+    let (ok, _, err) = neoscope(&project);
+    assert!(
+        !ok && err.contains("exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), "keep me");
+    let (ok, _, err) = neoscope(&[&project[..], &["--force"]].concat());
+    assert!(ok, "{err}");
+    assert!(std::fs::read_to_string(&csv).unwrap().starts_with("id,"));
+    // A word file's pair: either file existing is enough to refuse.
+    let stem = dir.path().join("w.v2");
+    std::fs::write(dir.path().join("w.v2.safetensors"), "old").unwrap();
+    let (ok, _, err) = neoscope(&[
+        "--model",
+        &model,
+        "word",
+        "train",
+        "--name",
+        "<w>",
+        "--data",
+        "pun",
+        "--out",
+        stem.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("w.v2.safetensors exists"), "{err}");
+    // A destination under a plain file cannot be written: said before training, not after.
+    let (ok, _, err) = neoscope(&[
+        "--model",
+        &model,
+        "word",
+        "train",
+        "--name",
+        "<w>",
+        "--data",
+        "pun",
+        "--out",
+        &format!("{csv_s}/w"),
+    ]);
+    assert!(!ok && err.contains("points.csv"), "{err}");
+    assert!(
+        !err.contains("step"),
+        "training ran before the check: {err}"
+    );
+}

@@ -80,22 +80,8 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
-/// The two files of an artifact named by `path`: the stem is kept as given (`words/base.v2` →
-/// `words/base.v2.json`), only a trailing `.json` or `.safetensors` naming one of the pair is
-/// taken off.
-pub fn paths(path: &Path) -> (PathBuf, PathBuf) {
-    let stem = match path.extension().and_then(|e| e.to_str()) {
-        Some("json" | "safetensors") => path.with_extension(""),
-        _ => path.to_path_buf(),
-    };
-    let with = |ext: &str| {
-        let mut s = stem.clone().into_os_string();
-        s.push(".");
-        s.push(ext);
-        PathBuf::from(s)
-    };
-    (with("safetensors"), with("json"))
-}
+/// The two files of an artifact named by `path` (tensors, JSON): the stem is kept as given.
+pub use neoscope_api::files::artifact_paths as paths;
 
 /// Refuses a tensor holding NaN or an infinity: such numbers are never written to a file nor
 /// taken from one (they would poison every later computation silently).

@@ -14,6 +14,7 @@ use crate::error::{EngineError, Result};
 use crate::fetch::DEFAULT_MODEL_SHA256;
 use crate::model::llama::{Block, Llama};
 use crate::model::load::{LoadedModel, ModelInfo, device_name};
+use crate::model::mat::Mat;
 use crate::tokenizer::ModelTokenizer;
 
 /// The configuration of the tiny model: 2 layers, d_model 32, 4 query / 2 KV heads.
@@ -95,14 +96,14 @@ pub fn tiny_model(seed: u64, dev: &Device) -> Result<LoadedModel> {
     for _ in 0..cfg.num_hidden_layers {
         blocks.push(Block {
             attn_norm: norm_weight(&mut rng, d, dev)?,
-            wq: randn(&mut rng, &[q, d], 0.2, dev)?,
-            wk: randn(&mut rng, &[kv, d], 0.2, dev)?,
-            wv: randn(&mut rng, &[kv, d], 0.2, dev)?,
-            wo: randn(&mut rng, &[d, q], 0.2, dev)?,
+            wq: Mat::Dense(randn(&mut rng, &[q, d], 0.2, dev)?),
+            wk: Mat::Dense(randn(&mut rng, &[kv, d], 0.2, dev)?),
+            wv: Mat::Dense(randn(&mut rng, &[kv, d], 0.2, dev)?),
+            wo: Mat::Dense(randn(&mut rng, &[d, q], 0.2, dev)?),
             mlp_norm: norm_weight(&mut rng, d, dev)?,
-            w_gate: randn(&mut rng, &[m, d], 0.2, dev)?,
-            w_up: randn(&mut rng, &[m, d], 0.2, dev)?,
-            w_down: randn(&mut rng, &[d, m], 0.2, dev)?,
+            w_gate: Mat::Dense(randn(&mut rng, &[m, d], 0.2, dev)?),
+            w_up: Mat::Dense(randn(&mut rng, &[m, d], 0.2, dev)?),
+            w_down: Mat::Dense(randn(&mut rng, &[d, m], 0.2, dev)?),
             qkv_bias: None,
             qk_norm: None,
         });

@@ -260,7 +260,10 @@ fn bf16_blocks_on_the_gpu_stay_close_to_transformers() {
             memory_limit: None,
         };
         let m = load_model_with(&fixture(name), &dev, opts).unwrap();
-        assert_eq!(m.llama.blocks[0].wq.dtype(), candle_core::DType::BF16);
+        assert_eq!(
+            m.llama.blocks[0].wq.dense().unwrap().dtype(),
+            candle_core::DType::BF16
+        );
         let (prompts, want) = expected(name);
         let b = Batch::new(&prompts[..1], PadSide::Left, &dev).unwrap();
         let out = m.llama.forward(&b, &HookSpec::default(), None).unwrap();

@@ -204,3 +204,22 @@ fn word_steering_changes_the_lens_only_from_its_layer_on_and_scale_zero_is_ident
     let err = neoscope_engine::steer::word_direction(words, "<s>", 2, 1.0, 2).unwrap_err();
     assert!(err.to_string().contains("out of range"), "{err}");
 }
+
+#[test]
+fn non_finite_logits_are_an_error_not_a_perfect_looking_lens() {
+    let mut m = tiny();
+    let d = m.llama.cfg.hidden_size;
+    m.llama.final_norm = candle_core::Tensor::full(f32::NAN, d, &Device::Cpu).unwrap();
+    let ids = m.tokenizer.encode("the cat and the hat").unwrap();
+    let pieces = ids.iter().map(|i| m.tokenizer.piece(*i)).collect();
+    let spec = LensSpec {
+        kind: LensKind::Logit,
+        tuned: None,
+        targets: &[],
+        top_k: 3,
+    };
+    let e = run(&m, &ids, pieces, &HookSpec::default(), &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("non-finite") && e.contains("layer 0"), "{e}");
+}

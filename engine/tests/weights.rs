@@ -70,7 +70,10 @@ fn half_precision_blocks_stay_close_to_transformers() {
         for dtype in [WeightDType::Bf16, WeightDType::F16] {
             let m = load(name, dtype, None);
             assert_eq!(m.info.weights.dtype, dtype);
-            assert_eq!(m.llama.blocks[0].wq.dtype(), dtype_of(dtype));
+            assert_eq!(
+                m.llama.blocks[0].wq.dense().unwrap().dtype(),
+                dtype_of(dtype)
+            );
             assert_eq!(m.llama.embed.dtype(), DType::F32, "embeddings stay f32");
             let got = logits(&m, &ids);
             assert_eq!(got.dtype(), DType::F32, "activations stay f32");

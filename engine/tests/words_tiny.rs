@@ -90,7 +90,7 @@ fn gradient_reaches_the_word_and_matches_finite_differences() {
         assert!(norm > 1e-3, "{injection:?}: gradient is zero");
         // Only the word's vector is a variable: no other tensor receives a gradient.
         assert!(grads.get(&m.llama.embed).is_none());
-        assert!(grads.get(&m.llama.blocks[0].wq).is_none());
+        assert!(grads.get(m.llama.blocks[0].wq.dense().unwrap()).is_none());
         // Central finite differences along three coordinates (f64 would be exact; f32 and
         // h = 1e-2 give ~1e-3 agreement on this tiny model).
         for i in [0usize, 7, 19] {

@@ -22,6 +22,7 @@ fn shipped_demo_lowers_validation_loss_and_writes_the_report() {
         dtype: neoscope::options::DTypeArg::Auto,
         max_memory: None,
         json: true,
+        force: false,
         engine: None,
         engine_token: None,
     };

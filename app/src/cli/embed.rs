@@ -1,7 +1,7 @@
 //! `neoscope embed project|neighbors`: 2-D projections of the vocabulary (with an injection
 //! run's new rows and saved activations) and nearest neighbours by cosine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::{Subcommand, ValueEnum};
@@ -61,6 +61,16 @@ pub enum EmbedCmd {
         #[arg(long)]
         run: Option<PathBuf>,
     },
+}
+
+impl EmbedCmd {
+    /// The CSV file `embed project` writes.
+    pub fn output(&self) -> Option<&Path> {
+        match self {
+            Self::Project { out, .. } => Some(out),
+            _ => None,
+        }
+    }
 }
 
 /// Projection method on the command line.

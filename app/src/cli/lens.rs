@@ -68,6 +68,16 @@ pub struct LensArgs {
     pub texts: Vec<String>,
 }
 
+impl LensArgs {
+    /// The tuned-lens file `lens train-tuned` writes.
+    pub fn output(&self) -> Option<&Path> {
+        match &self.action {
+            Some(LensAction::TrainTuned { out, .. }) => Some(out),
+            None => None,
+        }
+    }
+}
+
 /// `lens` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum LensAction {

@@ -2,7 +2,7 @@
 //! steering with a mixture of factor analyzers. State passes between calls through files.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
@@ -142,6 +142,17 @@ pub struct FitArgs {
     /// Where to save the MFA.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+impl MfaCmd {
+    /// The activations or MFA file this subcommand writes, if any.
+    pub fn output(&self) -> Option<&Path> {
+        match self {
+            Self::Collect { out, .. } => Some(out),
+            Self::Fit(a) => Some(&a.out),
+            _ => None,
+        }
+    }
 }
 
 impl FitArgs {

@@ -187,11 +187,28 @@ fn emit(json_mode: bool, value: &serde_json::Value, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// What a subcommand will write, checked before any work: an existing file is refused
+/// without `--force`, and a folder that cannot be written is reported now, not after the job.
+fn check_outputs(cmd: &Cmd, force: bool) -> Result<()> {
+    let (path, pair) = match cmd {
+        Cmd::Word(c) => (c.output(), true),
+        Cmd::Mfa(c) => (c.output(), true),
+        Cmd::Lens(a) => (a.output(), true),
+        Cmd::Embed(c) => (c.output(), false),
+        _ => (None, false),
+    };
+    if let Some(p) = path {
+        neoscope_api::files::check_output(p, pair, force)?;
+    }
+    Ok(())
+}
+
 /// Runs one subcommand.
 pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
     if let Cmd::Serve { listen, token } = &cmd {
         return serve(g, listen, token.clone());
     }
+    check_outputs(&cmd, g.force)?;
     let mut engine = g.open_engine(std::sync::Arc::new(|| {}))?;
     if let Cmd::Inject(c) = &cmd
         && inject::generate(&mut engine, g.json, c)?

@@ -169,6 +169,17 @@ pub struct TrainArgs {
     pub layer: Option<usize>,
 }
 
+impl WordCmd {
+    /// The word file this subcommand writes, if any.
+    pub fn output(&self) -> Option<&Path> {
+        match self {
+            Self::Train(a) => Some(&a.out),
+            Self::Neighbors { out, .. } => out.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 impl TrainArgs {
     fn init(&self) -> Init {
         if self.init_zero {

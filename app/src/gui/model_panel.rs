@@ -158,15 +158,17 @@ fn show(p: &mut ModelPanel, s: &mut Shared, ui: &mut egui::Ui) {
                     WeightDType::F32,
                     WeightDType::Bf16,
                     WeightDType::F16,
+                    WeightDType::Quantized,
                 ] {
                     ui.selectable_value(&mut p.dtype, d, d.name());
                 }
             })
             .response
             .on_hover_text(
-                "The blocks' matrices as f32, bf16 or f16 (half the memory); auto takes f32 \
-                 when it fits comfortably. Embeddings, norms and activations stay f32. A model \
-                 that does not fit is refused before loading.",
+                "The blocks' matrices as f32, bf16 or f16 (half the memory), or quantized (a \
+                 GGUF file's blocks as stored); auto takes f32 when it fits comfortably. \
+                 Embeddings, norms and activations stay f32. A model that does not fit is \
+                 refused before loading.",
             );
     });
     ui.weak(format!("Model cache: {}", s.model_dir.display()));

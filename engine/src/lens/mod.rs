@@ -245,6 +245,19 @@ fn run_with(
             chunk = rest;
         }
     }
+    // NaN or infinite logits make every statistic meaningless (a NaN KL even clamps to 0 and
+    // would look perfect): report where, instead of numbers.
+    for (l, row) in cells.iter().enumerate() {
+        if let Some(p) = row
+            .iter()
+            .position(|c| !(c.entropy.is_finite() && c.kl_to_final.is_finite()))
+        {
+            return Err(EngineError::Invalid(format!(
+                "the lens met non-finite logits (NaN or infinity) at layer {l}, position {p}: \
+                 the model's weights or an intervention produce them"
+            )));
+        }
+    }
     Ok(LensResult {
         lens: kind,
         tokens: pieces,

@@ -85,15 +85,15 @@ impl<'a> Weights<'a> {
             .iter()
             .enumerate()
             .map(|(l, b)| {
-                let (qkv, gate_up) = m.fused(l);
+                let (qkv, gate_up) = m.fused(l)?;
                 Ok(LayerWeights {
                     attn_norm: CpuView::new(&b.attn_norm)?,
                     qkv: CpuView::new(qkv)?,
                     qkv_bias: b.qkv_bias.as_ref().map(CpuView::new).transpose()?,
-                    wo: CpuView::new(&b.wo)?,
+                    wo: CpuView::new(b.wo.dense()?)?,
                     mlp_norm: CpuView::new(&b.mlp_norm)?,
                     gate_up: CpuView::new(gate_up)?,
-                    down: CpuView::new(&b.w_down)?,
+                    down: CpuView::new(b.w_down.dense()?)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -204,7 +204,7 @@ pub fn supported(m: &Llama) -> bool {
     // Per-head q/k norms (Qwen3) are not written here: such models take the candle pass.
     m.device().is_cpu()
         && m.embed.dtype() == DType::F32
-        && m.blocks.iter().all(|b| b.wq.dtype() == DType::F32)
+        && m.blocks_are(DType::F32)
         && !m.cfg.qk_norm()
 }
 

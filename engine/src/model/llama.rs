@@ -10,6 +10,7 @@ use candle_core::{D, DType, Device, Tensor};
 
 use super::batch::Batch;
 use super::cache::KvCache;
+use super::mat::{Mat, Stack};
 use super::ops::{linear, rms_norm, rope, softmax_last};
 use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
@@ -25,21 +26,21 @@ pub struct Block {
     /// RMSNorm before attention.
     pub attn_norm: Tensor,
     /// Query projection (n_heads·d_head, d_model).
-    pub wq: Tensor,
+    pub wq: Mat,
     /// Key projection (n_kv_heads·d_head, d_model).
-    pub wk: Tensor,
+    pub wk: Mat,
     /// Value projection (n_kv_heads·d_head, d_model).
-    pub wv: Tensor,
+    pub wv: Mat,
     /// Output projection (d_model, n_heads·d_head).
-    pub wo: Tensor,
+    pub wo: Mat,
     /// RMSNorm before the MLP.
     pub mlp_norm: Tensor,
     /// Gate projection (d_mlp, d_model).
-    pub w_gate: Tensor,
+    pub w_gate: Mat,
     /// Up projection (d_mlp, d_model).
-    pub w_up: Tensor,
+    pub w_up: Mat,
     /// Down projection (d_model, d_mlp).
-    pub w_down: Tensor,
+    pub w_down: Mat,
     /// Biases of the stacked query/key/value projection (n_heads·d_head + 2·n_kv_heads·d_head),
     /// present exactly when the configuration asks for them (Qwen2).
     pub qkv_bias: Option<Tensor>,
@@ -63,7 +64,7 @@ pub struct Llama {
     /// Per block: the query, key and value projections stacked, (q + 2·kv, d_model), and the
     /// gate and up projections stacked, (2·d_mlp, d_model): one matmul each instead of three
     /// and two. The blocks' own weights are views into these (no second copy).
-    fused: Vec<(Tensor, Tensor)>,
+    fused: Vec<(Stack, Stack)>,
     cos: Tensor,
     sin: Tensor,
 }
@@ -140,14 +141,24 @@ impl Llama {
         }
         for (l, b) in blocks.iter().enumerate() {
             check(format!("blocks.{l}.attn_norm"), &b.attn_norm, &[d])?;
-            check(format!("blocks.{l}.wq"), &b.wq, &[q, d])?;
-            check(format!("blocks.{l}.wk"), &b.wk, &[kv, d])?;
-            check(format!("blocks.{l}.wv"), &b.wv, &[kv, d])?;
-            check(format!("blocks.{l}.wo"), &b.wo, &[d, q])?;
+            let check_mat = |name: &str, w: &Mat, want: (usize, usize)| -> Result<()> {
+                let got = w.dims()?;
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(EngineError::Invalid(format!(
+                        "weight blocks.{l}.{name} has shape {got:?}, expected {want:?}"
+                    )))
+                }
+            };
+            check_mat("wq", &b.wq, (q, d))?;
+            check_mat("wk", &b.wk, (kv, d))?;
+            check_mat("wv", &b.wv, (kv, d))?;
+            check_mat("wo", &b.wo, (d, q))?;
             check(format!("blocks.{l}.mlp_norm"), &b.mlp_norm, &[d])?;
-            check(format!("blocks.{l}.w_gate"), &b.w_gate, &[m, d])?;
-            check(format!("blocks.{l}.w_up"), &b.w_up, &[m, d])?;
-            check(format!("blocks.{l}.w_down"), &b.w_down, &[d, m])?;
+            check_mat("w_gate", &b.w_gate, (m, d))?;
+            check_mat("w_up", &b.w_up, (m, d))?;
+            check_mat("w_down", &b.w_down, (d, m))?;
             match (&b.qkv_bias, cfg.qkv_bias()) {
                 (Some(bias), true) => check(format!("blocks.{l}.qkv_bias"), bias, &[q + 2 * kv])?,
                 (None, false) => {}
@@ -181,13 +192,35 @@ impl Llama {
         let mut blocks = blocks;
         let mut fused = Vec::with_capacity(blocks.len());
         for b in &mut blocks {
-            let qkv = Tensor::cat(&[&b.wq, &b.wk, &b.wv], 0)?;
-            let gate_up = Tensor::cat(&[&b.w_gate, &b.w_up], 0)?;
-            b.wq = qkv.narrow(0, 0, q)?;
-            b.wk = qkv.narrow(0, q, kv)?;
-            b.wv = qkv.narrow(0, q + kv, kv)?;
-            b.w_gate = gate_up.narrow(0, 0, m)?;
-            b.w_up = gate_up.narrow(0, m, m)?;
+            // Dense matrices of one type become one matrix each (the blocks keep views of
+            // it); quantized ones stay apart.
+            let fuse = |parts: [&Mat; 3]| -> Result<Option<Tensor>> {
+                let dense: Vec<&Tensor> = parts.iter().filter_map(|p| p.dense().ok()).collect();
+                let one_type = dense.windows(2).all(|w| w[0].dtype() == w[1].dtype());
+                Ok(if dense.len() == 3 && one_type {
+                    Some(Tensor::cat(&dense, 0)?)
+                } else {
+                    None
+                })
+            };
+            let qkv = match fuse([&b.wq, &b.wk, &b.wv])? {
+                Some(w) => {
+                    b.wq = Mat::Dense(w.narrow(0, 0, q)?);
+                    b.wk = Mat::Dense(w.narrow(0, q, kv)?);
+                    b.wv = Mat::Dense(w.narrow(0, q + kv, kv)?);
+                    Stack::Fused(w)
+                }
+                None => Stack::Parts(vec![b.wq.clone(), b.wk.clone(), b.wv.clone()]),
+            };
+            let gate_up = match fuse([&b.w_gate, &b.w_up, &b.w_up])? {
+                Some(_) => {
+                    let w = Tensor::cat(&[b.w_gate.dense()?, b.w_up.dense()?], 0)?;
+                    b.w_gate = Mat::Dense(w.narrow(0, 0, m)?);
+                    b.w_up = Mat::Dense(w.narrow(0, m, m)?);
+                    Stack::Fused(w)
+                }
+                None => Stack::Parts(vec![b.w_gate.clone(), b.w_up.clone()]),
+            };
             fused.push((qkv, gate_up));
         }
         let (cos, sin) = rope_tables(&cfg, embed.device())?;
@@ -210,9 +243,18 @@ impl Llama {
 
     /// Block `l`'s stacked query/key/value projection (q + 2·kv, d_model) and stacked
     /// gate/up projection (2·d_mlp, d_model).
-    pub fn fused(&self, l: usize) -> (&Tensor, &Tensor) {
+    pub fn fused(&self, l: usize) -> Result<(&Tensor, &Tensor)> {
         let (qkv, gu) = &self.fused[l];
-        (qkv, gu)
+        Ok((qkv.dense()?, gu.dense()?))
+    }
+
+    /// Whether every block matrix is dense and of `dtype`.
+    pub fn blocks_are(&self, dtype: DType) -> bool {
+        self.blocks.iter().all(|b| {
+            [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]
+                .iter()
+                .all(|m| m.is_dense(dtype))
+        })
     }
 
     /// RoPE cos and sin tables, (n_ctx, d_head/2) each.
@@ -454,10 +496,10 @@ impl Llama {
             x = hook(HookPoint::ResidMid(l), (x + a)?)?;
             let h = rms_norm(&x, &blk.mlp_norm, self.cfg.rms_norm_eps)?;
             let d_mlp = self.cfg.intermediate_size;
-            let gu = linear(&h, w_gate_up)?;
+            let gu = w_gate_up.forward(&h)?;
             let gate = gu.narrow(D::Minus1, 0, d_mlp)?.silu()?;
             let up = gu.narrow(D::Minus1, d_mlp, d_mlp)?;
-            let m = linear(&(gate * up)?, &blk.w_down)?;
+            let m = blk.w_down.forward(&(gate * up)?)?;
             x = hook(HookPoint::ResidPost(l), (x + m)?)?;
         }
         let n = hook(
@@ -471,7 +513,7 @@ impl Llama {
     fn attention(
         &self,
         blk: &Block,
-        w_qkv: &Tensor,
+        w_qkv: &Stack,
         x: &Tensor,
         mask: &Tensor,
         cos: &Tensor,
@@ -486,7 +528,7 @@ impl Llama {
         );
         let rep = nh / nkv;
         let h = rms_norm(x, &blk.attn_norm, self.cfg.rms_norm_eps)?;
-        let mut qkv = linear(&h, w_qkv)?;
+        let mut qkv = w_qkv.forward(&h)?;
         if let Some(bias) = &blk.qkv_bias {
             qkv = qkv.broadcast_add(bias)?;
         }
@@ -533,7 +575,7 @@ impl Llama {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
-        Ok(linear(&o, &blk.wo)?)
+        blk.wo.forward(&o)
     }
 }
 

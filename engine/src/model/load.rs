@@ -4,12 +4,16 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file;
+use std::sync::Arc;
+
+use candle_core::quantized::{QStorage, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 
 use super::llama::{Block, Llama};
+use super::mat::{Mat, is_quantized};
 use super::weights::{
-    LoadOptions, WeightsInfo, available, census_gguf, census_safetensors, choose, dtype_of,
+    LoadOptions, WeightDType, WeightsInfo, available, census_gguf, census_safetensors, choose,
+    dtype_of,
 };
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{EngineError, Result};
@@ -122,8 +126,79 @@ fn unpermute_qk(w: &Tensor, heads: usize) -> Result<Tensor> {
         .contiguous()?)
 }
 
-/// Loads a GGUF file, dequantizing every weight (the blocks' matrices to `opts.dtype`, the
-/// rest to f32).
+/// A GGUF file's tensors by name (read on the CPU), remembering which were used.
+struct GgufTensors<'a> {
+    content: &'a gguf_file::Content,
+    file: std::fs::File,
+    path: &'a Path,
+    dev: &'a Device,
+    used: Vec<String>,
+}
+
+impl GgufTensors<'_> {
+    fn q(&mut self, name: &str) -> Result<QTensor> {
+        let q = self
+            .content
+            .tensor(&mut self.file, name, &Device::Cpu)
+            .map_err(|e| EngineError::bad_model(self.path, format!("tensor `{name}`: {e}")))?;
+        self.used.push(name.to_owned());
+        Ok(q)
+    }
+
+    fn f32(&mut self, name: &str) -> Result<Tensor> {
+        dense(&self.q(name)?, DType::F32, self.dev)
+    }
+}
+
+fn dense(q: &QTensor, dtype: DType, dev: &Device) -> Result<Tensor> {
+    Ok(q.dequantize(&Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(dev)?)
+}
+
+/// A block matrix from its GGUF tensor: its quantized blocks kept when `keep` (float tensors
+/// are read dense), else dense of `dtype`; `heads` un-permutes q/k rows.
+fn block_mat(
+    q: &QTensor,
+    heads: Option<usize>,
+    keep: bool,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Mat> {
+    if keep && is_quantized(q.dtype()) {
+        let (rows, cols) = q.shape().dims2()?;
+        let t = q.dtype();
+        let data = q.data()?;
+        let data = match heads {
+            // Rows are whole blocks, so the permutation moves rows of bytes.
+            Some(h) => {
+                let row = cols / t.block_size() * t.type_size();
+                let (hd, half) = (rows / h, rows / h / 2);
+                let mut out = vec![0u8; data.len()];
+                for (head, j, i) in
+                    (0..h).flat_map(|a| (0..2).flat_map(move |b| (0..half).map(move |c| (a, b, c))))
+                {
+                    let (new, old) = (head * hd + j * half + i, head * hd + i * 2 + j);
+                    out[new * row..(new + 1) * row]
+                        .copy_from_slice(&data[old * row..(old + 1) * row]);
+                }
+                std::borrow::Cow::Owned(out)
+            }
+            None => data,
+        };
+        let storage = QStorage::from_data(data, dev, t)?;
+        return Ok(Mat::Quant(Arc::new(QTensor::new(storage, (rows, cols))?)));
+    }
+    let w = dense(q, DType::F32, dev)?;
+    let w = match heads {
+        Some(h) => unpermute_qk(&w, h)?,
+        None => w,
+    };
+    Ok(Mat::Dense(w.to_dtype(dtype)?))
+}
+
+/// Loads a GGUF file: the blocks' matrices as `opts.dtype` (kept quantized for `quantized`), the
+/// rest dequantized to f32.
 fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel> {
     let mut f = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
     let content = gguf_file::Content::read(&mut f)
@@ -133,10 +208,10 @@ fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel
     let mat_dtype = dtype_of(chosen);
     let weights = WeightsInfo {
         dtype: chosen,
-        bytes: census.bytes(mat_dtype),
+        bytes: census.bytes_as(chosen),
         stored_as: census.stored_as,
     };
-    let mat = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(mat_dtype)?) };
+    let keep = chosen == WeightDType::Quantized;
     let md = &content.metadata;
     let arch = md
         .get("general.architecture")
@@ -149,15 +224,14 @@ fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel
             format!("architecture `{arch}` is not supported yet (Llama family only)"),
         ));
     }
-    let mut used: Vec<String> = Vec::new();
-    let mut get = |name: &str| -> Result<Tensor> {
-        let q = content
-            .tensor(&mut f, name, dev)
-            .map_err(|e| EngineError::bad_model(path, format!("tensor `{name}`: {e}")))?;
-        used.push(name.to_owned());
-        Ok(q.dequantize(dev)?.to_dtype(DType::F32)?)
+    let mut r = GgufTensors {
+        content: &content,
+        file: f,
+        path,
+        dev,
+        used: Vec::new(),
     };
-    let embed = get("token_embd.weight")?;
+    let embed = r.f32("token_embd.weight")?;
     let n_layers = md_usize(md, "llama.block_count", path)?;
     let heads = md_usize(md, "llama.attention.head_count", path)?;
     let kv_heads = md_usize(md, "llama.attention.head_count_kv", path).unwrap_or(heads);
@@ -201,32 +275,31 @@ fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel
             "`llama.rope.dimension_count` = {r}: partial rotary embeddings are not implemented"
         )));
     }
+    let mat = |q: &QTensor, heads| block_mat(q, heads, keep, mat_dtype, dev);
     let mut blocks = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
         let p = format!("blk.{l}");
         blocks.push(Block {
-            attn_norm: get(&format!("{p}.attn_norm.weight"))?,
-            wq: mat(unpermute_qk(&get(&format!("{p}.attn_q.weight"))?, heads)?)?,
-            wk: mat(unpermute_qk(
-                &get(&format!("{p}.attn_k.weight"))?,
-                kv_heads,
-            )?)?,
-            wv: mat(get(&format!("{p}.attn_v.weight"))?)?,
-            wo: mat(get(&format!("{p}.attn_output.weight"))?)?,
-            mlp_norm: get(&format!("{p}.ffn_norm.weight"))?,
-            w_gate: mat(get(&format!("{p}.ffn_gate.weight"))?)?,
-            w_up: mat(get(&format!("{p}.ffn_up.weight"))?)?,
-            w_down: mat(get(&format!("{p}.ffn_down.weight"))?)?,
+            attn_norm: r.f32(&format!("{p}.attn_norm.weight"))?,
+            wq: mat(&r.q(&format!("{p}.attn_q.weight"))?, Some(heads))?,
+            wk: mat(&r.q(&format!("{p}.attn_k.weight"))?, Some(kv_heads))?,
+            wv: mat(&r.q(&format!("{p}.attn_v.weight"))?, None)?,
+            wo: mat(&r.q(&format!("{p}.attn_output.weight"))?, None)?,
+            mlp_norm: r.f32(&format!("{p}.ffn_norm.weight"))?,
+            w_gate: mat(&r.q(&format!("{p}.ffn_gate.weight"))?, None)?,
+            w_up: mat(&r.q(&format!("{p}.ffn_up.weight"))?, None)?,
+            w_down: mat(&r.q(&format!("{p}.ffn_down.weight"))?, None)?,
             qkv_bias: None,
             qk_norm: None,
         });
     }
-    let final_norm = get("output_norm.weight")?;
+    let final_norm = r.f32("output_norm.weight")?;
     let lm_head = if cfg.tie_word_embeddings {
         None
     } else {
-        Some(get("output.weight")?)
+        Some(r.f32("output.weight")?)
     };
+    let used = r.used;
     refuse_leftovers(
         path,
         "llama",
@@ -318,7 +391,7 @@ fn load_hf_dir(dir: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedMode
     let mat_dtype = dtype_of(chosen);
     let weights = WeightsInfo {
         dtype: chosen,
-        bytes: census.bytes(mat_dtype),
+        bytes: census.bytes_as(chosen),
         stored_as: census.stored_as,
     };
     let mut tensors = HashMap::new();
@@ -339,14 +412,14 @@ fn load_hf_dir(dir: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedMode
         let p = format!("model.layers.{l}");
         blocks.push(Block {
             attn_norm: get_as(&format!("{p}.input_layernorm.weight"), DType::F32)?,
-            wq: get_as(&format!("{p}.self_attn.q_proj.weight"), mat_dtype)?,
-            wk: get_as(&format!("{p}.self_attn.k_proj.weight"), mat_dtype)?,
-            wv: get_as(&format!("{p}.self_attn.v_proj.weight"), mat_dtype)?,
-            wo: get_as(&format!("{p}.self_attn.o_proj.weight"), mat_dtype)?,
+            wq: Mat::Dense(get_as(&format!("{p}.self_attn.q_proj.weight"), mat_dtype)?),
+            wk: Mat::Dense(get_as(&format!("{p}.self_attn.k_proj.weight"), mat_dtype)?),
+            wv: Mat::Dense(get_as(&format!("{p}.self_attn.v_proj.weight"), mat_dtype)?),
+            wo: Mat::Dense(get_as(&format!("{p}.self_attn.o_proj.weight"), mat_dtype)?),
             mlp_norm: get_as(&format!("{p}.post_attention_layernorm.weight"), DType::F32)?,
-            w_gate: get_as(&format!("{p}.mlp.gate_proj.weight"), mat_dtype)?,
-            w_up: get_as(&format!("{p}.mlp.up_proj.weight"), mat_dtype)?,
-            w_down: get_as(&format!("{p}.mlp.down_proj.weight"), mat_dtype)?,
+            w_gate: Mat::Dense(get_as(&format!("{p}.mlp.gate_proj.weight"), mat_dtype)?),
+            w_up: Mat::Dense(get_as(&format!("{p}.mlp.up_proj.weight"), mat_dtype)?),
+            w_down: Mat::Dense(get_as(&format!("{p}.mlp.down_proj.weight"), mat_dtype)?),
             qkv_bias: if cfg.qkv_bias() {
                 let b = ["q", "k", "v"]
                     .iter()
@@ -421,14 +494,14 @@ pub fn save_hf_dir(llama: &Llama, tokenizer: &ModelTokenizer, dir: &Path) -> Res
         let p = format!("model.layers.{l}");
         for (n, w) in [
             ("input_layernorm", &b.attn_norm),
-            ("self_attn.q_proj", &b.wq),
-            ("self_attn.k_proj", &b.wk),
-            ("self_attn.v_proj", &b.wv),
-            ("self_attn.o_proj", &b.wo),
+            ("self_attn.q_proj", b.wq.dense()?),
+            ("self_attn.k_proj", b.wk.dense()?),
+            ("self_attn.v_proj", b.wv.dense()?),
+            ("self_attn.o_proj", b.wo.dense()?),
             ("post_attention_layernorm", &b.mlp_norm),
-            ("mlp.gate_proj", &b.w_gate),
-            ("mlp.up_proj", &b.w_up),
-            ("mlp.down_proj", &b.w_down),
+            ("mlp.gate_proj", b.w_gate.dense()?),
+            ("mlp.up_proj", b.w_up.dense()?),
+            ("mlp.down_proj", b.w_down.dense()?),
         ] {
             t.insert(format!("{p}.{n}.weight"), w.clone());
         }
@@ -437,7 +510,7 @@ pub fn save_hf_dir(llama: &Llama, tokenizer: &ModelTokenizer, dir: &Path) -> Res
             t.insert(format!("{p}.self_attn.k_norm.weight"), kn.clone());
         }
         if let Some(bias) = &b.qkv_bias {
-            let (q, kv) = (b.wq.dim(0)?, b.wk.dim(0)?);
+            let (q, kv) = (b.wq.dims()?.0, b.wk.dims()?.0);
             for (n, start, len) in [("q", 0, q), ("k", q, kv), ("v", q + kv, kv)] {
                 t.insert(
                     format!("{p}.self_attn.{n}_proj.bias"),

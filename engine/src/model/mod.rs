@@ -8,6 +8,7 @@ pub mod fast;
 pub mod hf_config;
 pub mod llama;
 pub mod load;
+pub mod mat;
 pub mod ops;
 pub mod weights;
 

@@ -23,6 +23,9 @@ pub struct Census {
     pub block_matrices: u64,
     /// Every other element (embeddings, unembedding, norms, biases).
     pub other: u64,
+    /// Bytes of the blocks' matrices kept as the file stores them (quantized blocks as they
+    /// are, float ones as f32); none for files that hold no quantized blocks.
+    pub block_quantized_bytes: Option<u64>,
     /// The file's storage types, most common first (`Q4_1`, `F32+BF16`, …).
     pub stored_as: String,
 }
@@ -31,6 +34,15 @@ impl Census {
     /// Bytes on the device with the blocks' matrices as `dtype` and the rest f32.
     pub fn bytes(&self, dtype: DType) -> u64 {
         self.block_matrices * dtype.size_in_bytes() as u64 + self.other * 4
+    }
+
+    /// Bytes on the device with the blocks' matrices as `w` (`auto` as f32; quantized as the
+    /// file stores them, or as f32 when it holds no quantized blocks).
+    pub fn bytes_as(&self, w: WeightDType) -> u64 {
+        match (w, self.block_quantized_bytes) {
+            (WeightDType::Quantized, Some(q)) => q + self.other * 4,
+            _ => self.bytes(dtype_of(w)),
+        }
     }
 
     fn add(&mut self, name: &str, elems: u64, kinds: &mut BTreeMap<String, u64>, kind: String) {
@@ -70,13 +82,27 @@ pub fn census_gguf(content: &gguf_file::Content) -> Census {
     let mut c = Census {
         block_matrices: 0,
         other: 0,
+        block_quantized_bytes: None,
         stored_as: String::new(),
     };
     let mut kinds = BTreeMap::new();
+    let mut quantized = 0u64;
+    let mut any = false;
     for (name, info) in &content.tensor_infos {
-        let kind = format!("{:?}", info.ggml_dtype).to_uppercase();
-        c.add(name, info.shape.elem_count() as u64, &mut kinds, kind);
+        let t = info.ggml_dtype;
+        let elems = info.shape.elem_count();
+        if is_block_matrix(name) {
+            quantized += if super::mat::is_quantized(t) {
+                any = true;
+                (elems / t.block_size() * t.type_size()) as u64
+            } else {
+                elems as u64 * 4
+            };
+        }
+        let kind = format!("{t:?}").to_uppercase();
+        c.add(name, elems as u64, &mut kinds, kind);
     }
+    c.block_quantized_bytes = any.then_some(quantized);
     c.finish(kinds)
 }
 
@@ -85,6 +111,7 @@ pub fn census_safetensors(files: &[PathBuf]) -> Result<Census> {
     let mut c = Census {
         block_matrices: 0,
         other: 0,
+        block_quantized_bytes: None,
         stored_as: String::new(),
     };
     let mut kinds = BTreeMap::new();
@@ -152,7 +179,7 @@ pub fn available(dev: &Device, limit: Option<u64>) -> Option<u64> {
 /// The candle type of a weight type (`auto` as f32).
 pub fn dtype_of(d: WeightDType) -> DType {
     match d {
-        WeightDType::Auto | WeightDType::F32 => DType::F32,
+        WeightDType::Auto | WeightDType::F32 | WeightDType::Quantized => DType::F32,
         WeightDType::Bf16 => DType::BF16,
         WeightDType::F16 => DType::F16,
     }
@@ -168,25 +195,37 @@ pub fn choose(
     path: &Path,
 ) -> Result<WeightDType> {
     let fits = |d: WeightDType, share: f64| {
-        avail.is_none_or(|a| census.bytes(dtype_of(d)) as f64 <= share * a as f64)
+        avail.is_none_or(|a| census.bytes_as(d) as f64 <= share * a as f64)
     };
+    let quantized = census.block_quantized_bytes.is_some();
     let chosen = match requested {
         WeightDType::Auto if fits(WeightDType::F32, 0.6) => WeightDType::F32,
+        WeightDType::Auto if quantized => WeightDType::Quantized,
         WeightDType::Auto => WeightDType::Bf16,
+        WeightDType::Quantized if !quantized => {
+            return Err(EngineError::Invalid(format!(
+                "{}: --dtype quantized keeps a GGUF file's quantized blocks, and this model has \
+                 none (use f32, bf16 or f16)",
+                path.display()
+            )));
+        }
         d => d,
     };
     if fits(chosen, 0.9) {
         return Ok(chosen);
     }
-    let need = census.bytes(dtype_of(chosen));
-    let hint = if chosen == WeightDType::F32 && fits(WeightDType::Bf16, 0.9) {
+    let need = census.bytes_as(chosen);
+    let smaller = [WeightDType::Quantized, WeightDType::Bf16]
+        .into_iter()
+        .filter(|d| *d != chosen && (quantized || *d != WeightDType::Quantized))
+        .find(|d| census.bytes_as(*d) < need && fits(*d, 0.9));
+    let hint = smaller.map_or_else(String::new, |d| {
         format!(
-            "; with --dtype bf16 they need {}",
-            human_bytes(census.bytes(DType::BF16))
+            "; with --dtype {} they need {}",
+            d.name(),
+            human_bytes(census.bytes_as(d))
         )
-    } else {
-        String::new()
-    };
+    });
     Err(EngineError::Invalid(format!(
         "{}: the weights need {} as {} but only {} of memory is available for them{hint}",
         path.display(),
@@ -203,20 +242,12 @@ pub fn bytes_of(llama: &super::Llama) -> u64 {
         .blocks
         .iter()
         .map(|b| {
-            [
-                &b.attn_norm,
-                &b.wq,
-                &b.wk,
-                &b.wv,
-                &b.wo,
-                &b.mlp_norm,
-                &b.w_gate,
-                &b.w_up,
-                &b.w_down,
-            ]
-            .into_iter()
-            .map(size)
-            .sum::<u64>()
+            [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]
+                .into_iter()
+                .map(super::mat::Mat::bytes)
+                .sum::<u64>()
+                + size(&b.attn_norm)
+                + size(&b.mlp_norm)
                 + b.qkv_bias.as_ref().map_or(0, size)
                 + b.qk_norm.as_ref().map_or(0, |(q, k)| size(q) + size(k))
         })

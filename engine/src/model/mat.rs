@@ -1,0 +1,211 @@
+//! A block's projection matrix: dense (f32, bf16, f16) or kept in a GGUF file's quantized
+//! blocks, whose products run straight from the blocks (candle's `QMatMul` kernels: no full
+//! dequantization). A quantized product has a backward pass for the input alone: a new word's
+//! gradient needs `grad · W`, computed by dequantizing that one matrix for the moment it is used.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+
+use super::ops::linear;
+use crate::error::{EngineError, Result};
+
+/// A projection matrix (out, in).
+#[derive(Debug, Clone)]
+pub enum Mat {
+    /// A dense tensor.
+    Dense(Tensor),
+    /// Quantized blocks as stored in the GGUF file.
+    Quant(Arc<QTensor>),
+}
+
+impl Mat {
+    /// (out, in).
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            Self::Dense(t) => t.dims2()?,
+            Self::Quant(q) => q.shape().dims2()?,
+        })
+    }
+
+    /// The dense tensor; an error for quantized blocks (a pass that needs dense weights).
+    pub fn dense(&self) -> Result<&Tensor> {
+        match self {
+            Self::Dense(t) => Ok(t),
+            Self::Quant(q) => Err(EngineError::Invalid(format!(
+                "this computation needs dense weights, the model holds {:?} blocks (load it \
+                 with --dtype f32, bf16 or f16)",
+                q.dtype()
+            ))),
+        }
+    }
+
+    /// Bytes it takes.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Self::Dense(t) => (t.elem_count() * t.dtype().size_in_bytes()) as u64,
+            Self::Quant(q) => q.storage_size_in_bytes() as u64,
+        }
+    }
+
+    /// Whether it is dense and of `dtype`.
+    pub fn is_dense(&self, dtype: DType) -> bool {
+        matches!(self, Self::Dense(t) if t.dtype() == dtype)
+    }
+
+    /// `x @ Wᵀ` for `x` of shape (…, in), in f32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => Ok(linear(x, w)?),
+            Self::Quant(q) => {
+                let dims = x.dims();
+                let inner = dims[dims.len() - 1];
+                let rows: usize = dims[..dims.len() - 1].iter().product();
+                let y = x
+                    .reshape((rows, inner))?
+                    .contiguous()?
+                    .apply_op1(QuantLinear { q: q.clone() })?;
+                let mut out = dims[..dims.len() - 1].to_vec();
+                out.push(q.shape().dims2()?.0);
+                Ok(y.reshape(out)?)
+            }
+        }
+    }
+}
+
+/// Whether a GGUF tensor type stays quantized (float types are read as dense tensors).
+pub fn is_quantized(t: GgmlDType) -> bool {
+    !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
+/// The product with quantized blocks, with a backward pass for the input. Written here because
+/// candle's quantized product has none (it is an inference-only op).
+struct QuantLinear {
+    q: Arc<QTensor>,
+}
+
+impl CustomOp1 for QuantLinear {
+    fn name(&self) -> &'static str {
+        "quantized-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.q.cpu_fwd(storage, layout)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.q.cuda_fwd(storage, layout)
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        // The matrix is dequantized only for this product and dropped right after.
+        let w = self.q.dequantize(grad.device())?;
+        Ok(Some(grad.matmul(&w)?))
+    }
+}
+
+/// Several matrices applied to one input with their outputs side by side: the stacked q/k/v and
+/// gate/up projections. Dense ones are one concatenated matrix (one product); quantized ones
+/// stay separate (their blocks cannot be concatenated across types).
+#[derive(Debug, Clone)]
+pub enum Stack {
+    /// One dense matrix, the parts' rows concatenated.
+    Fused(Tensor),
+    /// The parts.
+    Parts(Vec<Mat>),
+}
+
+impl Stack {
+    /// `x @ [W₁; W₂; …]ᵀ`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Fused(w) => Ok(linear(x, w)?),
+            Self::Parts(parts) => {
+                let ys = parts
+                    .iter()
+                    .map(|m| m.forward(x))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&ys, candle_core::D::Minus1)?)
+            }
+        }
+    }
+
+    /// The fused dense matrix; an error for quantized parts.
+    pub fn dense(&self) -> Result<&Tensor> {
+        match self {
+            Self::Fused(w) => Ok(w),
+            Self::Parts(p) => Err(p
+                .iter()
+                .find_map(|m| m.dense().err())
+                .unwrap_or_else(|| EngineError::Invalid("unfused dense projections".into()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>());
+        let s = b.abs().and_then(|s| s.max_all()?.to_scalar::<f32>());
+        d.unwrap_or(f32::NAN) / s.unwrap_or(f32::NAN)
+    }
+
+    /// Every supported quantization: the product straight from the blocks against the dense
+    /// product with the same (dequantized) weights, and the input gradient against autograd's.
+    #[test]
+    fn quantized_products_and_gradients_match_the_dequantized_weights() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (64, 256), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (3, 5, 256), &dev)?;
+        for t in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
+            let q = Arc::new(QTensor::quantize(&w, t)?);
+            let deq = Mat::Dense(q.dequantize(&dev)?);
+            let quant = Mat::Quant(q);
+            let (a, b) = (quant.forward(&x)?, deq.forward(&x)?);
+            assert_eq!(a.dims(), &[3, 5, 64]);
+            // The kernels quantize the activations to 8 bits per block too.
+            let r = rel(&a, &b);
+            assert!(r < 0.02, "{t:?}: product differs by {r} of its range");
+            let v = Var::from_tensor(&x)?;
+            let ga = quant.forward(v.as_tensor())?.sqr()?.sum_all()?.backward()?;
+            let gb = deq.forward(v.as_tensor())?.sqr()?.sum_all()?.backward()?;
+            let (ga, gb) = (
+                ga.get(v.as_tensor())
+                    .ok_or_else(|| EngineError::Invalid("no grad".into()))?,
+                gb.get(v.as_tensor())
+                    .ok_or_else(|| EngineError::Invalid("no grad".into()))?,
+            );
+            let r = rel(ga, gb);
+            assert!(
+                r < 0.04,
+                "{t:?}: input gradient differs by {r} of its range"
+            );
+        }
+        Ok(())
+    }
+}
