@@ -194,16 +194,16 @@ impl Llama {
         for b in &mut blocks {
             // Dense matrices of one type become one matrix each (the blocks keep views of
             // it); quantized ones stay apart.
-            let fuse = |parts: [&Mat; 3]| -> Result<Option<Tensor>> {
+            let fuse = |parts: &[&Mat]| -> Result<Option<Tensor>> {
                 let dense: Vec<&Tensor> = parts.iter().filter_map(|p| p.dense().ok()).collect();
                 let one_type = dense.windows(2).all(|w| w[0].dtype() == w[1].dtype());
-                Ok(if dense.len() == 3 && one_type {
+                Ok(if dense.len() == parts.len() && one_type {
                     Some(Tensor::cat(&dense, 0)?)
                 } else {
                     None
                 })
             };
-            let qkv = match fuse([&b.wq, &b.wk, &b.wv])? {
+            let qkv = match fuse(&[&b.wq, &b.wk, &b.wv])? {
                 Some(w) => {
                     b.wq = Mat::Dense(w.narrow(0, 0, q)?);
                     b.wk = Mat::Dense(w.narrow(0, q, kv)?);
@@ -212,9 +212,8 @@ impl Llama {
                 }
                 None => Stack::Parts(vec![b.wq.clone(), b.wk.clone(), b.wv.clone()]),
             };
-            let gate_up = match fuse([&b.w_gate, &b.w_up, &b.w_up])? {
-                Some(_) => {
-                    let w = Tensor::cat(&[b.w_gate.dense()?, b.w_up.dense()?], 0)?;
+            let gate_up = match fuse(&[&b.w_gate, &b.w_up])? {
+                Some(w) => {
                     b.w_gate = Mat::Dense(w.narrow(0, 0, m)?);
                     b.w_up = Mat::Dense(w.narrow(0, m, m)?);
                     Stack::Fused(w)

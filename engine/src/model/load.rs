@@ -175,10 +175,10 @@ fn block_mat(
                 let row = cols / t.block_size() * t.type_size();
                 let (hd, half) = (rows / h, rows / h / 2);
                 let mut out = vec![0u8; data.len()];
-                for (head, j, i) in
-                    (0..h).flat_map(|a| (0..2).flat_map(move |b| (0..half).map(move |c| (a, b, c))))
-                {
-                    let (new, old) = (head * hd + j * half + i, head * hd + i * 2 + j);
+                for new in 0..rows {
+                    // New row (head, j, i) comes from old row (head, i, j) of (h, hd/2, 2).
+                    let (head, r) = (new / hd, new % hd);
+                    let old = head * hd + (r % half) * 2 + r / half;
                     out[new * row..(new + 1) * row]
                         .copy_from_slice(&data[old * row..(old + 1) * row]);
                 }
