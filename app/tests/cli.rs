@@ -7,7 +7,7 @@
 mod common;
 
 use candle_core::Device;
-use neoscope_engine::model::load::save_hf_dir;
+use neoscope_engine::model::save_hf_dir;
 use neoscope_engine::tiny::tiny_model;
 
 use common::{neoscope, served, with_served_engine};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use candle_core::Device;
 use neoscope_api::wire::{self, Hello, ServerFrame, WIRE_VERSION};
-use neoscope_engine::model::load::save_hf_dir;
+use neoscope_engine::model::save_hf_dir;
 use neoscope_engine::tiny::tiny_model;
 
 use common::{neoscope_on as neoscope, serve};

@@ -12,7 +12,7 @@ use egui_kittest::kittest::Queryable;
 use neoscope::gui::{
     EmbedPanel, InjectPanel, MfaPanel, ModelPanel, NeoApp, Playground, WordsPanel,
 };
-use neoscope_engine::model::load::save_hf_dir;
+use neoscope_engine::model::save_hf_dir;
 use neoscope_engine::tiny::tiny_model;
 use neoscope_engine::worker::{DeviceChoice, EngineOptions};
 

@@ -41,11 +41,75 @@ pub struct LlamaConfig {
     /// Width of one head when it is not `hidden_size / num_attention_heads`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
-    /// Sliding-window attention span (Mistral): each token sees at most this many tokens,
-    /// itself included. Sequences up to this length are computed exactly; longer ones are
-    /// refused (see `n_ctx`).
+    /// Sliding-window attention span: a token sees at most this many tokens, itself included,
+    /// in the layers `arch.sliding_layers` names (all of them when empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
+    /// How the family's blocks differ from Llama's (Gemma, Phi-3, GPT-2); set by the loaders
+    /// from what they checked, never read raw from `config.json`.
+    #[serde(default, skip_serializing_if = "Arch::is_llama")]
+    pub arch: Arch,
+}
+
+/// Normalisation layers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NormKind {
+    /// RMSNorm `x / rms(x) · w` (Gemma's `(1 + w)` is folded into `w` when loading).
+    #[default]
+    Rms,
+    /// LayerNorm `(x − mean) / std · w + b` (GPT-2).
+    Layer,
+}
+
+/// MLP activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Act {
+    /// SiLU (Llama, Mistral, Qwen, Phi-3).
+    #[default]
+    Silu,
+    /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`, GPT-2's `gelu_new`).
+    GeluTanh,
+}
+
+/// The ways a family's computation departs from Llama's; the default is Llama.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Arch {
+    /// Normalisation layers.
+    pub norm: NormKind,
+    /// MLP activation.
+    pub act: Act,
+    /// A plain MLP `down(act(up(x)))` instead of the gated `down(act(gate(x)) · up(x))` (GPT-2).
+    pub plain_mlp: bool,
+    /// Biases on every projection and norm (GPT-2).
+    pub biases: bool,
+    /// Learned absolute position embeddings instead of RoPE (GPT-2).
+    pub learned_positions: bool,
+    /// Token embeddings multiplied by this (Gemma: √d_model, rounded to f32).
+    pub embed_scale: Option<f64>,
+    /// Attention scores scaled by `query_pre_attn_scalar^-½` instead of `d_head^-½` (Gemma 2/3).
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Attention scores soft-capped: `c · tanh(s / c)` (Gemma 2).
+    pub attn_softcap: Option<f64>,
+    /// Logits soft-capped: `c · tanh(z / c)` (Gemma 2).
+    pub final_softcap: Option<f64>,
+    /// Norms after attention and after the MLP as well as before (Gemma 2/3).
+    pub sandwich_norms: bool,
+    /// Per layer, whether it attends through `sliding_window`; empty means every layer does
+    /// when a window is set (Mistral, Phi-3), otherwise it alternates (Gemma 2/3).
+    pub sliding_layers: Vec<bool>,
+    /// RoPE base of the sliding-window layers, unscaled (Gemma 3); `None`: as the others.
+    pub rope_local_theta: Option<f64>,
+    /// Per-head q/k RMSNorm before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Biases on the q/k/v projections only (Qwen2).
+    pub qkv_bias: bool,
+}
+
+impl Arch {
+    /// Whether this is plain Llama's computation.
+    pub fn is_llama(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// RoPE frequency scaling as transformers defines it (`rope_scaling.rope_type`).
@@ -166,23 +230,26 @@ impl LlamaConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// Whether the query/key/value projections carry biases (Qwen2).
+    /// Whether the query/key/value projections carry biases (Qwen2, GPT-2).
     pub fn qkv_bias(&self) -> bool {
-        self.model_type == "qwen2"
+        self.arch.qkv_bias || self.arch.biases
     }
 
-    /// Whether queries and keys are RMS-normalised per head before RoPE (Qwen3).
+    /// Whether queries and keys are RMS-normalised per head before RoPE (Qwen3, Gemma 3).
     pub fn qk_norm(&self) -> bool {
-        self.model_type == "qwen3"
+        self.arch.qk_norm
     }
 
-    /// The longest sequence computed exactly: the context, or the sliding window when it is
-    /// shorter (within the window, sliding-window attention equals full causal attention).
+    /// The longest sequence: the model's context.
     pub fn n_ctx(&self) -> usize {
-        self.sliding_window
-            .map_or(self.max_position_embeddings, |w| {
-                w.min(self.max_position_embeddings)
-            })
+        self.max_position_embeddings
+    }
+
+    /// The attention span of layer `l` (itself included), when it is a sliding-window layer.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        let w = self.sliding_window?;
+        let sliding = &self.arch.sliding_layers;
+        (sliding.is_empty() || sliding.get(l).copied().unwrap_or(false)).then_some(w)
     }
 
     /// Checks the configuration before any tensor is shaped by it: positive sizes, divisibility,
@@ -213,6 +280,27 @@ impl LlamaConfig {
         }
         if let Some(s) = &self.rope_scaling {
             s.validate()?;
+        }
+        let a = &self.arch;
+        for (name, v) in [
+            ("embedding scale", a.embed_scale),
+            ("query_pre_attn_scalar", a.query_pre_attn_scalar),
+            ("attn_logit_softcapping", a.attn_softcap),
+            ("final_logit_softcapping", a.final_softcap),
+            ("rope_local_base_freq", a.rope_local_theta),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err(format!("`{name}` = {v} must be a finite number > 0"));
+            }
+        }
+        if !a.sliding_layers.is_empty() && a.sliding_layers.len() != self.num_hidden_layers {
+            return Err(format!(
+                "{} layer types given for {} layers",
+                a.sliding_layers.len(),
+                self.num_hidden_layers
+            ));
         }
         // The RoPE tables hold n_ctx × d_head/2 numbers each.
         const MAX_TABLE: usize = 1 << 27;

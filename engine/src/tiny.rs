@@ -34,6 +34,7 @@ pub fn tiny_config() -> LlamaConfig {
         rope_scaling: None,
         head_dim: None,
         sliding_window: None,
+        arch: Default::default(),
     }
 }
 
@@ -101,11 +102,12 @@ pub fn tiny_model(seed: u64, dev: &Device) -> Result<LoadedModel> {
             wv: Mat::Dense(randn(&mut rng, &[kv, d], 0.2, dev)?),
             wo: Mat::Dense(randn(&mut rng, &[d, q], 0.2, dev)?),
             mlp_norm: norm_weight(&mut rng, d, dev)?,
-            w_gate: Mat::Dense(randn(&mut rng, &[m, d], 0.2, dev)?),
+            w_gate: Some(Mat::Dense(randn(&mut rng, &[m, d], 0.2, dev)?)),
             w_up: Mat::Dense(randn(&mut rng, &[m, d], 0.2, dev)?),
             w_down: Mat::Dense(randn(&mut rng, &[d, m], 0.2, dev)?),
             qkv_bias: None,
             qk_norm: None,
+            extra: Default::default(),
         });
     }
     let final_norm = norm_weight(&mut rng, d, dev)?;

@@ -2,9 +2,10 @@
 //! written by transformers (`tests/fixtures/mkmodels.py`) with its logits and every layer's
 //! `hook_resid_post` for two prompts. Both of Neoscope's passes are checked (the hand-written
 //! CPU pass used when nothing is hooked, and the hooked candle pass), one prompt at a time and
-//! as a left-padded batch; then the words' hand gradient against autograd on two families;
-//! then refusals: a config asking for math that is not implemented, a tensor left over, a
-//! sequence past Mistral's sliding window.
+//! as a left-padded batch, and through the KV cache; sliding windows shorter than the prompt
+//! (Mistral, Phi-3, Gemma 2/3); then the words' hand gradient against autograd on two families
+//! and autograd against finite differences on Gemma 2 and GPT-2; then refusals: a config asking
+//! for math that is not implemented, a tensor left over.
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use std::collections::HashMap;
@@ -16,15 +17,34 @@ use neoscope_engine::model::{Batch, LoadedModel, PadSide, load_model};
 use neoscope_engine::words::train::{ScoredSeq, scored_seq, seq_logprobs};
 use neoscope_engine::words::{Init, Injection, Word, grad};
 
-const CASES: [&str; 5] = [
+const CASES: [&str; 10] = [
     "llama3",
     "llama_linear_head_dim",
     "mistral",
     "qwen2",
     "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "phi3",
+    "gpt2",
 ];
-/// Logits and residuals here span about ±20; f32 summation-order differences are ~1e-6.
+/// Logits and residuals here span about ±20 (Gemma's residual stream ±170, its embedding being
+/// scaled by √d); f32 summation-order differences are ~1e-6 of that.
 const TOL: f32 = 1e-4;
+
+/// The tolerance for comparing with `want`: `TOL` on the ±20 scale, proportionally more on a
+/// larger one.
+fn tol(want: &Tensor) -> f32 {
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    TOL * (scale / 20.0).max(1.0)
+}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -96,8 +116,12 @@ fn every_family_matches_transformers_logits_and_residuals() {
             assert!(d < TOL, "{name} prompt {j}: hooked logits differ by {d}");
             for l in 0..m.llama.cfg.num_hidden_layers {
                 let got = out.captures[&HookPoint::ResidPost(l)].i(0).unwrap();
-                let d = max_diff(&got, &e.tensors[&format!("p{j}.resid_post.{l}")]);
-                assert!(d < TOL, "{name} prompt {j}: resid_post {l} differs by {d}");
+                let want = &e.tensors[&format!("p{j}.resid_post.{l}")];
+                let d = max_diff(&got, want);
+                assert!(
+                    d < tol(want),
+                    "{name} prompt {j}: resid_post {l} differs by {d}"
+                );
             }
         }
         // Both prompts as one left-padded batch, compared at the real positions.
@@ -214,21 +238,65 @@ fn unimplemented_math_is_refused_by_name() {
     let no_bias = edited("qwen2", |v| v["model_type"] = "llama".into());
     let e = load_error(no_bias.path());
     assert!(e.contains("_proj.bias"), "{e}");
-    let gpt2 = edited("llama3", |v| v["model_type"] = "gpt2".into());
-    assert!(load_error(gpt2.path()).contains("gpt2"));
+    let neox = edited("llama3", |v| v["model_type"] = "gpt_neox".into());
+    assert!(load_error(neox.path()).contains("gpt_neox"));
+    // Gemma 2 read as Gemma 1: its post-MLP norms are left over, refused by name.
+    let g1 = edited("gemma2", |v| {
+        v["model_type"] = "gemma".into();
+        for k in [
+            "query_pre_attn_scalar",
+            "attn_logit_softcapping",
+            "final_logit_softcapping",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+    });
+    let e = load_error(g1.path());
+    assert!(e.contains("layer_types"), "{e}");
+    let g1 = edited("gemma2", |v| {
+        v["model_type"] = "gemma".into();
+        for k in [
+            "query_pre_attn_scalar",
+            "attn_logit_softcapping",
+            "final_logit_softcapping",
+            "layer_types",
+            "sliding_window",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+    });
+    let e = load_error(g1.path());
+    assert!(e.contains("feedforward_layernorm"), "{e}");
+    let soft = edited("llama3", |v| v["final_logit_softcapping"] = 30.0.into());
+    assert!(load_error(soft.path()).contains("final_logit_softcapping"));
     let act = edited("mistral", |v| v["hidden_act"] = "gelu_pytorch_tanh".into());
     assert!(load_error(act.path()).contains("hidden_act"));
 }
 
 #[test]
-fn mistral_past_its_sliding_window_is_refused_not_miscomputed() {
-    let m = load_model(&fixture("mistral"), &Device::Cpu).unwrap();
-    assert_eq!(m.info.dims.n_ctx, 24);
-    let ids: Vec<u32> = (0..30).collect();
-    let b = Batch::new(&[ids], PadSide::Left, &Device::Cpu).unwrap();
-    for hooks in [HookSpec::default(), all_resid_post(&m)] {
-        let e = m.llama.forward(&b, &hooks, None).unwrap_err().to_string();
-        assert!(e.contains("24"), "{e}");
+fn sliding_windows_shorter_than_the_prompt_matter() {
+    // The fixtures' windows (6 or 8 tokens) are shorter than the 21-token prompt, so the
+    // matches above cover them; here, the same models with the window removed are far off.
+    for name in ["mistral", "gemma2", "phi3"] {
+        let m = load_model(&fixture(name), &Device::Cpu).unwrap();
+        assert!(m.llama.cfg.sliding_window.is_some_and(|w| w < 21), "{name}");
+        let e = expected(name);
+        let mut cfg = m.llama.cfg.clone();
+        cfg.sliding_window = None;
+        let l = &m.llama;
+        let full = neoscope_engine::model::Llama::with_extra(
+            cfg,
+            l.embed.clone(),
+            l.blocks.clone(),
+            l.final_norm.clone(),
+            l.lm_head.clone(),
+            l.extra.clone(),
+        )
+        .unwrap();
+        let b = Batch::new(&e.prompts[..1], PadSide::Left, &Device::Cpu).unwrap();
+        let out = full.forward(&b, &all_resid_post(&m), None).unwrap();
+        let d = max_diff(&out.logits.i(0).unwrap(), &e.tensors["p0.logits"]);
+        assert!(d > 1e-2, "{name}: full attention should differ, got {d}");
     }
 }
 

@@ -5,7 +5,7 @@
 use candle_core::{Device, IndexOp, Tensor};
 use neoscope_engine::hooks::{HookPoint, HookSpec, Intervention, InterventionOp, Positions};
 use neoscope_engine::infer::{GenerateOptions, generate};
-use neoscope_engine::model::load::save_hf_dir;
+use neoscope_engine::model::save_hf_dir;
 use neoscope_engine::model::{Batch, KvCache, LoadedModel, PadSide, load_model};
 use neoscope_engine::sampling::Sampling;
 use neoscope_engine::tiny::tiny_model;

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use super::Llama;
 use super::batch::Batch;
 use super::cpu::{CpuView, matmul, rms_norm_rows, rope_head};
+use crate::config::Arch;
 use crate::error::{EngineError, Result};
 
 #[derive(Clone, Copy)]
@@ -201,11 +202,18 @@ impl KeySource<'_> {
 
 /// Whether the hand-written pass can run this model: f32 weights on the CPU.
 pub fn supported(m: &Llama) -> bool {
-    // Per-head q/k norms (Qwen3) are not written here: such models take the candle pass.
+    // Written here: Llama's block and Qwen2's q/k/v biases, full causal attention. Everything
+    // else (q/k norms, other families' parts, sliding windows shorter than the context) takes
+    // the candle pass.
+    let arch = Arch {
+        qkv_bias: m.cfg.arch.qkv_bias,
+        ..Arch::default()
+    };
     m.device().is_cpu()
         && m.embed.dtype() == DType::F32
         && m.blocks_are(DType::F32)
-        && !m.cfg.qk_norm()
+        && m.cfg.arch == arch
+        && m.cfg.sliding_window.is_none_or(|w| w >= m.cfg.n_ctx())
 }
 
 /// Logits (B, T, vocab) of a batch from its input embeddings (B, T, d_model), no hooks, no

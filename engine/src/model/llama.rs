@@ -1,8 +1,11 @@
-//! Our hooked Llama-family transformer: logits at every position, captures and interventions at
-//! TransformerLens-named hook points, padded batches, and a KV cache for generation.
+//! Our hooked decoder-only transformer: logits at every position, captures and interventions at
+//! TransformerLens-named hook points, padded batches, and a KV cache for generation. The block
+//! is Llama's; what other families change (`config::Arch`: Gemma's scaled embedding, sandwich
+//! norms, GeGLU, soft-capping and alternating sliding windows, GPT-2's LayerNorm, biases and
+//! learned positions, Qwen's biases and q/k norms) is switched on per model.
 //!
-//! Weights are plain f32 tensors in Hugging Face layout (q/k rows in rotate-half order). All
-//! ops are differentiable compositions (see `ops`), so a trainable input gets real gradients.
+//! Weights are in Hugging Face layout (q/k rows in rotate-half order). All ops are
+//! differentiable compositions (see `ops`), so a trainable input gets real gradients.
 
 use std::collections::BTreeMap;
 
@@ -10,11 +13,12 @@ use candle_core::{D, DType, Device, Tensor};
 
 use super::batch::Batch;
 use super::cache::KvCache;
+use super::intervene::{ResolvedIntervention, apply};
 use super::mat::{Mat, Stack};
-use super::ops::{linear, rms_norm, rope, softmax_last};
-use crate::config::LlamaConfig;
+use super::ops::{layer_norm, linear, rms_norm, rope, softcap, softmax_last};
+use crate::config::{Act, LlamaConfig, NormKind, RopeScaling};
 use crate::error::{EngineError, Result};
-use crate::hooks::{HookPoint, HookSpec, InterventionOp, Positions};
+use crate::hooks::{HookPoint, HookSpec};
 
 /// Added to attention scores of masked keys (finite so that fully masked padding rows stay
 /// finite; `exp` of it underflows to exactly zero).
@@ -35,17 +39,45 @@ pub struct Block {
     pub wo: Mat,
     /// RMSNorm before the MLP.
     pub mlp_norm: Tensor,
-    /// Gate projection (d_mlp, d_model).
-    pub w_gate: Mat,
-    /// Up projection (d_mlp, d_model).
+    /// Gate projection (d_mlp, d_model); `None` for a plain MLP (GPT-2).
+    pub w_gate: Option<Mat>,
+    /// Up projection (d_mlp, d_model) (GPT-2's `c_fc`).
     pub w_up: Mat,
     /// Down projection (d_model, d_mlp).
     pub w_down: Mat,
     /// Biases of the stacked query/key/value projection (n_heads·d_head + 2·n_kv_heads·d_head),
     /// present exactly when the configuration asks for them (Qwen2).
     pub qkv_bias: Option<Tensor>,
-    /// Per-head RMSNorm weights (d_head each) of queries and keys before RoPE (Qwen3).
+    /// Per-head RMSNorm weights (d_head each) of queries and keys before RoPE (Qwen3, Gemma 3).
     pub qk_norm: Option<(Tensor, Tensor)>,
+    /// What other families add to the block.
+    pub extra: BlockExtra,
+}
+
+/// Parts of a block that only some families have; each is present exactly when the
+/// configuration's `arch` asks for it (checked in `shapes`).
+#[derive(Debug, Clone, Default)]
+pub struct BlockExtra {
+    /// LayerNorm biases of the attention and MLP norms (GPT-2).
+    pub norm_biases: Option<(Tensor, Tensor)>,
+    /// Output-projection bias (GPT-2).
+    pub o_bias: Option<Tensor>,
+    /// Up-projection bias (GPT-2's `c_fc`).
+    pub up_bias: Option<Tensor>,
+    /// Down-projection bias (GPT-2's MLP `c_proj`).
+    pub down_bias: Option<Tensor>,
+    /// RMSNorms of the attention output and of the MLP output, before each joins the residual
+    /// stream (Gemma 2/3's `post_attention_layernorm`, `post_feedforward_layernorm`).
+    pub post_norms: Option<(Tensor, Tensor)>,
+}
+
+/// Model-level parts that only some families have.
+#[derive(Debug, Clone, Default)]
+pub struct ModelExtra {
+    /// Learned position embeddings (n_ctx, d_model) (GPT-2).
+    pub pos_embed: Option<Tensor>,
+    /// The final LayerNorm's bias (GPT-2).
+    pub final_norm_bias: Option<Tensor>,
 }
 
 /// The whole model.
@@ -61,34 +93,16 @@ pub struct Llama {
     pub final_norm: Tensor,
     /// Output head (d_vocab, d_model); `None` when tied to the embedding.
     pub lm_head: Option<Tensor>,
+    /// Model-level parts of other families.
+    pub extra: ModelExtra,
     /// Per block: the query, key and value projections stacked, (q + 2·kv, d_model), and the
     /// gate and up projections stacked, (2·d_mlp, d_model): one matmul each instead of three
     /// and two. The blocks' own weights are views into these (no second copy).
     fused: Vec<(Stack, Stack)>,
     cos: Tensor,
     sin: Tensor,
-}
-
-/// An intervention resolved into tensors for one batch.
-#[derive(Debug, Clone)]
-pub struct ResolvedIntervention {
-    /// Where.
-    pub point: HookPoint,
-    /// (B, T, 1) selection, u8.
-    pub mask: Tensor,
-    /// What.
-    pub op: ResolvedOp,
-}
-
-/// The tensor form of an [`InterventionOp`]; vectors broadcast to (B, T, d_model).
-#[derive(Debug, Clone)]
-pub enum ResolvedOp {
-    /// `x ← v`.
-    Replace(Tensor),
-    /// `x ← x + v` (scale already applied).
-    Add(Tensor),
-    /// `x ← (1−α)x + αt`.
-    Interpolate(Tensor, f64),
+    /// RoPE tables of the sliding-window layers when their base differs (Gemma 3).
+    local_rope: Option<(Tensor, Tensor)>,
 }
 
 /// Result of a forward pass.
@@ -102,7 +116,8 @@ pub struct ForwardOutput {
 }
 
 impl Llama {
-    /// Assembles a model from weights, checking every shape against the configuration.
+    /// Assembles a Llama-style model from weights, checking every shape against the
+    /// configuration.
     pub fn new(
         cfg: LlamaConfig,
         embed: Tensor,
@@ -110,85 +125,30 @@ impl Llama {
         final_norm: Tensor,
         lm_head: Option<Tensor>,
     ) -> Result<Self> {
+        Self::with_extra(
+            cfg,
+            embed,
+            blocks,
+            final_norm,
+            lm_head,
+            ModelExtra::default(),
+        )
+    }
+
+    /// Assembles a model of any family from weights, checking every shape and part against
+    /// the configuration.
+    pub fn with_extra(
+        cfg: LlamaConfig,
+        embed: Tensor,
+        blocks: Vec<Block>,
+        final_norm: Tensor,
+        lm_head: Option<Tensor>,
+        extra: ModelExtra,
+    ) -> Result<Self> {
         cfg.validate().map_err(EngineError::Invalid)?;
-        let (d, hd) = (cfg.hidden_size, cfg.head_dim());
-        let (q, kv, m) = (
-            cfg.num_attention_heads * hd,
-            cfg.kv_heads() * hd,
-            cfg.intermediate_size,
-        );
-        let check = |name: String, t: &Tensor, want: &[usize]| -> Result<()> {
-            if t.dims() == want {
-                Ok(())
-            } else {
-                Err(EngineError::Invalid(format!(
-                    "weight {name} has shape {:?}, expected {want:?}",
-                    t.dims()
-                )))
-            }
-        };
-        check("embedding".into(), &embed, &[cfg.vocab_size, d])?;
-        check("final norm".into(), &final_norm, &[d])?;
-        if let Some(h) = &lm_head {
-            check("output head".into(), h, &[cfg.vocab_size, d])?;
-        }
-        if blocks.len() != cfg.num_hidden_layers {
-            return Err(EngineError::Invalid(format!(
-                "{} blocks given, config says {}",
-                blocks.len(),
-                cfg.num_hidden_layers
-            )));
-        }
-        for (l, b) in blocks.iter().enumerate() {
-            check(format!("blocks.{l}.attn_norm"), &b.attn_norm, &[d])?;
-            let check_mat = |name: &str, w: &Mat, want: (usize, usize)| -> Result<()> {
-                let got = w.dims()?;
-                if got == want {
-                    Ok(())
-                } else {
-                    Err(EngineError::Invalid(format!(
-                        "weight blocks.{l}.{name} has shape {got:?}, expected {want:?}"
-                    )))
-                }
-            };
-            check_mat("wq", &b.wq, (q, d))?;
-            check_mat("wk", &b.wk, (kv, d))?;
-            check_mat("wv", &b.wv, (kv, d))?;
-            check_mat("wo", &b.wo, (d, q))?;
-            check(format!("blocks.{l}.mlp_norm"), &b.mlp_norm, &[d])?;
-            check_mat("w_gate", &b.w_gate, (m, d))?;
-            check_mat("w_up", &b.w_up, (m, d))?;
-            check_mat("w_down", &b.w_down, (d, m))?;
-            match (&b.qkv_bias, cfg.qkv_bias()) {
-                (Some(bias), true) => check(format!("blocks.{l}.qkv_bias"), bias, &[q + 2 * kv])?,
-                (None, false) => {}
-                (Some(_), false) => {
-                    return Err(EngineError::Invalid(format!(
-                        "blocks.{l} has q/k/v biases but model_type `{}` has none",
-                        cfg.model_type
-                    )));
-                }
-                (None, true) => {
-                    return Err(EngineError::Invalid(format!(
-                        "blocks.{l} lacks the q/k/v biases model_type `{}` needs",
-                        cfg.model_type
-                    )));
-                }
-            }
-            match (&b.qk_norm, cfg.qk_norm()) {
-                (Some((qn, kn)), true) => {
-                    check(format!("blocks.{l}.q_norm"), qn, &[hd])?;
-                    check(format!("blocks.{l}.k_norm"), kn, &[hd])?;
-                }
-                (None, false) => {}
-                _ => {
-                    return Err(EngineError::Invalid(format!(
-                        "blocks.{l}: q/k norms present exactly when model_type `{}` has them",
-                        cfg.model_type
-                    )));
-                }
-            }
-        }
+        super::shapes::check(&cfg, &embed, &blocks, &final_norm, lm_head.as_ref(), &extra)?;
+        let (hd, m) = (cfg.head_dim(), cfg.intermediate_size);
+        let (q, kv) = (cfg.num_attention_heads * hd, cfg.kv_heads() * hd);
         let mut blocks = blocks;
         let mut fused = Vec::with_capacity(blocks.len());
         for b in &mut blocks {
@@ -212,26 +172,36 @@ impl Llama {
                 }
                 None => Stack::Parts(vec![b.wq.clone(), b.wk.clone(), b.wv.clone()]),
             };
-            let gate_up = match fuse(&[&b.w_gate, &b.w_up])? {
-                Some(w) => {
-                    b.w_gate = Mat::Dense(w.narrow(0, 0, m)?);
-                    b.w_up = Mat::Dense(w.narrow(0, m, m)?);
-                    Stack::Fused(w)
-                }
-                None => Stack::Parts(vec![b.w_gate.clone(), b.w_up.clone()]),
+            let gate_up = match &b.w_gate {
+                None => Stack::Parts(vec![b.w_up.clone()]),
+                Some(gate) => match fuse(&[gate, &b.w_up])? {
+                    Some(w) => {
+                        b.w_gate = Some(Mat::Dense(w.narrow(0, 0, m)?));
+                        b.w_up = Mat::Dense(w.narrow(0, m, m)?);
+                        Stack::Fused(w)
+                    }
+                    None => Stack::Parts(vec![gate.clone(), b.w_up.clone()]),
+                },
             };
             fused.push((qkv, gate_up));
         }
-        let (cos, sin) = rope_tables(&cfg, embed.device())?;
+        let dev = embed.device();
+        let (cos, sin) = rope_tables(&cfg, cfg.rope_theta, cfg.rope_scaling.as_ref(), dev)?;
+        let local_rope = match cfg.arch.rope_local_theta {
+            Some(base) => Some(rope_tables(&cfg, base, None, dev)?),
+            None => None,
+        };
         Ok(Self {
             cfg,
             embed,
             blocks,
             final_norm,
             lm_head,
+            extra,
             fused,
             cos,
             sin,
+            local_rope,
         })
     }
 
@@ -250,8 +220,9 @@ impl Llama {
     /// Whether every block matrix is dense and of `dtype`.
     pub fn blocks_are(&self, dtype: DType) -> bool {
         self.blocks.iter().all(|b| {
-            [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]
-                .iter()
+            [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_up, &b.w_down]
+                .into_iter()
+                .chain(&b.w_gate)
                 .all(|m| m.is_dense(dtype))
         })
     }
@@ -266,89 +237,33 @@ impl Llama {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Final norm followed by the unembedding: residual (…, d_model) → logits (…, d_vocab).
+    /// The family's final norm followed by its output head: residual (…, d_model) → logits
+    /// (…, d_vocab).
     pub fn project(&self, resid: &Tensor) -> Result<Tensor> {
-        let n = rms_norm(resid, &self.final_norm, self.cfg.rms_norm_eps)?;
-        Ok(linear(&n, self.unembed())?)
+        let n = self.norm(resid, &self.final_norm, self.extra.final_norm_bias.as_ref())?;
+        self.logits(&n)
     }
 
-    /// Turns plain-data hook interventions into tensors for a batch of shape (rows, width).
-    pub fn resolve(
-        &self,
-        spec: &HookSpec,
-        rows: usize,
-        width: usize,
-    ) -> Result<Vec<ResolvedIntervention>> {
-        let d = self.cfg.hidden_size;
-        let dev = self.device();
-        for p in &spec.capture {
-            self.check_point(*p)?;
-        }
-        spec.interventions
-            .iter()
-            .map(|iv| {
-                self.check_point(iv.point)?;
-                iv.op.check_finite().map_err(EngineError::Invalid)?;
-                let mut mask = vec![0u8; rows * width];
-                let mut set = |r: usize, c: usize| -> Result<()> {
-                    if r >= rows || c >= width {
-                        return Err(EngineError::Invalid(format!(
-                            "intervention at {} touches row {r}, position {c}, outside the \
-                             {rows}×{width} batch",
-                            iv.point
-                        )));
-                    }
-                    mask[r * width + c] = 1;
-                    Ok(())
-                };
-                match &iv.positions {
-                    Positions::All => {
-                        (0..rows * width).try_for_each(|i| set(i / width, i % width))?
-                    }
-                    Positions::Columns(cs) => {
-                        for r in 0..rows {
-                            cs.iter().try_for_each(|c| set(r, *c))?;
-                        }
-                    }
-                    Positions::Cells(cells) => cells.iter().try_for_each(|(r, c)| set(*r, *c))?,
-                }
-                let vec_t = |v: &[f32]| -> Result<Tensor> {
-                    if v.len() == d {
-                        Ok(Tensor::from_slice(v, d, dev)?)
-                    } else {
-                        Err(EngineError::Invalid(format!(
-                            "intervention vector at {} has {} values, d_model is {d}",
-                            iv.point,
-                            v.len()
-                        )))
-                    }
-                };
-                let op = match &iv.op {
-                    InterventionOp::Replace(v) => ResolvedOp::Replace(vec_t(v)?),
-                    InterventionOp::Add { vector, scale } => {
-                        ResolvedOp::Add(vec_t(vector)?.affine(f64::from(*scale), 0.0)?)
-                    }
-                    InterventionOp::Interpolate { target, alpha } => {
-                        ResolvedOp::Interpolate(vec_t(target)?, f64::from(*alpha))
-                    }
-                };
-                Ok(ResolvedIntervention {
-                    point: iv.point,
-                    mask: Tensor::from_vec(mask, (rows, width, 1), dev)?,
-                    op,
-                })
-            })
-            .collect()
+    /// The output head on final-normed residuals (…, d_model) → logits (…, d_vocab), with the
+    /// family's logit soft-capping.
+    pub fn logits(&self, normed: &Tensor) -> Result<Tensor> {
+        let z = linear(normed, self.unembed())?;
+        Ok(match self.cfg.arch.final_softcap {
+            Some(c) => softcap(&z, c)?,
+            None => z,
+        })
     }
 
-    fn check_point(&self, p: HookPoint) -> Result<()> {
-        match p.layer() {
-            Some(l) if l >= self.cfg.num_hidden_layers => Err(EngineError::Invalid(format!(
-                "hook point {p}: the model has layers 0..{}",
-                self.cfg.num_hidden_layers - 1
-            ))),
-            _ => Ok(()),
-        }
+    /// The family's norm (RMSNorm or LayerNorm) with weight `w` and, for LayerNorm, bias `b`.
+    pub fn norm(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        Ok(match (self.cfg.arch.norm, b) {
+            (NormKind::Rms, _) => rms_norm(x, w, eps)?,
+            (NormKind::Layer, Some(b)) => layer_norm(x, w, b, eps)?,
+            (NormKind::Layer, None) => {
+                return Err(EngineError::Invalid("LayerNorm without a bias".into()));
+            }
+        })
     }
 
     /// Forward pass with plain-data hooks.
@@ -387,7 +302,7 @@ impl Llama {
             });
         }
         let (normed, captures) = self.hidden_embeds(embeds, batch, capture, ivs, cache)?;
-        let logits = linear(&normed, self.unembed())?;
+        let logits = self.logits(&normed)?;
         Ok(ForwardOutput { logits, captures })
     }
 
@@ -453,70 +368,110 @@ impl Llama {
             }
             None => (batch.valid.clone(), batch.positions.clone()),
         };
-        let s = past + t;
-        let mut mask = vec![MASKED; b * t * s];
-        for r in 0..b {
-            for i in 0..t {
-                for j in 0..=(past + i) {
-                    if key_valid[r][j] {
-                        mask[(r * t + i) * s + j] = 0.0;
-                    }
-                }
+        let dev = embeds.device().clone();
+        // One mask per distinct attention span: causal, valid keys only, and within a sliding
+        // window measured in token positions (so padding never counts against the window).
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        for l in 0..self.cfg.num_hidden_layers {
+            let w = self.cfg.window(l);
+            if !masks.iter().any(|(span, _)| *span == w) {
+                masks.push((w, attention_mask(&key_valid, &positions, past, w, &dev)?));
             }
         }
-        let dev = embeds.device().clone();
-        let mask = Tensor::from_vec(mask, (b, 1, t, s), &dev)?;
         let pos: Vec<u32> = positions.concat();
-        let max_pos = self.cos.dim(0)?;
+        let max_pos = self.cfg.n_ctx();
         if let Some(p) = pos.iter().find(|p| **p as usize >= max_pos) {
-            let why = if self.cfg.sliding_window.is_some_and(|w| w == max_pos) {
-                " (its sliding-window attention span; longer sequences need sliding-window \
-                 attention, which is not implemented)"
-            } else {
-                ""
-            };
             return Err(EngineError::Invalid(format!(
-                "position {p} exceeds the model's context of {max_pos} tokens{why}"
+                "position {p} exceeds the model's context of {max_pos} tokens"
             )));
         }
         let pos = Tensor::from_vec(pos, b * t, &dev)?;
         let half = self.cfg.head_dim() / 2;
-        let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
-        let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
-        let cos = Tensor::cat(&[&cos, &cos], 3)?;
-        let sin = Tensor::cat(&[&sin, &sin], 3)?;
+        let gather = |(cos, sin): (&Tensor, &Tensor)| -> Result<(Tensor, Tensor)> {
+            let c = cos.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+            let s = sin.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+            Ok((Tensor::cat(&[&c, &c], 3)?, Tensor::cat(&[&s, &s], 3)?))
+        };
+        let learned = self.cfg.arch.learned_positions;
+        let global = if learned {
+            None
+        } else {
+            Some(gather((&self.cos, &self.sin))?)
+        };
+        let local = match &self.local_rope {
+            Some((c, s)) if !learned => Some(gather((c, s))?),
+            _ => None,
+        };
 
-        let mut x = hook(HookPoint::Embed, embeds)?;
+        let mut x = match self.cfg.arch.embed_scale {
+            // The scale is rounded to the activations' type first, as transformers does.
+            Some(scale) => (embeds * f64::from(scale as f32))?,
+            None => embeds,
+        };
+        x = hook(HookPoint::Embed, x)?;
+        if let Some(pe) = &self.extra.pos_embed {
+            let p = pe
+                .index_select(&pos, 0)?
+                .reshape((b, t, self.cfg.hidden_size))?;
+            x = (x + p)?;
+        }
+        let d_mlp = self.cfg.intermediate_size;
         for (l, blk) in self.blocks.iter().enumerate() {
             x = hook(HookPoint::ResidPre(l), x)?;
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let (w_qkv, w_gate_up) = &self.fused[l];
-            let a = self.attention(blk, w_qkv, &x, &mask, &cos, &sin, kv)?;
+            let span = self.cfg.window(l);
+            let mask = masks
+                .iter()
+                .find(|(w, _)| *w == span)
+                .map(|(_, m)| m)
+                .ok_or_else(|| EngineError::Invalid("attention mask missing".into()))?;
+            let rope = match (&local, span) {
+                (Some(loc), Some(_)) => Some(loc),
+                _ => global.as_ref(),
+            };
+            let mut a = self.attention(blk, w_qkv, &x, mask, rope, kv)?;
+            if let Some((post_attn, _)) = &blk.extra.post_norms {
+                a = rms_norm(&a, post_attn, self.cfg.rms_norm_eps)?;
+            }
             x = hook(HookPoint::ResidMid(l), (x + a)?)?;
-            let h = rms_norm(&x, &blk.mlp_norm, self.cfg.rms_norm_eps)?;
-            let d_mlp = self.cfg.intermediate_size;
+            let nb = blk.extra.norm_biases.as_ref();
+            let h = self.norm(&x, &blk.mlp_norm, nb.map(|b| &b.1))?;
             let gu = w_gate_up.forward(&h)?;
-            let gate = gu.narrow(D::Minus1, 0, d_mlp)?.silu()?;
-            let up = gu.narrow(D::Minus1, d_mlp, d_mlp)?;
-            let m = blk.w_down.forward(&(gate * up)?)?;
+            let inner = if blk.w_gate.is_some() {
+                let gate = activate(&gu.narrow(D::Minus1, 0, d_mlp)?, self.cfg.arch.act)?;
+                (gate * gu.narrow(D::Minus1, d_mlp, d_mlp)?)?
+            } else {
+                let up = match &blk.extra.up_bias {
+                    Some(bias) => gu.broadcast_add(bias)?,
+                    None => gu,
+                };
+                activate(&up, self.cfg.arch.act)?
+            };
+            let mut m = blk.w_down.forward(&inner)?;
+            if let Some(bias) = &blk.extra.down_bias {
+                m = m.broadcast_add(bias)?;
+            }
+            if let Some((_, post_mlp)) = &blk.extra.post_norms {
+                m = rms_norm(&m, post_mlp, self.cfg.rms_norm_eps)?;
+            }
             x = hook(HookPoint::ResidPost(l), (x + m)?)?;
         }
+        let final_bias = self.extra.final_norm_bias.as_ref();
         let n = hook(
             HookPoint::LnFinal,
-            rms_norm(&x, &self.final_norm, self.cfg.rms_norm_eps)?,
+            self.norm(&x, &self.final_norm, final_bias)?,
         )?;
         Ok((n, captures))
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one block's attention inputs")]
     fn attention(
         &self,
         blk: &Block,
         w_qkv: &Stack,
         x: &Tensor,
         mask: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope_cs: Option<&(Tensor, Tensor)>,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -526,7 +481,8 @@ impl Llama {
             self.cfg.head_dim(),
         );
         let rep = nh / nkv;
-        let h = rms_norm(x, &blk.attn_norm, self.cfg.rms_norm_eps)?;
+        let nb = blk.extra.norm_biases.as_ref();
+        let h = self.norm(x, &blk.attn_norm, nb.map(|b| &b.0))?;
         let mut qkv = w_qkv.forward(&h)?;
         if let Some(bias) = &blk.qkv_bias {
             qkv = qkv.broadcast_add(bias)?;
@@ -550,8 +506,13 @@ impl Llama {
             }
             None => (q, k),
         };
-        let q = rope(&q.contiguous()?, cos, sin)?;
-        let mut k = rope(&k.contiguous()?, cos, sin)?;
+        let (q, mut k) = match rope_cs {
+            Some((cos, sin)) => (
+                rope(&q.contiguous()?, cos, sin)?,
+                rope(&k.contiguous()?, cos, sin)?,
+            ),
+            None => (q.contiguous()?, k.contiguous()?),
+        };
         let mut v = v.contiguous()?;
         if let Some(slot) = kv {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -564,47 +525,90 @@ impl Llama {
         // Query heads that share a key/value head are folded into the row dimension, so keys and
         // values are never copied per head.
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?
-            .reshape((b, nh, t, s))?
-            .broadcast_add(mask)?;
+        let scale = 1.0
+            / self
+                .cfg
+                .arch
+                .query_pre_attn_scalar
+                .unwrap_or(hd as f64)
+                .sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, t, s))?;
+        if let Some(c) = self.cfg.arch.attn_softcap {
+            scores = softcap(&scores, c)?;
+        }
+        let scores = scores.broadcast_add(mask)?;
         let p = softmax_last(&scores)?.reshape((b, nkv, rep * t, s))?;
         let o = p
             .matmul(&v)?
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
-        blk.wo.forward(&o)
+        let out = blk.wo.forward(&o)?;
+        Ok(match &blk.extra.o_bias {
+            Some(bias) => out.broadcast_add(bias)?,
+            None => out,
+        })
     }
 }
 
-fn apply(x: &Tensor, iv: &ResolvedIntervention) -> Result<Tensor> {
-    let shape = x.shape();
-    let m = iv.mask.broadcast_as(shape)?;
-    Ok(match &iv.op {
-        ResolvedOp::Replace(v) => m.where_cond(&v.broadcast_as(shape)?, x)?,
-        ResolvedOp::Add(v) => {
-            let mf = iv.mask.to_dtype(DType::F32)?;
-            x.broadcast_add(&mf.broadcast_mul(v)?)?
-        }
-        ResolvedOp::Interpolate(t, a) => {
-            let mixed = ((x * (1.0 - a))? + t.broadcast_as(shape)?.affine(*a, 0.0)?)?;
-            m.where_cond(&mixed, x)?
-        }
+fn activate(x: &Tensor, act: Act) -> Result<Tensor> {
+    Ok(match act {
+        Act::Silu => x.silu()?,
+        // candle's `gelu` is the tanh approximation.
+        Act::GeluTanh => x.gelu()?,
     })
+}
+
+/// The additive attention mask (B, 1, T, S) for queries at cache offset `past`: a key is seen
+/// when it is valid, not in the future, and (for a sliding window `span`) fewer than `span`
+/// token positions back.
+fn attention_mask(
+    key_valid: &[Vec<bool>],
+    positions: &[Vec<u32>],
+    past: usize,
+    span: Option<usize>,
+    dev: &Device,
+) -> Result<Tensor> {
+    let (b, t) = (positions.len(), positions.first().map_or(0, Vec::len));
+    let s = past + t;
+    let mut mask = vec![MASKED; b * t * s];
+    for r in 0..b {
+        // A key's position is the number of valid keys before it.
+        let mut key_pos = Vec::with_capacity(s);
+        let mut count = 0usize;
+        for v in &key_valid[r] {
+            key_pos.push(count);
+            count += usize::from(*v);
+        }
+        for i in 0..t {
+            let qp = positions[r][i] as usize;
+            for j in 0..=(past + i) {
+                let near = span.is_none_or(|w| qp < key_pos[j] + w);
+                if key_valid[r][j] && near {
+                    mask[(r * t + i) * s + j] = 0.0;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(mask, (b, 1, t, s), dev)?)
 }
 
 /// RoPE cos/sin tables (n_ctx, d_head/2), computed in f32 as the reference implementations do,
 /// with the configuration's frequency scaling. Only `n_ctx` positions get a row, so a longer
 /// sequence is refused (`forward_embeds`) rather than computed wrongly.
-fn rope_tables(cfg: &LlamaConfig, dev: &Device) -> Result<(Tensor, Tensor)> {
+fn rope_tables(
+    cfg: &LlamaConfig,
+    base: f64,
+    scaling: Option<&RopeScaling>,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim();
-    let base = cfg.rope_theta as f32;
+    let base = base as f32;
     let mut inv: Vec<f32> = (0..hd)
         .step_by(2)
         .map(|i| 1.0 / base.powf(i as f32 / hd as f32))
         .collect();
-    if let Some(s) = &cfg.rope_scaling {
+    if let Some(s) = scaling {
         s.apply(&mut inv);
     }
     let n = cfg.n_ctx();

@@ -1,19 +1,19 @@
-//! Loading models from GGUF files (weights dequantized to f32) and Hugging Face directories
-//! (`config.json`, `*.safetensors`, `tokenizer.json`), and saving the latter.
+//! Loading models: the entry point, GGUF files (blocks kept quantized or converted), and what
+//! every loader shares (the model's identity, the refusal of leftover tensors). Hugging Face
+//! folders are in `load_hf`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::sync::Arc;
 
 use candle_core::quantized::{QStorage, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 
-use super::llama::{Block, Llama};
+use super::llama::{Block, BlockExtra, Llama};
 use super::mat::{Mat, is_quantized};
 use super::weights::{
-    LoadOptions, WeightDType, WeightsInfo, available, census_gguf, census_safetensors, choose,
-    dtype_of,
+    LoadOptions, WeightDType, WeightsInfo, available, census_gguf, choose, dtype_of,
 };
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{EngineError, Result};
@@ -49,7 +49,7 @@ pub fn load_model(path: &Path, dev: &Device) -> Result<LoadedModel> {
 /// Loads a model with the given weight type, after checking that its weights fit.
 pub fn load_model_with(path: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel> {
     if path.is_dir() {
-        load_hf_dir(path, dev, opts)
+        super::load_hf::load_hf_dir(path, dev, opts)
     } else {
         load_gguf(path, dev, opts)
     }
@@ -93,7 +93,7 @@ fn gguf_rope_scaling(
 
 /// Refuses a checkpoint with tensors the computation does not use: they mean its math differs
 /// from ours (biases, extra norms, …). `note` explains a known name.
-fn refuse_leftovers<'a>(
+pub(super) fn refuse_leftovers<'a>(
     path: &Path,
     family: &str,
     left: impl Iterator<Item = &'a String>,
@@ -253,6 +253,7 @@ fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel
         })?,
         head_dim: None,
         sliding_window: None,
+        arch: Default::default(),
     };
     cfg.validate()
         .map_err(|e| EngineError::bad_model(path, format!("metadata: {e}")))?;
@@ -286,11 +287,12 @@ fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel
             wv: mat(&r.q(&format!("{p}.attn_v.weight"))?, None)?,
             wo: mat(&r.q(&format!("{p}.attn_output.weight"))?, None)?,
             mlp_norm: r.f32(&format!("{p}.ffn_norm.weight"))?,
-            w_gate: mat(&r.q(&format!("{p}.ffn_gate.weight"))?, None)?,
+            w_gate: Some(mat(&r.q(&format!("{p}.ffn_gate.weight"))?, None)?),
             w_up: mat(&r.q(&format!("{p}.ffn_up.weight"))?, None)?,
             w_down: mat(&r.q(&format!("{p}.ffn_down.weight"))?, None)?,
             qkv_bias: None,
             qk_norm: None,
+            extra: BlockExtra::default(),
         });
     }
     let final_norm = r.f32("output_norm.weight")?;
@@ -320,7 +322,7 @@ fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel
 
 /// Wraps an assembled model with its identity (the weights file's SHA-256, dimensions, device),
 /// after checking that every id the tokenizer can produce has an embedding row.
-fn finish(
+pub(super) fn finish(
     llama: Llama,
     tokenizer: ModelTokenizer,
     path: &Path,
@@ -365,170 +367,4 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
-}
-
-/// Loads a Hugging Face model directory (the blocks' matrices as `opts.dtype`, the rest f32).
-fn load_hf_dir(dir: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
-    let cfg = super::hf_config::parse(&text).map_err(|msg| EngineError::Unsupported {
-        path: cfg_path.clone(),
-        msg,
-    })?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| EngineError::io(dir, e))?
-        .filter_map(std::result::Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    let first = files
-        .first()
-        .cloned()
-        .ok_or_else(|| EngineError::bad_model(dir, "no *.safetensors file"))?;
-    let census = census_safetensors(&files)?;
-    let chosen = choose(opts.dtype, &census, available(dev, opts.memory_limit), dir)?;
-    let mat_dtype = dtype_of(chosen);
-    let weights = WeightsInfo {
-        dtype: chosen,
-        bytes: census.bytes_as(chosen),
-        stored_as: census.stored_as,
-    };
-    let mut tensors = HashMap::new();
-    for f in &files {
-        let t = candle_core::safetensors::load(f, dev)
-            .map_err(|e| EngineError::bad_model(f, e.to_string()))?;
-        tensors.extend(t);
-    }
-    let mut get_as = |name: &str, dtype: DType| -> Result<Tensor> {
-        let t = tensors
-            .remove(name)
-            .ok_or_else(|| EngineError::bad_model(dir, format!("missing tensor `{name}`")))?;
-        Ok(t.to_dtype(dtype)?)
-    };
-    let embed = get_as("model.embed_tokens.weight", DType::F32)?;
-    let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
-    for l in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        blocks.push(Block {
-            attn_norm: get_as(&format!("{p}.input_layernorm.weight"), DType::F32)?,
-            wq: Mat::Dense(get_as(&format!("{p}.self_attn.q_proj.weight"), mat_dtype)?),
-            wk: Mat::Dense(get_as(&format!("{p}.self_attn.k_proj.weight"), mat_dtype)?),
-            wv: Mat::Dense(get_as(&format!("{p}.self_attn.v_proj.weight"), mat_dtype)?),
-            wo: Mat::Dense(get_as(&format!("{p}.self_attn.o_proj.weight"), mat_dtype)?),
-            mlp_norm: get_as(&format!("{p}.post_attention_layernorm.weight"), DType::F32)?,
-            w_gate: Mat::Dense(get_as(&format!("{p}.mlp.gate_proj.weight"), mat_dtype)?),
-            w_up: Mat::Dense(get_as(&format!("{p}.mlp.up_proj.weight"), mat_dtype)?),
-            w_down: Mat::Dense(get_as(&format!("{p}.mlp.down_proj.weight"), mat_dtype)?),
-            qkv_bias: if cfg.qkv_bias() {
-                let b = ["q", "k", "v"]
-                    .iter()
-                    .map(|n| get_as(&format!("{p}.self_attn.{n}_proj.bias"), DType::F32))
-                    .collect::<Result<Vec<_>>>()?;
-                Some(Tensor::cat(&b, 0)?)
-            } else {
-                None
-            },
-            qk_norm: if cfg.qk_norm() {
-                Some((
-                    get_as(&format!("{p}.self_attn.q_norm.weight"), DType::F32)?,
-                    get_as(&format!("{p}.self_attn.k_norm.weight"), DType::F32)?,
-                ))
-            } else {
-                None
-            },
-        });
-    }
-    let final_norm = get_as("model.norm.weight", DType::F32)?;
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(get_as("lm_head.weight", DType::F32)?)
-    };
-    if cfg.tie_word_embeddings
-        && let Some(head) = tensors.remove("lm_head.weight")
-    {
-        // Some tied checkpoints also store the head; it must be the embedding.
-        let same = head.dims() == embed.dims()
-            && (head.to_dtype(DType::F32)? - &embed)?
-                .abs()?
-                .max_all()?
-                .to_scalar::<f32>()?
-                == 0.0;
-        if !same {
-            return Err(EngineError::Unsupported {
-                path: dir.to_path_buf(),
-                msg: "`tie_word_embeddings` is true but `lm_head.weight` differs from the \
-                      embedding"
-                    .into(),
-            });
-        }
-    }
-    // Old checkpoints keep RoPE's `inv_freq` buffers, which hold nothing the tables do not
-    // compute; any other tensor left over is refused by name.
-    refuse_leftovers(
-        dir,
-        &cfg.model_type,
-        tensors
-            .keys()
-            .filter(|k| !k.ends_with("rotary_emb.inv_freq")),
-        |_| "",
-    )?;
-    let tokenizer = ModelTokenizer::from_hf_dir(dir)?;
-    let arch = cfg.model_type.clone();
-    let llama = Llama::new(cfg, embed, blocks, final_norm, lm_head)
-        .map_err(|e| EngineError::bad_model(dir, e.to_string()))?;
-    finish(llama, tokenizer, dir, ("hf", &first, arch, weights), dev)
-}
-
-/// Saves a model as a Hugging Face directory (config, one safetensors file, tokenizer).
-pub fn save_hf_dir(llama: &Llama, tokenizer: &ModelTokenizer, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
-    let mut t: HashMap<String, Tensor> = HashMap::new();
-    t.insert("model.embed_tokens.weight".into(), llama.embed.clone());
-    t.insert("model.norm.weight".into(), llama.final_norm.clone());
-    if let Some(h) = &llama.lm_head {
-        t.insert("lm_head.weight".into(), h.clone());
-    }
-    for (l, b) in llama.blocks.iter().enumerate() {
-        let p = format!("model.layers.{l}");
-        for (n, w) in [
-            ("input_layernorm", &b.attn_norm),
-            ("self_attn.q_proj", b.wq.dense()?),
-            ("self_attn.k_proj", b.wk.dense()?),
-            ("self_attn.v_proj", b.wv.dense()?),
-            ("self_attn.o_proj", b.wo.dense()?),
-            ("post_attention_layernorm", &b.mlp_norm),
-            ("mlp.gate_proj", b.w_gate.dense()?),
-            ("mlp.up_proj", b.w_up.dense()?),
-            ("mlp.down_proj", b.w_down.dense()?),
-        ] {
-            t.insert(format!("{p}.{n}.weight"), w.clone());
-        }
-        if let Some((qn, kn)) = &b.qk_norm {
-            t.insert(format!("{p}.self_attn.q_norm.weight"), qn.clone());
-            t.insert(format!("{p}.self_attn.k_norm.weight"), kn.clone());
-        }
-        if let Some(bias) = &b.qkv_bias {
-            let (q, kv) = (b.wq.dims()?.0, b.wk.dims()?.0);
-            for (n, start, len) in [("q", 0, q), ("k", q, kv), ("v", q + kv, kv)] {
-                t.insert(
-                    format!("{p}.self_attn.{n}_proj.bias"),
-                    bias.narrow(0, start, len)?.contiguous()?,
-                );
-            }
-        }
-    }
-    let st = dir.join("model.safetensors");
-    candle_core::safetensors::save(&t, &st)?;
-    let cfg_path = dir.join("config.json");
-    let cfg = serde_json::to_string_pretty(&llama.cfg)
-        .map_err(|e| EngineError::Invalid(e.to_string()))?;
-    std::fs::write(&cfg_path, cfg).map_err(|e| EngineError::io(&cfg_path, e))?;
-    let tok_path = dir.join("tokenizer.json");
-    tokenizer
-        .inner()
-        .save(&tok_path, false)
-        .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
-    Ok(())
 }

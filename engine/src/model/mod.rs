@@ -6,14 +6,18 @@ pub mod cache;
 pub mod cpu;
 pub mod fast;
 pub mod hf_config;
+pub mod intervene;
 pub mod llama;
 pub mod load;
+pub mod load_hf;
 pub mod mat;
 pub mod ops;
+mod shapes;
 pub mod weights;
 
 pub use batch::{Batch, PadSide};
 pub use cache::KvCache;
 pub use llama::{ForwardOutput, Llama};
 pub use load::{LoadedModel, ModelInfo, load_model, load_model_with};
+pub use load_hf::save_hf_dir;
 pub use weights::{LoadOptions, WeightDType, WeightsInfo};

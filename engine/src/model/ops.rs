@@ -16,6 +16,22 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.broadcast_mul(&inv)?.broadcast_mul(w)
 }
 
+/// LayerNorm over the last dimension: `(x − mean) / sqrt(var + eps) · w + b` (biased variance,
+/// as torch computes it). Composed of primitive ops, so it is differentiable.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(w)?
+        .broadcast_add(b)
+}
+
+/// Soft-capping `c · tanh(x / c)` (Gemma 2's attention scores and logits).
+pub fn softcap(x: &Tensor, c: f64) -> Result<Tensor> {
+    (x / c)?.tanh()? * c
+}
+
 /// Numerically stable softmax over the last dimension.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
@@ -175,6 +191,39 @@ mod tests {
         );
         // The frozen weight gets no gradient.
         assert!(g1.get(&w).is_none());
+    }
+
+    #[test]
+    fn layer_norm_matches_its_definition_and_finite_differences() {
+        let dev = Device::Cpu;
+        let v = [1.0f32, -2.0, 3.0, 0.5];
+        let (wv, bv) = ([1.0f32, 0.5, 2.0, -1.0], [0.1f32, -0.2, 0.0, 0.3]);
+        let x = Var::new(&[v], &dev).unwrap();
+        let w = Tensor::new(&wv, &dev).unwrap();
+        let b = Tensor::new(&bv, &dev).unwrap();
+        let ours = layer_norm(x.as_tensor(), &w, &b, 1e-5).unwrap();
+        let f = |v: [f32; 4]| -> Vec<f32> {
+            let mean = v.iter().sum::<f32>() / 4.0;
+            let var = v.iter().map(|a| (a - mean) * (a - mean)).sum::<f32>() / 4.0;
+            let inv = 1.0 / (var + 1e-5).sqrt();
+            (0..4)
+                .map(|i| (v[i] - mean) * inv * wv[i] + bv[i])
+                .collect()
+        };
+        let got = ours.to_vec2::<f32>().unwrap();
+        for (a, e) in got[0].iter().zip(f(v)) {
+            assert!((a - e).abs() < 1e-5, "{a} vs {e}");
+        }
+        // d/dx0 of Σ y_i²: central finite difference.
+        let g = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g = g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let loss = |x0: f32| f([x0, -2.0, 3.0, 0.5]).iter().map(|y| y * y).sum::<f32>();
+        let fd = (loss(1.0 + 1e-3) - loss(1.0 - 1e-3)) / 2e-3;
+        assert!(
+            (g[0][0] - fd).abs() < 1e-2 * fd.abs().max(1.0),
+            "{} vs {fd}",
+            g[0][0]
+        );
     }
 
     #[test]

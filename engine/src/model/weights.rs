@@ -242,15 +242,32 @@ pub fn bytes_of(llama: &super::Llama) -> u64 {
         .blocks
         .iter()
         .map(|b| {
-            [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]
+            [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_up, &b.w_down]
                 .into_iter()
+                .chain(&b.w_gate)
                 .map(super::mat::Mat::bytes)
                 .sum::<u64>()
                 + size(&b.attn_norm)
                 + size(&b.mlp_norm)
                 + b.qkv_bias.as_ref().map_or(0, size)
                 + b.qk_norm.as_ref().map_or(0, |(q, k)| size(q) + size(k))
+                + [&b.extra.o_bias, &b.extra.up_bias, &b.extra.down_bias]
+                    .into_iter()
+                    .flatten()
+                    .map(size)
+                    .sum::<u64>()
+                + [&b.extra.norm_biases, &b.extra.post_norms]
+                    .into_iter()
+                    .flatten()
+                    .map(|(a, c)| size(a) + size(c))
+                    .sum::<u64>()
         })
         .sum();
-    blocks + size(&llama.embed) + size(&llama.final_norm) + llama.lm_head.as_ref().map_or(0, size)
+    let x = &llama.extra;
+    blocks
+        + size(&llama.embed)
+        + size(&llama.final_norm)
+        + llama.lm_head.as_ref().map_or(0, size)
+        + x.pos_embed.as_ref().map_or(0, size)
+        + x.final_norm_bias.as_ref().map_or(0, size)
 }

@@ -17,7 +17,7 @@ use crate::error::{EngineError, Result};
 use crate::hooks::HookPoint;
 use crate::model::LoadedModel;
 use crate::model::batch::{Batch, PadSide};
-use crate::model::llama::{ResolvedIntervention, ResolvedOp};
+use crate::model::intervene::{ResolvedIntervention, ResolvedOp};
 use crate::model::ops::{linear, log_softmax_last};
 pub use neoscope_api::words::{Loss, StopReason, TrainConfig, TrainStep};
 
