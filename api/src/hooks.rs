@@ -9,14 +9,21 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum HookPoint {
-    /// `hook_embed`: token embeddings.
+    /// `hook_embed`: token embeddings (Gemma: already scaled by √d_model).
     Embed,
+    /// `hook_pos_embed`: learned position embeddings (GPT-2 only).
+    PosEmbed,
     /// `blocks.{l}.hook_resid_pre`: residual stream entering block `l`.
     ResidPre(usize),
     /// `blocks.{l}.hook_resid_mid`: after attention, before the MLP of block `l`.
     ResidMid(usize),
     /// `blocks.{l}.hook_resid_post`: residual stream leaving block `l`.
     ResidPost(usize),
+    /// `blocks.{l}.hook_attn_out`: what block `l`'s attention adds to the residual stream
+    /// (after its output projection and bias, and Gemma 2/3's post-attention norm).
+    AttnOut(usize),
+    /// `blocks.{l}.hook_mlp_out`: what block `l`'s MLP adds to the residual stream.
+    MlpOut(usize),
     /// `ln_final.hook_normalized`: the final-normed residual stream (before unembedding).
     LnFinal,
 }
@@ -25,8 +32,12 @@ impl HookPoint {
     /// Layer index for per-block points.
     pub fn layer(self) -> Option<usize> {
         match self {
-            Self::ResidPre(l) | Self::ResidMid(l) | Self::ResidPost(l) => Some(l),
-            Self::Embed | Self::LnFinal => None,
+            Self::ResidPre(l)
+            | Self::ResidMid(l)
+            | Self::ResidPost(l)
+            | Self::AttnOut(l)
+            | Self::MlpOut(l) => Some(l),
+            Self::Embed | Self::PosEmbed | Self::LnFinal => None,
         }
     }
 }
@@ -38,6 +49,9 @@ impl fmt::Display for HookPoint {
             Self::ResidPre(l) => write!(f, "blocks.{l}.hook_resid_pre"),
             Self::ResidMid(l) => write!(f, "blocks.{l}.hook_resid_mid"),
             Self::ResidPost(l) => write!(f, "blocks.{l}.hook_resid_post"),
+            Self::AttnOut(l) => write!(f, "blocks.{l}.hook_attn_out"),
+            Self::MlpOut(l) => write!(f, "blocks.{l}.hook_mlp_out"),
+            Self::PosEmbed => write!(f, "hook_pos_embed"),
             Self::LnFinal => write!(f, "ln_final.hook_normalized"),
         }
     }
@@ -49,13 +63,15 @@ impl FromStr for HookPoint {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "hook_embed" => return Ok(Self::Embed),
+            "hook_pos_embed" => return Ok(Self::PosEmbed),
             "ln_final.hook_normalized" => return Ok(Self::LnFinal),
             _ => {}
         }
         let bad = || {
             format!(
-                "unknown hook point `{s}`: expected hook_embed, blocks.L.hook_resid_pre, \
-                 blocks.L.hook_resid_mid, blocks.L.hook_resid_post or ln_final.hook_normalized"
+                "unknown hook point `{s}`: expected hook_embed, hook_pos_embed, \
+                 blocks.L.hook_resid_pre, blocks.L.hook_resid_mid, blocks.L.hook_resid_post, \
+                 blocks.L.hook_attn_out, blocks.L.hook_mlp_out or ln_final.hook_normalized"
             )
         };
         let rest = s.strip_prefix("blocks.").ok_or_else(bad)?;
@@ -65,6 +81,8 @@ impl FromStr for HookPoint {
             "hook_resid_pre" => Ok(Self::ResidPre(l)),
             "hook_resid_mid" => Ok(Self::ResidMid(l)),
             "hook_resid_post" => Ok(Self::ResidPost(l)),
+            "hook_attn_out" => Ok(Self::AttnOut(l)),
+            "hook_mlp_out" => Ok(Self::MlpOut(l)),
             _ => Err(bad()),
         }
     }
@@ -172,6 +190,9 @@ mod tests {
             HookPoint::ResidPre(0),
             HookPoint::ResidMid(7),
             HookPoint::ResidPost(29),
+            HookPoint::AttnOut(2),
+            HookPoint::MlpOut(5),
+            HookPoint::PosEmbed,
             HookPoint::LnFinal,
         ] {
             assert_eq!(h.to_string().parse::<HookPoint>().unwrap(), h);

@@ -23,7 +23,9 @@ fn fixture(name: &str) -> String {
         .to_string()
 }
 
-fn analyses_run(name: &str) {
+/// Runs every analysis on fixture `name`; `lr` is the words' learning rate (Gemma's embedding
+/// is scaled by √d, so the same step in embedding units moves its residual stream further).
+fn analyses_run(name: &str, n_layers: usize, lr: &str) {
     let dir = tempfile::tempdir().unwrap();
     let model = fixture(name);
     let m = ["--model", model.as_str(), "--device", "cpu"];
@@ -42,7 +44,7 @@ fn analyses_run(name: &str) {
 
     let v = run(&["lens", "--json", "--target", " the", "the cat sat on"]);
     let layers = v["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 2, "{name}");
+    assert_eq!(layers.len(), n_layers, "{name}");
     for layer in layers {
         assert!(layer["p_target"].as_f64().unwrap() > 0.0, "{name}: {layer}");
     }
@@ -67,7 +69,7 @@ fn analyses_run(name: &str) {
         "--epochs",
         "4",
         "--lr",
-        "0.1",
+        lr,
     ]);
     let losses: Vec<f64> = v["losses"]
         .as_array()
@@ -217,22 +219,42 @@ fn analyses_run(name: &str) {
 
 #[test]
 fn analyses_run_on_llama3() {
-    analyses_run("llama3");
+    analyses_run("llama3", 2, "0.1");
 }
 
 #[test]
 fn analyses_run_on_qwen2() {
-    analyses_run("qwen2");
+    analyses_run("qwen2", 2, "0.1");
 }
 
 #[test]
 fn analyses_run_on_mistral() {
-    analyses_run("mistral");
+    analyses_run("mistral", 2, "0.1");
 }
 
 #[test]
 fn analyses_run_on_qwen3() {
-    analyses_run("qwen3");
+    analyses_run("qwen3", 2, "0.1");
+}
+
+#[test]
+fn analyses_run_on_gemma2() {
+    analyses_run("gemma2", 3, "0.01");
+}
+
+#[test]
+fn analyses_run_on_gemma3() {
+    analyses_run("gemma3", 3, "0.01");
+}
+
+#[test]
+fn analyses_run_on_gpt2() {
+    analyses_run("gpt2", 2, "0.1");
+}
+
+#[test]
+fn analyses_run_on_phi3() {
+    analyses_run("phi3", 2, "0.1");
 }
 
 #[test]

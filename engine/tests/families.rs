@@ -8,16 +8,18 @@
 //! for math that is not implemented, a tensor left over.
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use candle_core::{Device, IndexOp, Tensor, Var};
+use common::{TOL, expected, fixture, max_diff, tol};
 use neoscope_engine::hooks::{HookPoint, HookSpec};
 use neoscope_engine::model::{Batch, LoadedModel, PadSide, load_model};
 use neoscope_engine::words::train::{ScoredSeq, scored_seq, seq_logprobs};
 use neoscope_engine::words::{Init, Injection, Word, grad};
 
-const CASES: [&str; 10] = [
+const CASES: [&str; 12] = [
     "llama3",
     "llama_linear_head_dim",
     "mistral",
@@ -28,66 +30,9 @@ const CASES: [&str; 10] = [
     "gemma3",
     "phi3",
     "gpt2",
+    "gemma2_cpp",
+    "gemma3_cpp",
 ];
-/// Logits and residuals here span about ±20 (Gemma's residual stream ±170, its embedding being
-/// scaled by √d); f32 summation-order differences are ~1e-6 of that.
-const TOL: f32 = 1e-4;
-
-/// The tolerance for comparing with `want`: `TOL` on the ±20 scale, proportionally more on a
-/// larger one.
-fn tol(want: &Tensor) -> f32 {
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    TOL * (scale / 20.0).max(1.0)
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/models")
-        .join(name)
-}
-
-struct Expected {
-    prompts: Vec<Vec<u32>>,
-    tensors: HashMap<String, Tensor>,
-}
-
-fn expected(name: &str) -> Expected {
-    let tensors = candle_core::safetensors::load(
-        fixture(&format!("{name}.expected.safetensors")),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let prompts = (0..)
-        .map_while(|j| tensors.get(&format!("p{j}.ids")))
-        .map(|t| {
-            t.to_vec1::<i64>()
-                .unwrap()
-                .into_iter()
-                .map(|x| u32::try_from(x).unwrap())
-                .collect()
-        })
-        .collect();
-    Expected { prompts, tensors }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 fn all_resid_post(m: &LoadedModel) -> HookSpec {
     HookSpec {
         capture: (0..m.llama.cfg.num_hidden_layers)
@@ -103,6 +48,7 @@ fn every_family_matches_transformers_logits_and_residuals() {
         let m = load_model(&fixture(name), &Device::Cpu).unwrap();
         let e = expected(name);
         let hooks = all_resid_post(&m);
+        let (mut worst_logits, mut worst_resid) = (0f32, 0f32);
         for (j, ids) in e.prompts.iter().enumerate() {
             let want = &e.tensors[&format!("p{j}.logits")];
             let b = Batch::new(std::slice::from_ref(ids), PadSide::Left, &Device::Cpu).unwrap();
@@ -114,16 +60,21 @@ fn every_family_matches_transformers_logits_and_residuals() {
             let out = m.llama.forward(&b, &hooks, None).unwrap();
             let d = max_diff(&out.logits.i(0).unwrap(), want);
             assert!(d < TOL, "{name} prompt {j}: hooked logits differ by {d}");
+            worst_logits = worst_logits.max(d);
             for l in 0..m.llama.cfg.num_hidden_layers {
                 let got = out.captures[&HookPoint::ResidPost(l)].i(0).unwrap();
                 let want = &e.tensors[&format!("p{j}.resid_post.{l}")];
                 let d = max_diff(&got, want);
+                worst_resid = worst_resid.max(d * TOL / tol(want));
                 assert!(
                     d < tol(want),
                     "{name} prompt {j}: resid_post {l} differs by {d}"
                 );
             }
         }
+        println!(
+            "{name}: logits within {worst_logits:.1e}, residuals within {worst_resid:.1e} (±20 scale)"
+        );
         // Both prompts as one left-padded batch, compared at the real positions.
         let b = Batch::new(&e.prompts, PadSide::Left, &Device::Cpu).unwrap();
         for hooks in [HookSpec::default(), all_resid_post(&m)] {
@@ -392,6 +343,119 @@ fn kv_cache_steps_match_transformers_on_every_family() {
                 d < TOL,
                 "{name}: cached step at position {t} differs by {d}"
             );
+        }
+    }
+}
+
+#[test]
+fn hook_points_add_up_on_every_family() {
+    for name in CASES {
+        let m = load_model(&fixture(name), &Device::Cpu).unwrap();
+        let e = expected(name);
+        let b = Batch::new(&e.prompts[..1], PadSide::Left, &Device::Cpu).unwrap();
+        let n = m.llama.cfg.num_hidden_layers;
+        let learned = m.llama.extra.pos_embed.is_some();
+        let mut capture = vec![HookPoint::Embed];
+        if learned {
+            capture.push(HookPoint::PosEmbed);
+        }
+        for l in 0..n {
+            capture.extend([
+                HookPoint::ResidPre(l),
+                HookPoint::AttnOut(l),
+                HookPoint::ResidMid(l),
+                HookPoint::MlpOut(l),
+                HookPoint::ResidPost(l),
+            ]);
+        }
+        let spec = HookSpec {
+            capture,
+            interventions: Vec::new(),
+        };
+        let c = m.llama.forward(&b, &spec, None).unwrap().captures;
+        let sum = |a: HookPoint, b: HookPoint| (&c[&a] + &c[&b]).unwrap();
+        let first = if learned {
+            sum(HookPoint::Embed, HookPoint::PosEmbed)
+        } else {
+            c[&HookPoint::Embed].clone()
+        };
+        assert!(
+            max_diff(&first, &c[&HookPoint::ResidPre(0)]) == 0.0,
+            "{name}"
+        );
+        for l in 0..n {
+            let mid = sum(HookPoint::ResidPre(l), HookPoint::AttnOut(l));
+            assert!(
+                max_diff(&mid, &c[&HookPoint::ResidMid(l)]) == 0.0,
+                "{name} {l}"
+            );
+            let post = sum(HookPoint::ResidMid(l), HookPoint::MlpOut(l));
+            assert!(
+                max_diff(&post, &c[&HookPoint::ResidPost(l)]) == 0.0,
+                "{name} {l}"
+            );
+            let want = &e.tensors[&format!("p0.resid_post.{l}")];
+            let d = max_diff(&c[&HookPoint::ResidPost(l)].i(0).unwrap(), want);
+            assert!(d < tol(want), "{name} {l}: {d}");
+        }
+        if !learned {
+            let spec = HookSpec {
+                capture: vec![HookPoint::PosEmbed],
+                interventions: Vec::new(),
+            };
+            let err = m.llama.forward(&b, &spec, None).unwrap_err().to_string();
+            assert!(err.contains("hook_pos_embed"), "{name}: {err}");
+        }
+    }
+}
+
+#[test]
+fn word_gradient_by_autograd_equals_finite_differences_on_gemma2_and_gpt2() {
+    // These families have no hand-written pass: words train by autograd through soft-capping,
+    // GeGLU, sandwich norms (Gemma 2) and LayerNorm, GELU, biases, learned positions (GPT-2).
+    for name in ["gemma2", "gpt2"] {
+        let m = load_model(&fixture(name), &Device::Cpu).unwrap();
+        let names = ["<w>"];
+        let data = [("the <w> sat on", " the mat"), ("a pun <w>", " is a joke")];
+        let seqs: Vec<ScoredSeq> = data
+            .iter()
+            .map(|(p, c)| scored_seq(&m, p, c, &names).unwrap())
+            .collect();
+        let refs: Vec<&ScoredSeq> = seqs.iter().collect();
+        for injection in [Injection::Embedding, Injection::ResidPre(1)] {
+            let w = Word::create(&m, "<w>", Init::Random { std: 0.5, seed: 3 }, injection).unwrap();
+            assert!(
+                !grad::supported(&m.llama, std::slice::from_ref(&w)),
+                "{name}"
+            );
+            let coef = [0.8f32, -1.1];
+            let auto = autograd_grad(&m, &w, &refs, &coef);
+            let loss = |v: &[f32]| -> f64 {
+                let t = Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap();
+                let lp = seq_logprobs(&m, std::slice::from_ref(&w), &[t], &refs)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                lp.iter().zip(coef).map(|(a, c)| f64::from(a * c)).sum()
+            };
+            let scale = auto.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert!(scale > 1e-3, "{name} {injection:?}: zero gradient");
+            // The coordinates with the largest gradients, by central differences.
+            let mut order: Vec<usize> = (0..auto.len()).collect();
+            order.sort_by(|a, b| auto[*b].abs().total_cmp(&auto[*a].abs()));
+            for &i in &order[..4] {
+                let h = 1e-2f32;
+                let (mut up, mut down) = (w.vector.clone(), w.vector.clone());
+                up[i] += h;
+                down[i] -= h;
+                let fd = (loss(&up) - loss(&down)) / f64::from(2.0 * h);
+                let err = (fd - f64::from(auto[i])).abs() / f64::from(scale);
+                assert!(
+                    err < 2e-2,
+                    "{name} {injection:?} coordinate {i}: autograd {} vs finite difference {fd}",
+                    auto[i]
+                );
+            }
         }
     }
 }

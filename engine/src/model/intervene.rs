@@ -104,6 +104,13 @@ impl Llama {
                 "hook point {p}: the model has layers 0..{}",
                 self.cfg.num_hidden_layers - 1
             ))),
+            _ if p == HookPoint::PosEmbed && self.extra.pos_embed.is_none() => {
+                Err(EngineError::Invalid(format!(
+                    "hook point {p}: model_type `{}` has no learned position embeddings (it \
+                     uses RoPE)",
+                    self.cfg.model_type
+                )))
+            }
             _ => Ok(()),
         }
     }

@@ -413,7 +413,7 @@ impl Llama {
             let p = pe
                 .index_select(&pos, 0)?
                 .reshape((b, t, self.cfg.hidden_size))?;
-            x = (x + p)?;
+            x = (x + hook(HookPoint::PosEmbed, p)?)?;
         }
         let d_mlp = self.cfg.intermediate_size;
         for (l, blk) in self.blocks.iter().enumerate() {
@@ -434,6 +434,7 @@ impl Llama {
             if let Some((post_attn, _)) = &blk.extra.post_norms {
                 a = rms_norm(&a, post_attn, self.cfg.rms_norm_eps)?;
             }
+            let a = hook(HookPoint::AttnOut(l), a)?;
             x = hook(HookPoint::ResidMid(l), (x + a)?)?;
             let nb = blk.extra.norm_biases.as_ref();
             let h = self.norm(&x, &blk.mlp_norm, nb.map(|b| &b.1))?;
@@ -455,6 +456,7 @@ impl Llama {
             if let Some((_, post_mlp)) = &blk.extra.post_norms {
                 m = rms_norm(&m, post_mlp, self.cfg.rms_norm_eps)?;
             }
+            let m = hook(HookPoint::MlpOut(l), m)?;
             x = hook(HookPoint::ResidPost(l), (x + m)?)?;
         }
         let final_bias = self.extra.final_norm_bias.as_ref();

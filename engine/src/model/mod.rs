@@ -9,6 +9,7 @@ pub mod hf_config;
 pub mod intervene;
 pub mod llama;
 pub mod load;
+pub mod load_gguf;
 pub mod load_hf;
 pub mod mat;
 pub mod ops;

@@ -1,0 +1,68 @@
+//! Helpers shared by the family tests: the fixtures `tests/fixtures/mkmodels.py` wrote and
+//! comparisons with tolerances.
+#![allow(dead_code, reason = "each test file uses a part")]
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+/// Logits and residuals here span about ±20 (Gemma's residual stream ±170, its embedding being
+/// scaled by √d); f32 summation-order differences are ~1e-6 of that.
+pub const TOL: f32 = 1e-4;
+
+/// The tolerance for comparing with `want`: `TOL` on the ±20 scale, proportionally more on a
+/// larger one.
+pub fn tol(want: &Tensor) -> f32 {
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    TOL * (scale / 20.0).max(1.0)
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(name)
+}
+
+pub struct Expected {
+    pub prompts: Vec<Vec<u32>>,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+pub fn expected(name: &str) -> Expected {
+    let tensors = candle_core::safetensors::load(
+        fixture(&format!("{name}.expected.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let prompts = (0..)
+        .map_while(|j| tensors.get(&format!("p{j}.ids")))
+        .map(|t| {
+            t.to_vec1::<i64>()
+                .unwrap()
+                .into_iter()
+                .map(|x| u32::try_from(x).unwrap())
+                .collect()
+        })
+        .collect();
+    Expected { prompts, tensors }
+}
+
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
