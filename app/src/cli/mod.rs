@@ -3,8 +3,8 @@
 
 #![expect(clippy::print_stdout, reason = "the CLI's output goes to stdout")]
 
-use neoscope_api::model::ModelCommand;
 use neoscope_api::model::ModelResult;
+use neoscope_api::model::{CatalogModel, ModelCommand};
 use neoscope_api::text::TextCommand;
 use neoscope_api::text::TextResult;
 use std::io::Write;
@@ -41,8 +41,18 @@ pub struct Args {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Download and verify the default model into the cache.
-    Fetch,
+    /// Download and verify a catalog model into the cache (default: SmolLM2-135M-Instruct).
+    Fetch {
+        /// Which: smollm2-135m or gemma3-270m.
+        #[arg(default_value = "smollm2-135m", value_parser = catalog_name)]
+        name: CatalogModel,
+        /// Accept the Gemma terms (printed by `neoscope fetch gemma3-270m --terms`).
+        #[arg(long)]
+        accept_gemma_terms: bool,
+        /// Print the model's terms instead of fetching it.
+        #[arg(long)]
+        terms: bool,
+    },
     /// Show the model's dimensions, device, file and hash.
     Info,
     /// Show token ids and pieces of a text.
@@ -127,6 +137,14 @@ pub enum DemoCmd {
 }
 
 /// `neoscope serve`: prints where it listens and the token, then serves until killed.
+/// A catalog model by name, for clap.
+fn catalog_name(s: &str) -> std::result::Result<CatalogModel, String> {
+    CatalogModel::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = CatalogModel::ALL.iter().map(|m| m.name()).collect();
+        format!("unknown model `{s}`; the catalog has {}", names.join(", "))
+    })
+}
+
 fn serve(g: &Global, listen: &str, token: Option<String>) -> Result<()> {
     let token = token.unwrap_or_else(neoscope_engine::serve::new_token);
     let json_mode = g.json;
@@ -215,22 +233,43 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
     {
         return Ok(());
     }
-    if let Cmd::Fetch = cmd {
-        let ModelResult::Fetched { path, sha256: sha } = call(&mut engine, ModelCommand::Fetch)?
-        else {
+    if let Cmd::Fetch {
+        name,
+        accept_gemma_terms,
+        terms,
+    } = cmd
+    {
+        if terms {
+            let ModelResult::Terms { path, text } =
+                call(&mut engine, ModelCommand::Terms { model: name })?
+            else {
+                bail!("unexpected engine reply");
+            };
+            return emit(g.json, &json!({"path": path, "text": text}), &text);
+        }
+        let fetch = ModelCommand::Fetch {
+            model: name,
+            accept_terms: accept_gemma_terms,
+        };
+        let ModelResult::Fetched { path, sha256: sha } = call(&mut engine, fetch)? else {
             bail!("unexpected engine reply");
         };
         return emit(
             g.json,
             &json!({"path": path, "sha256": sha}),
-            &format!("default model ready at {} (SHA-256 {sha})", path.display()),
+            &format!(
+                "{} ready at {} (SHA-256 {sha}); load it with --model {}",
+                name.title(),
+                path.display(),
+                name.name()
+            ),
         );
     }
     let ModelResult::Loaded(info) = call(&mut engine, g.load_command())? else {
         bail!("unexpected engine reply");
     };
     match cmd {
-        Cmd::Fetch | Cmd::Serve { .. } => Ok(()),
+        Cmd::Fetch { .. } | Cmd::Serve { .. } => Ok(()),
         Cmd::Word(w) => word::run(&mut engine, g.json, w),
         Cmd::Lens(a) => lens::run(&mut engine, g.json, a),
         Cmd::Mfa(c) => mfa::run(&mut engine, g.json, info.dims.n_layers, c),

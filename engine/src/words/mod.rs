@@ -122,13 +122,23 @@ impl WordTokens {
     }
 }
 
-/// Tokenizes `text`, treating each word name as one token. The space before a word belongs to
-/// the word (no stray lone-space token), so `"a <pun> b"` and `"<pun> b"` give the word the same
-/// single position and vector.
+/// Tokenizes plain `text` (after the BOS the model expects, if any), treating each word name as
+/// one token. The space before a word belongs to the word (no stray lone-space token), so
+/// `"a <pun> b"` and `"<pun> b"` give the word the same single position and vector.
 pub fn encode_with_words(m: &LoadedModel, text: &str, names: &[&str]) -> Result<WordTokens> {
+    encode_after(m, m.tokenizer.bos_prefix(), text, names)
+}
+
+/// `encode_with_words` after the ids `start`.
+fn encode_after(
+    m: &LoadedModel,
+    start: Vec<u32>,
+    text: &str,
+    names: &[&str],
+) -> Result<WordTokens> {
     let base = u32::try_from(m.llama.cfg.vocab_size)
         .map_err(|_| EngineError::Invalid("vocabulary too large".into()))?;
-    let mut ids = Vec::new();
+    let mut ids = start;
     let mut occurrences = Vec::new();
     let mut rest = text;
     loop {
@@ -160,16 +170,15 @@ pub fn encode_prompt_with_words(
     chat: bool,
     names: &[&str],
 ) -> Result<WordTokens> {
-    let rendered;
-    let text = if chat {
-        rendered = m
+    if chat {
+        // The chat template writes any BOS itself.
+        let rendered = m
             .tokenizer
             .apply_chat_template(&[ChatMessage::user(text)], true)?;
-        rendered.as_str()
+        encode_after(m, Vec::new(), &rendered, names)
     } else {
-        text
-    };
-    encode_with_words(m, text, names)
+        encode_with_words(m, text, names)
+    }
 }
 
 /// Interventions that put each word's vector at its occurrences in row `row` of a batch.

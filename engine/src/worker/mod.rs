@@ -14,7 +14,9 @@ use neoscope_api::text::{TextCommand, TextResult};
 use neoscope_api::{ApiError, Command, ErrorKind, Event, JobResult};
 
 use crate::error::{EngineError, Result};
-use crate::fetch::{FetchStage, ensure_default_model};
+use crate::fetch::{
+    CatalogModel, FetchStage, GEMMA3_270M, ensure_chunked_model, ensure_default_model, ensure_terms,
+};
 use crate::infer::{GenerateOptions, generate, next_token_top_k};
 use crate::model::{LoadOptions, LoadedModel, load_model_with};
 use crate::words::Word;
@@ -182,20 +184,52 @@ impl Worker {
         Ok((wt, pieces))
     }
 
-    fn fetch(&self, job: &Job) -> Result<PathBuf> {
+    fn fetch(&self, job: &Job, model: CatalogModel, accept_terms: bool) -> Result<PathBuf> {
         let mut progress = |s: FetchStage| {
             let (stage, fraction) = match s {
-                FetchStage::Downloading(f) => ("Downloading SmolLM2-135M-Instruct", f),
-                FetchStage::Verifying(f) => ("Verifying SHA-256", Some(f)),
+                FetchStage::Downloading(f) => (format!("Downloading {}", model.title()), f),
+                FetchStage::Verifying(f) => ("Verifying SHA-256".to_owned(), Some(f)),
             };
             job.progress(stage, fraction);
         };
-        ensure_default_model(
+        let (dir, py) = (&self.opts.model_dir, &self.opts.python);
+        match model {
+            CatalogModel::SmolLm2 => {
+                ensure_default_model(dir, py, &mut progress, &|| job.cancelled())
+            }
+            CatalogModel::Gemma3_270m => {
+                ensure_chunked_model(&GEMMA3_270M, dir, py, accept_terms, &mut progress, &|| {
+                    job.cancelled()
+                })
+            }
+        }
+    }
+
+    fn terms(&self, job: &Job, model: CatalogModel) -> Result<ModelResult> {
+        let CatalogModel::Gemma3_270m = model else {
+            return Err(EngineError::Invalid(format!(
+                "{} has no terms to accept",
+                model.title()
+            )));
+        };
+        job.progress("Fetching the Gemma terms", None);
+        let path = ensure_terms(
+            &GEMMA3_270M,
             &self.opts.model_dir,
             &self.opts.python,
-            &mut progress,
+            &mut |_| {},
             &|| job.cancelled(),
-        )
+        )?;
+        let html = std::fs::read(&path).map_err(|e| EngineError::io(&path, e))?;
+        let page = html2text::from_read(&html[..], 100)
+            .map_err(|e| EngineError::bad_model(&path, format!("terms: {e}")))?;
+        // The file is the terms' web page: keep the terms, without the site's navigation.
+        let start = page.find("# Gemma Terms of Use").unwrap_or(0);
+        let end = page[start..]
+            .find("\nSend feedback")
+            .map_or(page.len(), |e| start + e);
+        let text = page[start..end].trim().to_owned();
+        Ok(ModelResult::Terms { path, text })
     }
 
     fn load(&mut self, job: &Job, path: PathBuf, options: LoadOptions) -> Result<ModelResult> {
@@ -237,13 +271,17 @@ impl Worker {
 
     fn execute_model(&mut self, job: &Job, cmd: ModelCommand) -> Result<ModelResult> {
         match cmd {
-            ModelCommand::Fetch => {
-                let path = self.fetch(job)?;
+            ModelCommand::Fetch {
+                model,
+                accept_terms,
+            } => {
+                let path = self.fetch(job, model, accept_terms)?;
                 let sha256 = crate::fetch::sha256_file(&path)?;
                 Ok(ModelResult::Fetched { path, sha256 })
             }
+            ModelCommand::Terms { model } => self.terms(job, model),
             ModelCommand::LoadDefault { options } => {
-                let path = self.fetch(job)?;
+                let path = self.fetch(job, CatalogModel::SmolLm2, false)?;
                 self.load(job, path, options)
             }
             ModelCommand::Load { path, options } => self.load(job, path, options),

@@ -1,5 +1,8 @@
-//! Tokenizers: built from GGUF metadata (byte-level BPE with the model's pre-tokenizer) or read
-//! from a Hugging Face `tokenizer.json`, plus chat-template rendering.
+//! Tokenizers: built from GGUF metadata (byte-level BPE with the model's pre-tokenizer, or a
+//! SentencePiece vocabulary: `spm`) or read from a Hugging Face `tokenizer.json`, plus
+//! chat-template rendering.
+
+mod spm;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -43,6 +46,8 @@ pub struct ModelTokenizer {
     pub eos_id: Option<u32>,
     /// Beginning-of-sequence token, if the model has one.
     pub bos_id: Option<u32>,
+    /// Whether a prompt starts with the beginning-of-sequence token (Gemma).
+    pub add_bos: bool,
 }
 
 impl std::fmt::Debug for ModelTokenizer {
@@ -87,67 +92,105 @@ fn meta_strings(
         .collect()
 }
 
-impl ModelTokenizer {
-    /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata. Supports the
-    /// `gpt2` model (byte-level BPE); the pre-tokenizer follows `tokenizer.ggml.pre`.
-    pub fn from_gguf(md: &HashMap<String, gguf_file::Value>, path: &Path) -> Result<Self> {
-        let model = meta_str(md, "tokenizer.ggml.model").unwrap_or("");
-        if model != "gpt2" {
+/// The byte-level BPE tokenizer of a `gpt2` GGUF vocabulary, with the pre-tokenizer
+/// `tokenizer.ggml.pre` names.
+fn byte_level_bpe(
+    md: &HashMap<String, gguf_file::Value>,
+    tokens: &[String],
+    path: &Path,
+) -> Result<Tokenizer> {
+    let merges = meta_strings(md, "tokenizer.ggml.merges", path)?;
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), u32::try_from(i).unwrap_or(u32::MAX)))
+        .collect();
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| EngineError::bad_model(path, format!("merge {i} `{m}` malformed")))
+        })
+        .collect::<Result<_>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(tok_err)?;
+    let mut tok = Tokenizer::new(bpe);
+    let pre = meta_str(md, "tokenizer.ggml.pre").unwrap_or("gpt2");
+    // `smollm` (and the plain GPT-2 family) split digits one by one before byte-level BPE
+    // with the GPT-2 regex; `gpt2` uses the regex alone.
+    let byte_level = ByteLevel::new(false, true, true);
+    match pre {
+        "smollm" | "starcoder" | "refact" => {
+            tok.with_pre_tokenizer(Some(Sequence::new(vec![
+                Digits::new(true).into(),
+                byte_level.into(),
+            ])));
+        }
+        "gpt2" | "default" => {
+            tok.with_pre_tokenizer(Some(byte_level));
+        }
+        other => {
             return Err(EngineError::bad_model(
                 path,
-                format!("tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)"),
+                format!("pre-tokenizer `{other}` is not supported yet"),
             ));
         }
+    }
+    tok.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tok)
+}
+
+impl ModelTokenizer {
+    /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata: the `gpt2`
+    /// model (byte-level BPE; the pre-tokenizer follows `tokenizer.ggml.pre`) or the `llama`
+    /// model (a SentencePiece vocabulary, see `spm`).
+    pub fn from_gguf(md: &HashMap<String, gguf_file::Value>, path: &Path) -> Result<Self> {
+        let model = meta_str(md, "tokenizer.ggml.model").unwrap_or("");
         let tokens = meta_strings(md, "tokenizer.ggml.tokens", path)?;
-        let merges = meta_strings(md, "tokenizer.ggml.merges", path)?;
         let types: Vec<i32> = md
             .get("tokenizer.ggml.token_type")
             .and_then(|v| v.to_vec().ok())
             .map(|v| v.iter().map(|x| x.to_i32().unwrap_or(1)).collect())
             .unwrap_or_default();
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), u32::try_from(i).unwrap_or(u32::MAX)))
-            .collect();
-        let merges: Vec<(String, String)> = merges
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                    .ok_or_else(|| {
-                        EngineError::bad_model(path, format!("merge {i} `{m}` malformed"))
-                    })
-            })
-            .collect::<Result<_>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(tok_err)?;
-        let mut tok = Tokenizer::new(bpe);
-        let pre = meta_str(md, "tokenizer.ggml.pre").unwrap_or("gpt2");
-        // `smollm` (and the plain GPT-2 family) split digits one by one before byte-level BPE
-        // with the GPT-2 regex; `gpt2` uses the regex alone.
-        let byte_level = ByteLevel::new(false, true, true);
-        match pre {
-            "smollm" | "starcoder" | "refact" => {
-                tok.with_pre_tokenizer(Some(Sequence::new(vec![
-                    Digits::new(true).into(),
-                    byte_level.into(),
-                ])));
-            }
-            "gpt2" | "default" => {
-                tok.with_pre_tokenizer(Some(byte_level));
+        let (mut tok, tokens) = match model {
+            "gpt2" => (byte_level_bpe(md, &tokens, path)?, tokens),
+            "llama" => {
+                let scores: Vec<f32> = md
+                    .get("tokenizer.ggml.scores")
+                    .and_then(|v| v.to_vec().ok())
+                    .map(|v| v.iter().map(|x| x.to_f32().unwrap_or(0.0)).collect())
+                    .unwrap_or_default();
+                let arch = meta_str(md, "general.architecture").unwrap_or("");
+                let unk = meta_u32(md, "tokenizer.ggml.unknown_token_id")
+                    .and_then(|i| tokens.get(i as usize))
+                    .map(String::as_str);
+                let prefix = md
+                    .get("tokenizer.ggml.add_space_prefix")
+                    .and_then(|v| v.to_bool().ok())
+                    .unwrap_or(true);
+                spm::build(
+                    &tokens,
+                    &scores,
+                    unk,
+                    arch.starts_with("gemma"),
+                    prefix,
+                    path,
+                )?
             }
             other => {
                 return Err(EngineError::bad_model(
                     path,
-                    format!("pre-tokenizer `{other}` is not supported yet"),
+                    format!(
+                        "tokenizer model `{other}` is not supported (byte-level BPE `gpt2` and \
+                         SentencePiece `llama`)"
+                    ),
                 ));
             }
-        }
-        tok.with_decoder(Some(ByteLevelDecoder::default()));
+        };
         // Control (3) and user-defined (4) tokens are matched whole in the text, as the model's
         // own tokenizer does.
         let specials: Vec<AddedToken> = types
@@ -162,6 +205,10 @@ impl ModelTokenizer {
             chat_template: meta_str(md, "tokenizer.chat_template").map(str::to_owned),
             eos_id: meta_u32(md, "tokenizer.ggml.eos_token_id"),
             bos_id: meta_u32(md, "tokenizer.ggml.bos_token_id"),
+            add_bos: md
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(false),
         })
     }
 
@@ -194,6 +241,11 @@ impl ModelTokenizer {
                 .map(str::to_owned),
             inner,
             eos_id,
+            add_bos: bos_id.is_some()
+                && cfg
+                    .get("add_bos_token")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false),
             bos_id,
         })
     }
@@ -205,6 +257,7 @@ impl ModelTokenizer {
             chat_template: None,
             eos_id,
             bos_id: None,
+            add_bos: false,
         }
     }
 
@@ -269,13 +322,23 @@ impl ModelTokenizer {
         .map_err(|e| EngineError::Tokenizer(format!("chat template: {e}")))
     }
 
-    /// Ids of `text` as a single user turn with the generation prompt (chat mode), or of the
-    /// plain text.
+    /// Ids of `text` as a single user turn with the generation prompt (chat mode; the template
+    /// writes any BOS itself), or of the plain text after the BOS the model expects.
     pub fn encode_prompt(&self, text: &str, chat: bool) -> Result<Vec<u32>> {
         if chat {
             self.encode(&self.apply_chat_template(&[ChatMessage::user(text)], true)?)
         } else {
-            self.encode(text)
+            let mut ids = self.bos_prefix();
+            ids.extend(self.encode(text)?);
+            Ok(ids)
+        }
+    }
+
+    /// What a plain prompt starts with: the BOS token when the model expects one, else nothing.
+    pub fn bos_prefix(&self) -> Vec<u32> {
+        match self.bos_id {
+            Some(b) if self.add_bos => vec![b],
+            _ => Vec::new(),
         }
     }
 }
