@@ -12,6 +12,10 @@ probabilities, greedy tokens).
     cargo build --release
     python3 bench/compare_pytorch.py [--neoscope target/release/neoscope] [--rounds 2] [--out bench/results.json]
 
+`--model gemma3-270m` (after `neoscope fetch gemma3-270m --accept-gemma-terms`) compares on Gemma 3
+270M; PyTorch reads the same GGUF (dequantized to f32 by transformers) and Neoscope is given
+`--dtype f32` so both compute in f32.
+
 On a GPU: `--device cuda` runs both sides there (Neoscope built with `--features cuda`), and
 `--model DIR` benchmarks a Hugging Face folder instead of the default model (see
 bench/synth_model.py for a same-shape checkpoint where the model cannot be downloaded).
@@ -156,7 +160,9 @@ def worker(report_path, model_path, threads, device):
             for p in s["word_positions"]:
                 word[r, p, 0] = 1.0
         x = embed(ids)
-        x = x * (1 - word) + word * vec
+        # Gemma's embedding module scales its rows by sqrt(d); the word's vector, a raw row as in
+        # Neoscope, is scaled the same way.
+        x = x * (1 - word) + word * vec * getattr(embed, "embed_scale", 1.0)
         h = model.model(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
         total = 0.0
         for r, s in enumerate(rows):
@@ -234,7 +240,7 @@ def main():
     if a.worker:
         worker(a.worker[0], a.worker[1], int(a.worker[2]), a.worker[3])
         return
-    ns = [a.neoscope, "--device", a.device] + (["--model", a.model] if a.model else [])
+    ns = [a.neoscope, "--device", a.device] + (["--model", a.model, "--dtype", "f32"] if a.model else [])
     info = json.loads(subprocess.check_output(ns + ["info", "--json"], stderr=subprocess.DEVNULL))
     ours, theirs = [], []
     report_path = os.path.abspath(".neoscope-bench-report.json")
@@ -247,7 +253,8 @@ def main():
         with open(report_path, "w") as f:
             json.dump(rep, f)
         print(f"round {r + 1}/{a.rounds}: PyTorch", file=sys.stderr)
-        text, rss = run_child([sys.executable, __file__, "--worker", report_path, a.model or info["model_file"], str(rep["threads"]), a.device])
+        model_path = info["model_file"] if not a.model or not os.path.exists(a.model) else a.model
+        text, rss = run_child([sys.executable, __file__, "--worker", report_path, model_path, str(rep["threads"]), a.device])
         res = json.loads(text)
         res["peak_rss_mib"] = rss
         theirs.append(res)
