@@ -133,6 +133,28 @@ pub enum RopeScaling {
         /// The pre-training context.
         original_max_position_embeddings: usize,
     },
+    /// YaRN: frequencies interpolated below a ramp of rotation counts, kept above it, and cos/sin
+    /// multiplied by `attention_factor` (Qwen2.5 long context, DeepSeek).
+    Yarn {
+        /// Divisor of the interpolated frequencies.
+        factor: f64,
+        /// The pre-training context.
+        original_max_position_embeddings: usize,
+        /// Rotations where extrapolation ends (default 32).
+        beta_fast: f64,
+        /// Rotations where interpolation begins (default 1).
+        beta_slow: f64,
+        /// cos/sin multiplier (default from `factor`, `mscale`, `mscale_all_dim`).
+        attention_factor: f64,
+        /// Whether the ramp's ends are rounded to whole dimensions (default true).
+        truncate: bool,
+    },
+    /// Dynamic NTK: transformers changes the base only for sequences longer than
+    /// `max_position_embeddings`, which are refused here; within it, plain RoPE.
+    Dynamic {
+        /// The factor (used beyond the context only).
+        factor: f64,
+    },
 }
 
 impl RopeScaling {
@@ -148,7 +170,30 @@ impl RopeScaling {
             }
         };
         match *self {
-            Self::Linear { factor } => ok("factor", factor),
+            Self::Linear { factor } | Self::Dynamic { factor } => ok("factor", factor),
+            Self::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                ..
+            } => {
+                for (k, v) in [
+                    ("factor", factor),
+                    ("beta_fast", beta_fast),
+                    ("beta_slow", beta_slow),
+                    ("attention_factor", attention_factor),
+                ] {
+                    ok(k, v)?;
+                }
+                if original_max_position_embeddings == 0 {
+                    return Err(
+                        "`rope_scaling.original_max_position_embeddings` must be > 0".into(),
+                    );
+                }
+                Ok(())
+            }
             Self::Llama3 {
                 factor,
                 low_freq_factor,
@@ -174,10 +219,53 @@ impl RopeScaling {
         }
     }
 
-    /// Applies the scaling to RoPE's inverse frequencies, in f32 as transformers does.
-    pub fn apply(&self, inv_freq: &mut [f32]) {
+    /// The multiplier of the cos/sin tables (YaRN), when not 1.
+    pub fn attention_factor(&self) -> Option<f32> {
         match *self {
+            Self::Yarn {
+                attention_factor, ..
+            } => Some(attention_factor as f32),
+            _ => None,
+        }
+    }
+
+    /// Applies the scaling to RoPE's inverse frequencies `1 / base^(2i/dim)`, in f32 as
+    /// transformers does.
+    pub fn apply(&self, inv_freq: &mut [f32], base: f32, dim: usize) {
+        match *self {
+            Self::Dynamic { .. } => {}
             Self::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor as f32),
+            Self::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                truncate,
+                ..
+            } => {
+                // The dimension (of `dim`) where a frequency completes `rotations` turns over the
+                // original context; in f64, as Python's math.
+                let (d, b) = (dim as f64, f64::from(base));
+                let old = original_max_position_embeddings as f64;
+                let at = |rotations: f64| {
+                    d * (old / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * b.ln())
+                };
+                let (mut low, mut high) = (at(beta_fast), at(beta_slow));
+                if truncate {
+                    (low, high) = (low.floor(), high.ceil());
+                }
+                let (low, mut high) = (low.max(0.0) as f32, high.min(d - 1.0) as f32);
+                if low == high {
+                    high += 0.001;
+                }
+                for (i, f) in inv_freq.iter_mut().enumerate() {
+                    let pos = base.powf((2 * i) as f32 / dim as f32);
+                    let (extra, inter) = (1.0 / pos, 1.0 / (factor as f32 * pos));
+                    let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                    let keep = 1.0 - ramp;
+                    *f = inter * (1.0 - keep) + extra * keep;
+                }
+            }
             Self::Llama3 {
                 factor,
                 low_freq_factor,

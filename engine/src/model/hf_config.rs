@@ -313,6 +313,13 @@ struct Rope {
 /// (transformers 5, which also moves `rope_theta` there, and for Gemma 3 keys them by layer
 /// type: `full_attention`, `sliding_attention`).
 fn rope_settings(obj: &Map<String, Value>, model_type: &str) -> Result<Rope, String> {
+    let original = obj
+        .get("original_max_position_embeddings")
+        .and_then(Value::as_f64);
+    let max_pos = obj
+        .get("max_position_embeddings")
+        .and_then(Value::as_f64)
+        .unwrap_or(2048.0);
     let params = obj
         .get("rope_parameters")
         .filter(|v| !v.is_null())
@@ -333,18 +340,20 @@ fn rope_settings(obj: &Map<String, Value>, model_type: &str) -> Result<Rope, Str
         return Err(format!("`rope_scaling` = {params} is not an object"));
     };
     if let Some(full) = p.get("full_attention") {
-        let (theta, scaling) = one_rope(full, "rope_parameters.full_attention")?;
+        let (theta, scaling) = one_rope(full, "rope_parameters.full_attention", original, max_pos)?;
         let local_theta = match p.get("sliding_attention") {
-            Some(local) => match one_rope(local, "rope_parameters.sliding_attention")? {
-                (t, None) => t.or(local_default),
-                (_, Some(_)) => {
-                    return Err(
+            Some(local) => {
+                match one_rope(local, "rope_parameters.sliding_attention", None, max_pos)? {
+                    (t, None) => t.or(local_default),
+                    (_, Some(_)) => {
+                        return Err(
                         "`rope_parameters.sliding_attention`: scaled RoPE on the sliding-window \
                          layers is not implemented"
                             .into(),
                     );
+                    }
                 }
-            },
+            }
             None => local_default,
         };
         return Ok(Rope {
@@ -353,7 +362,7 @@ fn rope_settings(obj: &Map<String, Value>, model_type: &str) -> Result<Rope, Str
             local_theta,
         });
     }
-    let (theta, scaling) = one_rope(params, "rope_scaling")?;
+    let (theta, scaling) = one_rope(params, "rope_scaling", original, max_pos)?;
     Ok(Rope {
         theta,
         scaling,
@@ -361,8 +370,15 @@ fn rope_settings(obj: &Map<String, Value>, model_type: &str) -> Result<Rope, Str
     })
 }
 
-/// One RoPE parameter set: its base (when given) and its frequency scaling.
-fn one_rope(params: &Value, at: &str) -> Result<(Option<f64>, Option<RopeScaling>), String> {
+/// One RoPE parameter set: its base (when given) and its frequency scaling. `original` is a
+/// top-level `original_max_position_embeddings` (transformers prefers it to the parameters');
+/// `max_pos` the context, YaRN's default original context.
+fn one_rope(
+    params: &Value,
+    at: &str,
+    original: Option<f64>,
+    max_pos: f64,
+) -> Result<(Option<f64>, Option<RopeScaling>), String> {
     let Value::Object(p) = params else {
         return Err(format!("`{at}` = {params} is not an object"));
     };
@@ -389,12 +405,53 @@ fn one_rope(params: &Value, at: &str) -> Result<(Option<f64>, Option<RopeScaling
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,
             high_freq_factor: num("high_freq_factor")?,
-            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+            original_max_position_embeddings: original
+                .or(p
+                    .get("original_max_position_embeddings")
+                    .and_then(Value::as_f64))
+                .ok_or(format!(
+                    "`{at}` of type \"llama3\" lacks the number `original_max_position_embeddings`"
+                ))? as usize,
+        }),
+        "yarn" => {
+            let factor = num("factor")?;
+            let old = original
+                .or(p
+                    .get("original_max_position_embeddings")
+                    .and_then(Value::as_f64))
+                .unwrap_or(max_pos);
+            let opt = |k: &str| p.get(k).and_then(Value::as_f64).filter(|v| *v != 0.0);
+            // transformers' default attention factor: YaRN's 0.1·m·ln(s) + 1.
+            let mscale = |m: f64| {
+                if factor <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * factor.ln() + 1.0
+                }
+            };
+            let attention_factor = opt("attention_factor").unwrap_or_else(|| {
+                match (opt("mscale"), opt("mscale_all_dim")) {
+                    (Some(m), Some(all)) => mscale(m) / mscale(all),
+                    _ => mscale(1.0),
+                }
+            });
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: old as usize,
+                beta_fast: opt("beta_fast").unwrap_or(32.0),
+                beta_slow: opt("beta_slow").unwrap_or(1.0),
+                attention_factor,
+                truncate: p.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+            })
+        }
+        // Within the context (longer sequences are refused) dynamic NTK is plain RoPE.
+        "dynamic" => Some(RopeScaling::Dynamic {
+            factor: num("factor")?,
         }),
         other => {
             return Err(format!(
                 "`{at}` type \"{other}\" is not implemented (implemented: default, linear, \
-                 llama3)"
+                 llama3, yarn, dynamic)"
             ));
         }
     };
@@ -441,13 +498,10 @@ mod tests {
                 "use_bidirectional_attention",
             ),
             (
-                r#", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}"#,
-                "yarn",
+                r#", "rope_scaling": {"rope_type": "longrope", "factor": 4.0}"#,
+                "longrope",
             ),
-            (
-                r#", "rope_scaling": {"type": "dynamic", "factor": 2.0}"#,
-                "dynamic",
-            ),
+            (r#", "rope_scaling": {"type": "su", "factor": 2.0}"#, "su"),
             (r#", "attention_bias": true"#, "attention_bias"),
             (r#", "mlp_bias": true"#, "mlp_bias"),
             (r#", "hidden_act": "gelu""#, "hidden_act"),

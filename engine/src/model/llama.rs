@@ -611,7 +611,7 @@ fn rope_tables(
         .map(|i| 1.0 / base.powf(i as f32 / hd as f32))
         .collect();
     if let Some(s) = scaling {
-        s.apply(&mut inv);
+        s.apply(&mut inv, base, hd);
     }
     let n = cfg.n_ctx();
     let mut angles = Vec::with_capacity(n * inv.len());
@@ -620,5 +620,9 @@ fn rope_tables(
         angles.extend(inv.iter().map(|f| pf * f));
     }
     let ang = Tensor::from_vec(angles, (n, inv.len()), dev)?;
-    Ok((ang.cos()?, ang.sin()?))
+    let (cos, sin) = (ang.cos()?, ang.sin()?);
+    Ok(match scaling.and_then(RopeScaling::attention_factor) {
+        Some(a) => ((cos * f64::from(a))?, (sin * f64::from(a))?),
+        None => (cos, sin),
+    })
 }
