@@ -24,6 +24,9 @@ pub enum HookPoint {
     AttnOut(usize),
     /// `blocks.{l}.hook_mlp_out`: what block `l`'s MLP adds to the residual stream.
     MlpOut(usize),
+    /// `blocks.{l}.attn.hook_pattern`: block `l`'s attention probabilities, (batch, head, query,
+    /// key); captured only (an intervention there is refused).
+    Pattern(usize),
     /// `ln_final.hook_normalized`: the final-normed residual stream (before unembedding).
     LnFinal,
 }
@@ -36,7 +39,8 @@ impl HookPoint {
             | Self::ResidMid(l)
             | Self::ResidPost(l)
             | Self::AttnOut(l)
-            | Self::MlpOut(l) => Some(l),
+            | Self::MlpOut(l)
+            | Self::Pattern(l) => Some(l),
             Self::Embed | Self::PosEmbed | Self::LnFinal => None,
         }
     }
@@ -51,6 +55,7 @@ impl fmt::Display for HookPoint {
             Self::ResidPost(l) => write!(f, "blocks.{l}.hook_resid_post"),
             Self::AttnOut(l) => write!(f, "blocks.{l}.hook_attn_out"),
             Self::MlpOut(l) => write!(f, "blocks.{l}.hook_mlp_out"),
+            Self::Pattern(l) => write!(f, "blocks.{l}.attn.hook_pattern"),
             Self::PosEmbed => write!(f, "hook_pos_embed"),
             Self::LnFinal => write!(f, "ln_final.hook_normalized"),
         }
@@ -71,7 +76,8 @@ impl FromStr for HookPoint {
             format!(
                 "unknown hook point `{s}`: expected hook_embed, hook_pos_embed, \
                  blocks.L.hook_resid_pre, blocks.L.hook_resid_mid, blocks.L.hook_resid_post, \
-                 blocks.L.hook_attn_out, blocks.L.hook_mlp_out or ln_final.hook_normalized"
+                 blocks.L.hook_attn_out, blocks.L.hook_mlp_out, blocks.L.attn.hook_pattern or \
+                 ln_final.hook_normalized"
             )
         };
         let rest = s.strip_prefix("blocks.").ok_or_else(bad)?;
@@ -83,6 +89,7 @@ impl FromStr for HookPoint {
             "hook_resid_post" => Ok(Self::ResidPost(l)),
             "hook_attn_out" => Ok(Self::AttnOut(l)),
             "hook_mlp_out" => Ok(Self::MlpOut(l)),
+            "attn.hook_pattern" => Ok(Self::Pattern(l)),
             _ => Err(bad()),
         }
     }
@@ -192,6 +199,7 @@ mod tests {
             HookPoint::ResidPost(29),
             HookPoint::AttnOut(2),
             HookPoint::MlpOut(5),
+            HookPoint::Pattern(3),
             HookPoint::PosEmbed,
             HookPoint::LnFinal,
         ] {

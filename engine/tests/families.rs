@@ -467,3 +467,44 @@ fn word_gradient_by_autograd_equals_finite_differences_on_gemma2_and_gpt2() {
         }
     }
 }
+
+#[test]
+fn attention_patterns_match_transformers_on_every_family() {
+    for name in CASES {
+        let m = load_model(&fixture(name), &Device::Cpu).unwrap();
+        let e = expected(name);
+        let n = m.llama.cfg.num_hidden_layers;
+        let spec = HookSpec {
+            capture: (0..n).map(HookPoint::Pattern).collect(),
+            interventions: Vec::new(),
+        };
+        // Left-padded batch: each row's pattern over its real keys is the single prompt's.
+        let b = Batch::new(&e.prompts, PadSide::Left, &Device::Cpu).unwrap();
+        let c = m.llama.forward(&b, &spec, None).unwrap().captures;
+        for (j, ids) in e.prompts.iter().enumerate() {
+            let pad = b.width() - ids.len();
+            for l in 0..n {
+                let got = c[&HookPoint::Pattern(l)].i((j, .., pad.., pad..)).unwrap();
+                let want = &e.tensors[&format!("p{j}.pattern.{l}")];
+                let d = max_diff(&got, want);
+                assert!(
+                    d < TOL,
+                    "{name} prompt {j} layer {l}: pattern differs by {d}"
+                );
+            }
+        }
+    }
+    // A pattern is captured, never changed.
+    let m = load_model(&fixture("llama3"), &Device::Cpu).unwrap();
+    let spec = HookSpec {
+        capture: Vec::new(),
+        interventions: vec![neoscope_engine::hooks::Intervention {
+            point: HookPoint::Pattern(0),
+            positions: neoscope_engine::hooks::Positions::All,
+            op: neoscope_engine::hooks::InterventionOp::Replace(vec![0.0; 32]),
+        }],
+    };
+    let b = Batch::new(&[vec![1, 2, 3]], PadSide::Left, &Device::Cpu).unwrap();
+    let err = m.llama.forward(&b, &spec, None).unwrap_err().to_string();
+    assert!(err.contains("attn.hook_pattern"), "{err}");
+}

@@ -45,6 +45,12 @@ impl Llama {
             .iter()
             .map(|iv| {
                 self.check_point(iv.point)?;
+                if let HookPoint::Pattern(_) = iv.point {
+                    return Err(EngineError::Invalid(format!(
+                        "hook point {}: attention patterns can be captured, not changed",
+                        iv.point
+                    )));
+                }
                 iv.op.check_finite().map_err(EngineError::Invalid)?;
                 let mut mask = vec![0u8; rows * width];
                 let mut set = |r: usize, c: usize| -> Result<()> {

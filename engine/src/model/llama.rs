@@ -416,6 +416,7 @@ impl Llama {
             x = (x + hook(HookPoint::PosEmbed, p)?)?;
         }
         let d_mlp = self.cfg.intermediate_size;
+        let mut patterns = Vec::new();
         for (l, blk) in self.blocks.iter().enumerate() {
             x = hook(HookPoint::ResidPre(l), x)?;
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
@@ -430,7 +431,11 @@ impl Llama {
                 (Some(loc), Some(_)) => Some(loc),
                 _ => global.as_ref(),
             };
-            let mut a = self.attention(blk, w_qkv, &x, mask, rope, kv)?;
+            let want_pattern = capture.contains(&HookPoint::Pattern(l));
+            let (mut a, pattern) = self.attention(blk, w_qkv, &x, mask, rope, kv, want_pattern)?;
+            if let Some(p) = pattern {
+                patterns.push((HookPoint::Pattern(l), p));
+            }
             if let Some((post_attn, _)) = &blk.extra.post_norms {
                 a = rms_norm(&a, post_attn, self.cfg.rms_norm_eps)?;
             }
@@ -464,9 +469,12 @@ impl Llama {
             HookPoint::LnFinal,
             self.norm(&x, &self.final_norm, final_bias)?,
         )?;
+        captures.extend(patterns);
         Ok((n, captures))
     }
 
+    /// One block's attention output, and its pattern (B, H, T, S) when asked for.
+    #[expect(clippy::too_many_arguments, reason = "one block's attention inputs")]
     fn attention(
         &self,
         blk: &Block,
@@ -475,7 +483,8 @@ impl Llama {
         mask: &Tensor,
         rope_cs: Option<&(Tensor, Tensor)>,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
-    ) -> Result<Tensor> {
+        want_pattern: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
@@ -539,17 +548,20 @@ impl Llama {
             scores = softcap(&scores, c)?;
         }
         let scores = scores.broadcast_add(mask)?;
-        let p = softmax_last(&scores)?.reshape((b, nkv, rep * t, s))?;
+        let p = softmax_last(&scores)?;
+        let pattern = if want_pattern { Some(p.clone()) } else { None };
+        let p = p.reshape((b, nkv, rep * t, s))?;
         let o = p
             .matmul(&v)?
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
         let out = blk.wo.forward(&o)?;
-        Ok(match &blk.extra.o_bias {
+        let out = match &blk.extra.o_bias {
             Some(bias) => out.broadcast_add(bias)?,
             None => out,
-        })
+        };
+        Ok((out, pattern))
     }
 }
 
