@@ -27,7 +27,8 @@ pub enum HookPoint {
     /// `blocks.{l}.attn.hook_pattern`: block `l`'s attention probabilities, (batch, head, query,
     /// key); captured only (an intervention there is refused).
     Pattern(usize),
-    /// `ln_final.hook_normalized`: the final-normed residual stream (before unembedding).
+    /// `ln_final.hook_normalized`: the final residual stream normalized, before the final
+    /// norm's weight and bias (as TransformerLens places it).
     LnFinal,
 }
 

@@ -240,8 +240,29 @@ impl Llama {
     /// The family's final norm followed by its output head: residual (…, d_model) → logits
     /// (…, d_vocab).
     pub fn project(&self, resid: &Tensor) -> Result<Tensor> {
-        let n = self.norm(resid, &self.final_norm, self.extra.final_norm_bias.as_ref())?;
+        let n = self.final_scale(&self.final_normalize(resid)?)?;
         self.logits(&n)
+    }
+
+    /// The final norm's first step, what TransformerLens hooks as `ln_final.hook_normalized`:
+    /// the residual stream normalized (RMS, or centred and divided by its standard deviation),
+    /// before the norm's weight and bias.
+    pub fn final_normalize(&self, resid: &Tensor) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        let ones = Tensor::ones(self.cfg.hidden_size, DType::F32, resid.device())?;
+        Ok(match self.cfg.arch.norm {
+            NormKind::Rms => rms_norm(resid, &ones, eps)?,
+            NormKind::Layer => layer_norm(resid, &ones, &ones.zeros_like()?, eps)?,
+        })
+    }
+
+    /// The final norm's second step: its weight and, for LayerNorm, its bias.
+    pub fn final_scale(&self, normalized: &Tensor) -> Result<Tensor> {
+        let n = normalized.broadcast_mul(&self.final_norm)?;
+        Ok(match &self.extra.final_norm_bias {
+            Some(b) => n.broadcast_add(b)?,
+            None => n,
+        })
     }
 
     /// The output head on final-normed residuals (…, d_model) → logits (…, d_vocab), with the
@@ -464,13 +485,9 @@ impl Llama {
             let m = hook(HookPoint::MlpOut(l), m)?;
             x = hook(HookPoint::ResidPost(l), (x + m)?)?;
         }
-        let final_bias = self.extra.final_norm_bias.as_ref();
-        let n = hook(
-            HookPoint::LnFinal,
-            self.norm(&x, &self.final_norm, final_bias)?,
-        )?;
+        let n = hook(HookPoint::LnFinal, self.final_normalize(&x)?)?;
         captures.extend(patterns);
-        Ok((n, captures))
+        Ok((self.final_scale(&n)?, captures))
     }
 
     /// One block's attention output, and its pattern (B, H, T, S) when asked for.
