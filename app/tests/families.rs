@@ -95,6 +95,26 @@ fn analyses_run(name: &str, n_layers: usize, lr: &str) {
         "3",
     ]);
     assert_eq!(v["promoted"].as_array().unwrap().len(), 10, "{name}");
+    // The same word injected into the residual stream before block 1.
+    let word1 = dir.path().join("w1");
+    let v = run(&[
+        "word",
+        "train",
+        "--json",
+        "--name",
+        "<w>",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        word1.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--lr",
+        lr,
+        "--layer",
+        "1",
+    ]);
+    assert_eq!(v["losses"].as_array().unwrap().len(), 2, "{name}");
 
     let corpus = dir.path().join("c.txt");
     std::fs::write(
@@ -145,6 +165,65 @@ fn analyses_run(name: &str, n_layers: usize, lr: &str) {
         "the cat",
     ]);
     assert!(v["steered"].is_string(), "{name}: {v}");
+
+    // A tuned lens, trained briefly, then used.
+    let tuned = dir.path().join("tuned");
+    let v = run(&[
+        "lens",
+        "train-tuned",
+        "--json",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--out",
+        tuned.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        v["report"]["tuned_kl"].as_array().unwrap().len(),
+        n_layers,
+        "{name}"
+    );
+    let v = run(&[
+        "lens",
+        "--json",
+        "--lens",
+        "tuned",
+        "--tuned",
+        tuned.to_str().unwrap(),
+        "the cat sat",
+    ]);
+    assert_eq!(v["layers"].as_array().unwrap().len(), n_layers, "{name}");
+    // Vocabulary injection: two new words learned from a corpus for a few steps.
+    let lex = dir.path().join("lex.txt");
+    std::fs::write(&lex, "blorf\nzinter\n").unwrap();
+    let inj_corpus = dir.path().join("inj.txt");
+    let text: String = (0..80)
+        .map(|i| format!("the {} sat near a cat. ", ["blorf", "zinter"][i % 2]))
+        .collect();
+    std::fs::write(&inj_corpus, text).unwrap();
+    let inj = dir.path().join("inj");
+    let v = run(&[
+        "inject",
+        "run",
+        "--json",
+        "--lexicon",
+        lex.to_str().unwrap(),
+        "--corpus",
+        inj_corpus.to_str().unwrap(),
+        "--init",
+        "spherical",
+        "--out",
+        inj.to_str().unwrap(),
+        "--block-len",
+        "16",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+    ]);
+    assert_eq!(v["report"]["n_new"], 2, "{name}");
+    assert_eq!(v["report"]["drift"]["base_identical"], true, "{name}");
 
     // Out-of-range numbers are refused with the value and the range, before any work.
     let refused = |cmd: &[&str], needle: &str| {

@@ -105,7 +105,7 @@ fn activations(m: &LoadedModel, rows: &[Vec<u32>], pick: &[u32]) -> Result<(Tens
         Ok(t.reshape((rows.len() * batch.width(), d))?
             .index_select(&idx, 0)?)
     };
-    let final_logp = log_softmax_last(&linear(&flat(&normed)?, m.llama.unembed())?)?.detach();
+    let final_logp = log_softmax_last(&m.llama.logits(&flat(&normed)?)?)?.detach();
     let hs = (0..n)
         .map(|l| flat(&caps[&HookPoint::ResidPost(l)]).map(|t| t.detach()))
         .collect::<Result<_>>()?;

@@ -508,3 +508,68 @@ fn attention_patterns_match_transformers_on_every_family() {
     let err = m.llama.forward(&b, &spec, None).unwrap_err().to_string();
     assert!(err.contains("attn.hook_pattern"), "{err}");
 }
+
+#[test]
+fn the_training_loss_is_the_models_own_log_probability_on_every_family() {
+    // A word whose vector is token 7's embedding row scores its completion exactly as the
+    // model scores the same text with token 7 in its place (soft-capping included).
+    for name in CASES {
+        let m = load_model(&fixture(name), &Device::Cpu).unwrap();
+        let names = ["<w>"];
+        let seq = scored_seq(&m, "the <w> sat on", " the mat", &names).unwrap();
+        let mut w = Word::create(
+            &m,
+            "<w>",
+            Init::Random { std: 0.5, seed: 1 },
+            Injection::Embedding,
+        )
+        .unwrap();
+        w.vector = m.llama.embed.i(7).unwrap().to_vec1::<f32>().unwrap();
+        let v = Tensor::from_slice(&w.vector, w.vector.len(), &Device::Cpu).unwrap();
+        let lp = seq_logprobs(&m, std::slice::from_ref(&w), &[v], &[&seq])
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
+        let mut ids = seq.ids.clone();
+        for (p, _) in &seq.occ {
+            ids[*p] = 7;
+        }
+        let b = Batch::new(&[ids], PadSide::Left, &Device::Cpu).unwrap();
+        let logits = m
+            .llama
+            .forward(&b, &HookSpec::default(), None)
+            .unwrap()
+            .logits;
+        let logp = neoscope_engine::model::ops::log_softmax_last(&logits.i(0).unwrap()).unwrap();
+        let want: f32 = seq
+            .targets
+            .iter()
+            .map(|(p, t)| {
+                logp.i((*p, *t as usize))
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .sum();
+        assert!(
+            (lp - want).abs() < 1e-3,
+            "{name}: training {lp} vs model {want}"
+        );
+        // A prompt with the word (lens, generation, definitions) sees what it would with token 7.
+        let (ids, hooks) =
+            neoscope_engine::words::prepare(&m, "the <w> sat on", false, std::slice::from_ref(&w))
+                .unwrap();
+        let b = Batch::new(std::slice::from_ref(&ids), PadSide::Left, &Device::Cpu).unwrap();
+        let with_word = m.llama.forward(&b, &hooks, None).unwrap().logits;
+        let mut as_token = ids;
+        as_token[seq.occ[0].0] = 7;
+        let b = Batch::new(&[as_token], PadSide::Left, &Device::Cpu).unwrap();
+        let direct = m
+            .llama
+            .forward(&b, &HookSpec::default(), None)
+            .unwrap()
+            .logits;
+        let d = max_diff(&with_word, &direct);
+        assert!(d < 1e-4, "{name}: word prompt vs token 7 differ by {d}");
+    }
+}

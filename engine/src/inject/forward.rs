@@ -35,11 +35,12 @@ pub fn embed(m: &LoadedModel, rows: &Tensor, blocks: &[&[u32]]) -> Result<(Tenso
     Ok((x.reshape((b, t, d))?, batch))
 }
 
-/// Logits over base + new vocabulary for final-normed states `h` (n, d).
+/// Logits over base + new vocabulary for final-normed states `h` (n, d), soft-capped as the
+/// model caps its own.
 pub fn logits(m: &LoadedModel, rows: &Tensor, h: &Tensor) -> Result<Tensor> {
     let base = linear(h, m.llama.unembed())?;
     let new = h.matmul(&rows.t()?)?;
-    Ok(Tensor::cat(&[&base, &new], D::Minus1)?)
+    m.llama.cap_logits(Tensor::cat(&[&base, &new], D::Minus1)?)
 }
 
 /// Sum of next-token negative log-likelihoods over every position of equal-length `blocks`

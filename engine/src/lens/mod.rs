@@ -8,7 +8,6 @@ use candle_core::{IndexOp, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::hooks::{HookPoint, HookSpec};
-use crate::model::ops::linear;
 use crate::model::{Batch, LoadedModel, PadSide};
 use crate::tuned::TunedLens;
 pub use neoscope_api::lens::{LensCell, LensKind, LensResult, Target, TargetStat, TokenProb};
@@ -227,7 +226,7 @@ fn run_with(
             .collect::<Result<Vec<_>>>()?;
         let h = Tensor::cat(&hs, 0)?;
         let logits = match kind {
-            LensKind::Raw => linear(&h, m.llama.unembed())?,
+            LensKind::Raw => m.llama.logits(&h)?,
             LensKind::Logit | LensKind::Tuned => m.llama.project(&h)?,
         };
         let mut chunk: Vec<LensCell> = match &fin {

@@ -232,6 +232,13 @@ impl Llama {
         (&self.cos, &self.sin)
     }
 
+    /// What token embeddings are multiplied by before the first block (Gemma: √d_model rounded
+    /// to f32; 1 elsewhere). A word injected as an embedding is a raw embedding row, so its
+    /// vector is scaled the same way.
+    pub fn embed_scale(&self) -> f32 {
+        self.cfg.arch.embed_scale.map_or(1.0, |s| s as f32)
+    }
+
     /// Output head weight (the embedding when tied).
     pub fn unembed(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)
@@ -268,7 +275,11 @@ impl Llama {
     /// The output head on final-normed residuals (…, d_model) → logits (…, d_vocab), with the
     /// family's logit soft-capping.
     pub fn logits(&self, normed: &Tensor) -> Result<Tensor> {
-        let z = linear(normed, self.unembed())?;
+        self.cap_logits(linear(normed, self.unembed())?)
+    }
+
+    /// The family's logit soft-capping (Gemma 2) applied to raw logits; the identity elsewhere.
+    pub fn cap_logits(&self, z: Tensor) -> Result<Tensor> {
         Ok(match self.cfg.arch.final_softcap {
             Some(c) => softcap(&z, c)?,
             None => z,
@@ -426,7 +437,7 @@ impl Llama {
 
         let mut x = match self.cfg.arch.embed_scale {
             // The scale is rounded to the activations' type first, as transformers does.
-            Some(scale) => (embeds * f64::from(scale as f32))?,
+            Some(_) => (embeds * f64::from(self.embed_scale()))?,
             None => embeds,
         };
         x = hook(HookPoint::Embed, x)?;

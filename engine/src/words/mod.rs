@@ -182,7 +182,14 @@ pub fn encode_prompt_with_words(
 }
 
 /// Interventions that put each word's vector at its occurrences in row `row` of a batch.
-pub fn word_interventions(words: &[Word], occ: &[(usize, usize)], row: usize) -> Vec<Intervention> {
+/// `embed_scale` is the model's (`Llama::embed_scale`): a word injected as an embedding enters
+/// `hook_embed` scaled like the token rows it stands beside.
+pub fn word_interventions(
+    words: &[Word],
+    occ: &[(usize, usize)],
+    row: usize,
+    embed_scale: f32,
+) -> Vec<Intervention> {
     let mut out = Vec::new();
     for (wi, w) in words.iter().enumerate() {
         let cells: Vec<(usize, usize)> = occ
@@ -201,10 +208,16 @@ pub fn word_interventions(words: &[Word], occ: &[(usize, usize)], row: usize) ->
                 op: InterventionOp::Replace(vec![0.0; w.vector.len()]),
             });
         }
+        let vector = match w.injection {
+            Injection::Embedding if embed_scale != 1.0 => {
+                w.vector.iter().map(|x| x * embed_scale).collect()
+            }
+            _ => w.vector.clone(),
+        };
         out.push(Intervention {
             point: w.injection.point(),
             positions: Positions::Cells(cells),
-            op: InterventionOp::Replace(w.vector.clone()),
+            op: InterventionOp::Replace(vector),
         });
     }
     out
@@ -221,7 +234,7 @@ pub fn prepare(
     let wt = encode_prompt_with_words(m, text, chat, &names)?;
     let hooks = HookSpec {
         capture: Vec::new(),
-        interventions: word_interventions(words, &wt.occurrences, 0),
+        interventions: word_interventions(words, &wt.occurrences, 0, m.llama.embed_scale()),
     };
     Ok((wt.model_ids(), hooks))
 }

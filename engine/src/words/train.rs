@@ -18,7 +18,7 @@ use crate::hooks::HookPoint;
 use crate::model::LoadedModel;
 use crate::model::batch::{Batch, PadSide};
 use crate::model::intervene::{ResolvedIntervention, ResolvedOp};
-use crate::model::ops::{linear, log_softmax_last};
+use crate::model::ops::log_softmax_last;
 pub use neoscope_api::words::{Loss, StopReason, TrainConfig, TrainStep};
 
 /// The result of a training run.
@@ -79,12 +79,13 @@ pub fn scored_seq(
 }
 
 /// Interventions placing `vectors` (one (d_model) tensor per word, trainable or not) at the word
-/// occurrences of a batch made from `seqs`.
+/// occurrences of a batch made from `seqs`; `embed_scale` as in `word_interventions`.
 pub fn word_tensor_interventions(
     words: &[Word],
     vectors: &[Tensor],
     seqs: &[&ScoredSeq],
     width: usize,
+    embed_scale: f32,
 ) -> Result<Vec<ResolvedIntervention>> {
     let rows = seqs.len();
     let mut out = Vec::new();
@@ -114,10 +115,15 @@ pub fn word_tensor_interventions(
                 op: ResolvedOp::Replace(v.zeros_like()?.detach()),
             });
         }
+        // An embedding-injected word is a raw embedding row: scaled like the token rows.
+        let v = match w.injection {
+            Injection::Embedding if embed_scale != 1.0 => (v * f64::from(embed_scale))?,
+            _ => v.clone(),
+        };
         out.push(ResolvedIntervention {
             point: w.injection.point(),
             mask,
-            op: ResolvedOp::Replace(v.clone()),
+            op: ResolvedOp::Replace(v),
         });
     }
     Ok(out)
@@ -134,7 +140,7 @@ pub fn seq_logprobs(
     let dev = m.llama.device();
     let batch = Batch::new(&rows, PadSide::Right, dev)?;
     let width = batch.width();
-    let ivs = word_tensor_interventions(words, vectors, seqs, width)?;
+    let ivs = word_tensor_interventions(words, vectors, seqs, width, m.llama.embed_scale())?;
     let embeds = m.llama.embed_ids(&batch)?;
     let (h, _) = m.llama.hidden_embeds(embeds, &batch, &[], &ivs, None)?;
     let d = m.llama.cfg.hidden_size;
@@ -152,7 +158,7 @@ pub fn seq_logprobs(
     let flat = Tensor::from_vec(flat, n, dev)?;
     // Unembed only the scored positions: the vocabulary projection dominates otherwise.
     let hs = h.reshape((rows.len() * width, d))?.index_select(&flat, 0)?;
-    let lp = log_softmax_last(&linear(&hs, m.llama.unembed())?)?;
+    let lp = log_softmax_last(&m.llama.logits(&hs)?)?;
     let tgt = Tensor::from_vec(tgt, (n, 1), dev)?;
     let picked = lp.gather(&tgt, 1)?; // (n, 1)
     let mut sel = vec![0f32; seqs.len() * n];

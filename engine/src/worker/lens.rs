@@ -39,6 +39,7 @@ impl Worker {
                                 &self.words,
                                 &wt.occurrences,
                                 0,
+                                m.llama.embed_scale(),
                             ),
                         };
                         spec.interventions
