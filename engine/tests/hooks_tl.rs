@@ -2,7 +2,6 @@
 //! TransformerBridge over the same Hugging Face checkpoints) on each family's first prompt and
 //! recorded every hook Neoscope also names. Each of Neoscope's captures must equal
 //! TransformerLens's value at the same name.
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
 
