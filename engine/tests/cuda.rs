@@ -10,9 +10,10 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use candle_core::{Device, IndexOp, Tensor, Var};
+use common::{fixture, max_diff};
 use neoscope_engine::hooks::{HookPoint, HookSpec};
 use neoscope_engine::infer::{GenerateOptions, generate};
 use neoscope_engine::model::{
@@ -46,48 +47,9 @@ fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need a CUDA GPU (run scripts/gpu-check.sh on one)")
 }
 
-/// The fixtures, under `NEOSCOPE_REPO` when the test binary runs away from its build tree
-/// (`scripts/gpu-check.sh run` on a GPU machine without Rust).
-fn fixture(name: &str) -> PathBuf {
-    std::env::var_os("NEOSCOPE_REPO")
-        .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
-            PathBuf::from,
-        )
-        .join("tests/fixtures/models")
-        .join(name)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let b = b.to_device(a.device()).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 fn expected(name: &str) -> (Vec<Vec<u32>>, std::collections::HashMap<String, Tensor>) {
-    let t = candle_core::safetensors::load(
-        fixture(&format!("{name}.expected.safetensors")),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let prompts = (0..)
-        .map_while(|j| t.get(&format!("p{j}.ids")))
-        .map(|x| {
-            x.to_vec1::<i64>()
-                .unwrap()
-                .into_iter()
-                .map(|v| u32::try_from(v).unwrap())
-                .collect()
-        })
-        .collect();
-    (prompts, t)
+    let e = common::expected(name);
+    (e.prompts, e.tensors)
 }
 
 #[test]

@@ -221,10 +221,15 @@ impl Worker {
             &|| job.cancelled(),
         )?;
         let html = std::fs::read(&path).map_err(|e| EngineError::io(&path, e))?;
-        let page = html2text::from_read(&html[..], 100)
+        let page = html2text::config::plain_no_decorate()
+            .string_from_read(&html[..], 100)
             .map_err(|e| EngineError::bad_model(&path, format!("terms: {e}")))?;
-        // The file is the terms' web page: keep the terms, without the site's navigation.
-        let start = page.find("# Gemma Terms of Use").unwrap_or(0);
+        // The file is the terms' web page: keep the terms (from their title, found just before
+        // "Last modified"), without the site's navigation.
+        let modified = page.find("Last modified").unwrap_or(0);
+        let start = page[..modified]
+            .rfind("Gemma Terms of Use")
+            .unwrap_or(modified);
         let end = page[start..]
             .find("\nSend feedback")
             .map_or(page.len(), |e| start + e);

@@ -25,9 +25,15 @@ pub fn tol(want: &Tensor) -> f32 {
     TOL * (scale / 20.0).max(1.0)
 }
 
+/// A fixture of `tests/fixtures/models`, under `NEOSCOPE_REPO` when the test binary runs away
+/// from its build tree (`scripts/gpu-check.sh run` on a GPU machine without Rust).
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/models")
+    std::env::var_os("NEOSCOPE_REPO")
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+            PathBuf::from,
+        )
+        .join("tests/fixtures/models")
         .join(name)
 }
 
@@ -55,8 +61,10 @@ pub fn expected(name: &str) -> Expected {
     Expected { prompts, tensors }
 }
 
+/// Largest absolute difference (`b` moved to `a`'s device first).
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
+    let b = b.to_device(a.device()).unwrap();
     (a - b)
         .unwrap()
         .abs()
