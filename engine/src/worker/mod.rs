@@ -233,7 +233,16 @@ impl Worker {
         let end = page[start..]
             .find("\nSend feedback")
             .map_or(page.len(), |e| start + e);
-        let text = page[start..end].trim().to_owned();
+        // Headings come out as Markdown `#` runs; plain lines read better in the app.
+        let text = page[start..end]
+            .trim()
+            .lines()
+            .map(|l| {
+                l.strip_prefix('#')
+                    .map_or(l, |_| l.trim_start_matches('#').trim_start())
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
         Ok(ModelResult::Terms { path, text })
     }
 
