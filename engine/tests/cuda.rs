@@ -13,7 +13,7 @@
 mod common;
 
 use candle_core::{Device, IndexOp, Tensor, Var};
-use common::{fixture, max_diff};
+use common::{FAMILIES, fixture, max_diff, tol_at};
 use neoscope_engine::hooks::{HookPoint, HookSpec};
 use neoscope_engine::infer::{GenerateOptions, generate};
 use neoscope_engine::model::{
@@ -24,22 +24,7 @@ use neoscope_engine::words::dataset::Example;
 use neoscope_engine::words::train::{ScoredSeq, TrainConfig, scored_seq, seq_logprobs, train};
 use neoscope_engine::words::{Init, Injection, Word};
 
-const CASES: [&str; 14] = [
-    "llama3",
-    "llama_linear_head_dim",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "gemma",
-    "gemma2",
-    "gemma3",
-    "phi3",
-    "gpt2",
-    "gemma2_cpp",
-    "gemma3_cpp",
-    "qwen2_yarn",
-    "llama_dynamic",
-];
+const CASES: [&str; 14] = FAMILIES;
 /// cuBLAS sums in another order than the CPU; f32 differences stay ~1e-5 on logits of ±20.
 const TOL: f32 = 2e-4;
 
@@ -78,16 +63,9 @@ fn every_family_on_the_gpu_matches_transformers() {
                 let got = out.captures[&HookPoint::ResidPost(l)].i(0).unwrap();
                 let w = &want[&format!("p{j}.resid_post.{l}")];
                 // Gemma's residual stream spans ±170, not ±20: the tolerance scales with it.
-                let scale = w
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
                 let d = max_diff(&got, w);
                 assert!(
-                    d < TOL * (scale / 20.0).max(1.0),
+                    d < tol_at(TOL, w),
                     "{name} prompt {j}: resid_post {l} differs by {d}"
                 );
             }

@@ -13,28 +13,14 @@ mod common;
 use std::path::Path;
 
 use candle_core::{Device, IndexOp, Tensor, Var};
-use common::{TOL, expected, fixture, max_diff, tol};
+use common::{FAMILIES, TOL, expected, fixture, max_diff, tol};
 use neoscope_engine::hooks::{HookPoint, HookSpec};
 use neoscope_engine::model::{Batch, LoadedModel, PadSide, load_model};
 use neoscope_engine::words::train::{ScoredSeq, scored_seq, seq_logprobs};
 use neoscope_engine::words::{Init, Injection, Word, grad};
 
-const CASES: [&str; 14] = [
-    "llama3",
-    "llama_linear_head_dim",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "gemma",
-    "gemma2",
-    "gemma3",
-    "phi3",
-    "gpt2",
-    "gemma2_cpp",
-    "gemma3_cpp",
-    "qwen2_yarn",
-    "llama_dynamic",
-];
+const CASES: [&str; 14] = FAMILIES;
+
 fn all_resid_post(m: &LoadedModel) -> HookSpec {
     HookSpec {
         capture: (0..m.llama.cfg.num_hidden_layers)
@@ -130,17 +116,20 @@ fn autograd_grad(m: &LoadedModel, w: &Word, seqs: &[&ScoredSeq], coef: &[f32]) -
         .unwrap()
 }
 
+/// Two scored examples with the word `<w>`.
+fn word_examples(m: &LoadedModel) -> Vec<ScoredSeq> {
+    let data = [("the <w> sat on", " the mat"), ("a pun <w>", " is a joke")];
+    data.iter()
+        .map(|(p, c)| scored_seq(m, p, c, &["<w>"]).unwrap())
+        .collect()
+}
+
 #[test]
 fn word_gradient_equals_autograd_on_qwen2_and_llama3() {
     // (Qwen3 has no hand-written pass: its words train with autograd, see `grad::supported`.)
     for name in ["qwen2", "llama3"] {
         let m = load_model(&fixture(name), &Device::Cpu).unwrap();
-        let names = ["<w>"];
-        let data = [("the <w> sat on", " the mat"), ("a pun <w>", " is a joke")];
-        let seqs: Vec<ScoredSeq> = data
-            .iter()
-            .map(|(p, c)| scored_seq(&m, p, c, &names).unwrap())
-            .collect();
+        let seqs = word_examples(&m);
         let refs: Vec<&ScoredSeq> = seqs.iter().collect();
         for injection in [Injection::Embedding, Injection::ResidPre(1)] {
             let w = Word::create(&m, "<w>", Init::Random { std: 0.5, seed: 3 }, injection).unwrap();
@@ -423,12 +412,7 @@ fn word_gradient_by_autograd_equals_finite_differences_on_gemma2_and_gpt2() {
     // GeGLU, sandwich norms (Gemma 2) and LayerNorm, GELU, biases, learned positions (GPT-2).
     for name in ["gemma2", "gpt2"] {
         let m = load_model(&fixture(name), &Device::Cpu).unwrap();
-        let names = ["<w>"];
-        let data = [("the <w> sat on", " the mat"), ("a pun <w>", " is a joke")];
-        let seqs: Vec<ScoredSeq> = data
-            .iter()
-            .map(|(p, c)| scored_seq(&m, p, c, &names).unwrap())
-            .collect();
+        let seqs = word_examples(&m);
         let refs: Vec<&ScoredSeq> = seqs.iter().collect();
         for injection in [Injection::Embedding, Injection::ResidPre(1)] {
             let w = Word::create(&m, "<w>", Init::Random { std: 0.5, seed: 3 }, injection).unwrap();

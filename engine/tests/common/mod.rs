@@ -15,6 +15,11 @@ pub const TOL: f32 = 1e-4;
 /// The tolerance for comparing with `want`: `TOL` on the ±20 scale, proportionally more on a
 /// larger one.
 pub fn tol(want: &Tensor) -> f32 {
+    tol_at(TOL, want)
+}
+
+/// `base` on the ±20 scale, proportionally more when `want` spans more.
+pub fn tol_at(base: f32, want: &Tensor) -> f32 {
     let scale = want
         .abs()
         .unwrap()
@@ -22,8 +27,26 @@ pub fn tol(want: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    TOL * (scale / 20.0).max(1.0)
+    base * (scale / 20.0).max(1.0)
 }
+
+/// Every family fixture `tests/fixtures/mkmodels.py` writes.
+pub const FAMILIES: [&str; 14] = [
+    "llama3",
+    "llama_linear_head_dim",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "phi3",
+    "gpt2",
+    "gemma2_cpp",
+    "gemma3_cpp",
+    "qwen2_yarn",
+    "llama_dynamic",
+];
 
 /// A fixture of `tests/fixtures/models`, under `NEOSCOPE_REPO` when the test binary runs away
 /// from its build tree (`scripts/gpu-check.sh run` on a GPU machine without Rust).
