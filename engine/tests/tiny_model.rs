@@ -10,19 +10,11 @@ use neoscope_engine::model::{Batch, KvCache, LoadedModel, PadSide, load_model};
 use neoscope_engine::sampling::Sampling;
 use neoscope_engine::tiny::tiny_model;
 
+mod common;
+use common::max_diff;
+
 fn tiny() -> LoadedModel {
     tiny_model(42, &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn batch(m: &LoadedModel, texts: &[&str]) -> Batch {

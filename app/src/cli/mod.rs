@@ -136,7 +136,6 @@ pub enum DemoCmd {
     PunVsLiteral(compare::DemoArgs),
 }
 
-/// `neoscope serve`: prints where it listens and the token, then serves until killed.
 /// A catalog model by name, for clap.
 fn catalog_name(s: &str) -> std::result::Result<CatalogModel, String> {
     CatalogModel::from_name(s).ok_or_else(|| {
@@ -145,6 +144,7 @@ fn catalog_name(s: &str) -> std::result::Result<CatalogModel, String> {
     })
 }
 
+/// `neoscope serve`: prints where it listens and the token, then serves until killed.
 fn serve(g: &Global, listen: &str, token: Option<String>) -> Result<()> {
     let token = token.unwrap_or_else(neoscope_engine::serve::new_token);
     let json_mode = g.json;

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::{Act, Arch, LlamaConfig, NormKind, RopeScaling};
+use crate::config::{Arch, LlamaConfig, RopeScaling};
 
 /// Families computed by the block (with their differences in `config::Arch`).
 const FAMILIES: &[&str] = &[
@@ -91,20 +91,14 @@ pub fn parse(text: &str) -> Result<LlamaConfig, String> {
         // Qwen2 ignores `sliding_window` unless `use_sliding_window` (refused above).
         _ => None,
     };
-    let mut arch = Arch {
-        qkv_bias: model_type == "qwen2",
-        qk_norm: matches!(model_type.as_str(), "qwen3" | "gemma3_text"),
-        ..Arch::default()
-    };
+    let d = obj
+        .get("hidden_size")
+        .and_then(Value::as_u64)
+        .map_or(0, |d| usize::try_from(d).unwrap_or(usize::MAX));
+    let mut arch = Arch::family(&model_type, d);
     if gemma {
-        let d = obj
-            .get("hidden_size")
-            .and_then(Value::as_f64)
-            .unwrap_or(0.0);
-        arch.act = activation(&obj)?;
-        arch.embed_scale = Some(d.sqrt());
+        check_gemma_activation(&obj)?;
         if model_type != "gemma" {
-            arch.sandwich_norms = true;
             let num = |k: &str| obj.get(k).and_then(Value::as_f64);
             arch.query_pre_attn_scalar = Some(num("query_pre_attn_scalar").unwrap_or(256.0));
             arch.attn_softcap = num("attn_logit_softcapping");
@@ -112,13 +106,6 @@ pub fn parse(text: &str) -> Result<LlamaConfig, String> {
             arch.sliding_layers = sliding_layers(&obj, &model_type)?;
             arch.rope_local_theta = rope.local_theta;
         }
-    }
-    if model_type == "gpt2" {
-        arch.norm = NormKind::Layer;
-        arch.act = Act::GeluTanh;
-        arch.plain_mlp = true;
-        arch.biases = true;
-        arch.learned_positions = true;
     }
     // Null means "the default": drop those keys, then fill transformers' defaults for this
     // family (they differ from ours: rms_norm_eps is 1e-6 in most).
@@ -199,8 +186,8 @@ fn gpt2_keys(obj: &mut Map<String, Value>) -> Result<(), String> {
     Ok(())
 }
 
-/// Gemma's activation: the tanh approximation of GELU (`gelu_pytorch_tanh`).
-fn activation(obj: &Map<String, Value>) -> Result<Act, String> {
+/// Gemma's activation must be the tanh approximation of GELU (`gelu_pytorch_tanh`).
+fn check_gemma_activation(obj: &Map<String, Value>) -> Result<(), String> {
     let act = obj
         .get("hidden_activation")
         .filter(|v| !v.is_null())
@@ -208,7 +195,7 @@ fn activation(obj: &Map<String, Value>) -> Result<Act, String> {
         .and_then(Value::as_str)
         .unwrap_or("gelu_pytorch_tanh");
     match act {
-        "gelu_pytorch_tanh" | "gelu_new" => Ok(Act::GeluTanh),
+        "gelu_pytorch_tanh" | "gelu_new" => Ok(()),
         other => Err(format!(
             "`hidden_activation` = \"{other}\" is not implemented (only \"gelu_pytorch_tanh\")"
         )),

@@ -435,10 +435,12 @@ impl Llama {
             _ => None,
         };
 
-        let mut x = match self.cfg.arch.embed_scale {
-            // The scale is rounded to the activations' type first, as transformers does.
-            Some(_) => (embeds * f64::from(self.embed_scale()))?,
-            None => embeds,
+        // The scale is rounded to the activations' type first, as transformers does.
+        let scale = self.embed_scale();
+        let mut x = if scale == 1.0 {
+            embeds
+        } else {
+            (embeds * f64::from(scale))?
         };
         x = hook(HookPoint::Embed, x)?;
         if let Some(pe) = &self.extra.pos_embed {

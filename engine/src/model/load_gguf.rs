@@ -18,7 +18,7 @@ use super::mat::{Mat, is_quantized};
 use super::weights::{
     LoadOptions, WeightDType, WeightsInfo, available, census_gguf, choose, dtype_of,
 };
-use crate::config::{Act, Arch, LlamaConfig, NormKind, RopeScaling};
+use crate::config::{Arch, LlamaConfig, NormKind, RopeScaling};
 use crate::error::{EngineError, Result};
 use crate::tokenizer::ModelTokenizer;
 
@@ -215,22 +215,16 @@ fn config(md: &Metadata, a: &str, vocab: usize, tied: bool, path: &Path) -> Resu
             "`{a}.rope.dimension_count` = {r}: partial rotary embeddings are not implemented"
         )));
     }
-    let gemma = a.starts_with("gemma");
     let eps = md_f64(md, &key("attention.layer_norm_rms_epsilon"))
         .or_else(|| md_f64(md, &key("attention.layer_norm_epsilon")))
         .unwrap_or(1e-5);
     let window = md_usize(md, &key("attention.sliding_window"), path).ok();
-    let mut arch = Arch {
-        qkv_bias: a == "qwen2",
-        qk_norm: matches!(a, "qwen3" | "gemma3"),
-        ..Arch::default()
+    let model_type = match a {
+        "gemma3" => "gemma3_text",
+        other => other,
     };
-    if gemma {
-        arch.act = Act::GeluTanh;
-        arch.embed_scale = Some((d as f64).sqrt());
-    }
+    let mut arch = Arch::family(model_type, d);
     if matches!(a, "gemma2" | "gemma3") {
-        arch.sandwich_norms = true;
         // llama.cpp scales by the head width, except the 27B models (d_model / n_heads).
         let big = (a == "gemma2" && n_layers == 46) || (a == "gemma3" && n_layers == 62);
         arch.query_pre_attn_scalar = Some(if big { d / heads } else { hd } as f64);
@@ -244,17 +238,6 @@ fn config(md: &Metadata, a: &str, vocab: usize, tied: bool, path: &Path) -> Resu
     if a == "gemma3" {
         arch.rope_local_theta = Some(10_000.0);
     }
-    if a == "gpt2" {
-        arch.norm = NormKind::Layer;
-        arch.act = Act::GeluTanh;
-        arch.plain_mlp = true;
-        arch.biases = true;
-        arch.learned_positions = true;
-    }
-    let model_type = match a {
-        "gemma3" => "gemma3_text",
-        other => other,
-    };
     let cfg = LlamaConfig {
         hidden_size: d,
         intermediate_size: md_usize(md, &key("feed_forward_length"), path)?,

@@ -15,7 +15,8 @@ use neoscope_api::{ApiError, Command, ErrorKind, Event, JobResult};
 
 use crate::error::{EngineError, Result};
 use crate::fetch::{
-    CatalogModel, FetchStage, GEMMA3_270M, ensure_chunked_model, ensure_default_model, ensure_terms,
+    CatalogModel, FetchStage, GEMMA3_270M, ensure_chunked_model, ensure_default_model,
+    ensure_terms, terms_text,
 };
 use crate::infer::{GenerateOptions, generate, next_token_top_k};
 use crate::model::{LoadOptions, LoadedModel, load_model_with};
@@ -220,29 +221,7 @@ impl Worker {
             &mut |_| {},
             &|| job.cancelled(),
         )?;
-        let html = std::fs::read(&path).map_err(|e| EngineError::io(&path, e))?;
-        let page = html2text::config::plain_no_decorate()
-            .string_from_read(&html[..], 100)
-            .map_err(|e| EngineError::bad_model(&path, format!("terms: {e}")))?;
-        // The file is the terms' web page: keep the terms (from their title, found just before
-        // "Last modified"), without the site's navigation.
-        let modified = page.find("Last modified").unwrap_or(0);
-        let start = page[..modified]
-            .rfind("Gemma Terms of Use")
-            .unwrap_or(modified);
-        let end = page[start..]
-            .find("\nSend feedback")
-            .map_or(page.len(), |e| start + e);
-        // Headings come out as Markdown `#` runs; plain lines read better in the app.
-        let text = page[start..end]
-            .trim()
-            .lines()
-            .map(|l| {
-                l.strip_prefix('#')
-                    .map_or(l, |_| l.trim_start_matches('#').trim_start())
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = terms_text(&path)?;
         Ok(ModelResult::Terms { path, text })
     }
 
