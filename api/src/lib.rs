@@ -14,6 +14,7 @@ pub mod lens;
 pub mod mfa;
 pub mod model;
 pub mod protocol;
+pub mod scratch;
 pub mod steer;
 pub mod text;
 pub mod wire;

@@ -11,6 +11,7 @@ use crate::inject::{InjectCommand, InjectEvent, InjectResult};
 use crate::lens::{LensCommand, LensOutput};
 use crate::mfa::{MfaCommand, MfaEpoch, MfaResult};
 use crate::model::{ModelCommand, ModelResult};
+use crate::scratch::{ScratchCommand, ScratchEvent, ScratchResult};
 use crate::text::{TextCommand, TextResult};
 use crate::words::{TrainStep, WordCommand, WordResult};
 
@@ -36,6 +37,8 @@ pub enum Command {
     Inject(InjectCommand),
     /// The embedding space: projections and neighbours.
     Embed(EmbedCommand),
+    /// The from-scratch lab: train a small model, look inside it.
+    Scratch(ScratchCommand),
 }
 
 /// The successful result of a request: the result type of the command's analysis.
@@ -57,6 +60,8 @@ pub enum JobResult {
     Inject(Box<InjectResult>),
     /// An embedding-space result.
     Embed(Box<EmbedResult>),
+    /// A from-scratch lab result.
+    Scratch(Box<ScratchResult>),
 }
 
 /// What the engine tells the front end.
@@ -106,6 +111,13 @@ pub enum Event {
         /// What happened.
         event: InjectEvent,
     },
+    /// A from-scratch training step, validation or sample.
+    ScratchStep {
+        /// Request.
+        id: RequestId,
+        /// What happened.
+        event: ScratchEvent,
+    },
     /// The job succeeded (exactly one `Finished` or `Failed` per request).
     Finished {
         /// Request.
@@ -132,6 +144,7 @@ impl Event {
             | Self::TrainStep { id, .. }
             | Self::MfaEpoch { id, .. }
             | Self::InjectStep { id, .. }
+            | Self::ScratchStep { id, .. }
             | Self::Finished { id, .. }
             | Self::Failed { id, .. } => *id = new,
         }
@@ -147,6 +160,7 @@ impl Event {
             | Self::TrainStep { id, .. }
             | Self::MfaEpoch { id, .. }
             | Self::InjectStep { id, .. }
+            | Self::ScratchStep { id, .. }
             | Self::Finished { id, .. }
             | Self::Failed { id, .. } => Some(*id),
         }
@@ -191,3 +205,4 @@ analysis!(Lens, LensCommand, LensOutput);
 analysis!(Mfa, MfaCommand, MfaResult);
 analysis!(Inject, InjectCommand, InjectResult);
 analysis!(Embed, EmbedCommand, EmbedResult);
+analysis!(Scratch, ScratchCommand, ScratchResult);

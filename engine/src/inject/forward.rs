@@ -7,7 +7,7 @@ use candle_core::{D, Tensor};
 use crate::error::Result;
 use crate::model::LoadedModel;
 use crate::model::batch::{Batch, PadSide};
-use crate::model::ops::{linear, log_softmax_last};
+use crate::model::ops::log_softmax_last;
 
 /// Input embeddings (B, T, d) of equal-length `blocks`; differentiable in `rows` (n_new, d).
 pub fn embed(m: &LoadedModel, rows: &Tensor, blocks: &[&[u32]]) -> Result<(Tensor, Batch)> {
@@ -38,7 +38,7 @@ pub fn embed(m: &LoadedModel, rows: &Tensor, blocks: &[&[u32]]) -> Result<(Tenso
 /// Logits over base + new vocabulary for final-normed states `h` (n, d), soft-capped as the
 /// model caps its own.
 pub fn logits(m: &LoadedModel, rows: &Tensor, h: &Tensor) -> Result<Tensor> {
-    let base = linear(h, m.llama.unembed())?;
+    let base = m.llama.head(h)?;
     let new = h.matmul(&rows.t()?)?;
     m.llama.cap_logits(Tensor::cat(&[&base, &new], D::Minus1)?)
 }

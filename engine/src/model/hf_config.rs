@@ -50,6 +50,12 @@ pub fn norm_plus_one(model_type: &str) -> bool {
     model_type.starts_with("gemma")
 }
 
+/// The `model_type` of a `config.json`, if it has one.
+pub fn model_type_of(text: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    v.get("model_type")?.as_str().map(str::to_owned)
+}
+
 /// Parses and checks `config.json`; the error says which key asks for what.
 pub fn parse(text: &str) -> Result<LlamaConfig, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;

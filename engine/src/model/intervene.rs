@@ -26,6 +26,8 @@ pub enum ResolvedOp {
     Add(Tensor),
     /// `x ← (1−α)x + αt`.
     Interpolate(Tensor, f64),
+    /// `x ← x ⊙ s`, elementwise with `s` (B, T, d_model): training-time dropout masks.
+    Scale(Tensor),
 }
 
 impl Llama {
@@ -136,5 +138,6 @@ pub(crate) fn apply(x: &Tensor, iv: &ResolvedIntervention) -> Result<Tensor> {
             let mixed = ((x * (1.0 - a))? + t.broadcast_as(shape)?.affine(*a, 0.0)?)?;
             m.where_cond(&mixed, x)?
         }
+        ResolvedOp::Scale(s) => m.where_cond(&(x * s)?, x)?,
     })
 }

@@ -78,6 +78,8 @@ pub struct ModelExtra {
     pub pos_embed: Option<Tensor>,
     /// The final LayerNorm's bias (GPT-2).
     pub final_norm_bias: Option<Tensor>,
+    /// The output head's bias (d_vocab) (the from-scratch seed model).
+    pub head_bias: Option<Tensor>,
 }
 
 /// The whole model.
@@ -255,6 +257,9 @@ impl Llama {
     /// the residual stream normalized (RMS, or centred and divided by its standard deviation),
     /// before the norm's weight and bias.
     pub fn final_normalize(&self, resid: &Tensor) -> Result<Tensor> {
+        if self.cfg.arch.no_final_norm {
+            return Ok(resid.clone());
+        }
         let eps = self.cfg.rms_norm_eps;
         let ones = Tensor::ones(self.cfg.hidden_size, DType::F32, resid.device())?;
         Ok(match self.cfg.arch.norm {
@@ -265,6 +270,9 @@ impl Llama {
 
     /// The final norm's second step: its weight and, for LayerNorm, its bias.
     pub fn final_scale(&self, normalized: &Tensor) -> Result<Tensor> {
+        if self.cfg.arch.no_final_norm {
+            return Ok(normalized.clone());
+        }
         let n = normalized.broadcast_mul(&self.final_norm)?;
         Ok(match &self.extra.final_norm_bias {
             Some(b) => n.broadcast_add(b)?,
@@ -275,7 +283,16 @@ impl Llama {
     /// The output head on final-normed residuals (…, d_model) → logits (…, d_vocab), with the
     /// family's logit soft-capping.
     pub fn logits(&self, normed: &Tensor) -> Result<Tensor> {
-        self.cap_logits(linear(normed, self.unembed())?)
+        self.cap_logits(self.head(normed)?)
+    }
+
+    /// The output head alone, with its bias when it has one, before any soft-capping.
+    pub fn head(&self, normed: &Tensor) -> Result<Tensor> {
+        let z = linear(normed, self.unembed())?;
+        Ok(match &self.extra.head_bias {
+            Some(b) => z.broadcast_add(b)?,
+            None => z,
+        })
     }
 
     /// The family's logit soft-capping (Gemma 2) applied to raw logits; the identity elsewhere.
@@ -466,7 +483,14 @@ impl Llama {
                 _ => global.as_ref(),
             };
             let want_pattern = capture.contains(&HookPoint::Pattern(l));
-            let (mut a, pattern) = self.attention(blk, w_qkv, &x, mask, rope, kv, want_pattern)?;
+            let nb = blk.extra.norm_biases.as_ref();
+            let post = self.cfg.arch.post_norm;
+            let h = if post {
+                x.clone()
+            } else {
+                self.norm(&x, &blk.attn_norm, nb.map(|b| &b.0))?
+            };
+            let (mut a, pattern) = self.attention(blk, w_qkv, &h, mask, rope, kv, want_pattern)?;
             if let Some(p) = pattern {
                 patterns.push((HookPoint::Pattern(l), p));
             }
@@ -474,9 +498,16 @@ impl Llama {
                 a = rms_norm(&a, post_attn, self.cfg.rms_norm_eps)?;
             }
             let a = hook(HookPoint::AttnOut(l), a)?;
-            x = hook(HookPoint::ResidMid(l), (x + a)?)?;
-            let nb = blk.extra.norm_biases.as_ref();
-            let h = self.norm(&x, &blk.mlp_norm, nb.map(|b| &b.1))?;
+            x = (x + a)?;
+            if post {
+                x = self.norm(&x, &blk.attn_norm, nb.map(|b| &b.0))?;
+            }
+            x = hook(HookPoint::ResidMid(l), x)?;
+            let h = if post {
+                x.clone()
+            } else {
+                self.norm(&x, &blk.mlp_norm, nb.map(|b| &b.1))?
+            };
             let gu = w_gate_up.forward(&h)?;
             let inner = if blk.w_gate.is_some() {
                 let gate = activate(&gu.narrow(D::Minus1, 0, d_mlp)?, self.cfg.arch.act)?;
@@ -496,35 +527,38 @@ impl Llama {
                 m = rms_norm(&m, post_mlp, self.cfg.rms_norm_eps)?;
             }
             let m = hook(HookPoint::MlpOut(l), m)?;
-            x = hook(HookPoint::ResidPost(l), (x + m)?)?;
+            x = (x + m)?;
+            if post {
+                x = self.norm(&x, &blk.mlp_norm, nb.map(|b| &b.1))?;
+            }
+            x = hook(HookPoint::ResidPost(l), x)?;
         }
         let n = hook(HookPoint::LnFinal, self.final_normalize(&x)?)?;
         captures.extend(patterns);
         Ok((self.final_scale(&n)?, captures))
     }
 
-    /// One block's attention output, and its pattern (B, H, T, S) when asked for.
+    /// One block's attention output from its (already normed) input `h`, and its pattern
+    /// (B, H, T, S) when asked for.
     #[expect(clippy::too_many_arguments, reason = "one block's attention inputs")]
     fn attention(
         &self,
         blk: &Block,
         w_qkv: &Stack,
-        x: &Tensor,
+        h: &Tensor,
         mask: &Tensor,
         rope_cs: Option<&(Tensor, Tensor)>,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
         want_pattern: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (b, t, _) = x.dims3()?;
+        let (b, t, _) = h.dims3()?;
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
             self.cfg.kv_heads(),
             self.cfg.head_dim(),
         );
         let rep = nh / nkv;
-        let nb = blk.extra.norm_biases.as_ref();
-        let h = self.norm(x, &blk.attn_norm, nb.map(|b| &b.0))?;
-        let mut qkv = w_qkv.forward(&h)?;
+        let mut qkv = w_qkv.forward(h)?;
         if let Some(bias) = &blk.qkv_bias {
             qkv = qkv.broadcast_add(bias)?;
         }
@@ -600,6 +634,7 @@ fn activate(x: &Tensor, act: Act) -> Result<Tensor> {
         Act::Silu => x.silu()?,
         // candle's `gelu` is the tanh approximation.
         Act::GeluTanh => x.gelu()?,
+        Act::Relu => x.relu()?,
     })
 }
 

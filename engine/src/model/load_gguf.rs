@@ -410,6 +410,7 @@ pub(super) fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<
         } else {
             None
         },
+        head_bias: None,
     };
     let lm_head = if tied {
         None

@@ -59,6 +59,18 @@ impl Tensors<'_> {
 pub(super) fn load_hf_dir(dir: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
+    if super::hf_config::model_type_of(&text).as_deref() == Some(crate::scratch::net::MODEL_TYPE) {
+        // A model trained in the from-scratch lab with the lesson's architecture.
+        let (llama, st) = crate::scratch::run::load_seed_dir(dir, &text, dev, opts)?;
+        let weights = WeightsInfo {
+            dtype: super::weights::WeightDType::F32,
+            bytes: super::weights::bytes_of(&llama),
+            stored_as: "F32".into(),
+        };
+        let tokenizer = ModelTokenizer::from_hf_dir(dir)?;
+        let arch = llama.cfg.model_type.clone();
+        return finish(llama, tokenizer, dir, ("hf", &st, arch, weights), dev);
+    }
     let cfg = super::hf_config::parse(&text).map_err(|msg| EngineError::Unsupported {
         path: cfg_path.clone(),
         msg,
@@ -277,6 +289,7 @@ fn gpt2(t: &mut Tensors, cfg: &LlamaConfig) -> Result<(Tensor, Vec<Block>, Tenso
     let extra = ModelExtra {
         pos_embed: Some(pos_embed),
         final_norm_bias: Some(t.f32(&format!("{pre}ln_f.bias"))?),
+        head_bias: None,
     };
     Ok((embed, blocks, final_norm, extra))
 }

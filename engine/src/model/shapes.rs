@@ -98,8 +98,15 @@ pub(super) fn check(
         cfg,
         "final norm bias",
         one(&extra.final_norm_bias).as_deref(),
-        layer_norm,
+        layer_norm && !a.no_final_norm,
         &[d],
+    )?;
+    optional(
+        cfg,
+        "output head bias",
+        one(&extra.head_bias).as_deref(),
+        a.head_bias,
+        &[cfg.vocab_size],
     )?;
     if blocks.len() != cfg.num_hidden_layers {
         return Err(EngineError::Invalid(format!(

@@ -270,4 +270,5 @@ pub fn bytes_of(llama: &super::Llama) -> u64 {
         + llama.lm_head.as_ref().map_or(0, size)
         + x.pos_embed.as_ref().map_or(0, size)
         + x.final_norm_bias.as_ref().map_or(0, size)
+        + x.head_bias.as_ref().map_or(0, size)
 }

@@ -28,6 +28,7 @@ mod inject;
 mod job;
 mod lens;
 mod mfa;
+mod scratch;
 mod words;
 
 pub use handle::EngineHandle;
@@ -259,6 +260,7 @@ impl Worker {
             Command::Mfa(c) => JobResult::Mfa(Box::new(self.execute_mfa(job, c)?)),
             Command::Inject(c) => JobResult::Inject(Box::new(self.execute_inject(job, c)?)),
             Command::Embed(c) => JobResult::Embed(Box::new(self.execute_embed(job, c)?)),
+            Command::Scratch(c) => JobResult::Scratch(Box::new(self.execute_scratch(job, c)?)),
         })
     }
 
