@@ -245,6 +245,22 @@ pub enum ScratchCommand {
         /// k-means clusters the representations are discretised into.
         clusters: usize,
     },
+    /// Times full training steps (forward, backward, clipping, AdamW) of a model on random
+    /// tokens.
+    Bench(ScratchBench),
+}
+
+/// What `ScratchCommand::Bench` times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScratchBench {
+    /// Model sizes.
+    pub model: ScratchModelConfig,
+    /// Vocabulary size (random token ids).
+    pub vocab: usize,
+    /// Windows per step.
+    pub batch: usize,
+    /// Timed steps (after 3 warm-up steps).
+    pub steps: usize,
 }
 
 /// A streamed event of a training run.
@@ -374,5 +390,18 @@ pub enum ScratchResult {
         rows: Vec<InfoRow>,
         /// Upper bounds: H(current token) and H(next token) over the sample, bits.
         entropy: [f32; 2],
+    },
+    /// Training-step timings.
+    Bench {
+        /// Seconds per step, median.
+        step_s: f64,
+        /// Seconds per step, every timed step.
+        all_s: Vec<f64>,
+        /// Parameters.
+        params: usize,
+        /// Compute threads.
+        threads: usize,
+        /// Device, in words.
+        device: String,
     },
 }

@@ -20,6 +20,7 @@ use serde_json::json;
 pub mod compare;
 pub mod embed;
 pub mod inject;
+pub mod scratch;
 pub mod lens;
 pub mod mfa;
 pub mod word;
@@ -116,6 +117,10 @@ pub enum Cmd {
     /// The embedding space: 2-D projections and nearest neighbours.
     #[command(subcommand)]
     Embed(embed::EmbedCmd),
+    /// The from-scratch lab: train a small language model on a corpus and look inside it
+    /// (needs no loaded model).
+    #[command(subcommand)]
+    Scratch(scratch::ScratchCmd),
     /// Run the engine in this process for other processes (`--engine ADDRESS`): prints the
     /// address and the token clients must present, then serves until stopped.
     Serve {
@@ -233,6 +238,9 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
     {
         return Ok(());
     }
+    if let Cmd::Scratch(c) = cmd {
+        return scratch::run(&mut engine, g.json, c);
+    }
     if let Cmd::Fetch {
         name,
         accept_gemma_terms,
@@ -269,7 +277,7 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
         bail!("unexpected engine reply");
     };
     match cmd {
-        Cmd::Fetch { .. } | Cmd::Serve { .. } => Ok(()),
+        Cmd::Fetch { .. } | Cmd::Serve { .. } | Cmd::Scratch(_) => Ok(()),
         Cmd::Word(w) => word::run(&mut engine, g.json, w),
         Cmd::Lens(a) => lens::run(&mut engine, g.json, a),
         Cmd::Mfa(c) => mfa::run(&mut engine, g.json, info.dims.n_layers, c),

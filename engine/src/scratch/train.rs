@@ -368,3 +368,32 @@ pub fn eval_model(net: &Net) -> Result<Llama> {
     let map = t.iter().map(|(n, x)| (n.as_str(), x)).collect();
     super::net::assemble(&net.cfg, net.vocab, &map)
 }
+
+/// Seconds of each of `b.steps` training steps (after 3 untimed ones) on random tokens.
+pub fn bench(b: &neoscope_api::scratch::ScratchBench, dev: &candle_core::Device) -> Result<(Vec<f64>, usize)> {
+    let net = Net::init(&b.model, b.vocab, 0, dev)?;
+    let params = net.count();
+    let cfg = ScratchTrainConfig {
+        batch: b.batch,
+        ..ScratchTrainConfig::default()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let ids: Vec<u32> = (0..20_000)
+        .map(|_| rng.random_range(0..b.vocab as u32))
+        .collect();
+    let data = Data {
+        train: ids.clone(),
+        val: ids,
+    };
+    let mut state = TrainState::new(net)?;
+    let mut times = Vec::new();
+    for i in 0..b.steps + 3 {
+        let t0 = std::time::Instant::now();
+        let (x, y) = step_batch(&cfg, &data, b.model.n_ctx, state.step + 1);
+        step_on(&mut state, &cfg, (&x, &y))?;
+        if i >= 3 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok((times, params))
+}

@@ -144,6 +144,19 @@ impl Worker {
     pub(super) fn execute_scratch(&mut self, job: &Job, cmd: ScratchCommand) -> Result<ScratchResult> {
         let dev = self.dev.clone();
         match cmd {
+            ScratchCommand::Bench(b) => {
+                job.progress("Timing training steps", None);
+                let (mut all_s, params) = crate::scratch::train::bench(&b, &dev)?;
+                let timed = all_s.clone();
+                all_s.sort_by(f64::total_cmp);
+                Ok(ScratchResult::Bench {
+                    step_s: all_s.get(all_s.len() / 2).copied().unwrap_or(0.0),
+                    all_s: timed,
+                    params,
+                    threads: candle_core::utils::get_num_threads(),
+                    device: crate::model::load::device_name(&dev),
+                })
+            }
             ScratchCommand::FetchCorpus => {
                 let (path, files, chars) = self.fetch_corpus(job)?;
                 Ok(ScratchResult::Corpus { path, files, chars })
