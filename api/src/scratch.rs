@@ -208,6 +208,11 @@ pub enum ScratchCommand {
         /// New total of steps.
         steps: Option<usize>,
     },
+    /// A run's settings, curves and samples at its last checkpoint (no training).
+    Open {
+        /// Run folder.
+        dir: PathBuf,
+    },
     /// Generate from a run's latest checkpoint.
     Sample {
         /// Run folder.

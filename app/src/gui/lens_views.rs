@@ -8,7 +8,7 @@ use neoscope_api::lens::LensResult;
 use super::lens_panel::{LensPanel, strided_layers};
 
 /// A perceptually ordered dark-to-bright colour ramp (viridis-like, hand-made stops).
-fn ramp(t: f32) -> Color32 {
+pub(super) fn ramp(t: f32) -> Color32 {
     const STOPS: [(f32, [u8; 3]); 5] = [
         (0.0, [35, 20, 60]),
         (0.25, [59, 82, 139]),

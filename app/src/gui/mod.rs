@@ -14,6 +14,8 @@ mod mfa_views;
 pub mod model_panel;
 pub mod panel;
 pub mod playground;
+pub mod scratch_panel;
+mod scratch_views;
 pub mod png_export;
 pub mod widgets;
 mod window;
@@ -33,6 +35,7 @@ pub use mfa_panel::MfaPanel;
 pub use model_panel::ModelPanel;
 pub use panel::{JobView, Message, Panel, Shared};
 pub use playground::Playground;
+pub use scratch_panel::ScratchPanel;
 pub use window::run;
 pub use words_panel::WordsPanel;
 
@@ -40,6 +43,7 @@ pub use words_panel::WordsPanel;
 fn registry() -> Vec<Box<dyn Panel>> {
     vec![
         Box::new(ModelPanel::default()),
+        Box::new(ScratchPanel::default()),
         Box::new(Playground::default()),
         Box::new(WordsPanel::default()),
         Box::new(ComparePanel::default()),

@@ -126,6 +126,28 @@ impl Worker {
         self.train_scratch(job, &run, TrainState::new(net)?)
     }
 
+    fn open_run(dir: &Path, dev: &candle_core::Device) -> Result<ScratchRun> {
+        let run = Run::open(dir)?;
+        let st = run.resume_state(dev)?.ok_or_else(|| {
+            EngineError::Invalid(format!("{} has no checkpoint yet", dir.display()))
+        })?;
+        let s = &run.file.spec;
+        Ok(ScratchRun {
+            dir: run.dir.clone(),
+            model_dir: run.model_dir(),
+            step: st.step,
+            total: s.train.steps,
+            cancelled: st.step < s.train.steps,
+            params: st.net.count(),
+            losses: st.losses,
+            val: st.val,
+            samples: st.samples,
+            vocab_size: run.file.vocab_size,
+            chars_per_token: run.file.chars_per_token,
+            seconds: 0.0,
+        })
+    }
+
     fn resume_run(&self, job: &Job, dir: &Path, steps: Option<usize>) -> Result<ScratchRun> {
         let mut run = Run::open(dir)?;
         if let Some(n) = steps.filter(|n| *n != run.file.spec.train.steps) {
@@ -163,6 +185,9 @@ impl Worker {
             }
             ScratchCommand::Train { dir, spec } => {
                 Ok(ScratchResult::Trained(Box::new(self.new_run(job, &dir, *spec)?)))
+            }
+            ScratchCommand::Open { dir } => {
+                Ok(ScratchResult::Trained(Box::new(Self::open_run(&dir, &dev)?)))
             }
             ScratchCommand::Resume { dir, steps } => {
                 Ok(ScratchResult::Trained(Box::new(self.resume_run(job, &dir, steps)?)))
