@@ -16,6 +16,10 @@ probabilities, greedy tokens).
 270M; PyTorch reads the same GGUF (dequantized to f32 by transformers) and Neoscope is given
 `--dtype f32` so both compute in f32.
 
+`--scratch` compares instead the from-scratch lab's training step (the lab's default model,
+the lesson's and the modern block; bench/scratch_torch.py is the PyTorch side), both on the same
+random batches and thread count.
+
 On a GPU: `--device cuda` runs both sides there (Neoscope built with `--features cuda`), and
 `--model DIR` benchmarks a Hugging Face folder instead of the default model (see
 bench/synth_model.py for a same-shape checkpoint where the model cannot be downloaded).
@@ -228,6 +232,38 @@ WORKLOADS = [
 ]
 
 
+def scratch(a):
+    """The lab's training step, Neoscope then PyTorch, alternating, for both blocks."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    lines = ["| training step (batch 12 × 64, 4 layers, width 128) | Neoscope | PyTorch | Neoscope/PyTorch time |",
+             "| --- | --- | --- | --- |"]
+    rows = []
+    for arch in ["seed", "modern"]:
+        ours, theirs = [], []
+        for r in range(a.rounds):
+            print(f"round {r + 1}/{a.rounds}: {arch}", file=sys.stderr)
+            out = subprocess.check_output([a.neoscope, "--device", a.device, "scratch", "bench", "--json",
+                                           "--arch", arch, "--steps", "20"], stderr=subprocess.DEVNULL)
+            rep = json.loads(out)["Bench"]
+            ours.append(rep)
+            spec = {"threads": rep["threads"], "vocab": 65, "batch": 12, "steps": 20,
+                    "model": {"arch": arch.capitalize(), "n_layers": 4, "n_heads": 4, "d_model": 128,
+                              "d_ff": 512, "n_ctx": 64}}
+            theirs.append(json.loads(subprocess.check_output(
+                [sys.executable, os.path.join(here, "scratch_torch.py"), json.dumps(spec)])))
+        n = statistics.median(x["step_s"] for x in ours)
+        p = statistics.median(x["step_s"] for x in theirs)
+        rows.append({"workload": f"scratch training step ({arch})", "neoscope": n, "pytorch": p, "ratio": n / p,
+                     "params": [ours[0]["params"], theirs[0]["params"]]})
+        lines.append(f"| {arch} block ({ours[0]['params']} / {theirs[0]['params']} parameters) | "
+                     f"{n:.4f} s | {p:.4f} s | {n / p:.2f} |")
+    lines.insert(0, f"Machine: {os.cpu_count()} CPUs, {ours[0]['threads']} threads each; {a.rounds} alternating rounds, medians of 20 steps.\n")
+    print("\n".join(lines))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"rows": rows, "table": lines}, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--neoscope", default="target/release/neoscope")
@@ -235,10 +271,14 @@ def main():
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--model", default=None, help="a GGUF file or Hugging Face folder (default: the default model)")
+    ap.add_argument("--scratch", action="store_true", help="compare the from-scratch lab's training step")
     ap.add_argument("--worker", nargs=4, metavar=("REPORT", "MODEL", "THREADS", "DEVICE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         worker(a.worker[0], a.worker[1], int(a.worker[2]), a.worker[3])
+        return
+    if a.scratch:
+        scratch(a)
         return
     ns = [a.neoscope, "--device", a.device] + (["--model", a.model, "--dtype", "f32"] if a.model else [])
     info = json.loads(subprocess.check_output(ns + ["info", "--json"], stderr=subprocess.DEVNULL))

@@ -86,6 +86,8 @@ fn train_resume_look_inside_and_open_in_the_lens() {
     assert_eq!(p.losses[79].0, 80);
 
     // Look inside.
+    h.get_by_label("Look inside").click();
+    h.step();
     h.state_mut().panel_mut::<ScratchPanel>().probe = "the model".into();
     h.step();
     h.get_by_label("Attention").click();

@@ -91,8 +91,8 @@ pub struct ScratchPanel {
     pub steps: usize,
     /// The run last trained or opened.
     pub run: Option<ScratchRun>,
-    /// Corpus status ("42 texts, 5.1 M characters").
-    pub corpus_status: Option<String>,
+    /// Corpus status ("42 texts, 5.1 M characters") and where it is.
+    pub corpus_status: Option<(String, String)>,
     /// Text typed for the inside views.
     pub probe: String,
     /// Block for activations.
@@ -111,6 +111,8 @@ pub struct ScratchPanel {
     pub dialog: Option<Pending<ScratchFile>>,
     /// Set while loading the run's model, to switch to the Lens when it is loaded.
     pub opening: Option<RequestId>,
+    /// The lower half shows training (false) or the inside views (true).
+    pub inside_tab: bool,
 }
 
 impl Default for ScratchPanel {
@@ -140,6 +142,7 @@ impl Default for ScratchPanel {
             checkpoint: usize::MAX,
             dialog: None,
             opening: None,
+            inside_tab: false,
         }
     }
 }
@@ -192,10 +195,9 @@ impl Panel for ScratchPanel {
         let JobResult::Scratch(r) = result else { return };
         match *r {
             ScratchResult::Corpus { path, files, chars } => {
-                self.corpus_status = Some(format!(
-                    "{files} texts, {:.1} M characters ({})",
-                    chars as f64 / 1e6,
-                    path.display()
+                self.corpus_status = Some((
+                    format!("{files} texts, {:.1} M characters", chars as f64 / 1e6),
+                    path.display().to_string(),
                 ));
             }
             ScratchResult::Trained(run) => {
@@ -211,10 +213,14 @@ impl Panel for ScratchPanel {
                 });
                 self.run = Some(*run);
             }
-            ScratchResult::Sample { text, .. } => self.generated = Some(text),
+            ScratchResult::Sample { text, .. } => {
+                self.generated = Some(text);
+                self.inside_tab = true;
+            }
             ScratchResult::Attention { tokens, patterns } => {
                 self.head = (0, 0);
                 self.inside = Inside::Attention { tokens, patterns };
+                self.inside_tab = true;
             }
             ScratchResult::Activations {
                 tokens,
@@ -227,6 +233,7 @@ impl Panel for ScratchPanel {
                     layer,
                     checkpoints,
                 };
+                self.inside_tab = true;
             }
             ScratchResult::InfoPlane {
                 estimator,
@@ -237,7 +244,8 @@ impl Panel for ScratchPanel {
                     estimator,
                     rows,
                     entropy,
-                }
+                };
+                self.inside_tab = true;
             }
             ScratchResult::Bench { .. } => {}
         }
@@ -280,6 +288,7 @@ pub fn start(p: &mut ScratchPanel, s: &mut Shared) {
     p.val.clear();
     p.samples.clear();
     p.inside = Inside::None;
+    p.inside_tab = false;
     p.steps = p.spec.train.steps;
     let c = ScratchCommand::Train {
         dir: PathBuf::from(&p.dir),
@@ -352,15 +361,21 @@ fn show(p: &mut ScratchPanel, s: &mut Shared, ui: &mut egui::Ui) {
         .show(ui, |ui| super::widgets::ragged(ui, EXPLAIN));
     super::scratch_views::settings(p, s, ui);
     ui.separator();
+    ui.horizontal(|ui| {
+        ui.selectable_value(&mut p.inside_tab, false, "Training");
+        ui.selectable_value(&mut p.inside_tab, true, "Look inside");
+    });
     egui::ScrollArea::vertical()
         .id_salt("scratch_lower")
         .show(ui, |ui| {
-            ui.columns(2, |cols| {
-                super::scratch_views::curves(p, &mut cols[0]);
-                super::scratch_views::samples(p, &mut cols[1]);
-            });
-            ui.separator();
-            super::scratch_views::inside(p, s, ui);
+            if p.inside_tab {
+                super::scratch_views::inside(p, s, ui);
+            } else {
+                ui.columns(2, |cols| {
+                    super::scratch_views::curves(p, &mut cols[0]);
+                    super::scratch_views::samples(p, &mut cols[1]);
+                });
+            }
         });
 }
 

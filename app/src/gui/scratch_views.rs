@@ -35,8 +35,8 @@ pub(super) fn settings(p: &mut ScratchPanel, s: &mut Shared, ui: &mut egui::Ui) 
         {
             send(p, s, ScratchCommand::FetchCorpus, "fetching the corpus");
         }
-        if let Some(c) = &p.corpus_status {
-            ui.weak(c);
+        if let Some((c, path)) = &p.corpus_status {
+            ui.weak(c).on_hover_text(path);
         }
         ui.separator();
         ui.label("tokens:");
@@ -169,7 +169,7 @@ pub(super) fn curves(p: &ScratchPanel, ui: &mut egui::Ui) {
         v.iter().map(|(s, l)| [*s as f64, f64::from(*l)]).collect()
     };
     Plot::new("scratch_loss")
-        .height(230.0)
+        .height(330.0)
         .legend(Legend::default())
         .x_axis_label("step")
         .y_axis_label("loss")
@@ -203,7 +203,7 @@ pub(super) fn samples(p: &ScratchPanel, ui: &mut egui::Ui) {
     }
     egui::ScrollArea::vertical()
         .id_salt("scratch_samples")
-        .max_height(260.0)
+        .max_height(380.0)
         .show(ui, |ui| {
             for (step, text) in p.samples.iter().rev() {
                 ui.label(egui::RichText::new(format!("step {step}")).strong());
@@ -215,7 +215,7 @@ pub(super) fn samples(p: &ScratchPanel, ui: &mut egui::Ui) {
 
 /// Typed input, sampling, and the three inside views.
 pub(super) fn inside(p: &mut ScratchPanel, s: &mut Shared, ui: &mut egui::Ui) {
-    ui.strong("4. Look inside");
+    ui.strong("Look inside the trained model");
     let Some(run) = p.run.clone() else {
         ui.weak("Train (or open) a run first.");
         return;
@@ -322,7 +322,7 @@ fn grid(ui: &mut egui::Ui, m: &[Vec<f32>], rows: &[String], cols: &[String], cel
 
 /// A token as a short visible label (spaces and new lines shown).
 fn shown(t: &str) -> String {
-    t.replace(' ', "␣").replace('\n', "⏎").chars().take(6).collect()
+    t.replace(' ', "·").replace('\n', "\\n").chars().take(6).collect()
 }
 
 fn attention(p: &mut ScratchPanel, ui: &mut egui::Ui, tokens: &[String], pats: &[Vec<Vec<Vec<f32>>>]) {
@@ -334,8 +334,10 @@ fn attention(p: &mut ScratchPanel, ui: &mut egui::Ui, tokens: &[String], pats: &
     });
     let (l, h) = (p.head.0.min(layers.saturating_sub(1)), p.head.1.min(heads.saturating_sub(1)));
     if let Some(m) = pats.get(l).and_then(|x| x.get(h)) {
-        let cell = (ui.available_width() - 80.0) / tokens.len().max(1) as f32;
-        grid(ui, m, tokens, tokens, cell.clamp(8.0, 28.0));
+        // The whole pattern on one screen: at most ~440 px square.
+        let n = tokens.len().max(1) as f32;
+        let cell = ((ui.available_width() - 80.0) / n).min(440.0 / n);
+        grid(ui, m, tokens, tokens, cell.clamp(6.0, 28.0));
     }
 }
 
@@ -366,10 +368,13 @@ fn activations(
         .y_axis_label(format!("PC2 ({:.0}%)", 100.0 * c.explained[1]))
         .show(ui, |plot| {
             let pts: Vec<[f64; 2]> = c.points.iter().map(|q| [f64::from(q[0]), f64::from(q[1])]).collect();
-            plot.line(Line::new("order", PlotPoints::from(pts.clone())).color(Color32::from_gray(110)));
+            plot.line(Line::new("reading order", PlotPoints::from(pts.clone())).color(Color32::from_gray(70)));
             plot.points(Points::new("tokens", pts.clone()).radius(4.0).color(Color32::from_rgb(230, 120, 80)));
             for (t, q) in tokens.iter().zip(&pts) {
-                plot.text(Text::new(t.as_str(), egui_plot::PlotPoint::new(q[0], q[1]), shown(t)));
+                let label = Text::new("tokens", egui_plot::PlotPoint::new(q[0], q[1]), shown(t))
+                    .color(Color32::WHITE)
+                    .anchor(egui::Align2::LEFT_BOTTOM);
+                plot.text(label);
             }
         });
 }

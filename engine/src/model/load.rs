@@ -114,7 +114,15 @@ pub(super) fn finish(
     })
 }
 
+/// The display name: the file or folder name; a from-scratch run's `model/` folder is named
+/// after its run (`shakespeare/model`).
 fn file_name(path: &Path) -> String {
+    if let (Some(run), Some(name)) = (path.parent(), path.file_name())
+        && run.join("run.json").exists()
+        && let Some(r) = run.file_name()
+    {
+        return format!("{}/{}", r.to_string_lossy(), name.to_string_lossy());
+    }
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
