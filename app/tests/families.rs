@@ -26,9 +26,13 @@ fn fixture(name: &str) -> String {
 /// Runs every analysis on fixture `name`; `lr` is the words' learning rate (Gemma's embedding
 /// is scaled by √d, so the same step in embedding units moves its residual stream further).
 fn analyses_run(name: &str, n_layers: usize, lr: &str) {
+    analyses_run_at(&fixture(name), name, n_layers, lr);
+}
+
+/// Runs every analysis on the model at `model`.
+fn analyses_run_at(model: &str, name: &str, n_layers: usize, lr: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let model = fixture(name);
-    let m = ["--model", model.as_str(), "--device", "cpu"];
+    let m = ["--model", model, "--device", "cpu"];
     let with = |cmd: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = cmd.iter().map(ToString::to_string).collect();
         v.extend(m.iter().map(ToString::to_string));
@@ -387,4 +391,72 @@ fn outputs_are_not_replaced_without_force_and_unwritable_ones_fail_before_any_wo
         !err.contains("step"),
         "training ran before the check: {err}"
     );
+}
+
+/// A small model trained from scratch with `neoscope scratch train` (character level, on a
+/// text holding every character the analyses type), and its model folder.
+fn scratch_model(arch: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "the cat sat on the mat and the dog ate the cake. a pun is a joke that plays on words. \
+         the blorf and the zinter sat near a cat. <w> is a word.\n"
+            .repeat(40),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let v = json(&[
+        "scratch",
+        "train",
+        "--json",
+        "--out",
+        run.to_str().unwrap(),
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--arch",
+        arch,
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--width",
+        "32",
+        "--ff",
+        "64",
+        "--ctx",
+        "64",
+        "--steps",
+        "80",
+        "--batch",
+        "4",
+        "--lr",
+        "3e-3",
+        "--warmup",
+        "3",
+        "--eval-every",
+        "10",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "10",
+    ]);
+    let r = &v["Trained"];
+    let val = r["val"].as_array().unwrap();
+    let loss = |i: usize| val[i][1].as_f64().unwrap();
+    assert!(loss(val.len() - 1) < loss(0) - 1.0, "{arch}: {val:?}");
+    let model = r["model_dir"].as_str().unwrap().to_owned();
+    (dir, model)
+}
+
+#[test]
+fn analyses_run_on_a_model_trained_from_scratch_with_the_lessons_block() {
+    let (_dir, model) = scratch_model("seed");
+    analyses_run_at(&model, "scratch seed", 2, "0.1");
+}
+
+#[test]
+fn analyses_run_on_a_model_trained_from_scratch_with_the_modern_block() {
+    let (_dir, model) = scratch_model("modern");
+    analyses_run_at(&model, "scratch modern", 2, "0.1");
 }

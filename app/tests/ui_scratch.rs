@@ -3,8 +3,6 @@
 //! checkpoints, information plane, a continuation), then open the trained model in Neoscope
 //! and run the Lens on it.
 
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
-
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
@@ -63,7 +61,12 @@ fn train_resume_look_inside_and_open_in_the_lens() {
             (ScratchArch::Seed, 2, 2, 32, 64, 24);
         let t = &mut p.spec.train;
         (t.steps, t.batch, t.lr, t.warmup_steps) = (60, 8, 3e-3, 5);
-        (t.eval_every, t.sample_every, t.checkpoint_every, t.sample_tokens) = (20, 20, 20, 40);
+        (
+            t.eval_every,
+            t.sample_every,
+            t.checkpoint_every,
+            t.sample_tokens,
+        ) = (20, 20, 20, 40);
         p.dir = dir.path().join("run").display().to_string();
     }
     h.step();
@@ -98,8 +101,7 @@ fn train_resume_look_inside_and_open_in_the_lens() {
     assert_eq!((tokens.len(), patterns.len(), patterns[0].len()), (9, 2, 2));
     h.get_by_label("Activations").click();
     settle(&mut h);
-    let Inside::Activations { checkpoints, .. } = &h.state().panel::<ScratchPanel>().inside
-    else {
+    let Inside::Activations { checkpoints, .. } = &h.state().panel::<ScratchPanel>().inside else {
         panic!("no activations view")
     };
     let steps: Vec<usize> = checkpoints.iter().map(|c| c.step).collect();

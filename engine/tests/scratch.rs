@@ -13,10 +13,10 @@ use neoscope_api::scratch::{
 };
 use neoscope_engine::scratch::net::Net;
 use neoscope_engine::scratch::run::Run;
+use neoscope_engine::scratch::tokenize;
 use neoscope_engine::scratch::train::{
     Data, ScratchHooks, TrainState, gradients, step_on, train, windows,
 };
-use neoscope_engine::scratch::tokenize;
 
 fn fixture(name: &str) -> PathBuf {
     let root = std::env::var("NEOSCOPE_REPO").map_or_else(
@@ -100,9 +100,10 @@ struct Reference {
 #[test]
 fn losses_match_pytorch_step_by_step() {
     for name in ["seed", "modern"] {
-        let r: Reference =
-            serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap())
-                .unwrap();
+        let r: Reference = serde_json::from_str(
+            &std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
         let tensors = candle_core::safetensors::load(
             fixture(&format!("{name}.init.safetensors")),
             &Device::Cpu,
@@ -139,7 +140,10 @@ fn losses_match_pytorch_step_by_step() {
             );
             worst = worst.max((got - want.loss).abs());
         }
-        eprintln!("{name}: {} steps, largest loss difference from PyTorch {worst:.2e}", r.steps.len());
+        eprintln!(
+            "{name}: {} steps, largest loss difference from PyTorch {worst:.2e}",
+            r.steps.len()
+        );
     }
 }
 
@@ -251,15 +255,22 @@ fn a_stopped_run_resumes_exactly_and_its_model_folder_loads() {
         };
         assert!(train(&mut b, &train_cfg, &data_b, &mut hooks_b).unwrap());
         assert_eq!(a.losses, b.losses, "{arch:?}: the same losses");
-        assert_eq!(weights(&a), weights(&b), "{arch:?}: the same weights, bit for bit");
+        assert_eq!(
+            weights(&a),
+            weights(&b),
+            "{arch:?}: the same weights, bit for bit"
+        );
         assert_eq!(a.val, b.val);
 
         // The model folder loads through the normal loader and computes what training saw.
         let m = neoscope_engine::model::load_model(&hooks.run.model_dir(), &dev).unwrap();
         let ids: Vec<u32> = data.val[..6].to_vec();
-        let batch =
-            neoscope_engine::model::Batch::new(&[ids.clone()], neoscope_engine::model::PadSide::Right, &dev)
-                .unwrap();
+        let batch = neoscope_engine::model::Batch::new(
+            std::slice::from_ref(&ids),
+            neoscope_engine::model::PadSide::Right,
+            &dev,
+        )
+        .unwrap();
         let got = m
             .llama
             .forward(&batch, &Default::default(), None)
@@ -299,7 +310,12 @@ fn a_stopped_run_resumes_exactly_and_its_model_folder_loads() {
             tokenize::build(TokenizerKind::Char, "ab").unwrap(),
             vec![0, 1],
         );
-        assert!(again.unwrap_err().to_string().contains("already holds a run"));
+        assert!(
+            again
+                .unwrap_err()
+                .to_string()
+                .contains("already holds a run")
+        );
     }
 }
 
@@ -316,10 +332,7 @@ fn training_lowers_the_loss_and_the_inspections_run() {
     let mut st =
         TrainState::new(Net::init(&s.model, run.file.vocab_size, s.train.seed, &dev).unwrap())
             .unwrap();
-    let mut hooks = Stop {
-        run,
-        stop_at: None,
-    };
+    let mut hooks = Stop { run, stop_at: None };
     assert!(train(&mut st, &s.train, &data, &mut hooks).unwrap());
     let (first, last) = (st.val[0].1, st.val.last().unwrap().1);
     assert!(last < first - 0.3, "validation loss {first} → {last}");
@@ -333,10 +346,16 @@ fn training_lowers_the_loss_and_the_inspections_run() {
     for row in &pats[1][1] {
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     }
-    assert_eq!(pats[0][0][0][1], 0.0, "causal: the first token sees only itself");
+    assert_eq!(
+        pats[0][0][0][1], 0.0,
+        "causal: the first token sees only itself"
+    );
     let acts =
         neoscope_engine::scratch::inspect::activations(run, &ids, 1, &dev, &mut |_| true).unwrap();
-    assert_eq!(acts.iter().map(|c| c.step).collect::<Vec<_>>(), vec![20, 40]);
+    assert_eq!(
+        acts.iter().map(|c| c.step).collect::<Vec<_>>(),
+        vec![20, 40]
+    );
     assert_eq!(acts[0].points.len(), 6);
     let (rows, ceil) =
         neoscope_engine::scratch::inspect::info_plane(run, 4, 4, &dev, &mut |_| true).unwrap();
@@ -353,8 +372,10 @@ fn training_lowers_the_loss_and_the_inspections_run() {
         top_p: 1.0,
         seed: 1,
     };
-    let a = neoscope_engine::scratch::inspect::sample(&llama, run, "the", 20, g, &|| false).unwrap();
-    let b = neoscope_engine::scratch::inspect::sample(&llama, run, "the", 20, g, &|| false).unwrap();
+    let a =
+        neoscope_engine::scratch::inspect::sample(&llama, run, "the", 20, g, &|| false).unwrap();
+    let b =
+        neoscope_engine::scratch::inspect::sample(&llama, run, "the", 20, g, &|| false).unwrap();
     assert_eq!(a, b);
     assert!(a.0.starts_with("the") && a.1 == 20, "{a:?}");
 }

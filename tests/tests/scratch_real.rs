@@ -18,7 +18,10 @@ fn settle(h: &mut Harness<'static, NeoApp>, limit: Duration) {
     let start = Instant::now();
     h.step();
     while h.state().busy() {
-        assert!(start.elapsed() < limit, "engine did not finish in {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "engine did not finish in {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
         h.step();
     }
@@ -64,8 +67,12 @@ fn shakespeare_from_scratch_in_the_app() {
     h.get_by_label("Fetch").click();
     settle(&mut h, Duration::from_secs(300));
     let status = h.state().panel::<ScratchPanel>().corpus_status.clone();
-    assert!(status.as_ref().is_some_and(|s| s.0.starts_with("42 texts")), "{status:?}");
-    h.state_mut().panel_mut::<ScratchPanel>().dir = runs.path().join("shakespeare").display().to_string();
+    assert!(
+        status.as_ref().is_some_and(|s| s.0.starts_with("42 texts")),
+        "{status:?}"
+    );
+    h.state_mut().panel_mut::<ScratchPanel>().dir =
+        runs.path().join("shakespeare").display().to_string();
     h.step();
     h.get_by_label("Train").click();
     // A screenshot while it trains (the curve and the first samples).
@@ -85,16 +92,24 @@ fn shakespeare_from_scratch_in_the_app() {
         "Shakespeare, {} steps in {:.0} s: held-out loss {first:.3} -> {last:.3} nats/char",
         run.step, run.seconds
     );
-    assert!(last < 1.88, "held-out loss {last} (nanoGPT's CPU recipe reaches 1.88)");
+    assert!(
+        last < 1.88,
+        "held-out loss {last} (nanoGPT's CPU recipe reaches 1.88)"
+    );
     // Samples improve: the last one is mostly real words, the first mostly not.
     let words = |t: &str| {
-        let common = ["the", "and", "I", "to", "of", "you", "my", "a", "that", "in", "is", "not"];
+        let common = [
+            "the", "and", "I", "to", "of", "you", "my", "a", "that", "in", "is", "not",
+        ];
         t.split_whitespace()
             .filter(|w| common.contains(&w.trim_matches(|c: char| !c.is_alphabetic())))
             .count()
     };
     let (s0, s1) = (&run.samples[0].1, &run.samples.last().unwrap().1);
-    assert!(words(s1) >= 5 && words(s1) > 3 * words(s0), "{s0:?} -> {s1:?}");
+    assert!(
+        words(s1) >= 5 && words(s1) > 3 * words(s0),
+        "{s0:?} -> {s1:?}"
+    );
     save(&mut h, "scratch.png");
 
     h.get_by_label("Look inside").click();
@@ -117,7 +132,10 @@ fn shakespeare_from_scratch_in_the_app() {
         panic!("no information plane")
     };
     let last = rows.last().unwrap();
-    eprintln!("information plane at step {}: current {:?}, next {:?}, ceilings {entropy:?}", last.step, last.current, last.next);
+    eprintln!(
+        "information plane at step {}: current {:?}, next {:?}, ceilings {entropy:?}",
+        last.step, last.current, last.next
+    );
     // After training the last layer knows more about the next character than the embeddings.
     assert!(last.next[4] > last.next[0], "{:?}", last.next);
     save(&mut h, "scratch-info-plane.png");
@@ -125,7 +143,8 @@ fn shakespeare_from_scratch_in_the_app() {
     h.get_by_label("Open in Neoscope").click();
     settle(&mut h, Duration::from_secs(60));
     assert_eq!(h.state().active(), "Lens");
-    h.state_mut().panel_mut::<LensPanel>().prompts = "ROMEO: What light through yonder window".into();
+    h.state_mut().panel_mut::<LensPanel>().prompts =
+        "ROMEO: What light through yonder window".into();
     h.step();
     h.get_by_label("Run lens").click();
     settle(&mut h, Duration::from_secs(60));

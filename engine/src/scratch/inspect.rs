@@ -84,10 +84,18 @@ pub fn sample(
         let window = ids[ids.len().saturating_sub(n_ctx)..].to_vec();
         let batch = Batch::new(&[window], PadSide::Right, dev)?;
         let out = llama.forward(&batch, &HookSpec::default(), None)?;
-        let last = out.logits.get(0)?.get(batch.width() - 1)?.to_vec1::<f32>()?;
+        let last = out
+            .logits
+            .get(0)?
+            .get(batch.width() - 1)?
+            .to_vec1::<f32>()?;
         ids.push(sampler.sample(&last));
     }
-    let keep = if prompt.is_empty() { &ids[start..] } else { &ids[..] };
+    let keep = if prompt.is_empty() {
+        &ids[start..]
+    } else {
+        &ids[..]
+    };
     let text = run
         .tokenizer
         .decode(keep, false)
@@ -185,7 +193,12 @@ pub fn activations(
             step: *step,
             points: pts
                 .iter()
-                .map(|p| [p.first().copied().unwrap_or(0.0), p.get(1).copied().unwrap_or(0.0)])
+                .map(|p| {
+                    [
+                        p.first().copied().unwrap_or(0.0),
+                        p.get(1).copied().unwrap_or(0.0),
+                    ]
+                })
                 .collect(),
             explained: [
                 ratio.first().copied().unwrap_or(0.0) as f32,
@@ -222,9 +235,8 @@ pub fn mutual_information(a: &[u32], b: &[u32]) -> f64 {
         *cab.entry((a[i], b[i])).or_default() += 1;
     }
     let h = |m: Vec<usize>| entropy(m.into_iter(), n);
-    (h(ca.into_values().collect()) + h(cb.into_values().collect())
-        - h(cab.into_values().collect()))
-    .max(0.0)
+    (h(ca.into_values().collect()) + h(cb.into_values().collect()) - h(cab.into_values().collect()))
+        .max(0.0)
 }
 
 /// The information plane over `windows` fixed held-out windows at every checkpoint; and the
@@ -273,7 +285,8 @@ pub fn info_plane(
             let cfg = crate::mfa::kmeans::KmeansConfig::for_k(clusters, spec.train.seed);
             let cents = crate::mfa::kmeans::kmeans(&rep, &cfg, &mut |_, _| true)?;
             let (labels, _) = crate::mfa::kmeans::assign(&rep, &cents)?;
-            row.current.push(mutual_information(&labels, &current) as f32);
+            row.current
+                .push(mutual_information(&labels, &current) as f32);
             row.next.push(mutual_information(&labels, &next) as f32);
         }
         rows.push(row);
@@ -291,10 +304,19 @@ mod tests {
     #[test]
     fn mutual_information_of_copies_and_independent_labels() {
         let a: Vec<u32> = (0..64).map(|i| i % 4).collect();
-        assert!((mutual_information(&a, &a) - 2.0).abs() < 1e-12, "I(X;X) = H(X)");
+        assert!(
+            (mutual_information(&a, &a) - 2.0).abs() < 1e-12,
+            "I(X;X) = H(X)"
+        );
         let b: Vec<u32> = (0..64).map(|i| (i / 4) % 4).collect();
-        assert!(mutual_information(&a, &b).abs() < 1e-12, "independent by design");
+        assert!(
+            mutual_information(&a, &b).abs() < 1e-12,
+            "independent by design"
+        );
         let c: Vec<u32> = a.iter().map(|x| x / 2).collect();
-        assert!((mutual_information(&a, &c) - 1.0).abs() < 1e-12, "a function keeps 1 bit");
+        assert!(
+            (mutual_information(&a, &c) - 1.0).abs() < 1e-12,
+            "a function keeps 1 bit"
+        );
     }
 }

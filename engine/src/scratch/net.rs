@@ -10,7 +10,6 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
-
 use crate::config::{Act, Arch, LlamaConfig, NormKind};
 use crate::error::{EngineError, Result};
 use crate::model::Llama;
@@ -140,7 +139,11 @@ fn layout(cfg: &ScratchModelConfig, vocab: usize) -> Vec<(String, Vec<usize>, In
                     push(format!("{p}.{n}.bias"), &[d], Init::Const(0.0));
                 }
             }
-            push("output_layer.weight".into(), &[vocab, d], Init::Uniform(0.1));
+            push(
+                "output_layer.weight".into(),
+                &[vocab, d],
+                Init::Uniform(0.1),
+            );
             push("output_layer.bias".into(), &[vocab], Init::Const(0.0));
         }
         ScratchArch::Modern => {
@@ -148,7 +151,11 @@ fn layout(cfg: &ScratchModelConfig, vocab: usize) -> Vec<(String, Vec<usize>, In
             push("model.embed_tokens.weight".into(), &[vocab, d], n);
             for l in 0..cfg.n_layers {
                 let p = format!("model.layers.{l}");
-                push(format!("{p}.input_layernorm.weight"), &[d], Init::Const(1.0));
+                push(
+                    format!("{p}.input_layernorm.weight"),
+                    &[d],
+                    Init::Const(1.0),
+                );
                 for q in ["q", "k", "v", "o"] {
                     push(format!("{p}.self_attn.{q}_proj.weight"), &[d, d], n);
                 }
@@ -189,9 +196,7 @@ impl Net {
             let n: usize = shape.iter().product();
             let data: Vec<f32> = match init {
                 Init::Const(c) => vec![c; n],
-                Init::Uniform(b) => (0..n)
-                    .map(|_| rng.random_range(-b..b) as f32)
-                    .collect(),
+                Init::Uniform(b) => (0..n).map(|_| rng.random_range(-b..b) as f32).collect(),
                 Init::Normal(s) => crate::sampling::normal_vec(&mut rng, n, s as f32),
             };
             let t = Tensor::from_vec(data, shape, dev)?;
@@ -220,7 +225,10 @@ impl Net {
             if t.dims() != shape.as_slice() {
                 return Err(EngineError::bad_model(
                     source,
-                    format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.dims()),
+                    format!(
+                        "tensor `{name}` has shape {:?}, expected {shape:?}",
+                        t.dims()
+                    ),
                 ));
             }
             params.push((name, Var::from_tensor(&t.to_dtype(DType::F32)?)?));

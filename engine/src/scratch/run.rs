@@ -259,7 +259,12 @@ impl Run {
             .join("snapshots")
             .join(format!("step-{step:06}.safetensors"));
         let t = artifact::read_tensors(&path, dev)?;
-        Net::from_tensors(&self.file.spec.model, self.file.vocab_size, t.into_map(), &path)
+        Net::from_tensors(
+            &self.file.spec.model,
+            self.file.vocab_size,
+            t.into_map(),
+            &path,
+        )
     }
 
     /// The latest weights: the last snapshot.
@@ -289,10 +294,10 @@ impl Run {
                 "vocab_size": net.vocab,
                 "scratch": net.cfg,
             }),
-            ScratchArch::Modern => serde_json::to_value(super::net::llama_config(
-                &net.cfg, net.vocab,
-            ))
-            .map_err(|e| EngineError::Invalid(e.to_string()))?,
+            ScratchArch::Modern => {
+                serde_json::to_value(super::net::llama_config(&net.cfg, net.vocab))
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?
+            }
         };
         artifact::write_json(&dir.join("config.json"), &config)?;
         let tok = self
@@ -331,7 +336,7 @@ pub(crate) fn load_seed_dir(
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Cfg {
-        #[allow(dead_code, reason = "checked by the caller")]
+        #[expect(dead_code, reason = "checked by the caller")]
         model_type: String,
         vocab_size: usize,
         scratch: ScratchModelConfig,
@@ -348,7 +353,8 @@ pub(crate) fn load_seed_dir(
     let st = dir.join("model.safetensors");
     let t = artifact::read_tensors(&st, dev)?;
     let net = Net::from_tensors(&c.scratch, c.vocab_size, t.into_map(), &st)?;
-    let llama = super::train::eval_model(&net).map_err(|e| EngineError::bad_model(dir, e.to_string()))?;
+    let llama =
+        super::train::eval_model(&net).map_err(|e| EngineError::bad_model(dir, e.to_string()))?;
     Ok((llama, st))
 }
 

@@ -45,7 +45,9 @@ fn char_level(corpus: &str) -> Result<Tokenizer> {
     vocab.push((UNK.to_owned(), chars.len() as u32));
     let bpe = BPE::builder()
         .vocab_and_merges(
-            vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(),
+            vocab
+                .into_iter()
+                .collect::<tokenizers::models::bpe::Vocab>(),
             Vec::new(),
         )
         .unk_token(UNK.to_owned())
@@ -129,10 +131,18 @@ mod tests {
         let t = build(TokenizerKind::Bpe { vocab_size: 300 }, &text).expect("bpe");
         assert!(t.get_vocab_size(true) > 256 && t.get_vocab_size(true) <= 300);
         let ids = encode_all(&t, &text).expect("ids");
-        assert!(ids.len() < text.len() / 2, "merges shorten the text: {}", ids.len());
+        assert!(
+            ids.len() < text.len() / 2,
+            "merges shorten the text: {}",
+            ids.len()
+        );
         assert_eq!(t.decode(&ids, false).expect("decode"), text);
         let odd = "naïve ☃\n";
-        assert_eq!(t.decode(&encode_all(&t, odd).expect("ids"), false).expect("d"), odd);
+        assert_eq!(
+            t.decode(&encode_all(&t, odd).expect("ids"), false)
+                .expect("d"),
+            odd
+        );
         assert!(build(TokenizerKind::Bpe { vocab_size: 100 }, &text).is_err());
     }
 }

@@ -231,7 +231,9 @@ pub fn gradients(
         .iter()
         .map(|(name, p)| match grads.get(p.as_tensor()) {
             Some(g) => Ok(g.clone()),
-            None => Err(EngineError::Invalid(format!("no gradient reached `{name}`"))),
+            None => Err(EngineError::Invalid(format!(
+                "no gradient reached `{name}`"
+            ))),
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((g, value))
@@ -370,7 +372,10 @@ pub fn eval_model(net: &Net) -> Result<Llama> {
 }
 
 /// Seconds of each of `b.steps` training steps (after 3 untimed ones) on random tokens.
-pub fn bench(b: &neoscope_api::scratch::ScratchBench, dev: &candle_core::Device) -> Result<(Vec<f64>, usize)> {
+pub fn bench(
+    b: &neoscope_api::scratch::ScratchBench,
+    dev: &candle_core::Device,
+) -> Result<(Vec<f64>, usize)> {
     let net = Net::init(&b.model, b.vocab, 0, dev)?;
     let params = net.count();
     let cfg = ScratchTrainConfig {

@@ -158,12 +158,21 @@ impl Worker {
         let s = &run.file.spec;
         let state = match run.resume_state(&self.dev)? {
             Some(st) => st,
-            None => TrainState::new(Net::init(&s.model, run.file.vocab_size, s.train.seed, &self.dev)?)?,
+            None => TrainState::new(Net::init(
+                &s.model,
+                run.file.vocab_size,
+                s.train.seed,
+                &self.dev,
+            )?)?,
         };
         self.train_scratch(job, &run, state)
     }
 
-    pub(super) fn execute_scratch(&mut self, job: &Job, cmd: ScratchCommand) -> Result<ScratchResult> {
+    pub(super) fn execute_scratch(
+        &mut self,
+        job: &Job,
+        cmd: ScratchCommand,
+    ) -> Result<ScratchResult> {
         let dev = self.dev.clone();
         match cmd {
             ScratchCommand::Bench(b) => {
@@ -183,15 +192,15 @@ impl Worker {
                 let (path, files, chars) = self.fetch_corpus(job)?;
                 Ok(ScratchResult::Corpus { path, files, chars })
             }
-            ScratchCommand::Train { dir, spec } => {
-                Ok(ScratchResult::Trained(Box::new(self.new_run(job, &dir, *spec)?)))
-            }
-            ScratchCommand::Open { dir } => {
-                Ok(ScratchResult::Trained(Box::new(Self::open_run(&dir, &dev)?)))
-            }
-            ScratchCommand::Resume { dir, steps } => {
-                Ok(ScratchResult::Trained(Box::new(self.resume_run(job, &dir, steps)?)))
-            }
+            ScratchCommand::Train { dir, spec } => Ok(ScratchResult::Trained(Box::new(
+                self.new_run(job, &dir, *spec)?,
+            ))),
+            ScratchCommand::Open { dir } => Ok(ScratchResult::Trained(Box::new(Self::open_run(
+                &dir, &dev,
+            )?))),
+            ScratchCommand::Resume { dir, steps } => Ok(ScratchResult::Trained(Box::new(
+                self.resume_run(job, &dir, steps)?,
+            ))),
             ScratchCommand::Sample {
                 dir,
                 prompt,
@@ -236,10 +245,11 @@ impl Worker {
                 clusters,
             } => {
                 let run = Run::open(&dir)?;
-                let (rows, entropy) = inspect::info_plane(&run, windows, clusters, &dev, &mut |f| {
-                    job.progress("Estimating mutual information", Some(f));
-                    !job.cancelled()
-                })?;
+                let (rows, entropy) =
+                    inspect::info_plane(&run, windows, clusters, &dev, &mut |f| {
+                        job.progress("Estimating mutual information", Some(f));
+                        !job.cancelled()
+                    })?;
                 Ok(ScratchResult::InfoPlane {
                     estimator: format!(
                         "plug-in estimate on k-means clusters (k = {clusters}) of each layer's \
