@@ -33,6 +33,10 @@ class Seed(nn.Module):
         layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True)
         self.transformer_encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.output_layer = nn.Linear(d, vocab)
+        # The lesson's initialisation.
+        self.embedding.weight.data.uniform_(-0.1, 0.1)
+        self.output_layer.weight.data.uniform_(-0.1, 0.1)
+        self.output_layer.bias.data.zero_()
 
     def forward(self, x):
         h = self.embedding(x) * math.sqrt(self.d) + self.pe[: x.size(1)]
@@ -46,11 +50,16 @@ class Modern(nn.Module):
         cfg = LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=ff,
                           num_hidden_layers=layers, num_attention_heads=heads,
                           max_position_embeddings=ctx, rms_norm_eps=1e-6,
-                          tie_word_embeddings=False, attn_implementation="sdpa")
+                          rope_theta=10000.0, tie_word_embeddings=False, attention_bias=False,
+                          mlp_bias=False, attn_implementation="sdpa")
         self.m = LlamaForCausalLM(cfg)
 
     def forward(self, x):
         return self.m(input_ids=x, use_cache=False).logits
+
+    def state_dict_named(self):
+        """The parameters under Neoscope's (Hugging Face Llama) names."""
+        return self.m.state_dict()
 
 
 def main(spec_json):

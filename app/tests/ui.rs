@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
+use neoscope::gui::scratch_panel::{CorpusChoice, Inside, ScratchPanel};
 use neoscope::gui::{
-    EmbedPanel, InjectPanel, MfaPanel, ModelPanel, NeoApp, Playground, WordsPanel,
+    EmbedPanel, InjectPanel, LensPanel, MfaPanel, ModelPanel, NeoApp, Playground, WordsPanel,
 };
+use neoscope_api::scratch::ScratchArch;
 use neoscope_engine::model::save_hf_dir;
 use neoscope_engine::tiny::tiny_model;
 use neoscope_engine::worker::{DeviceChoice, EngineOptions};
@@ -51,6 +53,16 @@ fn settle(h: &mut Harness<'static, NeoApp>) {
         h.step();
     }
     h.step();
+}
+
+/// `settle`, then no error may be showing.
+fn settle_ok(h: &mut Harness<'static, NeoApp>) {
+    settle(h);
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
 }
 
 /// A harness whose engine has loaded a tiny model (seed `seed`) through the Model panel.
@@ -474,4 +486,90 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
             .iter()
             .all(|k| *k == neoscope_engine::embed::project::PointKind::Activation)
     );
+}
+
+/// The From scratch panel end to end (tiny settings, the shipped corpus): train with live
+/// curves and samples, resume to more steps, look inside, open the model in the Lens.
+#[test]
+fn train_resume_look_inside_and_open_in_the_lens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path(), true);
+    h.get_by_label("From scratch").click();
+    h.step();
+    h.get_by_label("What is happening here?");
+    {
+        let p = h.state_mut().panel_mut::<ScratchPanel>();
+        p.corpus = CorpusChoice::Shipped;
+        let m = &mut p.spec.model;
+        (m.arch, m.n_layers, m.n_heads, m.d_model, m.d_ff, m.n_ctx) =
+            (ScratchArch::Seed, 2, 2, 32, 64, 24);
+        let t = &mut p.spec.train;
+        (t.steps, t.batch, t.lr, t.warmup_steps) = (60, 8, 3e-3, 5);
+        (
+            t.eval_every,
+            t.sample_every,
+            t.checkpoint_every,
+            t.sample_tokens,
+        ) = (20, 20, 20, 40);
+        p.dir = dir.path().join("run").display().to_string();
+    }
+    h.step();
+    h.get_by_label("Train").click();
+    settle_ok(&mut h);
+    let p = h.state().panel::<ScratchPanel>();
+    assert_eq!(p.losses.len(), 60);
+    assert_eq!(p.samples.len(), 4, "steps 0, 20, 40, 60");
+    let (first, last) = (p.val[0].1, p.val.last().unwrap().1);
+    assert!(last < first - 0.5, "held-out loss {first} → {last}");
+    assert!(p.run.as_ref().is_some_and(|r| !r.cancelled && r.step == 60));
+
+    // Resume to 80 steps: the curves continue from the checkpoint.
+    h.state_mut().panel_mut::<ScratchPanel>().spec.train.steps = 80;
+    h.step();
+    h.get_by_label("Resume").click();
+    settle_ok(&mut h);
+    let p = h.state().panel::<ScratchPanel>();
+    assert_eq!(p.losses.len(), 80);
+    assert_eq!(p.losses[79].0, 80);
+
+    // Look inside.
+    h.get_by_label("Look inside").click();
+    h.step();
+    h.state_mut().panel_mut::<ScratchPanel>().probe = "the model".into();
+    h.step();
+    h.get_by_label("Attention").click();
+    settle_ok(&mut h);
+    let Inside::Attention { tokens, patterns } = &h.state().panel::<ScratchPanel>().inside else {
+        panic!("no attention view")
+    };
+    assert_eq!((tokens.len(), patterns.len(), patterns[0].len()), (9, 2, 2));
+    h.get_by_label("Activations").click();
+    settle_ok(&mut h);
+    let Inside::Activations { checkpoints, .. } = &h.state().panel::<ScratchPanel>().inside else {
+        panic!("no activations view")
+    };
+    let steps: Vec<usize> = checkpoints.iter().map(|c| c.step).collect();
+    assert_eq!(steps, vec![20, 40, 60, 80]);
+    h.get_by_label("Information plane").click();
+    settle_ok(&mut h);
+    let Inside::Info { rows, .. } = &h.state().panel::<ScratchPanel>().inside else {
+        panic!("no information plane")
+    };
+    assert_eq!((rows.len(), rows[0].current.len()), (4, 3));
+    h.get_by_label("Continue the text").click();
+    settle_ok(&mut h);
+    let g = h.state().panel::<ScratchPanel>().generated.clone().unwrap();
+    assert!(g.starts_with("the model") && g.len() > 20, "{g}");
+
+    // Open in Neoscope: the model loads and the Lens runs on it.
+    h.get_by_label("Open in Neoscope").click();
+    settle_ok(&mut h);
+    assert_eq!(h.state().active(), "Lens");
+    let info = h.state().shared.model.clone().unwrap();
+    assert_eq!(info.architecture, "neoscope_scratch");
+    h.state_mut().panel_mut::<LensPanel>().prompts = "the model is".into();
+    h.step();
+    h.get_by_label("Run lens").click();
+    settle_ok(&mut h);
+    assert_eq!(h.state().panel::<LensPanel>().results.len(), 1);
 }

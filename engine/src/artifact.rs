@@ -154,6 +154,26 @@ impl Tensors {
     }
 }
 
+/// The numbers N of the files `PREFIX` N `SUFFIX` in `dir` (checkpoints by step), ascending;
+/// none when the folder does not exist.
+pub fn numbered(dir: &Path, prefix: &str, suffix: &str) -> Vec<usize> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut n: Vec<usize> = rd
+        .filter_map(std::result::Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(prefix)?
+                .strip_suffix(suffix)?
+                .parse()
+                .ok()
+        })
+        .collect();
+    n.sort_unstable();
+    n
+}
+
 /// Writes a safetensors file atomically (tensors are copied to the CPU first), with an optional
 /// metadata block of strings. Returns the SHA-256 of the bytes written.
 pub fn write_tensors(

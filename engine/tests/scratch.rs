@@ -4,6 +4,8 @@
 //! normal model loader.
 #![expect(clippy::unwrap_used, reason = "tests")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -281,14 +283,7 @@ fn a_stopped_run_resumes_exactly_and_its_model_folder_loads() {
             .forward(&batch, &Default::default(), None)
             .unwrap()
             .logits;
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = common::max_diff(&got, &want);
         assert!(diff < 1e-5, "{arch:?}: loaded model differs by {diff}");
         let want_type = match arch {
             ScratchArch::Seed => "neoscope_scratch",

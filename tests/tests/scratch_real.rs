@@ -2,9 +2,10 @@
 //! button, train the default model (nanoGPT's CPU recipe, character level, ~4 minutes on two
 //! cores), see the held-out loss fall below nanoGPT's documented 1.88 and the samples turn into
 //! words, look inside, open the model in the Lens. Screenshots go to `screenshots/`.
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
-use std::path::PathBuf;
+mod common;
+
+use common::save;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
@@ -14,32 +15,14 @@ use neoscope::gui::{LensPanel, NeoApp};
 use neoscope_engine::fetch::model_cache_dir;
 use neoscope_engine::worker::{DeviceChoice, EngineOptions};
 
+/// `common::settle`, then no error may be showing.
 fn settle(h: &mut Harness<'static, NeoApp>, limit: Duration) {
-    let start = Instant::now();
-    h.step();
-    while h.state().busy() {
-        assert!(
-            start.elapsed() < limit,
-            "engine did not finish in {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-        h.step();
-    }
-    h.run_steps(3);
+    common::settle(h, limit);
     assert!(
         h.state().shared.error.is_none(),
         "{:?}",
         h.state().shared.error
     );
-}
-
-fn save(h: &mut Harness<'static, NeoApp>, name: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    let img = h
-        .render()
-        .unwrap_or_else(|e| panic!("render with wgpu (needs Mesa lavapipe): {e}"));
-    img.save(dir.join(name)).unwrap();
 }
 
 #[test]

@@ -4,8 +4,9 @@
 
 mod common;
 
+use common::{save, settle};
+
 use neoscope_api::model::ModelCommand;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
@@ -15,31 +16,6 @@ use neoscope::gui::{
     WordsPanel,
 };
 use neoscope_engine::worker::{DeviceChoice, EngineOptions};
-
-fn settle(h: &mut Harness<'static, NeoApp>, limit: Duration) {
-    let start = Instant::now();
-    h.step();
-    while h.state().busy() {
-        assert!(
-            start.elapsed() < limit,
-            "engine did not finish in {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-        h.step();
-    }
-    h.run_steps(3);
-}
-
-fn save(h: &mut Harness<'static, NeoApp>, name: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    let img = h
-        .render()
-        .unwrap_or_else(|e| panic!("render with wgpu (needs Mesa lavapipe): {e}"));
-    let path = dir.join(name);
-    img.save(&path).unwrap();
-    eprintln!("wrote {}", path.display());
-}
 
 /// The app rendered through wgpu with the real default model loaded.
 fn loaded_app() -> Harness<'static, NeoApp> {

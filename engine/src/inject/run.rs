@@ -99,21 +99,7 @@ pub fn open(dir: &Path, base: &BaseModel, dev: &Device) -> Result<(RunMeta, Tens
 
 /// The step numbers of the checkpoints in a run, ascending.
 pub fn checkpoints(dir: &Path) -> Result<Vec<usize>> {
-    let cdir = dir.join("checkpoints");
-    let Ok(rd) = std::fs::read_dir(&cdir) else {
-        return Ok(Vec::new());
-    };
-    let mut steps: Vec<usize> = rd
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_prefix("step-")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    steps.sort_unstable();
+    let steps = crate::artifact::numbered(&dir.join("checkpoints"), "step-", ".safetensors");
     Ok(steps)
 }
 

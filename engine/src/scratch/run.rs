@@ -234,22 +234,11 @@ impl Run {
 
     /// Steps of the saved snapshots, oldest first.
     pub fn snapshots(&self) -> Result<Vec<usize>> {
-        let snaps = self.dir.join("snapshots");
-        let mut steps: Vec<usize> = match std::fs::read_dir(&snaps) {
-            Ok(rd) => rd
-                .filter_map(std::result::Result::ok)
-                .filter_map(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.strip_prefix("step-")?
-                        .strip_suffix(".safetensors")?
-                        .parse()
-                        .ok()
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        steps.sort_unstable();
-        Ok(steps)
+        Ok(artifact::numbered(
+            &self.dir.join("snapshots"),
+            "step-",
+            ".safetensors",
+        ))
     }
 
     /// The weights of the snapshot at `step`.

@@ -39,3 +39,34 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Steps the app's frames until no request is outstanding (at most `limit`), then a few more.
+pub fn settle(
+    h: &mut egui_kittest::Harness<'static, neoscope::gui::NeoApp>,
+    limit: std::time::Duration,
+) {
+    let start = std::time::Instant::now();
+    h.step();
+    while h.state().busy() {
+        assert!(
+            start.elapsed() < limit,
+            "engine did not finish in {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        h.step();
+    }
+    h.run_steps(3);
+}
+
+/// Renders the app through wgpu into `screenshots/NAME`.
+pub fn save(h: &mut egui_kittest::Harness<'static, neoscope::gui::NeoApp>, name: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../screenshots");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let img = h
+        .render()
+        .unwrap_or_else(|e| panic!("render with wgpu (needs Mesa lavapipe): {e}"));
+    let path = dir.join(name);
+    img.save(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    eprintln!("wrote {}", path.display());
+}
