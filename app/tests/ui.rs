@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use neoscope::gui::scratch_panel::{CorpusChoice, Inside, ScratchPanel};
+use neoscope::gui::scratch_panel::{CorpusChoice, ScratchPanel};
 use neoscope::gui::{
     EmbedPanel, InjectPanel, LensPanel, MfaPanel, ModelPanel, NeoApp, Playground, WordsPanel,
 };
-use neoscope_api::scratch::ScratchArch;
+use neoscope_api::scratch::{ScratchArch, ScratchResult};
 use neoscope_engine::model::save_hf_dir;
 use neoscope_engine::tiny::tiny_model;
 use neoscope_engine::worker::{DeviceChoice, EngineOptions};
@@ -539,20 +539,25 @@ fn train_resume_look_inside_and_open_in_the_lens() {
     h.step();
     h.get_by_label("Attention").click();
     settle_ok(&mut h);
-    let Inside::Attention { tokens, patterns } = &h.state().panel::<ScratchPanel>().inside else {
+    let Some(ScratchResult::Attention { tokens, patterns }) =
+        &h.state().panel::<ScratchPanel>().inside
+    else {
         panic!("no attention view")
     };
     assert_eq!((tokens.len(), patterns.len(), patterns[0].len()), (9, 2, 2));
     h.get_by_label("Activations").click();
     settle_ok(&mut h);
-    let Inside::Activations { checkpoints, .. } = &h.state().panel::<ScratchPanel>().inside else {
+    let Some(ScratchResult::Activations { checkpoints, .. }) =
+        &h.state().panel::<ScratchPanel>().inside
+    else {
         panic!("no activations view")
     };
     let steps: Vec<usize> = checkpoints.iter().map(|c| c.step).collect();
     assert_eq!(steps, vec![20, 40, 60, 80]);
     h.get_by_label("Information plane").click();
     settle_ok(&mut h);
-    let Inside::Info { rows, .. } = &h.state().panel::<ScratchPanel>().inside else {
+    let Some(ScratchResult::InfoPlane { rows, .. }) = &h.state().panel::<ScratchPanel>().inside
+    else {
         panic!("no information plane")
     };
     assert_eq!((rows.len(), rows[0].current.len()), (4, 3));

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use neoscope::gui::scratch_panel::{Inside, ScratchPanel};
+use neoscope::gui::scratch_panel::ScratchPanel;
 use neoscope::gui::{LensPanel, NeoApp};
+use neoscope_api::scratch::ScratchResult;
 use neoscope_engine::fetch::model_cache_dir;
 use neoscope_engine::worker::{DeviceChoice, EngineOptions};
 
@@ -111,7 +112,9 @@ fn shakespeare_from_scratch_in_the_app() {
     save(&mut h, "scratch-activations.png");
     h.get_by_label("Information plane").click();
     settle(&mut h, Duration::from_secs(300));
-    let Inside::Info { rows, entropy, .. } = &h.state().panel::<ScratchPanel>().inside else {
+    let Some(ScratchResult::InfoPlane { rows, entropy, .. }) =
+        &h.state().panel::<ScratchPanel>().inside
+    else {
         panic!("no information plane")
     };
     let last = rows.last().unwrap();

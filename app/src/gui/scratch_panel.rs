@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use neoscope_api::model::{LoadOptions, ModelCommand, ModelResult};
 use neoscope_api::scratch::{
-    CorpusSource, InfoRow, SampleConfig, ScratchArch, ScratchCommand, ScratchEvent, ScratchResult,
+    CorpusSource, SampleConfig, ScratchArch, ScratchCommand, ScratchEvent, ScratchResult,
     ScratchRun, ScratchSpec, TokenizerKind,
 };
 use neoscope_api::{Command, Event, JobResult, RequestId};
@@ -33,38 +33,6 @@ pub enum ScratchFile {
     Corpus,
     /// A run's `run.json`.
     OpenRun,
-}
-
-/// What the "Look inside" area shows.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Inside {
-    /// Nothing yet.
-    None,
-    /// Attention patterns [layer][head][query][key] of tokens.
-    Attention {
-        /// Token texts.
-        tokens: Vec<String>,
-        /// Patterns.
-        patterns: Vec<Vec<Vec<Vec<f32>>>>,
-    },
-    /// A layer's activations per checkpoint.
-    Activations {
-        /// Token texts.
-        tokens: Vec<String>,
-        /// Block.
-        layer: usize,
-        /// Per checkpoint: step, points, explained variance.
-        checkpoints: Vec<neoscope_api::scratch::CheckpointPoints>,
-    },
-    /// The information plane.
-    Info {
-        /// How it was estimated.
-        estimator: String,
-        /// Rows per checkpoint.
-        rows: Vec<InfoRow>,
-        /// H(current), H(next).
-        entropy: [f32; 2],
-    },
 }
 
 /// State of the From scratch panel.
@@ -101,8 +69,9 @@ pub struct ScratchPanel {
     pub sampling: SampleConfig,
     /// Last generated text.
     pub generated: Option<String>,
-    /// What the inside area shows.
-    pub inside: Inside,
+    /// What the inside area shows: the last attention, activations or information-plane
+    /// result.
+    pub inside: Option<ScratchResult>,
     /// Attention layer and head shown.
     pub head: (usize, usize),
     /// Checkpoint shown in the activations view.
@@ -137,7 +106,7 @@ impl Default for ScratchPanel {
             layer: 0,
             sampling: SampleConfig::default(),
             generated: None,
-            inside: Inside::None,
+            inside: None,
             head: (0, 0),
             checkpoint: usize::MAX,
             dialog: None,
@@ -222,34 +191,20 @@ impl Panel for ScratchPanel {
                 self.generated = Some(text);
                 self.inside_tab = true;
             }
-            ScratchResult::Attention { tokens, patterns } => {
+            ScratchResult::Attention { .. } => {
                 self.head = (0, 0);
-                self.inside = Inside::Attention { tokens, patterns };
+                self.inside = Some(*r);
                 self.inside_tab = true;
             }
             ScratchResult::Activations {
-                tokens,
-                layer,
-                checkpoints,
+                ref checkpoints, ..
             } => {
                 self.checkpoint = checkpoints.len().saturating_sub(1);
-                self.inside = Inside::Activations {
-                    tokens,
-                    layer,
-                    checkpoints,
-                };
+                self.inside = Some(*r);
                 self.inside_tab = true;
             }
-            ScratchResult::InfoPlane {
-                estimator,
-                rows,
-                entropy,
-            } => {
-                self.inside = Inside::Info {
-                    estimator,
-                    rows,
-                    entropy,
-                };
+            ScratchResult::InfoPlane { .. } => {
+                self.inside = Some(*r);
                 self.inside_tab = true;
             }
             ScratchResult::Bench { .. } => {}
@@ -292,7 +247,7 @@ pub fn start(p: &mut ScratchPanel, s: &mut Shared) {
     p.losses.clear();
     p.val.clear();
     p.samples.clear();
-    p.inside = Inside::None;
+    p.inside = None;
     p.inside_tab = false;
     p.steps = p.spec.train.steps;
     let c = ScratchCommand::Train {

@@ -3,12 +3,12 @@
 
 use egui::{Color32, Rect, Sense, pos2, vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points, Text};
-use neoscope_api::scratch::{ScratchArch, ScratchCommand, TokenizerKind};
+use neoscope_api::scratch::{ScratchArch, ScratchCommand, ScratchResult, TokenizerKind};
 
 use super::lens_views::ramp;
 use super::panel::Shared;
 use super::scratch_panel::{
-    CorpusChoice, Inside, ScratchFile, ScratchPanel, dialog, open_in_neoscope, send, start,
+    CorpusChoice, ScratchFile, ScratchPanel, dialog, open_in_neoscope, send, start,
 };
 
 /// Corpus, tokenizer, model and training rows, with Train / Resume / Open.
@@ -320,18 +320,20 @@ pub(super) fn inside(p: &mut ScratchPanel, s: &mut Shared, ui: &mut egui::Ui) {
         ui.label(egui::RichText::new(g).monospace());
     }
     match p.inside.clone() {
-        Inside::None => {}
-        Inside::Attention { tokens, patterns } => attention(p, ui, &tokens, &patterns),
-        Inside::Activations {
+        Some(ScratchResult::Attention { tokens, patterns }) => {
+            attention(p, ui, &tokens, &patterns);
+        }
+        Some(ScratchResult::Activations {
             tokens,
             layer,
             checkpoints,
-        } => activations(p, ui, &tokens, layer, &checkpoints),
-        Inside::Info {
+        }) => activations(p, ui, &tokens, layer, &checkpoints),
+        Some(ScratchResult::InfoPlane {
             estimator,
             rows,
             entropy,
-        } => info_plane(ui, &estimator, &rows, entropy),
+        }) => info_plane(ui, &estimator, &rows, entropy),
+        _ => {}
     }
 }
 
