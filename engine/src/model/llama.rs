@@ -15,7 +15,7 @@ use super::batch::Batch;
 use super::cache::KvCache;
 use super::intervene::{ResolvedIntervention, apply};
 use super::mat::{Mat, Stack};
-use super::ops::{layer_norm, linear, rms_norm, rope, softcap, softmax_last};
+use super::ops::{add_vec, layer_norm, linear, mul_vec, rms_norm, rope, softcap, softmax_last};
 use crate::config::{Act, LlamaConfig, NormKind, RopeScaling};
 use crate::error::{EngineError, Result};
 use crate::hooks::{HookPoint, HookSpec};
@@ -273,9 +273,9 @@ impl Llama {
         if self.cfg.arch.no_final_norm {
             return Ok(normalized.clone());
         }
-        let n = normalized.broadcast_mul(&self.final_norm)?;
+        let n = mul_vec(normalized, &self.final_norm)?;
         Ok(match &self.extra.final_norm_bias {
-            Some(b) => n.broadcast_add(b)?,
+            Some(b) => add_vec(&n, b)?,
             None => n,
         })
     }
@@ -290,7 +290,7 @@ impl Llama {
     pub fn head(&self, normed: &Tensor) -> Result<Tensor> {
         let z = linear(normed, self.unembed())?;
         Ok(match &self.extra.head_bias {
-            Some(b) => z.broadcast_add(b)?,
+            Some(b) => add_vec(&z, b)?,
             None => z,
         })
     }
@@ -514,14 +514,14 @@ impl Llama {
                 (gate * gu.narrow(D::Minus1, d_mlp, d_mlp)?)?
             } else {
                 let up = match &blk.extra.up_bias {
-                    Some(bias) => gu.broadcast_add(bias)?,
+                    Some(bias) => add_vec(&gu, bias)?,
                     None => gu,
                 };
                 activate(&up, self.cfg.arch.act)?
             };
             let mut m = blk.w_down.forward(&inner)?;
             if let Some(bias) = &blk.extra.down_bias {
-                m = m.broadcast_add(bias)?;
+                m = add_vec(&m, bias)?;
             }
             if let Some((_, post_mlp)) = &blk.extra.post_norms {
                 m = rms_norm(&m, post_mlp, self.cfg.rms_norm_eps)?;
@@ -560,7 +560,7 @@ impl Llama {
         let rep = nh / nkv;
         let mut qkv = w_qkv.forward(h)?;
         if let Some(bias) = &blk.qkv_bias {
-            qkv = qkv.broadcast_add(bias)?;
+            qkv = add_vec(&qkv, bias)?;
         }
         let q = qkv
             .narrow(D::Minus1, 0, nh * hd)?
@@ -622,7 +622,7 @@ impl Llama {
             .reshape((b, t, nh * hd))?;
         let out = blk.wo.forward(&o)?;
         let out = match &blk.extra.o_bias {
-            Some(bias) => out.broadcast_add(bias)?,
+            Some(bias) => add_vec(&out, bias)?,
             None => out,
         };
         Ok((out, pattern))

@@ -13,7 +13,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(w)
+    mul_vec(&x.broadcast_mul(&inv)?, w)
 }
 
 /// LayerNorm over the last dimension: `(x − mean) / sqrt(var + eps) · w + b` (biased variance,
@@ -21,10 +21,38 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    centred
-        .broadcast_div(&(var + eps)?.sqrt()?)?
-        .broadcast_mul(w)?
-        .broadcast_add(b)
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    add_vec(&mul_vec(&normed, w)?, b)
+}
+
+/// `v` (d) repeated over the leading dimensions of `like` (…, d), as a product with a column
+/// of ones: the gradient of a trained `v` (a sum over every row) is then a matrix product as
+/// well. Hand-written because candle's sum over leading dimensions, which a broadcast's
+/// backward uses, is ~70× slower than over the last one (a bias's backward cost as much as a
+/// whole linear layer's when training every weight).
+fn rows_of(v: &Tensor, like: &Tensor) -> Result<Tensor> {
+    let d = v.elem_count();
+    let n = like.elem_count() / d.max(1);
+    let ones = Tensor::ones((n, 1), v.dtype(), v.device())?;
+    ones.matmul(&v.reshape((1, d))?)?.reshape(like.shape())
+}
+
+/// `x + v` for a vector `v` over the last dimension of `x` (a bias).
+pub fn add_vec(x: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if v.track_op() {
+        x + rows_of(v, x)?
+    } else {
+        x.broadcast_add(v)
+    }
+}
+
+/// `x · v` for a vector `v` over the last dimension of `x` (a norm's weight).
+pub fn mul_vec(x: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if v.track_op() {
+        x * rows_of(v, x)?
+    } else {
+        x.broadcast_mul(v)
+    }
 }
 
 /// Soft-capping `c · tanh(x / c)` (Gemma 2's attention scores and logits).
