@@ -1,7 +1,5 @@
 //! The Injection panel's lower half: live loss curves and the geometry report's key numbers.
 
-use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
-
 use super::inject_panel::{InjectFile, InjectPanel, dialog};
 use super::panel::Shared;
 
@@ -17,27 +15,14 @@ pub(super) fn curves(p: &mut InjectPanel, ui: &mut egui::Ui) {
         ui.weak("Training and validation loss appear here as the run goes.");
         return;
     }
-    let pts = |v: &[(usize, f32)]| -> Vec<[f64; 2]> {
-        v.iter().map(|(s, l)| [*s as f64, f64::from(*l)]).collect()
-    };
-    Plot::new("inject_loss")
-        .height(220.0)
-        .legend(Legend::default())
-        .x_axis_label("step")
-        .y_axis_label("loss (nats/token)")
-        .show(ui, |plot| {
-            let val_color = egui::Color32::from_rgb(90, 170, 250);
-            plot.line(
-                Line::new("train", PlotPoints::from(pts(&p.losses)))
-                    .color(egui::Color32::from_rgb(230, 120, 80)),
-            );
-            plot.line(Line::new("validation", PlotPoints::from(pts(&p.val))).color(val_color));
-            plot.points(
-                Points::new("validation", pts(&p.val))
-                    .radius(3.0)
-                    .color(val_color),
-            );
-        });
+    super::widgets::train_val_plot(
+        ui,
+        "inject_loss",
+        &p.losses,
+        ("validation", &p.val),
+        "loss (nats/token)",
+        220.0,
+    );
     if let (Some(a), Some(b)) = (p.val.first(), p.val.last()) {
         ui.label(format!(
             "Validation loss {:.4} (step {}) to {:.4} (step {})",

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use neoscope_api::model::{LoadOptions, ModelCommand, ModelResult};
 use neoscope_api::scratch::{
-    CorpusSource, SampleConfig, ScratchArch, ScratchCommand, ScratchEvent, ScratchResult,
-    ScratchRun, ScratchSpec, TokenizerKind,
+    CorpusSource, SampleConfig, ScratchCommand, ScratchEvent, ScratchResult, ScratchRun,
+    ScratchSpec, TokenizerKind,
 };
 use neoscope_api::{Command, Event, JobResult, RequestId};
 
@@ -337,9 +337,4 @@ fn show(p: &mut ScratchPanel, s: &mut Shared, ui: &mut egui::Ui) {
                 });
             }
         });
-}
-
-/// Whether `arch` is the lesson's model.
-pub fn is_seed(arch: ScratchArch) -> bool {
-    arch == ScratchArch::Seed
 }

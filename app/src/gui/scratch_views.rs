@@ -2,7 +2,7 @@
 //! "look inside" views (attention heatmaps, activations across checkpoints, information plane).
 
 use egui::{Color32, Rect, Sense, pos2, vec2};
-use egui_plot::{Legend, Line, Plot, PlotPoints, Points, Text};
+use egui_plot::{Line, Plot, PlotPoints, Points, Text};
 use neoscope_api::scratch::{ScratchArch, ScratchCommand, ScratchResult, TokenizerKind};
 
 use super::lens_views::ramp;
@@ -200,29 +200,14 @@ pub(super) fn curves(p: &ScratchPanel, ui: &mut egui::Ui) {
         ui.weak("The training loss (every step) and the held-out loss appear here.");
         return;
     }
-    let pts = |v: &[(usize, f32)]| -> Vec<[f64; 2]> {
-        v.iter().map(|(s, l)| [*s as f64, f64::from(*l)]).collect()
-    };
-    Plot::new("scratch_loss")
-        .height(330.0)
-        .legend(Legend::default())
-        .x_axis_label("step")
-        .y_axis_label("loss")
-        .include_y(0.0)
-        .allow_scroll(false)
-        .show(ui, |plot| {
-            let val_color = Color32::from_rgb(90, 170, 250);
-            plot.line(
-                Line::new("train", PlotPoints::from(pts(&p.losses)))
-                    .color(Color32::from_rgb(230, 120, 80)),
-            );
-            plot.line(Line::new("held out", PlotPoints::from(pts(&p.val))).color(val_color));
-            plot.points(
-                Points::new("held out", pts(&p.val))
-                    .radius(3.0)
-                    .color(val_color),
-            );
-        });
+    super::widgets::train_val_plot(
+        ui,
+        "scratch_loss",
+        &p.losses,
+        ("held out", &p.val),
+        "loss",
+        330.0,
+    );
     if let Some((step, l)) = p.val.last() {
         let bits = f64::from(*l) / std::f64::consts::LN_2 / chars_per_token(p);
         ui.label(format!(

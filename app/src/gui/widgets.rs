@@ -44,6 +44,41 @@ pub fn loss_plot(ui: &mut egui::Ui, runs: &[(&str, &[f32])], height: f32) -> egu
         .rect
 }
 
+/// A training curve (every step) and a held-out curve (points joined) against the step, as
+/// training runs report them.
+pub fn train_val_plot(
+    ui: &mut egui::Ui,
+    id: &str,
+    train: &[(usize, f32)],
+    (val_name, val): (&str, &[(usize, f32)]),
+    y_label: &str,
+    height: f32,
+) {
+    let pts = |v: &[(usize, f32)]| -> Vec<[f64; 2]> {
+        v.iter().map(|(s, l)| [*s as f64, f64::from(*l)]).collect()
+    };
+    Plot::new(id)
+        .height(height)
+        .legend(Legend::default())
+        .x_axis_label("step")
+        .y_axis_label(y_label)
+        .include_y(0.0)
+        .allow_scroll(false)
+        .show(ui, |plot| {
+            let val_color = egui::Color32::from_rgb(90, 170, 250);
+            plot.line(
+                Line::new("train", PlotPoints::from(pts(train)))
+                    .color(egui::Color32::from_rgb(230, 120, 80)),
+            );
+            plot.line(Line::new(val_name, PlotPoints::from(pts(val))).color(val_color));
+            plot.points(
+                egui_plot::Points::new(val_name, pts(val))
+                    .radius(3.0)
+                    .color(val_color),
+            );
+        });
+}
+
 /// Bars of the most promoted (green) and suppressed (red) next tokens, the tokens under the
 /// bars, then the values as text.
 pub fn shift_bars(
