@@ -73,6 +73,14 @@ fn every_subcommand_answers_in_json_and_errors_are_clear() {
     // Resume to more steps continues the curves.
     let v = json(&["scratch", "resume", r, "--steps", "15", "--json"]);
     assert_eq!(v["Trained"]["losses"].as_array().unwrap().len(), 15);
+    // A refused total leaves run.json as it was.
+    let meta = std::fs::read(run.join("run.json")).unwrap();
+    refused(&["scratch", "resume", r, "--steps", "0"], "steps");
+    refused(
+        &["scratch", "resume", r, "--steps", "12"],
+        "already at step 15",
+    );
+    assert_eq!(std::fs::read(run.join("run.json")).unwrap(), meta);
 
     let v = json(&[
         "scratch", "sample", r, "--json", "--prompt", "to be", "--tokens", "30", "--top-p", "0.9",

@@ -186,6 +186,16 @@ fn training_keeps_base_rows_lowers_val_loss_and_resumes_exactly() {
     let reopened = session::open(&m, dir_b.path()).unwrap();
     assert_eq!(reopened.meta.config.steps, 10);
     assert_eq!(reopened.state(dir_b.path()).unwrap().step, 10);
+    // A refused total (zero, or not beyond the step reached) leaves run.json untouched.
+    let meta = std::fs::read(dir_b.path().join("run.json")).unwrap();
+    for steps in [0, 5] {
+        let e = reopened
+            .train(&m, dir_b.path(), &mut resumed, Some(steps), &mut |_| true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("steps"), "{steps}: {e}");
+        assert_eq!(std::fs::read(dir_b.path().join("run.json")).unwrap(), meta);
+    }
 }
 
 #[test]
@@ -202,6 +212,14 @@ fn runs_are_refused_for_another_model_and_folders_are_not_overwritten() {
     let other = tiny_model(4, &Device::Cpu).unwrap();
     let e = session::open(&other, dir.path()).unwrap_err().to_string();
     assert!(e.contains("was made for the model"), "{e}");
+    // Blocks longer than the model's context are refused before the folder is made.
+    let fresh = dir.path().join("long");
+    c.block_len = m.llama.cfg.max_position_embeddings + 1;
+    let e = session::start(&m, &inputs(), &c, &fresh)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exceeds the model's context"), "{e}");
+    assert!(!fresh.exists());
 }
 
 #[test]

@@ -43,6 +43,13 @@ pub struct Session {
 /// Creates a run in `dir` from `inputs`.
 pub fn start(m: &LoadedModel, inputs: &Inputs, cfg: &InjectConfig, dir: &Path) -> Result<Session> {
     cfg.check()?;
+    let context = m.llama.cfg.max_position_embeddings;
+    if cfg.block_len > context {
+        return Err(EngineError::Invalid(format!(
+            "injection settings: block length {} exceeds the model's context of {context} tokens",
+            cfg.block_len
+        )));
+    }
     let sorted = sort_forms(&m.tokenizer, &inputs.forms)?;
     if sorted.new.is_empty() {
         return Err(EngineError::Invalid(format!(
@@ -129,8 +136,16 @@ impl Session {
         let mut cfg = self.meta.config.clone();
         if let Some(s) = steps.filter(|s| *s != cfg.steps) {
             // A longer (or shorter) run from here on: record the new total in `run.json`
-            // (the learning-rate schedule follows it from the next step).
+            // (the learning-rate schedule follows it from the next step), but only once the new
+            // total is known to be valid: a refused resume leaves the run as it was.
             cfg.steps = s;
+            cfg.check()?;
+            if s <= state.step {
+                return Err(EngineError::Invalid(format!(
+                    "the run is already at step {}; ask for more steps than that (got {s})",
+                    state.step
+                )));
+            }
             let mut meta = self.meta.clone();
             meta.config.steps = s;
             run::write_meta(dir, &meta)?;

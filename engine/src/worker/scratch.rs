@@ -120,11 +120,6 @@ impl Worker {
 
     fn resume_run(&self, job: &Job, dir: &Path, steps: Option<usize>) -> Result<ScratchRun> {
         let mut run = Run::open(dir)?;
-        if let Some(n) = steps.filter(|n| *n != run.file.spec.train.steps) {
-            run.file.spec.train.steps = n;
-            crate::scratch::train::check(&run.file.spec.train)?;
-            crate::artifact::write_json(&dir.join("run.json"), &run.file)?;
-        }
         let s = &run.file.spec;
         let state = match run.resume_state(&self.dev)? {
             Some(st) => st,
@@ -135,6 +130,19 @@ impl Worker {
                 &self.dev,
             )?)?,
         };
+        if let Some(n) = steps.filter(|n| *n != run.file.spec.train.steps) {
+            // The new total is checked before run.json is rewritten: a refused resume leaves
+            // the run as it was.
+            run.file.spec.train.steps = n;
+            crate::scratch::train::check(&run.file.spec.train)?;
+            if n <= state.step {
+                return Err(EngineError::Invalid(format!(
+                    "the run is already at step {}; ask for more steps than that (got {n})",
+                    state.step
+                )));
+            }
+            crate::artifact::write_json(&dir.join("run.json"), &run.file)?;
+        }
         self.train_scratch(job, &run, state)
     }
 
