@@ -227,7 +227,7 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Dataset> {
 
 /// Reads a `.jsonl` or `.csv` dataset file.
 pub fn load(path: &Path) -> Result<Dataset> {
-    let text = std::fs::read_to_string(path).map_err(|e| ApiError::io(path, &e))?;
+    let text = crate::files::read_text(path)?;
     match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => parse_csv(&text, path),
         Some("jsonl" | "json") => parse_jsonl(&text, path),

@@ -85,6 +85,29 @@ pub fn check_output(path: &Path, pair: bool, force: bool) -> ApiResult<()> {
     temporary_in(&dir).map(drop)
 }
 
+/// Reads a UTF-8 text file. Bytes that are not UTF-8 are reported with the file, line and
+/// column of the first one (`corpus.txt:12:7: not UTF-8 text (byte 0xff) …`).
+pub fn read_text(path: &Path) -> ApiResult<String> {
+    let bytes = std::fs::read(path).map_err(|e| ApiError::io(path, &e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let before = &bytes[..at];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        // The column counts characters, as editors do (the line so far is valid UTF-8).
+        let col = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+        ApiError::new(
+            ErrorKind::BadInput,
+            format!(
+                "{}:{line}:{col}: not UTF-8 text (byte 0x{:02x}); save the file as UTF-8",
+                path.display(),
+                bytes[at]
+            ),
+        )
+    })
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> ApiResult<()> {
     let dir = parent_dir(path);
@@ -133,6 +156,22 @@ mod tests {
         write_atomic(&file, b"x")?;
         let e = check_output(&file.join("out.csv"), false, true).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Io, "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_reported_with_file_line_and_column() -> ApiResult<()> {
+        let dir = tempfile::tempdir().map_err(|e| ApiError::io(Path::new("."), &e))?;
+        let f = dir.path().join("c.txt");
+        write_atomic(&f, b"first line\nsecond \xc3\xa9t\xff\n")?;
+        let e = read_text(&f).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadInput);
+        assert!(
+            e.message.ends_with("c.txt:2:10: not UTF-8 text (byte 0xff); save the file as UTF-8"),
+            "{e}"
+        );
+        write_atomic(&f, "ok é\n".as_bytes())?;
+        assert_eq!(read_text(&f)?, "ok é\n");
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::embed::IsotropyKind;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 
 /// Learning-rate shape after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,7 +331,7 @@ impl TextSource {
     /// The contents, reading the file if it is one.
     pub fn load(&self) -> ApiResult<String> {
         match self {
-            Self::File(p) => std::fs::read_to_string(p).map_err(|e| ApiError::io(p, &e)),
+            Self::File(p) => crate::files::read_text(p),
             Self::Text { text, .. } => Ok(text.clone()),
         }
     }

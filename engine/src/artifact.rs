@@ -229,7 +229,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// Reads an artifact's JSON: its header first (refused for another format, a newer version or
 /// another base model), then the whole of it (errors name line and column).
 pub fn read_json<M: DeserializeOwned>(path: &Path, kind: &Kind, base: &BaseModel) -> Result<M> {
-    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    let text = neoscope_api::files::read_text(path)?;
     let header: Header =
         serde_json::from_str(&text).map_err(|e| EngineError::bad_file(path, e.to_string()))?;
     kind.check(path, &header, base)?;

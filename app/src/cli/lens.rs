@@ -6,7 +6,7 @@ use neoscope_api::words::WordCommand;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use neoscope_api::hooks::HookSpec;
 use neoscope_api::lens::TunedConfig;
@@ -134,7 +134,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()
     {
         let text = match &corpus {
             Some(p) => {
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+                neoscope_api::files::read_text(p)?
             }
             None => crate::assets::CORPUS.to_owned(),
         };

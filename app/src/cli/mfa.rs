@@ -237,11 +237,8 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
             } else {
                 corpus
                     .iter()
-                    .map(|p| {
-                        std::fs::read_to_string(p)
-                            .with_context(|| format!("reading {}", p.display()))
-                    })
-                    .collect::<Result<_>>()?
+                    .map(|p| neoscope_api::files::read_text(p))
+                    .collect::<Result<_, _>>()?
             };
             let point = point.unwrap_or(HookPoint::ResidPost(n_layers / 2));
             let MfaResult::Activations {

