@@ -94,9 +94,15 @@ pub fn read_text(path: &Path) -> ApiResult<String> {
         let at = e.utf8_error().valid_up_to();
         let before = &bytes[..at];
         let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-        let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let line_start = before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
         // The column counts characters, as editors do (the line so far is valid UTF-8).
-        let col = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+        let col = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
         ApiError::new(
             ErrorKind::BadInput,
             format!(
@@ -167,7 +173,8 @@ mod tests {
         let e = read_text(&f).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadInput);
         assert!(
-            e.message.ends_with("c.txt:2:10: not UTF-8 text (byte 0xff); save the file as UTF-8"),
+            e.message
+                .ends_with("c.txt:2:10: not UTF-8 text (byte 0xff); save the file as UTF-8"),
             "{e}"
         );
         write_atomic(&f, "ok é\n".as_bytes())?;

@@ -297,7 +297,20 @@ fn invalid_configs_are_refused_before_any_tensor_is_shaped() {
     ];
     let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
     let mut f = std::fs::File::create(&path).unwrap();
-    gguf_file::write(&mut f, &md_refs, &[("token_embd.weight", &embd)]).unwrap();
+    let norm = QTensor::quantize(
+        &Tensor::ones(8, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
+    gguf_file::write(
+        &mut f,
+        &md_refs,
+        &[
+            ("token_embd.weight", &embd),
+            ("blk.0.attn_norm.weight", &norm),
+        ],
+    )
+    .unwrap();
     drop(f);
     let e = load_error(&path);
     assert!(e.contains("num_attention_heads"), "{e}");

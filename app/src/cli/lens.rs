@@ -133,9 +133,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()
     }) = a.action
     {
         let text = match &corpus {
-            Some(p) => {
-                neoscope_api::files::read_text(p)?
-            }
+            Some(p) => neoscope_api::files::read_text(p)?,
             None => crate::assets::CORPUS.to_owned(),
         };
         let config = TunedConfig {

@@ -211,11 +211,21 @@ fn check_gemma_activation(obj: &Map<String, Value>) -> Result<(), String> {
 /// Per layer, whether it is a sliding-window layer: `layer_types`, else the family's pattern
 /// (Gemma 2 alternates starting with a sliding layer; Gemma 3 has one global layer in
 /// `sliding_window_pattern`).
+/// More layers than any model has.
+const MAX_LAYERS: usize = 1 << 16;
+
 fn sliding_layers(obj: &Map<String, Value>, model_type: &str) -> Result<Vec<bool>, String> {
     let n = obj
         .get("num_hidden_layers")
         .and_then(Value::as_u64)
         .unwrap_or(0) as usize;
+    // Checked against the weights when they are read; here only kept from sizing a table by
+    // an absurd count.
+    if n > MAX_LAYERS {
+        return Err(format!(
+            "`num_hidden_layers` {n} exceeds {MAX_LAYERS}: not a layer count"
+        ));
+    }
     if let Some(Value::Array(types)) = obj.get("layer_types") {
         return types
             .iter()

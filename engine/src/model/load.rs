@@ -48,7 +48,8 @@ pub fn load_model_with(path: &Path, dev: &Device, opts: LoadOptions) -> Result<L
 }
 
 /// Refuses a checkpoint with tensors the computation does not use: they mean its math differs
-/// from ours (biases, extra norms, …). `note` explains a known name.
+/// from ours (biases, extra norms, …). `family` says which computation and where the file names
+/// it; `note` explains a known name.
 pub(super) fn refuse_leftovers<'a>(
     path: &Path,
     family: &str,
@@ -62,7 +63,7 @@ pub(super) fn refuse_leftovers<'a>(
         Some(first) => Err(EngineError::Unsupported {
             path: path.to_path_buf(),
             msg: format!(
-                "tensor `{first}`{} is not used by the `{family}` computation ({} such tensors); \
+                "tensor `{first}`{} is not used by the {family} computation ({} such tensors); \
                  the model's math differs from what is implemented",
                 note(first),
                 left.len()

@@ -29,23 +29,64 @@ const ARCHES: &[&str] = &[
 
 type Metadata = HashMap<String, gguf_file::Value>;
 
-fn md_usize(md: &Metadata, key: &str, path: &Path) -> Result<usize> {
-    let v = md
-        .get(key)
-        .ok_or_else(|| EngineError::bad_model(path, format!("missing metadata `{key}`")))?;
-    v.to_u32()
-        .map(|x| x as usize)
-        .or_else(|_| v.to_u64().map(|x| usize::try_from(x).unwrap_or(usize::MAX)))
-        .map_err(|e| EngineError::bad_model(path, format!("`{key}`: {e}")))
+/// The non-negative integer at `key`, `None` when absent. Any other type is an error naming the
+/// key (candle's own conversions would read `true` as 1).
+fn md_opt_usize(md: &Metadata, key: &str, path: &Path) -> Result<Option<usize>> {
+    use gguf_file::Value as V;
+    let Some(v) = md.get(key) else {
+        return Ok(None);
+    };
+    let n: Option<u64> = match v {
+        V::U8(x) => Some(u64::from(*x)),
+        V::U16(x) => Some(u64::from(*x)),
+        V::U32(x) => Some(u64::from(*x)),
+        V::U64(x) => Some(*x),
+        V::I8(x) => u64::try_from(*x).ok(),
+        V::I16(x) => u64::try_from(*x).ok(),
+        V::I32(x) => u64::try_from(*x).ok(),
+        V::I64(x) => u64::try_from(*x).ok(),
+        _ => None,
+    };
+    n.map(|x| Some(usize::try_from(x).unwrap_or(usize::MAX)))
+        .ok_or_else(|| {
+            EngineError::bad_model(
+                path,
+                format!("metadata `{key}` must be a non-negative integer, found {v:?}"),
+            )
+        })
 }
 
-fn md_f64(md: &Metadata, key: &str) -> Option<f64> {
-    md.get(key)
-        .and_then(|v| v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok())
+fn md_usize(md: &Metadata, key: &str, path: &Path) -> Result<usize> {
+    md_opt_usize(md, key, path)?
+        .ok_or_else(|| EngineError::bad_model(path, format!("missing metadata `{key}`")))
+}
+
+/// The number at `key`, `None` when absent; a value that is not a number is an error.
+fn md_f64(md: &Metadata, key: &str, path: &Path) -> Result<Option<f64>> {
+    use gguf_file::Value as V;
+    let Some(v) = md.get(key) else {
+        return Ok(None);
+    };
+    match v {
+        V::F32(x) => Ok(Some(f64::from(*x))),
+        V::F64(x) => Ok(Some(*x)),
+        _ => md_opt_usize(md, key, path)
+            .map(|n| n.map(|n| n as f64))
+            .map_err(|_| {
+                EngineError::bad_model(
+                    path,
+                    format!("metadata `{key}` must be a number, found {v:?}"),
+                )
+            }),
+    }
 }
 
 /// RoPE scaling from llama.cpp's metadata (`{arch}.rope.scaling.type`).
-fn rope_scaling(md: &Metadata, a: &str) -> std::result::Result<Option<RopeScaling>, String> {
+fn rope_scaling(
+    md: &Metadata,
+    a: &str,
+    path: &Path,
+) -> std::result::Result<Option<RopeScaling>, String> {
     let key = format!("{a}.rope.scaling.type");
     let kind = md
         .get(&key)
@@ -54,7 +95,8 @@ fn rope_scaling(md: &Metadata, a: &str) -> std::result::Result<Option<RopeScalin
     match kind {
         "none" => Ok(None),
         "linear" => {
-            let factor = md_f64(md, &format!("{a}.rope.scaling.factor"))
+            let factor = md_f64(md, &format!("{a}.rope.scaling.factor"), path)
+                .map_err(|e| e.to_string())?
                 .ok_or(format!("`{key}` is linear but the factor is missing"))?;
             Ok((factor != 1.0).then_some(RopeScaling::Linear { factor }))
         }
@@ -188,26 +230,62 @@ fn block_mat(
 
 /// The configuration of a GGUF file: its metadata, and what llama.cpp fixes in code for the
 /// architecture.
-fn config(md: &Metadata, a: &str, vocab: usize, tied: bool, path: &Path) -> Result<LlamaConfig> {
+/// The number of blocks whose tensors the file holds (`blk.0.…` to `blk.{n-1}.…`).
+fn blocks_in(content: &gguf_file::Content) -> usize {
+    content
+        .tensor_infos
+        .keys()
+        .filter_map(|n| {
+            n.strip_prefix("blk.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .map(|l| l + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The model's config from the metadata of architecture `a`; `blocks` is the number of blocks the
+/// file's tensors hold, checked against `block_count` before anything is sized by it.
+fn config(
+    md: &Metadata,
+    a: &str,
+    (vocab, blocks): (usize, usize),
+    tied: bool,
+    path: &Path,
+) -> Result<LlamaConfig> {
     let unsupported = |msg: String| EngineError::Unsupported {
         path: path.to_path_buf(),
         msg,
     };
     let key = |k: &str| format!("{a}.{k}");
     let n_layers = md_usize(md, &key("block_count"), path)?;
+    if n_layers != blocks {
+        return Err(EngineError::bad_model(
+            path,
+            format!(
+                "metadata `{a}.block_count` is {n_layers}, but the file holds the tensors of \
+                 {blocks} blocks"
+            ),
+        ));
+    }
     let d = md_usize(md, &key("embedding_length"), path)?;
     let heads = md_usize(md, &key("attention.head_count"), path)?;
-    let kv_heads = md_usize(md, &key("attention.head_count_kv"), path).unwrap_or(heads);
-    let head_dim = md_usize(md, &key("attention.key_length"), path).ok();
-    if let (Some(k), Ok(v)) = (head_dim, md_usize(md, &key("attention.value_length"), path))
-        && k != v
+    let kv_heads = md_opt_usize(md, &key("attention.head_count_kv"), path)?.unwrap_or(heads);
+    let head_dim = md_opt_usize(md, &key("attention.key_length"), path)?;
+    if let (Some(k), Some(v)) = (
+        head_dim,
+        md_opt_usize(md, &key("attention.value_length"), path)?,
+    ) && k != v
     {
         return Err(unsupported(format!(
             "`{a}.attention.key_length` {k} differs from `value_length` {v}"
         )));
     }
     let hd = head_dim.unwrap_or(d / heads.max(1));
-    if let Ok(r) = md_usize(md, &key("rope.dimension_count"), path)
+    if let Some(r) = md_opt_usize(md, &key("rope.dimension_count"), path)?
         && r != hd
         && a != "gpt2"
     {
@@ -215,10 +293,10 @@ fn config(md: &Metadata, a: &str, vocab: usize, tied: bool, path: &Path) -> Resu
             "`{a}.rope.dimension_count` = {r}: partial rotary embeddings are not implemented"
         )));
     }
-    let eps = md_f64(md, &key("attention.layer_norm_rms_epsilon"))
-        .or_else(|| md_f64(md, &key("attention.layer_norm_epsilon")))
+    let eps = md_f64(md, &key("attention.layer_norm_rms_epsilon"), path)?
+        .or(md_f64(md, &key("attention.layer_norm_epsilon"), path)?)
         .unwrap_or(1e-5);
-    let window = md_usize(md, &key("attention.sliding_window"), path).ok();
+    let window = md_opt_usize(md, &key("attention.sliding_window"), path)?;
     let model_type = match a {
         "gemma3" => "gemma3_text",
         other => other,
@@ -232,8 +310,8 @@ fn config(md: &Metadata, a: &str, vocab: usize, tied: bool, path: &Path) -> Resu
         arch.sliding_layers = (0..n_layers).map(|i| (i + 1) % pattern != 0).collect();
     }
     if a == "gemma2" {
-        arch.attn_softcap = md_f64(md, &key("attn_logit_softcapping"));
-        arch.final_softcap = md_f64(md, &key("final_logit_softcapping"));
+        arch.attn_softcap = md_f64(md, &key("attn_logit_softcapping"), path)?;
+        arch.final_softcap = md_f64(md, &key("final_logit_softcapping"), path)?;
     }
     if a == "gemma3" {
         arch.rope_local_theta = Some(10_000.0);
@@ -246,11 +324,11 @@ fn config(md: &Metadata, a: &str, vocab: usize, tied: bool, path: &Path) -> Resu
         num_key_value_heads: Some(kv_heads),
         vocab_size: vocab,
         rms_norm_eps: eps,
-        rope_theta: md_f64(md, &key("rope.freq_base")).unwrap_or(10_000.0),
-        max_position_embeddings: md_usize(md, &key("context_length"), path).unwrap_or(2048),
+        rope_theta: md_f64(md, &key("rope.freq_base"), path)?.unwrap_or(10_000.0),
+        max_position_embeddings: md_opt_usize(md, &key("context_length"), path)?.unwrap_or(2048),
         tie_word_embeddings: tied,
         model_type: model_type.into(),
-        rope_scaling: rope_scaling(md, a).map_err(unsupported)?,
+        rope_scaling: rope_scaling(md, a, path).map_err(unsupported)?,
         head_dim: head_dim.filter(|h| *h != d / heads.max(1)),
         sliding_window: window.filter(|_| matches!(a, "gemma2" | "gemma3" | "phi3")),
         arch,
@@ -260,12 +338,45 @@ fn config(md: &Metadata, a: &str, vocab: usize, tied: bool, path: &Path) -> Resu
     Ok(cfg)
 }
 
+/// Every tensor's shape must count its values without overflow, in whole blocks of its type,
+/// and its bytes must lie inside the file: a damaged header would otherwise size buffers by
+/// wrapped-around products.
+fn check_tensor_infos(content: &gguf_file::Content, f: &std::fs::File, path: &Path) -> Result<()> {
+    let len = f.metadata().map_err(|e| EngineError::io(path, e))?.len();
+    for (name, info) in &content.tensor_infos {
+        let t = info.ggml_dtype;
+        let dims = info.shape.dims();
+        let elems = dims.iter().try_fold(1_usize, |a, d| a.checked_mul(*d));
+        let bytes = elems
+            .filter(|n| n % t.block_size() == 0)
+            .and_then(|n| (n / t.block_size()).checked_mul(t.type_size()))
+            .and_then(|b| u64::try_from(b).ok());
+        let end = bytes.and_then(|b| {
+            content
+                .tensor_data_offset
+                .checked_add(info.offset)?
+                .checked_add(b)
+        });
+        if end.is_none_or(|e| e > len) {
+            return Err(EngineError::bad_model(
+                path,
+                format!(
+                    "tensor `{name}` of shape {dims:?} and type {t:?} does not fit in the file \
+                     ({len} bytes): the file is damaged"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Loads a GGUF file: the blocks' matrices as `opts.dtype` (kept quantized for `quantized`), the
 /// rest dequantized to f32.
 pub(super) fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel> {
     let mut f = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
     let content = gguf_file::Content::read(&mut f)
         .map_err(|e| EngineError::bad_model(path, format!("not a readable GGUF file: {e}")))?;
+    check_tensor_infos(&content, &f, path)?;
     let census = census_gguf(&content);
     let chosen = choose(opts.dtype, &census, available(dev, opts.memory_limit), path)?;
     let weights = WeightsInfo {
@@ -299,7 +410,7 @@ pub(super) fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<
     };
     let embed = r.f32("token_embd.weight")?;
     let tied = !r.has("output.weight");
-    let cfg = config(md, &a, embed.dim(0)?, tied, path)?;
+    let cfg = config(md, &a, (embed.dim(0)?, blocks_in(&content)), tied, path)?;
     let (hd, m) = (cfg.head_dim(), cfg.intermediate_size);
     let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
     let (q, kv) = (heads * hd, kv_heads * hd);
@@ -420,7 +531,7 @@ pub(super) fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<
     let used = r.used;
     refuse_leftovers(
         path,
-        &a,
+        &format!("`{a}` (general.architecture)"),
         content.tensor_infos.keys().filter(|k| !used.contains(k)),
         |name| {
             if name == "rope_freqs.weight" {

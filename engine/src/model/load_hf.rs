@@ -21,16 +21,23 @@ use crate::tokenizer::ModelTokenizer;
 struct Tensors<'a> {
     map: HashMap<String, Tensor>,
     dir: &'a Path,
+    /// config.json's `model_type`, which decides the tensors looked for.
+    model_type: &'a str,
     mat_dtype: DType,
     plus_one: bool,
 }
 
 impl Tensors<'_> {
     fn f32(&mut self, name: &str) -> Result<Tensor> {
-        let t = self
-            .map
-            .remove(name)
-            .ok_or_else(|| EngineError::bad_model(self.dir, format!("missing tensor `{name}`")))?;
+        let t = self.map.remove(name).ok_or_else(|| {
+            EngineError::bad_model(
+                self.dir,
+                format!(
+                    "missing tensor `{name}`, which config.json's model_type `{}` needs",
+                    self.model_type
+                ),
+            )
+        })?;
         Ok(t.to_dtype(DType::F32)?)
     }
 
@@ -49,10 +56,50 @@ impl Tensors<'_> {
         Ok(Mat::Dense(t.contiguous()?.to_dtype(self.mat_dtype)?))
     }
 
-    /// Rows `[start, start + len)` of a stacked projection.
-    fn rows(&self, t: &Tensor, start: usize, len: usize) -> Result<Mat> {
-        self.as_mat(t.narrow(0, start, len)?)
+    /// A fused projection `name` split into blocks of rows of the heights the config gives.
+    fn split<const N: usize>(
+        &self,
+        name: &str,
+        w: &Tensor,
+        heights: [usize; N],
+    ) -> Result<[Mat; N]> {
+        let rows = w.dim(0)?;
+        if heights.iter().sum::<usize>() != rows {
+            return Err(EngineError::bad_model(
+                self.dir,
+                format!(
+                    "weight `{name}` has {rows} rows, but config.json's sizes stack {heights:?} \
+                     (heads, KV heads, head width or feed-forward width do not match the weights)"
+                ),
+            ));
+        }
+        let mut start = 0;
+        let mats = heights
+            .iter()
+            .map(|h| {
+                let m = self.as_mat(w.narrow(0, start, *h)?);
+                start += h;
+                m
+            })
+            .collect::<Result<Vec<Mat>>>()?;
+        mats.try_into()
+            .map_err(|_| EngineError::Invalid(format!("splitting `{name}`")))
     }
+}
+
+/// The number of layers whose tensors are named (`….layers.N.…`, GPT-2's `h.N.…`).
+fn layers_held<'a>(names: impl Iterator<Item = &'a String>) -> usize {
+    names
+        .filter_map(|n| {
+            let parts: Vec<&str> = n.split('.').collect();
+            parts
+                .windows(2)
+                .find(|w| matches!(w[0], "layers" | "h"))
+                .and_then(|w| w[1].parse::<usize>().ok())
+        })
+        .map(|l| l + 1)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Loads a Hugging Face model directory (the blocks' matrices as `opts.dtype`, the rest f32).
@@ -99,9 +146,20 @@ pub(super) fn load_hf_dir(dir: &Path, dev: &Device, opts: LoadOptions) -> Result
             .map_err(|e| EngineError::bad_model(f, e.to_string()))?;
         map.extend(t);
     }
+    let held = layers_held(map.keys());
+    if held != cfg.num_hidden_layers {
+        return Err(EngineError::bad_model(
+            &cfg_path,
+            format!(
+                "`num_hidden_layers` is {}, but the weights hold the tensors of {held} layers",
+                cfg.num_hidden_layers
+            ),
+        ));
+    }
     let mut t = Tensors {
         map,
         dir,
+        model_type: &cfg.model_type,
         mat_dtype: dtype_of(chosen),
         plus_one: norm_plus_one(&cfg.model_type),
     };
@@ -118,7 +176,13 @@ pub(super) fn load_hf_dir(dir: &Path, dev: &Device, opts: LoadOptions) -> Result
     let lm_head = if cfg.tie_word_embeddings {
         None
     } else {
-        Some(t.f32("lm_head.weight")?)
+        Some(t.f32("lm_head.weight").map_err(|_| {
+            EngineError::bad_model(
+                &cfg_path,
+                "`tie_word_embeddings` is false (the default when absent), but the weights have \
+                 no `lm_head.weight`",
+            )
+        })?)
     };
     if cfg.tie_word_embeddings
         && let Some(head) = t.map.remove("lm_head.weight")
@@ -144,7 +208,7 @@ pub(super) fn load_hf_dir(dir: &Path, dev: &Device, opts: LoadOptions) -> Result
     // refused by name.
     refuse_leftovers(
         dir,
-        &cfg.model_type,
+        &format!("`{}` (config.json's model_type)", cfg.model_type),
         t.map.keys().filter(|k| {
             !(k.ends_with("rotary_emb.inv_freq")
                 || k.ends_with("attn.bias")
@@ -166,12 +230,10 @@ fn llama_block(t: &mut Tensors, cfg: &LlamaConfig, l: usize) -> Result<Block> {
     let (q, kv) = (cfg.num_attention_heads * hd, cfg.kv_heads() * hd);
     let phi3 = cfg.model_type == "phi3";
     let (wq, wk, wv) = if phi3 {
-        let w = t.f32(&format!("{p}.self_attn.qkv_proj.weight"))?;
-        (
-            t.rows(&w, 0, q)?,
-            t.rows(&w, q, kv)?,
-            t.rows(&w, q + kv, kv)?,
-        )
+        let name = format!("{p}.self_attn.qkv_proj.weight");
+        let w = t.f32(&name)?;
+        let [wq, wk, wv] = t.split(&name, &w, [q, kv, kv])?;
+        (wq, wk, wv)
     } else {
         (
             t.mat(&format!("{p}.self_attn.q_proj.weight"))?,
@@ -181,8 +243,10 @@ fn llama_block(t: &mut Tensors, cfg: &LlamaConfig, l: usize) -> Result<Block> {
     };
     let (w_gate, w_up) = if phi3 {
         // Phi-3's fused projection holds the gate first, then the up projection.
-        let w = t.f32(&format!("{p}.mlp.gate_up_proj.weight"))?;
-        (t.rows(&w, 0, m)?, t.rows(&w, m, m)?)
+        let name = format!("{p}.mlp.gate_up_proj.weight");
+        let w = t.f32(&name)?;
+        let [g, u] = t.split(&name, &w, [m, m])?;
+        (g, u)
     } else {
         (
             t.mat(&format!("{p}.mlp.gate_proj.weight"))?,
@@ -251,12 +315,14 @@ fn gpt2(t: &mut Tensors, cfg: &LlamaConfig) -> Result<(Tensor, Vec<Block>, Tenso
     let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
     for l in 0..cfg.num_hidden_layers {
         let p = format!("{pre}h.{l}");
-        let qkv = conv(t, &format!("{p}.attn.c_attn.weight"))?;
+        let name = format!("{p}.attn.c_attn.weight");
+        let qkv = conv(t, &name)?;
+        let [wq, wk, wv] = t.split(&name, &qkv, [d, d, d])?;
         blocks.push(Block {
             attn_norm: t.f32(&format!("{p}.ln_1.weight"))?,
-            wq: t.rows(&qkv, 0, d)?,
-            wk: t.rows(&qkv, d, d)?,
-            wv: t.rows(&qkv, 2 * d, d)?,
+            wq,
+            wk,
+            wv,
             wo: {
                 let w = conv(t, &format!("{p}.attn.c_proj.weight"))?;
                 t.as_mat(w)?

@@ -73,6 +73,30 @@ pub(super) fn check(
     lm_head: Option<&Tensor>,
     extra: &ModelExtra,
 ) -> Result<()> {
+    check_all(cfg, embed, blocks, final_norm, lm_head, extra).map_err(|e| match e {
+        // A shape that disagrees with the config: say which sizes the config gave.
+        EngineError::Invalid(msg) if msg.contains(" has shape ") => EngineError::Invalid(format!(
+            "{msg} (the config gives d_model {}, {} heads × head width {}, {} KV heads, \
+             feed-forward width {}, vocabulary {}: a size in the config does not match the weights)",
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.head_dim(),
+            cfg.kv_heads(),
+            cfg.intermediate_size,
+            cfg.vocab_size
+        )),
+        other => other,
+    })
+}
+
+fn check_all(
+    cfg: &LlamaConfig,
+    embed: &Tensor,
+    blocks: &[Block],
+    final_norm: &Tensor,
+    lm_head: Option<&Tensor>,
+    extra: &ModelExtra,
+) -> Result<()> {
     let (d, hd) = (cfg.hidden_size, cfg.head_dim());
     let (q, kv, m) = (
         cfg.num_attention_heads * hd,

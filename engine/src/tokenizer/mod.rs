@@ -149,6 +149,18 @@ impl ModelTokenizer {
     /// model (byte-level BPE; the pre-tokenizer follows `tokenizer.ggml.pre`) or the `llama`
     /// model (a SentencePiece vocabulary, see `spm`).
     pub fn from_gguf(md: &HashMap<String, gguf_file::Value>, path: &Path) -> Result<Self> {
+        // The tokenizers crate's own errors ("Token `a` out of vocabulary") say nothing of where
+        // the vocabulary came from: they are reported against the file's metadata.
+        Self::build_gguf(md, path).map_err(|e| match e {
+            EngineError::Tokenizer(msg) => EngineError::bad_model(
+                path,
+                format!("tokenizer metadata (tokenizer.ggml.*): {msg}"),
+            ),
+            other => other,
+        })
+    }
+
+    fn build_gguf(md: &HashMap<String, gguf_file::Value>, path: &Path) -> Result<Self> {
         let model = meta_str(md, "tokenizer.ggml.model").unwrap_or("");
         let tokens = meta_strings(md, "tokenizer.ggml.tokens", path)?;
         let types: Vec<i32> = md

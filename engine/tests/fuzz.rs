@@ -1,0 +1,502 @@
+//! Property tests over everything Neoscope reads: datasets, lexicons, morpheme tables, word and
+//! MFA files, run folders, Hugging Face configs and GGUF files, fed random and mutated inputs.
+//! Each must give a value that works or an error that names the file (and the field or line),
+//! never a panic, a hang or an abort; what loads must then also run.
+
+#![expect(clippy::expect_used, reason = "test helpers outside #[test] functions")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use neoscope_engine::artifact::BaseModel;
+use neoscope_engine::model::{LoadedModel, load_model};
+use neoscope_engine::words::{self, Init, Injection, Word};
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+use serde_json::Value;
+
+/// `n` cases per property (`NEOSCOPE_FUZZ_CASES` sets another number, for a longer search).
+fn cases(n: u32) -> Config {
+    Config {
+        cases: std::env::var("NEOSCOPE_FUZZ_CASES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(n),
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+/// A JSON value of any kind, with the numbers that break code: zero, negatives, huge, fractional.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        prop_oneof![
+            Just(0_i64),
+            Just(-1),
+            Just(1),
+            Just(7),
+            Just(i64::MAX),
+            Just(1 << 40),
+            any::<i64>(),
+        ]
+        .prop_map(Value::from),
+        prop_oneof![
+            Just(0.0_f64),
+            Just(-1.5),
+            Just(1e-30),
+            Just(1e30),
+            any::<f64>()
+        ]
+        .prop_map(Value::from),
+        Just(Value::from(u64::MAX)),
+        "[a-z_<>. ]{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(2, 8, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map("[a-z_]{1,8}", inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Every JSON pointer in `v` (objects' keys and arrays' items, recursively).
+fn pointers(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                out.push(p.clone());
+                pointers(x, &p, out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                let p = format!("{at}/{i}");
+                out.push(p.clone());
+                pointers(x, &p, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One edit of a JSON document: a value replaced, a key removed, or a key added.
+#[derive(Debug, Clone)]
+enum Edit {
+    Replace(usize, Value),
+    Remove(usize),
+    Add(String, Value),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        4 => (any::<usize>(), json_value()).prop_map(|(i, v)| Edit::Replace(i, v)),
+        1 => any::<usize>().prop_map(Edit::Remove),
+        1 => ("[a-z_]{1,24}", json_value()).prop_map(|(k, v)| Edit::Add(k, v)),
+    ]
+}
+
+/// Applies `e` to `doc`; returns the pointer it touched.
+fn apply(doc: &mut Value, e: &Edit) -> String {
+    let mut all = Vec::new();
+    pointers(doc, "", &mut all);
+    let pick = |i: usize| all.get(i % all.len().max(1)).cloned();
+    match e {
+        Edit::Replace(i, v) => {
+            let Some(p) = pick(*i) else {
+                return String::new();
+            };
+            if let Some(slot) = doc.pointer_mut(&p) {
+                *slot = v.clone();
+            }
+            p
+        }
+        Edit::Remove(i) => {
+            let Some(p) = pick(*i) else {
+                return String::new();
+            };
+            let (parent, key) = p.rsplit_once('/').unwrap_or(("", &p));
+            match doc.pointer_mut(parent) {
+                Some(Value::Object(m)) => {
+                    m.remove(key);
+                }
+                Some(Value::Array(a)) => {
+                    if let Ok(i) = key.parse::<usize>() {
+                        a.remove(i);
+                    }
+                }
+                _ => {}
+            }
+            p
+        }
+        Edit::Add(k, v) => {
+            if let Value::Object(m) = doc {
+                m.insert(k.clone(), v.clone());
+            }
+            format!("/{k}")
+        }
+    }
+}
+
+/// One edit of a binary file: bytes overwritten, or the file cut short.
+#[derive(Debug, Clone)]
+enum ByteEdit {
+    Flip(Vec<(usize, u8)>),
+    Truncate(usize),
+}
+
+fn byte_edit() -> impl Strategy<Value = ByteEdit> {
+    prop_oneof![
+        3 => prop::collection::vec((any::<usize>(), any::<u8>()), 1..6).prop_map(ByteEdit::Flip),
+        1 => any::<usize>().prop_map(ByteEdit::Truncate),
+    ]
+}
+
+/// Applies `e`; `head` limits flips to the first bytes (where headers live), 0 for anywhere.
+fn apply_bytes(bytes: &mut Vec<u8>, e: &ByteEdit, head: usize) {
+    let span = if head == 0 {
+        bytes.len()
+    } else {
+        head.min(bytes.len())
+    };
+    match e {
+        ByteEdit::Flip(fs) => {
+            for (at, b) in fs {
+                let i = at % span;
+                bytes[i] = bytes[i].wrapping_add(*b | 1);
+            }
+        }
+        ByteEdit::Truncate(at) => bytes.truncate(at % bytes.len()),
+    }
+}
+
+fn tiny() -> LoadedModel {
+    neoscope_engine::tiny::tiny_model(11, &Device::Cpu).expect("tiny model")
+}
+
+/// An error must name the file it is about (or one of the files of its pair).
+fn names_file(msg: &str, files: &[&Path]) -> bool {
+    files.iter().any(|f| {
+        f.file_name()
+            .is_some_and(|n| msg.contains(n.to_string_lossy().as_ref()))
+    })
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    #[test]
+    fn datasets_give_examples_or_errors_with_file_and_line(
+        lines in prop::collection::vec(prop_oneof![
+            Just(r#"{"prompt": "a <w> b", "target": " c"}"#.to_owned()),
+            Just(r#"{"prompt": "a <w>", "chosen": " x", "rejected": " y"}"#.to_owned()),
+            Just("prompt,target".to_owned()),
+            Just("\"a <w>\", c".to_owned()),
+            "[{}\\[\\]\",:a-z<> ]{0,40}",
+            json_value().prop_map(|v| v.to_string()),
+        ], 0..8),
+    ) {
+        let text = lines.join("\n");
+        for (parse, file) in [
+            (neoscope_api::dataset::parse_jsonl as fn(&str, &Path) -> _, "d.jsonl"),
+            (neoscope_api::dataset::parse_csv, "d.csv"),
+        ] {
+            if let Err(e) = parse(&text, Path::new(file)) {
+                prop_assert!(e.message.contains(&format!("{file}:")), "{}", e.message);
+            }
+        }
+    }
+
+    #[test]
+    fn lexicons_and_morpheme_tables_give_entries_or_errors_naming_the_file(
+        text in "[a-z#,\\- \n\t\u{e9}\u{300}]{0,80}",
+    ) {
+        use neoscope_engine::inject::lexicon::{parse_lexicon, parse_morphemes};
+        if let Err(e) = parse_lexicon(&text, "lex.txt") {
+            prop_assert!(e.to_string().contains("lex.txt"), "{e}");
+        }
+        if let Err(e) = parse_morphemes(&text, "m.csv") {
+            prop_assert!(e.to_string().contains("m.csv"), "{e}");
+        }
+    }
+}
+
+/// A word file of the tiny model, saved for the fuzzing below.
+fn word_file(m: &LoadedModel, dir: &Path) -> PathBuf {
+    let w = Word::create(
+        m,
+        "<w>",
+        Init::Random { std: 0.5, seed: 1 },
+        Injection::ResidPre(1),
+    )
+    .expect("word");
+    let path = dir.join("w");
+    words::file::save(&path, &[w], &m.info, None, &[1.0, 0.5], &[0.7]).expect("save word");
+    path
+}
+
+/// Reads the pair `stem.json` + `stem.safetensors`.
+fn pair(stem: &Path) -> (PathBuf, PathBuf) {
+    neoscope_api::files::artifact_paths(stem)
+}
+
+proptest! {
+    #![proptest_config(cases(192))]
+
+    #[test]
+    fn word_files_load_and_work_or_are_refused_by_name(e in edit(), b in byte_edit(), which in 0..3_u8) {
+        let m = tiny();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stem = word_file(&m, dir.path());
+        let (st, js) = pair(&stem);
+        if which != 1 {
+            let mut doc: Value = serde_json::from_slice(&std::fs::read(&js).expect("read")).expect("json");
+            apply(&mut doc, &e);
+            std::fs::write(&js, doc.to_string()).expect("write");
+        }
+        if which != 0 {
+            let mut bytes = std::fs::read(&st).expect("read");
+            apply_bytes(&mut bytes, &b, 0);
+            std::fs::write(&st, bytes).expect("write");
+        }
+        match words::file::load(&stem, &m.info) {
+            Ok((ws, _)) => {
+                // What loads must work: a forward pass with the words in a prompt.
+                let names: Vec<String> = ws.iter().map(|w| w.name.clone()).collect();
+                let pairs: Vec<(String, String)> =
+                    names.iter().map(|n| (format!("a {n} b"), " c".to_owned())).collect();
+                if let Err(err) = words::analysis::mean_logprob(&m, &ws, &pairs) {
+                    prop_assert!(!err.to_string().is_empty());
+                }
+            }
+            Err(err) => {
+                let msg = err.to_string();
+                prop_assert!(names_file(&msg, &[&st, &js]), "{msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn mfa_files_load_or_are_refused_by_name(e in edit(), b in byte_edit(), which in 0..3_u8) {
+        use neoscope_engine::mfa::{file, model::Mfa};
+        let m = tiny();
+        let base = BaseModel::of(&m.info);
+        let dev = Device::Cpu;
+        let (k, d, r) = (2, m.llama.cfg.hidden_size, 1);
+        let mfa = Mfa::new(
+            Tensor::randn(0f32, 1., (k, d), &dev).expect("mu"),
+            Tensor::randn(0f32, 1., (k, d, r), &dev).expect("dirs"),
+            &Tensor::ones((k, r), candle_core::DType::F32, &dev).expect("sigma"),
+            &Tensor::ones(d, candle_core::DType::F32, &dev).expect("psi"),
+        ).expect("mfa");
+        let meta = file::MfaMeta {
+            header: file::KIND.header(&base),
+            point: neoscope_engine::hooks::HookPoint::ResidPost(1),
+            k, d, rank: r, config: None, report: None,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stem = dir.path().join("m");
+        file::save(&stem, &mfa, &meta).expect("save");
+        let (st, js) = pair(&stem);
+        if which != 1 {
+            let mut doc: Value = serde_json::from_slice(&std::fs::read(&js).expect("read")).expect("json");
+            apply(&mut doc, &e);
+            std::fs::write(&js, doc.to_string()).expect("write");
+        }
+        if which != 0 {
+            let mut bytes = std::fs::read(&st).expect("read");
+            apply_bytes(&mut bytes, &b, 0);
+            std::fs::write(&st, bytes).expect("write");
+        }
+        match file::load(&stem, &base, &dev) {
+            Ok((mfa, meta)) => {
+                // What loads must work: the fit's derived quantities and a forward pass.
+                let x = Tensor::randn(0f32, 1., (3, meta.d), &dev).expect("x");
+                if let Err(err) = mfa.derive().and_then(|dv| dv.forward(&x)) {
+                    prop_assert!(!err.to_string().is_empty());
+                }
+            }
+            Err(err) => {
+                let msg = err.to_string();
+                prop_assert!(names_file(&msg, &[&st, &js]), "{msg}");
+            }
+        }
+    }
+}
+
+/// A copy of the family fixture `name` in a fresh folder.
+fn fixture_copy(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(common::fixture(name).join(f), dir.path().join(f)).expect("copy");
+    }
+    dir
+}
+
+/// What a loaded model must be able to do: a forward pass over a short prompt.
+fn runs(m: &LoadedModel) -> Result<(), String> {
+    let ids = m
+        .tokenizer
+        .encode("hello there")
+        .map_err(|e| e.to_string())?;
+    let b = neoscope_engine::model::Batch::new(
+        &[ids],
+        neoscope_engine::model::PadSide::Right,
+        &Device::Cpu,
+    )
+    .map_err(|e| e.to_string())?;
+    m.llama
+        .forward(&b, &neoscope_engine::hooks::HookSpec::default(), None)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+proptest! {
+    #![proptest_config(cases(160))]
+
+    #[test]
+    fn hf_configs_load_and_run_or_are_refused_naming_the_field(
+        family in prop::sample::select(common::FAMILIES[..10].to_vec()),
+        e in edit(),
+    ) {
+        let dir = fixture_copy(family);
+        let cfg = dir.path().join("config.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&cfg).expect("read")).expect("json");
+        let touched = apply(&mut doc, &e);
+        std::fs::write(&cfg, doc.to_string()).expect("write");
+        match load_model(dir.path(), &Device::Cpu) {
+            // What loads runs, or stops with an error (e.g. a context of one token).
+            Ok(m) => {
+                if let Err(err) = runs(&m) {
+                    prop_assert!(!err.is_empty());
+                }
+            }
+            Err(err) => {
+                let msg = err.to_string();
+                let key = touched.trim_start_matches('/').split('/').next().unwrap_or("");
+                prop_assert!(
+                    msg.contains("config.json") || msg.contains(key) || msg.contains("the config gives"),
+                    "{family} {touched}: {msg}"
+                );
+            }
+        }
+    }
+}
+
+/// Rewrites the GGUF fixture `name` with one metadata value replaced (or removed).
+fn gguf_with(name: &str, key_pick: usize, value: Option<gguf_file::Value>, out: &Path) -> String {
+    let src = common::fixture(&format!("{name}.gguf"));
+    let mut f = std::fs::File::open(&src).expect("open");
+    let content = gguf_file::Content::read(&mut f).expect("read gguf");
+    let mut keys: Vec<&String> = content.metadata.keys().collect();
+    keys.sort();
+    let key = keys[key_pick % keys.len()].clone();
+    let mut md: Vec<(String, gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .filter(|(k, _)| **k != key)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(v) = value {
+        md.push((key.clone(), v));
+    }
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = names
+        .iter()
+        .map(|n| {
+            (
+                (*n).clone(),
+                content.tensor(&mut f, n, &Device::Cpu).expect("tensor"),
+            )
+        })
+        .collect();
+    let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut w = std::fs::File::create(out).expect("create");
+    gguf_file::write(&mut w, &md_refs, &t_refs).expect("write gguf");
+    key
+}
+
+fn gguf_value() -> impl Strategy<Value = Option<gguf_file::Value>> {
+    use gguf_file::Value as V;
+    prop::option::weighted(
+        0.85,
+        prop_oneof![
+            prop_oneof![Just(0_u32), Just(1), Just(7), Just(u32::MAX), any::<u32>()]
+                .prop_map(V::U32),
+            prop_oneof![Just(0_u64), Just(u64::MAX), any::<u64>()].prop_map(V::U64),
+            prop_oneof![Just(-1_i32), any::<i32>()].prop_map(V::I32),
+            prop_oneof![
+                Just(0.0_f32),
+                Just(-1.0),
+                Just(f32::NAN),
+                Just(f32::INFINITY),
+                Just(1e30),
+                any::<f32>()
+            ]
+            .prop_map(V::F32),
+            any::<bool>().prop_map(V::Bool),
+            "[a-z0-9_]{0,10}".prop_map(V::String),
+            prop::collection::vec(any::<u32>().prop_map(V::U32), 0..3).prop_map(V::Array),
+        ],
+    )
+}
+
+proptest! {
+    #![proptest_config(cases(160))]
+
+    #[test]
+    fn gguf_metadata_loads_and_runs_or_is_refused_naming_the_file(
+        family in prop::sample::select(vec!["gemma", "gpt2", "gemma2_cpp", "gemma3_cpp"]),
+        key_pick in any::<usize>(),
+        value in gguf_value(),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.gguf");
+        let key = gguf_with(family, key_pick, value.clone(), &path);
+        match load_model(&path, &Device::Cpu) {
+            // What loads runs, or stops with an error (e.g. a context of one token).
+            Ok(m) => {
+                if let Err(err) = runs(&m) {
+                    prop_assert!(!err.is_empty());
+                }
+            }
+            Err(err) => {
+                let msg = err.to_string();
+                prop_assert!(msg.contains("m.gguf"), "{family} {key}={value:?}: {msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_gguf_files_are_refused_or_load_and_run(
+        family in prop::sample::select(vec!["gemma", "gpt2"]),
+        b in byte_edit(),
+        header_only in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.gguf");
+        let mut bytes = std::fs::read(common::fixture(&format!("{family}.gguf"))).expect("read");
+        apply_bytes(&mut bytes, &b, if header_only { 4096 } else { 0 });
+        std::fs::write(&path, &bytes).expect("write");
+        match load_model(&path, &Device::Cpu) {
+            Ok(m) => {
+                if let Err(err) = runs(&m) {
+                    prop_assert!(!err.is_empty());
+                }
+            }
+            Err(err) => {
+                let msg = err.to_string();
+                prop_assert!(msg.contains("m.gguf"), "{family}: {msg}");
+            }
+        }
+    }
+}
