@@ -1,8 +1,8 @@
 //! Neoscope's one artifact format: tensors in a safetensors file and a JSON header beside it
 //! (format, version, base model name and SHA-256, then whatever the artifact adds). Words, tuned
 //! lenses, activations, MFAs and injection runs are all saved and loaded here, so every artifact
-//! is written atomically (temporary file + rename, the JSON last: a file set whose JSON exists is
-//! complete) and every one is refused with the same message for another base model or a newer
+//! is written atomically as one unit (each file by temporary file + rename; the pair committed by
+//! its JSON, which names the tensors' SHA-256, see [`save`]) and every one is refused with the same message for another base model or a newer
 //! version.
 
 use std::collections::HashMap;
@@ -237,26 +237,40 @@ pub fn read_json<M: DeserializeOwned>(path: &Path, kind: &Kind, base: &BaseModel
 }
 
 /// The key in an artifact's JSON that holds the SHA-256 of its safetensors file: the pair is
-/// one unit, so a JSON beside tensors from another save (a save killed between its two
-/// renames) is refused instead of loaded.
+/// one unit, so a JSON beside tensors from another save is refused instead of loaded.
 const TENSORS_SHA256: &str = "tensors_sha256";
 
-/// Saves an artifact: `PATH.safetensors`, then `PATH.json` (last, so that a JSON that exists
-/// always has its tensors) recording the tensors' SHA-256. Returns the JSON's path.
+/// Where a save puts the new tensors until its JSON is in place: `PATH.safetensors.pending`.
+fn pending(st: &Path) -> PathBuf {
+    let mut s = st.as_os_str().to_owned();
+    s.push(".pending");
+    PathBuf::from(s)
+}
+
+/// Saves an artifact as one unit, although it is two files. The new tensors are written beside
+/// the old ones (`PATH.safetensors.pending`), then the JSON naming their SHA-256 replaces the old
+/// JSON (the commit), then the tensors are renamed into place. Killed before the commit, the
+/// old pair is intact (the pending file is ignored and later replaced); killed after it,
+/// [`load`] finds the tensors the JSON names in the pending file and finishes the rename. Each
+/// write is itself atomic, so every file is an old or a new version, never a mix.
+/// Returns the JSON's path.
 pub fn save<M: Serialize>(path: &Path, tensors: &[(String, Tensor)], meta: &M) -> Result<PathBuf> {
     let (st, json) = paths(path);
     let mut value = serde_json::to_value(meta)
         .map_err(|e| EngineError::bad_file(&json, format!("serialising: {e}")))?;
-    let sha = write_tensors(&st, tensors, None)?;
+    let next = pending(&st);
+    let sha = write_tensors(&next, tensors, None)?;
     if let serde_json::Value::Object(map) = &mut value {
         map.insert(TENSORS_SHA256.into(), sha.into());
     }
     write_json(&json, &value)?;
+    std::fs::rename(&next, &st).map_err(|e| EngineError::io(&st, e))?;
     Ok(json)
 }
 
 /// Loads an artifact saved by [`save`]: checks the header and that the tensors are the ones
-/// the JSON was written with, then reads the tensors onto `device`.
+/// the JSON was written with (finishing a save that was stopped after its commit), then reads
+/// the tensors onto `device`.
 pub fn load<M: DeserializeOwned>(
     path: &Path,
     kind: &Kind,
@@ -265,18 +279,32 @@ pub fn load<M: DeserializeOwned>(
 ) -> Result<(M, Tensors)> {
     let (st, json) = paths(path);
     let value: serde_json::Value = read_json(&json, kind, base)?;
-    let bytes = std::fs::read(&st).map_err(|e| EngineError::io(&st, e))?;
-    if let Some(want) = value
+    let want = value
         .get(TENSORS_SHA256)
-        .and_then(serde_json::Value::as_str)
+        .and_then(serde_json::Value::as_str);
+    let mut bytes = std::fs::read(&st);
+    if let Some(want) = want
+        && !bytes.as_ref().is_ok_and(|b| sha256_hex(b) == want)
     {
+        // A save stopped between its commit and its last rename: the JSON's tensors are the
+        // pending ones. Finish the save (best effort: a read-only folder still loads).
+        let next = pending(&st);
+        if let Ok(b) = std::fs::read(&next)
+            && sha256_hex(&b) == want
+        {
+            let _ = std::fs::rename(&next, &st);
+            bytes = Ok(b);
+        }
+    }
+    let bytes = bytes.map_err(|e| EngineError::io(&st, e))?;
+    if let Some(want) = want {
         let got = sha256_hex(&bytes);
         if got != want {
             return Err(EngineError::bad_file(
                 &json,
                 format!(
-                    "belongs to another save than {} (SHA-256 {}… instead of {}…): the pair \
-                     was mixed, e.g. by an interrupted save; save it again",
+                    "belongs to another save than {} (SHA-256 {}… instead of {}…): the two \
+                     files were replaced separately; save it again",
                     st.display(),
                     short(&got),
                     short(want)
@@ -407,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn a_json_beside_tensors_of_another_save_is_refused() {
+    fn a_save_stopped_at_either_step_leaves_old_or_new_and_a_mixed_pair_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let b = base("m", "aaaaaaaaaaaaaaaa");
         let meta = Meta {
@@ -416,12 +444,28 @@ mod tests {
         };
         let one = Tensor::ones(2, candle_core::DType::F32, &Device::Cpu).unwrap();
         let path = dir.path().join("w");
+        let (st, json) = paths(&path);
+        let x = |path: &Path| -> Vec<f32> {
+            let (_, t) = load::<Meta>(path, &KIND, &b, &Device::Cpu).unwrap();
+            t.get("x", None).unwrap().to_vec1().unwrap()
+        };
         save(&path, &[("x".into(), one.clone())], &meta).unwrap();
-        let old_json = std::fs::read(dir.path().join("w.json")).unwrap();
-        // A second save, "killed" after its tensors were renamed into place: the old JSON is
-        // put back beside the new tensors.
-        save(&path, &[("x".into(), (one * 2.0).unwrap())], &meta).unwrap();
-        std::fs::write(dir.path().join("w.json"), old_json).unwrap();
+        let (old_st, old_json) = (std::fs::read(&st).unwrap(), std::fs::read(&json).unwrap());
+        save(&path, &[("x".into(), (&one * 2.0).unwrap())], &meta).unwrap();
+        let (new_st, new_json) = (std::fs::read(&st).unwrap(), std::fs::read(&json).unwrap());
+        // Stopped before the commit: new tensors pending, the old pair in place -> the old.
+        std::fs::write(pending(&st), &new_st).unwrap();
+        std::fs::write(&st, &old_st).unwrap();
+        std::fs::write(&json, &old_json).unwrap();
+        assert_eq!(x(&path), [1.0, 1.0]);
+        // Stopped after the commit: the new JSON, its tensors still pending -> the new, and
+        // the save is finished.
+        std::fs::write(&json, &new_json).unwrap();
+        assert_eq!(x(&path), [2.0, 2.0]);
+        assert!(!pending(&st).exists());
+        assert_eq!(std::fs::read(&st).unwrap(), new_st);
+        // Tensors replaced without their JSON (no pending save to finish): refused.
+        std::fs::write(&json, &old_json).unwrap();
         let e = load::<Meta>(&path, &KIND, &b, &Device::Cpu)
             .unwrap_err()
             .to_string();

@@ -413,15 +413,15 @@ pub fn save_hf_dir(llama: &Llama, tokenizer: &ModelTokenizer, dir: &Path) -> Res
         }
     }
     let st = dir.join("model.safetensors");
-    candle_core::safetensors::save(&t, &st)?;
-    let cfg_path = dir.join("config.json");
-    let cfg = serde_json::to_string_pretty(&llama.cfg)
-        .map_err(|e| EngineError::Invalid(e.to_string()))?;
-    std::fs::write(&cfg_path, cfg).map_err(|e| EngineError::io(&cfg_path, e))?;
+    let mut t: Vec<(String, Tensor)> = t.into_iter().collect();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    crate::artifact::write_tensors(&st, &t, None)?;
+    crate::artifact::write_json(&dir.join("config.json"), &llama.cfg)?;
     let tok_path = dir.join("tokenizer.json");
-    tokenizer
+    let tok = tokenizer
         .inner()
-        .save(&tok_path, false)
+        .to_string(false)
         .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+    crate::artifact::write_atomic(&tok_path, tok.as_bytes())?;
     Ok(())
 }
