@@ -162,6 +162,19 @@ pub fn train(
     cfg: &TunedConfig,
     on_step: &mut dyn FnMut(&TunedStep) -> bool,
 ) -> Result<(TunedLens, TunedReport)> {
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) || cfg.steps == 0 || cfg.positions == 0 {
+        return Err(EngineError::Invalid(format!(
+            "tuned lens: the learning rate ({}) must be a finite number > 0, steps ({}) and \
+             positions per step ({}) at least 1",
+            cfg.lr, cfg.steps, cfg.positions
+        )));
+    }
+    if !(cfg.heldout_fraction > 0.0 && cfg.heldout_fraction < 1.0) {
+        return Err(EngineError::Invalid(format!(
+            "tuned lens: the held-out fraction {} must be in (0, 1)",
+            cfg.heldout_fraction
+        )));
+    }
     let mut wins = windows(m, corpus, cfg.window)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     wins.shuffle(&mut rng);
@@ -187,7 +200,7 @@ pub fn train(
             ..ParamsAdamW::default()
         },
     )?;
-    let mut losses = Vec::with_capacity(cfg.steps);
+    let mut losses = Vec::new();
     let mut cancelled = false;
     let per_window = cfg.window;
     for step in 1..=cfg.steps {

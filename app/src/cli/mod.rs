@@ -378,7 +378,11 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
                     top_p,
                     seed,
                 },
-                _ => Sampling::GREEDY,
+                // Greedy, but a given top-p is still checked (not silently ignored).
+                _ => Sampling {
+                    top_p,
+                    ..Sampling::GREEDY
+                },
             };
             let json_mode = g.json;
             let id = engine.send(TextCommand::Generate {

@@ -70,6 +70,15 @@ pub fn start(m: &LoadedModel, inputs: &Inputs, cfg: &InjectConfig, dir: &Path) -
     let init = Tensor::from_vec(rows, (vocab.len(), d), m.llama.device())?;
     let ids = vocab.encode(m, &inputs.corpus)?;
     let blocks = train::make_blocks(&ids, cfg.block_len, cfg.val_fraction, cfg.seed)?;
+    if cfg.micro_batch > blocks.train.len() {
+        return Err(EngineError::Invalid(format!(
+            "injection settings: a micro-batch of {} blocks, but the corpus gives {} training \
+             blocks of {} tokens",
+            cfg.micro_batch,
+            blocks.train.len(),
+            cfg.block_len
+        )));
+    }
     let meta = RunMeta {
         header: run::KIND.header(&BaseModel::of(&m.info)),
         config: cfg.clone(),

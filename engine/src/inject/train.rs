@@ -42,7 +42,18 @@ impl InjectConfigExt for InjectConfig {
         if self.micro_batch == 0 || self.accum == 0 || self.steps == 0 {
             return bad("micro-batch, accumulation and steps must be positive");
         }
-        if self.lr.is_nan() || self.lr <= 0.0 || !(0.0..1.0).contains(&self.warmup) {
+        if self
+            .micro_batch
+            .checked_mul(self.accum)
+            .and_then(|b| b.checked_mul(self.steps))
+            .is_none()
+        {
+            return bad(&format!(
+                "micro-batch {} × accumulation {} × steps {} blocks is more than can be counted",
+                self.micro_batch, self.accum, self.steps
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && (0.0..1.0).contains(&self.warmup)) {
             return bad("learning rate must be positive and warmup in [0, 1)");
         }
         if self.eval_every == 0 || self.checkpoint_every == 0 {

@@ -49,6 +49,51 @@ pub fn check(cfg: &ScratchModelConfig, vocab: usize) -> Result<()> {
     Ok(())
 }
 
+/// Roughly the memory (bytes) training a model of `cfg` with `vocab` tokens on batches of
+/// `batch` windows needs: weights, gradients and two Adam moments (4 × 4 bytes a parameter),
+/// plus the activations autograd keeps (each block's inputs, attention scores and feed-forward
+/// values, the logits). An estimate for refusing what cannot fit, not an exact figure.
+pub fn training_bytes(cfg: &ScratchModelConfig, vocab: usize, batch: usize) -> f64 {
+    let (l, d, ff, t, h) = (
+        cfg.n_layers as f64,
+        cfg.d_model as f64,
+        cfg.d_ff as f64,
+        cfg.n_ctx as f64,
+        cfg.n_heads as f64,
+    );
+    let (v, b) = (vocab as f64, batch as f64);
+    let params = 2.0 * v * d + t * d + l * (4.0 * d * d + 3.0 * d * ff + 10.0 * d);
+    let acts = b * t * (l * (12.0 * d + 2.0 * h * t + 3.0 * ff) + 3.0 * v);
+    4.0 * (4.0 * params + 2.0 * acts)
+}
+
+/// Refuses a model whose training would need more memory than `dev` has (both numbers in the
+/// message).
+pub fn check_memory(
+    cfg: &ScratchModelConfig,
+    vocab: usize,
+    batch: usize,
+    dev: &Device,
+) -> Result<()> {
+    let need = training_bytes(cfg, vocab, batch);
+    if let Some(have) = crate::model::weights::available(dev, None)
+        && need > have as f64
+    {
+        return Err(EngineError::Invalid(format!(
+            "model settings: training this model needs about {:.1} GB ({} layers of width {}, \
+             feed-forward {}, context {}, vocabulary {vocab}, batches of {batch}) but {:.1} GB \
+             are available; make it smaller",
+            need / 1e9,
+            cfg.n_layers,
+            cfg.d_model,
+            cfg.d_ff,
+            cfg.n_ctx,
+            have as f64 / 1e9
+        )));
+    }
+    Ok(())
+}
+
 /// The engine configuration of a lab model.
 pub fn llama_config(cfg: &ScratchModelConfig, vocab: usize) -> LlamaConfig {
     let (seed, d) = (cfg.arch == ScratchArch::Seed, cfg.d_model);

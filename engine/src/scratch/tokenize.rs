@@ -60,11 +60,19 @@ fn char_level(corpus: &str) -> Result<Tokenizer> {
     Ok(t)
 }
 
+/// The largest BPE vocabulary the lab trains (larger ones exceed the trainer's tables).
+const MAX_BPE_VOCAB: usize = 1 << 20;
+
 /// Byte-level BPE of `vocab_size` tokens trained on `corpus` (split into lines for the trainer).
 fn byte_bpe(corpus: &str, vocab_size: usize) -> Result<Tokenizer> {
     let alphabet: HashSet<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
         .into_iter()
         .collect();
+    if vocab_size > MAX_BPE_VOCAB {
+        return Err(EngineError::Invalid(format!(
+            "a BPE vocabulary of {vocab_size} tokens: at most {MAX_BPE_VOCAB}"
+        )));
+    }
     if vocab_size <= alphabet.len() {
         return Err(EngineError::Invalid(format!(
             "a byte-level BPE needs more than {} tokens (the 256 bytes); got {vocab_size}",

@@ -367,10 +367,12 @@ pub fn train(
     if data.is_empty() {
         return Err(EngineError::Invalid("no training examples".into()));
     }
-    if cfg.batch_size == 0 || cfg.epochs == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 {
-        return Err(EngineError::Invalid(
-            "batch size and epochs must be ≥ 1 and the learning rate > 0".into(),
-        ));
+    if cfg.batch_size == 0 || cfg.epochs == 0 || !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        return Err(EngineError::Invalid(format!(
+            "batch size ({}) and epochs ({}) must be ≥ 1 and the learning rate ({}) a finite \
+             number > 0",
+            cfg.batch_size, cfg.epochs, cfg.lr
+        )));
     }
     let items = prepare(m, words, data, cfg.loss)?;
     let dev = m.llama.device();

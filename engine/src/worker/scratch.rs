@@ -7,6 +7,7 @@ use std::time::Instant;
 use neoscope_api::Event;
 use neoscope_api::scratch::{
     SampleConfig, ScratchCommand, ScratchEvent, ScratchResult, ScratchRun, ScratchSpec,
+    TokenizerKind,
 };
 
 use super::{Job, Worker};
@@ -85,6 +86,14 @@ impl Worker {
 
     fn new_run(&self, job: &Job, dir: &Path, spec: ScratchSpec) -> Result<ScratchRun> {
         crate::scratch::train::check(&spec.train)?;
+        // The sizes are checked before the corpus is read (with the vocabulary the tokenizer
+        // can reach at most), and again once the vocabulary is known.
+        let most = match spec.tokenizer {
+            TokenizerKind::Bpe { vocab_size } => vocab_size,
+            TokenizerKind::Char => 256,
+        };
+        crate::scratch::net::check(&spec.model, most)?;
+        crate::scratch::net::check_memory(&spec.model, most, spec.train.batch, &self.dev)?;
         Run::refuse_occupied(dir)?;
         job.progress("Reading the corpus", None);
         let (name, text) = corpus::load(
@@ -102,6 +111,7 @@ impl Worker {
         job.check()?;
         let vocab = tok.get_vocab_size(true);
         crate::scratch::net::check(&spec.model, vocab)?;
+        crate::scratch::net::check_memory(&spec.model, vocab, spec.train.batch, &self.dev)?;
         Data::split_point(ids.len(), spec.train.val_fraction, spec.model.n_ctx)?;
         let run = Run::create(dir, spec, name, text.chars().count(), tok, ids)?;
         let s = &run.file.spec;
