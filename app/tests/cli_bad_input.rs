@@ -2,8 +2,6 @@
 //! naming the problem (the value and its range, or the file and line), without a panic, and
 //! leaves no output behind.
 
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
-
 mod common;
 
 use candle_core::Device;
