@@ -248,7 +248,8 @@ fn step(
     let loss = loss as f32;
     if !loss.is_finite() {
         return Err(EngineError::Invalid(format!(
-            "the loss became {loss} at step {s}; lower the learning rate"
+            "the loss became {loss} at step {s}; training stopped and the last checkpoint \
+             on disk is kept (resume from it, or start again with a lower learning rate)"
         )));
     }
     state.losses.push(loss);

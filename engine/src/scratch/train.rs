@@ -255,7 +255,8 @@ pub fn step_on(
     let (mut grads, loss) = gradients(&state.net, batch, step_seed(cfg.seed ^ 0xD0, s))?;
     if !loss.is_finite() {
         return Err(EngineError::Invalid(format!(
-            "the loss became {loss} at step {s}; lower the learning rate"
+            "the loss became {loss} at step {s}; training stopped and the last checkpoint \
+             on disk is kept (resume from it, or start again with a lower learning rate)"
         )));
     }
     if cfg.clip_norm > 0.0 {
