@@ -29,7 +29,7 @@ pub struct Global {
     #[arg(long, global = true, value_enum, default_value_t = DTypeArg::Auto)]
     pub dtype: DTypeArg,
     /// Refuse a model whose weights need more than this many GB (default: what the device has).
-    #[arg(long, global = true, value_name = "GB")]
+    #[arg(long, global = true, value_name = "GB", value_parser = positive_gb)]
     pub max_memory: Option<f64>,
     /// Print exactly one JSON object on stdout.
     #[arg(long, global = true)]
@@ -87,10 +87,7 @@ impl Global {
                 DTypeArg::F16 => WeightDType::F16,
                 DTypeArg::Quantized => WeightDType::Quantized,
             },
-            memory_limit: self
-                .max_memory
-                .filter(|g| g.is_finite() && *g >= 0.0)
-                .map(|g| (g * 1e9) as u64),
+            memory_limit: self.max_memory.map(|g| (g * 1e9) as u64),
         }
     }
 
@@ -141,5 +138,18 @@ impl Global {
             }
             None => ModelCommand::LoadDefault { options }.into(),
         }
+    }
+}
+
+/// A memory size in GB: a finite number > 0.
+fn positive_gb(s: &str) -> Result<f64, String> {
+    let g: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of GB"))?;
+    if g.is_finite() && g > 0.0 {
+        Ok(g)
+    } else {
+        Err(format!("{s} GB: it must be a finite number > 0"))
     }
 }

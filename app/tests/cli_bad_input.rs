@@ -61,6 +61,12 @@ fn bad_numbers_sizes_and_files_are_refused_by_name_and_leave_nothing() {
         (word(&["--lr", "NaN"], &words), "learning rate (NaN)"),
         (word(&["--lr", "inf"], &words), "learning rate (inf)"),
         (word(&[], &existing), "exists; pass --force"),
+        (word(&["--clip", "NaN"], &words), "gradient clipping at NaN"),
+        (word(&["--clip=-1"], &words), "gradient clipping at -1"),
+        (
+            own(&["info", "--model", model, "--max-memory", "NaN"]),
+            "NaN GB: it must be a finite number > 0",
+        ),
         (
             own(&[
                 "word", "train", "--model", model, "--name", "<a>", "--data", &bad_utf8, "--out",

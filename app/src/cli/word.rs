@@ -204,7 +204,7 @@ impl TrainArgs {
             epochs: self.epochs,
             batch_size: self.batch_size,
             seed: self.seed,
-            clip_norm: (self.clip > 0.0).then_some(self.clip),
+            clip_norm: (self.clip != 0.0).then_some(self.clip),
             ..TrainConfig::default()
         }
     }

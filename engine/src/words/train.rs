@@ -374,6 +374,26 @@ pub fn train(
             cfg.batch_size, cfg.epochs, cfg.lr
         )));
     }
+    if !(cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
+        return Err(EngineError::Invalid(format!(
+            "weight decay {} must be a finite number ≥ 0",
+            cfg.weight_decay
+        )));
+    }
+    if let Some(c) = cfg.clip_norm
+        && !(c.is_finite() && c > 0.0)
+    {
+        return Err(EngineError::Invalid(format!(
+            "gradient clipping at {c}: it must be a finite number > 0 (or none)"
+        )));
+    }
+    if let Loss::Preference { beta } = cfg.loss
+        && !(beta.is_finite() && beta > 0.0)
+    {
+        return Err(EngineError::Invalid(format!(
+            "β {beta} of the preference loss must be a finite number > 0"
+        )));
+    }
     let items = prepare(m, words, data, cfg.loss)?;
     let dev = m.llama.device();
     let vars: Vec<Var> = words
