@@ -45,6 +45,24 @@ fn bad_numbers_sizes_and_files_are_refused_by_name_and_leave_nothing() {
         a
     };
     let own = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+    let inject = |extra: &[&str]| -> Vec<String> {
+        let mut a = own(&[
+            "inject",
+            "run",
+            "--model",
+            model,
+            "--lexicon",
+            &lexicon,
+            "--corpus",
+            &corpus,
+            "--out",
+            &run,
+            "--init",
+            "spherical",
+        ]);
+        a.extend(own(extra));
+        a
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             own(&["generate", "--model", model, "--top-p", "2", "hi"]),
@@ -97,60 +115,15 @@ fn bad_numbers_sizes_and_files_are_refused_by_name_and_leave_nothing() {
             "window of 0 tokens: it must be between 2 and the model's context of 128",
         ),
         (
-            own(&[
-                "inject",
-                "run",
-                "--model",
-                model,
-                "--lexicon",
-                &lexicon,
-                "--corpus",
-                &corpus,
-                "--out",
-                &run,
-                "--init",
-                "spherical",
-                "--micro-batch",
-                HUGE,
-            ]),
+            inject(&["--micro-batch", HUGE]),
             "is more than can be counted",
         ),
         (
-            own(&[
-                "inject",
-                "run",
-                "--model",
-                model,
-                "--lexicon",
-                &lexicon,
-                "--corpus",
-                &corpus,
-                "--out",
-                &run,
-                "--init",
-                "spherical",
-                "--block-len",
-                "129",
-            ]),
+            inject(&["--block-len", "129"]),
             "block length 129 exceeds the model's context of 128 tokens",
         ),
         (
-            own(&[
-                "inject",
-                "run",
-                "--model",
-                model,
-                "--lexicon",
-                &lexicon,
-                "--corpus",
-                &corpus,
-                "--out",
-                &run,
-                "--init",
-                "spherical",
-                "--micro-batch",
-                "100000",
-            ]),
+            inject(&["--micro-batch", "100000"]),
             "a micro-batch of 100000 blocks",
         ),
         (

@@ -241,9 +241,22 @@ fn word_file(m: &LoadedModel, dir: &Path) -> PathBuf {
     path
 }
 
-/// Reads the pair `stem.json` + `stem.safetensors`.
-fn pair(stem: &Path) -> (PathBuf, PathBuf) {
-    neoscope_api::files::artifact_paths(stem)
+/// Damages the artifact `stem`: its JSON edited by `e` (`which` 0 or 2), its tensors' bytes by
+/// `b` (`which` 1 or 2). Returns the pair's paths (tensors, JSON).
+fn damage_pair(stem: &Path, e: &Edit, b: &ByteEdit, which: u8) -> (PathBuf, PathBuf) {
+    let (st, js) = neoscope_api::files::artifact_paths(stem);
+    if which != 1 {
+        let mut doc: Value =
+            serde_json::from_slice(&std::fs::read(&js).expect("read")).expect("json");
+        apply(&mut doc, e);
+        std::fs::write(&js, doc.to_string()).expect("write");
+    }
+    if which != 0 {
+        let mut bytes = std::fs::read(&st).expect("read");
+        apply_bytes(&mut bytes, b, 0);
+        std::fs::write(&st, bytes).expect("write");
+    }
+    (st, js)
 }
 
 proptest! {
@@ -254,17 +267,7 @@ proptest! {
         let m = tiny();
         let dir = tempfile::tempdir().expect("tempdir");
         let stem = word_file(&m, dir.path());
-        let (st, js) = pair(&stem);
-        if which != 1 {
-            let mut doc: Value = serde_json::from_slice(&std::fs::read(&js).expect("read")).expect("json");
-            apply(&mut doc, &e);
-            std::fs::write(&js, doc.to_string()).expect("write");
-        }
-        if which != 0 {
-            let mut bytes = std::fs::read(&st).expect("read");
-            apply_bytes(&mut bytes, &b, 0);
-            std::fs::write(&st, bytes).expect("write");
-        }
+        let (st, js) = damage_pair(&stem, &e, &b, which);
         match words::file::load(&stem, &m.info) {
             Ok((ws, _)) => {
                 // What loads must work: a forward pass with the words in a prompt.
@@ -303,17 +306,7 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let stem = dir.path().join("m");
         file::save(&stem, &mfa, &meta).expect("save");
-        let (st, js) = pair(&stem);
-        if which != 1 {
-            let mut doc: Value = serde_json::from_slice(&std::fs::read(&js).expect("read")).expect("json");
-            apply(&mut doc, &e);
-            std::fs::write(&js, doc.to_string()).expect("write");
-        }
-        if which != 0 {
-            let mut bytes = std::fs::read(&st).expect("read");
-            apply_bytes(&mut bytes, &b, 0);
-            std::fs::write(&st, bytes).expect("write");
-        }
+        let (st, js) = damage_pair(&stem, &e, &b, which);
         match file::load(&stem, &base, &dev) {
             Ok((mfa, meta)) => {
                 // What loads must work: the fit's derived quantities and a forward pass.

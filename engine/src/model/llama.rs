@@ -148,7 +148,8 @@ impl Llama {
         extra: ModelExtra,
     ) -> Result<Self> {
         cfg.validate().map_err(EngineError::Invalid)?;
-        super::shapes::check(&cfg, &embed, &blocks, &final_norm, lm_head.as_ref(), &extra)?;
+        super::shapes::check(&cfg, &embed, &blocks, &final_norm, lm_head.as_ref(), &extra)
+            .map_err(|e| super::shapes::explain(e, &cfg))?;
         let (hd, m) = (cfg.head_dim(), cfg.intermediate_size);
         let (q, kv) = (cfg.num_attention_heads * hd, cfg.kv_heads() * hd);
         let mut blocks = blocks;

@@ -64,17 +64,9 @@ fn optional(
     }
 }
 
-/// Every weight's shape and presence against `cfg`.
-pub(super) fn check(
-    cfg: &LlamaConfig,
-    embed: &Tensor,
-    blocks: &[Block],
-    final_norm: &Tensor,
-    lm_head: Option<&Tensor>,
-    extra: &ModelExtra,
-) -> Result<()> {
-    check_all(cfg, embed, blocks, final_norm, lm_head, extra).map_err(|e| match e {
-        // A shape that disagrees with the config: say which sizes the config gave.
+/// `e` from [`check`], with the config's sizes added when a shape disagrees with them.
+pub(super) fn explain(e: EngineError, cfg: &LlamaConfig) -> EngineError {
+    match e {
         EngineError::Invalid(msg) if msg.contains(" has shape ") => EngineError::Invalid(format!(
             "{msg} (the config gives d_model {}, {} heads × head width {}, {} KV heads, \
              feed-forward width {}, vocabulary {}: a size in the config does not match the weights)",
@@ -86,10 +78,11 @@ pub(super) fn check(
             cfg.vocab_size
         )),
         other => other,
-    })
+    }
 }
 
-fn check_all(
+/// Every weight's shape and presence against `cfg`.
+pub(super) fn check(
     cfg: &LlamaConfig,
     embed: &Tensor,
     blocks: &[Block],
