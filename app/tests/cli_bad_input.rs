@@ -45,6 +45,11 @@ fn bad_numbers_sizes_and_files_are_refused_by_name_and_leave_nothing() {
         a
     };
     let own = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+    let scratch = |extra: &[&str]| -> Vec<String> {
+        let mut a = own(&["scratch", "train", "--corpus", &corpus, "--out", &lab]);
+        a.extend(own(extra));
+        a
+    };
     let inject = |extra: &[&str]| -> Vec<String> {
         let mut a = own(&[
             "inject",
@@ -127,31 +132,11 @@ fn bad_numbers_sizes_and_files_are_refused_by_name_and_leave_nothing() {
             "a micro-batch of 100000 blocks",
         ),
         (
-            own(&[
-                "scratch",
-                "train",
-                "--corpus",
-                &corpus,
-                "--out",
-                &lab,
-                "--layers",
-                "100000000",
-            ]),
+            scratch(&["--layers", "100000000"]),
             "GB are available; make it smaller",
         ),
         (
-            own(&[
-                "scratch",
-                "train",
-                "--corpus",
-                &corpus,
-                "--out",
-                &lab,
-                "--tokenizer",
-                "bpe",
-                "--vocab-size",
-                HUGE,
-            ]),
+            scratch(&["--tokenizer", "bpe", "--vocab-size", HUGE]),
             "GB are available",
         ),
     ];

@@ -15,7 +15,7 @@ use neoscope_engine::artifact::BaseModel;
 use neoscope_engine::model::{LoadedModel, load_model};
 use neoscope_engine::words::{self, Init, Injection, Word};
 use proptest::prelude::*;
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, TestCaseError};
 use serde_json::Value;
 
 /// `n` cases per property (`NEOSCOPE_FUZZ_CASES` sets another number, for a longer search).
@@ -418,6 +418,23 @@ fn gguf_with(name: &str, key_pick: usize, value: Option<gguf_file::Value>, out: 
     key
 }
 
+/// The GGUF file `path` (named `m.gguf`) loads and runs, or stops with an error (e.g. a
+/// context of one token); a refusal names the file. `case` describes the input in failures.
+fn gguf_loads_and_runs_or_is_refused(path: &Path, case: &str) -> Result<(), TestCaseError> {
+    match load_model(path, &Device::Cpu) {
+        Ok(m) => {
+            if let Err(err) = runs(&m) {
+                prop_assert!(!err.is_empty());
+            }
+        }
+        Err(err) => {
+            let msg = err.to_string();
+            prop_assert!(msg.contains("m.gguf"), "{case}: {msg}");
+        }
+    }
+    Ok(())
+}
+
 fn gguf_value() -> impl Strategy<Value = Option<gguf_file::Value>> {
     use gguf_file::Value as V;
     prop::option::weighted(
@@ -455,18 +472,7 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("m.gguf");
         let key = gguf_with(family, key_pick, value.clone(), &path);
-        match load_model(&path, &Device::Cpu) {
-            // What loads runs, or stops with an error (e.g. a context of one token).
-            Ok(m) => {
-                if let Err(err) = runs(&m) {
-                    prop_assert!(!err.is_empty());
-                }
-            }
-            Err(err) => {
-                let msg = err.to_string();
-                prop_assert!(msg.contains("m.gguf"), "{family} {key}={value:?}: {msg}");
-            }
-        }
+        gguf_loads_and_runs_or_is_refused(&path, &format!("{family} {key}={value:?}"))?;
     }
 
     #[test]
@@ -480,16 +486,6 @@ proptest! {
         let mut bytes = std::fs::read(common::fixture(&format!("{family}.gguf"))).expect("read");
         apply_bytes(&mut bytes, &b, if header_only { 4096 } else { 0 });
         std::fs::write(&path, &bytes).expect("write");
-        match load_model(&path, &Device::Cpu) {
-            Ok(m) => {
-                if let Err(err) = runs(&m) {
-                    prop_assert!(!err.is_empty());
-                }
-            }
-            Err(err) => {
-                let msg = err.to_string();
-                prop_assert!(msg.contains("m.gguf"), "{family}: {msg}");
-            }
-        }
+        gguf_loads_and_runs_or_is_refused(&path, family)?;
     }
 }
