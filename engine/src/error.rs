@@ -84,8 +84,17 @@ impl From<&EngineError> for ApiError {
             EngineError::Cancelled => ErrorKind::Cancelled,
             EngineError::NoModel => ErrorKind::NoModel,
         };
-        ApiError::new(kind, e.to_string())
+        ApiError::new(kind, without_backtrace(&e.to_string()))
     }
+}
+
+/// The message without the backtrace candle appends to its errors when `RUST_BACKTRACE` is set
+/// (its frames start with `   0: `): users get the message, not the library's stack.
+fn without_backtrace(msg: &str) -> String {
+    msg.split_once("\n   0: ")
+        .map_or(msg, |(m, _)| m)
+        .trim_end()
+        .to_owned()
 }
 
 impl EngineError {
@@ -117,5 +126,18 @@ impl EngineError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         Self::from(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_backtraces_stay_out_of_messages() {
+        let e = EngineError::from(candle_core::Error::Msg("bad magic".into()));
+        let with = format!("{e}\n   0: candle_core::error::Error::bt\n   1: main");
+        assert_eq!(without_backtrace(&with), "tensor error: bad magic");
+        assert_eq!(ApiError::from(&e).message, "tensor error: bad magic");
     }
 }
