@@ -147,6 +147,14 @@ fn bad_numbers_sizes_and_files_are_refused_by_name_and_leave_nothing() {
         assert!(!err.contains("panicked"), "{a:?}: {err}");
         assert!(err.contains(needle), "{a:?}: {err}");
     }
+    // A bad dataset is reported before the model loads, not after.
+    let (_, _, err) = neoscope(&[
+        "word", "train", "--model", model, "--name", "<a>", "--data", &bad_utf8, "--out", &words,
+    ]);
+    assert!(
+        err.contains("not UTF-8") && !err.contains("Loading"),
+        "{err}"
+    );
     // Nothing was written by the refused commands.
     for out in [&words, &tuned, &acts, &run, &lab] {
         for f in [

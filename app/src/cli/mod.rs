@@ -226,12 +226,31 @@ fn check_outputs(cmd: &Cmd, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Before the model loads: the input files a subcommand trains on are read and parsed now, so
+/// a bad dataset, lexicon or corpus is reported at once (they are read again by the job).
+fn check_inputs(cmd: &Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Word(word::WordCmd::Train(a)) => word::read_dataset(&a.data).map(drop),
+        Cmd::Inject(inject::InjectCmd::Run(a)) => {
+            for f in std::iter::once(&a.lexicon)
+                .chain(&a.morphemes)
+                .chain(&a.corpus)
+            {
+                neoscope_api::files::read_text(f)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Runs one subcommand.
 pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
     if let Cmd::Serve { listen, token } = &cmd {
         return serve(g, listen, token.clone());
     }
     check_outputs(&cmd, g.force)?;
+    check_inputs(&cmd)?;
     let mut engine = g.open_engine(std::sync::Arc::new(|| {}))?;
     if let Cmd::Inject(c) = &cmd
         && inject::generate(&mut engine, g.json, c)?
