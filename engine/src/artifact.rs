@@ -195,7 +195,29 @@ pub fn write_tensors(
     Ok(sha256_hex(&bytes))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// The SHA-256 of named f32 tensors' contents (names, shapes and values in order), recorded in
+/// a single-file checkpoint's metadata so a damaged file is refused, not trained on.
+pub fn content_sha256(tensors: &[(&str, &Tensor)]) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (name, t) in tensors {
+        h.update(name.as_bytes());
+        for d in t.dims() {
+            h.update((*d as u64).to_le_bytes());
+        }
+        for v in t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?
+        {
+            h.update(v.to_le_bytes());
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
@@ -206,7 +228,8 @@ pub fn read_tensors(path: &Path, device: &Device) -> Result<Tensors> {
     parse_tensors(path, &bytes, device)
 }
 
-fn parse_tensors(path: &Path, bytes: &[u8], device: &Device) -> Result<Tensors> {
+/// Reads safetensors `bytes` (from `path`, named in errors) onto `device`.
+pub fn parse_tensors(path: &Path, bytes: &[u8], device: &Device) -> Result<Tensors> {
     let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| EngineError::bad_file(path, e.to_string()))?;
     let metadata = md.metadata().clone().unwrap_or_default();

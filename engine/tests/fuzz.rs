@@ -241,20 +241,30 @@ fn word_file(m: &LoadedModel, dir: &Path) -> PathBuf {
     path
 }
 
-/// Damages the artifact `stem`: its JSON edited by `e` (`which` 0 or 2), its tensors' bytes by
-/// `b` (`which` 1 or 2). Returns the pair's paths (tensors, JSON).
+/// Damages `file`: a JSON file by the edit `e`, any other by the byte edit `b`.
+fn damage(file: &Path, e: &Edit, b: &ByteEdit) {
+    let bytes = std::fs::read(file).expect("read");
+    let out = if file.extension().is_some_and(|x| x == "json") {
+        let mut doc: Value = serde_json::from_slice(&bytes).expect("json");
+        apply(&mut doc, e);
+        doc.to_string().into_bytes()
+    } else {
+        let mut bytes = bytes;
+        apply_bytes(&mut bytes, b, 0);
+        bytes
+    };
+    std::fs::write(file, out).expect("write");
+}
+
+/// Damages the artifact `stem`: its JSON (`which` 0 or 2), its tensors (`which` 1 or 2).
+/// Returns the pair's paths (tensors, JSON).
 fn damage_pair(stem: &Path, e: &Edit, b: &ByteEdit, which: u8) -> (PathBuf, PathBuf) {
     let (st, js) = neoscope_api::files::artifact_paths(stem);
     if which != 1 {
-        let mut doc: Value =
-            serde_json::from_slice(&std::fs::read(&js).expect("read")).expect("json");
-        apply(&mut doc, e);
-        std::fs::write(&js, doc.to_string()).expect("write");
+        damage(&js, e, b);
     }
     if which != 0 {
-        let mut bytes = std::fs::read(&st).expect("read");
-        apply_bytes(&mut bytes, b, 0);
-        std::fs::write(&st, bytes).expect("write");
+        damage(&st, e, b);
     }
     (st, js)
 }
@@ -487,5 +497,108 @@ proptest! {
         apply_bytes(&mut bytes, &b, if header_only { 4096 } else { 0 });
         std::fs::write(&path, &bytes).expect("write");
         gguf_loads_and_runs_or_is_refused(&path, family)?;
+    }
+}
+
+/// An injection run on the tiny model with checkpoints after steps 1 and 2.
+fn injection_run(m: &LoadedModel, dir: &Path) {
+    use neoscope_engine::inject::session::{self, Inputs};
+    use neoscope_engine::inject::train::InjectConfig;
+    let forms = ["blorf", "zinter", "quaxle"];
+    let corpus: String = (0..40)
+        .map(|i| format!("the {} sat by the cat. ", forms[i % 3]))
+        .collect();
+    let inputs = Inputs {
+        forms: forms.iter().map(|s| (*s).to_owned()).collect(),
+        morphemes: Vec::new(),
+        corpus,
+        sources: vec!["test".into()],
+    };
+    let cfg = InjectConfig {
+        init: neoscope_engine::inject::init::InitKind::Spherical,
+        block_len: 8,
+        steps: 2,
+        micro_batch: 2,
+        accum: 1,
+        eval_every: 1,
+        checkpoint_every: 1,
+        ..InjectConfig::default()
+    };
+    let s = session::start(m, &inputs, &cfg, dir).expect("start");
+    let mut st = s.state(dir).expect("state");
+    s.train(m, dir, &mut st, None, &mut |_| true)
+        .expect("train");
+}
+
+/// A from-scratch lab run folder (no checkpoint yet) on a tiny character model.
+fn lab_run(dir: &Path) {
+    use neoscope_api::scratch::{ScratchModelConfig, ScratchSpec, ScratchTrainConfig};
+    use neoscope_engine::scratch::{run::Run, tokenize};
+    let text = "to be or not to be, that is the question. ".repeat(20);
+    let tok = tokenize::build(neoscope_api::scratch::TokenizerKind::Char, &text).expect("tok");
+    let ids = tokenize::encode_all(&tok, &text).expect("ids");
+    let spec = ScratchSpec {
+        model: ScratchModelConfig {
+            n_layers: 1,
+            n_heads: 2,
+            d_model: 8,
+            d_ff: 16,
+            n_ctx: 8,
+            ..ScratchModelConfig::default()
+        },
+        train: ScratchTrainConfig {
+            batch: 2,
+            steps: 2,
+            ..ScratchTrainConfig::default()
+        },
+        ..ScratchSpec::default()
+    };
+    Run::create(dir, spec, "test".into(), text.len(), tok, ids).expect("create");
+}
+
+proptest! {
+    #![proptest_config(cases(96))]
+
+    #[test]
+    fn run_folders_open_and_continue_or_are_refused_by_name(
+        e in edit(),
+        b in byte_edit(),
+        target in 0..4_u8,
+    ) {
+        use neoscope_engine::inject::session;
+        let m = tiny();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (inj, lab) = (dir.path().join("inj"), dir.path().join("lab"));
+        injection_run(&m, &inj);
+        lab_run(&lab);
+        // One file damaged: an injection run's run.json, its data, its last checkpoint, or a
+        // lab run's run.json.
+        let file = match target {
+            0 => inj.join("run.json"),
+            1 => inj.join("data.safetensors"),
+            2 => inj.join("checkpoints/step-000002.safetensors"),
+            _ => lab.join("run.json"),
+        };
+        damage(&file, &e, &b);
+        let opened = if target < 3 {
+            // What opens must continue: one more step.
+            session::open(&m, &inj).and_then(|s| {
+                let mut st = s.state(&inj)?;
+                let next = st.step + 1;
+                s.train(&m, &inj, &mut st, Some(next), &mut |_| true).map(drop)
+            })
+        } else {
+            neoscope_engine::scratch::run::Run::open(&lab)
+                .and_then(|r| r.start_state(&Device::Cpu).map(drop))
+        };
+        if let Err(err) = opened {
+            let msg = err.to_string();
+            let name = file.file_name().expect("name").to_string_lossy().into_owned();
+            prop_assert!(
+                msg.contains(&name) || msg.contains("steps") || msg.contains("settings"),
+                "{}: {msg}",
+                file.display()
+            );
+        }
     }
 }

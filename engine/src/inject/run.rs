@@ -29,6 +29,9 @@ pub const KIND: Kind = Kind {
 /// Checkpoints kept.
 const KEEP: usize = 3;
 
+/// The metadata key of a checkpoint's content hash.
+const CONTENT_SHA256: &str = "content_sha256";
+
 /// `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunMeta {
@@ -49,6 +52,10 @@ pub struct RunMeta {
     pub corpus_tokens: usize,
     /// SHA-256 of the base embedding matrix at the start (the report checks it is unchanged).
     pub base_rows_sha256: String,
+    /// SHA-256 of `data.safetensors` (initial rows and token blocks), checked when the run is
+    /// opened; absent in runs written before it was recorded.
+    #[serde(default)]
+    pub data_sha256: Option<String>,
 }
 
 fn blocks_tensor(b: &[Vec<u32>], len: usize) -> Result<Tensor> {
@@ -57,7 +64,7 @@ fn blocks_tensor(b: &[Vec<u32>], len: usize) -> Result<Tensor> {
 }
 
 /// Creates a run folder (refusing one that already holds a run).
-pub fn create(dir: &Path, meta: &RunMeta, init: &Tensor, blocks: &Blocks) -> Result<()> {
+pub fn create(dir: &Path, meta: &mut RunMeta, init: &Tensor, blocks: &Blocks) -> Result<()> {
     let json = dir.join("run.json");
     if json.exists() {
         return Err(EngineError::Invalid(format!(
@@ -66,7 +73,7 @@ pub fn create(dir: &Path, meta: &RunMeta, init: &Tensor, blocks: &Blocks) -> Res
         )));
     }
     let len = meta.config.block_len;
-    artifact::write_tensors(
+    let sha = artifact::write_tensors(
         &dir.join("data.safetensors"),
         &[
             ("init".to_owned(), init.clone()),
@@ -75,6 +82,7 @@ pub fn create(dir: &Path, meta: &RunMeta, init: &Tensor, blocks: &Blocks) -> Res
         ],
         None,
     )?;
+    meta.data_sha256 = Some(sha);
     write_meta(dir, meta)
 }
 
@@ -86,10 +94,40 @@ pub fn write_meta(dir: &Path, meta: &RunMeta) -> Result<()> {
 /// Opens a run: metadata, initial rows and blocks.
 pub fn open(dir: &Path, base: &BaseModel, dev: &Device) -> Result<(RunMeta, Tensor, Blocks)> {
     let meta: RunMeta = artifact::read_json(&dir.join("run.json"), &KIND, base)?;
-    let t = artifact::read_tensors(&dir.join("data.safetensors"), dev)?;
-    let init = t.get("init", Some(&[meta.forms.len(), base.d_model]))?;
-    let rows =
-        |k: &str| -> Result<Vec<Vec<u32>>> { Ok(t.get(k, None)?.to_dtype(DType::U32)?.to_vec2()?) };
+    let data = dir.join("data.safetensors");
+    let bytes = std::fs::read(&data).map_err(|e| EngineError::io(&data, e))?;
+    if let Some(want) = &meta.data_sha256
+        && artifact::sha256_hex(&bytes) != *want
+    {
+        return Err(EngineError::bad_file(
+            &data,
+            "does not match run.json (its SHA-256 differs): the run's data was changed",
+        ));
+    }
+    let t = artifact::parse_tensors(&data, &bytes, dev)?;
+    let init = t.get("init", None)?;
+    if init.dims() != [meta.forms.len(), base.d_model] {
+        return Err(EngineError::bad_file(
+            dir.join("run.json"),
+            format!(
+                "lists {} forms of width {}, but data.safetensors holds initial rows of shape {:?}",
+                meta.forms.len(),
+                base.d_model,
+                init.dims()
+            ),
+        ));
+    }
+    let len = meta.config.block_len;
+    let rows = |k: &str| -> Result<Vec<Vec<u32>>> {
+        let b = t.get(k, None)?;
+        if b.rank() != 2 || b.dim(1)? != len {
+            return Err(EngineError::bad_file(
+                &data,
+                format!("`{k}` has shape {:?}, not blocks of {len} tokens", b.dims()),
+            ));
+        }
+        Ok(b.to_dtype(DType::U32)?.to_vec2()?)
+    };
     let blocks = Blocks {
         train: rows("train")?,
         val: rows("val")?,
@@ -135,7 +173,17 @@ pub fn save_checkpoint(dir: &Path, state: &TrainState) -> Result<PathBuf> {
             ("adam_m".to_owned(), state.m.clone()),
             ("adam_v".to_owned(), state.v.clone()),
         ],
-        Some(HashMap::from([(STATE.to_owned(), curves)])),
+        Some(HashMap::from([
+            (STATE.to_owned(), curves),
+            (
+                CONTENT_SHA256.to_owned(),
+                artifact::content_sha256(&[
+                    ("rows", &state.rows),
+                    ("adam_m", &state.m),
+                    ("adam_v", &state.v),
+                ])?,
+            ),
+        ])),
     )?;
     let all = checkpoints(dir)?;
     for old in all.iter().take(all.len().saturating_sub(KEEP)) {
@@ -157,11 +205,31 @@ pub fn load_checkpoint(dir: &Path, step: Option<usize>, dev: &Device) -> Result<
     let t = artifact::read_tensors(&path, dev)?;
     let c: Curves = serde_json::from_str(t.metadata(STATE)?)
         .map_err(|e| EngineError::bad_file(&path, format!("training state: {e}")))?;
+    let (rows, m, v) = (
+        t.get("rows", None)?,
+        t.get("adam_m", None)?,
+        t.get("adam_v", None)?,
+    );
+    if let Ok(want) = t.metadata(CONTENT_SHA256)
+        && artifact::content_sha256(&[("rows", &rows), ("adam_m", &m), ("adam_v", &v)])? != want
+    {
+        return Err(EngineError::bad_file(
+            &path,
+            "is damaged (its contents differ from the SHA-256 recorded in it); delete it to \
+             resume from the checkpoint before",
+        ));
+    }
+    if rows.dims() != m.dims() || rows.dims() != v.dims() {
+        return Err(EngineError::bad_file(
+            &path,
+            "rows and optimiser moments differ in shape",
+        ));
+    }
     Ok(TrainState {
         step: c.step,
-        rows: t.get("rows", None)?,
-        m: t.get("adam_m", None)?,
-        v: t.get("adam_v", None)?,
+        rows,
+        m,
+        v,
         losses: c.losses,
         val: c.val,
     })

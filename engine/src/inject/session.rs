@@ -79,7 +79,7 @@ pub fn start(m: &LoadedModel, inputs: &Inputs, cfg: &InjectConfig, dir: &Path) -
             cfg.block_len
         )));
     }
-    let meta = RunMeta {
+    let mut meta = RunMeta {
         header: run::KIND.header(&BaseModel::of(&m.info)),
         config: cfg.clone(),
         forms: vocab.forms.clone(),
@@ -88,8 +88,9 @@ pub fn start(m: &LoadedModel, inputs: &Inputs, cfg: &InjectConfig, dir: &Path) -
         sources: inputs.sources.clone(),
         corpus_tokens: ids.len(),
         base_rows_sha256: super::report::tensor_sha256(&m.llama.embed)?,
+        data_sha256: None,
     };
-    run::create(dir, &meta, &init, &blocks)?;
+    run::create(dir, &mut meta, &init, &blocks)?;
     Ok(Session {
         meta,
         vocab,
@@ -102,6 +103,20 @@ pub fn start(m: &LoadedModel, inputs: &Inputs, cfg: &InjectConfig, dir: &Path) -
 pub fn open(m: &LoadedModel, dir: &Path) -> Result<Session> {
     let (meta, init, blocks) = run::open(dir, &BaseModel::of(&m.info), m.llama.device())?;
     let vocab = NewVocab::new(meta.forms.clone(), m.llama.cfg.vocab_size);
+    // Every token id must be a base token or one of the run's new forms.
+    let limit = m.llama.cfg.vocab_size + meta.forms.len();
+    if let Some(id) = blocks
+        .train
+        .iter()
+        .chain(&blocks.val)
+        .flatten()
+        .find(|id| **id as usize >= limit)
+    {
+        return Err(EngineError::bad_file(
+            dir.join("data.safetensors"),
+            format!("token id {id} is beyond the model's {limit} tokens (base + new forms)"),
+        ));
+    }
     Ok(Session {
         meta,
         vocab,

@@ -160,6 +160,11 @@ impl Run {
         let file: RunFile =
             serde_json::from_str(&text).map_err(|e| EngineError::bad_file(&path, e.to_string()))?;
         RUN.check(&path, &file.header, &file.header.base_model)?;
+        // An edited run.json is checked like new settings, naming the file.
+        let spec = &file.spec;
+        super::net::check(&spec.model, file.vocab_size)
+            .and_then(|()| super::train::check(&spec.train))
+            .map_err(|e| EngineError::bad_file(&path, e.to_string()))?;
         let tp = dir.join("tokens.bin");
         let bytes = std::fs::read(&tp).map_err(|e| EngineError::io(&tp, e))?;
         if sha256(&bytes) != file.tokens_sha256 || bytes.len() != 4 * file.n_tokens {
@@ -255,6 +260,22 @@ impl Run {
             val: meta.val,
             samples: meta.samples,
         }))
+    }
+
+    /// The state to train on from: the last checkpoint, or a fresh model when there is none
+    /// (refused when its training would not fit in `dev`'s memory).
+    pub fn start_state(&self, dev: &Device) -> Result<TrainState> {
+        if let Some(st) = self.resume_state(dev)? {
+            return Ok(st);
+        }
+        let s = &self.file.spec;
+        super::net::check_memory(&s.model, self.file.vocab_size, s.train.batch, dev)?;
+        TrainState::new(Net::init(
+            &s.model,
+            self.file.vocab_size,
+            s.train.seed,
+            dev,
+        )?)
     }
 
     /// Steps of the saved snapshots, oldest first.

@@ -130,16 +130,7 @@ impl Worker {
 
     fn resume_run(&self, job: &Job, dir: &Path, steps: Option<usize>) -> Result<ScratchRun> {
         let mut run = Run::open(dir)?;
-        let s = &run.file.spec;
-        let state = match run.resume_state(&self.dev)? {
-            Some(st) => st,
-            None => TrainState::new(Net::init(
-                &s.model,
-                run.file.vocab_size,
-                s.train.seed,
-                &self.dev,
-            )?)?,
-        };
+        let state = run.start_state(&self.dev)?;
         if let Some(n) = steps.filter(|n| *n != run.file.spec.train.steps) {
             // The new total is checked before run.json is rewritten: a refused resume leaves
             // the run as it was.
