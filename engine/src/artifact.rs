@@ -195,7 +195,34 @@ pub fn write_tensors(
     Ok(sha256_hex(&bytes))
 }
 
-/// The SHA-256 of named f32 tensors' contents (names, shapes and values in order), recorded in
+/// Feeds a tensor's values, as f32 little-endian bytes, to `h` (in chunks: one `update` per
+/// value is millions of calls for an embedding matrix).
+fn feed_f32(h: &mut sha2::Sha256, t: &Tensor) -> Result<()> {
+    use sha2::Digest;
+    let v: Vec<f32> = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let mut buf = Vec::with_capacity(4 * 4096);
+    for chunk in v.chunks(4096) {
+        buf.clear();
+        chunk
+            .iter()
+            .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+        h.update(&buf);
+    }
+    Ok(())
+}
+
+/// SHA-256 of a tensor's f32 bytes.
+pub fn tensor_sha256(t: &Tensor) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    feed_f32(&mut h, t)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The SHA-256 of named tensors' contents (names, shapes and f32 values in order), recorded in
 /// a single-file checkpoint's metadata so a damaged file is refused, not trained on.
 pub fn content_sha256(tensors: &[(&str, &Tensor)]) -> Result<String> {
     use sha2::Digest;
@@ -205,13 +232,7 @@ pub fn content_sha256(tensors: &[(&str, &Tensor)]) -> Result<String> {
         for d in t.dims() {
             h.update((*d as u64).to_le_bytes());
         }
-        for v in t
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?
-        {
-            h.update(v.to_le_bytes());
-        }
+        feed_f32(&mut h, t)?;
     }
     Ok(hex::encode(h.finalize()))
 }

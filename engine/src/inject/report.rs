@@ -7,7 +7,6 @@
 use candle_core::{D, DType, Tensor};
 use rand::SeedableRng;
 use rand::seq::index::sample;
-use sha2::{Digest, Sha256};
 
 use super::session::Session;
 use super::train::TrainState;
@@ -60,22 +59,6 @@ fn step(progress: &mut dyn FnMut(&str, f32) -> bool, stage: &str, f: f32) -> Res
     } else {
         Err(crate::EngineError::Cancelled)
     }
-}
-
-/// SHA-256 of a tensor's f32 bytes (to show the base matrix never changed).
-pub fn tensor_sha256(t: &Tensor) -> Result<String> {
-    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let mut h = Sha256::new();
-    // Fed in chunks: one `update` per value is millions of calls for an embedding matrix.
-    let mut buf = Vec::with_capacity(4 * 4096);
-    for chunk in v.chunks(4096) {
-        buf.clear();
-        chunk
-            .iter()
-            .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
-        h.update(&buf);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 fn row_norms(t: &Tensor) -> Result<Vec<f64>> {
@@ -161,7 +144,8 @@ pub fn compute(
             .collect()
     };
     let drift = Drift {
-        base_identical: tensor_sha256(&m.llama.embed)? == session.meta.base_rows_sha256,
+        base_identical: crate::artifact::tensor_sha256(&m.llama.embed)?
+            == session.meta.base_rows_sha256,
         new: stats::summary(&drift_cos),
         hist: hist(&[("new", &drift_cos)], -1.0, 1.0),
         most: pick(&mut order.iter()),

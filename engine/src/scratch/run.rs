@@ -98,7 +98,7 @@ impl Run {
         Self::refuse_occupied(dir)?;
         std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
         let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-        let tokens_sha256 = sha256(&bytes);
+        let tokens_sha256 = artifact::sha256_hex(&bytes);
         artifact::write_atomic(&dir.join("tokens.bin"), &bytes)?;
         let tok_json = tokenizer
             .to_string(true)
@@ -167,7 +167,7 @@ impl Run {
             .map_err(|e| EngineError::bad_file(&path, e.to_string()))?;
         let tp = dir.join("tokens.bin");
         let bytes = std::fs::read(&tp).map_err(|e| EngineError::io(&tp, e))?;
-        if sha256(&bytes) != file.tokens_sha256 || bytes.len() != 4 * file.n_tokens {
+        if artifact::sha256_hex(&bytes) != file.tokens_sha256 || bytes.len() != 4 * file.n_tokens {
             return Err(EngineError::bad_file(
                 &tp,
                 "does not match run.json (SHA-256 or length differs)",
@@ -353,11 +353,6 @@ fn identity(tokens_sha256: &str, vocab: usize, d_model: usize) -> neoscope_api::
         d_model,
         d_vocab: vocab,
     }
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Loads a saved seed model folder (`model_type` `neoscope_scratch`) through the normal model

@@ -16,7 +16,7 @@ use crate::fetch::FetchStage;
 use crate::model::Llama;
 use crate::scratch::run::Run;
 use crate::scratch::train::{Data, ScratchHooks, TrainState, eval_model};
-use crate::scratch::{corpus, inspect, net::Net, tokenize};
+use crate::scratch::{corpus, inspect, tokenize};
 
 /// Events to the front end, checkpoints to the run folder, samples from the run's tokenizer.
 struct Hooks<'a> {
@@ -114,9 +114,8 @@ impl Worker {
         crate::scratch::net::check_memory(&spec.model, vocab, spec.train.batch, &self.dev)?;
         Data::split_point(ids.len(), spec.train.val_fraction, spec.model.n_ctx)?;
         let run = Run::create(dir, spec, name, text.chars().count(), tok, ids)?;
-        let s = &run.file.spec;
-        let net = Net::init(&s.model, vocab, s.train.seed, &self.dev)?;
-        self.train_scratch(job, &run, TrainState::new(net)?)
+        let state = run.start_state(&self.dev)?;
+        self.train_scratch(job, &run, state)
     }
 
     fn open_run(dir: &Path, dev: &candle_core::Device) -> Result<ScratchRun> {
