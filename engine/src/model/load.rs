@@ -47,6 +47,24 @@ pub fn load_model_with(path: &Path, dev: &Device, opts: LoadOptions) -> Result<L
     }
 }
 
+/// The number of layers a checkpoint's tensor names hold: the largest `N` + 1 over names with
+/// a segment of `segments` followed by `N` (`model.layers.3.…`, GPT-2's `h.3.…`, GGUF's
+/// `blk.3.…`), so a config's layer count can be checked against the weights before anything is
+/// sized by it.
+pub(super) fn layers_held<'a>(names: impl Iterator<Item = &'a String>, segments: &[&str]) -> usize {
+    names
+        .filter_map(|n| {
+            let parts: Vec<&str> = n.split('.').collect();
+            parts
+                .windows(2)
+                .find(|w| segments.contains(&w[0]))
+                .and_then(|w| w[1].parse::<usize>().ok())
+        })
+        .map(|l| l + 1)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Refuses a checkpoint with tensors the computation does not use: they mean its math differs
 /// from ours (biases, extra norms, …). `family` says which computation and where the file names
 /// it; `note` explains a known name.

@@ -13,7 +13,7 @@ use candle_core::quantized::{QStorage, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 
 use super::llama::{Block, BlockExtra, Llama, ModelExtra};
-use super::load::{LoadedModel, finish, refuse_leftovers};
+use super::load::{LoadedModel, finish, layers_held, refuse_leftovers};
 use super::mat::{Mat, is_quantized};
 use super::weights::{
     LoadOptions, WeightDType, WeightsInfo, available, census_gguf, choose, dtype_of,
@@ -230,23 +230,6 @@ fn block_mat(
 
 /// The configuration of a GGUF file: its metadata, and what llama.cpp fixes in code for the
 /// architecture.
-/// The number of blocks whose tensors the file holds (`blk.0.…` to `blk.{n-1}.…`).
-fn blocks_in(content: &gguf_file::Content) -> usize {
-    content
-        .tensor_infos
-        .keys()
-        .filter_map(|n| {
-            n.strip_prefix("blk.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .map(|l| l + 1)
-        .max()
-        .unwrap_or(0)
-}
-
 /// The model's config from the metadata of architecture `a`; `blocks` is the number of blocks the
 /// file's tensors hold, checked against `block_count` before anything is sized by it.
 fn config(
@@ -410,7 +393,16 @@ pub(super) fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<
     };
     let embed = r.f32("token_embd.weight")?;
     let tied = !r.has("output.weight");
-    let cfg = config(md, &a, (embed.dim(0)?, blocks_in(&content)), tied, path)?;
+    let cfg = config(
+        md,
+        &a,
+        (
+            embed.dim(0)?,
+            layers_held(content.tensor_infos.keys(), &["blk"]),
+        ),
+        tied,
+        path,
+    )?;
     let (hd, m) = (cfg.head_dim(), cfg.intermediate_size);
     let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
     let (q, kv) = (heads * hd, kv_heads * hd);

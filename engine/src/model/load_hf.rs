@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::hf_config::norm_plus_one;
 use super::llama::{Block, BlockExtra, Llama, ModelExtra};
-use super::load::{LoadedModel, finish, refuse_leftovers};
+use super::load::{LoadedModel, finish, layers_held, refuse_leftovers};
 use super::mat::Mat;
 use super::weights::{LoadOptions, WeightsInfo, available, census_safetensors, choose, dtype_of};
 use crate::config::LlamaConfig;
@@ -87,21 +87,6 @@ impl Tensors<'_> {
     }
 }
 
-/// The number of layers whose tensors are named (`….layers.N.…`, GPT-2's `h.N.…`).
-fn layers_held<'a>(names: impl Iterator<Item = &'a String>) -> usize {
-    names
-        .filter_map(|n| {
-            let parts: Vec<&str> = n.split('.').collect();
-            parts
-                .windows(2)
-                .find(|w| matches!(w[0], "layers" | "h"))
-                .and_then(|w| w[1].parse::<usize>().ok())
-        })
-        .map(|l| l + 1)
-        .max()
-        .unwrap_or(0)
-}
-
 /// Loads a Hugging Face model directory (the blocks' matrices as `opts.dtype`, the rest f32).
 pub(super) fn load_hf_dir(dir: &Path, dev: &Device, opts: LoadOptions) -> Result<LoadedModel> {
     let cfg_path = dir.join("config.json");
@@ -146,7 +131,7 @@ pub(super) fn load_hf_dir(dir: &Path, dev: &Device, opts: LoadOptions) -> Result
             .map_err(|e| EngineError::bad_model(f, e.to_string()))?;
         map.extend(t);
     }
-    let held = layers_held(map.keys());
+    let held = layers_held(map.keys(), &["layers", "h"]);
     if held != cfg.num_hidden_layers {
         return Err(EngineError::bad_model(
             &cfg_path,
