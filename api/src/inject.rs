@@ -397,6 +397,56 @@ pub enum InjectCommand {
         /// Run folder (default: the open run).
         dir: Option<PathBuf>,
     },
+    /// Makes a run's forms part of the loaded model's vocabulary (in prompts, predictions and
+    /// generated text, for every analysis) until `Detach` or another model is loaded.
+    Attach {
+        /// Run folder (default: the open run, at its current step).
+        dir: Option<PathBuf>,
+        /// Checkpoint step (default: the latest; 0: the initial rows).
+        step: Option<usize>,
+    },
+    /// Gives the loaded model back its base vocabulary.
+    Detach,
+    /// Behaviour probes: short greedy generations seeded with the forms that drifted most and
+    /// least in training, with the run's vocabulary and with the base model side by side.
+    Probe {
+        /// Run folder (default: the open run).
+        dir: Option<PathBuf>,
+        /// Checkpoint step (default: the latest).
+        step: Option<usize>,
+        /// Forms of each kind (most and least drift).
+        count: usize,
+        /// Tokens generated per probe.
+        max_new_tokens: usize,
+    },
+}
+
+/// Which end of the drift ranking a probe's form comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DriftEnd {
+    /// Among the forms whose rows moved most (lowest cosine to their initial rows).
+    Most,
+    /// Among the forms whose rows moved least.
+    Least,
+}
+
+/// One behaviour probe: a form, how far its row moved, and what each model writes after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    /// The form.
+    pub form: String,
+    /// Which end of the ranking it is from.
+    pub end: DriftEnd,
+    /// Cosine between its initial and trained rows.
+    pub cosine: f32,
+    /// The continuation with the run's vocabulary (the form is one token).
+    pub with_run: String,
+    /// The ids of that continuation (forms from `base_vocab` on).
+    pub with_run_ids: Vec<u32>,
+    /// Byte ranges of the forms in `with_run`.
+    pub with_run_forms: Vec<(usize, usize)>,
+    /// The continuation by the base model (the form split into its base tokens).
+    pub base: String,
 }
 
 /// Counts from `Inspect`.
@@ -459,5 +509,18 @@ pub enum InjectResult {
         html: PathBuf,
         /// The report.
         report: Box<GeometryReport>,
+    },
+    /// From `Attach`/`Detach`: the model as it now is (`injected` says what is attached).
+    Model(Box<crate::model::ModelInfo>),
+    /// From `Probe`: most-drifted forms first, then least-drifted.
+    Probes {
+        /// The run folder.
+        dir: PathBuf,
+        /// The checkpoint's step.
+        step: usize,
+        /// The first form's id.
+        base_vocab: usize,
+        /// The probes.
+        probes: Vec<Probe>,
     },
 }

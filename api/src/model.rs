@@ -115,6 +115,34 @@ pub struct ModelInfo {
     pub has_chat_template: bool,
     /// How the weights are held.
     pub weights: WeightsInfo,
+    /// An injection run's vocabulary attached to the model, if any (its forms are then tokens
+    /// of the model for every analysis).
+    #[serde(default)]
+    pub injected: Option<InjectedVocab>,
+}
+
+/// An injection run's vocabulary attached to the loaded model: form `i` is token
+/// `base_vocab + i` in prompts, predictions and generated text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectedVocab {
+    /// The run folder.
+    pub run: PathBuf,
+    /// The checkpoint's step (0: the initial rows).
+    pub step: usize,
+    /// The first form's id (the base model's vocabulary size).
+    pub base_vocab: usize,
+    /// The forms, in id order.
+    pub forms: Vec<String>,
+}
+
+impl InjectedVocab {
+    /// The form token `id` stands for, if it is one.
+    pub fn form(&self, id: u32) -> Option<&str> {
+        (id as usize)
+            .checked_sub(self.base_vocab)
+            .and_then(|i| self.forms.get(i))
+            .map(String::as_str)
+    }
 }
 
 /// The package (and version) that ships the default model.

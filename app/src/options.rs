@@ -31,6 +31,13 @@ pub struct Global {
     /// Refuse a model whose weights need more than this many GB (default: what the device has).
     #[arg(long, global = true, value_name = "GB", value_parser = positive_gb)]
     pub max_memory: Option<f64>,
+    /// An injection run whose forms become tokens of the model for this command (prompts,
+    /// predictions, generation, the lens, words).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub run: Option<PathBuf>,
+    /// The run's checkpoint step (default: the latest; 0: the initial rows).
+    #[arg(long, global = true, value_name = "STEP", requires = "run")]
+    pub run_step: Option<usize>,
     /// Print exactly one JSON object on stdout.
     #[arg(long, global = true)]
     pub json: bool,

@@ -421,6 +421,74 @@ fn inject_run_resume_report_and_embed_project_neighbors_on_a_tiny_model() {
     assert_eq!(v["hits"].as_array().unwrap().len(), 3);
     let (ok, _, err) = neoscope(&["embed", "neighbors", "--model", model, "#999999"]);
     assert!(!ok && err.contains("no token #999999"), "{err}");
+
+    // `--run`: the run's forms are tokens of the model for any command.
+    let (ok, out, err) = neoscope(&["info", "--json", "--model", model, "--run", &run]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["d_vocab"], vocab + 2);
+    assert_eq!(v["injected"]["forms"], 2);
+    assert_eq!(v["injected"]["step"], 6);
+    let with_run = |args: &[&str]| {
+        let all = [&["--json", "--model", model, "--run", &run][..], args].concat();
+        let (ok, out, err) = neoscope(&all);
+        assert!(ok, "{args:?}: {err}");
+        json(&out)
+    };
+    let v = with_run(&["tokenize", "the zinter sat"]);
+    assert!(
+        v["pieces"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(" zinter")),
+        "{v}"
+    );
+    let form_ids: Vec<u64> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .filter(|&i| i >= vocab as u64)
+        .collect();
+    assert_eq!(form_ids.len(), 1, "{v}");
+    let v = with_run(&["lens", "--target", " zinter", "the zinter sat"]);
+    assert_eq!(v["targets"][0]["id"], form_ids[0], "{v}");
+    let v = with_run(&["generate", "--max-new-tokens", "3", "the blorf"]);
+    assert!(
+        v["forms"].is_array() && v["new_ids"].as_array().unwrap().len() <= 3,
+        "{v}"
+    );
+    let v = with_run(&[
+        "inject",
+        "probe",
+        &run,
+        "--count",
+        "1",
+        "--max-new-tokens",
+        "3",
+    ]);
+    let probes = v["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 2, "{v}");
+    assert_eq!(
+        (probes[0]["end"].as_str(), probes[1]["end"].as_str()),
+        (Some("Most"), Some("Least"))
+    );
+    assert!(probes[0]["cosine"].as_f64() <= probes[1]["cosine"].as_f64());
+    // A step without a checkpoint is refused by name, listing the ones there are.
+    let (ok, _, err) = neoscope(&[
+        "generate",
+        "--model",
+        model,
+        "--run",
+        &run,
+        "--run-step",
+        "3",
+        "a",
+    ]);
+    assert!(
+        !ok && err.contains("no checkpoint at step 3") && err.contains(", 6"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -127,6 +127,7 @@ pub fn tiny_model(seed: u64, dev: &Device) -> Result<LoadedModel> {
             stored_as: "F32".into(),
             bytes: crate::model::weights::bytes_of(&llama),
         },
+        injected: None,
     };
     debug_assert_ne!(info.sha256, DEFAULT_MODEL_SHA256);
     Ok(LoadedModel {

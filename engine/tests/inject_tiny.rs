@@ -9,7 +9,7 @@ use neoscope_engine::inject::lexicon::{Affix, Morpheme};
 use neoscope_engine::inject::run;
 use neoscope_engine::inject::session::{self, Inputs};
 use neoscope_engine::inject::train::{InjectConfig, InjectEvent, Stopped};
-use neoscope_engine::inject::vocab::NewVocab;
+use neoscope_engine::inject::vocab::Forms;
 use neoscope_engine::tiny::tiny_model;
 
 fn inputs() -> Inputs {
@@ -50,7 +50,7 @@ fn cfg() -> InjectConfig {
 #[test]
 fn encoding_maps_whole_words_to_new_ids() {
     let m = tiny_model(1, &Device::Cpu).unwrap();
-    let v = NewVocab::new(vec!["blorf".into()], m.llama.cfg.vocab_size);
+    let v = Forms::new(vec!["blorf".into()], m.llama.cfg.vocab_size);
     let ids = v.encode(&m, "a blorf, blorfy blorf").unwrap();
     let new: Vec<usize> = ids
         .iter()
@@ -72,7 +72,7 @@ fn encoding_maps_whole_words_to_new_ids() {
 fn gradient_into_new_rows_matches_finite_differences() {
     let m = tiny_model(2, &Device::Cpu).unwrap();
     let d = m.llama.cfg.hidden_size;
-    let v = NewVocab::new(
+    let v = Forms::new(
         vec!["blorf".into(), "zinter".into()],
         m.llama.cfg.vocab_size,
     );

@@ -25,6 +25,8 @@ fn shipped_demo_lowers_validation_loss_and_writes_the_report() {
         force: false,
         engine: None,
         engine_token: None,
+        run: None,
+        run_step: None,
     };
     let cmd = Cmd::Inject(InjectCmd::Demo {
         out: Some(out.clone()),

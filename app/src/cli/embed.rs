@@ -20,7 +20,7 @@ use super::{call_with, emit};
 /// Embedding-space subcommands.
 #[derive(Debug, Subcommand)]
 pub enum EmbedCmd {
-    /// 2-D projection of the vocabulary (and an injection run's new rows) as CSV.
+    /// 2-D projection of the vocabulary (and the new rows of the run given with `--run`) as CSV.
     Project {
         /// Method.
         #[arg(long, value_enum, default_value_t = MethodArg::Pca)]
@@ -31,9 +31,6 @@ pub enum EmbedCmd {
         /// Only base tokens containing this text.
         #[arg(long, conflicts_with = "sample")]
         containing: Option<String>,
-        /// Include the new rows of this injection run.
-        #[arg(long)]
-        run: Option<PathBuf>,
         /// Include these saved activations (from `neoscope mfa collect`).
         #[arg(long)]
         activations: Option<PathBuf>,
@@ -50,16 +47,13 @@ pub enum EmbedCmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Nearest tokens by cosine over the whole vocabulary (and a run's new rows).
+    /// Nearest tokens by cosine over the whole vocabulary (and the new rows of `--run`).
     Neighbors {
         /// A token, form, `#id`, or arithmetic (`king - man + woman`).
         query: String,
         /// How many.
         #[arg(short, long, default_value_t = 10)]
         k: usize,
-        /// Include the new rows of this injection run.
-        #[arg(long)]
-        run: Option<PathBuf>,
     },
 }
 
@@ -105,10 +99,16 @@ fn kind_name(k: PointKind) -> &'static str {
     }
 }
 
-/// Runs an embedding-space subcommand.
-pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: EmbedCmd) -> Result<()> {
+/// Runs an embedding-space subcommand; `run` (the global `--run`) adds an injection run's new
+/// rows.
+pub fn run(
+    engine: &mut EngineHandle,
+    json_mode: bool,
+    run: Option<PathBuf>,
+    cmd: EmbedCmd,
+) -> Result<()> {
     match cmd {
-        EmbedCmd::Neighbors { query, k, run } => {
+        EmbedCmd::Neighbors { query, k } => {
             open_run(engine, run)?;
             let EmbedResult::Neighbors { hits, .. } =
                 embed_call(engine, EmbedCommand::Neighbors { query, k })?
@@ -137,7 +137,6 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: EmbedCmd) -> Result<
             method,
             sample,
             containing,
-            run,
             activations,
             no_base,
             perplexity,

@@ -1,4 +1,4 @@
-//! `neoscope inject run|resume|report|demo|generate`: vocabulary injection.
+//! `neoscope inject run|resume|report|probe|demo|generate`: vocabulary injection.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,21 @@ pub enum InjectCmd {
     Report {
         /// Run folder.
         dir: PathBuf,
+    },
+    /// Behaviour probes: greedy continuations of the forms that moved most and least, with the
+    /// run's vocabulary and by the base model.
+    Probe {
+        /// Run folder.
+        dir: PathBuf,
+        /// Checkpoint step (default: the latest; 0: the initial rows).
+        #[arg(long)]
+        step: Option<usize>,
+        /// Forms of each kind.
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+        /// Tokens per continuation.
+        #[arg(long, default_value_t = 24)]
+        max_new_tokens: usize,
     },
     /// The shipped demo: 2,000+ invented forms, compositional init, a few minutes of training.
     Demo {
@@ -353,6 +368,38 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result
                 dir: out,
             };
             train_and_report(engine, json_mode, cmd)
+        }
+        InjectCmd::Probe {
+            dir,
+            step,
+            count,
+            max_new_tokens,
+        } => {
+            let cmd = InjectCommand::Probe {
+                dir: Some(dir),
+                step,
+                count,
+                max_new_tokens,
+            };
+            let InjectResult::Probes {
+                dir, step, probes, ..
+            } = call(engine, cmd)?
+            else {
+                bail!("unexpected engine reply");
+            };
+            let mut text = format!("{} at step {step}\n", dir.display());
+            for p in &probes {
+                let _ = write!(
+                    text,
+                    "\n{} (cosine {:.3}, {:?} drift)\n  with the run: {}{}\n  base model:   {}{}\n",
+                    p.form, p.cosine, p.end, p.form, p.with_run, p.form, p.base
+                );
+            }
+            emit(
+                json_mode,
+                &json!({"dir": dir, "step": step, "probes": probes}),
+                text.trim_end(),
+            )
         }
         InjectCmd::Generate { .. } => Ok(()),
     }

@@ -3,6 +3,7 @@
 
 #![expect(clippy::print_stdout, reason = "the CLI's output goes to stdout")]
 
+use neoscope_api::inject::{InjectCommand, InjectResult};
 use neoscope_api::model::ModelResult;
 use neoscope_api::model::{CatalogModel, ModelCommand};
 use neoscope_api::text::TextCommand;
@@ -292,16 +293,26 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
             ),
         );
     }
-    let ModelResult::Loaded(info) = call(&mut engine, g.load_command())? else {
+    let ModelResult::Loaded(mut info) = call(&mut engine, g.load_command())? else {
         bail!("unexpected engine reply");
     };
+    if let Some(dir) = &g.run {
+        let cmd = InjectCommand::Attach {
+            dir: Some(dir.clone()),
+            step: g.run_step,
+        };
+        let InjectResult::Model(attached) = call(&mut engine, cmd)? else {
+            bail!("unexpected engine reply");
+        };
+        info = attached;
+    }
     match cmd {
         Cmd::Fetch { .. } | Cmd::Serve { .. } | Cmd::Scratch(_) => Ok(()),
         Cmd::Word(w) => word::run(&mut engine, g.json, w),
         Cmd::Lens(a) => lens::run(&mut engine, g.json, a),
         Cmd::Mfa(c) => mfa::run(&mut engine, g.json, info.dims.n_layers, c),
         Cmd::Inject(c) => inject::run(&mut engine, g.json, c),
-        Cmd::Embed(c) => embed::run(&mut engine, g.json, c),
+        Cmd::Embed(c) => embed::run(&mut engine, g.json, g.run.clone(), c),
         Cmd::Demo(DemoCmd::PunVsLiteral(a)) => compare::demo(&mut engine, g.json, &a),
         Cmd::Info => {
             let d = info.dims;
@@ -314,6 +325,10 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
                 "d_mlp": d.d_mlp, "n_ctx": d.n_ctx,
                 "weights_dtype": info.weights.dtype, "weights_bytes": info.weights.bytes,
                 "stored_as": info.weights.stored_as,
+                "injected": info.injected.as_ref().map(|v| json!({
+                    "run": v.run, "step": v.step, "base_vocab": v.base_vocab,
+                    "forms": v.forms.len(),
+                })),
             });
             let text = format!(
                 "{} ({}, {})\n  file     {}\n  sha256   {}\n  device   {}\n  weights  {} blocks, {} in memory (file: {})\n  d_model {}  n_layers {}  d_vocab {}  n_heads {}  n_kv_heads {}  d_head {}  d_mlp {}  n_ctx {}",
@@ -423,10 +438,29 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
                         else {
                             bail!("unexpected engine reply");
                         };
+                        // The injected forms generated, by position among the new tokens.
+                        let forms: Vec<(usize, &str)> = info
+                            .injected
+                            .as_ref()
+                            .map(|v| {
+                                let f = new_ids.iter().enumerate();
+                                f.filter_map(|(i, id)| v.form(*id).map(|f| (i, f)))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
                         if json_mode {
-                            emit(true, &json!({"new_ids": new_ids, "text": text}), "")?;
+                            let forms: Vec<_> = forms
+                                .iter()
+                                .map(|(i, f)| json!({"position": i, "form": f}))
+                                .collect();
+                            let v = json!({"new_ids": new_ids, "text": text, "forms": forms});
+                            emit(true, &v, "")?;
                         } else {
                             println!();
+                            if info.injected.is_some() {
+                                let list: Vec<&str> = forms.iter().map(|f| f.1).collect();
+                                println!("[injected forms generated: {}]", list.join(", "));
+                            }
                         }
                         return Ok(());
                     }

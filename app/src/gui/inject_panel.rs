@@ -8,7 +8,7 @@ use neoscope_api::inject::GeometryReport;
 use neoscope_api::inject::InitKind;
 use neoscope_api::inject::InjectConfig;
 use neoscope_api::inject::{InjectCommand, LexiconCounts, TextSource};
-use neoscope_api::inject::{InjectEvent, InjectResult, Stopped};
+use neoscope_api::inject::{InjectEvent, InjectResult, Probe, Stopped};
 use neoscope_api::{Command, Event, JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
@@ -61,6 +61,14 @@ pub struct InjectPanel {
     pub report: Option<(PathBuf, Box<GeometryReport>)>,
     /// File dialog in flight.
     pub dialog: Option<Pending<InjectFile>>,
+    /// Checkpoint step to attach (None: the open run's current rows).
+    pub attach_step: Option<usize>,
+    /// Forms of each kind in behaviour probes.
+    pub probe_count: usize,
+    /// Tokens per probe.
+    pub probe_tokens: usize,
+    /// The last probes: run folder, step, probes.
+    pub probes: Option<(PathBuf, usize, Vec<Probe>)>,
 }
 
 impl Default for InjectPanel {
@@ -83,6 +91,10 @@ impl Default for InjectPanel {
             status: None,
             report: None,
             dialog: None,
+            attach_step: None,
+            probe_count: 3,
+            probe_tokens: 24,
+            probes: None,
         }
     }
 }
@@ -181,6 +193,21 @@ impl Panel for InjectPanel {
                 s.notice = Some(format!("Report written to {}", html.display()));
                 self.report = Some((html, report));
             }
+            InjectResult::Model(info) => {
+                s.notice = Some(match &info.injected {
+                    Some(v) => format!(
+                        "The model's vocabulary now has {} injected forms (step {}): use them \
+                         in the Playground, Lens and Words panels",
+                        v.forms.len(),
+                        v.step
+                    ),
+                    None => "The model has its base vocabulary again".to_owned(),
+                });
+                s.model = Some(*info);
+            }
+            InjectResult::Probes {
+                dir, step, probes, ..
+            } => self.probes = Some((dir, step, probes)),
         }
     }
 
@@ -329,10 +356,92 @@ fn show(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
     }
     inputs_row(p, s, ui);
     settings_row(p, s, ui);
+    use_row(p, s, ui);
     ui.separator();
     ui.columns(2, |cols| {
         super::inject_views::curves(p, &mut cols[0]);
         super::inject_views::report_view(p, s, &mut cols[1]);
+    });
+    super::inject_views::probes_view(p, ui);
+}
+
+/// Step 3: the run's forms as tokens of the model, and behaviour probes.
+fn use_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
+    let busy = p.job.is_some();
+    let attached = s.model_info().and_then(|m| m.injected.clone());
+    ui.horizontal_wrapped(|ui| {
+        ui.strong("3. Use");
+        let mut latest = p.attach_step.is_none();
+        if ui
+            .checkbox(&mut latest, "current rows")
+            .on_hover_text("Off: choose a checkpoint step (0: the initial rows)")
+            .changed()
+        {
+            p.attach_step = if latest { None } else { Some(0) };
+        }
+        if let Some(step) = &mut p.attach_step {
+            ui.add(egui::DragValue::new(step).prefix("step "));
+        }
+        let ready = !busy && p.run.is_some();
+        if ui
+            .add_enabled(ready, egui::Button::new("Use in the model"))
+            .on_hover_text(
+                "Make the run's forms tokens of the loaded model: prompts, predictions, \
+                 generation, the Lens and the Words panel then know them",
+            )
+            .clicked()
+        {
+            let c = InjectCommand::Attach {
+                dir: None,
+                step: p.attach_step,
+            };
+            send_job(p, s, c, "attaching");
+        }
+        if ui
+            .add_enabled(
+                !busy && attached.is_some(),
+                egui::Button::new("Base vocabulary"),
+            )
+            .on_hover_text("Give the model back its own vocabulary")
+            .clicked()
+        {
+            send_job(p, s, InjectCommand::Detach, "detaching");
+        }
+        ui.add(
+            egui::DragValue::new(&mut p.probe_count)
+                .range(1..=20)
+                .prefix("probe forms "),
+        );
+        ui.add(
+            egui::DragValue::new(&mut p.probe_tokens)
+                .range(1..=128)
+                .prefix("tokens "),
+        );
+        if ui
+            .add_enabled(ready, egui::Button::new("Probe"))
+            .on_hover_text(
+                "Greedy continuations of the forms that moved most and least in training, \
+                 with the run's vocabulary and by the base model",
+            )
+            .clicked()
+        {
+            let c = InjectCommand::Probe {
+                dir: None,
+                step: p.attach_step,
+                count: p.probe_count,
+                max_new_tokens: p.probe_tokens,
+            };
+            send_job(p, s, c, "probing");
+        }
+        match &attached {
+            Some(v) => ui.label(format!(
+                "Attached: {} forms from {} at step {}",
+                v.forms.len(),
+                v.run.display(),
+                v.step
+            )),
+            None => ui.weak("The model has its base vocabulary."),
+        };
     });
 }
 

@@ -2,6 +2,7 @@
 
 use super::inject_panel::{InjectFile, InjectPanel, dialog};
 use super::panel::Shared;
+use neoscope_api::inject::DriftEnd;
 
 pub(super) fn curves(p: &mut InjectPanel, ui: &mut egui::Ui) {
     let has = !p.losses.is_empty();
@@ -122,4 +123,45 @@ pub(super) fn report_view(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui
             }
         }
     });
+}
+
+/// Behaviour probes: each form's continuation with the run's vocabulary (forms underlined)
+/// beside the base model's.
+pub(super) fn probes_view(p: &InjectPanel, ui: &mut egui::Ui) {
+    let Some((dir, step, probes)) = &p.probes else {
+        return;
+    };
+    ui.separator();
+    ui.strong(format!(
+        "Behaviour probes: {} at step {} (greedy; the prompt is the form alone)",
+        dir.display(),
+        step
+    ));
+    egui::ScrollArea::vertical()
+        .id_salt("inject_probes")
+        .max_height(260.0)
+        .show(ui, |ui| {
+            egui::Grid::new("inject_probes_grid")
+                .striped(true)
+                .num_columns(4)
+                .show(ui, |ui| {
+                    ui.strong("form");
+                    ui.strong("cosine to its start");
+                    ui.strong("with the run's vocabulary");
+                    ui.strong("base model");
+                    ui.end_row();
+                    for pr in probes {
+                        let end = match pr.end {
+                            DriftEnd::Most => "moved most",
+                            DriftEnd::Least => "moved least",
+                        };
+                        ui.label(&pr.form).on_hover_text(end);
+                        ui.label(format!("{:.3} ({end})", pr.cosine));
+                        let job = super::widgets::marked_text(ui, &pr.with_run, &pr.with_run_forms);
+                        ui.add(egui::Label::new(job).wrap());
+                        ui.add(egui::Label::new(pr.base.trim()).wrap());
+                        ui.end_row();
+                    }
+                });
+        });
 }

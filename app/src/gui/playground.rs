@@ -3,6 +3,7 @@
 
 use neoscope_api::RequestId;
 use neoscope_api::hooks::HookSpec;
+use neoscope_api::model::InjectedVocab;
 use neoscope_api::text::TextCommand;
 use neoscope_api::text::{Sampling, TokenScore};
 
@@ -32,6 +33,8 @@ pub struct Playground {
     pub top_k: usize,
     /// Generated text (streamed).
     pub output: String,
+    /// Byte ranges of an injection run's forms in `output`.
+    pub output_forms: Vec<(usize, usize)>,
     /// Number of generated tokens.
     pub new_tokens: usize,
     /// Prompt length in tokens (from the last prediction).
@@ -56,6 +59,7 @@ impl Default for Playground {
             max_new_tokens: 96,
             top_k: 10,
             output: String::new(),
+            output_forms: Vec::new(),
             new_tokens: 0,
             prompt_tokens: 0,
             top: Vec::new(),
@@ -88,8 +92,18 @@ impl Panel for Playground {
         show(self, s, ui);
     }
 
-    fn stream(&mut self, _s: &mut Shared, ev: Event) {
-        if let Event::Token { text, .. } = ev {
+    fn stream(&mut self, s: &mut Shared, ev: Event) {
+        if let Event::Token { token, text, .. } = ev {
+            let form = s
+                .model_info()
+                .and_then(|m| m.injected.as_ref())
+                .and_then(|v| v.form(token));
+            if let Some(f) = form
+                && let Some(at) = text.find(f)
+            {
+                let start = self.output.len() + at;
+                self.output_forms.push((start, start + f.len()));
+            }
             self.output.push_str(&text);
         }
     }
@@ -100,7 +114,12 @@ impl Panel for Playground {
         let JobResult::Text(r) = result else { return };
         match *r {
             TextResult::Generated { new_ids, text, .. } => {
-                self.output = text;
+                if self.output != text {
+                    // The streamed pieces differ from the whole decode (split characters):
+                    // the whole text wins, without marks.
+                    self.output = text;
+                    self.output_forms.clear();
+                }
                 self.new_tokens = new_ids.len();
             }
             TextResult::NextToken { ids, top } => {
@@ -133,6 +152,7 @@ pub fn start(p: &mut Playground, s: &mut Shared) {
         hooks: HookSpec::default(),
     };
     p.output.clear();
+    p.output_forms.clear();
     p.new_tokens = 0;
     p.predicting = s.send(next_cmd);
     p.generating = s.send(gen_cmd);
@@ -185,6 +205,26 @@ fn show(p: &mut Playground, s: &mut Shared, ui: &mut egui::Ui) {
                 }
             });
         }
+        if let Some(v) = s.model_info().and_then(|m| m.injected.as_ref()) {
+            ui.horizontal_wrapped(|ui| {
+                ui.weak(format!(
+                    "{} injected forms (run {}, step {}), e.g.:",
+                    v.forms.len(),
+                    v.run.file_name().unwrap_or_default().to_string_lossy(),
+                    v.step
+                ));
+                for f in v.forms.iter().take(8) {
+                    if ui
+                        .button(f)
+                        .on_hover_text("Insert into the prompt; generated forms are underlined")
+                        .clicked()
+                    {
+                        p.prompt.push(' ');
+                        p.prompt.push_str(f);
+                    }
+                }
+            });
+        }
         ui.horizontal(|ui| {
             let running = p.generating;
             match running {
@@ -217,12 +257,12 @@ fn show(p: &mut Playground, s: &mut Shared, ui: &mut egui::Ui) {
                     if p.output.is_empty() {
                         ui.weak("Generated text appears here as it streams.");
                     } else {
-                        ui.label(&p.output);
+                        ui.label(super::widgets::marked_text(ui, &p.output, &p.output_forms));
                     }
                 });
         });
         ui.add_space(6.0);
-        top_k_table(ui, p);
+        top_k_table(ui, p, s.model_info().and_then(|m| m.injected.as_ref()));
     });
 }
 
@@ -241,7 +281,7 @@ fn settings(p: &mut Playground, ui: &mut egui::Ui) {
     ui.add(egui::Slider::new(&mut p.top_k, 1..=50).text("top-k rows"));
 }
 
-fn top_k_table(ui: &mut egui::Ui, p: &Playground) {
+fn top_k_table(ui: &mut egui::Ui, p: &Playground, injected: Option<&InjectedVocab>) {
     ui.strong(if p.prompt_tokens > 0 {
         format!("Next token after the prompt ({} tokens)", p.prompt_tokens)
     } else {
@@ -262,7 +302,13 @@ fn top_k_table(ui: &mut egui::Ui, p: &Playground) {
             ui.strong("probability");
             ui.end_row();
             for t in &p.top {
-                ui.monospace(format!("{:?}", t.text));
+                if injected.and_then(|v| v.form(t.id)).is_some() {
+                    ui.monospace(format!("{:?}", t.text))
+                        .on_hover_text("a form of the injected vocabulary")
+                        .highlight();
+                } else {
+                    ui.monospace(format!("{:?}", t.text));
+                }
                 ui.monospace(t.id.to_string());
                 ui.monospace(format!("{:.3}", t.logit));
                 ui.add(

@@ -172,3 +172,27 @@ pub fn ragged(ui: &mut egui::Ui, text: impl Into<egui::WidgetText>) {
         ui.label(text);
     });
 }
+
+/// `text` with the byte ranges `spans` (an injection run's forms) marked.
+pub fn marked_text(ui: &egui::Ui, text: &str, spans: &[(usize, usize)]) -> egui::text::LayoutJob {
+    let style = ui.style();
+    let font = egui::TextStyle::Body.resolve(style);
+    let plain = egui::TextFormat::simple(font.clone(), style.visuals.text_color());
+    let form = egui::TextFormat {
+        underline: egui::Stroke::new(1.5, style.visuals.warn_fg_color),
+        ..egui::TextFormat::simple(font, style.visuals.warn_fg_color)
+    };
+    let mut job = egui::text::LayoutJob::default();
+    let mut at = 0;
+    for &(a, b) in spans {
+        let (Some(before), Some(marked)) = (text.get(at..a), text.get(a..b)) else {
+            continue;
+        };
+        job.append(before, 0.0, plain.clone());
+        job.append(marked, 0.0, form.clone());
+        at = b;
+    }
+    job.append(text.get(at..).unwrap_or_default(), 0.0, plain);
+    job.wrap.max_width = ui.available_width();
+    job
+}

@@ -2,6 +2,7 @@
 //! kept apart from the base matrix and tied to the output, initialised compositionally or
 //! spherically, trained alone on a corpus, then described by a geometry report.
 
+pub mod attach;
 pub mod forward;
 pub mod html;
 pub mod init;

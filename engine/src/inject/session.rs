@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use super::lexicon::{Morpheme, sort_forms};
 use super::run::{self, RunMeta};
 use super::train::{self, Blocks, InjectConfig, InjectEvent, Stopped, TrainHooks, TrainState};
-use super::vocab::{NewVocab, initial_rows};
+use super::vocab::{Forms, initial_rows};
 use crate::artifact::BaseModel;
 use crate::error::{EngineError, Result};
 use crate::model::LoadedModel;
@@ -33,7 +33,7 @@ pub struct Session {
     /// `run.json`.
     pub meta: RunMeta,
     /// The new forms.
-    pub vocab: NewVocab,
+    pub vocab: Forms,
     /// Rows before training (n_new, d).
     pub init: Tensor,
     /// Train/validation blocks.
@@ -64,7 +64,7 @@ pub fn start(m: &LoadedModel, inputs: &Inputs, cfg: &InjectConfig, dir: &Path) -
             "compositional initialisation needs a morpheme table (or choose spherical)".into(),
         ));
     }
-    let vocab = NewVocab::new(sorted.new, m.llama.cfg.vocab_size);
+    let vocab = Forms::new(sorted.new, m.llama.cfg.vocab_size);
     let (rows, inits) = initial_rows(m, &vocab, &inputs.morphemes, cfg.init, cfg.seed)?;
     let d = m.llama.cfg.hidden_size;
     let init = Tensor::from_vec(rows, (vocab.len(), d), m.llama.device())?;
@@ -103,7 +103,7 @@ pub fn start(m: &LoadedModel, inputs: &Inputs, cfg: &InjectConfig, dir: &Path) -
 /// Opens the run in `dir` for the loaded model.
 pub fn open(m: &LoadedModel, dir: &Path) -> Result<Session> {
     let (meta, init, blocks) = run::open(dir, &BaseModel::of(&m.info), m.llama.device())?;
-    let vocab = NewVocab::new(meta.forms.clone(), m.llama.cfg.vocab_size);
+    let vocab = Forms::new(meta.forms.clone(), m.llama.cfg.vocab_size);
     // Every token id must be a base token or one of the run's new forms.
     let limit = m.llama.cfg.vocab_size + meta.forms.len();
     if let Some(id) = blocks

@@ -1,9 +1,5 @@
-//! The injected vocabulary: forms with ids after the base vocabulary, text encoding that maps
-//! each form (as a whole word) to its id, and the initial rows.
-//!
-//! A form has one id, used wherever the form stands as a word; the space before it belongs to
-//! it (as `Ġword` tokens do in the base vocabulary). Words are maximal runs of characters that
-//! are neither whitespace nor ASCII punctuation; case matters.
+//! The injected vocabulary (`tokenizer::forms`: each form, as a whole word, one id after the
+//! base vocabulary) read against the loaded model, and the initial rows.
 
 use std::collections::HashMap;
 
@@ -15,96 +11,27 @@ use super::lexicon::{Affix, Morpheme};
 use crate::error::{EngineError, Result};
 use crate::model::LoadedModel;
 use crate::sampling::normal_vec;
+pub use crate::tokenizer::forms::Forms;
 
-/// Injected forms and their ids.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewVocab {
-    /// The forms; form `i` has id `base + i`.
-    pub forms: Vec<String>,
-    /// Size of the base vocabulary (first new id).
-    pub base: usize,
-    index: HashMap<String, usize>,
-}
-
-fn is_word_char(c: char) -> bool {
-    !c.is_whitespace() && !c.is_ascii_punctuation()
-}
-
-impl NewVocab {
-    /// A vocabulary of `forms` after `base` base ids.
-    pub fn new(forms: Vec<String>, base: usize) -> Self {
-        let index = forms
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.clone(), i))
-            .collect();
-        Self { forms, base, index }
-    }
-
-    /// Number of new forms.
-    pub fn len(&self) -> usize {
-        self.forms.len()
-    }
-
-    /// Whether there are no forms.
-    pub fn is_empty(&self) -> bool {
-        self.forms.is_empty()
-    }
-
-    /// Id of form `i`.
-    pub fn id(&self, i: usize) -> u32 {
-        u32::try_from(self.base + i).unwrap_or(u32::MAX)
-    }
-
-    /// Index of a form, if it is one.
-    pub fn find(&self, form: &str) -> Option<usize> {
-        self.index.get(form).copied()
-    }
-
+impl Forms {
     /// Text of any id: a base token's piece or a new form (with its space).
     pub fn text(&self, m: &LoadedModel, id: u32) -> String {
-        let i = id as usize;
-        if i >= self.base {
-            self.forms
-                .get(i - self.base)
-                .map_or_else(|| format!("<{id}>"), |f| format!(" {f}"))
-        } else {
-            m.tokenizer.piece(id)
+        match self.form_of(id) {
+            Some(f) => format!(" {f}"),
+            None if id as usize >= self.base => format!("<{id}>"),
+            None => m.tokenizer.piece(id),
         }
     }
 
-    /// Encodes `text`: forms become their ids, the rest goes through the base tokenizer.
+    /// Encodes `text` with the base tokenizer and these forms.
     pub fn encode(&self, m: &LoadedModel, text: &str) -> Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        let mut plain_start = 0;
-        let mut chars = text.char_indices().peekable();
-        while let Some((start, c)) = chars.next() {
-            if !is_word_char(c) {
-                continue;
-            }
-            let mut end = start + c.len_utf8();
-            while let Some((i, c)) = chars.peek().copied() {
-                if !is_word_char(c) {
-                    break;
-                }
-                end = i + c.len_utf8();
-                chars.next();
-            }
-            let Some(fi) = self.find(&text[start..end]) else {
-                continue;
-            };
-            let before = &text[plain_start..start];
-            let before = before.strip_suffix(' ').unwrap_or(before);
-            if !before.is_empty() {
-                ids.extend(m.tokenizer.encode(before)?);
-            }
-            ids.push(self.id(fi));
-            plain_start = end;
+        if m.tokenizer.forms().is_some() {
+            return Err(EngineError::Invalid(
+                "internal: an injection run's text was encoded with a run's vocabulary attached"
+                    .into(),
+            ));
         }
-        if plain_start < text.len() {
-            ids.extend(m.tokenizer.encode(&text[plain_start..])?);
-        }
-        Ok(ids)
+        self.encode_with(text, &mut |t| m.tokenizer.encode(t))
     }
 }
 
@@ -156,7 +83,7 @@ pub fn embedding_std(m: &LoadedModel) -> Result<f32> {
 /// Initial rows (n_new × d, row-major) for `vocab`, and how each was made; seeded.
 pub fn initial_rows(
     m: &LoadedModel,
-    vocab: &NewVocab,
+    vocab: &Forms,
     morphemes: &[Morpheme],
     kind: InitKind,
     seed: u64,

@@ -125,6 +125,7 @@ pub(super) fn finish(
         device: device_name(dev),
         has_chat_template: tokenizer.has_chat_template(),
         weights,
+        injected: None,
     };
     Ok(LoadedModel {
         llama,

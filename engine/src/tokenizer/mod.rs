@@ -2,10 +2,12 @@
 //! SentencePiece vocabulary: `spm`) or read from a Hugging Face `tokenizer.json`, plus
 //! chat-template rendering.
 
+pub mod forms;
 mod spm;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{EngineError, Result};
+pub use forms::Forms;
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +51,8 @@ pub struct ModelTokenizer {
     pub bos_id: Option<u32>,
     /// Whether a prompt starts with the beginning-of-sequence token (Gemma).
     pub add_bos: bool,
+    /// An injection run's forms, when its vocabulary is attached to the model.
+    forms: Option<Arc<Forms>>,
 }
 
 impl std::fmt::Debug for ModelTokenizer {
@@ -221,6 +226,7 @@ impl ModelTokenizer {
                 .get("tokenizer.ggml.add_bos_token")
                 .and_then(|v| v.to_bool().ok())
                 .unwrap_or(false),
+            forms: None,
         })
     }
 
@@ -259,6 +265,7 @@ impl ModelTokenizer {
                     .and_then(serde_json::Value::as_bool)
                     .unwrap_or(false),
             bos_id,
+            forms: None,
         })
     }
 
@@ -270,6 +277,7 @@ impl ModelTokenizer {
             eos_id,
             bos_id: None,
             add_bos: false,
+            forms: None,
         }
     }
 
@@ -278,13 +286,31 @@ impl ModelTokenizer {
         &self.inner
     }
 
-    /// Number of ids, added tokens included.
+    /// Number of ids, added tokens and attached forms included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.inner.get_vocab_size(true) + self.forms.as_ref().map_or(0, |f| f.len())
     }
 
-    /// Token ids of `text`; no BOS/EOS is added, special tokens written in the text are matched.
+    /// The attached forms (ids after the base vocabulary), if any.
+    pub fn forms(&self) -> Option<&Forms> {
+        self.forms.as_deref()
+    }
+
+    /// Attaches `forms` (their ids must follow the base vocabulary), or detaches with `None`.
+    pub fn set_forms(&mut self, forms: Option<Arc<Forms>>) {
+        self.forms = forms;
+    }
+
+    /// Token ids of `text`; no BOS/EOS is added, special tokens written in the text are matched;
+    /// attached forms, as whole words, are their own ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match &self.forms {
+            Some(f) => f.encode_with(text, &mut |t| self.encode_base(t)),
+            None => self.encode_base(text),
+        }
+    }
+
+    fn encode_base(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self
             .inner
             .encode(text, false)
@@ -293,14 +319,27 @@ impl ModelTokenizer {
             .to_vec())
     }
 
-    /// Text of `ids`, special tokens included.
+    /// Text of `ids`, special tokens and attached forms included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(tok_err)
+        let base = |ids: &[u32]| self.inner.decode(ids, false).map_err(tok_err);
+        match &self.forms {
+            Some(f) => f.decode_with(ids, &mut |ids| base(ids)),
+            None => base(ids),
+        }
+    }
+
+    /// Text of `ids` and the byte range of each attached form in it (none without forms).
+    pub fn decode_marked(&self, ids: &[u32]) -> Result<(String, Vec<(usize, usize)>)> {
+        let base = |ids: &[u32]| self.inner.decode(ids, false).map_err(tok_err);
+        match &self.forms {
+            Some(f) => f.decode_marked(ids, &mut |ids| base(ids)),
+            None => Ok((base(ids)?, Vec::new())),
+        }
     }
 
     /// The readable text of one token (bytes decoded; invalid UTF-8 shown as U+FFFD).
     pub fn piece(&self, id: u32) -> String {
-        self.inner.decode(&[id], false).unwrap_or_default()
+        self.decode(&[id]).unwrap_or_default()
     }
 
     /// Whether the model has a chat template.

@@ -19,20 +19,20 @@ use crate::inject::lexicon::{Affix, parse_lexicon, parse_morphemes, sort_forms};
 use crate::inject::report;
 use crate::inject::session::{self, Inputs, Session};
 use crate::inject::train::{InjectEvent, Stopped, TrainState};
-use crate::inject::vocab::NewVocab;
+use crate::inject::vocab::Forms;
 use crate::words::analysis::{arithmetic_with, term_vector};
 
 /// The open injection run.
 pub(super) struct OpenRun {
-    dir: PathBuf,
-    session: Session,
-    state: TrainState,
+    pub(super) dir: PathBuf,
+    pub(super) session: Session,
+    pub(super) state: TrainState,
 }
 
 /// What the engine thread holds for the embedding space.
 #[derive(Default)]
 pub(super) struct InjectState {
-    run: Option<OpenRun>,
+    pub(super) run: Option<OpenRun>,
     /// Search index over base + new rows, rebuilt when the rows change.
     index: Option<CosineIndex>,
 }
@@ -122,6 +122,26 @@ impl Worker {
 
     pub(super) fn execute_inject(&mut self, job: &Job, cmd: InjectCommand) -> Result<InjectResult> {
         match cmd {
+            InjectCommand::Attach { dir, step } => self.attach_run(dir, step),
+            InjectCommand::Detach => self.detach_run(),
+            InjectCommand::Probe {
+                dir,
+                step,
+                count,
+                max_new_tokens,
+            } => self.probe(job, dir, step, count, max_new_tokens),
+            other => self.on_base(|w| w.execute_on_base(job, other)),
+        }
+    }
+
+    /// The commands that work on a run's rows apart from the base model.
+    fn execute_on_base(&mut self, job: &Job, cmd: InjectCommand) -> Result<InjectResult> {
+        match cmd {
+            InjectCommand::Attach { .. } | InjectCommand::Detach | InjectCommand::Probe { .. } => {
+                Err(EngineError::Invalid(
+                    "internal: attach, detach and probes are not base-model commands".into(),
+                ))
+            }
             InjectCommand::Inspect {
                 lexicon,
                 morphemes,
@@ -130,7 +150,7 @@ impl Worker {
                 let m = self.model()?;
                 let inputs = Self::inputs(&lexicon, morphemes.as_ref(), &corpus)?;
                 let sorted = sort_forms(&m.tokenizer, &inputs.forms)?;
-                let vocab = NewVocab::new(sorted.new.clone(), m.llama.cfg.vocab_size);
+                let vocab = Forms::new(sorted.new.clone(), m.llama.cfg.vocab_size);
                 let ids = vocab.encode(m, &inputs.corpus)?;
                 let mut seen = vec![false; vocab.len()];
                 let mut uses = 0;
@@ -282,6 +302,10 @@ impl Worker {
     }
 
     pub(super) fn execute_embed(&mut self, job: &Job, cmd: EmbedCommand) -> Result<EmbedResult> {
+        self.on_base(|w| w.execute_embed_on_base(job, cmd))
+    }
+
+    fn execute_embed_on_base(&mut self, job: &Job, cmd: EmbedCommand) -> Result<EmbedResult> {
         match cmd {
             EmbedCommand::Neighbors { query, k } => {
                 let d = self.model()?.llama.cfg.hidden_size;

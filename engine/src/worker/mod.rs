@@ -29,6 +29,7 @@ mod job;
 mod lens;
 mod mfa;
 mod scratch;
+mod vocab;
 mod words;
 
 pub use handle::EngineHandle;
@@ -113,6 +114,8 @@ struct Worker {
     mfa: mfa::MfaState,
     /// The open injection run.
     inject: inject::InjectState,
+    /// A run's vocabulary attached to the model.
+    attached: Option<crate::inject::attach::Attached>,
 }
 
 /// What a panic inside a job carried, in words.
@@ -134,6 +137,7 @@ impl Worker {
             tuned: None,
             mfa: mfa::MfaState::default(),
             inject: inject::InjectState::default(),
+            attached: None,
         }
     }
 
@@ -239,6 +243,8 @@ impl Worker {
             let (opts, dev) = (self.opts.clone(), self.dev.clone());
             *self = Self::new(opts, dev);
         }
+        // The new model object has its base vocabulary.
+        self.attached = None;
         self.model = Some(m);
         Ok(ModelResult::Loaded(Box::new(info)))
     }
