@@ -2,81 +2,17 @@
 //! saved as a Hugging Face folder is loaded through the real engine thread and the Model panel,
 //! then the Playground generates and shows the next-token table.
 
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+mod common;
 
-use std::time::{Duration, Instant};
+use common::ui::{harness, loaded_tiny, settle, settle_ok};
 
 use candle_core::Device;
-use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use neoscope::gui::scratch_panel::{CorpusChoice, ScratchPanel};
-use neoscope::gui::{
-    EmbedPanel, InjectPanel, LensPanel, MfaPanel, ModelPanel, NeoApp, Playground, WordsPanel,
-};
+use neoscope::gui::{LensPanel, MfaPanel, ModelPanel, Playground, WordsPanel};
 use neoscope_api::scratch::{ScratchArch, ScratchResult};
 use neoscope_engine::model::save_hf_dir;
 use neoscope_engine::tiny::tiny_model;
-use neoscope_engine::worker::{DeviceChoice, EngineOptions};
-
-/// `model_text`: the test shows model output, which can hold characters no bundled font draws
-/// (tofu is then the honest rendering); otherwise every glyph of the app's own text must exist.
-fn harness(dir: &std::path::Path, model_text: bool) -> Harness<'static, NeoApp> {
-    let opts = EngineOptions {
-        model_dir: dir.join("cache"),
-        python: "python3".into(),
-        device: DeviceChoice::Cpu,
-    };
-    let app = NeoApp::new(opts, std::sync::Arc::new(|| {}));
-    let mut b = Harness::builder().with_size([1000.0, 700.0]);
-    if model_text {
-        b = b.allow_missing_glyphs();
-    }
-    b.build_ui_state(
-        |ui, app: &mut NeoApp| {
-            app.poll(ui.ctx());
-            app.draw(ui);
-        },
-        app,
-    )
-}
-
-/// Steps frames until the app has no request outstanding.
-fn settle(h: &mut Harness<'static, NeoApp>) {
-    let start = Instant::now();
-    h.step();
-    while h.state().busy() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "engine did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-        h.step();
-    }
-    h.step();
-}
-
-/// `settle`, then no error may be showing.
-fn settle_ok(h: &mut Harness<'static, NeoApp>) {
-    settle(h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
-}
-
-/// A harness whose engine has loaded a tiny model (seed `seed`) through the Model panel.
-fn loaded_tiny(seed: u64, dir: &std::path::Path) -> Harness<'static, NeoApp> {
-    let model_dir = dir.join("tiny");
-    let m = tiny_model(seed, &Device::Cpu).unwrap();
-    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
-    let mut h = harness(dir, true);
-    h.state_mut().panel_mut::<ModelPanel>().path_input = model_dir.display().to_string();
-    h.step();
-    h.get_by_label("Load").click();
-    settle(&mut h);
-    h
-}
 
 #[test]
 fn load_a_model_by_path_then_generate_in_the_playground() {
@@ -339,153 +275,6 @@ fn mfa_panel_collects_fits_lists_components_and_steers() {
             .components,
     );
     assert_eq!(csv.lines().count(), 7);
-}
-
-#[test]
-fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = loaded_tiny(9, dir.path());
-    h.get_by_label("Injection").click();
-    h.step();
-    let run = dir.path().join("run");
-    {
-        let p = h.state_mut().panel_mut::<InjectPanel>();
-        p.dir = run.display().to_string();
-        p.config.steps = 6;
-        p.config.eval_every = 3;
-        p.config.checkpoint_every = 2;
-        p.config.block_len = 32;
-        p.config.max_val_blocks = 4;
-    }
-    h.step();
-    // The shipped demo inputs: 2,000 forms, all new to the tiny byte-level vocabulary.
-    h.get_by_label("Count").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
-    let c = h.state().panel::<InjectPanel>().counts.clone().unwrap();
-    assert_eq!(c.forms, 2000);
-    assert_eq!(c.new + c.known, 2000);
-    assert_eq!(c.forms_in_corpus, c.new);
-    assert_eq!(c.morphemes, Some((24, 24)));
-    h.get_by_label("Train").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
-    let p = h.state().panel::<InjectPanel>();
-    assert_eq!(p.losses.len(), 6);
-    assert_eq!(p.val.iter().map(|v| v.0).collect::<Vec<_>>(), vec![0, 3, 6]);
-    assert!(
-        p.status.as_ref().unwrap().starts_with("Done"),
-        "{:?}",
-        p.status
-    );
-    // Resume to more steps continues from the last checkpoint.
-    h.state_mut().panel_mut::<InjectPanel>().config.steps = 8;
-    h.step();
-    h.get_by_label("Resume").click();
-    settle(&mut h);
-    assert_eq!(h.state().panel::<InjectPanel>().losses.len(), 8);
-    h.get_by_label("Write report").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
-    let (html, r) = h.state().panel::<InjectPanel>().report.clone().unwrap();
-    assert!(html.exists() && r.drift.base_identical);
-    assert_eq!(r.steps, 8);
-
-    // The Embeddings panel projects base + new rows, finds a form and lists neighbours.
-    h.get_by_label("Embeddings").click();
-    h.step();
-    h.get_by_label("Project").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
-    let proj = h.state().panel::<EmbedPanel>().projection.clone().unwrap();
-    let n_new = proj
-        .kinds
-        .iter()
-        .filter(|k| **k == neoscope_engine::embed::project::PointKind::New)
-        .count();
-    assert_eq!(n_new, c.new);
-    assert_eq!(
-        proj.points.len(),
-        h.state().shared.model_info().unwrap().dims.d_vocab + c.new
-    );
-    let form = r.neighbors[0].form.clone();
-    h.state_mut().panel_mut::<EmbedPanel>().search = form.clone();
-    h.step();
-    h.get_by_label("Find").click();
-    settle(&mut h);
-    let sel = h.state().panel::<EmbedPanel>().selected.unwrap();
-    assert_eq!(proj.labels[sel].trim(), form);
-    let (_, hits) = h.state().panel::<EmbedPanel>().neighbors.clone().unwrap();
-    assert_eq!(hits[0].text.trim(), form); // a row is its own nearest neighbour
-    assert!((hits[0].cosine - 1.0).abs() < 1e-4);
-    h.state_mut().panel_mut::<EmbedPanel>().query = format!("{form} - the + an");
-    h.step();
-    h.get_by_label("Nearest").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
-    assert_eq!(
-        h.state()
-            .panel::<EmbedPanel>()
-            .neighbors
-            .as_ref()
-            .unwrap()
-            .1
-            .len(),
-        12
-    );
-    let csv = neoscope::gui::inject_panel::curves_csv(h.state().panel::<InjectPanel>());
-    assert_eq!(csv.lines().count(), 1 + 9, "{csv}"); // steps 0..=8 (0: validation only)
-
-    // Activations collected in the MFA panel can be projected on their own.
-    h.get_by_label("MFA").click();
-    h.step();
-    h.state_mut().panel_mut::<MfaPanel>().max = 300;
-    h.step();
-    h.get_by_label("Collect").click();
-    settle(&mut h);
-    h.get_by_label("Embeddings").click();
-    h.step();
-    {
-        let p = h.state_mut().panel_mut::<EmbedPanel>();
-        p.base = neoscope::gui::embed_panel::BaseChoice::Nothing;
-        p.include_new = false;
-        p.include_activations = true;
-    }
-    h.step();
-    h.get_by_label("Project").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
-    let proj = h.state().panel::<EmbedPanel>().projection.clone().unwrap();
-    assert_eq!(proj.points.len(), 300);
-    assert!(
-        proj.kinds
-            .iter()
-            .all(|k| *k == neoscope_engine::embed::project::PointKind::Activation)
-    );
 }
 
 /// The From scratch panel end to end (tiny settings, the shipped corpus): train with live

@@ -4,6 +4,8 @@
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+pub mod ui;
+
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
