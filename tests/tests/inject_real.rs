@@ -2,6 +2,8 @@
 //! code path (`neoscope inject demo`): 2,000 invented forms injected with compositional init,
 //! trained for the demo's steps on the shipped corpus; validation loss on held-out blocks must
 //! fall, the base matrix must be unchanged, and the report must be written as JSON and HTML.
+//! Then the run is used as a user would in the app: its forms attached to the model, generated
+//! and marked in the Playground, followed as a Lens target, probed beside the base model.
 
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
@@ -10,6 +12,11 @@ mod common;
 use neoscope::assets::DEMO_STEPS;
 use neoscope::cli::inject::InjectCmd;
 use neoscope::cli::{Cmd, DeviceArg, Global};
+use neoscope::gui::{InjectPanel, LensPanel, Playground};
+use std::time::Duration;
+
+use common::settle;
+use egui_kittest::kittest::Queryable;
 
 #[test]
 fn shipped_demo_lowers_validation_loss_and_writes_the_report() {
@@ -61,7 +68,91 @@ fn shipped_demo_lowers_validation_loss_and_writes_the_report() {
     );
     // Checkpoints of the run are there to resume from.
     assert!(out.join("checkpoints").read_dir().unwrap().count() >= 1);
+    the_run_in_use_as_a_user_would(&out);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The trained run's forms used in the app: the Playground writes and marks them, the Lens
+/// follows one as its target, the probes set the run beside the base model (screenshots of
+/// each).
+fn the_run_in_use_as_a_user_would(run: &std::path::Path) {
+    let mut h = common::loaded_app();
+    let base_vocab = h.state().shared.model_info().unwrap().dims.d_vocab;
+    h.get_by_label("Injection").click();
+    h.step();
+    h.state_mut().panel_mut::<InjectPanel>().run = Some(run.to_path_buf());
+    h.step();
+    h.get_by_label("Use in the model").click();
+    settle(&mut h, Duration::from_secs(120));
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    let v = h
+        .state()
+        .shared
+        .model_info()
+        .unwrap()
+        .injected
+        .clone()
+        .unwrap();
+    assert_eq!((v.step, v.base_vocab), (DEMO_STEPS, base_vocab));
+    h.state_mut().panel_mut::<InjectPanel>().probe_tokens = 16;
+    h.step();
+    h.get_by_label("Probe").click();
+    settle(&mut h, Duration::from_secs(300));
+    let (_, _, probes) = h.state().panel::<InjectPanel>().probes.clone().unwrap();
+    assert_eq!(probes.len(), 6);
+    assert!(probes[0].cosine < probes[5].cosine);
+    for p in &probes {
+        eprintln!(
+            "probe {} ({:.3}): run `{}` | base `{}`",
+            p.form, p.cosine, p.with_run, p.base
+        );
+    }
+    common::save(&mut h, "injection_probes.png");
+
+    // The Playground: sentences like the corpus's; the model writes forms of the run.
+    h.get_by_label("Playground").click();
+    h.step();
+    {
+        let p = h.state_mut().panel_mut::<Playground>();
+        p.chat = false;
+        p.prompt = "Every pregarden needs a garden. A subbee is a kind of bee. The".into();
+        p.max_new_tokens = 40;
+    }
+    h.step();
+    h.get_by_label("Generate").click();
+    settle(&mut h, Duration::from_secs(120));
+    let p = h.state().panel::<Playground>();
+    eprintln!("generated with the run's forms: {}", p.output);
+    assert!(
+        !p.output_forms.is_empty(),
+        "no form generated: {}",
+        p.output
+    );
+    for &(a, b) in &p.output_forms {
+        assert!(v.forms.iter().any(|f| f == &p.output[a..b]));
+    }
+    common::save(&mut h, "playground_injected.png");
+
+    // The Lens: a form as the target, one token.
+    h.get_by_label("Lens").click();
+    h.step();
+    {
+        let l = h.state_mut().panel_mut::<LensPanel>();
+        l.prompts = "A pregarden is a kind of garden. Every".into();
+        l.target = " pregarden".into();
+    }
+    h.step();
+    h.get_by_label("Run lens").click();
+    settle(&mut h, Duration::from_secs(120));
+    let r = h.state().panel::<LensPanel>().results[0].clone();
+    let i = v.forms.iter().position(|f| f == "pregarden").unwrap();
+    assert_eq!(r.targets[0].id as usize, base_vocab + i);
+    assert!(r.targets[0].note.is_none());
+    common::save(&mut h, "lens_injected.png");
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

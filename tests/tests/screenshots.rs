@@ -1,53 +1,16 @@
 //! Screenshots of the real app with the real default model loaded, rendered headless through
 //! wgpu (lavapipe software rendering) into `screenshots/`. The README shows them.
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
 
-use common::{save, settle};
+use common::{loaded_app, save, settle};
 
-use neoscope_api::model::ModelCommand;
 use std::time::{Duration, Instant};
 
-use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use neoscope::gui::{
-    ComparePanel, EmbedPanel, InjectPanel, LensPanel, MfaPanel, ModelPanel, NeoApp, Playground,
-    WordsPanel,
+    ComparePanel, EmbedPanel, InjectPanel, LensPanel, MfaPanel, ModelPanel, Playground, WordsPanel,
 };
-use neoscope_engine::worker::{DeviceChoice, EngineOptions};
-
-/// The app rendered through wgpu with the real default model loaded.
-fn loaded_app() -> Harness<'static, NeoApp> {
-    let model_path = common::default_model_path();
-    let opts = EngineOptions {
-        model_dir: model_path.parent().unwrap().to_path_buf(),
-        python: "python3".into(),
-        device: DeviceChoice::Cpu,
-    };
-    let mut app = NeoApp::new(opts, std::sync::Arc::new(|| {}));
-    app.send_as::<ModelPanel>(ModelCommand::LoadDefault {
-        options: neoscope_api::model::LoadOptions::default(),
-    });
-    let mut h = Harness::builder()
-        .with_size([1100.0, 720.0])
-        .wgpu()
-        .allow_missing_glyphs()
-        .build_ui_state(
-            |ui, app: &mut NeoApp| {
-                app.poll(ui.ctx());
-                app.draw(ui);
-            },
-            app,
-        );
-    settle(&mut h, Duration::from_secs(120));
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
-    h
-}
 
 #[test]
 fn model_and_playground_panels_with_the_real_model() {

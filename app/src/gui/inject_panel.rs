@@ -392,7 +392,7 @@ fn use_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
             .clicked()
         {
             let c = InjectCommand::Attach {
-                dir: None,
+                dir: p.run.clone(),
                 step: p.attach_step,
             };
             send_job(p, s, c, "attaching");
@@ -426,7 +426,7 @@ fn use_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
             .clicked()
         {
             let c = InjectCommand::Probe {
-                dir: None,
+                dir: p.run.clone(),
                 step: p.attach_step,
                 count: p.probe_count,
                 max_new_tokens: p.probe_tokens,

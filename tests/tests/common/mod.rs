@@ -31,6 +31,40 @@ pub fn model() -> &'static LoadedModel {
     })
 }
 
+/// The app rendered through wgpu with the real default model loaded.
+pub fn loaded_app() -> egui_kittest::Harness<'static, neoscope::gui::NeoApp> {
+    let model_path = default_model_path();
+    let opts = neoscope_engine::worker::EngineOptions {
+        model_dir: model_path
+            .parent()
+            .map_or_else(model_cache_dir, std::path::Path::to_path_buf),
+        python: "python3".into(),
+        device: neoscope_engine::worker::DeviceChoice::Cpu,
+    };
+    let mut app = neoscope::gui::NeoApp::new(opts, std::sync::Arc::new(|| {}));
+    app.send_as::<neoscope::gui::ModelPanel>(neoscope_api::model::ModelCommand::LoadDefault {
+        options: neoscope_api::model::LoadOptions::default(),
+    });
+    let mut h = egui_kittest::Harness::builder()
+        .with_size([1100.0, 720.0])
+        .wgpu()
+        .allow_missing_glyphs()
+        .build_ui_state(
+            |ui, app: &mut neoscope::gui::NeoApp| {
+                app.poll(ui.ctx());
+                app.draw(ui);
+            },
+            app,
+        );
+    settle(&mut h, std::time::Duration::from_secs(120));
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    h
+}
+
 /// Largest absolute difference of two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
