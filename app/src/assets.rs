@@ -88,3 +88,73 @@ pub fn demo_config(steps: usize) -> neoscope_api::inject::InjectConfig {
         ..neoscope_api::inject::InjectConfig::default()
     }
 }
+
+/// The Shakespeare demo's lexicon: words of Shakespeare's works that the tokenizer splits into
+/// at least `SHAKESPEARE_MIN_PIECES` tokens and that occur at least `SHAKESPEARE_MIN_COUNT`
+/// times, the `SHAKESPEARE_FORMS` most frequent.
+pub const SHAKESPEARE_MIN_PIECES: usize = 2;
+/// See [`SHAKESPEARE_MIN_PIECES`].
+pub const SHAKESPEARE_MIN_COUNT: usize = 5;
+/// See [`SHAKESPEARE_MIN_PIECES`].
+pub const SHAKESPEARE_FORMS: usize = 2000;
+/// Training steps of the Shakespeare demo: under 10 minutes on 2 cores with the extraction.
+pub const SHAKESPEARE_STEPS: usize = 120;
+
+/// The lexicon extraction of the Shakespeare demo.
+pub fn shakespeare_lexicon_command() -> neoscope_api::inject::InjectCommand {
+    neoscope_api::inject::InjectCommand::Lexicon {
+        corpus: vec![neoscope_api::inject::TextSource::Shakespeare],
+        min_pieces: SHAKESPEARE_MIN_PIECES,
+        min_count: SHAKESPEARE_MIN_COUNT,
+        limit: Some(SHAKESPEARE_FORMS),
+    }
+}
+
+/// The Shakespeare demo's lexicon (from the extracted `entries`), corpus and settings: the
+/// demo's settings with the lexicon appended to the training text, as the Wake2Vec seed does.
+pub fn shakespeare_demo(
+    entries: &[neoscope_api::inject::LexiconEntry],
+    steps: usize,
+) -> (
+    neoscope_api::inject::TextSource,
+    Vec<neoscope_api::inject::TextSource>,
+    neoscope_api::inject::InjectConfig,
+) {
+    use neoscope_api::inject::TextSource;
+    let lexicon = TextSource::Text {
+        name: format!(
+            "{} words extracted from Shakespeare (at least {SHAKESPEARE_MIN_PIECES} tokens, \
+             {SHAKESPEARE_MIN_COUNT} occurrences)",
+            entries.len()
+        ),
+        text: entries.iter().map(|e| format!("{}\n", e.form)).collect(),
+    };
+    let config = neoscope_api::inject::InjectConfig {
+        append_lexicon: true,
+        ..demo_config(steps)
+    };
+    (lexicon, vec![TextSource::Shakespeare], config)
+}
+
+/// A lexicon file: a header naming the source and thresholds, then one form per line with its
+/// count and pieces as a comment-free table the lexicon reader accepts (`form` alone per line,
+/// counts in `#` lines above).
+pub fn lexicon_file(
+    sources: &[String],
+    min_pieces: usize,
+    min_count: usize,
+    entries: &[neoscope_api::inject::LexiconEntry],
+) -> String {
+    let mut s = format!(
+        "# lexicon extracted by neoscope from {}\n# words of at least {min_pieces} tokens \
+         occurring at least {min_count} times, most frequent first\n# count pieces form\n",
+        sources.join(", ")
+    );
+    for e in entries {
+        s.push_str(&format!(
+            "# {} {} {}\n{}\n",
+            e.count, e.pieces, e.form, e.form
+        ));
+    }
+    s
+}

@@ -474,6 +474,49 @@ fn inject_run_resume_report_and_embed_project_neighbors_on_a_tiny_model() {
         (Some("Most"), Some("Least"))
     );
     assert!(probes[0]["cosine"].as_f64() <= probes[1]["cosine"].as_f64());
+    // Lexicon extraction: split words seen often enough, written as a lexicon file that a run
+    // takes (appended to the training text).
+    let lex2 = p("extracted.txt");
+    let v = with_run(&[
+        "inject",
+        "lexicon",
+        "--corpus",
+        &p("corpus.txt"),
+        "--min-count",
+        "3",
+        "--out",
+        &lex2,
+    ]);
+    let forms: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["form"].as_str().unwrap())
+        .collect();
+    assert!(forms.contains(&"blorf") && forms.contains(&"zinter"), "{v}");
+    assert_eq!(v["entries"][0]["count"], 80, "{v}"); // `sat`, `near`, `cat`: 80 each
+    let (ok, out, err) = neoscope(&[
+        "inject",
+        "run",
+        "--json",
+        "--model",
+        model,
+        "--lexicon",
+        &lex2,
+        "--corpus",
+        &p("corpus.txt"),
+        "--init",
+        "spherical",
+        "--out",
+        &p("run3"),
+        "--block-len",
+        "16",
+        "--steps",
+        "2",
+        "--append-lexicon",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["report"]["n_new"], forms.len());
     // A step without a checkpoint is refused by name, listing the ones there are.
     let (ok, _, err) = neoscope(&[
         "generate",

@@ -258,3 +258,48 @@ fn run_forms_in_the_playground_and_lens_then_probes_and_detach() {
     assert!(info.injected.is_none());
     assert_eq!(info.dims.d_vocab, base_vocab);
 }
+
+/// Lexicon extraction from a corpus file in the panel: the extracted words become the lexicon
+/// that Count (and Train) use.
+#[test]
+fn extracted_lexicon_becomes_the_runs_lexicon() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    let text: String = (0..30)
+        .map(|i| {
+            format!(
+                "the {} sat near a cat. ",
+                ["blorf", "zinter", "quaxle"][i % 3]
+            )
+        })
+        .collect();
+    std::fs::write(&corpus, text).unwrap();
+    let mut h = loaded_tiny(7, dir.path());
+    h.get_by_label("Injection").click();
+    h.step();
+    {
+        let p = h.state_mut().panel_mut::<InjectPanel>();
+        p.corpus = vec![corpus];
+        p.min_count = 10;
+        p.max_forms = 4;
+    }
+    h.step();
+    h.get_by_label("Extract").click();
+    settle_ok(&mut h);
+    let (name, entries) = h.state().panel::<InjectPanel>().extracted.clone().unwrap();
+    assert!(name.starts_with("4 words extracted from"), "{name}");
+    assert_eq!(entries.len(), 4);
+    assert!(entries.windows(2).all(|w| w[0].count >= w[1].count));
+    assert!(entries.iter().all(|e| e.count >= 10 && e.pieces >= 2));
+    h.get_by_label("Count").click();
+    settle_ok(&mut h);
+    assert_eq!(
+        h.state()
+            .panel::<InjectPanel>()
+            .counts
+            .clone()
+            .unwrap()
+            .forms,
+        4
+    );
+}

@@ -258,3 +258,33 @@ fn geometry_report_is_written_and_consistent() {
             .unwrap();
     assert_eq!(json["format"], "neoscope-geometry-report");
 }
+
+#[test]
+fn appended_lexicon_adds_training_blocks_holding_every_form() {
+    let m = tiny_model(6, &Device::Cpu).unwrap();
+    let mut inp = inputs();
+    // A form the corpus never uses: only the appended lexicon shows it.
+    inp.forms.push("vorpalish".into());
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = session::start(&m, &inp, &cfg(), plain_dir.path()).unwrap();
+    let c = InjectConfig {
+        append_lexicon: true,
+        ..cfg()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = session::start(&m, &inp, &c, dir.path()).unwrap();
+    // Held-out blocks are the corpus's own; the extra training blocks hold every form.
+    assert_eq!(s.blocks.val, plain.blocks.val);
+    let extra = &s.blocks.train[plain.blocks.train.len()..];
+    assert!(!extra.is_empty());
+    for i in 0..s.vocab.len() {
+        let id = s.vocab.id(i);
+        assert!(extra.iter().flatten().any(|&t| t == id), "form {i} missing");
+    }
+    let v = s.vocab.id(s.vocab.find("vorpalish").unwrap());
+    assert!(!plain.blocks.train.iter().flatten().any(|&t| t == v));
+    // The setting is recorded, and the run reopens with the same blocks.
+    let reopened = session::open(&m, dir.path()).unwrap();
+    assert!(reopened.meta.config.append_lexicon);
+    assert_eq!(reopened.blocks.train, s.blocks.train);
+}

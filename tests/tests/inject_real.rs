@@ -37,7 +37,8 @@ fn shipped_demo_lowers_validation_loss_and_writes_the_report() {
     };
     let cmd = Cmd::Inject(InjectCmd::Demo {
         out: Some(out.clone()),
-        steps: DEMO_STEPS,
+        steps: Some(DEMO_STEPS),
+        shakespeare: false,
     });
     neoscope::cli::run(&g, cmd).unwrap();
 
@@ -113,13 +114,13 @@ fn the_run_in_use_as_a_user_would(run: &std::path::Path) {
     }
     common::save(&mut h, "injection_probes.png");
 
-    // The Playground: sentences like the corpus's; the model writes forms of the run.
+    // The Playground: a sentence like the corpus's; the model writes forms of the run.
     h.get_by_label("Playground").click();
     h.step();
     {
         let p = h.state_mut().panel_mut::<Playground>();
         p.chat = false;
-        p.prompt = "Every pregarden needs a garden. A subbee is a kind of bee. The".into();
+        p.prompt = "A pregarden is a kind of".into();
         p.max_new_tokens = 40;
     }
     h.step();

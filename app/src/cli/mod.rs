@@ -219,6 +219,7 @@ fn check_outputs(cmd: &Cmd, force: bool) -> Result<()> {
         Cmd::Mfa(c) => (c.output(), true),
         Cmd::Lens(a) => (a.output(), true),
         Cmd::Embed(c) => (c.output(), false),
+        Cmd::Inject(inject::InjectCmd::Lexicon { out, .. }) => (out.as_deref(), false),
         _ => (None, false),
     };
     if let Some(p) = path {

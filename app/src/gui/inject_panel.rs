@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use neoscope_api::inject::GeometryReport;
 use neoscope_api::inject::InitKind;
 use neoscope_api::inject::InjectConfig;
-use neoscope_api::inject::{InjectCommand, LexiconCounts, TextSource};
+use neoscope_api::inject::{InjectCommand, LexiconCounts, LexiconEntry, TextSource};
 use neoscope_api::inject::{InjectEvent, InjectResult, Probe, Stopped};
 use neoscope_api::{Command, Event, JobResult, RequestId};
 
@@ -61,6 +61,17 @@ pub struct InjectPanel {
     pub report: Option<(PathBuf, Box<GeometryReport>)>,
     /// File dialog in flight.
     pub dialog: Option<Pending<InjectFile>>,
+    /// Shakespeare's works as the corpus (fetched by the engine).
+    pub shakespeare: bool,
+    /// A lexicon extracted from the corpus (replaces the lexicon file): its description and
+    /// entries.
+    pub extracted: Option<(String, Vec<LexiconEntry>)>,
+    /// Extraction: fewest tokens per word.
+    pub min_pieces: usize,
+    /// Extraction: fewest occurrences.
+    pub min_count: usize,
+    /// Extraction: most forms kept.
+    pub max_forms: usize,
     /// Checkpoint step to attach (None: the open run's current rows).
     pub attach_step: Option<usize>,
     /// Forms of each kind in behaviour probes.
@@ -91,6 +102,11 @@ impl Default for InjectPanel {
             status: None,
             report: None,
             dialog: None,
+            shakespeare: false,
+            extracted: None,
+            min_pieces: crate::assets::SHAKESPEARE_MIN_PIECES,
+            min_count: crate::assets::SHAKESPEARE_MIN_COUNT,
+            max_forms: crate::assets::SHAKESPEARE_FORMS,
             attach_step: None,
             probe_count: 3,
             probe_tokens: 24,
@@ -104,18 +120,57 @@ impl Default for InjectPanel {
 fn inputs(p: &InjectPanel) -> (TextSource, Option<TextSource>, Vec<TextSource>) {
     let (lex, morph, corpus) = crate::assets::inject_demo();
     let file = |p: &PathBuf| TextSource::File(p.clone());
-    let lexicon = p.lexicon.as_ref().map_or(lex, file);
+    let lexicon = match &p.extracted {
+        Some((name, entries)) => TextSource::Text {
+            name: name.clone(),
+            text: entries.iter().map(|e| format!("{}\n", e.form)).collect(),
+        },
+        None => p.lexicon.as_ref().map_or(lex, file),
+    };
     let morphemes = match (&p.morphemes, p.config.init) {
         (Some(m), _) => Some(file(m)),
         (None, InitKind::Compositional { .. }) => Some(morph),
         (None, InitKind::Spherical) => None,
     };
-    let corpus = if p.corpus.is_empty() {
-        vec![corpus]
+    (lexicon, morphemes, corpus_sources(p, corpus))
+}
+
+/// The chosen corpus: Shakespeare, the picked files, or the shipped demo corpus.
+fn corpus_sources(p: &InjectPanel, demo: TextSource) -> Vec<TextSource> {
+    if p.shakespeare {
+        vec![TextSource::Shakespeare]
+    } else if p.corpus.is_empty() {
+        vec![demo]
     } else {
-        p.corpus.iter().map(file).collect()
+        p.corpus
+            .iter()
+            .map(|f| TextSource::File(f.clone()))
+            .collect()
+    }
+}
+
+/// Extracts a lexicon from the chosen corpus with the panel's thresholds.
+pub fn extract(p: &mut InjectPanel, s: &mut Shared) {
+    let corpus = corpus_sources(p, crate::assets::inject_demo().2);
+    let c = InjectCommand::Lexicon {
+        corpus,
+        min_pieces: p.min_pieces,
+        min_count: p.min_count,
+        limit: Some(p.max_forms),
     };
-    (lexicon, morphemes, corpus)
+    send_job(p, s, c, "extracting the lexicon");
+}
+
+/// The Shakespeare demo: Shakespeare's works as corpus, their rare words as lexicon (appended
+/// to the training text), the demo's settings.
+pub fn shakespeare(p: &mut InjectPanel, s: &mut Shared) {
+    p.shakespeare = true;
+    p.corpus.clear();
+    p.min_pieces = crate::assets::SHAKESPEARE_MIN_PIECES;
+    p.min_count = crate::assets::SHAKESPEARE_MIN_COUNT;
+    p.max_forms = crate::assets::SHAKESPEARE_FORMS;
+    p.config = crate::assets::shakespeare_demo(&[], crate::assets::SHAKESPEARE_STEPS).2;
+    extract(p, s);
 }
 
 impl Panel for InjectPanel {
@@ -208,6 +263,19 @@ impl Panel for InjectPanel {
             InjectResult::Probes {
                 dir, step, probes, ..
             } => self.probes = Some((dir, step, probes)),
+            InjectResult::Lexicon {
+                sources, entries, ..
+            } => {
+                let name = format!(
+                    "{} words extracted from {} (at least {} tokens, {} occurrences)",
+                    entries.len(),
+                    sources.join(", "),
+                    self.min_pieces,
+                    self.min_count
+                );
+                self.counts = None;
+                self.extracted = Some((name, entries));
+            }
         }
     }
 
@@ -216,7 +284,7 @@ impl Panel for InjectPanel {
     }
 }
 
-fn send_job(p: &mut InjectPanel, s: &mut Shared, c: InjectCommand, stage: &str) {
+pub(super) fn send_job(p: &mut InjectPanel, s: &mut Shared, c: InjectCommand, stage: &str) {
     if let Some(id) = s.send(Command::Inject(c)) {
         p.job = Some(JobView::new(id, stage));
     }
@@ -341,7 +409,7 @@ pub(super) fn dialog(p: &mut InjectPanel, what: InjectFile) {
     p.dialog = Some(Pending::new(what, mode, title, filter, name));
 }
 
-fn name(p: Option<&PathBuf>, shipped: &str) -> String {
+pub(super) fn name(p: Option<&PathBuf>, shipped: &str) -> String {
     p.and_then(|p| p.file_name())
         .map_or_else(|| shipped.to_owned(), |n| n.to_string_lossy().into_owned())
 }
@@ -354,233 +422,13 @@ fn show(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
         ui.label("Load a model in the Model panel first.");
         return;
     }
-    inputs_row(p, s, ui);
-    settings_row(p, s, ui);
-    use_row(p, s, ui);
+    super::inject_controls::inputs_row(p, s, ui);
+    super::inject_controls::settings_row(p, s, ui);
+    super::inject_controls::use_row(p, s, ui);
     ui.separator();
     ui.columns(2, |cols| {
         super::inject_views::curves(p, &mut cols[0]);
         super::inject_views::report_view(p, s, &mut cols[1]);
     });
     super::inject_views::probes_view(p, ui);
-}
-
-/// Step 3: the run's forms as tokens of the model, and behaviour probes.
-fn use_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
-    let busy = p.job.is_some();
-    let attached = s.model_info().and_then(|m| m.injected.clone());
-    ui.horizontal_wrapped(|ui| {
-        ui.strong("3. Use");
-        let mut latest = p.attach_step.is_none();
-        if ui
-            .checkbox(&mut latest, "current rows")
-            .on_hover_text("Off: choose a checkpoint step (0: the initial rows)")
-            .changed()
-        {
-            p.attach_step = if latest { None } else { Some(0) };
-        }
-        if let Some(step) = &mut p.attach_step {
-            ui.add(egui::DragValue::new(step).prefix("step "));
-        }
-        let ready = !busy && p.run.is_some();
-        if ui
-            .add_enabled(ready, egui::Button::new("Use in the model"))
-            .on_hover_text(
-                "Make the run's forms tokens of the loaded model: prompts, predictions, \
-                 generation, the Lens and the Words panel then know them",
-            )
-            .clicked()
-        {
-            let c = InjectCommand::Attach {
-                dir: p.run.clone(),
-                step: p.attach_step,
-            };
-            send_job(p, s, c, "attaching");
-        }
-        if ui
-            .add_enabled(
-                !busy && attached.is_some(),
-                egui::Button::new("Base vocabulary"),
-            )
-            .on_hover_text("Give the model back its own vocabulary")
-            .clicked()
-        {
-            send_job(p, s, InjectCommand::Detach, "detaching");
-        }
-        ui.add(
-            egui::DragValue::new(&mut p.probe_count)
-                .range(1..=20)
-                .prefix("probe forms "),
-        );
-        ui.add(
-            egui::DragValue::new(&mut p.probe_tokens)
-                .range(1..=128)
-                .prefix("tokens "),
-        );
-        if ui
-            .add_enabled(ready, egui::Button::new("Probe"))
-            .on_hover_text(
-                "Greedy continuations of the forms that moved most and least in training, \
-                 with the run's vocabulary and by the base model",
-            )
-            .clicked()
-        {
-            let c = InjectCommand::Probe {
-                dir: p.run.clone(),
-                step: p.attach_step,
-                count: p.probe_count,
-                max_new_tokens: p.probe_tokens,
-            };
-            send_job(p, s, c, "probing");
-        }
-        match &attached {
-            Some(v) => ui.label(format!(
-                "Attached: {} forms from {} at step {}",
-                v.forms.len(),
-                v.run.display(),
-                v.step
-            )),
-            None => ui.weak("The model has its base vocabulary."),
-        };
-    });
-}
-
-fn inputs_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
-    let busy = p.job.is_some();
-    ui.horizontal_wrapped(|ui| {
-        ui.strong("1. Inputs");
-        let lex = name(p.lexicon.as_ref(), "demo lexicon");
-        let mor = name(p.morphemes.as_ref(), "demo morphemes");
-        let cor = if p.corpus.is_empty() {
-            "demo corpus".to_owned()
-        } else {
-            format!("{} corpus file(s)", p.corpus.len())
-        };
-        if ui.button(format!("Lexicon: {lex}…")).clicked() {
-            dialog(p, InjectFile::Lexicon);
-        }
-        if ui.button(format!("Morphemes: {mor}…")).clicked() {
-            dialog(p, InjectFile::Morphemes);
-        }
-        if ui.button(format!("Corpus: {cor} (add…)")).clicked() {
-            dialog(p, InjectFile::Corpus);
-        }
-        if (p.lexicon.is_some() || p.morphemes.is_some() || !p.corpus.is_empty())
-            && ui.small_button("use the shipped demo").clicked()
-        {
-            let keep = std::mem::take(&mut p.dir);
-            *p = InjectPanel {
-                dir: keep,
-                ..InjectPanel::default()
-            };
-        }
-        if ui.add_enabled(!busy, egui::Button::new("Count")).clicked() {
-            inspect(p, s);
-        }
-    });
-    if let Some(c) = &p.counts {
-        let morph = c.morphemes.map_or(String::new(), |(p, s)| {
-            format!("; {p} prefixes, {s} suffixes")
-        });
-        ui.label(format!(
-            "{} forms: {} new, {} already single tokens (e.g. {}){morph}. Corpus: {} tokens, {} uses of new forms, {} of {} new forms occur.",
-            c.forms,
-            c.new,
-            c.known,
-            c.known_examples.join(", "),
-            c.corpus_tokens,
-            c.corpus_new_tokens,
-            c.forms_in_corpus,
-            c.new
-        ));
-    }
-}
-
-fn settings_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
-    let busy = p.job.is_some();
-    ui.horizontal_wrapped(|ui| {
-        ui.strong("2. Train");
-        let comp = matches!(p.config.init, InitKind::Compositional { .. });
-        if ui.selectable_label(comp, "compositional").clicked() {
-            p.config.init = InitKind::default();
-        }
-        if ui.selectable_label(!comp, "spherical").clicked() {
-            p.config.init = InitKind::Spherical;
-        }
-        let c = &mut p.config;
-        ui.add(
-            egui::DragValue::new(&mut c.steps)
-                .range(1..=100_000)
-                .prefix("steps "),
-        );
-        ui.add(
-            egui::DragValue::new(&mut c.lr)
-                .range(1e-5..=1.0)
-                .speed(0.0005)
-                .prefix("lr "),
-        );
-        ui.add(
-            egui::DragValue::new(&mut c.block_len)
-                .range(8..=2048)
-                .prefix("block "),
-        );
-        ui.add(
-            egui::DragValue::new(&mut c.micro_batch)
-                .range(1..=64)
-                .prefix("batch "),
-        );
-        ui.add(
-            egui::DragValue::new(&mut c.accum)
-                .range(1..=64)
-                .prefix("accum "),
-        )
-        .on_hover_text("Gradient accumulation: forward passes per optimiser step");
-        ui.add(
-            egui::DragValue::new(&mut c.eval_every)
-                .range(1..=100_000)
-                .prefix("validate every "),
-        );
-        ui.add(
-            egui::DragValue::new(&mut c.checkpoint_every)
-                .range(1..=100_000)
-                .prefix("checkpoint every "),
-        );
-        ui.label("run folder");
-        ui.add(egui::TextEdit::singleline(&mut p.dir).desired_width(200.0));
-    });
-    ui.horizontal(|ui| {
-        if ui.add_enabled(!busy, egui::Button::new("Train")).clicked() {
-            start(p, s);
-        }
-        let run = p.run.clone();
-        if ui
-            .add_enabled(!busy && run.is_some(), egui::Button::new("Resume"))
-            .on_hover_text("Continue the run from its latest checkpoint")
-            .clicked()
-            && let Some(dir) = run
-        {
-            p.steps = p.config.steps;
-            let steps = Some(p.config.steps);
-            send_job(p, s, InjectCommand::Resume { dir, steps }, "resuming");
-        }
-        if ui
-            .add_enabled(!busy, egui::Button::new("Open run…"))
-            .clicked()
-        {
-            dialog(p, InjectFile::OpenRun);
-        }
-        if ui
-            .add_enabled(!busy && p.run.is_some(), egui::Button::new("Write report"))
-            .clicked()
-        {
-            send_job(p, s, InjectCommand::Report { dir: None }, "report");
-        }
-        if let Some(job) = p.job.clone() {
-            let step = p.losses.last().map_or(0, |l| l.0);
-            let by_steps = step as f32 / p.steps.max(1) as f32;
-            super::widgets::job_row(s, ui, &job, job.fraction.or(Some(by_steps)));
-        } else if let Some(s) = &p.status {
-            ui.label(s);
-        }
-    });
 }

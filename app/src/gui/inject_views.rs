@@ -137,13 +137,16 @@ pub(super) fn probes_view(p: &InjectPanel, ui: &mut egui::Ui) {
         dir.display(),
         step
     ));
+    let col = ((ui.available_width() - 280.0) / 2.0).max(160.0);
     egui::ScrollArea::vertical()
         .id_salt("inject_probes")
-        .max_height(260.0)
+        .auto_shrink([false, true])
         .show(ui, |ui| {
             egui::Grid::new("inject_probes_grid")
                 .striped(true)
                 .num_columns(4)
+                .min_col_width(60.0)
+                .max_col_width(col)
                 .show(ui, |ui| {
                     ui.strong("form");
                     ui.strong("cosine to its start");
@@ -157,9 +160,21 @@ pub(super) fn probes_view(p: &InjectPanel, ui: &mut egui::Ui) {
                         };
                         ui.label(&pr.form).on_hover_text(end);
                         ui.label(format!("{:.3} ({end})", pr.cosine));
-                        let job = super::widgets::marked_text(ui, &pr.with_run, &pr.with_run_forms);
-                        ui.add(egui::Label::new(job).wrap());
-                        ui.add(egui::Label::new(pr.base.trim()).wrap());
+                        // The form (one token) then what the model wrote, forms underlined.
+                        let text = format!("{}{}", pr.form, pr.with_run);
+                        let shift = pr.form.len();
+                        let spans: Vec<(usize, usize)> = std::iter::once((0, shift))
+                            .chain(
+                                pr.with_run_forms
+                                    .iter()
+                                    .map(|&(a, b)| (a + shift, b + shift)),
+                            )
+                            .collect();
+                        let mut job = super::widgets::marked_text(ui, &text, &spans);
+                        job.wrap.max_width = col;
+                        ui.add_sized([col, 0.0], egui::Label::new(job).wrap());
+                        let base = format!("{}{}", pr.form, pr.base);
+                        ui.add_sized([col, 0.0], egui::Label::new(base).wrap());
                         ui.end_row();
                     }
                 });

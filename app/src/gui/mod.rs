@@ -5,6 +5,7 @@
 pub mod compare_panel;
 mod dialogs;
 pub mod embed_panel;
+mod inject_controls;
 pub mod inject_panel;
 mod inject_views;
 pub mod lens_panel;

@@ -1,8 +1,11 @@
 //! Reading a lexicon (one form per line) and a morpheme table (CSV `type,morpheme,examples…`),
 //! and sorting a lexicon's forms into new ones and ones the base tokenizer already has as a
-//! single token. Errors name the file, line and field.
+//! single token; extracting a lexicon from any text (the words the tokenizer splits most that
+//! occur often enough). Errors name the file, line and field.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+pub use neoscope_api::inject::LexiconEntry;
 
 use serde::{Deserialize, Serialize};
 
@@ -132,9 +135,68 @@ pub fn sort_forms(tok: &ModelTokenizer, forms: &[String]) -> Result<Sorted> {
     Ok(Sorted { new, known })
 }
 
+/// Words of `text`, by the rule a form is matched by (`tokenizer::forms::word_spans`), that
+/// occur at least `min_count` times and that `tok` splits into at least `min_pieces` tokens as a
+/// word in running text (` word`). Words of digits alone and words written wholly in capitals
+/// (headings, speaker names in plays: `SCENE`, `FALSTAFF`) are left out. Most frequent first
+/// (ties by the word). Returns the entries, the number of words and of distinct words.
+pub fn extract(
+    tok: &ModelTokenizer,
+    text: &str,
+    min_pieces: usize,
+    min_count: usize,
+) -> Result<(Vec<LexiconEntry>, usize, usize)> {
+    if min_pieces < 2 || min_count == 0 {
+        return Err(EngineError::Invalid(format!(
+            "lexicon extraction: a word must take at least 2 tokens (got {min_pieces}) and occur \
+             at least once (got {min_count})"
+        )));
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let mut words = 0;
+    for (a, b) in crate::tokenizer::forms::word_spans(text) {
+        *counts.entry(&text[a..b]).or_default() += 1;
+        words += 1;
+    }
+    let distinct = counts.len();
+    let mut entries = Vec::new();
+    for (w, count) in counts {
+        let caps = w.chars().filter(|c| c.is_alphabetic()).count() >= 2
+            && !w.chars().any(char::is_lowercase);
+        if count < min_count || caps || w.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let pieces = tok.encode(&format!(" {w}"))?.len();
+        if pieces >= min_pieces {
+            entries.push(LexiconEntry {
+                form: w.to_owned(),
+                count,
+                pieces,
+            });
+        }
+    }
+    entries.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.form.cmp(&b.form)));
+    Ok((entries, words, distinct))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extraction_keeps_split_frequent_words_most_frequent_first() {
+        let m = crate::tiny::tiny_model(1, &candle_core::Device::Cpu).unwrap();
+        let text =
+            "the zorblax met a zorblax; quimbly, the zorblax said 42 42 42. quimbly! QUIM QUIM";
+        let (e, words, distinct) = extract(&m.tokenizer, text, 2, 2).unwrap();
+        assert_eq!((words, distinct), (15, 8));
+        let forms: Vec<(&str, usize)> = e.iter().map(|e| (e.form.as_str(), e.count)).collect();
+        // `the` is one token of the tiny vocabulary; `42` is digits; `met` occurs once; `QUIM`
+        // is in capitals.
+        assert_eq!(forms, [("zorblax", 3), ("quimbly", 2)]);
+        assert!(e.iter().all(|e| e.pieces >= 2));
+        assert!(extract(&m.tokenizer, text, 1, 2).is_err());
+    }
 
     #[test]
     fn lexicon_errors_name_the_line() {

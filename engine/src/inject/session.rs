@@ -69,7 +69,17 @@ pub fn start(m: &LoadedModel, inputs: &Inputs, cfg: &InjectConfig, dir: &Path) -
     let d = m.llama.cfg.hidden_size;
     let init = Tensor::from_vec(rows, (vocab.len(), d), m.llama.device())?;
     let ids = vocab.encode(m, &inputs.corpus)?;
-    let blocks = train::make_blocks(&ids, cfg.block_len, cfg.val_fraction, cfg.seed)?;
+    let mut blocks = train::make_blocks(&ids, cfg.block_len, cfg.val_fraction, cfg.seed)?;
+    if cfg.append_lexicon {
+        // The forms one per line, as training blocks only: over an epoch every form is seen,
+        // and the held-out blocks stay the corpus's own text.
+        // The last block wraps round to the first forms, so none is left out.
+        let ids = vocab.encode(m, &vocab.forms.join("\n"))?;
+        for start in (0..ids.len()).step_by(cfg.block_len) {
+            let block = (0..cfg.block_len).map(|k| ids[(start + k) % ids.len()]);
+            blocks.train.push(block.collect());
+        }
+    }
     if cfg.micro_batch > blocks.train.len() {
         return Err(EngineError::Invalid(format!(
             "injection settings: a micro-batch of {} blocks, but the corpus gives {} training \

@@ -23,6 +23,23 @@ fn is_word_char(c: char) -> bool {
     !c.is_whitespace() && !c.is_ascii_punctuation()
 }
 
+/// Byte ranges of the words of `text` (the units a form can stand for).
+pub fn word_spans(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut chars = text.char_indices().peekable();
+    std::iter::from_fn(move || {
+        let (start, c) = chars.find(|(_, c)| is_word_char(*c))?;
+        let mut end = start + c.len_utf8();
+        while let Some((i, c)) = chars.peek().copied() {
+            if !is_word_char(c) {
+                break;
+            }
+            end = i + c.len_utf8();
+            chars.next();
+        }
+        Some((start, end))
+    })
+}
+
 impl Forms {
     /// `forms` after `base` base ids.
     pub fn new(forms: Vec<String>, base: usize) -> Self {
@@ -70,19 +87,7 @@ impl Forms {
     ) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         let mut plain_start = 0;
-        let mut chars = text.char_indices().peekable();
-        while let Some((start, c)) = chars.next() {
-            if !is_word_char(c) {
-                continue;
-            }
-            let mut end = start + c.len_utf8();
-            while let Some((i, c)) = chars.peek().copied() {
-                if !is_word_char(c) {
-                    break;
-                }
-                end = i + c.len_utf8();
-                chars.next();
-            }
+        for (start, end) in word_spans(text) {
             let Some(fi) = self.find(&text[start..end]) else {
                 continue;
             };

@@ -38,7 +38,20 @@ pub(super) struct InjectState {
 }
 
 impl Worker {
+    /// The text of `src`, fetching Shakespeare's works into the cache the first time.
+    fn source_text(&self, job: &Job, src: &TextSource) -> Result<String> {
+        match src {
+            TextSource::Shakespeare => {
+                let (path, _, _) = self.fetch_corpus(job)?;
+                Ok(neoscope_api::files::read_text(&path)?)
+            }
+            other => Ok(other.load()?),
+        }
+    }
+
     fn inputs(
+        &self,
+        job: &Job,
         lexicon: &TextSource,
         morphemes: Option<&TextSource>,
         corpus: &[TextSource],
@@ -47,22 +60,22 @@ impl Worker {
         let morphemes = match morphemes {
             Some(t) => {
                 sources.push(format!("morphemes: {}", t.name()));
-                parse_morphemes(&t.load()?, &t.name())?
+                parse_morphemes(&self.source_text(job, t)?, &t.name())?
             }
             None => Vec::new(),
         };
         sources.extend(corpus.iter().map(|c| format!("corpus: {}", c.name())));
         let texts: Vec<String> = corpus
             .iter()
-            .map(TextSource::load)
-            .collect::<std::result::Result<_, _>>()?;
+            .map(|t| self.source_text(job, t))
+            .collect::<Result<_>>()?;
         if texts.iter().all(|t| t.trim().is_empty()) {
             return Err(EngineError::Invalid(
                 "the corpus is empty: add a text file".into(),
             ));
         }
         Ok(Inputs {
-            forms: parse_lexicon(&lexicon.load()?, &lexicon.name())?,
+            forms: parse_lexicon(&self.source_text(job, lexicon)?, &lexicon.name())?,
             morphemes,
             corpus: texts.join("\n\n"),
             sources,
@@ -137,6 +150,31 @@ impl Worker {
     /// The commands that work on a run's rows apart from the base model.
     fn execute_on_base(&mut self, job: &Job, cmd: InjectCommand) -> Result<InjectResult> {
         match cmd {
+            InjectCommand::Lexicon {
+                corpus,
+                min_pieces,
+                min_count,
+                limit,
+            } => {
+                let mut text = String::new();
+                for c in &corpus {
+                    text.push_str(&self.source_text(job, c)?);
+                    text.push('\n');
+                }
+                job.progress("counting words", None);
+                let m = self.model()?;
+                let (mut entries, words, distinct) =
+                    crate::inject::lexicon::extract(&m.tokenizer, &text, min_pieces, min_count)?;
+                if let Some(n) = limit {
+                    entries.truncate(n);
+                }
+                Ok(InjectResult::Lexicon {
+                    sources: corpus.iter().map(TextSource::name).collect(),
+                    words,
+                    distinct,
+                    entries,
+                })
+            }
             InjectCommand::Attach { .. } | InjectCommand::Detach | InjectCommand::Probe { .. } => {
                 Err(EngineError::Invalid(
                     "internal: attach, detach and probes are not base-model commands".into(),
@@ -148,7 +186,7 @@ impl Worker {
                 corpus,
             } => {
                 let m = self.model()?;
-                let inputs = Self::inputs(&lexicon, morphemes.as_ref(), &corpus)?;
+                let inputs = self.inputs(job, &lexicon, morphemes.as_ref(), &corpus)?;
                 let sorted = sort_forms(&m.tokenizer, &inputs.forms)?;
                 let vocab = Forms::new(sorted.new.clone(), m.llama.cfg.vocab_size);
                 let ids = vocab.encode(m, &inputs.corpus)?;
@@ -187,7 +225,7 @@ impl Worker {
                 config,
                 dir,
             } => {
-                let inputs = Self::inputs(&lexicon, morphemes.as_ref(), &corpus)?;
+                let inputs = self.inputs(job, &lexicon, morphemes.as_ref(), &corpus)?;
                 job.progress("initialising new rows", None);
                 let session = session::start(self.model()?, &inputs, &config, &dir)?;
                 let state = TrainState::new(session.init.clone())?;

@@ -65,7 +65,7 @@ fn corpus_progress(job: &Job) -> impl FnMut(FetchStage) + '_ {
 }
 
 impl Worker {
-    fn fetch_corpus(&self, job: &Job) -> Result<(std::path::PathBuf, usize, usize)> {
+    pub(super) fn fetch_corpus(&self, job: &Job) -> Result<(std::path::PathBuf, usize, usize)> {
         corpus::ensure_shakespeare(
             &self.opts.model_dir,
             &self.opts.python,
