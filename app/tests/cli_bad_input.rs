@@ -132,6 +132,31 @@ fn bad_numbers_sizes_and_files_are_refused_by_name_and_leave_nothing() {
             "a micro-batch of 100000 blocks",
         ),
         (
+            own(&[
+                "inject",
+                "lexicon",
+                "--model",
+                model,
+                "--corpus",
+                &corpus,
+                "--min-pieces",
+                "1",
+            ]),
+            "at least 2 tokens (got 1)",
+        ),
+        (
+            own(&["inject", "probe", "--model", model, &run, "--count", "0"]),
+            "probes need at least one form of each kind",
+        ),
+        (
+            own(&["generate", "--model", model, "--run", &run, "hi"]),
+            "run.json",
+        ),
+        (
+            own(&["generate", "--model", model, "--run-step", "3", "hi"]),
+            "--run",
+        ),
+        (
             scratch(&["--layers", "100000000"]),
             "GB are available; make it smaller",
         ),

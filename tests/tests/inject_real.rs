@@ -3,7 +3,8 @@
 //! trained for the demo's steps on the shipped corpus; validation loss on held-out blocks must
 //! fall, the base matrix must be unchanged, and the report must be written as JSON and HTML.
 //! Then the run is used as a user would in the app: its forms attached to the model, generated
-//! and marked in the Playground, followed as a Lens target, probed beside the base model.
+//! and marked in the Playground, followed as a Lens target, probed beside the base model. The
+//! real-text demo (Shakespeare, its lexicon extracted and appended) must lower validation loss.
 
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
@@ -154,6 +155,52 @@ fn the_run_in_use_as_a_user_would(run: &std::path::Path) {
     assert_eq!(r.targets[0].id as usize, base_vocab + i);
     assert!(r.targets[0].note.is_none());
     common::save(&mut h, "lens_injected.png");
+}
+
+/// The real-text demo: Shakespeare's works, the lexicon extracted from them and appended to the
+/// training text; validation loss on held-out Shakespeare must fall, in the demo's time.
+#[test]
+fn shakespeare_demo_extracts_a_lexicon_and_lowers_validation_loss() {
+    let dir = tempfile_dir().join("shakespeare");
+    let out = dir.join("demo");
+    let g = Global {
+        model: Some(common::default_model_path()),
+        model_dir: None,
+        device: DeviceArg::Cpu,
+        dtype: neoscope::options::DTypeArg::Auto,
+        max_memory: None,
+        json: true,
+        force: false,
+        engine: None,
+        engine_token: None,
+        run: None,
+        run_step: None,
+    };
+    let start = std::time::Instant::now();
+    let cmd = Cmd::Inject(InjectCmd::Demo {
+        out: Some(out.clone()),
+        steps: None,
+        shakespeare: true,
+    });
+    neoscope::cli::run(&g, cmd).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let forms = meta["forms"].as_array().unwrap();
+    assert!(forms.len() > 1500, "{} forms", forms.len());
+    assert!(forms.iter().any(|f| f == "doth") && forms.iter().any(|f| f == "beseech"));
+    assert_eq!(meta["config"]["append_lexicon"], true);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let val = r["val"].as_array().unwrap();
+    let first = val.first().unwrap()[1].as_f64().unwrap();
+    let last = val.last().unwrap()[1].as_f64().unwrap();
+    eprintln!(
+        "Shakespeare demo: {} forms, validation loss {first:.4} -> {last:.4}, {secs:.0} s end to end",
+        forms.len()
+    );
+    assert!(last < first - 0.05, "validation loss {first} -> {last}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

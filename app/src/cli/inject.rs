@@ -76,12 +76,12 @@ pub enum InjectCmd {
         /// Run folder (default: `neoscope-runs/inject-demo-<time>`).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Optimiser steps (default: 48, or 120 with `--shakespeare`).
+        /// Optimiser steps (default: 48, or 90 with `--shakespeare`).
         #[arg(long)]
         steps: Option<usize>,
         /// Shakespeare's works as corpus, their archaic and rare words (at least 2 tokens, 5
         /// occurrences, the 2,000 most frequent) as lexicon, appended to the training text
-        /// (default steps: 120).
+        /// (default steps: 90).
         #[arg(long)]
         shakespeare: bool,
     },

@@ -299,6 +299,18 @@ fn info_grid(ui: &mut egui::Ui, info: &ModelInfo) {
                     ui.monospace(v);
                     ui.end_row();
                 }
+                if let Some(v) = &info.injected {
+                    ui.label("injected vocabulary");
+                    ui.monospace(format!(
+                        "{} forms (ids {}–{}) from {} at step {}",
+                        v.forms.len(),
+                        v.base_vocab,
+                        v.base_vocab + v.forms.len().saturating_sub(1),
+                        v.run.display(),
+                        v.step
+                    ));
+                    ui.end_row();
+                }
             });
     });
 }
