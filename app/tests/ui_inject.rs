@@ -28,24 +28,14 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     h.step();
     // The shipped demo inputs: 2,000 forms, all new to the tiny byte-level vocabulary.
     h.get_by_label("Count").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
+    settle_ok(&mut h);
     let c = h.state().panel::<InjectPanel>().counts.clone().unwrap();
     assert_eq!(c.forms, 2000);
     assert_eq!(c.new + c.known, 2000);
     assert_eq!(c.forms_in_corpus, c.new);
     assert_eq!(c.morphemes, Some((24, 24)));
     h.get_by_label("Train").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
+    settle_ok(&mut h);
     let p = h.state().panel::<InjectPanel>();
     assert_eq!(p.losses.len(), 6);
     assert_eq!(p.val.iter().map(|v| v.0).collect::<Vec<_>>(), vec![0, 3, 6]);
@@ -61,12 +51,7 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     settle(&mut h);
     assert_eq!(h.state().panel::<InjectPanel>().losses.len(), 8);
     h.get_by_label("Write report").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
+    settle_ok(&mut h);
     let (html, r) = h.state().panel::<InjectPanel>().report.clone().unwrap();
     assert!(html.exists() && r.drift.base_identical);
     assert_eq!(r.steps, 8);
@@ -75,12 +60,7 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     h.get_by_label("Embeddings").click();
     h.step();
     h.get_by_label("Project").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
+    settle_ok(&mut h);
     let proj = h.state().panel::<EmbedPanel>().projection.clone().unwrap();
     let n_new = proj
         .kinds
@@ -105,12 +85,7 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     h.state_mut().panel_mut::<EmbedPanel>().query = format!("{form} - the + an");
     h.step();
     h.get_by_label("Nearest").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
+    settle_ok(&mut h);
     assert_eq!(
         h.state()
             .panel::<EmbedPanel>()
@@ -141,12 +116,7 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     }
     h.step();
     h.get_by_label("Project").click();
-    settle(&mut h);
-    assert!(
-        h.state().shared.error.is_none(),
-        "{:?}",
-        h.state().shared.error
-    );
+    settle_ok(&mut h);
     let proj = h.state().panel::<EmbedPanel>().projection.clone().unwrap();
     assert_eq!(proj.points.len(), 300);
     assert!(

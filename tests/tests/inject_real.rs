@@ -21,21 +21,9 @@ use egui_kittest::kittest::Queryable;
 
 #[test]
 fn shipped_demo_lowers_validation_loss_and_writes_the_report() {
-    let dir = tempfile_dir();
+    let dir = tempfile_dir("synthetic");
     let out = dir.join("demo");
-    let g = Global {
-        model: Some(common::default_model_path()),
-        model_dir: None,
-        device: DeviceArg::Cpu,
-        dtype: neoscope::options::DTypeArg::Auto,
-        max_memory: None,
-        json: true,
-        force: false,
-        engine: None,
-        engine_token: None,
-        run: None,
-        run_step: None,
-    };
+    let g = global();
     let cmd = Cmd::Inject(InjectCmd::Demo {
         out: Some(out.clone()),
         steps: Some(DEMO_STEPS),
@@ -161,21 +149,9 @@ fn the_run_in_use_as_a_user_would(run: &std::path::Path) {
 /// training text; validation loss on held-out Shakespeare must fall, in the demo's time.
 #[test]
 fn shakespeare_demo_extracts_a_lexicon_and_lowers_validation_loss() {
-    let dir = tempfile_dir().join("shakespeare");
+    let dir = tempfile_dir("shakespeare");
     let out = dir.join("demo");
-    let g = Global {
-        model: Some(common::default_model_path()),
-        model_dir: None,
-        device: DeviceArg::Cpu,
-        dtype: neoscope::options::DTypeArg::Auto,
-        max_memory: None,
-        json: true,
-        force: false,
-        engine: None,
-        engine_token: None,
-        run: None,
-        run_step: None,
-    };
+    let g = global();
     let start = std::time::Instant::now();
     let cmd = Cmd::Inject(InjectCmd::Demo {
         out: Some(out.clone()),
@@ -203,8 +179,29 @@ fn shakespeare_demo_extracts_a_lexicon_and_lowers_validation_loss() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("neoscope-inject-real-{}", std::process::id()));
+/// The CLI's options for the default model on the CPU, with JSON output.
+fn global() -> Global {
+    Global {
+        model: Some(common::default_model_path()),
+        model_dir: None,
+        device: DeviceArg::Cpu,
+        dtype: neoscope::options::DTypeArg::Auto,
+        max_memory: None,
+        json: true,
+        force: false,
+        engine: None,
+        engine_token: None,
+        run: None,
+        run_step: None,
+    }
+}
+
+/// A folder of this test process's own for the test `name` (the tests run in parallel).
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "neoscope-inject-real-{}-{name}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
