@@ -191,39 +191,29 @@ fn show(p: &mut Playground, s: &mut Shared, ui: &mut egui::Ui) {
                 .layouter(&mut layouter),
         );
         if !names.is_empty() {
-            ui.horizontal_wrapped(|ui| {
-                ui.weak("New words:");
-                for n in &names {
-                    if ui
-                        .button(n)
-                        .on_hover_text("Insert into the prompt")
-                        .clicked()
-                    {
-                        p.prompt.push(' ');
-                        p.prompt.push_str(n);
-                    }
-                }
-            });
+            insert_buttons(
+                ui,
+                &mut p.prompt,
+                "New words:",
+                &names,
+                "Insert into the prompt",
+            );
         }
         if let Some(v) = s.model_info().and_then(|m| m.injected.as_ref()) {
-            ui.horizontal_wrapped(|ui| {
-                ui.weak(format!(
-                    "{} injected forms (run {}, step {}), e.g.:",
-                    v.forms.len(),
-                    v.run.file_name().unwrap_or_default().to_string_lossy(),
-                    v.step
-                ));
-                for f in v.forms.iter().take(8) {
-                    if ui
-                        .button(f)
-                        .on_hover_text("Insert into the prompt; generated forms are underlined")
-                        .clicked()
-                    {
-                        p.prompt.push(' ');
-                        p.prompt.push_str(f);
-                    }
-                }
-            });
+            let label = format!(
+                "{} injected forms (run {}, step {}), e.g.:",
+                v.forms.len(),
+                v.run.file_name().unwrap_or_default().to_string_lossy(),
+                v.step
+            );
+            let hover = "Insert into the prompt; generated forms are underlined";
+            insert_buttons(
+                ui,
+                &mut p.prompt,
+                &label,
+                &v.forms[..v.forms.len().min(8)],
+                hover,
+            );
         }
         ui.horizontal(|ui| {
             let running = p.generating;
@@ -263,6 +253,25 @@ fn show(p: &mut Playground, s: &mut Shared, ui: &mut egui::Ui) {
         });
         ui.add_space(6.0);
         top_k_table(ui, p, s.model_info().and_then(|m| m.injected.as_ref()));
+    });
+}
+
+/// A row of buttons that append their text (after a space) to the prompt.
+fn insert_buttons(
+    ui: &mut egui::Ui,
+    prompt: &mut String,
+    label: &str,
+    items: &[String],
+    hover: &str,
+) {
+    ui.horizontal_wrapped(|ui| {
+        ui.weak(label);
+        for item in items {
+            if ui.button(item).on_hover_text(hover).clicked() {
+                prompt.push(' ');
+                prompt.push_str(item);
+            }
+        }
     });
 }
 

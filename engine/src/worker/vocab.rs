@@ -127,17 +127,9 @@ impl Worker {
         dir: Option<PathBuf>,
         step: Option<usize>,
     ) -> Result<InjectResult> {
-        let previous = self.lift_attachment();
-        let what = match self.attachment(dir, step) {
-            Ok((what, _)) => what,
-            Err(e) => {
-                // A refused attach leaves the model as it was.
-                if let (Some(p), Some(m)) = (previous, self.model.as_mut()) {
-                    self.attached = Some(attach(m, p)?);
-                }
-                return Err(e);
-            }
-        };
+        // Read against the base model; a refused attach leaves the model as it was.
+        let (what, _) = self.on_base(|w| w.attachment(dir, step))?;
+        self.lift_attachment();
         let m = self.model.as_mut().ok_or(EngineError::NoModel)?;
         self.attached = Some(attach(m, what)?);
         Ok(InjectResult::Model(Box::new(m.info.clone())))
