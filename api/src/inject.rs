@@ -417,6 +417,27 @@ pub enum InjectCommand {
         dir: Option<PathBuf>,
         /// Checkpoint step (default: the latest; 0: the initial rows).
         step: Option<usize>,
+        /// Phase-2 adapters to merge into the weights (the rows are then the ones phase 2
+        /// trained with, and `step` must be unset or equal to theirs).
+        #[serde(default)]
+        lora: crate::lora::LoraUse,
+    },
+    /// Phase 2: trains LoRA adapters of the run in `dir` (in its `lora/` folder) with the rows
+    /// of its checkpoint `rows_step` (default: the latest) frozen.
+    Lora {
+        /// Run folder.
+        dir: PathBuf,
+        /// Settings.
+        config: crate::lora::LoraConfig,
+        /// Phase-1 checkpoint to train with.
+        rows_step: Option<usize>,
+    },
+    /// Continues phase 2 of the run in `dir` from its latest checkpoint (to `steps` in all).
+    LoraResume {
+        /// Run folder.
+        dir: PathBuf,
+        /// New total step count.
+        steps: Option<usize>,
     },
     /// Gives the loaded model back its base vocabulary.
     Detach,
@@ -559,6 +580,8 @@ pub enum InjectResult {
         /// The lexicon, most frequent first.
         entries: Vec<LexiconEntry>,
     },
+    /// From `Lora`/`LoraResume`.
+    Lora(Box<crate::lora::LoraRun>),
     /// From `Probe`: most-drifted forms first, then least-drifted.
     Probes {
         /// The run folder.

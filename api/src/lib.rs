@@ -11,6 +11,7 @@ pub mod files;
 pub mod hooks;
 pub mod inject;
 pub mod lens;
+pub mod lora;
 pub mod mfa;
 pub mod model;
 pub mod protocol;

@@ -133,6 +133,9 @@ pub struct InjectedVocab {
     pub base_vocab: usize,
     /// The forms, in id order.
     pub forms: Vec<String>,
+    /// The phase-2 (LoRA) checkpoint merged into the weights, if any.
+    #[serde(default)]
+    pub lora_step: Option<usize>,
 }
 
 impl InjectedVocab {

@@ -82,7 +82,7 @@ fn attached_model_computes_what_training_computed_and_detaches_exactly() -> R<()
         refs.iter()
             .any(|b| b.iter().any(|&t| t as usize >= s.vocab.base))
     );
-    let (want, _) = nll_sum(&m, &st.rows, &refs)?;
+    let (want, _) = nll_sum(&m.llama, &st.rows, &refs)?;
     let want = want.to_scalar::<f32>()?;
 
     let probe = m.tokenizer.encode("the cat sat")?;

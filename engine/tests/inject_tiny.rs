@@ -88,7 +88,7 @@ fn gradient_into_new_rows_matches_finite_differences() {
         .collect();
     let var =
         Var::from_tensor(&Tensor::from_vec(rows0.clone(), (2, d), &Device::Cpu).unwrap()).unwrap();
-    let (nll, _) = nll_sum(&m, var.as_tensor(), &refs).unwrap();
+    let (nll, _) = nll_sum(&m.llama, var.as_tensor(), &refs).unwrap();
     let g = nll.backward().unwrap().remove(var.as_tensor()).unwrap();
     let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
     assert!(
@@ -98,7 +98,7 @@ fn gradient_into_new_rows_matches_finite_differences() {
     let f = |rows: &[f32]| -> f64 {
         let t = Tensor::from_vec(rows.to_vec(), (2, d), &Device::Cpu).unwrap();
         f64::from(
-            nll_sum(&m, &t, &refs)
+            nll_sum(&m.llama, &t, &refs)
                 .unwrap()
                 .0
                 .to_scalar::<f32>()

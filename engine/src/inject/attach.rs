@@ -4,7 +4,9 @@
 //! model with a larger vocabulary, so generation, next-token tables, the lens, words and
 //! steering all see the forms, in prompts and as predictions, with no code of their own.
 //!
-//! The base tensors are kept aside and put back on detach; the base matrix is not changed.
+//! With phase-2 adapters, they are merged into the weights first (`model::lora::merge`).
+//!
+//! The base model is kept aside and put back on detach; the base matrix is not changed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +15,8 @@ use candle_core::{D, DType, Tensor};
 use neoscope_api::model::InjectedVocab;
 
 use crate::error::{EngineError, Result};
-use crate::model::LoadedModel;
+use crate::model::lora::{Adapters, merge};
+use crate::model::{Llama, LoadedModel};
 use crate::tokenizer::Forms;
 
 /// A run's vocabulary at one checkpoint: what [`attach`] adds.
@@ -27,16 +30,15 @@ pub struct Attachment {
     pub run: PathBuf,
     /// The checkpoint's step.
     pub step: usize,
+    /// Phase-2 adapters to merge, with their checkpoint's step.
+    pub lora: Option<(usize, Adapters)>,
 }
 
-/// An attached vocabulary and what attaching replaced, to be put back by [`detach`].
+/// An attached vocabulary and the base model it replaced, to be put back by [`detach`].
 #[derive(Debug)]
 pub struct Attached {
     what: Attachment,
-    embed: Tensor,
-    lm_head: Option<Tensor>,
-    head_bias: Option<Tensor>,
-    vocab: usize,
+    base: Llama,
 }
 
 impl Attached {
@@ -54,6 +56,7 @@ pub fn attach(m: &mut LoadedModel, what: Attachment) -> Result<Attached> {
         rows,
         run,
         step,
+        lora,
     } = what.clone();
     if m.tokenizer.forms().is_some() {
         return Err(EngineError::Invalid(
@@ -76,29 +79,31 @@ pub fn attach(m: &mut LoadedModel, what: Attachment) -> Result<Attached> {
     let cat = |base: &Tensor| -> Result<Tensor> {
         Ok(Tensor::cat(&[base, &rows.to_dtype(base.dtype())?], 0)?)
     };
-    let embed = cat(&l.embed)?;
-    let lm_head = l.lm_head.as_ref().map(cat).transpose()?;
-    let head_bias = match &l.extra.head_bias {
+    let mut new = match &lora {
+        Some((_, ad)) => merge(l, ad)?,
+        None => l.clone(),
+    };
+    new.embed = cat(&l.embed)?;
+    new.lm_head = l.lm_head.as_ref().map(cat).transpose()?;
+    new.extra.head_bias = match &l.extra.head_bias {
         Some(b) => {
             let zeros = Tensor::zeros(n, b.dtype(), b.device())?;
             Some(Tensor::cat(&[b, &zeros], D::Minus1)?)
         }
         None => None,
     };
+    new.cfg.vocab_size += n;
     let saved = Attached {
         what,
-        embed: std::mem::replace(&mut m.llama.embed, embed),
-        lm_head: std::mem::replace(&mut m.llama.lm_head, lm_head),
-        head_bias: std::mem::replace(&mut m.llama.extra.head_bias, head_bias),
-        vocab: m.llama.cfg.vocab_size,
+        base: std::mem::replace(&mut m.llama, new),
     };
-    m.llama.cfg.vocab_size += n;
     m.info.dims = m.llama.cfg.dims();
     m.info.injected = Some(InjectedVocab {
         run,
         step,
         base_vocab: forms.base,
         forms: forms.forms.clone(),
+        lora_step: lora.as_ref().map(|(s, _)| *s),
     });
     m.tokenizer.set_forms(Some(Arc::new(forms)));
     Ok(saved)
@@ -107,10 +112,7 @@ pub fn attach(m: &mut LoadedModel, what: Attachment) -> Result<Attached> {
 /// Puts back what [`attach`] replaced: the model is the base model again; returns what was
 /// attached.
 pub fn detach(m: &mut LoadedModel, saved: Attached) -> Attachment {
-    m.llama.embed = saved.embed;
-    m.llama.lm_head = saved.lm_head;
-    m.llama.extra.head_bias = saved.head_bias;
-    m.llama.cfg.vocab_size = saved.vocab;
+    m.llama = saved.base;
     m.info.dims = m.llama.cfg.dims();
     m.info.injected = None;
     m.tokenizer.set_forms(None);

@@ -1,12 +1,14 @@
 //! Vocabulary injection at scale (Wake2Vec): a lexicon of invented forms becomes new token rows
 //! kept apart from the base matrix and tied to the output, initialised compositionally or
-//! spherically, trained alone on a corpus, then described by a geometry report.
+//! spherically, trained alone on a corpus (phase 1), then LoRA adapters trained to use them
+//! (phase 2, `lora`), and described by a geometry report.
 
 pub mod attach;
 pub mod forward;
 pub mod html;
 pub mod init;
 pub mod lexicon;
+pub mod lora;
 pub mod report;
 pub mod run;
 pub mod session;

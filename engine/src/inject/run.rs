@@ -149,40 +149,30 @@ fn checkpoint_path(dir: &Path, step: usize) -> PathBuf {
 /// The checkpoint metadata key that holds [`Curves`].
 const STATE: &str = "state";
 
-#[derive(Serialize, Deserialize)]
-struct Curves {
-    step: usize,
-    losses: Vec<f32>,
-    val: Vec<(usize, f32)>,
+/// A checkpoint's step and curves (its metadata).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Curves {
+    /// Steps done.
+    pub step: usize,
+    /// Training loss of every step.
+    pub losses: Vec<f32>,
+    /// (step, validation loss).
+    pub val: Vec<(usize, f32)>,
 }
 
-/// Writes a checkpoint of `state` and prunes old ones.
-pub fn save_checkpoint(dir: &Path, state: &TrainState) -> Result<PathBuf> {
-    let path = checkpoint_path(dir, state.step);
-    let curves = Curves {
-        step: state.step,
-        losses: state.losses.clone(),
-        val: state.val.clone(),
-    };
-    let curves = serde_json::to_string(&curves)
+/// Writes the checkpoint `checkpoints/step-N.safetensors` of `dir` (tensors, curves and a
+/// content hash) and prunes all but the last three. Every phase's checkpoints are written here.
+pub fn save_state(dir: &Path, curves: &Curves, tensors: &[(String, Tensor)]) -> Result<PathBuf> {
+    let path = checkpoint_path(dir, curves.step);
+    let json = serde_json::to_string(curves)
         .map_err(|e| EngineError::bad_file(&path, format!("serialising: {e}")))?;
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     artifact::write_tensors(
         &path,
-        &[
-            ("rows".to_owned(), state.rows.clone()),
-            ("adam_m".to_owned(), state.m.clone()),
-            ("adam_v".to_owned(), state.v.clone()),
-        ],
+        tensors,
         Some(HashMap::from([
-            (STATE.to_owned(), curves),
-            (
-                CONTENT_SHA256.to_owned(),
-                artifact::content_sha256(&[
-                    ("rows", &state.rows),
-                    ("adam_m", &state.m),
-                    ("adam_v", &state.v),
-                ])?,
-            ),
+            (STATE.to_owned(), json),
+            (CONTENT_SHA256.to_owned(), artifact::content_sha256(&named)?),
         ])),
     )?;
     let all = checkpoints(dir)?;
@@ -193,8 +183,14 @@ pub fn save_checkpoint(dir: &Path, state: &TrainState) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Loads the checkpoint of `step` (the latest when `None`).
-pub fn load_checkpoint(dir: &Path, step: Option<usize>, dev: &Device) -> Result<TrainState> {
+/// Reads the checkpoint of `step` (the latest when `None`) of `dir`: its curves and the tensors
+/// `names`, checked against the content hash recorded in it.
+pub fn load_state(
+    dir: &Path,
+    step: Option<usize>,
+    names: &[String],
+    dev: &Device,
+) -> Result<(Curves, Vec<Tensor>)> {
     let step = match step {
         Some(s) => s,
         None => *checkpoints(dir)?.last().ok_or_else(|| {
@@ -205,13 +201,13 @@ pub fn load_checkpoint(dir: &Path, step: Option<usize>, dev: &Device) -> Result<
     let t = artifact::read_tensors(&path, dev)?;
     let c: Curves = serde_json::from_str(t.metadata(STATE)?)
         .map_err(|e| EngineError::bad_file(&path, format!("training state: {e}")))?;
-    let (rows, m, v) = (
-        t.get("rows", None)?,
-        t.get("adam_m", None)?,
-        t.get("adam_v", None)?,
-    );
+    let tensors: Vec<Tensor> = names
+        .iter()
+        .map(|n| t.get(n, None))
+        .collect::<Result<_>>()?;
+    let named: Vec<(&str, &Tensor)> = names.iter().map(String::as_str).zip(&tensors).collect();
     if let Ok(want) = t.metadata(CONTENT_SHA256)
-        && artifact::content_sha256(&[("rows", &rows), ("adam_m", &m), ("adam_v", &v)])? != want
+        && artifact::content_sha256(&named)? != want
     {
         return Err(EngineError::bad_file(
             &path,
@@ -219,9 +215,37 @@ pub fn load_checkpoint(dir: &Path, step: Option<usize>, dev: &Device) -> Result<
              resume from the checkpoint before",
         ));
     }
+    Ok((c, tensors))
+}
+
+/// The names of a phase-1 checkpoint's tensors.
+fn row_names() -> Vec<String> {
+    ["rows", "adam_m", "adam_v"].map(str::to_owned).to_vec()
+}
+
+/// Writes a checkpoint of `state` and prunes old ones.
+pub fn save_checkpoint(dir: &Path, state: &TrainState) -> Result<PathBuf> {
+    let curves = Curves {
+        step: state.step,
+        losses: state.losses.clone(),
+        val: state.val.clone(),
+    };
+    let tensors: Vec<(String, Tensor)> = row_names()
+        .into_iter()
+        .zip([state.rows.clone(), state.m.clone(), state.v.clone()])
+        .collect();
+    save_state(dir, &curves, &tensors)
+}
+
+/// Loads the checkpoint of `step` (the latest when `None`).
+pub fn load_checkpoint(dir: &Path, step: Option<usize>, dev: &Device) -> Result<TrainState> {
+    let (c, t) = load_state(dir, step, &row_names(), dev)?;
+    let [rows, m, v]: [Tensor; 3] = t
+        .try_into()
+        .map_err(|_| EngineError::Invalid("internal: three tensors expected".into()))?;
     if rows.dims() != m.dims() || rows.dims() != v.dims() {
         return Err(EngineError::bad_file(
-            &path,
+            checkpoint_path(dir, c.step),
             "rows and optimiser moments differ in shape",
         ));
     }

@@ -8,7 +8,9 @@ use candle_core::Tensor;
 
 use super::lexicon::{Morpheme, sort_forms};
 use super::run::{self, RunMeta};
-use super::train::{self, Blocks, InjectConfig, InjectEvent, Stopped, TrainHooks, TrainState};
+use super::train::{
+    self, Blocks, InjectConfig, InjectEvent, RowTraining, Stopped, TrainHooks, TrainState,
+};
 use super::vocab::{Forms, initial_rows};
 use crate::artifact::BaseModel;
 use crate::error::{EngineError, Result};
@@ -160,12 +162,12 @@ impl Session {
             dir: &'a Path,
             on_event: &'a mut dyn FnMut(InjectEvent) -> bool,
         }
-        impl TrainHooks for Hooks<'_> {
+        impl TrainHooks<RowTraining<'_>> for Hooks<'_> {
             fn event(&mut self, ev: InjectEvent) -> bool {
                 (self.on_event)(ev)
             }
-            fn checkpoint(&mut self, state: &TrainState) -> Result<()> {
-                run::save_checkpoint(self.dir, state).map(|_| ())
+            fn checkpoint(&mut self, t: &RowTraining<'_>) -> Result<()> {
+                run::save_checkpoint(self.dir, t.state).map(|_| ())
             }
         }
         let mut cfg = self.meta.config.clone();
@@ -185,6 +187,7 @@ impl Session {
             meta.config.steps = s;
             run::write_meta(dir, &meta)?;
         }
-        train::train(m, state, &self.blocks, &cfg, &mut Hooks { dir, on_event })
+        let mut t = RowTraining { m: &m.llama, state };
+        train::train(&mut t, &self.blocks, &cfg, &mut Hooks { dir, on_event })
     }
 }

@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 
 use super::forward::nll_sum;
 use crate::error::{EngineError, Result};
-use crate::model::LoadedModel;
+use crate::model::Llama;
 pub use neoscope_api::inject::{InjectConfig, InjectEvent, Schedule, Stopped};
 
 /// The engine's computations on injection settings (the settings are protocol data).
@@ -158,9 +158,10 @@ impl TrainState {
     }
 }
 
-/// Token-mean validation loss of `rows` over `val` (forward only).
+/// Token-mean validation loss of `rows` over `val` (forward only; with the adapters `m`
+/// carries, if any).
 pub fn val_loss(
-    m: &LoadedModel,
+    m: &Llama,
     rows: &Tensor,
     val: &[Vec<u32>],
     micro_batch: usize,
@@ -181,12 +182,7 @@ pub fn val_loss(
 }
 
 /// One optimiser step at `state.step + 1`; returns the step's loss.
-fn step(
-    m: &LoadedModel,
-    state: &mut TrainState,
-    blocks: &Blocks,
-    cfg: &InjectConfig,
-) -> Result<f32> {
+fn step(m: &Llama, state: &mut TrainState, blocks: &Blocks, cfg: &InjectConfig) -> Result<f32> {
     let s = state.step + 1;
     let idx = cfg.step_blocks(blocks.train.len(), s);
     let var = Var::from_tensor(&state.rows)?;
@@ -221,7 +217,7 @@ fn step(
     // near-zero gradients from being scaled up to full steps.
     let n_new = state.rows.dim(0)?;
     let mut present = vec![if cfg.lazy { 0f32 } else { 1.0 }; n_new];
-    let base = u32::try_from(m.llama.cfg.vocab_size).unwrap_or(u32::MAX);
+    let base = u32::try_from(m.cfg.vocab_size).unwrap_or(u32::MAX);
     for i in &idx {
         for t in &blocks.train[*i] {
             if let Some(r) = t.checked_sub(base) {
@@ -256,21 +252,65 @@ fn step(
     Ok(loss)
 }
 
+/// What a training loop trains: one phase's parameters, optimiser state and curves.
+pub trait Trainee {
+    /// Steps done.
+    fn done(&self) -> usize;
+    /// The validation curve, (step, loss).
+    fn val_curve(&mut self) -> &mut Vec<(usize, f32)>;
+    /// One optimiser step at `done() + 1`, recorded; returns its loss.
+    fn step(&mut self, blocks: &Blocks, cfg: &InjectConfig) -> Result<f32>;
+    /// Token-mean validation loss over `val` (`None`: stopped by `progress`).
+    fn val_loss(
+        &self,
+        val: &[Vec<u32>],
+        micro_batch: usize,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Option<f32>>;
+}
+
+/// Phase 1: the new rows of `state` on model `m`.
+pub struct RowTraining<'a> {
+    /// The model (base weights, never changed).
+    pub m: &'a Llama,
+    /// Rows, moments, curves.
+    pub state: &'a mut TrainState,
+}
+
+impl Trainee for RowTraining<'_> {
+    fn done(&self) -> usize {
+        self.state.step
+    }
+    fn val_curve(&mut self) -> &mut Vec<(usize, f32)> {
+        &mut self.state.val
+    }
+    fn step(&mut self, blocks: &Blocks, cfg: &InjectConfig) -> Result<f32> {
+        step(self.m, self.state, blocks, cfg)
+    }
+    fn val_loss(
+        &self,
+        val: &[Vec<u32>],
+        micro_batch: usize,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Option<f32>> {
+        val_loss(self.m, &self.state.rows, val, micro_batch, progress)
+    }
+}
+
 /// Callbacks of a run: events (return false to stop) and checkpoint writing.
-pub trait TrainHooks {
+pub trait TrainHooks<T: ?Sized> {
     /// Reports an event; false asks the run to stop.
     fn event(&mut self, ev: InjectEvent) -> bool;
-    /// Saves a checkpoint of `state`.
-    fn checkpoint(&mut self, state: &TrainState) -> Result<()>;
+    /// Saves a checkpoint of what is trained.
+    fn checkpoint(&mut self, t: &T) -> Result<()>;
 }
 
 /// Trains until `cfg.steps` or a stop request, validating and checkpointing on schedule.
-pub fn train(
-    m: &LoadedModel,
-    state: &mut TrainState,
+pub fn train<T: Trainee>(
+    t: &mut T,
     blocks: &Blocks,
     cfg: &InjectConfig,
-    hooks: &mut dyn TrainHooks,
+    hooks: &mut dyn TrainHooks<T>,
 ) -> Result<Stopped> {
     cfg.check()?;
     let val: &[Vec<u32>] = if cfg.max_val_blocks > 0 && blocks.val.len() > cfg.max_val_blocks {
@@ -278,46 +318,44 @@ pub fn train(
     } else {
         &blocks.val
     };
-    let validate = |state: &mut TrainState, hooks: &mut dyn TrainHooks| -> Result<bool> {
-        if state.val.last().is_some_and(|(s, _)| *s == state.step) {
+    let validate = |t: &mut T, hooks: &mut dyn TrainHooks<T>| -> Result<bool> {
+        let step = t.done();
+        if t.val_curve().last().is_some_and(|(s, _)| *s == step) {
             return Ok(true);
         }
-        match val_loss(m, &state.rows, val, cfg.micro_batch, &mut |f| {
+        match t.val_loss(val, cfg.micro_batch, &mut |f| {
             hooks.event(InjectEvent::Evaluating(f))
         })? {
             Some(l) => {
-                state.val.push((state.step, l));
-                Ok(hooks.event(InjectEvent::Val {
-                    step: state.step,
-                    loss: l,
-                }))
+                t.val_curve().push((step, l));
+                Ok(hooks.event(InjectEvent::Val { step, loss: l }))
             }
             None => Ok(false),
         }
     };
-    if state.step == 0 && !validate(state, hooks)? {
+    if t.done() == 0 && !validate(t, hooks)? {
         return Ok(Stopped::Cancelled);
     }
-    while state.step < cfg.steps {
-        let loss = step(m, state, blocks, cfg)?;
-        let s = state.step;
+    while t.done() < cfg.steps {
+        let loss = t.step(blocks, cfg)?;
+        let s = t.done();
         let go = hooks.event(InjectEvent::Step {
             step: s,
             total: cfg.steps,
             loss,
             lr: cfg.lr_at(s),
         });
-        let go = go && (!s.is_multiple_of(cfg.eval_every) || validate(state, hooks)?);
+        let go = go && (!s.is_multiple_of(cfg.eval_every) || validate(t, hooks)?);
         if (s.is_multiple_of(cfg.checkpoint_every) && s != cfg.steps) || !go {
-            hooks.checkpoint(state)?;
+            hooks.checkpoint(t)?;
         }
         if !go {
             return Ok(Stopped::Cancelled);
         }
     }
-    if !validate(state, hooks)? {
+    if !validate(t, hooks)? {
         return Ok(Stopped::Cancelled);
     }
-    hooks.checkpoint(state)?;
+    hooks.checkpoint(t)?;
     Ok(Stopped::Completed)
 }

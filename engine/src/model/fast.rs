@@ -210,6 +210,7 @@ pub fn supported(m: &Llama) -> bool {
         ..Arch::default()
     };
     m.device().is_cpu()
+        && m.adapters().is_none()
         && m.embed.dtype() == DType::F32
         && m.blocks_are(DType::F32)
         && m.cfg.arch == arch

@@ -14,11 +14,13 @@ use candle_core::{D, DType, Device, Tensor};
 use super::batch::Batch;
 use super::cache::KvCache;
 use super::intervene::{ResolvedIntervention, apply};
+use super::lora::{Adapters, SharedAdapters};
 use super::mat::{Mat, Stack};
 use super::ops::{add_vec, layer_norm, linear, mul_vec, rms_norm, rope, softcap, softmax_last};
 use crate::config::{Act, LlamaConfig, NormKind, RopeScaling};
 use crate::error::{EngineError, Result};
 use crate::hooks::{HookPoint, HookSpec};
+use neoscope_api::lora::LoraTarget;
 
 /// Added to attention scores of masked keys (finite so that fully masked padding rows stay
 /// finite; `exp` of it underflows to exactly zero).
@@ -105,6 +107,8 @@ pub struct Llama {
     sin: Tensor,
     /// RoPE tables of the sliding-window layers when their base differs (Gemma 3).
     local_rope: Option<(Tensor, Tensor)>,
+    /// LoRA adapters the hooked pass adds (training and evaluating them; inference merges).
+    adapters: Option<SharedAdapters>,
 }
 
 /// Result of a forward pass.
@@ -205,7 +209,22 @@ impl Llama {
             cos,
             sin,
             local_rope,
+            adapters: None,
         })
+    }
+
+    /// The same model carrying `adapters` (its weights shared, not copied); only the hooked
+    /// pass runs it.
+    pub fn with_adapters(&self, adapters: Option<SharedAdapters>) -> Self {
+        Self {
+            adapters,
+            ..self.clone()
+        }
+    }
+
+    /// The adapters it carries.
+    pub fn adapters(&self) -> Option<&Adapters> {
+        self.adapters.as_deref()
     }
 
     /// The device the weights live on.
@@ -491,7 +510,8 @@ impl Llama {
             } else {
                 self.norm(&x, &blk.attn_norm, nb.map(|b| &b.0))?
             };
-            let (mut a, pattern) = self.attention(blk, w_qkv, &h, mask, rope, kv, want_pattern)?;
+            let (mut a, pattern) =
+                self.attention((l, blk), w_qkv, &h, mask, rope, kv, want_pattern)?;
             if let Some(p) = pattern {
                 patterns.push((HookPoint::Pattern(l), p));
             }
@@ -509,7 +529,18 @@ impl Llama {
             } else {
                 self.norm(&x, &blk.mlp_norm, nb.map(|b| &b.1))?
             };
-            let gu = w_gate_up.forward(&h)?;
+            let mut gu = w_gate_up.forward(&h)?;
+            if let Some(ad) = &self.adapters {
+                gu = match blk.w_gate {
+                    Some(_) => ad.add_stacked(
+                        l,
+                        &[(LoraTarget::Gate, d_mlp), (LoraTarget::Up, d_mlp)],
+                        &h,
+                        gu,
+                    )?,
+                    None => ad.add_stacked(l, &[(LoraTarget::Up, d_mlp)], &h, gu)?,
+                };
+            }
             let inner = if blk.w_gate.is_some() {
                 let gate = activate(&gu.narrow(D::Minus1, 0, d_mlp)?, self.cfg.arch.act)?;
                 (gate * gu.narrow(D::Minus1, d_mlp, d_mlp)?)?
@@ -521,6 +552,9 @@ impl Llama {
                 activate(&up, self.cfg.arch.act)?
             };
             let mut m = blk.w_down.forward(&inner)?;
+            if let Some(d) = self.lora(l, LoraTarget::Down, &inner)? {
+                m = (m + d)?;
+            }
             if let Some(bias) = &blk.extra.down_bias {
                 m = add_vec(&m, bias)?;
             }
@@ -544,7 +578,7 @@ impl Llama {
     #[expect(clippy::too_many_arguments, reason = "one block's attention inputs")]
     fn attention(
         &self,
-        blk: &Block,
+        (l, blk): (usize, &Block),
         w_qkv: &Stack,
         h: &Tensor,
         mask: &Tensor,
@@ -560,6 +594,11 @@ impl Llama {
         );
         let rep = nh / nkv;
         let mut qkv = w_qkv.forward(h)?;
+        if let Some(ad) = &self.adapters {
+            let (q, kv) = (nh * hd, nkv * hd);
+            let parts = [(LoraTarget::Q, q), (LoraTarget::K, kv), (LoraTarget::V, kv)];
+            qkv = ad.add_stacked(l, &parts, h, qkv)?;
+        }
         if let Some(bias) = &blk.qkv_bias {
             qkv = add_vec(&qkv, bias)?;
         }
@@ -621,12 +660,25 @@ impl Llama {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
-        let out = blk.wo.forward(&o)?;
+        let mut out = blk.wo.forward(&o)?;
+        if let Some(d) = self.lora(l, LoraTarget::O, &o)? {
+            out = (out + d)?;
+        }
         let out = match &blk.extra.o_bias {
             Some(bias) => add_vec(&out, bias)?,
             None => out,
         };
         Ok((out, pattern))
+    }
+}
+
+impl Llama {
+    /// Adapter `t` of layer `l` applied to `x`, when the model carries one.
+    fn lora(&self, l: usize, t: LoraTarget, x: &Tensor) -> Result<Option<Tensor>> {
+        match &self.adapters {
+            Some(ad) => ad.delta(l, t, x),
+            None => Ok(None),
+        }
     }
 }
 

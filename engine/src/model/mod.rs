@@ -11,6 +11,7 @@ pub mod llama;
 pub mod load;
 pub mod load_gguf;
 pub mod load_hf;
+pub mod lora;
 pub mod mat;
 pub mod ops;
 mod shapes;

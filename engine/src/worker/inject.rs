@@ -37,6 +37,18 @@ pub(super) struct InjectState {
     index: Option<CosineIndex>,
 }
 
+/// Reports a training event of either phase; false once the job is cancelled.
+fn training_event(job: &Job, ev: InjectEvent) -> bool {
+    match ev {
+        InjectEvent::Evaluating(f) => job.progress("validation", Some(f)),
+        other => job.emit(Event::InjectStep {
+            id: job.id,
+            event: other,
+        }),
+    }
+    !job.cancelled()
+}
+
 impl Worker {
     /// The text of `src`, fetching Shakespeare's works into the cache the first time.
     fn source_text(&self, job: &Job, src: &TextSource) -> Result<String> {
@@ -93,16 +105,27 @@ impl Worker {
         self.inject = InjectState::default();
         let m = self.model()?;
         let stopped = session.train(m, &dir, &mut state, steps, &mut |ev| {
-            match ev {
-                InjectEvent::Evaluating(f) => job.progress("validation", Some(f)),
-                other => job.emit(Event::InjectStep {
-                    id: job.id,
-                    event: other,
-                }),
-            }
-            !job.cancelled()
+            training_event(job, ev)
         })?;
         Ok(self.keep_run(dir, session, state, Some(stopped), steps))
+    }
+
+    /// Trains phase 2 from its latest checkpoint, reporting steps like phase 1.
+    fn train_lora(
+        &mut self,
+        job: &Job,
+        dir: &std::path::Path,
+        phase: &crate::inject::lora::LoraPhase,
+        steps: Option<usize>,
+    ) -> Result<InjectResult> {
+        let m = self.model()?;
+        let mut state = phase.state(&m.llama, dir, None)?;
+        let stopped = phase.train(&m.llama, dir, &mut state, steps, &mut |ev| {
+            training_event(job, ev)
+        })?;
+        let mut run = phase.summary(dir, &state, Some(stopped));
+        run.steps = steps.unwrap_or(run.steps);
+        Ok(InjectResult::Lora(Box::new(run)))
     }
 
     fn keep_run(
@@ -135,7 +158,7 @@ impl Worker {
 
     pub(super) fn execute_inject(&mut self, job: &Job, cmd: InjectCommand) -> Result<InjectResult> {
         match cmd {
-            InjectCommand::Attach { dir, step } => self.attach_run(dir, step),
+            InjectCommand::Attach { dir, step, lora } => self.attach_run(dir, step, lora),
             InjectCommand::Detach => self.detach_run(),
             InjectCommand::Probe {
                 dir,
@@ -174,6 +197,19 @@ impl Worker {
                     distinct,
                     entries,
                 })
+            }
+            InjectCommand::Lora {
+                dir,
+                config,
+                rows_step,
+            } => {
+                let m = self.model()?;
+                let phase = crate::inject::lora::create(m, &dir, config, rows_step)?;
+                self.train_lora(job, &dir, &phase, None)
+            }
+            InjectCommand::LoraResume { dir, steps } => {
+                let phase = crate::inject::lora::open(self.model()?, &dir)?;
+                self.train_lora(job, &dir, &phase, steps)
             }
             InjectCommand::Attach { .. } | InjectCommand::Detach | InjectCommand::Probe { .. } => {
                 Err(EngineError::Invalid(

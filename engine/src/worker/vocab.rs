@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 use neoscope_api::inject::{DriftEnd, InjectResult, Probe};
+use neoscope_api::lora::LoraUse;
 use neoscope_api::text::Sampling;
 
 use super::{Job, Worker};
@@ -73,6 +74,7 @@ impl Worker {
         &self,
         dir: Option<PathBuf>,
         step: Option<usize>,
+        lora_use: LoraUse,
     ) -> Result<(Attachment, Tensor)> {
         let m = self.model()?;
         let opened;
@@ -90,6 +92,30 @@ impl Worker {
                 (r.dir.clone(), &r.session, Some(&r.state))
             }
         };
+        if lora_use != LoraUse::None {
+            let phase = crate::inject::lora::open(m, &dir)?;
+            let rows_step = phase.meta.rows_step;
+            if step.is_some_and(|s| s != rows_step) {
+                return Err(EngineError::Invalid(format!(
+                    "the LoRA phase of {} trained with the rows of step {rows_step}; leave the \
+                     step out or choose {rows_step}",
+                    dir.display()
+                )));
+            }
+            let at = match lora_use {
+                LoraUse::Step(s) => Some(s),
+                _ => None,
+            };
+            let st = phase.state(&m.llama, &dir, at)?;
+            let what = Attachment {
+                forms: session.vocab.clone(),
+                rows: phase.rows.clone(),
+                run: dir,
+                step: rows_step,
+                lora: Some((st.step, st.adapters)),
+            };
+            return Ok((what, session.init.clone()));
+        }
         let (rows, step) = match (step, current) {
             (Some(0), _) => (session.init.clone(), 0),
             (Some(s), _) => {
@@ -117,6 +143,7 @@ impl Worker {
             rows,
             run: dir,
             step,
+            lora: None,
         };
         Ok((what, session.init.clone()))
     }
@@ -126,9 +153,10 @@ impl Worker {
         &mut self,
         dir: Option<PathBuf>,
         step: Option<usize>,
+        lora: LoraUse,
     ) -> Result<InjectResult> {
         // Read against the base model; a refused attach leaves the model as it was.
-        let (what, _) = self.on_base(|w| w.attachment(dir, step))?;
+        let (what, _) = self.on_base(|w| w.attachment(dir, step, lora))?;
         self.lift_attachment();
         let m = self.model.as_mut().ok_or(EngineError::NoModel)?;
         self.attached = Some(attach(m, what)?);
@@ -157,7 +185,7 @@ impl Worker {
             ));
         }
         self.on_base(|w| {
-            let (what, init) = w.attachment(dir, step)?;
+            let (what, init) = w.attachment(dir, step, LoraUse::None)?;
             let cos = row_cosines(&init, &what.rows)?;
             let picks = drift_picks(&cos, count);
             let opts = GenerateOptions {

@@ -1,0 +1,274 @@
+//! Phase 2 (LoRA) on the tiny model: gradients reach only the adapters and match finite
+//! differences, merging gives the same logits as carrying the adapters, training lowers the
+//! validation loss, resuming replays the uninterrupted run bit for bit, and another base model
+//! is refused.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use neoscope_api::lora::{LoraConfig, LoraTarget};
+use neoscope_engine::inject::lora::{self, loss_and_grads};
+use neoscope_engine::inject::session::{self, Inputs};
+use neoscope_engine::inject::train::{InjectConfig, InjectEvent, Stopped};
+use neoscope_engine::model::lora::{Adapters, merge};
+use neoscope_engine::model::{Batch, LoadedModel, PadSide};
+use neoscope_engine::tiny::tiny_model;
+
+fn inputs() -> Inputs {
+    let mut corpus = String::new();
+    for i in 0..60 {
+        let f = ["blorf", "zinter", "quaxle", "thrum"][i % 4];
+        corpus.push_str(&format!("the {f} sat by the {f} and the cat. "));
+    }
+    Inputs {
+        forms: ["blorf", "zinter", "quaxle", "thrum"]
+            .map(str::to_owned)
+            .to_vec(),
+        morphemes: Vec::new(),
+        corpus,
+        sources: vec!["test".into()],
+    }
+}
+
+/// A phase-1 run of a few steps in `dir`.
+fn phase1(m: &LoadedModel, dir: &std::path::Path) {
+    let cfg = InjectConfig {
+        init: neoscope_engine::inject::init::InitKind::Spherical,
+        block_len: 16,
+        steps: 4,
+        micro_batch: 2,
+        accum: 1,
+        lr: 0.05,
+        eval_every: 4,
+        checkpoint_every: 2,
+        ..InjectConfig::default()
+    };
+    let s = session::start(m, &inputs(), &cfg, dir).unwrap();
+    let mut st = s.state(dir).unwrap();
+    s.train(m, dir, &mut st, None, &mut |_| true).unwrap();
+}
+
+fn lora_cfg() -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        lr: 1e-2,
+        steps: 8,
+        micro_batch: 2,
+        accum: 2,
+        eval_every: 4,
+        checkpoint_every: 2,
+        ..LoraConfig::default()
+    }
+}
+
+/// Adapters with every `B` drawn too (fresh ones have `B = 0`, where `A` gets no gradient).
+fn random_adapters(m: &LoadedModel) -> Adapters {
+    let ad = Adapters::init(&m.llama, &LoraTarget::ALL, 3, 6.0, 7).unwrap();
+    let t: Vec<Tensor> = ad
+        .named()
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t))| {
+            let n = t.elem_count();
+            let v: Vec<f32> = (0..n)
+                .map(|j| ((j * 7 + i * 13) as f32 * 0.61).sin() * 0.2)
+                .collect();
+            Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
+        })
+        .collect();
+    ad.with_tensors(&t).unwrap()
+}
+
+#[test]
+fn adapter_gradients_match_finite_differences() {
+    let m = tiny_model(5, &Device::Cpu).unwrap();
+    let d = m.llama.cfg.hidden_size;
+    let rows = Tensor::from_vec(
+        (0..2 * d).map(|i| (i as f32 * 0.3).cos() * 0.2).collect(),
+        (2, d),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let base = m.llama.cfg.vocab_size as u32;
+    let blocks: Vec<Vec<u32>> = vec![
+        vec![3, base, 7, 9, base + 1, 4],
+        vec![base + 1, 5, 2, base, 8, 6],
+    ];
+    let refs: Vec<&[u32]> = blocks.iter().map(Vec::as_slice).collect();
+    let ad = random_adapters(&m);
+    let (_, grads) = loss_and_grads(&m.llama, &rows, &ad, &refs, 1.0 / 10.0).unwrap();
+    let named = ad.named();
+    assert_eq!(grads.len(), named.len());
+    let loss_at = |ad: &Adapters| -> f64 {
+        let model = m.llama.with_adapters(Some(Arc::new(ad.clone())));
+        let (nll, _) = neoscope_engine::inject::forward::nll_sum(&model, &rows, &refs).unwrap();
+        f64::from(nll.to_scalar::<f32>().unwrap()) / 10.0
+    };
+    // A few coordinates of A and B of several projections and layers.
+    let mut checked = 0;
+    for (k, (name, t)) in named.iter().enumerate().step_by(2) {
+        let flat: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f32> = grads[k].flatten_all().unwrap().to_vec1().unwrap();
+        let i = (k * 11) % flat.len();
+        let h = 1e-2f32;
+        let shifted = |delta: f32| {
+            let mut v = flat.clone();
+            v[i] += delta;
+            let mut all: Vec<Tensor> = named.iter().map(|(_, t)| t.clone()).collect();
+            all[k] = Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
+            loss_at(&ad.with_tensors(&all).unwrap())
+        };
+        let fd = ((shifted(h) - shifted(-h)) / (2.0 * f64::from(h))) as f32;
+        let an = g[i];
+        assert!(
+            (fd - an).abs() <= 3e-2 * an.abs().max(0.02),
+            "{name}[{i}]: analytic {an} vs finite difference {fd}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked}");
+}
+
+#[test]
+fn merged_weights_give_the_logits_of_carried_adapters() {
+    let m = tiny_model(6, &Device::Cpu).unwrap();
+    let ad = random_adapters(&m);
+    let carried = m.llama.with_adapters(Some(Arc::new(ad.clone())));
+    let merged = merge(&m.llama, &ad).unwrap();
+    let batch = Batch::new(&[vec![1, 5, 9, 2, 7]], PadSide::Right, &Device::Cpu).unwrap();
+    let logits = |l: &neoscope_engine::model::Llama| {
+        l.forward(&batch, &Default::default(), None)
+            .unwrap()
+            .logits
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (a, b, base) = (logits(&carried), logits(&merged), logits(&m.llama));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "merged vs carried: {diff}");
+    let moved = a
+        .iter()
+        .zip(&base)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-2, "the adapters change nothing: {moved}");
+}
+
+#[test]
+fn phase2_trains_resumes_exactly_and_refuses_another_model() {
+    let m = tiny_model(3, &Device::Cpu).unwrap();
+    let before: Vec<f32> = m.llama.blocks[0]
+        .wq
+        .dense()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+
+    // Uninterrupted.
+    let a = tempfile::tempdir().unwrap();
+    phase1(&m, a.path());
+    let p = lora::create(&m, a.path(), lora_cfg(), None).unwrap();
+    assert_eq!(p.meta.rows_step, 4);
+    let mut st = p.state(&m.llama, a.path(), None).unwrap();
+    assert_eq!(
+        p.train(&m.llama, a.path(), &mut st, None, &mut |_| true)
+            .unwrap(),
+        Stopped::Completed
+    );
+    assert_eq!(st.losses.len(), 8);
+    let (v0, v1) = (st.val[0].1, st.val.last().unwrap().1);
+    assert!(v1 < v0 - 0.02, "validation loss {v0} -> {v1}");
+    let after: Vec<f32> = m.llama.blocks[0]
+        .wq
+        .dense()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(before, after, "phase 2 changed a frozen weight");
+    let e = lora::create(&m, a.path(), lora_cfg(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already has a LoRA phase"), "{e}");
+
+    // Stopped after step 3, resumed from disk.
+    let b = tempfile::tempdir().unwrap();
+    phase1(&m, b.path());
+    let p = lora::create(&m, b.path(), lora_cfg(), None).unwrap();
+    let mut sb = p.state(&m.llama, b.path(), None).unwrap();
+    let stop = p
+        .train(&m.llama, b.path(), &mut sb, None, &mut |e| {
+            !matches!(e, InjectEvent::Step { step: 3, .. })
+        })
+        .unwrap();
+    assert_eq!(stop, Stopped::Cancelled);
+    let p = lora::open(&m, b.path()).unwrap();
+    let mut resumed = p.state(&m.llama, b.path(), None).unwrap();
+    assert_eq!(resumed.step, 3);
+    p.train(&m.llama, b.path(), &mut resumed, None, &mut |_| true)
+        .unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&resumed.losses),
+        bits(&st.losses),
+        "loss curves differ"
+    );
+    assert_eq!(resumed.val, st.val);
+    for ((n, x), (_, y)) in st.adapters.named().iter().zip(resumed.adapters.named()) {
+        let (x, y): (Vec<f32>, Vec<f32>) = (
+            x.flatten_all().unwrap().to_vec1().unwrap(),
+            y.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(bits(&x), bits(&y), "{n} differs after resume");
+    }
+
+    // Another base model is refused, and so are settings that cannot work.
+    let other = tiny_model(4, &Device::Cpu).unwrap();
+    let e = lora::open(&other, a.path()).unwrap_err().to_string();
+    assert!(e.contains("was made for the model"), "{e}");
+    let c = tempfile::tempdir().unwrap();
+    phase1(&m, c.path());
+    for (bad, want) in [
+        (
+            LoraConfig {
+                dropout: 1.0,
+                ..lora_cfg()
+            },
+            "dropout",
+        ),
+        (
+            LoraConfig {
+                rank: 0,
+                ..lora_cfg()
+            },
+            "rank",
+        ),
+        (
+            LoraConfig {
+                steps: 0,
+                ..lora_cfg()
+            },
+            "steps",
+        ),
+    ] {
+        let e = lora::create(&m, c.path(), bad, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let e = lora::create(&m, c.path(), lora_cfg(), Some(3))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("step"), "{e}");
+    assert!(!lora::folder(c.path()).join("lora.json").exists());
+}
