@@ -1,7 +1,10 @@
 //! Phase 2 (LoRA) on the tiny model: gradients reach only the adapters and match finite
 //! differences, merging gives the same logits as carrying the adapters, training lowers the
 //! validation loss, resuming replays the uninterrupted run bit for bit, and another base model
-//! is refused.
+//! is refused. On the `llama3` and `qwen2` fixtures, the loss and every adapter gradient match
+//! PEFT's (`tests/fixtures/mklora.py`).
+
+mod common;
 
 use std::sync::Arc;
 
@@ -11,7 +14,7 @@ use neoscope_engine::inject::lora::{self, loss_and_grads};
 use neoscope_engine::inject::session::{self, Inputs};
 use neoscope_engine::inject::train::{InjectConfig, InjectEvent, Stopped};
 use neoscope_engine::model::lora::{Adapters, merge};
-use neoscope_engine::model::{Batch, LoadedModel, PadSide};
+use neoscope_engine::model::{Batch, LoadedModel, PadSide, load_model};
 use neoscope_engine::tiny::tiny_model;
 
 fn inputs() -> Inputs {
@@ -271,4 +274,38 @@ fn phase2_trains_resumes_exactly_and_refuses_another_model() {
         .to_string();
     assert!(e.contains("step"), "{e}");
     assert!(!lora::folder(c.path()).join("lora.json").exists());
+}
+
+#[test]
+fn loss_and_adapter_gradients_match_peft() {
+    for name in ["llama3", "qwen2"] {
+        let m = load_model(&common::fixture(name), &Device::Cpu).unwrap();
+        let f = candle_core::safetensors::load(
+            common::fixture(&format!("{name}.lora.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let rows = f["row"].unsqueeze(0).unwrap();
+        let ids: Vec<Vec<u32>> = f["ids"]
+            .to_vec2::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(|x| u32::try_from(x).unwrap()).collect())
+            .collect();
+        let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        let template = Adapters::init(&m.llama, &LoraTarget::ALL, 4, 8.0, 0).unwrap();
+        let names: Vec<String> = template.named().into_iter().map(|(n, _)| n).collect();
+        let tensors: Vec<Tensor> = names.iter().map(|n| f[n.as_str()].clone()).collect();
+        let ad = template.with_tensors(&tensors).unwrap();
+        let n = ids.len() * (ids[0].len() - 1);
+        let (loss, grads) = loss_and_grads(&m.llama, &rows, &ad, &refs, 1.0 / n as f64).unwrap();
+        let want = f["loss"].to_vec1::<f32>().unwrap()[0];
+        assert!((loss - want).abs() < 1e-4, "{name}: loss {loss} vs PEFT {want}");
+        for (n, g) in names.iter().zip(&grads) {
+            let w = &f[format!("grad.{n}").as_str()];
+            let diff = common::max_diff(g, w);
+            let scale = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff <= 1e-4 * scale.max(1e-3) + 1e-6, "{name} {n}: {diff} (scale {scale})");
+        }
+    }
 }
