@@ -38,6 +38,12 @@ pub struct Global {
     /// The run's checkpoint step (default: the latest; 0: the initial rows).
     #[arg(long, global = true, value_name = "STEP", requires = "run")]
     pub run_step: Option<usize>,
+    /// Merge the run's phase-2 (LoRA) adapters, latest checkpoint, into the weights.
+    #[arg(long, global = true, requires = "run")]
+    pub lora: bool,
+    /// Merge the adapters of this phase-2 checkpoint.
+    #[arg(long, global = true, value_name = "STEP", requires = "run")]
+    pub lora_step: Option<usize>,
     /// Print exactly one JSON object on stdout.
     #[arg(long, global = true)]
     pub json: bool,

@@ -300,12 +300,24 @@ fn loss_and_adapter_gradients_match_peft() {
         let n = ids.len() * (ids[0].len() - 1);
         let (loss, grads) = loss_and_grads(&m.llama, &rows, &ad, &refs, 1.0 / n as f64).unwrap();
         let want = f["loss"].to_vec1::<f32>().unwrap()[0];
-        assert!((loss - want).abs() < 1e-4, "{name}: loss {loss} vs PEFT {want}");
+        assert!(
+            (loss - want).abs() < 1e-4,
+            "{name}: loss {loss} vs PEFT {want}"
+        );
         for (n, g) in names.iter().zip(&grads) {
             let w = &f[format!("grad.{n}").as_str()];
             let diff = common::max_diff(g, w);
-            let scale = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff <= 1e-4 * scale.max(1e-3) + 1e-6, "{name} {n}: {diff} (scale {scale})");
+            let scale = w
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 1e-4 * scale.max(1e-3) + 1e-6,
+                "{name} {n}: {diff} (scale {scale})"
+            );
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `neoscope inject run|resume|report|probe|lexicon|demo|generate`: vocabulary injection.
+//! `neoscope inject run|resume|lora|report|probe|lexicon|demo|generate`: vocabulary injection.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,9 @@ use super::{call, call_with, emit};
 pub enum InjectCmd {
     /// Inject a lexicon, train the new rows on a corpus, write checkpoints and the report.
     Run(RunArgs),
+    /// Phase 2: LoRA adapters on the block projections learn to use the run's forms (rows,
+    /// embeddings and weights frozen); `--resume` continues them.
+    Lora(super::inject_lora::LoraArgs),
     /// Continue a stopped run from its latest checkpoint.
     Resume {
         /// Run folder.
@@ -373,6 +376,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result
             };
             train_and_report(engine, json_mode, cmd)
         }
+        InjectCmd::Lora(a) => super::inject_lora::run(engine, json_mode, a),
         InjectCmd::Resume { dir, steps } => {
             train_and_report(engine, json_mode, InjectCommand::Resume { dir, steps })
         }

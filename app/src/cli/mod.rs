@@ -4,6 +4,7 @@
 #![expect(clippy::print_stdout, reason = "the CLI's output goes to stdout")]
 
 use neoscope_api::inject::{InjectCommand, InjectResult};
+use neoscope_api::lora::LoraUse;
 use neoscope_api::model::ModelResult;
 use neoscope_api::model::{CatalogModel, ModelCommand};
 use neoscope_api::text::TextCommand;
@@ -21,6 +22,7 @@ use serde_json::json;
 pub mod compare;
 pub mod embed;
 pub mod inject;
+pub mod inject_lora;
 pub mod lens;
 pub mod mfa;
 pub mod scratch;
@@ -301,6 +303,11 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
         let cmd = InjectCommand::Attach {
             dir: Some(dir.clone()),
             step: g.run_step,
+            lora: match (g.lora, g.lora_step) {
+                (_, Some(s)) => LoraUse::Step(s),
+                (true, None) => LoraUse::Latest,
+                (false, None) => LoraUse::None,
+            },
         };
         let InjectResult::Model(attached) = call(&mut engine, cmd)? else {
             bail!("unexpected engine reply");

@@ -3,6 +3,7 @@
 //! model (attach, detach, probes).
 
 use neoscope_api::inject::{InitKind, InjectCommand};
+use neoscope_api::lora::LoraUse;
 
 use super::inject_panel::{
     InjectFile, InjectPanel, dialog, extract, inspect, name, send_job, shakespeare, start,
@@ -26,6 +27,10 @@ pub(super) fn use_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
         if let Some(step) = &mut p.attach_step {
             ui.add(egui::DragValue::new(step).prefix("step "));
         }
+        ui.checkbox(&mut p.lora_attach, "with adapters")
+            .on_hover_text(
+                "Merge the run's phase-2 (LoRA) adapters, latest checkpoint, into the weights",
+            );
         let ready = !busy && p.run.is_some();
         if ui
             .add_enabled(ready, egui::Button::new("Use in the model"))
@@ -37,7 +42,12 @@ pub(super) fn use_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
         {
             let c = InjectCommand::Attach {
                 dir: p.run.clone(),
-                step: p.attach_step,
+                step: if p.lora_attach { None } else { p.attach_step },
+                lora: if p.lora_attach {
+                    LoraUse::Latest
+                } else {
+                    LoraUse::None
+                },
             };
             send_job(p, s, c, "attaching");
         }
@@ -79,10 +89,12 @@ pub(super) fn use_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
         }
         match &attached {
             Some(v) => ui.label(format!(
-                "Attached: {} forms from {} at step {}",
+                "Attached: {} forms from {} at step {}{}",
                 v.forms.len(),
                 v.run.display(),
-                v.step
+                v.step,
+                v.lora_step
+                    .map_or(String::new(), |s| format!(" with adapters of step {s}"))
             )),
             None => ui.weak("The model has its base vocabulary."),
         };

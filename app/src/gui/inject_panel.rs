@@ -9,6 +9,7 @@ use neoscope_api::inject::InitKind;
 use neoscope_api::inject::InjectConfig;
 use neoscope_api::inject::{InjectCommand, LexiconCounts, LexiconEntry, TextSource};
 use neoscope_api::inject::{InjectEvent, InjectResult, Probe, Stopped};
+use neoscope_api::lora::{LoraConfig, LoraRun};
 use neoscope_api::{Command, Event, JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
@@ -80,6 +81,12 @@ pub struct InjectPanel {
     pub probe_tokens: usize,
     /// The last probes: run folder, step, probes.
     pub probes: Option<(PathBuf, usize, Vec<Probe>)>,
+    /// Phase-2 settings.
+    pub lora: LoraConfig,
+    /// The last phase-2 result.
+    pub lora_run: Option<LoraRun>,
+    /// Merge the run's adapters when using its forms in the model.
+    pub lora_attach: bool,
 }
 
 impl Default for InjectPanel {
@@ -111,6 +118,9 @@ impl Default for InjectPanel {
             probe_count: 3,
             probe_tokens: 24,
             probes: None,
+            lora: LoraConfig::default(),
+            lora_run: None,
+            lora_attach: false,
         }
     }
 }
@@ -259,6 +269,22 @@ impl Panel for InjectPanel {
                     None => "The model has its base vocabulary again".to_owned(),
                 });
                 s.model = Some(*info);
+            }
+            InjectResult::Lora(r) => {
+                self.losses = (1..).zip(r.losses.iter().copied()).collect();
+                self.val = r.val.clone();
+                self.steps = r.steps;
+                self.lora.steps = r.steps;
+                self.status = Some(match r.stopped {
+                    Some(Stopped::Cancelled) => format!(
+                        "Adapters stopped at step {} (checkpoint saved): Resume adapters \
+                         continues",
+                        r.step
+                    ),
+                    _ => super::lora_controls::summary(&r),
+                });
+                self.lora_attach = true;
+                self.lora_run = Some(*r);
             }
             InjectResult::Probes {
                 dir, step, probes, ..
@@ -424,6 +450,7 @@ fn show(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
     }
     super::inject_controls::inputs_row(p, s, ui);
     super::inject_controls::settings_row(p, s, ui);
+    super::lora_controls::lora_row(p, s, ui);
     super::inject_controls::use_row(p, s, ui);
     ui.separator();
     ui.columns(2, |cols| {

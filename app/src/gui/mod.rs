@@ -10,6 +10,7 @@ pub mod inject_panel;
 mod inject_views;
 pub mod lens_panel;
 mod lens_views;
+mod lora_controls;
 pub mod mfa_panel;
 mod mfa_views;
 pub mod model_panel;

@@ -302,12 +302,15 @@ fn info_grid(ui: &mut egui::Ui, info: &ModelInfo) {
                 if let Some(v) = &info.injected {
                     ui.label("injected vocabulary");
                     ui.monospace(format!(
-                        "{} forms (ids {}–{}) from {} at step {}",
+                        "{} forms (ids {}–{}) from {} at step {}{}",
                         v.forms.len(),
                         v.base_vocab,
                         v.base_vocab + v.forms.len().saturating_sub(1),
                         v.run.display(),
-                        v.step
+                        v.step,
+                        v.lora_step.map_or(String::new(), |s| format!(
+                            ", LoRA adapters of step {s} merged"
+                        ))
                     ));
                     ui.end_row();
                 }

@@ -1,0 +1,135 @@
+//! `neoscope inject lora`: phase 2 of vocabulary injection, LoRA adapters trained with the
+//! run's rows frozen (or continued with `--resume`).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, anyhow, bail};
+use clap::Args as ClapArgs;
+use neoscope_api::inject::{InjectCommand, InjectResult};
+use neoscope_api::lora::{LoraConfig, LoraTarget};
+use neoscope_engine::worker::EngineHandle;
+
+use super::emit;
+use super::inject::inject_call;
+
+/// `inject lora` options (defaults: the seed document's phase-2 settings).
+#[derive(Debug, ClapArgs)]
+pub struct LoraArgs {
+    /// Run folder (phase 1 must have a checkpoint; the adapters go to its `lora/`).
+    pub dir: PathBuf,
+    /// Continue the run's phase 2 from its latest checkpoint (to `--steps` in all, if given).
+    #[arg(long)]
+    pub resume: bool,
+    /// Optimiser steps (in all).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Phase-1 checkpoint whose rows phase 2 trains with (default: the latest).
+    #[arg(long)]
+    pub rows_step: Option<usize>,
+    /// Adapter rank r.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// α (the adapters' output is scaled by α / r).
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// Dropout on the adapters' inputs.
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f32,
+    /// Projections with adapters, comma-separated (q,k,v,o,gate,up,down or q_proj,…).
+    #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
+    pub targets: Vec<String>,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr: f64,
+    /// Warmup as a fraction of the steps.
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup: f32,
+    /// Decoupled weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Blocks per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub micro_batch: usize,
+    /// Forward passes per step.
+    #[arg(long, default_value_t = 2)]
+    pub accum: usize,
+    /// Validate every N steps.
+    #[arg(long, default_value_t = 20)]
+    pub eval_every: usize,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub checkpoint_every: usize,
+    /// Seed (adapter initialisation, block order, dropout masks).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl LoraArgs {
+    fn config(&self) -> Result<LoraConfig> {
+        let targets = self
+            .targets
+            .iter()
+            .map(|t| {
+                LoraTarget::parse(t).ok_or_else(|| {
+                    anyhow!("--targets: `{t}` is not a projection (q, k, v, o, gate, up, down)")
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LoraConfig {
+            rank: self.rank,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            targets,
+            lr: self.lr,
+            warmup: self.warmup,
+            weight_decay: self.weight_decay,
+            micro_batch: self.micro_batch,
+            accum: self.accum,
+            steps: self.steps.unwrap_or(LoraConfig::default().steps),
+            eval_every: self.eval_every,
+            checkpoint_every: self.checkpoint_every,
+            seed: self.seed,
+            ..LoraConfig::default()
+        })
+    }
+}
+
+/// Runs `inject lora`.
+pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LoraArgs) -> Result<()> {
+    let cmd = if a.resume {
+        InjectCommand::LoraResume {
+            dir: a.dir.clone(),
+            steps: a.steps,
+        }
+    } else {
+        InjectCommand::Lora {
+            dir: a.dir.clone(),
+            config: a.config()?,
+            rows_step: a.rows_step,
+        }
+    };
+    let InjectResult::Lora(r) = inject_call(engine, cmd)? else {
+        bail!("unexpected engine reply");
+    };
+    let mut text = format!(
+        "phase 2 (LoRA) of {}: step {}/{} with the rows of phase-1 step {}, {} adapter \
+         parameters",
+        r.dir.display(),
+        r.step,
+        r.steps,
+        r.rows_step,
+        r.parameters
+    );
+    if let (Some(a), Some(b)) = (r.val.first(), r.val.last()) {
+        text.push_str(&format!(
+            "\nvalidation loss {:.4} (step {}) -> {:.4} (step {})",
+            a.1, a.0, b.1, b.0
+        ));
+    }
+    text.push_str(&format!(
+        "\nadapters: {}; use them with --run {} --lora",
+        r.dir.join("lora").display(),
+        r.dir.display()
+    ));
+    emit(json_mode, &serde_json::to_value(&*r)?, &text)
+}
