@@ -264,6 +264,79 @@ def scratch(a):
             json.dump({"rows": rows, "table": lines}, f, indent=1)
 
 
+def lora_worker(report_path, model_path, threads):
+    """PyTorch + PEFT: the same phase-2 step as `neoscope inject lora-bench` (same blocks, r, alpha,
+    dropout, targets, AdamW with decoupled decay, clipping at 1.0), printed as JSON."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    rep = json.load(open(report_path))
+    c = rep["config"]
+    if os.path.isdir(model_path):
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(model_path), gguf_file=os.path.basename(model_path), dtype=torch.float32
+        )
+    names = {"Q": "q_proj", "K": "k_proj", "V": "v_proj", "O": "o_proj", "Gate": "gate_proj",
+             "Up": "up_proj", "Down": "down_proj"}
+    peft = get_peft_model(model, LoraConfig(r=c["rank"], lora_alpha=c["alpha"], lora_dropout=c["dropout"],
+                                            target_modules=[names[t] for t in c["targets"]], bias="none"))
+    peft.train()
+    params = [p for p in peft.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=c["lr"], betas=(0.9, 0.999), eps=c["adam_eps"],
+                            weight_decay=c["weight_decay"])
+    ids = torch.tensor(rep["blocks"])
+    times, losses = [], []
+    for _ in range(len(rep["step_s"])):
+        t = time.perf_counter()
+        loss = peft(input_ids=ids, labels=ids, use_cache=False).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, c["clip_norm"])
+        opt.step()
+        losses.append(loss.item())
+        times.append(time.perf_counter() - t)
+    print(json.dumps({"step_s": times, "median_step_s": statistics.median(times[1:]), "losses": losses,
+                      "parameters": sum(p.numel() for p in params), "threads": torch.get_num_threads()}))
+
+
+def lora(a):
+    """Phase 2's LoRA training step, Neoscope then PyTorch + PEFT, alternating."""
+    ns = [a.neoscope, "--device", a.device] + (["--model", a.model, "--dtype", "f32"] if a.model else [])
+    info = json.loads(subprocess.check_output(ns + ["info", "--json"], stderr=subprocess.DEVNULL))
+    model_path = info["model_file"] if not a.model or not os.path.exists(a.model) else a.model
+    report_path = os.path.abspath(".neoscope-lora-report.json")
+    ours, theirs = [], []
+    for r in range(a.rounds):
+        print(f"round {r + 1}/{a.rounds}: neoscope inject lora-bench", file=sys.stderr)
+        rep = json.loads(subprocess.check_output(ns + ["inject", "lora-bench", "--json", "--steps", "5"],
+                                                 stderr=subprocess.DEVNULL))
+        ours.append(rep)
+        with open(report_path, "w") as f:
+            json.dump(rep, f)
+        print(f"round {r + 1}/{a.rounds}: PyTorch + PEFT", file=sys.stderr)
+        theirs.append(json.loads(subprocess.check_output(
+            [sys.executable, __file__, "--lora-worker", report_path, model_path, str(rep["threads"])])))
+    os.remove(report_path)
+    n = statistics.median(x["median_step_s"] for x in ours)
+    p = statistics.median(x["median_step_s"] for x in theirs)
+    lines = [f"Machine: {os.cpu_count()} CPUs, {ours[0]['threads']} threads each; model {info['name']}; "
+             f"{a.rounds} alternating rounds, medians of 5 steps after a warm-up.", "",
+             "| LoRA training step (8 × 64 tokens, r 8, all seven projections) | Neoscope | PyTorch + PEFT | Neoscope/PyTorch time |",
+             "| --- | --- | --- | --- |",
+             f"| {ours[0]['parameters']} / {theirs[0]['parameters']} adapter parameters | {n:.3f} s | {p:.3f} s | {n / p:.2f} |",
+             "", f"First-step losses: Neoscope {ours[0]['losses'][0]:.4f}, PyTorch {theirs[0]['losses'][0]:.4f} "
+             "(dropout masks differ; Neoscope's vocabulary has one injected row more)."]
+    print("\n".join(lines))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"rows": [{"workload": "LoRA training step 8x64", "neoscope": n, "pytorch": p, "ratio": n / p}],
+                       "neoscope": ours, "pytorch": theirs, "table": lines}, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--neoscope", default="target/release/neoscope")
@@ -272,6 +345,8 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--model", default=None, help="a GGUF file or Hugging Face folder (default: the default model)")
     ap.add_argument("--scratch", action="store_true", help="compare the from-scratch lab's training step")
+    ap.add_argument("--lora", action="store_true", help="compare phase 2's LoRA training step with PyTorch + PEFT")
+    ap.add_argument("--lora-worker", nargs=3, metavar=("REPORT", "MODEL", "THREADS"), help=argparse.SUPPRESS)
     ap.add_argument("--worker", nargs=4, metavar=("REPORT", "MODEL", "THREADS", "DEVICE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -279,6 +354,12 @@ def main():
         return
     if a.scratch:
         scratch(a)
+        return
+    if a.lora_worker:
+        lora_worker(a.lora_worker[0], a.lora_worker[1], int(a.lora_worker[2]))
+        return
+    if a.lora:
+        lora(a)
         return
     ns = [a.neoscope, "--device", a.device] + (["--model", a.model, "--dtype", "f32"] if a.model else [])
     info = json.loads(subprocess.check_output(ns + ["info", "--json"], stderr=subprocess.DEVNULL))

@@ -439,6 +439,12 @@ pub enum InjectCommand {
         /// New total step count.
         steps: Option<usize>,
     },
+    /// Times phase-2 training steps on the loaded model: a batch of 8 blocks of 64 tokens of
+    /// the benchmark text, adapters of the default settings (r 8 on all seven projections).
+    LoraBench {
+        /// Steps to time (after one warm-up).
+        steps: usize,
+    },
     /// Gives the loaded model back its base vocabulary.
     Detach,
     /// Lexicon extraction: the words of a text that the tokenizer splits into at least
@@ -582,6 +588,8 @@ pub enum InjectResult {
     },
     /// From `Lora`/`LoraResume`.
     Lora(Box<crate::lora::LoraRun>),
+    /// From `LoraBench`.
+    LoraBench(Box<crate::lora::LoraBench>),
     /// From `Probe`: most-drifted forms first, then least-drifted.
     Probes {
         /// The run folder.

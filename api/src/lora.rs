@@ -157,3 +157,22 @@ pub struct LoraRun {
     /// (step, validation loss); step 0 is the phase-1 rows without adapters.
     pub val: Vec<(usize, f32)>,
 }
+
+/// The phase-2 training-step benchmark: what was run, and how long each step took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraBench {
+    /// CPU threads used.
+    pub threads: usize,
+    /// The training blocks (each step trains on all of them, one forward pass).
+    pub blocks: Vec<Vec<u32>>,
+    /// The adapter settings (learning rate, rank, α, dropout, targets, AdamW).
+    pub config: LoraConfig,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Seconds of each step (the first is a warm-up).
+    pub step_s: Vec<f64>,
+    /// Median of the steps after the first.
+    pub median_step_s: f64,
+    /// Loss of each step.
+    pub losses: Vec<f32>,
+}

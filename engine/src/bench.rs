@@ -306,3 +306,93 @@ fn bench_mfa(
         Ok(())
     })
 }
+
+/// Phase-2 (LoRA) training steps on the loaded model: 8 blocks of 64 tokens (the benchmark
+/// text's first 64 ids, each block rotated by 8 more), one forward pass per step, the default
+/// adapter settings; `steps` timed after one warm-up. One injected row (never in the blocks)
+/// stands for the run's vocabulary.
+pub fn lora_step(
+    m: &LoadedModel,
+    steps: usize,
+    progress: &mut dyn FnMut(&str, f32) -> bool,
+) -> Result<neoscope_api::lora::LoraBench> {
+    use crate::inject::lora::{LoraState, LoraTraining, schedule};
+    use crate::inject::train::{Blocks, Trainee};
+    use crate::model::lora::Adapters;
+    let ids = m.tokenizer.encode(BENCH_TEXT)?;
+    if ids.len() < 64 {
+        return Err(EngineError::Invalid(
+            "benchmark text too short for this tokenizer".into(),
+        ));
+    }
+    let blocks: Vec<Vec<u32>> = (0..8)
+        .map(|r| (0..64).map(|i| ids[(i + 8 * r) % 64]).collect())
+        .collect();
+    let config = neoscope_api::lora::LoraConfig {
+        micro_batch: 8,
+        accum: 1,
+        steps: steps + 1,
+        eval_every: usize::MAX / 2,
+        checkpoint_every: usize::MAX / 2,
+        ..Default::default()
+    };
+    let cfg = schedule(&config, 64);
+    let b = Blocks {
+        train: blocks.clone(),
+        val: blocks[..1].to_vec(),
+    };
+    let adapters = Adapters::init(
+        &m.llama,
+        &config.targets,
+        config.rank,
+        config.alpha,
+        config.seed,
+    )?;
+    let zeros = |t: &(String, candle_core::Tensor)| t.1.zeros_like();
+    let named = adapters.named();
+    let mut state = LoraState {
+        step: 0,
+        m: named
+            .iter()
+            .map(zeros)
+            .collect::<candle_core::Result<_>>()?,
+        v: named
+            .iter()
+            .map(zeros)
+            .collect::<candle_core::Result<_>>()?,
+        adapters,
+        losses: Vec::new(),
+        val: Vec::new(),
+    };
+    let rows = m
+        .llama
+        .embed
+        .narrow(0, 0, 1)?
+        .to_dtype(candle_core::DType::F32)?;
+    let parameters = state.adapters.parameters();
+    let mut t = LoraTraining {
+        m: &m.llama,
+        rows: &rows,
+        dropout: config.dropout,
+        state: &mut state,
+    };
+    let mut step_s = Vec::with_capacity(steps + 1);
+    for s in 0..=steps {
+        if !progress("LoRA step", s as f32 / (steps + 1) as f32) {
+            return Err(EngineError::Cancelled);
+        }
+        let t0 = Instant::now();
+        t.step(&b, &cfg)?;
+        step_s.push(t0.elapsed().as_secs_f64());
+    }
+    let losses = state.losses.clone();
+    Ok(neoscope_api::lora::LoraBench {
+        threads: candle_core::utils::get_num_threads(),
+        blocks,
+        config,
+        parameters,
+        median_step_s: median(step_s[1..].to_vec()),
+        step_s,
+        losses,
+    })
+}

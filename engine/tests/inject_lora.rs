@@ -3,6 +3,7 @@
 //! validation loss, resuming replays the uninterrupted run bit for bit, and another base model
 //! is refused. On the `llama3` and `qwen2` fixtures, the loss and every adapter gradient match
 //! PEFT's (`tests/fixtures/mklora.py`).
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
 

@@ -193,6 +193,8 @@ fn global() -> Global {
         engine_token: None,
         run: None,
         run_step: None,
+        lora: false,
+        lora_step: None,
     }
 }
 

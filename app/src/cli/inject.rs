@@ -23,6 +23,12 @@ pub enum InjectCmd {
     /// Phase 2: LoRA adapters on the block projections learn to use the run's forms (rows,
     /// embeddings and weights frozen); `--resume` continues them.
     Lora(super::inject_lora::LoraArgs),
+    /// Time phase-2 training steps (8 blocks × 64 tokens, r 8 on all seven projections).
+    LoraBench {
+        /// Steps timed after one warm-up.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
     /// Continue a stopped run from its latest checkpoint.
     Resume {
         /// Run folder.
@@ -377,6 +383,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result
             train_and_report(engine, json_mode, cmd)
         }
         InjectCmd::Lora(a) => super::inject_lora::run(engine, json_mode, a),
+        InjectCmd::LoraBench { steps } => super::inject_lora::bench(engine, json_mode, steps),
         InjectCmd::Resume { dir, steps } => {
             train_and_report(engine, json_mode, InjectCommand::Resume { dir, steps })
         }

@@ -133,3 +133,26 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LoraArgs) -> Result<()
     ));
     emit(json_mode, &serde_json::to_value(&*r)?, &text)
 }
+
+/// Runs `inject lora-bench`.
+pub fn bench(engine: &mut EngineHandle, json_mode: bool, steps: usize) -> Result<()> {
+    if steps == 0 {
+        bail!("--steps: time at least one step");
+    }
+    let InjectResult::LoraBench(b) = inject_call(engine, InjectCommand::LoraBench { steps })?
+    else {
+        bail!("unexpected engine reply");
+    };
+    let text = format!(
+        "LoRA training step, 8 × 64 tokens, r {} on {} projections ({} parameters), {} \
+         threads: median {:.3} s over {} steps (warm-up {:.3} s)",
+        b.config.rank,
+        b.config.targets.len(),
+        b.parameters,
+        b.threads,
+        b.median_step_s,
+        steps,
+        b.step_s[0]
+    );
+    emit(json_mode, &serde_json::to_value(&*b)?, &text)
+}

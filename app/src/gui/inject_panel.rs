@@ -286,6 +286,9 @@ impl Panel for InjectPanel {
                 self.lora_attach = true;
                 self.lora_run = Some(*r);
             }
+            InjectResult::LoraBench(b) => {
+                s.notice = Some(format!("LoRA step: {:.2} s (median)", b.median_step_s));
+            }
             InjectResult::Probes {
                 dir, step, probes, ..
             } => self.probes = Some((dir, step, probes)),

@@ -7,7 +7,7 @@ use candle_core::{D, Tensor};
 use crate::error::Result;
 use crate::model::Llama;
 use crate::model::batch::{Batch, PadSide};
-use crate::model::ops::log_softmax_last;
+use crate::model::ops::nll_rows;
 
 /// Input embeddings (B, T, d) of equal-length `blocks`; differentiable in `rows` (n_new, d).
 pub fn embed(m: &Llama, rows: &Tensor, blocks: &[&[u32]]) -> Result<(Tensor, Batch)> {
@@ -56,8 +56,6 @@ pub fn nll_sum(m: &Llama, rows: &Tensor, blocks: &[&[u32]]) -> Result<(Tensor, u
         .flat_map(|bl| bl[1..].iter().copied())
         .collect();
     let n = targets.len();
-    let lp = log_softmax_last(&logits(m, rows, &h)?)?;
-    let tg = Tensor::from_vec(targets, (n, 1), m.device())?;
-    let nll = lp.gather(&tg, 1)?.sum_all()?.neg()?;
+    let nll = nll_rows(&logits(m, rows, &h)?, &targets)?.sum_all()?;
     Ok((nll, n))
 }

@@ -4,7 +4,7 @@
 //! tracks no gradient (inference, lenses, generation) the fused kernels are used instead: same
 //! values within float rounding, fewer passes over memory.
 
-use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) · w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
@@ -96,19 +96,103 @@ impl CustomOp1 for FrozenMatmul {
         let (start, end) = layout
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("frozen matmul: input not contiguous".into()))?;
-        let x = Tensor::from_slice(
-            &storage.as_slice::<f32>()?[start..end],
-            layout.shape(),
-            &Device::Cpu,
-        )?;
-        let y = x.matmul(&self.w.t()?)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+        let x = &storage.as_slice::<f32>()?[start..end];
+        let (rows, inner) = layout.shape().dims2()?;
+        let w = super::cpu::CpuView::new(&self.w)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let out = self.w.dim(0)?;
+        // Straight into the result's buffer: no copy of the input or of the product.
+        let mut y = vec![0f32; rows * out];
+        super::cpu::matmul(&mut y, x, w.data(), (rows, inner, out), true, false);
+        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.matmul(&self.w)?))
     }
+}
+
+/// Per-row negative log-likelihood of `targets` under logits (n, V), as one op: candle's
+/// composed log-softmax and gather allocate about ten (n, V) tensors between forward and
+/// backward, which dominates a training step at a 49k vocabulary; this one allocates the output
+/// and, backward, the gradient `g · (softmax − onehot)` only. Hand-written because candle has
+/// no fused cross-entropy with a backward pass.
+struct NllRows {
+    targets: Vec<u32>,
+}
+
+impl NllRows {
+    fn check(&self, layout: &Layout) -> Result<(usize, usize, usize, usize)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("nll: logits not contiguous".into()))?;
+        let (n, v) = layout.shape().dims2()?;
+        if n != self.targets.len() || self.targets.iter().any(|t| *t as usize >= v) {
+            return Err(candle_core::Error::Msg(format!(
+                "nll: {} targets for {n} rows of {v} logits",
+                self.targets.len()
+            )));
+        }
+        Ok((start, end, n, v))
+    }
+}
+
+/// `log Σ exp(z)` of one row, stably.
+fn log_sum_exp(z: &[f32]) -> f32 {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = z.iter().map(|x| (x - max).exp()).sum();
+    max + sum.ln()
+}
+
+impl CustomOp1 for NllRows {
+    fn name(&self) -> &'static str {
+        "nll-rows"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (start, end, n, v) = self.check(layout)?;
+        let z = &storage.as_slice::<f32>()?[start..end];
+        let out: Vec<f32> = z
+            .par_chunks(v)
+            .zip(&self.targets)
+            .map(|(row, t)| log_sum_exp(row) - row[*t as usize])
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        use rayon::prelude::*;
+        let (n, v) = arg.dims2()?;
+        let z = arg.contiguous()?;
+        let z = super::cpu::CpuView::new(&z).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let g: Vec<f32> = grad.to_vec1()?;
+        let mut dz = vec![0f32; n * v];
+        dz.par_chunks_mut(v)
+            .zip(z.data().par_chunks(v))
+            .zip(self.targets.par_iter().zip(&g))
+            .for_each(|((d, row), (t, gi))| {
+                let lse = log_sum_exp(row);
+                for (di, zi) in d.iter_mut().zip(row) {
+                    *di = gi * (zi - lse).exp();
+                }
+                d[*t as usize] -= gi;
+            });
+        Ok(Some(Tensor::from_vec(dz, (n, v), arg.device())?))
+    }
+}
+
+/// Negative log-likelihood of `targets` per row of `logits` (n, V): fused on the CPU in f32,
+/// composed elsewhere.
+pub fn nll_rows(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    if logits.device().is_cpu() && logits.dtype() == DType::F32 {
+        return logits.contiguous()?.apply_op1(NllRows {
+            targets: targets.to_vec(),
+        });
+    }
+    let n = targets.len();
+    let tg = Tensor::from_vec(targets.to_vec(), (n, 1), logits.device())?;
+    log_softmax_last(logits)?.gather(&tg, 1)?.squeeze(1)?.neg()
 }
 
 /// `x @ wᵀ` for `x` of shape (…, in) and `w` of shape (out, in), done as one flattened matmul.
@@ -187,6 +271,49 @@ mod tests {
         assert!((g[0][0] - fd0).abs() < 1e-3, "{} vs {fd0}", g[0][0]);
         assert!(g[0][0].abs() > 1e-3);
         assert!(g[1].iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn fused_nll_matches_log_softmax_and_gather_in_value_and_gradient() {
+        let dev = Device::Cpu;
+        let zv: Vec<f32> = (0..3 * 7).map(|i| (i as f32 * 0.53).sin() * 4.0).collect();
+        let z = Var::from_vec(zv, (3, 7), &dev).unwrap();
+        let targets = [2u32, 0, 6];
+        let weights = Tensor::new(&[1.0f32, -0.5, 2.0], &dev).unwrap();
+        let ours = nll_rows(z.as_tensor(), &targets).unwrap();
+        let tg = Tensor::new(&[[2u32], [0], [6]], &dev).unwrap();
+        let plain = log_softmax_last(z.as_tensor())
+            .unwrap()
+            .gather(&tg, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .neg()
+            .unwrap();
+        let d = (&ours - &plain).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+        let loss = |t: &Tensor| (t * &weights).unwrap().sum_all().unwrap();
+        let (g1, g2) = (
+            loss(&ours).backward().unwrap(),
+            loss(&plain).backward().unwrap(),
+        );
+        let (a, b) = (
+            g1.get(z.as_tensor()).unwrap(),
+            g2.get(z.as_tensor()).unwrap(),
+        );
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+        assert!(
+            a.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.1
+        );
+        // Out-of-range targets are an error, not a wrong answer.
+        assert!(nll_rows(z.as_tensor(), &[2, 0, 7]).is_err());
     }
 
     #[test]

@@ -207,6 +207,14 @@ impl Worker {
                 let phase = crate::inject::lora::create(m, &dir, config, rows_step)?;
                 self.train_lora(job, &dir, &phase, None)
             }
+            InjectCommand::LoraBench { steps } => {
+                let m = self.model()?;
+                let r = crate::bench::lora_step(m, steps, &mut |stage, f| {
+                    job.progress(stage, Some(f));
+                    !job.cancelled()
+                })?;
+                Ok(InjectResult::LoraBench(Box::new(r)))
+            }
             InjectCommand::LoraResume { dir, steps } => {
                 let phase = crate::inject::lora::open(self.model()?, &dir)?;
                 self.train_lora(job, &dir, &phase, steps)
