@@ -273,3 +273,67 @@ fn extracted_lexicon_becomes_the_runs_lexicon() {
         4
     );
 }
+
+/// Phase 2 in the panel: adapters trained on the run (curves shown, a summary line), resumed to
+/// more steps, then merged into the model with the run's forms ("with adapters").
+#[test]
+fn lora_adapters_train_resume_and_merge_into_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = loaded_tiny(6, dir.path());
+    h.get_by_label("Injection").click();
+    h.step();
+    {
+        let p = h.state_mut().panel_mut::<InjectPanel>();
+        p.dir = dir.path().join("run").display().to_string();
+        p.config.steps = 2;
+        p.config.eval_every = 2;
+        p.config.block_len = 32;
+        p.config.max_val_blocks = 2;
+        p.lora.steps = 3;
+        p.lora.rank = 2;
+        p.lora.lr = 1e-2;
+        p.lora.eval_every = 3;
+        p.lora.checkpoint_every = 2;
+        p.lora.max_val_blocks = 2;
+    }
+    h.step();
+    h.get_by_label("Train").click();
+    settle_ok(&mut h);
+    h.get_by_label("Train adapters").click();
+    settle_ok(&mut h);
+    let p = h.state().panel::<InjectPanel>();
+    let r = p.lora_run.clone().unwrap();
+    assert_eq!((r.step, r.rows_step), (3, 2));
+    assert_eq!(p.losses.len(), 3);
+    assert_eq!(r.val.iter().map(|v| v.0).collect::<Vec<_>>(), vec![0, 3]);
+    assert!(p.lora_attach);
+    h.state_mut().panel_mut::<InjectPanel>().lora.steps = 4;
+    h.step();
+    h.get_by_label("Resume adapters").click();
+    settle_ok(&mut h);
+    assert_eq!(
+        h.state()
+            .panel::<InjectPanel>()
+            .lora_run
+            .as_ref()
+            .unwrap()
+            .step,
+        4
+    );
+    h.get_by_label("Use in the model").click();
+    settle_ok(&mut h);
+    let v = h
+        .state()
+        .shared
+        .model_info()
+        .unwrap()
+        .injected
+        .clone()
+        .unwrap();
+    assert_eq!((v.step, v.lora_step), (2, Some(4)));
+    // Starting phase 2 again on the same run is refused with what to do instead.
+    h.get_by_label("Train adapters").click();
+    settle(&mut h);
+    let e = h.state().shared.error.clone().unwrap_or_default();
+    assert!(e.contains("already has a LoRA phase"), "{e}");
+}

@@ -322,3 +322,46 @@ fn loss_and_adapter_gradients_match_peft() {
         }
     }
 }
+
+#[test]
+fn hand_written_pass_matches_autograd_dropout_included() {
+    let m = tiny_model(8, &Device::Cpu).unwrap();
+    assert!(neoscope_engine::inject::lora_pass::supported(&m.llama));
+    let d = m.llama.cfg.hidden_size;
+    let rows = Tensor::from_vec(
+        (0..3 * d).map(|i| (i as f32 * 0.7).sin() * 0.3).collect(),
+        (3, d),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let base = m.llama.cfg.vocab_size as u32;
+    let blocks: Vec<Vec<u32>> = vec![
+        vec![3, base, 7, 9, base + 2, 4, 11],
+        vec![base + 1, 5, 2, base, 8, 6, 1],
+    ];
+    let refs: Vec<&[u32]> = blocks.iter().map(Vec::as_slice).collect();
+    for p in [0.0, 0.3] {
+        let mut ad = random_adapters(&m);
+        ad.dropout = Some(neoscope_engine::model::lora::Dropout { p, seed: 99 });
+        let (l1, g1) = loss_and_grads(&m.llama, &rows, &ad, &refs, 0.1).unwrap();
+        let (l2, g2) = lora::loss_and_grads_autograd(&m.llama, &rows, &ad, &refs, 0.1).unwrap();
+        assert!(
+            (l1 - l2).abs() < 1e-4 * l2.abs(),
+            "p {p}: loss {l1} vs {l2}"
+        );
+        for ((n, _), (a, b)) in ad.named().iter().zip(g1.iter().zip(&g2)) {
+            let diff = common::max_diff(a, b);
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 1e-4 * scale.max(1e-3),
+                "p {p}, {n}: {diff} (scale {scale})"
+            );
+        }
+    }
+}

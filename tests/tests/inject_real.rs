@@ -59,6 +59,7 @@ fn shipped_demo_lowers_validation_loss_and_writes_the_report() {
     // Checkpoints of the run are there to resume from.
     assert!(out.join("checkpoints").read_dir().unwrap().count() >= 1);
     the_run_in_use_as_a_user_would(&out);
+    lora_phase_on_the_demo_run(&out);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -143,6 +144,86 @@ fn the_run_in_use_as_a_user_would(run: &std::path::Path) {
     assert_eq!(r.targets[0].id as usize, base_vocab + i);
     assert!(r.targets[0].note.is_none());
     common::save(&mut h, "lens_injected.png");
+}
+
+/// Phase 2 on the trained demo run: adapters (r 8, all seven projections) lower validation loss
+/// from the phase-1 rows' own; merged with the forms, the model writes and marks them
+/// (screenshot of the panel after training, and of the Playground).
+fn lora_phase_on_the_demo_run(run: &std::path::Path) {
+    let args = neoscope::cli::inject_lora::LoraArgs {
+        dir: run.to_path_buf(),
+        resume: false,
+        steps: Some(6),
+        rows_step: None,
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.1,
+        targets: ["q", "k", "v", "o", "gate", "up", "down"]
+            .map(str::to_owned)
+            .to_vec(),
+        lr: 1e-3,
+        warmup: 0.1,
+        weight_decay: 0.01,
+        micro_batch: 4,
+        accum: 1,
+        eval_every: 6,
+        checkpoint_every: 3,
+        seed: 42,
+    };
+    let start = std::time::Instant::now();
+    neoscope::cli::run(&global(), Cmd::Inject(InjectCmd::Lora(args))).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let ckpt: Vec<_> = run.join("lora/checkpoints").read_dir().unwrap().collect();
+    assert_eq!(ckpt.len(), 2, "checkpoints at steps 3 and 6");
+
+    let mut h = common::loaded_app();
+    h.get_by_label("Injection").click();
+    h.step();
+    {
+        let p = h.state_mut().panel_mut::<InjectPanel>();
+        p.run = Some(run.to_path_buf());
+        p.lora.steps = 8;
+    }
+    h.step();
+    // Resumed to 8 steps in the panel: the curve and the summary line show it.
+    h.get_by_label("Resume adapters").click();
+    settle(&mut h, Duration::from_secs(600));
+    let r = h.state().panel::<InjectPanel>().lora_run.clone().unwrap();
+    let (first, last) = (r.val[0].1, r.val.last().unwrap().1);
+    eprintln!(
+        "LoRA phase: {} parameters, validation {first:.4} -> {last:.4} over {} steps (6 by the \
+         CLI in {secs:.0} s)",
+        r.parameters, r.step
+    );
+    assert_eq!((r.step, r.val[0].0), (8, 0));
+    assert!(last < first - 0.01, "validation loss {first} -> {last}");
+    common::save(&mut h, "injection_lora.png");
+    h.get_by_label("Use in the model").click();
+    settle(&mut h, Duration::from_secs(120));
+    let v = h
+        .state()
+        .shared
+        .model_info()
+        .unwrap()
+        .injected
+        .clone()
+        .unwrap();
+    assert_eq!(v.lora_step, Some(8));
+    h.get_by_label("Playground").click();
+    h.step();
+    {
+        let p = h.state_mut().panel_mut::<Playground>();
+        p.chat = false;
+        p.prompt = "A pregarden is a kind of".into();
+        p.max_new_tokens = 40;
+    }
+    h.step();
+    h.get_by_label("Generate").click();
+    settle(&mut h, Duration::from_secs(120));
+    let p = h.state().panel::<Playground>();
+    eprintln!("generated with the run's forms and adapters: {}", p.output);
+    assert!(!p.output.trim().is_empty());
+    common::save(&mut h, "playground_lora.png");
 }
 
 /// The real-text demo: Shakespeare's works, the lexicon extracted from them and appended to the

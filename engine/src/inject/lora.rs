@@ -372,9 +372,24 @@ impl Trainee for LoraTraining<'_> {
     }
 }
 
-/// The mean next-token loss over `blocks` of model `m` carrying `adapters`, and its gradient
-/// with respect to every adapter tensor (in [`Adapters::named`] order); `rows` frozen.
+/// `scale ·` the summed next-token loss over `blocks` of model `m` carrying `adapters`, and its
+/// gradient with respect to every adapter tensor (in [`Adapters::named`] order); `rows`
+/// frozen. The hand-written CPU pass where it applies, candle's autograd elsewhere.
 pub fn loss_and_grads(
+    m: &Llama,
+    rows: &Tensor,
+    adapters: &Adapters,
+    blocks: &[&[u32]],
+    scale: f64,
+) -> Result<(f32, Vec<Tensor>)> {
+    if super::lora_pass::supported(m) {
+        return super::lora_pass::loss_and_grads(m, rows, adapters, blocks, scale);
+    }
+    loss_and_grads_autograd(m, rows, adapters, blocks, scale)
+}
+
+/// [`loss_and_grads`] by candle's autograd on the hooked pass (any device, any family).
+pub fn loss_and_grads_autograd(
     m: &Llama,
     rows: &Tensor,
     adapters: &Adapters,

@@ -9,6 +9,7 @@ pub mod html;
 pub mod init;
 pub mod lexicon;
 pub mod lora;
+pub mod lora_pass;
 pub mod report;
 pub mod run;
 pub mod session;

@@ -9,6 +9,8 @@ use rayon::prelude::*;
 
 use super::cpu::{matmul, rms_norm_backward_row, rope_head};
 use super::fast::{Dims, KeySource, LayerTape, LayerWeights, Packed, axpy, dot};
+use super::lora_cpu::{LayerGrads, LayerLora};
+use neoscope_api::lora::LoraTarget;
 
 /// The rows a backward pass runs over: each packed sequence's rows from its first row whose
 /// gradient is wanted (rows before it are constant: nothing upstream of them changes).
@@ -60,12 +62,18 @@ pub(crate) fn layer_backward(
     lw: &LayerWeights<'_>,
     tape: &LayerTape,
     dx: Vec<f32>,
+    mut lora: Option<(&LayerLora, &mut LayerGrads)>,
 ) -> Vec<f32> {
     let (dims, active) = (ctx.dims, ctx.active);
     let (d, dm, na) = (dims.d, dims.dm, active.rows.len());
+    // Adapters see every row: their caller makes every row active (packed row = active row).
+    let lt = &tape.lora;
     // MLP: next = xm + down(silu(gate) · up).
     let mut dact = vec![0f32; na * dm];
     matmul(&mut dact, &dx, lw.down.data(), (na, d, dm), false, false);
+    if let Some((lo, g)) = lora.as_mut() {
+        lo.back(LoraTarget::Down, &dx, na, d, 0, lt, g, &mut dact);
+    }
     let mut dgu = vec![0f32; na * 2 * dm];
     dgu.par_chunks_mut(2 * dm)
         .zip(dact.par_chunks(dm))
@@ -83,6 +91,10 @@ pub(crate) fn layer_backward(
         false,
         false,
     );
+    if let Some((lo, g)) = lora.as_mut() {
+        lo.back(LoraTarget::Gate, &dgu, na, 2 * dm, 0, lt, g, &mut dh);
+        lo.back(LoraTarget::Up, &dgu, na, 2 * dm, dm, lt, g, &mut dh);
+    }
     drop(dgu);
     let mut dxm = dx;
     norm_backward_rows(
@@ -103,6 +115,9 @@ pub(crate) fn layer_backward(
         false,
         false,
     );
+    if let Some((lo, g)) = lora.as_mut() {
+        lo.back(LoraTarget::O, &dxm, na, d, 0, lt, g, &mut d_o);
+    }
     let dqkv = attention_backward(ctx, tape, &d_o);
     matmul(
         &mut dh,
@@ -112,6 +127,12 @@ pub(crate) fn layer_backward(
         false,
         false,
     );
+    if let Some((lo, g)) = lora.as_mut() {
+        let (w, nq, nk) = (dims.w(), dims.nq(), dims.nk());
+        lo.back(LoraTarget::Q, &dqkv, na, w, 0, lt, g, &mut dh);
+        lo.back(LoraTarget::K, &dqkv, na, w, nq, lt, g, &mut dh);
+        lo.back(LoraTarget::V, &dqkv, na, w, nq + nk, lt, g, &mut dh);
+    }
     norm_backward_rows(
         &mut dxm,
         &dh,

@@ -14,8 +14,10 @@ use rayon::prelude::*;
 use super::Llama;
 use super::batch::Batch;
 use super::cpu::{CpuView, matmul, rms_norm_rows, rope_head};
+use super::lora_cpu::{LayerLora, LoraTape};
 use crate::config::Arch;
 use crate::error::{EngineError, Result};
+use neoscope_api::lora::LoraTarget;
 
 #[derive(Clone, Copy)]
 pub(crate) struct Dims {
@@ -246,7 +248,7 @@ pub fn forward_logits(m: &Llama, embeds: &Tensor, batch: &Batch) -> Result<Tenso
     drop(view);
     let past = vec![&[][..]; pk.len.len()];
     for lw in &w.layers {
-        x = layer_forward(dims, lw, &pk, x, (w.cos.data(), w.sin.data()), &past).1;
+        x = layer_forward(dims, lw, &pk, x, (w.cos.data(), w.sin.data()), &past, None).1;
     }
     // Final norm and the vocabulary product on the real rows only, then the logits are placed
     // into the padded layout (zero at padding).
@@ -294,6 +296,8 @@ pub(crate) struct LayerTape {
     pub(crate) r2: Vec<f32>,
     /// Gate and up pre-activations (rows × 2·d_mlp).
     pub(crate) gu: Vec<f32>,
+    /// What the layer's LoRA adapters keep, if it has any.
+    pub(crate) lora: LoraTape,
 }
 
 pub(crate) fn layer_forward(
@@ -303,12 +307,20 @@ pub(crate) fn layer_forward(
     x: Vec<f32>,
     (cos, sin): (&[f32], &[f32]),
     past: &[&[f32]],
+    lora: Option<&LayerLora>,
 ) -> (LayerTape, Vec<f32>) {
     let (n, d, dm, w) = (pk.rows, dims.d, dims.dm, dims.w());
+    let (nq, nk) = (dims.nq(), dims.nk());
+    let mut lt = LoraTape::default();
     let mut h = vec![0f32; n * d];
     let r1 = rms_norm_rows(&x, lw.attn_norm.data(), dims.eps, &mut h);
     let mut qkv = vec![0f32; n * w];
     matmul(&mut qkv, &h, lw.qkv.data(), (n, d, w), true, false);
+    if let Some(lo) = lora {
+        lo.add(LoraTarget::Q, &h, n, &mut qkv, w, 0, &mut lt);
+        lo.add(LoraTarget::K, &h, n, &mut qkv, w, nq, &mut lt);
+        lo.add(LoraTarget::V, &h, n, &mut qkv, w, nq + nk, &mut lt);
+    }
     let (hd, half) = (dims.hd, dims.hd / 2);
     let bias = lw.qkv_bias.as_ref().map(CpuView::data);
     qkv.par_chunks_mut(w).enumerate().for_each(|(row, r)| {
@@ -332,15 +344,25 @@ pub(crate) fn layer_forward(
     });
     let mut xm = x.clone();
     matmul(&mut xm, &o, lw.wo.data(), (n, dims.nq(), d), true, true);
+    if let Some(lo) = lora {
+        lo.add(LoraTarget::O, &o, n, &mut xm, d, 0, &mut lt);
+    }
     let r2 = rms_norm_rows(&xm, lw.mlp_norm.data(), dims.eps, &mut h);
     let mut gu = vec![0f32; n * 2 * dm];
     matmul(&mut gu, &h, lw.gate_up.data(), (n, d, 2 * dm), true, false);
+    if let Some(lo) = lora {
+        lo.add(LoraTarget::Gate, &h, n, &mut gu, 2 * dm, 0, &mut lt);
+        lo.add(LoraTarget::Up, &h, n, &mut gu, 2 * dm, dm, &mut lt);
+    }
     let mut act = vec![0f32; n * dm];
     act.par_chunks_mut(dm)
         .zip(gu.par_chunks(2 * dm))
         .for_each(|(a, g)| silu_mul_row(a, g));
     let mut next = xm.clone();
     matmul(&mut next, &act, lw.down.data(), (n, dm, d), true, true);
+    if let Some(lo) = lora {
+        lo.add(LoraTarget::Down, &act, n, &mut next, d, 0, &mut lt);
+    }
     (
         LayerTape {
             x,
@@ -350,6 +372,7 @@ pub(crate) fn layer_forward(
             xm,
             r2,
             gu,
+            lora: lt,
         },
         next,
     )

@@ -205,7 +205,20 @@ impl Adapters {
     }
 }
 
-/// An inverted-dropout mask (0 or 1/(1−p)) for projection `t` of layer `l`.
+/// The inverted-dropout mask values (0 or 1/(1−p)) of projection `t` of layer `l`, `len` of
+/// them: the candle pass and the hand-written pass draw the same masks.
+pub(crate) fn mask_values(d: Dropout, l: usize, t: LoraTarget, len: usize) -> Vec<f32> {
+    let key = (l as u64) * 8 + t as u64;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(
+        d.seed ^ key.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    let keep = 1.0 / (1.0 - d.p);
+    (0..len)
+        .map(|_| if rng.random::<f32>() < d.p { 0.0 } else { keep })
+        .collect()
+}
+
+/// [`mask_values`] as a tensor.
 fn dropout_mask(
     d: Dropout,
     l: usize,
@@ -213,15 +226,11 @@ fn dropout_mask(
     shape: (usize, usize),
     dev: &Device,
 ) -> Result<Tensor> {
-    let key = (l as u64) * 8 + t as u64;
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(
-        d.seed ^ key.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
-    let keep = 1.0 / (1.0 - d.p);
-    let mask: Vec<f32> = (0..shape.0 * shape.1)
-        .map(|_| if rng.random::<f32>() < d.p { 0.0 } else { keep })
-        .collect();
-    Ok(Tensor::from_vec(mask, shape, dev)?)
+    Ok(Tensor::from_vec(
+        mask_values(d, l, t, shape.0 * shape.1),
+        shape,
+        dev,
+    )?)
 }
 
 /// Adds `scale · B A` to a dense projection matrix (in its own type).

@@ -12,6 +12,7 @@ pub mod load;
 pub mod load_gguf;
 pub mod load_hf;
 pub mod lora;
+pub(crate) mod lora_cpu;
 pub mod mat;
 pub mod ops;
 mod shapes;
