@@ -326,7 +326,7 @@ fn loss_and_adapter_gradients_match_peft() {
 #[test]
 fn hand_written_pass_matches_autograd_dropout_included() {
     let m = tiny_model(8, &Device::Cpu).unwrap();
-    assert!(neoscope_engine::inject::lora_pass::supported(&m.llama));
+    assert!(neoscope_engine::inject::fast_pass::supported(&m.llama));
     let d = m.llama.cfg.hidden_size;
     let rows = Tensor::from_vec(
         (0..3 * d).map(|i| (i as f32 * 0.7).sin() * 0.3).collect(),
@@ -364,4 +364,44 @@ fn hand_written_pass_matches_autograd_dropout_included() {
             );
         }
     }
+}
+
+#[test]
+fn hand_written_row_gradient_matches_autograd() {
+    let m = tiny_model(9, &Device::Cpu).unwrap();
+    let d = m.llama.cfg.hidden_size;
+    let rows = Tensor::from_vec(
+        (0..3 * d).map(|i| (i as f32 * 0.41).cos() * 0.3).collect(),
+        (3, d),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let base = m.llama.cfg.vocab_size as u32;
+    let blocks: Vec<Vec<u32>> = vec![
+        vec![3, base, 7, 9, base + 2, 4, base],
+        vec![base + 1, 5, 2, base, 8, 6, 1],
+    ];
+    let refs: Vec<&[u32]> = blocks.iter().map(Vec::as_slice).collect();
+    let (l1, g1) =
+        neoscope_engine::inject::fast_pass::loss_and_row_grads(&m.llama, &rows, &refs, 0.1)
+            .unwrap();
+    let var = candle_core::Var::from_tensor(&rows).unwrap();
+    let (nll, _) =
+        neoscope_engine::inject::forward::nll_sum(&m.llama, var.as_tensor(), &refs).unwrap();
+    let l = (nll * 0.1).unwrap();
+    let g2 = l.backward().unwrap().remove(var.as_tensor()).unwrap();
+    let l2 = l.to_scalar::<f32>().unwrap();
+    assert!((l1 - l2).abs() < 1e-4 * l2.abs(), "loss {l1} vs {l2}");
+    let diff = common::max_diff(&g1, &g2);
+    let scale = g2
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff <= 1e-4 * scale && scale > 1e-3,
+        "{diff} (scale {scale})"
+    );
 }

@@ -382,8 +382,8 @@ pub fn loss_and_grads(
     blocks: &[&[u32]],
     scale: f64,
 ) -> Result<(f32, Vec<Tensor>)> {
-    if super::lora_pass::supported(m) {
-        return super::lora_pass::loss_and_grads(m, rows, adapters, blocks, scale);
+    if super::fast_pass::supported(m) {
+        return super::fast_pass::loss_and_grads(m, rows, adapters, blocks, scale);
     }
     loss_and_grads_autograd(m, rows, adapters, blocks, scale)
 }

@@ -4,12 +4,12 @@
 //! (phase 2, `lora`), and described by a geometry report.
 
 pub mod attach;
+pub mod fast_pass;
 pub mod forward;
 pub mod html;
 pub mod init;
 pub mod lexicon;
 pub mod lora;
-pub mod lora_pass;
 pub mod report;
 pub mod run;
 pub mod session;

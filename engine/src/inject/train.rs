@@ -181,24 +181,34 @@ pub fn val_loss(
     Ok(Some((sum / count.max(1) as f64) as f32))
 }
 
+/// `scale ·` the summed next-token loss of `blocks` and its gradient with respect to `rows`:
+/// the hand-written CPU pass where it applies, candle's autograd elsewhere.
+pub fn row_grads(m: &Llama, rows: &Tensor, blocks: &[&[u32]], scale: f64) -> Result<(f32, Tensor)> {
+    if super::fast_pass::supported(m) {
+        return super::fast_pass::loss_and_row_grads(m, rows, blocks, scale);
+    }
+    let var = Var::from_tensor(rows)?;
+    let (nll, _) = nll_sum(m, var.as_tensor(), blocks)?;
+    let l = (nll * scale)?;
+    let g = l
+        .backward()?
+        .remove(var.as_tensor())
+        .ok_or_else(|| EngineError::Invalid("no gradient reached the new rows".into()))?;
+    Ok((l.to_scalar::<f32>()?, g))
+}
+
 /// One optimiser step at `state.step + 1`; returns the step's loss.
 fn step(m: &Llama, state: &mut TrainState, blocks: &Blocks, cfg: &InjectConfig) -> Result<f32> {
     let s = state.step + 1;
     let idx = cfg.step_blocks(blocks.train.len(), s);
-    let var = Var::from_tensor(&state.rows)?;
     let total = idx.len() * (cfg.block_len - 1);
     let scale = 1.0 / total as f64;
     let mut grad: Option<Tensor> = None;
     let mut loss = 0.0f64;
     for mb in idx.chunks(cfg.micro_batch) {
         let refs: Vec<&[u32]> = mb.iter().map(|i| blocks.train[*i].as_slice()).collect();
-        let (nll, _) = nll_sum(m, var.as_tensor(), &refs)?;
-        let l = (nll * scale)?;
-        loss += f64::from(l.to_scalar::<f32>()?);
-        let g = l
-            .backward()?
-            .remove(var.as_tensor())
-            .ok_or_else(|| EngineError::Invalid("no gradient reached the new rows".into()))?;
+        let (l, g) = row_grads(m, &state.rows, &refs, scale)?;
+        loss += f64::from(l);
         grad = Some(match grad {
             Some(acc) => (acc + g)?,
             None => g,

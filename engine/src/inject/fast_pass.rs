@@ -1,4 +1,5 @@
-//! Phase 2's loss and adapter gradients by the hand-written CPU pass (`model::fast` forward with
+//! The training passes of both phases by the hand-written CPU pass: phase 2's loss and adapter
+//! gradients, phase 1's loss and new-row gradients (`model::fast` forward with
 //! each block's tape, `model::backward` input gradients, `model::lora_cpu` adapters): the same
 //! numbers as candle's autograd on the hooked pass (tests compare them, dropout masks
 //! included), at a fraction of the time and memory. Sequences are packed without padding, and
@@ -61,6 +62,32 @@ pub fn loss_and_grads(
     blocks: &[&[u32]],
     scale: f64,
 ) -> Result<(f32, Vec<Tensor>)> {
+    let (loss, grads, _) = pass(m, rows, Some(adapters), blocks, scale, false)?;
+    Ok((loss, grads))
+}
+
+/// Phase 1: the same loss of the model without adapters, and its gradient with respect to the
+/// new rows (n_new, d) — through their inputs and through the output they are tied to.
+pub fn loss_and_row_grads(
+    m: &Llama,
+    rows: &Tensor,
+    blocks: &[&[u32]],
+    scale: f64,
+) -> Result<(f32, Tensor)> {
+    let (loss, _, g) = pass(m, rows, None, blocks, scale, true)?;
+    let g = g.ok_or_else(|| EngineError::Invalid("internal: row gradient missing".into()))?;
+    Ok((loss, Tensor::from_vec(g, rows.dims(), m.device())?))
+}
+
+/// The pass behind both: loss, adapter gradients, and (with `want_rows`) the rows' gradient.
+fn pass(
+    m: &Llama,
+    rows: &Tensor,
+    adapters: Option<&Adapters>,
+    blocks: &[&[u32]],
+    scale: f64,
+    want_rows: bool,
+) -> Result<(f32, Vec<Tensor>, Option<Vec<f32>>)> {
     let dims = Dims::of(m);
     let (d, v) = (dims.d, dims.vocab);
     let w = Weights::new(m)?;
@@ -84,12 +111,15 @@ pub fn loss_and_grads(
         };
         xr.copy_from_slice(src);
     }
-    let lora = layer_adapters(adapters)?;
+    let lora = match adapters {
+        Some(a) => layer_adapters(a)?,
+        None => Vec::new(),
+    };
     let past = vec![&[][..]; blocks.len()];
     let rope = (w.cos.data(), w.sin.data());
     let mut tapes = Vec::with_capacity(w.layers.len());
-    for (lw, lo) in w.layers.iter().zip(&lora) {
-        let (tape, next) = layer_forward(dims, lw, &pk, x, rope, &past, Some(lo));
+    for (l, lw) in w.layers.iter().enumerate() {
+        let (tape, next) = layer_forward(dims, lw, &pk, x, rope, &past, lora.get(l));
         tapes.push(tape);
         x = next;
     }
@@ -105,6 +135,11 @@ pub fn loss_and_grads(
         })
         .collect();
     let mut dnormed = vec![0f32; n * d];
+    let mut drows = if want_rows {
+        Some(vec![0f32; n_new * d])
+    } else {
+        None
+    };
     let mut loss = 0f64;
     let sc = scale as f32;
     for chunk in targets.chunks(CHUNK) {
@@ -145,6 +180,16 @@ pub fn loss_and_grads(
         let mut dh = vec![0f32; c * d];
         matmul(&mut dh, &zb, w.unembed.data(), (c, v, d), false, false);
         matmul(&mut dh, &zn, new, (c, n_new, d), false, true);
+        if let Some(dr) = &mut drows {
+            // Output side: the rows are the new columns' weights, d rows += dzᵀ h.
+            let mut znt = vec![0f32; n_new * c];
+            for (i, zr) in zn.chunks(n_new.max(1)).enumerate() {
+                for (j, z) in zr[..n_new].iter().enumerate() {
+                    znt[j * c + i] = *z;
+                }
+            }
+            matmul(dr, &znt, &hc, (n_new, c, d), false, true);
+        }
         for (g, (row, _)) in dh.chunks(d).zip(chunk) {
             dnormed[row * d..(row + 1) * d].copy_from_slice(g);
         }
@@ -179,17 +224,23 @@ pub fn loss_and_grads(
             rope,
             past: &past,
         };
-        dx = layer_backward(
-            &ctx,
-            &w.layers[l],
-            &tape,
-            dx,
-            Some((&lora[l], &mut grads[l])),
-        );
+        let lg = lora.get(l).zip(grads.get_mut(l));
+        dx = layer_backward(&ctx, &w.layers[l], &tape, dx, lg);
+    }
+    if let Some(dr) = &mut drows {
+        // Input side: each position holding a new id adds its input gradient to that row.
+        for (g, id) in dx.chunks(d).zip(blocks.iter().flat_map(|b| b.iter())) {
+            if let Some(i) = (*id as usize).checked_sub(v) {
+                for (o, gv) in dr[i * d..(i + 1) * d].iter_mut().zip(g) {
+                    *o += gv;
+                }
+            }
+        }
     }
     let dev = m.device();
     let mut out = Vec::new();
-    for (l, map) in adapters.layers.iter().enumerate() {
+    let layers = adapters.map_or(&[][..], |a| a.layers.as_slice());
+    for (l, map) in layers.iter().enumerate() {
         for (t, a) in map {
             let Some((ga, gb)) = grads[l].g[*t as usize].take() else {
                 return Err(EngineError::Invalid(
@@ -200,5 +251,5 @@ pub fn loss_and_grads(
             out.push(Tensor::from_vec(gb, a.b.dims(), dev)?);
         }
     }
-    Ok(((loss * scale) as f32, out))
+    Ok(((loss * scale) as f32, out, drows))
 }
