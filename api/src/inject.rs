@@ -279,6 +279,34 @@ pub struct GeometryReport {
     pub scatter_base: Vec<[f32; 2]>,
     /// Same projection of every new row.
     pub scatter_new: Vec<[f32; 2]>,
+    /// Held-out loss and perplexity before training and after each phase run so far.
+    #[serde(default)]
+    pub phases: Vec<PhaseScore>,
+}
+
+/// The held-out score of one stage of the protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseScore {
+    /// The stage ("initial rows", "phase 1", "phase 2 (LoRA)").
+    pub phase: String,
+    /// Its step.
+    pub step: usize,
+    /// Token-mean validation loss.
+    pub val_loss: f32,
+    /// `exp(val_loss)`.
+    pub perplexity: f64,
+}
+
+impl PhaseScore {
+    /// The score of `phase` at `step` from its validation loss.
+    pub fn new(phase: &str, step: usize, val_loss: f32) -> Self {
+        Self {
+            phase: phase.to_owned(),
+            step,
+            val_loss,
+            perplexity: f64::from(val_loss).exp(),
+        }
+    }
 }
 
 /// A test statistic and its two-sided p-value.

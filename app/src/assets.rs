@@ -98,7 +98,7 @@ pub const SHAKESPEARE_MIN_COUNT: usize = 5;
 /// See [`SHAKESPEARE_MIN_PIECES`].
 pub const SHAKESPEARE_FORMS: usize = 2000;
 /// Training steps of the Shakespeare demo: under 10 minutes on 2 cores with the extraction.
-pub const SHAKESPEARE_STEPS: usize = 90;
+pub const SHAKESPEARE_STEPS: usize = 130;
 
 /// The lexicon extraction of the Shakespeare demo.
 pub fn shakespeare_lexicon_command() -> neoscope_api::inject::InjectCommand {

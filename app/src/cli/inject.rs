@@ -23,6 +23,12 @@ pub enum InjectCmd {
     /// Phase 2: LoRA adapters on the block projections learn to use the run's forms (rows,
     /// embeddings and weights frozen); `--resume` continues them.
     Lora(super::inject_lora::LoraArgs),
+    /// Runs side by side in one table from their reports (init, held-out loss and perplexity
+    /// per phase, drift, norms, isotropy); needs no model.
+    Compare {
+        /// Run folders (each with its report).
+        dirs: Vec<PathBuf>,
+    },
     /// Time phase-2 training steps (8 blocks × 64 tokens, r 8 on all seven projections).
     LoraBench {
         /// Steps timed after one warm-up.
@@ -85,12 +91,12 @@ pub enum InjectCmd {
         /// Run folder (default: `neoscope-runs/inject-demo-<time>`).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Optimiser steps (default: 48, or 90 with `--shakespeare`).
+        /// Optimiser steps (default: 48, or 130 with `--shakespeare`).
         #[arg(long)]
         steps: Option<usize>,
         /// Shakespeare's works as corpus, their archaic and rare words (at least 2 tokens, 5
         /// occurrences, the 2,000 most frequent) as lexicon, appended to the training text
-        /// (default steps: 90).
+        /// (default steps: 130).
         #[arg(long)]
         shakespeare: bool,
     },
@@ -383,6 +389,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result
             train_and_report(engine, json_mode, cmd)
         }
         InjectCmd::Lora(a) => super::inject_lora::run(engine, json_mode, a),
+        InjectCmd::Compare { dirs } => super::inject_compare::run(json_mode, &dirs),
         InjectCmd::LoraBench { steps } => super::inject_lora::bench(engine, json_mode, steps),
         InjectCmd::Resume { dir, steps } => {
             train_and_report(engine, json_mode, InjectCommand::Resume { dir, steps })

@@ -17,50 +17,56 @@ use super::inject::inject_call;
 pub struct LoraArgs {
     /// Run folder (phase 1 must have a checkpoint; the adapters go to its `lora/`).
     pub dir: PathBuf,
-    /// Continue the run's phase 2 from its latest checkpoint (to `--steps` in all, if given).
+    /// Continue the run's phase 2 from its latest checkpoint (to `--steps` in all, if given;
+    /// its settings are the ones it was started with).
     #[arg(long)]
     pub resume: bool,
     /// Optimiser steps (in all).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Phase-1 checkpoint whose rows phase 2 trains with (default: the latest).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub rows_step: Option<usize>,
     /// Adapter rank r.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, conflicts_with = "resume")]
     pub rank: usize,
     /// α (the adapters' output is scaled by α / r).
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = 16.0, conflicts_with = "resume")]
     pub alpha: f64,
     /// Dropout on the adapters' inputs.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, conflicts_with = "resume")]
     pub dropout: f32,
     /// Projections with adapters, comma-separated (q,k,v,o,gate,up,down or q_proj,…).
-    #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q,k,v,o,gate,up,down",
+        conflicts_with = "resume"
+    )]
     pub targets: Vec<String>,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-5)]
+    #[arg(long, default_value_t = 2e-5, conflicts_with = "resume")]
     pub lr: f64,
     /// Warmup as a fraction of the steps.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, conflicts_with = "resume")]
     pub warmup: f32,
     /// Decoupled weight decay.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, conflicts_with = "resume")]
     pub weight_decay: f64,
     /// Blocks per forward pass.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, conflicts_with = "resume")]
     pub micro_batch: usize,
     /// Forward passes per step.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, conflicts_with = "resume")]
     pub accum: usize,
     /// Validate every N steps.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, conflicts_with = "resume")]
     pub eval_every: usize,
     /// Checkpoint every N steps.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, conflicts_with = "resume")]
     pub checkpoint_every: usize,
     /// Seed (adapter initialisation, block order, dropout masks).
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = 42, conflicts_with = "resume")]
     pub seed: u64,
 }
 

@@ -22,6 +22,7 @@ use serde_json::json;
 pub mod compare;
 pub mod embed;
 pub mod inject;
+pub mod inject_compare;
 pub mod inject_lora;
 pub mod lens;
 pub mod mfa;
@@ -255,6 +256,10 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
     }
     check_outputs(&cmd, g.force)?;
     check_inputs(&cmd)?;
+    if let Cmd::Inject(inject::InjectCmd::Compare { dirs }) = &cmd {
+        // Reads reports only: no engine, no model.
+        return inject_compare::run(g.json, dirs);
+    }
     let mut engine = g.open_engine(std::sync::Arc::new(|| {}))?;
     if let Cmd::Inject(c) = &cmd
         && inject::generate(&mut engine, g.json, c)?
@@ -335,7 +340,7 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
                 "stored_as": info.weights.stored_as,
                 "injected": info.injected.as_ref().map(|v| json!({
                     "run": v.run, "step": v.step, "base_vocab": v.base_vocab,
-                    "forms": v.forms.len(),
+                    "forms": v.forms.len(), "lora_step": v.lora_step,
                 })),
             });
             let text = format!(

@@ -249,6 +249,22 @@ pub fn render(r: &GeometryReport) -> String {
         "Loss per step (train) and on held-out blocks (validation)",
         &[("train", losses), ("validation", val)],
     ));
+    if !r.phases.is_empty() {
+        s.push_str(
+            "<table><tr><th>stage</th><th>step</th><th>held-out loss</th><th>perplexity</th></tr>",
+        );
+        for p in &r.phases {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.2}</td></tr>",
+                esc(&p.phase),
+                p.step,
+                p.val_loss,
+                p.perplexity
+            );
+        }
+        s.push_str("</table>");
+    }
     let n = &r.norms;
     let _ = write!(
         s,

@@ -487,3 +487,19 @@ fn step(
     st.losses.push(loss);
     Ok(loss)
 }
+
+/// The held-out score of the run's phase 2 at its latest checkpoint, if it has one.
+pub fn phase_score(
+    m: &LoadedModel,
+    dir: &Path,
+) -> Result<Option<neoscope_api::inject::PhaseScore>> {
+    if !folder(dir).join("lora.json").exists() || run::checkpoints(&folder(dir))?.is_empty() {
+        return Ok(None);
+    }
+    let phase = open(m, dir)?;
+    let st = phase.state(&m.llama, dir, None)?;
+    Ok(st
+        .val
+        .last()
+        .map(|(s, l)| neoscope_api::inject::PhaseScore::new("phase 2 (LoRA)", *s, *l)))
+}

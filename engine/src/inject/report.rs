@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::model::LoadedModel;
 use crate::stats::{self};
 pub use neoscope_api::inject::{
-    Drift, FormNeighbors, GeometryReport, Histogram, Isotropy, Norms, Pairwise, PcaDims,
+    Drift, FormNeighbors, GeometryReport, Histogram, Isotropy, Norms, Pairwise, PcaDims, PhaseScore,
 };
 
 /// The geometry report (`report.json`; JSON only, no tensors).
@@ -247,6 +247,13 @@ pub fn compute(
         pairwise,
         scatter_base,
         scatter_new,
+        phases: match (state.val.first(), state.val.last()) {
+            (Some(a), Some(b)) => vec![
+                PhaseScore::new("initial rows", a.0, a.1),
+                PhaseScore::new("phase 1 (rows)", b.0, b.1),
+            ],
+            _ => Vec::new(),
+        },
     })
 }
 

@@ -328,10 +328,12 @@ impl Worker {
                     EngineError::Invalid("no injection run is open: start or open one".into())
                 })?;
                 let m = self.model()?;
-                let r = report::compute(m, &run.session, &run.state, &mut |stage, f| {
+                let mut r = report::compute(m, &run.session, &run.state, &mut |stage, f| {
                     job.progress(format!("report: {stage}"), Some(f));
                     !job.cancelled()
                 })?;
+                r.phases
+                    .extend(crate::inject::lora::phase_score(m, &run.dir)?);
                 let html = report::write(&run.dir, &r)?;
                 Ok(InjectResult::Report {
                     html,
