@@ -282,6 +282,32 @@ pub struct GeometryReport {
     /// Held-out loss and perplexity before training and after each phase run so far.
     #[serde(default)]
     pub phases: Vec<PhaseScore>,
+    /// How each new row changed from its initial one (neighbour overlap, norm change, PIP).
+    #[serde(default)]
+    pub change: Option<Change>,
+}
+
+/// Per-form change between the initial and the trained rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Neighbours compared (nearest base rows by cosine).
+    pub k: usize,
+    /// Share of a form's k nearest base rows kept from initial to trained, per form.
+    pub overlap: Summary,
+    /// Histogram of the overlaps (bins of 1/k).
+    pub overlap_hist: Histogram,
+    /// Norm change `‖trained‖ − ‖initial‖` per form.
+    pub norm_change: Summary,
+    /// Its histogram.
+    pub norm_change_hist: Histogram,
+    /// (norm change, overlap) of every form.
+    pub scatter: Vec<[f32; 2]>,
+    /// The forms that kept the fewest neighbours, with their overlap.
+    pub least_overlap: Vec<(String, f64)>,
+    /// PIP loss `‖A Aᵀ − B Bᵀ‖_F` between the initial (A) and trained (B) new rows.
+    pub pip_loss: f64,
+    /// The same divided by `‖A Aᵀ‖_F`.
+    pub pip_relative: f64,
 }
 
 /// The held-out score of one stage of the protocol.

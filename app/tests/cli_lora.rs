@@ -2,7 +2,6 @@
 //! `inject lora` (and `--resume`), `--lora` merging the adapters for any command, the report's
 //! per-phase perplexity, `inject compare`'s table; bad input named.
 
-
 mod common;
 
 use candle_core::Device;

@@ -241,6 +241,28 @@ fn geometry_report_is_written_and_consistent() {
     assert_eq!(r.drift.per_form[0].0, s.vocab.forms[0]);
     assert_eq!(r.neighbors.len(), 4);
     assert!(r.pca.base_90 <= r.pca.base_95 && r.pca.base_95 <= 32);
+    // Change per form: overlaps are shares of k, one scatter point per form, PIP loss > 0.
+    let c = r.change.clone().unwrap();
+    assert_eq!((c.k, c.scatter.len()), (10, 4));
+    assert!(c.overlap.min >= 0.0 && c.overlap.max <= 1.0);
+    assert_eq!(c.overlap_hist.series[0].1.iter().sum::<usize>(), 4);
+    assert!(c.pip_loss > 0.0 && c.pip_relative > 0.0);
+    let (i0, n0) = (s.init.get(0).unwrap(), st.rows.get(0).unwrap());
+    let norm = |t: &candle_core::Tensor| {
+        f64::from(
+            t.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .sqrt()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        )
+    };
+    assert!((f64::from(c.scatter[0][0]) - (norm(&n0) - norm(&i0))).abs() < 1e-4);
+    assert_eq!(r.phases.len(), 2);
+    assert!((r.phases[1].perplexity - f64::from(r.phases[1].val_loss).exp()).abs() < 1e-6);
     let html = report::write(dir.path(), &r).unwrap();
     let text = std::fs::read_to_string(html).unwrap();
     for part in [
@@ -249,6 +271,9 @@ fn geometry_report_is_written_and_consistent() {
         "Mann-Whitney U",
         "Isotropy",
         "KS base-base vs new-new",
+        "Change per form",
+        "PIP loss",
+        "perplexity",
         "blorf",
     ] {
         assert!(text.contains(part), "report lacks {part}");

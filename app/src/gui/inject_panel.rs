@@ -261,10 +261,12 @@ impl Panel for InjectPanel {
             InjectResult::Model(info) => {
                 s.notice = Some(match &info.injected {
                     Some(v) => format!(
-                        "The model's vocabulary now has {} injected forms (step {}): use them \
-                         in the Playground, Lens and Words panels",
+                        "The model's vocabulary now has {} injected forms (step {}{}): use \
+                         them in the Playground, Lens and Words panels",
                         v.forms.len(),
-                        v.step
+                        v.step,
+                        v.lora_step
+                            .map_or(String::new(), |s| format!(", LoRA adapters of step {s}"))
                     ),
                     None => "The model has its base vocabulary again".to_owned(),
                 });
@@ -275,14 +277,15 @@ impl Panel for InjectPanel {
                 self.val = r.val.clone();
                 self.steps = r.steps;
                 self.lora.steps = r.steps;
-                self.status = Some(match r.stopped {
-                    Some(Stopped::Cancelled) => format!(
+                // The phase-2 row shows the summary; the status line only a stop.
+                self.status = match r.stopped {
+                    Some(Stopped::Cancelled) => Some(format!(
                         "Adapters stopped at step {} (checkpoint saved): Resume adapters \
                          continues",
                         r.step
-                    ),
-                    _ => super::lora_controls::summary(&r),
-                });
+                    )),
+                    _ => None,
+                };
                 self.lora_attach = true;
                 self.lora_run = Some(*r);
             }

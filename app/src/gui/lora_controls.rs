@@ -93,7 +93,7 @@ pub(super) fn lora_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
 /// One line on a phase-2 run.
 pub(super) fn summary(r: &LoraRun) -> String {
     let val = match (r.val.first(), r.val.last()) {
-        (Some(a), Some(b)) => format!(", validation {:.3} → {:.3}", a.1, b.1),
+        (Some(a), Some(b)) => format!(", validation {:.3} to {:.3}", a.1, b.1),
         _ => String::new(),
     };
     format!(

@@ -201,10 +201,12 @@ fn show(p: &mut Playground, s: &mut Shared, ui: &mut egui::Ui) {
         }
         if let Some(v) = s.model_info().and_then(|m| m.injected.as_ref()) {
             let label = format!(
-                "{} injected forms (run {}, step {}), e.g.:",
+                "{} injected forms (run {}, step {}{}), e.g.:",
                 v.forms.len(),
                 v.run.file_name().unwrap_or_default().to_string_lossy(),
-                v.step
+                v.step,
+                v.lora_step
+                    .map_or(String::new(), |s| format!(", adapters of step {s}"))
             );
             let hover = "Insert into the prompt; generated forms are underlined";
             insert_buttons(

@@ -33,7 +33,7 @@ fn frame(title: &str, body: &str, legend: &[(&str, &str)], x_lo: f64, x_hi: f64)
         W - 10.0,
         H - PAD + 14.0
     );
-    for (i, (name, color)) in legend.iter().enumerate() {
+    for (i, (name, color)) in legend.iter().filter(|l| !l.0.is_empty()).enumerate() {
         let y = 24.0 + 14.0 * f64::from(u8::try_from(i).unwrap_or(0));
         let _ = write!(
             s,
@@ -146,7 +146,7 @@ fn lines_svg(title: &str, series: &[(&str, Vec<(f64, f64)>)]) -> String {
     frame(title, &body, &legend, x_lo, x_hi)
 }
 
-fn scatter_svg(title: &str, base: &[[f32; 2]], new: &[[f32; 2]]) -> String {
+fn scatter_svg(title: &str, names: [&str; 2], base: &[[f32; 2]], new: &[[f32; 2]]) -> String {
     let all = || {
         base.iter()
             .chain(new)
@@ -160,6 +160,13 @@ fn scatter_svg(title: &str, base: &[[f32; 2]], new: &[[f32; 2]]) -> String {
             y_lo.min(p[1]),
             y_hi.max(p[1]),
         );
+    }
+    // A degenerate axis (all points equal on it) gets a unit span.
+    if x_hi <= x_lo {
+        (x_lo, x_hi) = (x_lo - 0.5, x_lo + 0.5);
+    }
+    if y_hi <= y_lo {
+        (y_lo, y_hi) = (y_lo - 0.5, y_lo + 0.5);
     }
     let mut body = String::new();
     for (pts, color, r) in [(base, COLORS[0], 1.2), (new, COLORS[1], 1.6)] {
@@ -175,7 +182,7 @@ fn scatter_svg(title: &str, base: &[[f32; 2]], new: &[[f32; 2]]) -> String {
     frame(
         title,
         &body,
-        &[("base (sample)", COLORS[0]), ("new", COLORS[1])],
+        &[(names[0], COLORS[0]), (names[1], COLORS[1])],
         x_lo,
         x_hi,
     )
@@ -265,6 +272,38 @@ pub fn render(r: &GeometryReport) -> String {
         }
         s.push_str("</table>");
     }
+    if let Some(c) = &r.change {
+        let _ = write!(
+            s,
+            "<h2>Change per form</h2><p>Nearest {} base rows kept from initial to trained: mean \
+             {:.3} (median {:.3}); norm change mean {:+.3} (min {:+.3}, max {:+.3}); PIP loss \
+             ‖AAᵀ − BBᵀ‖ {:.3} ({:.3} of ‖AAᵀ‖). Fewest kept: {}.</p>{}{}{}",
+            c.k,
+            c.overlap.mean,
+            c.overlap.median,
+            c.norm_change.mean,
+            c.norm_change.min,
+            c.norm_change.max,
+            c.pip_loss,
+            c.pip_relative,
+            c.least_overlap
+                .iter()
+                .map(|(f, o)| format!("{} ({o:.1})", esc(f)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            histogram_svg(
+                "Neighbour overlap per form (share of forms)",
+                &c.overlap_hist
+            ),
+            histogram_svg("Norm change per form (share of forms)", &c.norm_change_hist),
+            scatter_svg(
+                "Norm change (x) against neighbour overlap (y)",
+                ["", "forms"],
+                &[],
+                &c.scatter
+            ),
+        );
+    }
     let n = &r.norms;
     let _ = write!(
         s,
@@ -338,6 +377,7 @@ pub fn render(r: &GeometryReport) -> String {
         p.new_95,
         scatter_svg(
             "First two principal components of the base rows",
+            ["base (sample)", "new"],
             &r.scatter_base,
             &r.scatter_new
         ),

@@ -4,6 +4,7 @@
 //! (phase 2, `lora`), and described by a geometry report.
 
 pub mod attach;
+pub mod change;
 pub mod fast_pass;
 pub mod forward;
 pub mod html;

@@ -188,6 +188,9 @@ pub fn compute(
         })
         .collect();
 
+    step(progress, "change per form", 0.5)?;
+    let change = super::change::compute(&index, &init, &new, &session.vocab.forms)?;
+
     step(progress, "PCA", 0.6)?;
     let pb = Pca::fit(&base)?;
     let pn = Pca::fit(&new)?;
@@ -254,6 +257,7 @@ pub fn compute(
             ],
             _ => Vec::new(),
         },
+        change: Some(change),
     })
 }
 
