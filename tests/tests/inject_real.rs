@@ -105,17 +105,7 @@ fn the_run_in_use_as_a_user_would(run: &std::path::Path) {
     common::save(&mut h, "injection_probes.png");
 
     // The Playground: a sentence like the corpus's; the model writes forms of the run.
-    h.get_by_label("Playground").click();
-    h.step();
-    {
-        let p = h.state_mut().panel_mut::<Playground>();
-        p.chat = false;
-        p.prompt = "A pregarden is a kind of".into();
-        p.max_new_tokens = 40;
-    }
-    h.step();
-    h.get_by_label("Generate").click();
-    settle(&mut h, Duration::from_secs(120));
+    generate_in_playground(&mut h, "A pregarden is a kind of");
     let p = h.state().panel::<Playground>();
     eprintln!("generated with the run's forms: {}", p.output);
     assert!(
@@ -209,17 +199,7 @@ fn lora_phase_on_the_demo_run(run: &std::path::Path) {
         .clone()
         .unwrap();
     assert_eq!(v.lora_step, Some(8));
-    h.get_by_label("Playground").click();
-    h.step();
-    {
-        let p = h.state_mut().panel_mut::<Playground>();
-        p.chat = false;
-        p.prompt = "A pregarden is a kind of".into();
-        p.max_new_tokens = 40;
-    }
-    h.step();
-    h.get_by_label("Generate").click();
-    settle(&mut h, Duration::from_secs(120));
+    generate_in_playground(&mut h, "A pregarden is a kind of");
     let p = h.state().panel::<Playground>();
     eprintln!("generated with the run's forms and adapters: {}", p.output);
     assert!(!p.output.trim().is_empty());
@@ -277,6 +257,24 @@ fn global() -> Global {
         lora: false,
         lora_step: None,
     }
+}
+
+/// Greedy generation of 40 tokens after `prompt` in the Playground (plain mode).
+fn generate_in_playground(
+    h: &mut egui_kittest::Harness<'static, neoscope::gui::NeoApp>,
+    prompt: &str,
+) {
+    h.get_by_label("Playground").click();
+    h.step();
+    {
+        let p = h.state_mut().panel_mut::<Playground>();
+        p.chat = false;
+        p.prompt = prompt.into();
+        p.max_new_tokens = 40;
+    }
+    h.step();
+    h.get_by_label("Generate").click();
+    settle(h, Duration::from_secs(120));
 }
 
 /// A folder of this test process's own for the test `name` (the tests run in parallel).

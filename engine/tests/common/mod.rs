@@ -97,3 +97,22 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// Largest absolute value of `t`.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Asserts `got` equals `want` to `rel` of `want`'s largest magnitude (at least 1e-3).
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
+    let (diff, scale) = (max_diff(got, want), max_abs(want));
+    assert!(
+        diff <= rel * scale.max(1e-3),
+        "{what}: differs by {diff} (scale {scale})"
+    );
+}
