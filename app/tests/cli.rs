@@ -331,16 +331,10 @@ fn lens_json_has_every_layer_and_tuned_lens_trains_and_loads() {
 
 fn inject_run_resume_report_and_embed_project_neighbors_on_a_tiny_model() {
     let dir = tempfile::tempdir().unwrap();
-    let m = tiny_model(12, &Device::Cpu).unwrap();
+    let m = common::tiny_inject_inputs(dir.path(), 12, "blorf\nzinter\nthe\n");
     let model_dir = dir.path().join("model");
-    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
     let model = model_dir.to_str().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
-    std::fs::write(p("lex.txt"), "blorf\nzinter\nthe\n").unwrap();
-    let corpus: String = (0..80)
-        .map(|i| format!("the {} sat near a cat. ", ["blorf", "zinter"][i % 2]))
-        .collect();
-    std::fs::write(p("corpus.txt"), corpus).unwrap();
     let run = p("run");
     let base = [
         "inject",

@@ -4,10 +4,6 @@
 
 mod common;
 
-use candle_core::Device;
-use neoscope_engine::model::save_hf_dir;
-use neoscope_engine::tiny::tiny_model;
-
 use common::neoscope;
 
 fn json(stdout: &str) -> serde_json::Value {
@@ -17,16 +13,10 @@ fn json(stdout: &str) -> serde_json::Value {
 #[test]
 fn lora_phase_merge_report_phases_and_compare_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let m = tiny_model(13, &Device::Cpu).unwrap();
-    let model_dir = dir.path().join("model");
-    save_hf_dir(&m.llama, &m.tokenizer, &model_dir).unwrap();
-    let model = model_dir.to_str().unwrap();
+    common::tiny_inject_inputs(dir.path(), 13, "blorf\nzinter\n");
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
-    std::fs::write(p("lex.txt"), "blorf\nzinter\n").unwrap();
-    let corpus: String = (0..80)
-        .map(|i| format!("the {} sat near a cat. ", ["blorf", "zinter"][i % 2]))
-        .collect();
-    std::fs::write(p("corpus.txt"), corpus).unwrap();
+    let model_dir = p("model");
+    let model = model_dir.as_str();
     let (lex, cor) = (p("lex.txt"), p("corpus.txt"));
     let start = |out: &str, seed: &str| {
         let (ok, _, err) = neoscope(&[

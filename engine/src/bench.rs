@@ -348,22 +348,7 @@ pub fn lora_step(
         config.alpha,
         config.seed,
     )?;
-    let zeros = |t: &(String, candle_core::Tensor)| t.1.zeros_like();
-    let named = adapters.named();
-    let mut state = LoraState {
-        step: 0,
-        m: named
-            .iter()
-            .map(zeros)
-            .collect::<candle_core::Result<_>>()?,
-        v: named
-            .iter()
-            .map(zeros)
-            .collect::<candle_core::Result<_>>()?,
-        adapters,
-        losses: Vec::new(),
-        val: Vec::new(),
-    };
+    let mut state = LoraState::fresh(adapters)?;
     let rows = m
         .llama
         .embed

@@ -93,3 +93,21 @@ pub fn neoscope_on(args: &[&str], engine: Option<(&str, &str)>) -> (bool, String
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A tiny model (seed `seed`) saved as a Hugging Face folder `dir/model`, the lexicon
+/// `dir/lex.txt` (`lexicon`) and the corpus `dir/corpus.txt` (80 sentences with `blorf` and
+/// `zinter`); returns the model.
+pub fn tiny_inject_inputs(
+    dir: &std::path::Path,
+    seed: u64,
+    lexicon: &str,
+) -> neoscope_engine::model::LoadedModel {
+    let m = neoscope_engine::tiny::tiny_model(seed, &candle_core::Device::Cpu).unwrap();
+    neoscope_engine::model::save_hf_dir(&m.llama, &m.tokenizer, &dir.join("model")).unwrap();
+    std::fs::write(dir.join("lex.txt"), lexicon).unwrap();
+    let corpus: String = (0..80)
+        .map(|i| format!("the {} sat near a cat. ", ["blorf", "zinter"][i % 2]))
+        .collect();
+    std::fs::write(dir.join("corpus.txt"), corpus).unwrap();
+    m
+}

@@ -70,6 +70,28 @@ pub struct LoraState {
     pub val: Vec<(usize, f32)>,
 }
 
+impl LoraState {
+    /// Step 0 at `adapters`, zero moments, no curves.
+    pub fn fresh(adapters: Adapters) -> Result<Self> {
+        let zeros = |t: &(String, Tensor)| t.1.zeros_like();
+        let named = adapters.named();
+        Ok(Self {
+            step: 0,
+            m: named
+                .iter()
+                .map(zeros)
+                .collect::<candle_core::Result<_>>()?,
+            v: named
+                .iter()
+                .map(zeros)
+                .collect::<candle_core::Result<_>>()?,
+            adapters,
+            losses: Vec::new(),
+            val: Vec::new(),
+        })
+    }
+}
+
 /// An open phase 2: settings, frozen rows, the run's blocks.
 #[derive(Debug, Clone)]
 pub struct LoraPhase {
@@ -218,22 +240,7 @@ impl LoraPhase {
         let fresh = self.fresh(m)?;
         let lf = folder(dir);
         if (step.is_none() && run::checkpoints(&lf)?.is_empty()) || step == Some(0) {
-            let zeros = |t: &(String, Tensor)| t.1.zeros_like();
-            let named = fresh.named();
-            return Ok(LoraState {
-                step: 0,
-                m: named
-                    .iter()
-                    .map(zeros)
-                    .collect::<candle_core::Result<_>>()?,
-                v: named
-                    .iter()
-                    .map(zeros)
-                    .collect::<candle_core::Result<_>>()?,
-                adapters: fresh,
-                losses: Vec::new(),
-                val: Vec::new(),
-            });
+            return LoraState::fresh(fresh);
         }
         let names: Vec<String> = fresh.named().into_iter().map(|(n, _)| n).collect();
         let n = names.len();
