@@ -285,6 +285,23 @@ pub struct GeometryReport {
     /// How each new row changed from its initial one (neighbour overlap, norm change, PIP).
     #[serde(default)]
     pub change: Option<Change>,
+    /// Each split form against the mean of its parts, before and after training.
+    #[serde(default)]
+    pub morphemes: Option<MorphemeComparison>,
+}
+
+/// Forms against their parts: the cosine between a form's row and the mean of its parts'
+/// vectors (each part read by the base model as a word: the mean of its token embeddings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MorphemeComparison {
+    /// Forms with a split (prefix and/or suffix found).
+    pub forms: usize,
+    /// Cosine of the initial rows to their parts' mean.
+    pub before: Summary,
+    /// Cosine of the trained rows to their parts' mean.
+    pub after: Summary,
+    /// Examples: form, its split (`pre+root+suf`), cosine before, cosine after.
+    pub examples: Vec<(String, String, f64, f64)>,
 }
 
 /// Per-form change between the initial and the trained rows.

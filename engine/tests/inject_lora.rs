@@ -354,6 +354,9 @@ fn hand_written_row_gradient_matches_autograd() {
     let g2 = l.backward().unwrap().remove(var.as_tensor()).unwrap();
     let l2 = l.to_scalar::<f32>().unwrap();
     assert!((l1 - l2).abs() < 1e-4 * l2.abs(), "loss {l1} vs {l2}");
+    // The forward-only pass (validation) gives the same loss.
+    let l3 = neoscope_engine::inject::fast_pass::nll(&m.llama, &rows, None, &refs).unwrap() * 0.1;
+    assert!((l3 - l2).abs() < 1e-4 * l2.abs(), "loss {l3} vs {l2}");
     assert!(common::max_abs(&g2) > 1e-3);
     common::assert_close("row gradient", &g1, &g2, 1e-4);
 }

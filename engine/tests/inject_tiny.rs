@@ -262,6 +262,12 @@ fn geometry_report_is_written_and_consistent() {
     };
     assert!((f64::from(c.scatter[0][0]) - (norm(&n0) - norm(&i0))).abs() < 1e-4);
     assert_eq!(r.phases.len(), 2);
+    // `quaxle` splits as quax + le (the table's one suffix): compared with its parts' mean.
+    let mc = r.morphemes.clone().unwrap();
+    assert!(
+        mc.forms >= 1 && mc.examples.iter().any(|e| e.1 == "quax+le"),
+        "{mc:?}"
+    );
     assert!((r.phases[1].perplexity - f64::from(r.phases[1].val_loss).exp()).abs() < 1e-6);
     let html = report::write(dir.path(), &r).unwrap();
     let text = std::fs::read_to_string(html).unwrap();
@@ -272,6 +278,7 @@ fn geometry_report_is_written_and_consistent() {
         "Isotropy",
         "KS base-base vs new-new",
         "Change per form",
+        "Forms and their parts",
         "PIP loss",
         "perplexity",
         "blorf",

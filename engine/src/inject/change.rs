@@ -3,7 +3,7 @@
 //! (Yin & Shen 2018) between the initial and the trained rows.
 
 use candle_core::{D, DType, Tensor};
-pub use neoscope_api::inject::Change;
+pub use neoscope_api::inject::{Change, MorphemeComparison};
 
 use crate::embed::neighbors::CosineIndex;
 use crate::error::{EngineError, Result};
@@ -101,6 +101,63 @@ pub fn compute(
         pip_loss: pip,
         pip_relative: if norm > 0.0 { pip / norm } else { 0.0 },
     })
+}
+
+/// Split forms against the mean of their parts (see [`MorphemeComparison`]); `None` when no
+/// form was split (spherical init).
+pub fn morphemes(
+    m: &crate::model::LoadedModel,
+    inits: &[super::vocab::FormInit],
+    init: &Tensor,
+    new: &Tensor,
+) -> Result<Option<MorphemeComparison>> {
+    let cos = |a: &[f32], b: &[f32]| -> f64 {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+        f64::from(dot / (na * nb).max(f32::MIN_POSITIVE))
+    };
+    let (init, new) = (init.to_vec2::<f32>()?, new.to_vec2::<f32>()?);
+    let (mut before, mut after, mut examples) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, fi) in inits.iter().enumerate() {
+        let Some(p) = fi
+            .parts
+            .as_ref()
+            .filter(|p| p.prefix.is_some() || p.suffix.is_some())
+        else {
+            continue;
+        };
+        let texts: Vec<&str> = [
+            p.prefix.as_deref(),
+            Some(p.root.as_str()),
+            p.suffix.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let vs: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| super::vocab::mean_embedding(m, t))
+            .collect::<Result<_>>()?;
+        let mean: Vec<f32> = (0..vs[0].len())
+            .map(|j| vs.iter().map(|v| v[j]).sum::<f32>() / vs.len() as f32)
+            .collect();
+        let (b, a) = (cos(&init[i], &mean), cos(&new[i], &mean));
+        before.push(b);
+        after.push(a);
+        if examples.len() < 12 {
+            examples.push((fi.form.clone(), texts.join("+"), b, a));
+        }
+    }
+    if before.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(MorphemeComparison {
+        forms: before.len(),
+        before: stats::summary(&before),
+        after: stats::summary(&after),
+        examples,
+    }))
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ pub fn loss_and_grads(
     blocks: &[&[u32]],
     scale: f64,
 ) -> Result<(f32, Vec<Tensor>)> {
-    let (loss, grads, _) = pass(m, rows, Some(adapters), blocks, scale, false)?;
+    let (loss, grads, _) = pass(m, rows, Some(adapters), blocks, scale, Some(false))?;
     Ok((loss, grads))
 }
 
@@ -74,20 +74,32 @@ pub fn loss_and_row_grads(
     blocks: &[&[u32]],
     scale: f64,
 ) -> Result<(f32, Tensor)> {
-    let (loss, _, g) = pass(m, rows, None, blocks, scale, true)?;
+    let (loss, _, g) = pass(m, rows, None, blocks, scale, Some(true))?;
     let g = g.ok_or_else(|| EngineError::Invalid("internal: row gradient missing".into()))?;
     Ok((loss, Tensor::from_vec(g, rows.dims(), m.device())?))
 }
 
-/// The pass behind both: loss, adapter gradients, and (with `want_rows`) the rows' gradient.
+/// The summed next-token NLL of `blocks` (forward only), with `adapters` if given.
+pub fn nll(
+    m: &Llama,
+    rows: &Tensor,
+    adapters: Option<&Adapters>,
+    blocks: &[&[u32]],
+) -> Result<f32> {
+    Ok(pass(m, rows, adapters, blocks, 1.0, None)?.0)
+}
+
+/// The pass behind them: loss, adapter gradients, and the rows' gradient; `want_rows`: `None`
+/// for the loss alone, else whether to form the rows' gradient.
 fn pass(
     m: &Llama,
     rows: &Tensor,
     adapters: Option<&Adapters>,
     blocks: &[&[u32]],
     scale: f64,
-    want_rows: bool,
+    want_rows: Option<bool>,
 ) -> Result<(f32, Vec<Tensor>, Option<Vec<f32>>)> {
+    let backward = want_rows.is_some();
     let dims = Dims::of(m);
     let (d, v) = (dims.d, dims.vocab);
     let w = Weights::new(m)?;
@@ -135,7 +147,7 @@ fn pass(
         })
         .collect();
     let mut dnormed = vec![0f32; n * d];
-    let mut drows = if want_rows {
+    let mut drows = if want_rows == Some(true) {
         Some(vec![0f32; n_new * d])
     } else {
         None
@@ -165,6 +177,9 @@ fn pass(
                 let lse = mx + sum.ln();
                 let t = *t as usize;
                 let zt = if t < v { b[t] } else { nw[t - v] };
+                if !backward {
+                    return lse - zt;
+                }
                 for z in b.iter_mut().chain(nw.iter_mut()) {
                     *z = sc * (*z - lse).exp();
                 }
@@ -177,6 +192,9 @@ fn pass(
             })
             .collect();
         loss += nll.iter().map(|x| f64::from(*x)).sum::<f64>();
+        if !backward {
+            continue;
+        }
         let mut dh = vec![0f32; c * d];
         matmul(&mut dh, &zb, w.unembed.data(), (c, v, d), false, false);
         matmul(&mut dh, &zn, new, (c, n_new, d), false, true);
@@ -193,6 +211,9 @@ fn pass(
         for (g, (row, _)) in dh.chunks(d).zip(chunk) {
             dnormed[row * d..(row + 1) * d].copy_from_slice(g);
         }
+    }
+    if !backward {
+        return Ok(((loss * scale) as f32, Vec::new(), None));
     }
     let mut dx = vec![0f32; n * d];
     dx.par_chunks_mut(d)

@@ -304,6 +304,24 @@ pub fn render(r: &GeometryReport) -> String {
             ),
         );
     }
+    if let Some(mc) = &r.morphemes {
+        let _ = write!(
+            s,
+            "<h2>Forms and their parts</h2><p>{} split forms; cosine of a form's row to the \
+             mean of its parts' vectors: {:.3} initially (median {:.3}), {:.3} trained (median \
+             {:.3}).</p><table><tr><th>form</th><th>parts</th><th>before</th><th>after</th></tr>",
+            mc.forms, mc.before.mean, mc.before.median, mc.after.mean, mc.after.median
+        );
+        for (f, parts, b, a) in &mc.examples {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{b:.3}</td><td>{a:.3}</td></tr>",
+                esc(f),
+                esc(parts)
+            );
+        }
+        s.push_str("</table>");
+    }
     let n = &r.norms;
     let _ = write!(
         s,

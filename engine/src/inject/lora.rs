@@ -372,10 +372,8 @@ impl Trainee for LoraTraining<'_> {
         micro_batch: usize,
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<Option<f32>> {
-        let m = self
-            .m
-            .with_adapters(Some(Arc::new(self.state.adapters.clone())));
-        val_loss(&m, self.rows, val, micro_batch, progress)
+        let ad = Some(&self.state.adapters);
+        val_loss(self.m, self.rows, ad, val, micro_batch, progress)
     }
 }
 

@@ -190,6 +190,7 @@ pub fn compute(
 
     step(progress, "change per form", 0.5)?;
     let change = super::change::compute(&index, &init, &new, &session.vocab.forms)?;
+    let morphemes = super::change::morphemes(m, &session.meta.inits, &init, &new)?;
 
     step(progress, "PCA", 0.6)?;
     let pb = Pca::fit(&base)?;
@@ -258,6 +259,7 @@ pub fn compute(
             _ => Vec::new(),
         },
         change: Some(change),
+        morphemes,
     })
 }
 

@@ -17,6 +17,7 @@ use rand::seq::SliceRandom;
 use super::forward::nll_sum;
 use crate::error::{EngineError, Result};
 use crate::model::Llama;
+use crate::model::lora::Adapters;
 pub use neoscope_api::inject::{InjectConfig, InjectEvent, Schedule, Stopped};
 
 /// The engine's computations on injection settings (the settings are protocol data).
@@ -158,11 +159,12 @@ impl TrainState {
     }
 }
 
-/// Token-mean validation loss of `rows` over `val` (forward only; with the adapters `m`
-/// carries, if any).
+/// Token-mean validation loss of `rows` over `val` (forward only), with `adapters` if given:
+/// the hand-written pass where it applies, the hooked pass elsewhere.
 pub fn val_loss(
     m: &Llama,
     rows: &Tensor,
+    adapters: Option<&Adapters>,
     val: &[Vec<u32>],
     micro_batch: usize,
     progress: &mut dyn FnMut(f32) -> bool,
@@ -171,9 +173,16 @@ pub fn val_loss(
     let mut count = 0usize;
     for (i, chunk) in val.chunks(micro_batch.max(1)).enumerate() {
         let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-        let (nll, n) = nll_sum(m, rows, &refs)?;
-        sum += f64::from(nll.to_scalar::<f32>()?);
-        count += n;
+        sum += f64::from(if super::fast_pass::supported(m) {
+            super::fast_pass::nll(m, rows, adapters, &refs)?
+        } else {
+            let carried = m.with_adapters(adapters.map(|a| std::sync::Arc::new(a.clone())));
+            nll_sum(&carried, rows, &refs)?.0.to_scalar::<f32>()?
+        });
+        count += refs
+            .iter()
+            .map(|b| b.len().saturating_sub(1))
+            .sum::<usize>();
         if !progress(((i + 1) * micro_batch) as f32 / val.len() as f32) {
             return Ok(None);
         }
@@ -303,7 +312,7 @@ impl Trainee for RowTraining<'_> {
         micro_batch: usize,
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<Option<f32>> {
-        val_loss(self.m, &self.state.rows, val, micro_batch, progress)
+        val_loss(self.m, &self.state.rows, None, val, micro_batch, progress)
     }
 }
 

@@ -47,7 +47,7 @@ pub struct FormInit {
 }
 
 /// Mean token embedding of `text` read as a word (` text`).
-fn mean_embedding(m: &LoadedModel, text: &str) -> Result<Vec<f32>> {
+pub(crate) fn mean_embedding(m: &LoadedModel, text: &str) -> Result<Vec<f32>> {
     crate::words::init_vector(m, &crate::words::Init::Words(vec![format!(" {text}")]))
 }
 
