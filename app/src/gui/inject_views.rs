@@ -70,12 +70,31 @@ pub(super) fn report_view(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui
             ui.label("base rows unchanged");
             ui.label(if r.drift.base_identical { "yes" } else { "NO" });
             ui.end_row();
-            ui.label("PCA dims 90/95% base");
-            ui.label(format!("{} / {}", r.pca.base_90, r.pca.base_95));
+            ui.label("PCA dims 90/95% base; new");
+            ui.label(format!(
+                "{} / {}; {} / {}",
+                r.pca.base_90, r.pca.base_95, r.pca.new_90, r.pca.new_95
+            ));
             ui.end_row();
-            ui.label("PCA dims 90/95% new");
-            ui.label(format!("{} / {}", r.pca.new_90, r.pca.new_95));
-            ui.end_row();
+            if !r.phases.is_empty() {
+                ui.label("held-out perplexity")
+                    .on_hover_text("Initial rows, after phase 1, after phase 2 (LoRA)");
+                let ppl: Vec<String> = r
+                    .phases
+                    .iter()
+                    .map(|p| format!("{:.1}", p.perplexity))
+                    .collect();
+                ui.label(ppl.join(" to "));
+                ui.end_row();
+            }
+            if let Some(c) = &r.change {
+                ui.label(format!("top-{} neighbours kept, PIP", c.k));
+                ui.label(format!(
+                    "{:.2} (mean); PIP {:.3} (relative)",
+                    c.overlap.mean, c.pip_relative
+                ));
+                ui.end_row();
+            }
             let pw = &r.pairwise;
             ui.label("cosine bb / nn / bn");
             ui.label(format!(
