@@ -62,7 +62,7 @@ pub fn loss_and_grads(
     blocks: &[&[u32]],
     scale: f64,
 ) -> Result<(f32, Vec<Tensor>)> {
-    let (loss, grads, _) = pass(m, rows, Some(adapters), blocks, scale, Some(false))?;
+    let (loss, grads, _) = pass(m, rows, Some(adapters), blocks, scale, Want::AdapterGrads)?;
     Ok((loss, grads))
 }
 
@@ -74,7 +74,7 @@ pub fn loss_and_row_grads(
     blocks: &[&[u32]],
     scale: f64,
 ) -> Result<(f32, Tensor)> {
-    let (loss, _, g) = pass(m, rows, None, blocks, scale, Some(true))?;
+    let (loss, _, g) = pass(m, rows, None, blocks, scale, Want::RowGrads)?;
     let g = g.ok_or_else(|| EngineError::Invalid("internal: row gradient missing".into()))?;
     Ok((loss, Tensor::from_vec(g, rows.dims(), m.device())?))
 }
@@ -86,20 +86,30 @@ pub fn nll(
     adapters: Option<&Adapters>,
     blocks: &[&[u32]],
 ) -> Result<f32> {
-    Ok(pass(m, rows, adapters, blocks, 1.0, None)?.0)
+    Ok(pass(m, rows, adapters, blocks, 1.0, Want::Loss)?.0)
 }
 
-/// The pass behind them: loss, adapter gradients, and the rows' gradient; `want_rows`: `None`
-/// for the loss alone, else whether to form the rows' gradient.
+/// What a pass computes beyond the loss.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// The loss alone (forward only).
+    Loss,
+    /// The adapters' gradients.
+    AdapterGrads,
+    /// The adapters' gradients (if any) and the new rows' gradient.
+    RowGrads,
+}
+
+/// The pass behind them: the loss, and the gradients `want` asks for.
 fn pass(
     m: &Llama,
     rows: &Tensor,
     adapters: Option<&Adapters>,
     blocks: &[&[u32]],
     scale: f64,
-    want_rows: Option<bool>,
+    want: Want,
 ) -> Result<(f32, Vec<Tensor>, Option<Vec<f32>>)> {
-    let backward = want_rows.is_some();
+    let backward = want != Want::Loss;
     let dims = Dims::of(m);
     let (d, v) = (dims.d, dims.vocab);
     let w = Weights::new(m)?;
@@ -147,7 +157,7 @@ fn pass(
         })
         .collect();
     let mut dnormed = vec![0f32; n * d];
-    let mut drows = if want_rows == Some(true) {
+    let mut drows = if want == Want::RowGrads {
         Some(vec![0f32; n_new * d])
     } else {
         None

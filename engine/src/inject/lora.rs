@@ -199,6 +199,11 @@ pub fn create(
 
 /// Opens phase 2 of the run in `dir` for the loaded model.
 pub fn open(m: &LoadedModel, dir: &Path) -> Result<LoraPhase> {
+    open_with(m, dir, &session::open(m, dir)?)
+}
+
+/// [`open`] with the run's session already open (its data read and checked once).
+pub fn open_with(m: &LoadedModel, dir: &Path, s: &session::Session) -> Result<LoraPhase> {
     let lf = folder(dir);
     if !lf.join("lora.json").exists() {
         return Err(EngineError::Invalid(format!(
@@ -206,7 +211,6 @@ pub fn open(m: &LoadedModel, dir: &Path) -> Result<LoraPhase> {
             dir.display()
         )));
     }
-    let s = session::open(m, dir)?;
     let base = BaseModel::of(&m.info);
     let meta: LoraMeta = artifact::read_json(&lf.join("lora.json"), &KIND, &base)?;
     let path = lf.join("rows.safetensors");
@@ -223,7 +227,7 @@ pub fn open(m: &LoadedModel, dir: &Path) -> Result<LoraPhase> {
         meta,
         rows,
         block_len: s.meta.config.block_len,
-        blocks: s.blocks,
+        blocks: s.blocks.clone(),
     })
 }
 
@@ -363,8 +367,7 @@ impl Trainee for LoraTraining<'_> {
         &mut self.state.val
     }
     fn step(&mut self, blocks: &Blocks, cfg: &InjectConfig) -> Result<f32> {
-        let loss = step(self.m, self.rows, self.state, self.dropout, blocks, cfg)?;
-        Ok(loss)
+        step(self.m, self.rows, self.state, self.dropout, blocks, cfg)
     }
     fn val_loss(
         &self,
@@ -497,11 +500,12 @@ fn step(
 pub fn phase_score(
     m: &LoadedModel,
     dir: &Path,
+    s: &session::Session,
 ) -> Result<Option<neoscope_api::inject::PhaseScore>> {
     if !folder(dir).join("lora.json").exists() || run::checkpoints(&folder(dir))?.is_empty() {
         return Ok(None);
     }
-    let phase = open(m, dir)?;
+    let phase = open_with(m, dir, s)?;
     let st = phase.state(&m.llama, dir, None)?;
     Ok(st
         .val

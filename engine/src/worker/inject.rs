@@ -333,7 +333,7 @@ impl Worker {
                     !job.cancelled()
                 })?;
                 r.phases
-                    .extend(crate::inject::lora::phase_score(m, &run.dir)?);
+                    .extend(crate::inject::lora::phase_score(m, &run.dir, &run.session)?);
                 let html = report::write(&run.dir, &r)?;
                 Ok(InjectResult::Report {
                     html,

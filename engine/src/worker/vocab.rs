@@ -93,7 +93,7 @@ impl Worker {
             }
         };
         if lora_use != LoraUse::None {
-            let phase = crate::inject::lora::open(m, &dir)?;
+            let phase = crate::inject::lora::open_with(m, &dir, session)?;
             let rows_step = phase.meta.rows_step;
             if step.is_some_and(|s| s != rows_step) {
                 return Err(EngineError::Invalid(format!(
