@@ -602,3 +602,35 @@ proptest! {
         }
     }
 }
+
+/// Found by the fuzz test above on CI: a checkpoint whose hash record's key was hit and whose
+/// rows hold a huge (finite) number was trained on until the next save refused the overflow.
+#[test]
+fn a_checkpoint_that_lost_its_hash_record_is_refused_by_name() {
+    let m = tiny();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inj = dir.path().join("inj");
+    injection_run(&m, &inj);
+    let file = inj.join("checkpoints/step-000002.safetensors");
+    let mut bytes = std::fs::read(&file).expect("read");
+    let key = b"content_sha256";
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("hash key");
+    bytes[at] = b'k';
+    // The last row value's exponent byte: a huge but finite number.
+    let last = bytes.len() - 1;
+    bytes[last] = 0x7e;
+    std::fs::write(&file, &bytes).expect("write");
+    let r = neoscope_engine::inject::session::open(&m, &inj).and_then(|s| {
+        let mut st = s.state(&inj)?;
+        let next = st.step + 1;
+        s.train(&m, &inj, &mut st, Some(next), &mut |_| true)
+            .map(drop)
+    });
+    let msg = r
+        .expect_err("a damaged checkpoint must be refused")
+        .to_string();
+    assert!(msg.contains("step-000002.safetensors"), "{msg}");
+}

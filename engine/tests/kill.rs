@@ -76,7 +76,8 @@ fn versions(m: &LoadedModel, dir: &Path) -> (usize, usize, usize) {
         ws[0].vector.iter().all(|v| *v == k),
         "word tensors of another version than its JSON (k = {k})"
     );
-    let st = run::load_checkpoint(&dir.join("run"), None, &Device::Cpu).expect("checkpoint loads");
+    let st =
+        run::load_checkpoint(&dir.join("run"), true, None, &Device::Cpu).expect("checkpoint loads");
     let rows: Vec<f32> = st.rows.flatten_all().unwrap().to_vec1().unwrap();
     assert!(rows.iter().all(|v| *v == st.step as f32), "checkpoint rows");
     assert_eq!(st.losses.len(), st.step.min(50), "checkpoint curves");

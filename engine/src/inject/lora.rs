@@ -166,8 +166,8 @@ pub fn create(
                 "phase 2 trains on rows from phase 1: pick a checkpoint step after 0".into(),
             ));
         }
-        Some(st) => run::load_checkpoint(dir, Some(st), m.llama.device())?,
-        None => run::load_checkpoint(dir, None, m.llama.device())?,
+        Some(st) => run::load_checkpoint(dir, s.meta.hashed(), Some(st), m.llama.device())?,
+        None => run::load_checkpoint(dir, s.meta.hashed(), None, m.llama.device())?,
     };
     // Adapters that do not fit the model are refused before anything is written.
     Adapters::init(
@@ -254,7 +254,7 @@ impl LoraPhase {
             .chain(names.iter().map(|k| format!("adam_m.{k}")))
             .chain(names.iter().map(|k| format!("adam_v.{k}")))
             .collect();
-        let (c, mut t) = run::load_state(&lf, step, &all, m.device())?;
+        let (c, mut t) = run::load_state(&lf, step, &all, true, m.device())?;
         let v = t.split_off(2 * n);
         let mo = t.split_off(n);
         Ok(LoraState {

@@ -58,6 +58,14 @@ pub struct RunMeta {
     pub data_sha256: Option<String>,
 }
 
+impl RunMeta {
+    /// Whether the run's checkpoints record a content hash. It came in with the data hash, so a
+    /// run that records one records the other.
+    pub fn hashed(&self) -> bool {
+        self.data_sha256.is_some()
+    }
+}
+
 fn blocks_tensor(b: &[Vec<u32>], len: usize) -> Result<Tensor> {
     let flat: Vec<u32> = b.iter().flatten().copied().collect();
     Ok(Tensor::from_vec(flat, (b.len(), len), &Device::Cpu)?)
@@ -184,11 +192,14 @@ pub fn save_state(dir: &Path, curves: &Curves, tensors: &[(String, Tensor)]) -> 
 }
 
 /// Reads the checkpoint of `step` (the latest when `None`) of `dir`: its curves and the tensors
-/// `names`, checked against the content hash recorded in it.
+/// `names`, checked against the content hash recorded in it. `hashed`: the run was written by a
+/// version that records the hash, so a checkpoint without one is damaged (its key was hit);
+/// only runs from before the hash existed may lack it.
 pub fn load_state(
     dir: &Path,
     step: Option<usize>,
     names: &[String],
+    hashed: bool,
     dev: &Device,
 ) -> Result<(Curves, Vec<Tensor>)> {
     let step = match step {
@@ -206,13 +217,15 @@ pub fn load_state(
         .map(|n| t.get(n, None))
         .collect::<Result<_>>()?;
     let named: Vec<(&str, &Tensor)> = names.iter().map(String::as_str).zip(&tensors).collect();
-    if let Ok(want) = t.metadata(CONTENT_SHA256)
-        && artifact::content_sha256(&named)? != want
-    {
+    let damaged = match t.metadata(CONTENT_SHA256) {
+        Ok(want) => artifact::content_sha256(&named)? != want,
+        Err(_) => hashed,
+    };
+    if damaged {
         return Err(EngineError::bad_file(
             &path,
-            "is damaged (its contents differ from the SHA-256 recorded in it); delete it to \
-             resume from the checkpoint before",
+            "is damaged (its contents differ from the SHA-256 recorded in it, or that record is \
+             gone); delete it to resume from the checkpoint before",
         ));
     }
     Ok((c, tensors))
@@ -237,9 +250,15 @@ pub fn save_checkpoint(dir: &Path, state: &TrainState) -> Result<PathBuf> {
     save_state(dir, &curves, &tensors)
 }
 
-/// Loads the checkpoint of `step` (the latest when `None`).
-pub fn load_checkpoint(dir: &Path, step: Option<usize>, dev: &Device) -> Result<TrainState> {
-    let (c, t) = load_state(dir, step, &row_names(), dev)?;
+/// Loads the checkpoint of `step` (the latest when `None`); `hashed` says whether the run's
+/// checkpoints record a content hash ([`RunMeta::hashed`]), a missing one then counting as damage.
+pub fn load_checkpoint(
+    dir: &Path,
+    hashed: bool,
+    step: Option<usize>,
+    dev: &Device,
+) -> Result<TrainState> {
+    let (c, t) = load_state(dir, step, &row_names(), hashed, dev)?;
     let [rows, m, v]: [Tensor; 3] = t
         .try_into()
         .map_err(|_| EngineError::Invalid("internal: three tensors expected".into()))?;

@@ -144,7 +144,7 @@ impl Session {
         if run::checkpoints(dir)?.is_empty() {
             TrainState::new(self.init.clone())
         } else {
-            run::load_checkpoint(dir, None, self.init.device())
+            run::load_checkpoint(dir, self.meta.hashed(), None, self.init.device())
         }
     }
 

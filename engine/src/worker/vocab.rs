@@ -128,7 +128,8 @@ impl Worker {
                     )));
                 }
                 (
-                    run::load_checkpoint(&dir, Some(s), m.llama.device())?.rows,
+                    run::load_checkpoint(&dir, session.meta.hashed(), Some(s), m.llama.device())?
+                        .rows,
                     s,
                 )
             }
