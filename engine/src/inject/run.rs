@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::train::{Blocks, InjectConfig, TrainState};
+use super::train::{Blocks, InjectConfig, InjectConfigExt, TrainState};
 use super::vocab::FormInit;
 use crate::artifact::{self, BaseModel, Header, Kind};
 use crate::error::{EngineError, Result};
@@ -102,6 +102,9 @@ pub fn write_meta(dir: &Path, meta: &RunMeta) -> Result<()> {
 /// Opens a run: metadata, initial rows and blocks.
 pub fn open(dir: &Path, base: &BaseModel, dev: &Device) -> Result<(RunMeta, Tensor, Blocks)> {
     let meta: RunMeta = artifact::read_json(&dir.join("run.json"), &KIND, base)?;
+    meta.config
+        .check()
+        .map_err(|e| EngineError::bad_file(dir.join("run.json"), e.to_string()))?;
     let data = dir.join("data.safetensors");
     let bytes = std::fs::read(&data).map_err(|e| EngineError::io(&data, e))?;
     if let Some(want) = &meta.data_sha256
@@ -131,7 +134,10 @@ pub fn open(dir: &Path, base: &BaseModel, dev: &Device) -> Result<(RunMeta, Tens
         if b.rank() != 2 || b.dim(1)? != len {
             return Err(EngineError::bad_file(
                 &data,
-                format!("`{k}` has shape {:?}, not blocks of {len} tokens", b.dims()),
+                format!(
+                    "`{k}` has shape {:?}, not blocks of the {len} tokens run.json gives",
+                    b.dims()
+                ),
             ));
         }
         Ok(b.to_dtype(DType::U32)?.to_vec2()?)
