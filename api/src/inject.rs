@@ -492,6 +492,10 @@ pub enum InjectCommand {
         /// trained with, and `step` must be unset or equal to theirs).
         #[serde(default)]
         lora: crate::lora::LoraUse,
+        /// Phase 3's rows at its latest checkpoint instead, with the phase-2 adapters it trained
+        /// under merged when it used them (`step` and `lora` must then be unset).
+        #[serde(default)]
+        align: bool,
     },
     /// Phase 2: trains LoRA adapters of the run in `dir` (in its `lora/` folder) with the rows
     /// of its checkpoint `rows_step` (default: the latest) frozen.
@@ -505,6 +509,26 @@ pub enum InjectCommand {
     },
     /// Continues phase 2 of the run in `dir` from its latest checkpoint (to `steps` in all).
     LoraResume {
+        /// Run folder.
+        dir: PathBuf,
+        /// New total step count.
+        steps: Option<usize>,
+    },
+    /// Phase 3: aligns the rows of the run in `dir` (in its `align/` folder) under the
+    /// morpheme, repulsion and norm terms, starting from its phase-1 checkpoint `rows_step`
+    /// (default: the latest), or from phase 2's rows with its adapters merged and frozen.
+    Align {
+        /// Run folder.
+        dir: PathBuf,
+        /// Settings.
+        config: crate::align::AlignConfig,
+        /// Phase-1 checkpoint to start from (not with `lora`).
+        rows_step: Option<usize>,
+        /// Phase-2 adapters to train under (`None`: the base weights).
+        lora: crate::lora::LoraUse,
+    },
+    /// Continues phase 3 of the run in `dir` from its latest checkpoint (to `steps` in all).
+    AlignResume {
         /// Run folder.
         dir: PathBuf,
         /// New total step count.
@@ -659,6 +683,8 @@ pub enum InjectResult {
     },
     /// From `Lora`/`LoraResume`.
     Lora(Box<crate::lora::LoraRun>),
+    /// From `Align`/`AlignResume`.
+    Align(Box<crate::align::AlignRun>),
     /// From `LoraBench`.
     LoraBench(Box<crate::lora::LoraBench>),
     /// From `Probe`: most-drifted forms first, then least-drifted.

@@ -3,6 +3,7 @@
 //! depends on no tensor or GUI library. Each analysis has one module holding its command
 //! sub-enum, its result type and the plain types they carry.
 
+pub mod align;
 pub mod bench;
 pub mod dataset;
 pub mod embed;

@@ -136,6 +136,9 @@ pub struct InjectedVocab {
     /// The phase-2 (LoRA) checkpoint merged into the weights, if any.
     #[serde(default)]
     pub lora_step: Option<usize>,
+    /// The phase-3 (alignment) checkpoint whose rows are attached, if any.
+    #[serde(default)]
+    pub align_step: Option<usize>,
 }
 
 impl InjectedVocab {

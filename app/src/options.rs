@@ -44,6 +44,10 @@ pub struct Global {
     /// Merge the adapters of this phase-2 checkpoint.
     #[arg(long, global = true, value_name = "STEP", requires = "run")]
     pub lora_step: Option<usize>,
+    /// Use the run's phase-3 (alignment) rows, latest checkpoint, with the phase-2 adapters it
+    /// trained under.
+    #[arg(long, global = true, requires = "run", conflicts_with_all = ["run_step", "lora", "lora_step"])]
+    pub align: bool,
     /// Print exactly one JSON object on stdout.
     #[arg(long, global = true)]
     pub json: bool,

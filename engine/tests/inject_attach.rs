@@ -103,6 +103,7 @@ fn attached_model_computes_what_training_computed_and_detaches_exactly() -> R<()
             run: dir.path().to_path_buf(),
             step: st.step,
             lora: None,
+            align: None,
         },
     )?;
     assert_eq!(m.llama.cfg.vocab_size, base_vocab + 3);

@@ -256,6 +256,7 @@ fn global() -> Global {
         run_step: None,
         lora: false,
         lora_step: None,
+        align: false,
     }
 }
 

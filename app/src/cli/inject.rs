@@ -1,4 +1,4 @@
-//! `neoscope inject run|resume|lora|report|probe|lexicon|demo|generate`: vocabulary injection.
+//! `neoscope inject run|resume|lora|align|report|probe|lexicon|demo|generate`: vocabulary injection.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,9 @@ pub enum InjectCmd {
     /// Phase 2: LoRA adapters on the block projections learn to use the run's forms (rows,
     /// embeddings and weights frozen); `--resume` continues them.
     Lora(super::inject_lora::LoraArgs),
+    /// Phase 3: the run's rows aligned under L_lm + 0.1 L_morpheme + 0.05 L_repulsion +
+    /// 0.01 L_norm (model frozen, optionally under the phase-2 adapters); `--resume` continues.
+    Align(super::inject_align::AlignArgs),
     /// Runs side by side in one table from their reports (init, held-out loss and perplexity
     /// per phase, drift, norms, isotropy); needs no model.
     Compare {
@@ -389,6 +392,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: InjectCmd) -> Result
             train_and_report(engine, json_mode, cmd)
         }
         InjectCmd::Lora(a) => super::inject_lora::run(engine, json_mode, a),
+        InjectCmd::Align(a) => super::inject_align::run(engine, json_mode, a),
         InjectCmd::Compare { dirs } => super::inject_compare::run(json_mode, &dirs),
         InjectCmd::LoraBench { steps } => super::inject_lora::bench(engine, json_mode, steps),
         InjectCmd::Resume { dir, steps } => {

@@ -22,6 +22,7 @@ use serde_json::json;
 pub mod compare;
 pub mod embed;
 pub mod inject;
+pub mod inject_align;
 pub mod inject_compare;
 pub mod inject_lora;
 pub mod lens;
@@ -313,6 +314,7 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
                 (true, None) => LoraUse::Latest,
                 (false, None) => LoraUse::None,
             },
+            align: g.align,
         };
         let InjectResult::Model(attached) = call(&mut engine, cmd)? else {
             bail!("unexpected engine reply");
@@ -341,6 +343,7 @@ pub fn run(g: &Global, cmd: Cmd) -> Result<()> {
                 "injected": info.injected.as_ref().map(|v| json!({
                     "run": v.run, "step": v.step, "base_vocab": v.base_vocab,
                     "forms": v.forms.len(), "lora_step": v.lora_step,
+                    "align_step": v.align_step,
                 })),
             });
             let text = format!(

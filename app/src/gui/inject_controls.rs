@@ -31,6 +31,10 @@ pub(super) fn use_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
             .on_hover_text(
                 "Merge the run's phase-2 (LoRA) adapters, latest checkpoint, into the weights",
             );
+        ui.checkbox(&mut p.align_attach, "aligned rows")
+            .on_hover_text(
+                "Use phase 3's rows (latest checkpoint), with the adapters it trained under if any",
+            );
         let ready = !busy && p.run.is_some();
         if ui
             .add_enabled(ready, egui::Button::new("Use in the model"))
@@ -40,14 +44,12 @@ pub(super) fn use_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
             )
             .clicked()
         {
+            let (lora, align) = (p.lora_attach && !p.align_attach, p.align_attach);
             let c = InjectCommand::Attach {
                 dir: p.run.clone(),
-                step: if p.lora_attach { None } else { p.attach_step },
-                lora: if p.lora_attach {
-                    LoraUse::Latest
-                } else {
-                    LoraUse::None
-                },
+                step: if lora || align { None } else { p.attach_step },
+                lora: if lora { LoraUse::Latest } else { LoraUse::None },
+                align,
             };
             send_job(p, s, c, "attaching");
         }
@@ -89,12 +91,14 @@ pub(super) fn use_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
         }
         match &attached {
             Some(v) => ui.label(format!(
-                "Attached: {} forms from {} at step {}{}",
+                "Attached: {} forms from {} at step {}{}{}",
                 v.forms.len(),
                 v.run.display(),
                 v.step,
                 v.lora_step
-                    .map_or(String::new(), |s| format!(" with adapters of step {s}"))
+                    .map_or(String::new(), |s| format!(" with adapters of step {s}")),
+                v.align_step
+                    .map_or(String::new(), |s| format!(", aligned rows of step {s}"))
             )),
             None => ui.weak("The model has its base vocabulary."),
         };

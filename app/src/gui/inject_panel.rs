@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use neoscope_api::align::{AlignConfig, AlignRun};
 use neoscope_api::inject::GeometryReport;
 use neoscope_api::inject::InitKind;
 use neoscope_api::inject::InjectConfig;
@@ -87,6 +88,14 @@ pub struct InjectPanel {
     pub lora_run: Option<LoraRun>,
     /// Merge the run's adapters when using its forms in the model.
     pub lora_attach: bool,
+    /// Phase-3 settings.
+    pub align: AlignConfig,
+    /// Phase 3 under the phase-2 adapters.
+    pub align_lora: bool,
+    /// The last phase-3 result.
+    pub align_run: Option<AlignRun>,
+    /// Use phase 3's rows when using the run's forms in the model.
+    pub align_attach: bool,
 }
 
 impl Default for InjectPanel {
@@ -121,6 +130,10 @@ impl Default for InjectPanel {
             lora: LoraConfig::default(),
             lora_run: None,
             lora_attach: false,
+            align: AlignConfig::default(),
+            align_lora: false,
+            align_run: None,
+            align_attach: false,
         }
     }
 }
@@ -261,12 +274,14 @@ impl Panel for InjectPanel {
             InjectResult::Model(info) => {
                 s.notice = Some(match &info.injected {
                     Some(v) => format!(
-                        "The model's vocabulary now has {} injected forms (step {}{}): use \
+                        "The model's vocabulary now has {} injected forms (step {}{}{}): use \
                          them in the Playground, Lens and Words panels",
                         v.forms.len(),
                         v.step,
                         v.lora_step
-                            .map_or(String::new(), |s| format!(", LoRA adapters of step {s}"))
+                            .map_or(String::new(), |s| format!(", LoRA adapters of step {s}")),
+                        v.align_step
+                            .map_or(String::new(), |s| format!(", phase-3 rows of step {s}"))
                     ),
                     None => "The model has its base vocabulary again".to_owned(),
                 });
@@ -288,6 +303,22 @@ impl Panel for InjectPanel {
                 };
                 self.lora_attach = true;
                 self.lora_run = Some(*r);
+            }
+            InjectResult::Align(r) => {
+                self.losses = (1..).zip(r.losses.iter().copied()).collect();
+                self.val = r.val.clone();
+                self.steps = r.steps;
+                self.align.steps = r.steps;
+                self.status = match r.stopped {
+                    Some(Stopped::Cancelled) => Some(format!(
+                        "Alignment stopped at step {} (checkpoint saved): Resume alignment \
+                         continues",
+                        r.step
+                    )),
+                    _ => None,
+                };
+                self.align_attach = true;
+                self.align_run = Some(*r);
             }
             InjectResult::LoraBench(b) => {
                 s.notice = Some(format!("LoRA step: {:.2} s (median)", b.median_step_s));
@@ -457,6 +488,7 @@ fn show(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
     super::inject_controls::inputs_row(p, s, ui);
     super::inject_controls::settings_row(p, s, ui);
     super::lora_controls::lora_row(p, s, ui);
+    super::align_controls::align_row(p, s, ui);
     super::inject_controls::use_row(p, s, ui);
     ui.separator();
     ui.columns(2, |cols| {

@@ -2,6 +2,7 @@
 //! drains engine events on a small time budget and hands each one to the panel that sent the
 //! request; panels live in their own files and implement `panel::Panel`.
 
+mod align_controls;
 pub mod compare_panel;
 mod dialogs;
 pub mod embed_panel;

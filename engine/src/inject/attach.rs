@@ -32,6 +32,8 @@ pub struct Attachment {
     pub step: usize,
     /// Phase-2 adapters to merge, with their checkpoint's step.
     pub lora: Option<(usize, Adapters)>,
+    /// The phase-3 checkpoint the rows come from, if they do.
+    pub align: Option<usize>,
 }
 
 /// An attached vocabulary and the base model it replaced, to be put back by [`detach`].
@@ -57,6 +59,7 @@ pub fn attach(m: &mut LoadedModel, what: Attachment) -> Result<Attached> {
         run,
         step,
         lora,
+        align,
     } = what.clone();
     if m.tokenizer.forms().is_some() {
         return Err(EngineError::Invalid(
@@ -104,6 +107,7 @@ pub fn attach(m: &mut LoadedModel, what: Attachment) -> Result<Attached> {
         base_vocab: forms.base,
         forms: forms.forms.clone(),
         lora_step: lora.as_ref().map(|(s, _)| *s),
+        align_step: align,
     });
     m.tokenizer.set_forms(Some(Arc::new(forms)));
     Ok(saved)

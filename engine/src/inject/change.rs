@@ -103,22 +103,24 @@ pub fn compute(
     })
 }
 
-/// Split forms against the mean of their parts (see [`MorphemeComparison`]); `None` when no
-/// form was split (spherical init).
-pub fn morphemes(
+/// A split form's parts and the mean of their vectors.
+#[derive(Debug, Clone)]
+pub struct PartMean {
+    /// The form's index among the new forms.
+    pub form: usize,
+    /// Its parts joined by `+` (`un+bust+ly`).
+    pub parts: String,
+    /// The mean of the parts' vectors (each the mean token embedding of ` part`).
+    pub mean: Vec<f32>,
+}
+
+/// The parts' means of every form that was split into prefix/root/suffix (compositional init;
+/// none for spherical init). What the report compares and phase 3's L_morpheme pulls toward.
+pub fn part_means(
     m: &crate::model::LoadedModel,
     inits: &[super::vocab::FormInit],
-    init: &Tensor,
-    new: &Tensor,
-) -> Result<Option<MorphemeComparison>> {
-    let cos = |a: &[f32], b: &[f32]| -> f64 {
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-        f64::from(dot / (na * nb).max(f32::MIN_POSITIVE))
-    };
-    let (init, new) = (init.to_vec2::<f32>()?, new.to_vec2::<f32>()?);
-    let (mut before, mut after, mut examples) = (Vec::new(), Vec::new(), Vec::new());
+) -> Result<Vec<PartMean>> {
+    let mut out = Vec::new();
     for (i, fi) in inits.iter().enumerate() {
         let Some(p) = fi
             .parts
@@ -142,11 +144,37 @@ pub fn morphemes(
         let mean: Vec<f32> = (0..vs[0].len())
             .map(|j| vs.iter().map(|v| v[j]).sum::<f32>() / vs.len() as f32)
             .collect();
-        let (b, a) = (cos(&init[i], &mean), cos(&new[i], &mean));
+        out.push(PartMean {
+            form: i,
+            parts: texts.join("+"),
+            mean,
+        });
+    }
+    Ok(out)
+}
+
+/// Split forms against the mean of their parts (see [`MorphemeComparison`]); `None` when no
+/// form was split (spherical init).
+pub fn morphemes(
+    m: &crate::model::LoadedModel,
+    inits: &[super::vocab::FormInit],
+    init: &Tensor,
+    new: &Tensor,
+) -> Result<Option<MorphemeComparison>> {
+    let cos = |a: &[f32], b: &[f32]| -> f64 {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+        f64::from(dot / (na * nb).max(f32::MIN_POSITIVE))
+    };
+    let (init, new) = (init.to_vec2::<f32>()?, new.to_vec2::<f32>()?);
+    let (mut before, mut after, mut examples) = (Vec::new(), Vec::new(), Vec::new());
+    for pm in part_means(m, inits)? {
+        let (b, a) = (cos(&init[pm.form], &pm.mean), cos(&new[pm.form], &pm.mean));
         before.push(b);
         after.push(a);
         if examples.len() < 12 {
-            examples.push((fi.form.clone(), texts.join("+"), b, a));
+            examples.push((inits[pm.form].form.clone(), pm.parts, b, a));
         }
     }
     if before.is_empty() {

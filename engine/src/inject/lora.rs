@@ -470,18 +470,21 @@ fn step(
                 .collect::<candle_core::Result<_>>()?;
         }
     }
-    let (b1, b2, eps) = (0.9f64, 0.999f64, cfg.adam_eps);
     let lr = cfg.lr_at(s);
-    let t = i32::try_from(s).unwrap_or(i32::MAX);
     let params: Vec<Tensor> = st.adapters.named().into_iter().map(|(_, t)| t).collect();
     let mut new = Vec::with_capacity(params.len());
     for (i, (p, g)) in params.iter().zip(&g).enumerate() {
-        st.m[i] = ((&st.m[i] * b1)? + (g * (1.0 - b1))?)?;
-        st.v[i] = ((&st.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-        let mhat = (&st.m[i] / (1.0 - b1.powi(t)))?;
-        let vhat = (&st.v[i] / (1.0 - b2.powi(t)))?;
-        let upd = ((mhat / (vhat.sqrt()? + eps)?)? + (p * cfg.weight_decay)?)?;
-        new.push((p - (upd * lr)?)?.detach());
+        let (m, v) = (&mut st.m[i], &mut st.v[i]);
+        new.push(super::optim::adamw(
+            p,
+            g,
+            m,
+            v,
+            s,
+            lr,
+            cfg.adam_eps,
+            cfg.weight_decay,
+        )?);
     }
     st.adapters = st.adapters.with_tensors(&new)?;
     st.step = s;

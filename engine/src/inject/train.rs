@@ -20,6 +20,9 @@ use crate::model::Llama;
 use crate::model::lora::Adapters;
 pub use neoscope_api::inject::{InjectConfig, InjectEvent, Schedule, Stopped};
 
+/// The most blocks one optimiser step may take.
+pub const MAX_STEP_BLOCKS: usize = 1 << 20;
+
 /// The engine's computations on injection settings (the settings are protocol data).
 pub trait InjectConfigExt {
     /// Checks the settings.
@@ -42,6 +45,18 @@ impl InjectConfigExt for InjectConfig {
         }
         if self.micro_batch == 0 || self.accum == 0 || self.steps == 0 {
             return bad("micro-batch, accumulation and steps must be positive");
+        }
+        // Bounded so that a step's list of blocks can be held (a damaged run.json might ask for
+        // more than memory has).
+        if self
+            .micro_batch
+            .checked_mul(self.accum)
+            .is_none_or(|b| b > MAX_STEP_BLOCKS)
+        {
+            return bad(&format!(
+                "micro-batch {} × accumulation {} is more than {MAX_STEP_BLOCKS} blocks per step",
+                self.micro_batch, self.accum
+            ));
         }
         if self
             .micro_batch

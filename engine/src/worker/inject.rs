@@ -128,6 +128,21 @@ impl Worker {
         Ok(InjectResult::Lora(Box::new(run)))
     }
 
+    /// Trains phase 3 from its latest checkpoint, reporting steps like phase 1.
+    fn train_align(
+        &mut self,
+        job: &Job,
+        dir: &std::path::Path,
+        phase: &crate::inject::align::AlignPhase,
+        steps: Option<usize>,
+    ) -> Result<InjectResult> {
+        let mut state = phase.state(dir, None)?;
+        let stopped = phase.train(dir, &mut state, steps, &mut |ev| training_event(job, ev))?;
+        let mut run = phase.summary(dir, &state, Some(stopped));
+        run.steps = steps.unwrap_or(run.steps);
+        Ok(InjectResult::Align(Box::new(run)))
+    }
+
     fn keep_run(
         &mut self,
         dir: PathBuf,
@@ -158,7 +173,12 @@ impl Worker {
 
     pub(super) fn execute_inject(&mut self, job: &Job, cmd: InjectCommand) -> Result<InjectResult> {
         match cmd {
-            InjectCommand::Attach { dir, step, lora } => self.attach_run(dir, step, lora),
+            InjectCommand::Attach {
+                dir,
+                step,
+                lora,
+                align,
+            } => self.attach_run(dir, step, lora, align),
             InjectCommand::Detach => self.detach_run(),
             InjectCommand::Probe {
                 dir,
@@ -214,6 +234,20 @@ impl Worker {
                     !job.cancelled()
                 })?;
                 Ok(InjectResult::LoraBench(Box::new(r)))
+            }
+            InjectCommand::Align {
+                dir,
+                config,
+                rows_step,
+                lora,
+            } => {
+                let phase =
+                    crate::inject::align::create(self.model()?, &dir, config, rows_step, lora)?;
+                self.train_align(job, &dir, &phase, None)
+            }
+            InjectCommand::AlignResume { dir, steps } => {
+                let phase = crate::inject::align::open(self.model()?, &dir)?;
+                self.train_align(job, &dir, &phase, steps)
             }
             InjectCommand::LoraResume { dir, steps } => {
                 let phase = crate::inject::lora::open(self.model()?, &dir)?;

@@ -75,6 +75,7 @@ impl Worker {
         dir: Option<PathBuf>,
         step: Option<usize>,
         lora_use: LoraUse,
+        align: bool,
     ) -> Result<(Attachment, Tensor)> {
         let m = self.model()?;
         let opened;
@@ -92,6 +93,33 @@ impl Worker {
                 (r.dir.clone(), &r.session, Some(&r.state))
             }
         };
+        if align {
+            if step.is_some() || lora_use != LoraUse::None {
+                return Err(EngineError::Invalid(
+                    "phase 3's rows come with the adapters it trained under: leave the step and \
+                     the LoRA choice out"
+                        .into(),
+                ));
+            }
+            let phase = crate::inject::align::open_with(m, &dir, session)?;
+            let st = phase.state(&dir, None)?;
+            let lora = match phase.meta.lora_step {
+                Some(ls) => {
+                    let lp = crate::inject::lora::open_with(m, &dir, session)?;
+                    Some((ls, lp.state(&m.llama, &dir, Some(ls))?.adapters))
+                }
+                None => None,
+            };
+            let what = Attachment {
+                forms: session.vocab.clone(),
+                rows: st.rows,
+                run: dir,
+                step: phase.meta.rows_step,
+                lora,
+                align: Some(st.step),
+            };
+            return Ok((what, session.init.clone()));
+        }
         if lora_use != LoraUse::None {
             let phase = crate::inject::lora::open_with(m, &dir, session)?;
             let rows_step = phase.meta.rows_step;
@@ -113,6 +141,7 @@ impl Worker {
                 run: dir,
                 step: rows_step,
                 lora: Some((st.step, st.adapters)),
+                align: None,
             };
             return Ok((what, session.init.clone()));
         }
@@ -145,6 +174,7 @@ impl Worker {
             run: dir,
             step,
             lora: None,
+            align: None,
         };
         Ok((what, session.init.clone()))
     }
@@ -155,9 +185,10 @@ impl Worker {
         dir: Option<PathBuf>,
         step: Option<usize>,
         lora: LoraUse,
+        align: bool,
     ) -> Result<InjectResult> {
         // Read against the base model; a refused attach leaves the model as it was.
-        let (what, _) = self.on_base(|w| w.attachment(dir, step, lora))?;
+        let (what, _) = self.on_base(|w| w.attachment(dir, step, lora, align))?;
         self.lift_attachment();
         let m = self.model.as_mut().ok_or(EngineError::NoModel)?;
         self.attached = Some(attach(m, what)?);
@@ -186,7 +217,7 @@ impl Worker {
             ));
         }
         self.on_base(|w| {
-            let (what, init) = w.attachment(dir, step, LoraUse::None)?;
+            let (what, init) = w.attachment(dir, step, LoraUse::None, false)?;
             let cos = row_cosines(&init, &what.rows)?;
             let picks = drift_picks(&cos, count);
             let opts = GenerateOptions {
