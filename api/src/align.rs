@@ -130,3 +130,21 @@ pub struct AlignRun {
     /// (step, validation loss: L_lm alone on held-out blocks); step 0 is the starting rows.
     pub val: Vec<(usize, f32)>,
 }
+
+/// Phase 3 in the geometry report: its terms at the first and last step, and each split form
+/// against the mean of its parts before (phase 3's starting rows) and after phase 3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlignedRows {
+    /// Steps done.
+    pub step: usize,
+    /// The settings (λ weights, optimiser, …).
+    pub config: AlignConfig,
+    /// The phase-2 checkpoint it trained under, if any.
+    pub lora_step: Option<usize>,
+    /// The terms at step 1.
+    pub first: AlignTerms,
+    /// The terms at the last step.
+    pub last: AlignTerms,
+    /// Split forms against their parts: `before` is phase 3's start, `after` its rows.
+    pub morphemes: Option<crate::inject::MorphemeComparison>,
+}

@@ -288,6 +288,9 @@ pub struct GeometryReport {
     /// Each split form against the mean of its parts, before and after training.
     #[serde(default)]
     pub morphemes: Option<MorphemeComparison>,
+    /// Phase 3, when the run has one.
+    #[serde(default)]
+    pub aligned: Option<crate::align::AlignedRows>,
 }
 
 /// Forms against their parts: the cosine between a form's row and the mean of its parts'

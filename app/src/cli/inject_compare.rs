@@ -43,6 +43,7 @@ fn row(dir: &Path) -> Result<serde_json::Value> {
         "initial": score("initial"),
         "phase1": score("phase 1"),
         "phase2": score("phase 2"),
+        "phase3": score("phase 3"),
         "drift_cos_mean": r.drift.new.mean,
         "norm_new_mean": r.norms.new.mean,
         "norm_base_mean": r.norms.base.mean,
@@ -61,13 +62,14 @@ pub fn run(json_mode: bool, dirs: &[PathBuf]) -> Result<()> {
         _ => "–".to_owned(),
     };
     let mut t = String::from(
-        "| run | init | forms | steps | held-out loss (ppl): start | phase 1 | phase 2 | drift cos | \
-         norm new / base | isotropy new |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| run | init | forms | steps | held-out loss (ppl): start | phase 1 | phase 2 | phase 3 | drift \
+         cos | norm new / base | isotropy new |\n| --- | --- | --- | --- | --- | --- | --- | --- \
+         | --- | --- | --- |\n",
     );
     for r in &rows {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.3} / {:.3} | {:.3} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.3} / {:.3} | {:.3} |",
             r["run"].as_str().unwrap_or("?"),
             r["init"].as_str().unwrap_or("?"),
             r["forms"],
@@ -75,6 +77,7 @@ pub fn run(json_mode: bool, dirs: &[PathBuf]) -> Result<()> {
             cell(&r["initial"]),
             cell(&r["phase1"]),
             cell(&r["phase2"]),
+            cell(&r["phase3"]),
             r["drift_cos_mean"].as_f64().unwrap_or(f64::NAN),
             r["norm_new_mean"].as_f64().unwrap_or(f64::NAN),
             r["norm_base_mean"].as_f64().unwrap_or(f64::NAN),

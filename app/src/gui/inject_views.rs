@@ -77,8 +77,9 @@ pub(super) fn report_view(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui
             ));
             ui.end_row();
             if !r.phases.is_empty() {
-                ui.label("held-out perplexity")
-                    .on_hover_text("Initial rows, after phase 1, after phase 2 (LoRA)");
+                ui.label("held-out perplexity").on_hover_text(
+                    "Initial rows, after phase 1, after phase 2 (LoRA), after phase 3 (alignment)",
+                );
                 let ppl: Vec<String> = r
                     .phases
                     .iter()
@@ -86,6 +87,23 @@ pub(super) fn report_view(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui
                     .collect();
                 ui.label(ppl.join(" to "));
                 ui.end_row();
+            }
+            if let Some(a) = &r.aligned {
+                ui.label("phase 3: L_morpheme, L_norm")
+                    .on_hover_text("At the first and the last step of the alignment phase");
+                ui.label(format!(
+                    "{:.2e} to {:.2e}; {:.2e} to {:.2e}",
+                    a.first.morpheme, a.last.morpheme, a.first.norm, a.last.norm
+                ));
+                ui.end_row();
+                if let Some(mc) = &a.morphemes {
+                    ui.label("phase 3: cos to parts' mean");
+                    ui.label(format!(
+                        "{:.3} to {:.3} ({} forms)",
+                        mc.before.mean, mc.after.mean, mc.forms
+                    ));
+                    ui.end_row();
+                }
             }
             if let Some(c) = &r.change {
                 ui.label(format!("top-{} neighbours kept, PIP", c.k));

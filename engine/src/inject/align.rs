@@ -15,17 +15,16 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
-use neoscope_api::align::{AlignConfig, AlignOptimizer, AlignRun, AlignTerms};
+use neoscope_api::align::{AlignConfig, AlignOptimizer, AlignRun, AlignTerms, AlignedRows};
+use neoscope_api::inject::PhaseScore;
 use neoscope_api::lora::LoraUse;
 use serde::{Deserialize, Serialize};
 
-use super::align_terms::{self, NormBand, Targets};
-use super::optim::{self, Factored};
+use super::align_terms::{NormBand, Targets};
+use super::optim::Factored;
 use super::run::{self, Curves};
 use super::session::{self, Session};
-use super::train::{
-    self, Blocks, InjectConfig, InjectConfigExt, InjectEvent, Stopped, TrainHooks, Trainee,
-};
+use super::train::{Blocks, InjectConfig, InjectConfigExt, Stopped};
 use crate::artifact::{self, BaseModel, Header, Kind};
 use crate::error::{EngineError, Result};
 use crate::model::{Llama, LoadedModel};
@@ -159,7 +158,7 @@ pub fn schedule(c: &AlignConfig, block_len: usize) -> InjectConfig {
     }
 }
 
-fn check(c: &AlignConfig) -> Result<()> {
+pub(crate) fn check(c: &AlignConfig) -> Result<()> {
     let ok = |x: f64| x.is_finite() && x >= 0.0;
     if !(ok(c.lambda_morpheme) && ok(c.lambda_repulsion) && ok(c.lambda_norm)) {
         return Err(EngineError::Invalid(
@@ -413,53 +412,6 @@ impl AlignPhase {
         })
     }
 
-    /// Trains from `state` to `steps` in all (the settings' count when `None`), checkpointing
-    /// into `align/`; `on_event` returns false to stop (a checkpoint is written first).
-    pub fn train(
-        &self,
-        dir: &Path,
-        state: &mut AlignState,
-        steps: Option<usize>,
-        on_event: &mut dyn FnMut(InjectEvent) -> bool,
-    ) -> Result<Stopped> {
-        struct Hooks<'a> {
-            dir: PathBuf,
-            on_event: &'a mut dyn FnMut(InjectEvent) -> bool,
-        }
-        impl TrainHooks<AlignTraining<'_>> for Hooks<'_> {
-            fn event(&mut self, ev: InjectEvent) -> bool {
-                (self.on_event)(ev)
-            }
-            fn checkpoint(&mut self, t: &AlignTraining<'_>) -> Result<()> {
-                save(&self.dir, t.state).map(|_| ())
-            }
-        }
-        let mut meta = self.meta.clone();
-        if let Some(s) = steps.filter(|s| *s != meta.config.steps) {
-            if s <= state.step {
-                return Err(EngineError::Invalid(format!(
-                    "phase 3 is already at step {}; ask for more steps than that (got {s})",
-                    state.step
-                )));
-            }
-            meta.config.steps = s;
-            check(&meta.config)?;
-            artifact::write_json(&folder(dir).join("align.json"), &meta)?;
-        }
-        let cfg = schedule(&meta.config, self.block_len);
-        let mut t = AlignTraining {
-            m: &self.model,
-            targets: &self.targets,
-            config: &meta.config,
-            state,
-        };
-        let mut hooks = Hooks {
-            dir: folder(dir),
-            on_event,
-        };
-        train::train(&mut t, &self.blocks, &cfg, &mut hooks)
-    }
-
     /// What phase 3 reports.
     pub fn summary(&self, dir: &Path, state: &AlignState, stopped: Option<Stopped>) -> AlignRun {
         AlignRun {
@@ -479,7 +431,7 @@ impl AlignPhase {
 }
 
 /// Writes a phase-3 checkpoint.
-fn save(align_dir: &Path, st: &AlignState) -> Result<PathBuf> {
+pub(crate) fn save(align_dir: &Path, st: &AlignState) -> Result<PathBuf> {
     let opt = match st.opt {
         OptState::AdamW { .. } => AlignOptimizer::AdamW,
         OptState::Adafactor(_) => AlignOptimizer::Adafactor,
@@ -506,116 +458,34 @@ fn save(align_dir: &Path, st: &AlignState) -> Result<PathBuf> {
     run::save_state(align_dir, &curves, &tensors)
 }
 
-/// Phase 3's trainee: the rows under the full objective, on a frozen model.
-pub struct AlignTraining<'a> {
-    /// The model (base weights, adapters merged when used).
-    pub m: &'a Llama,
-    /// The regularisers' targets.
-    pub targets: &'a Targets,
-    /// Settings.
-    pub config: &'a AlignConfig,
-    /// Rows, optimiser state, curves.
-    pub state: &'a mut AlignState,
-}
-
-impl Trainee for AlignTraining<'_> {
-    fn done(&self) -> usize {
-        self.state.step
-    }
-    fn val_curve(&mut self) -> &mut Vec<(usize, f32)> {
-        &mut self.state.val
-    }
-    fn step(&mut self, blocks: &Blocks, cfg: &InjectConfig) -> Result<f32> {
-        step(self.m, self.targets, self.config, self.state, blocks, cfg)
-    }
-    fn val_loss(
-        &self,
-        val: &[Vec<u32>],
-        micro_batch: usize,
-        progress: &mut dyn FnMut(f32) -> bool,
-    ) -> Result<Option<f32>> {
-        train::val_loss(self.m, &self.state.rows, None, val, micro_batch, progress)
-    }
-}
-
-/// The objective's terms at `rows` on `blocks` (token-mean L_lm over all of them) and its
-/// gradient with respect to `rows`, before clipping.
-pub fn objective(
-    m: &Llama,
-    targets: &Targets,
-    config: &AlignConfig,
-    rows: &Tensor,
-    blocks: &[&[u32]],
-    micro_batch: usize,
-    pairs: &[(u32, u32)],
-) -> Result<(AlignTerms, Tensor)> {
-    let tokens: usize = blocks.iter().map(|b| b.len().saturating_sub(1)).sum();
-    let scale = 1.0 / tokens.max(1) as f64;
-    let (mut terms, mut grad) = align_terms::terms_and_grad(rows, targets, config, pairs)?;
-    let mut lm = 0.0f64;
-    for mb in blocks.chunks(micro_batch.max(1)) {
-        let (l, g) = train::row_grads(m, rows, mb, scale)?;
-        lm += f64::from(l);
-        grad = (grad + g)?;
-    }
-    terms.lm = lm as f32;
-    Ok((terms, grad))
-}
-
-/// One optimiser step at `state.step + 1`; returns the step's objective.
-fn step(
-    m: &Llama,
-    targets: &Targets,
-    config: &AlignConfig,
-    st: &mut AlignState,
-    blocks: &Blocks,
-    cfg: &InjectConfig,
-) -> Result<f32> {
-    let s = st.step + 1;
-    let idx = cfg.step_blocks(blocks.train.len(), s);
-    let refs: Vec<&[u32]> = idx.iter().map(|i| blocks.train[*i].as_slice()).collect();
-    let n = st.rows.dim(0)?;
-    let pairs = align_terms::pairs(config.seed, s, n, config.repulsion_pairs);
-    let (terms, mut g) = objective(m, targets, config, &st.rows, &refs, cfg.micro_batch, &pairs)?;
-    if let Some(c) = cfg.clip_norm {
-        let norm = f64::from(g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
-        if norm > c {
-            g = (g * (c / norm))?;
-        }
-    }
-    let lr = cfg.lr_at(s);
-    st.rows = match &mut st.opt {
-        OptState::AdamW { m, v } => {
-            optim::adamw(&st.rows, &g, m, v, s, lr, cfg.adam_eps, cfg.weight_decay)?
-        }
-        OptState::Adafactor(f) => optim::adafactor(&st.rows, &g, f, s, lr, cfg.weight_decay)?,
-    };
-    st.step = s;
-    let loss = align_terms::total(&terms, config);
-    if !loss.is_finite() {
-        return Err(EngineError::Invalid(format!(
-            "the objective became {loss} at step {s}; training stopped and the last checkpoint \
-             on disk is kept (resume from it, or start again with a lower learning rate)"
-        )));
-    }
-    st.losses.push(loss);
-    st.terms.push(terms);
-    Ok(loss)
-}
-
-/// The held-out score of the run's phase 3 at its latest checkpoint, if it has one.
-pub fn phase_score(
+/// Phase 3's score and report section for the run in `dir`, if it has a phase-3 checkpoint.
+pub fn report(
     m: &LoadedModel,
     dir: &Path,
     s: &Session,
-) -> Result<Option<neoscope_api::inject::PhaseScore>> {
+) -> Result<Option<(Option<PhaseScore>, AlignedRows)>> {
     if !folder(dir).join("align.json").exists() || run::checkpoints(&folder(dir))?.is_empty() {
         return Ok(None);
     }
     let phase = open_with(m, dir, s)?;
     let st = phase.state(dir, None)?;
-    Ok(st
+    let (Some(first), Some(last)) = (st.terms.first(), st.terms.last()) else {
+        return Ok(None);
+    };
+    let score = st
         .val
         .last()
-        .map(|(s, l)| neoscope_api::inject::PhaseScore::new("phase 3 (alignment)", *s, *l)))
+        .map(|(s, l)| PhaseScore::new("phase 3 (alignment)", *s, *l));
+    let morphemes = super::change::morphemes(m, &s.meta.inits, &phase.start, &st.rows)?;
+    Ok(Some((
+        score,
+        AlignedRows {
+            step: st.step,
+            config: phase.meta.config.clone(),
+            lora_step: phase.meta.lora_step,
+            first: *first,
+            last: *last,
+            morphemes,
+        },
+    )))
 }

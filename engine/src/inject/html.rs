@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 
 use super::report::{GeometryReport, Histogram};
 use crate::stats::{Summary, TestResult};
+use neoscope_api::align::AlignedRows;
+use neoscope_api::inject::MorphemeComparison;
 
 const W: f64 = 460.0;
 const H: f64 = 240.0;
@@ -305,22 +307,11 @@ pub fn render(r: &GeometryReport) -> String {
         );
     }
     if let Some(mc) = &r.morphemes {
-        let _ = write!(
-            s,
-            "<h2>Forms and their parts</h2><p>{} split forms; cosine of a form's row to the \
-             mean of its parts' vectors: {:.3} initially (median {:.3}), {:.3} trained (median \
-             {:.3}).</p><table><tr><th>form</th><th>parts</th><th>before</th><th>after</th></tr>",
-            mc.forms, mc.before.mean, mc.before.median, mc.after.mean, mc.after.median
-        );
-        for (f, parts, b, a) in &mc.examples {
-            let _ = write!(
-                s,
-                "<tr><td>{}</td><td>{}</td><td>{b:.3}</td><td>{a:.3}</td></tr>",
-                esc(f),
-                esc(parts)
-            );
-        }
-        s.push_str("</table>");
+        s.push_str("<h2>Forms and their parts</h2>");
+        morpheme_table(&mut s, mc, "initially", "trained");
+    }
+    if let Some(a) = &r.aligned {
+        aligned_section(&mut s, a);
     }
     let n = &r.norms;
     let _ = write!(
@@ -409,4 +400,62 @@ pub fn render(r: &GeometryReport) -> String {
         histogram_svg("Pairwise cosine (density)", &pw.hist)
     );
     s
+}
+
+/// A split-form comparison: the summary line and the examples.
+fn morpheme_table(s: &mut String, mc: &MorphemeComparison, before: &str, after: &str) {
+    let _ = write!(
+        s,
+        "<p>{} split forms; cosine of a form's row to the mean of its parts' vectors: {:.3} \
+         {before} (median {:.3}), {:.3} {after} (median {:.3}).</p><table><tr><th>form</th>\
+         <th>parts</th><th>{before}</th><th>{after}</th></tr>",
+        mc.forms, mc.before.mean, mc.before.median, mc.after.mean, mc.after.median
+    );
+    for (f, parts, b, a) in &mc.examples {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{b:.3}</td><td>{a:.3}</td></tr>",
+            esc(f),
+            esc(parts)
+        );
+    }
+    s.push_str("</table>");
+}
+
+/// Phase 3: its objective's terms at the first and last step, and the forms against their parts.
+fn aligned_section(s: &mut String, a: &AlignedRows) {
+    let c = &a.config;
+    let _ = write!(
+        s,
+        "<h2>Phase 3: morpheme-compositional alignment</h2><p>{} steps of {:?} (lr {}) on \
+         L = L_lm + {}·L_morpheme + {}·L_repulsion + {}·L_norm, {}. L_morpheme: mean squared \
+         difference between a split form's row and the mean of its parts' vectors; L_repulsion: \
+         mean of max(0, cos − {})² over {} random pairs of new rows per step; L_norm: mean of \
+         max(0, |‖e‖ − μ| − σ)² with μ, σ the base rows' norm mean and standard deviation.</p>\
+         <table><tr><th>step</th><th>L_lm</th><th>L_morpheme</th><th>L_repulsion</th>\
+         <th>L_norm</th></tr>",
+        a.step,
+        c.optimizer,
+        c.lr,
+        c.lambda_morpheme,
+        c.lambda_repulsion,
+        c.lambda_norm,
+        a.lora_step
+            .map_or("on the base weights".to_owned(), |st| format!(
+                "under the phase-2 adapters of step {st}"
+            )),
+        c.repulsion_threshold,
+        c.repulsion_pairs,
+    );
+    for (step, t) in [(1, &a.first), (a.step, &a.last)] {
+        let _ = write!(
+            s,
+            "<tr><td>{step}</td><td>{:.4}</td><td>{:.3e}</td><td>{:.3e}</td><td>{:.3e}</td></tr>",
+            t.lm, t.morpheme, t.repulsion, t.norm
+        );
+    }
+    s.push_str("</table>");
+    if let Some(mc) = &a.morphemes {
+        morpheme_table(s, mc, "before phase 3", "after");
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod align;
 pub mod align_terms;
+pub mod align_train;
 pub mod attach;
 pub mod change;
 pub mod fast_pass;

@@ -260,6 +260,7 @@ pub fn compute(
         },
         change: Some(change),
         morphemes,
+        aligned: None,
     })
 }
 

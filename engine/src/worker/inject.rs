@@ -368,6 +368,12 @@ impl Worker {
                 })?;
                 r.phases
                     .extend(crate::inject::lora::phase_score(m, &run.dir, &run.session)?);
+                if let Some((score, aligned)) =
+                    crate::inject::align::report(m, &run.dir, &run.session)?
+                {
+                    r.phases.extend(score);
+                    r.aligned = Some(aligned);
+                }
                 let html = report::write(&run.dir, &r)?;
                 Ok(InjectResult::Report {
                     html,
