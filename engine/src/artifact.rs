@@ -113,6 +113,13 @@ pub struct Tensors {
 }
 
 impl Tensors {
+    /// The names of the tensors held, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut n: Vec<&str> = self.map.keys().map(String::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
     /// The tensor `name`, which must have `shape` when one is given.
     pub fn get(&self, name: &str, shape: Option<&[usize]>) -> Result<Tensor> {
         let t = self

@@ -603,6 +603,88 @@ proptest! {
     }
 }
 
+/// Phases 2 and 3 of the injection run in `dir` (two steps each, a checkpoint each step).
+fn phases_2_and_3(m: &LoadedModel, dir: &Path) {
+    use neoscope_api::align::AlignConfig;
+    use neoscope_api::lora::{LoraConfig, LoraUse};
+    use neoscope_engine::inject::{align, lora};
+    let lc = LoraConfig {
+        rank: 2,
+        steps: 2,
+        micro_batch: 2,
+        accum: 1,
+        eval_every: 1,
+        checkpoint_every: 1,
+        ..LoraConfig::default()
+    };
+    let p = lora::create(m, dir, lc, None).expect("lora");
+    let mut st = p.state(&m.llama, dir, None).expect("lora state");
+    p.train(&m.llama, dir, &mut st, None, &mut |_| true)
+        .expect("lora train");
+    let ac = AlignConfig {
+        steps: 2,
+        micro_batch: 2,
+        accum: 1,
+        eval_every: 1,
+        checkpoint_every: 1,
+        ..AlignConfig::default()
+    };
+    let p = align::create(m, dir, ac, None, LoraUse::Latest).expect("align");
+    let mut st = p.state(dir, None).expect("align state");
+    p.train(dir, &mut st, None, &mut |_| true)
+        .expect("align train");
+}
+
+proptest! {
+    #![proptest_config(cases(64))]
+
+    #[test]
+    fn phase_folders_open_and_continue_or_are_refused_by_name(
+        e in edit(),
+        b in byte_edit(),
+        target in 0..6_u8,
+    ) {
+        use neoscope_engine::inject::{align, lora};
+        let m = tiny();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inj = dir.path().join("inj");
+        injection_run(&m, &inj);
+        phases_2_and_3(&m, &inj);
+        let file = inj.join(match target {
+            0 => "lora/lora.json",
+            1 => "lora/rows.safetensors",
+            2 => "lora/checkpoints/step-000002.safetensors",
+            3 => "align/align.json",
+            4 => "align/start.safetensors",
+            _ => "align/checkpoints/step-000002.safetensors",
+        });
+        damage(&file, &e, &b);
+        // What opens must continue: one more step of each phase (phase 3 opens phase 2's
+        // adapters too, so a damaged phase-2 file may be named by either).
+        let opened = lora::open(&m, &inj)
+            .and_then(|p| {
+                let mut st = p.state(&m.llama, &inj, None)?;
+                let next = st.step + 1;
+                p.train(&m.llama, &inj, &mut st, Some(next), &mut |_| true).map(drop)
+            })
+            .and_then(|()| align::open(&m, &inj))
+            .and_then(|p| {
+                let mut st = p.state(&inj, None)?;
+                let next = st.step + 1;
+                p.train(&inj, &mut st, Some(next), &mut |_| true).map(drop)
+            });
+        if let Err(err) = opened {
+            let msg = err.to_string();
+            let name = file.file_name().expect("name").to_string_lossy().into_owned();
+            prop_assert!(
+                msg.contains(&name) || msg.contains("steps") || msg.contains("settings"),
+                "{}: {msg}",
+                file.display()
+            );
+        }
+    }
+}
+
 /// Found by the fuzz test above on CI: a checkpoint whose hash record's key was hit and whose
 /// rows hold a huge (finite) number was trained on until the next save refused the overflow.
 #[test]

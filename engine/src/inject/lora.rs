@@ -128,6 +128,12 @@ pub fn schedule(c: &LoraConfig, block_len: usize) -> InjectConfig {
 }
 
 fn check(c: &LoraConfig) -> Result<()> {
+    if c.rank == 0 || c.targets.is_empty() {
+        return Err(EngineError::Invalid(
+            "LoRA settings: the rank must be at least 1, with at least one target projection"
+                .into(),
+        ));
+    }
     if !(0.0..1.0).contains(&c.dropout) {
         return Err(EngineError::Invalid(format!(
             "LoRA settings: dropout must be in [0, 1), got {}",
@@ -213,6 +219,7 @@ pub fn open_with(m: &LoadedModel, dir: &Path, s: &session::Session) -> Result<Lo
     }
     let base = BaseModel::of(&m.info);
     let meta: LoraMeta = artifact::read_json(&lf.join("lora.json"), &KIND, &base)?;
+    check(&meta.config).map_err(|e| EngineError::bad_file(lf.join("lora.json"), e.to_string()))?;
     let path = lf.join("rows.safetensors");
     let bytes = std::fs::read(&path).map_err(|e| EngineError::io(&path, e))?;
     if artifact::sha256_hex(&bytes) != meta.rows_sha256 {

@@ -218,6 +218,19 @@ pub fn load_state(
     let t = artifact::read_tensors(&path, dev)?;
     let c: Curves = serde_json::from_str(t.metadata(STATE)?)
         .map_err(|e| EngineError::bad_file(&path, format!("training state: {e}")))?;
+    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    if t.names() != want {
+        return Err(EngineError::bad_file(
+            &path,
+            format!(
+                "holds {} tensors where the phase's settings describe {}: the checkpoint or the \
+                 settings file beside it was changed",
+                t.names().len(),
+                want.len()
+            ),
+        ));
+    }
     let tensors: Vec<Tensor> = names
         .iter()
         .map(|n| t.get(n, None))
