@@ -288,6 +288,13 @@ pub struct GeometryReport {
     /// Each split form against the mean of its parts, before and after training.
     #[serde(default)]
     pub morphemes: Option<MorphemeComparison>,
+    /// A joint t-SNE of a sample of forms' initial rows (their composition centroids, or random
+    /// directions for spherical init) and their trained rows: the initial points, in order…
+    #[serde(default)]
+    pub tsne_initial: Vec<[f32; 2]>,
+    /// …and the same forms' trained points.
+    #[serde(default)]
+    pub tsne_trained: Vec<[f32; 2]>,
     /// Phase 3, when the run has one.
     #[serde(default)]
     pub aligned: Option<crate::align::AlignedRows>,

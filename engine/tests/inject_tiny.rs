@@ -269,6 +269,14 @@ fn geometry_report_is_written_and_consistent() {
         "{mc:?}"
     );
     assert!((r.phases[1].perplexity - f64::from(r.phases[1].val_loss).exp()).abs() < 1e-6);
+    // The joint t-SNE: one initial and one trained point per form, all finite.
+    assert_eq!((r.tsne_initial.len(), r.tsne_trained.len()), (4, 4));
+    assert!(
+        r.tsne_initial
+            .iter()
+            .chain(&r.tsne_trained)
+            .all(|p| p[0].is_finite() && p[1].is_finite())
+    );
     let html = report::write(dir.path(), &r).unwrap();
     let text = std::fs::read_to_string(html).unwrap();
     for part in [
@@ -281,6 +289,7 @@ fn geometry_report_is_written_and_consistent() {
         "Forms and their parts",
         "PIP loss",
         "perplexity",
+        "Initial against trained rows (t-SNE)",
         "blorf",
     ] {
         assert!(text.contains(part), "report lacks {part}");

@@ -53,8 +53,9 @@ fn shipped_demo_lowers_validation_loss_and_writes_the_report() {
     assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
     assert_eq!(
         html.matches("<svg").count(),
-        8,
-        "loss, neighbour overlap, norm change, change scatter, norms, drift, PCA scatter, cosines"
+        9,
+        "loss, neighbour overlap, norm change, change scatter, norms, drift, PCA scatter, t-SNE, \
+         cosines"
     );
     // Checkpoints of the run are there to resume from.
     assert!(out.join("checkpoints").read_dir().unwrap().count() >= 1);

@@ -1,5 +1,6 @@
-//! t-SNE of a set of vectors with the `bhtsne` crate's FFT-interpolated gradient (FIt-SNE,
-//! linear in the number of points, so the whole 49k vocabulary fits). The neighbour graph comes
+//! t-SNE of a set of vectors with the `bhtsne` crate: its FFT-interpolated gradient (FIt-SNE,
+//! linear in the number of points, so the whole 49k vocabulary fits), or Barnes-Hut for a few
+//! thousand points or fewer. The neighbour graph comes
 //! from our exact cosine search (a matmul; the crate's vantage-point tree is slow in 576
 //! dimensions), the start from the PCA coordinates (deterministic, preserves global layout).
 
@@ -9,6 +10,9 @@ use super::neighbors::CosineIndex;
 use super::pca::Pca;
 use crate::error::{EngineError, Result};
 pub use neoscope_api::embed::TsneConfig;
+
+/// Up to this many points, Barnes-Hut; above, FIt-SNE.
+const BARNES_HUT_MAX: usize = 2_000;
 
 /// Panic payload used to leave the crate's epoch loop when the user cancels (the crate's
 /// callback cannot stop the loop; `resume_unwind` skips the panic hook, so nothing is printed).
@@ -69,7 +73,13 @@ pub fn tsne(
                     std::panic::resume_unwind(Box::new(Stop));
                 }
             });
-        t.fit_sne_with_neighbors(&neighbors);
+        // FIt-SNE's interpolation grid has a fixed cost per epoch that dominates for a few
+        // thousand points or fewer; Barnes-Hut (θ 0.5) is faster there.
+        if n <= BARNES_HUT_MAX {
+            t.barnes_hut_with_neighbors(0.5, &neighbors);
+        } else {
+            t.fit_sne_with_neighbors(&neighbors);
+        }
         t.embedding()
     }));
     match run {

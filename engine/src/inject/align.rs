@@ -171,8 +171,17 @@ pub(crate) fn check(c: &AlignConfig) -> Result<()> {
             c.repulsion_threshold
         )));
     }
+    if c.repulsion_pairs > MAX_PAIRS {
+        return Err(EngineError::Invalid(format!(
+            "alignment settings: at most {MAX_PAIRS} repulsion pairs per step, got {}",
+            c.repulsion_pairs
+        )));
+    }
     schedule(c, 2).check()
 }
+
+/// The most repulsion pairs one step may score.
+const MAX_PAIRS: usize = 1 << 20;
 
 /// The phase-2 adapters of `dir` at `lora` merged into the model (`None` without adapters).
 fn lora_model(

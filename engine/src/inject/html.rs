@@ -389,7 +389,7 @@ pub fn render(r: &GeometryReport) -> String {
             ["base (sample)", "new"],
             &r.scatter_base,
             &r.scatter_new
-        ),
+        ) + &tsne_figure(r),
         pw.pairs,
         summary_row("base-base", &pw.base_base),
         summary_row("new-new", &pw.new_new),
@@ -458,4 +458,25 @@ fn aligned_section(s: &mut String, a: &AlignedRows) {
     if let Some(mc) = &a.morphemes {
         morpheme_table(s, mc, "before phase 3", "after");
     }
+}
+
+/// The joint t-SNE of sampled forms' initial and trained rows (empty without one).
+fn tsne_figure(r: &GeometryReport) -> String {
+    if r.tsne_initial.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<h2>Initial against trained rows (t-SNE)</h2><p>{} sampled forms: each form's initial \
+         row (its composition centroid, or a random direction for spherical init) and its \
+         trained row, embedded together by t-SNE (perplexity ≤ 30, 500 iterations). Trained \
+         points that stay beside their centroids' cluster kept their composition; points that \
+         leave it were moved by the corpus.</p>{}",
+        r.tsne_initial.len(),
+        scatter_svg(
+            "t-SNE of initial and trained rows",
+            ["initial", "trained"],
+            &r.tsne_initial,
+            &r.tsne_trained
+        )
+    )
 }

@@ -33,6 +33,8 @@ const NEIGHBOR_FORMS: usize = 12;
 const SCATTER_BASE: usize = 3_000;
 /// Histogram bins.
 const BINS: usize = 40;
+/// Forms in the t-SNE of initial against trained rows.
+const TSNE_FORMS: usize = 400;
 
 fn hist(series: &[(&str, &[f64])], lo: f64, hi: f64) -> Histogram {
     Histogram {
@@ -214,6 +216,9 @@ pub fn compute(
     let scatter_base = to2(pb.project(&sb, 2)?);
     let scatter_new = to2(pb.project(&new, 2)?);
 
+    step(progress, "t-SNE of initial and trained rows", 0.7)?;
+    let (tsne_initial, tsne_trained) = initial_vs_trained(&init, &new, seed, progress)?;
+
     step(progress, "pairwise cosines", 0.8)?;
     // Unit rows: the search index's copy of the base, the drift step's of the new rows.
     let (bn_, nn_) = (index.normed(), &nf);
@@ -260,8 +265,46 @@ pub fn compute(
         },
         change: Some(change),
         morphemes,
+        tsne_initial,
+        tsne_trained,
         aligned: None,
     })
+}
+
+/// A joint t-SNE of up to [`TSNE_FORMS`] sampled forms' initial and trained rows (too few forms:
+/// empty).
+fn initial_vs_trained(
+    init: &Tensor,
+    new: &Tensor,
+    seed: u64,
+    progress: &mut dyn FnMut(&str, f32) -> bool,
+) -> Result<(Vec<[f32; 2]>, Vec<[f32; 2]>)> {
+    let n = new.dim(0)?;
+    let k = TSNE_FORMS.min(n);
+    if k < 4 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 5);
+    let mut ids: Vec<usize> = sample(&mut rng, n, k).into_vec();
+    ids.sort_unstable();
+    let ids: Vec<u32> = ids
+        .into_iter()
+        .map(|i| u32::try_from(i).unwrap_or(0))
+        .collect();
+    let idx = Tensor::from_vec(ids, k, new.device())?;
+    let joint = Tensor::cat(
+        &[init.index_select(&idx, 0)?, new.index_select(&idx, 0)?],
+        0,
+    )?;
+    let cfg = crate::embed::tsne::TsneConfig {
+        perplexity: ((2 * k - 1) as f32 / 3.0).min(30.0),
+        epochs: 500,
+    };
+    let mut pts = crate::embed::tsne::tsne(&joint, &cfg, &mut |_, f| {
+        progress("t-SNE of initial and trained rows", 0.7 + 0.1 * f)
+    })?;
+    let trained = pts.split_off(k);
+    Ok((pts, trained))
 }
 
 /// Writes `report.json` and `report.html` into `dir` (atomically); returns the HTML path.
