@@ -271,6 +271,9 @@ pub fn compute(
     })
 }
 
+/// 2-D points.
+type Points = Vec<[f32; 2]>;
+
 /// A joint t-SNE of up to [`TSNE_FORMS`] sampled forms' initial and trained rows (too few forms:
 /// empty).
 fn initial_vs_trained(
@@ -278,7 +281,7 @@ fn initial_vs_trained(
     new: &Tensor,
     seed: u64,
     progress: &mut dyn FnMut(&str, f32) -> bool,
-) -> Result<(Vec<[f32; 2]>, Vec<[f32; 2]>)> {
+) -> Result<(Points, Points)> {
     let n = new.dim(0)?;
     let k = TSNE_FORMS.min(n);
     if k < 4 {
