@@ -81,6 +81,19 @@ impl Adapters {
                 "LoRA needs a rank of at least 1 and at least one target projection".into(),
             ));
         }
+        // A rank at or above a projection's smaller side is no longer low-rank (and a damaged
+        // settings file might ask for more memory than there is).
+        for &t in targets {
+            let (out, inp) = shape(m, t)?;
+            if rank >= out.min(inp) {
+                return Err(EngineError::Invalid(format!(
+                    "LoRA settings: rank {rank} is not below {}'s smaller side ({} × {})",
+                    t.module(),
+                    out,
+                    inp
+                )));
+            }
+        }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let dev = m.device();
         let mut layers = Vec::with_capacity(m.blocks.len());
