@@ -121,7 +121,7 @@ fn bad_numbers_sizes_and_files_are_refused_by_name_and_leave_nothing() {
         ),
         (
             inject(&["--micro-batch", HUGE]),
-            "is more than can be counted",
+            "blocks per step",
         ),
         (
             inject(&["--block-len", "129"]),
