@@ -119,10 +119,7 @@ fn bad_numbers_sizes_and_files_are_refused_by_name_and_leave_nothing() {
             ]),
             "window of 0 tokens: it must be between 2 and the model's context of 128",
         ),
-        (
-            inject(&["--micro-batch", HUGE]),
-            "blocks per step",
-        ),
+        (inject(&["--micro-batch", HUGE]), "blocks per step"),
         (
             inject(&["--block-len", "129"]),
             "block length 129 exceeds the model's context of 128 tokens",

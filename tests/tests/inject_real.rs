@@ -57,6 +57,30 @@ fn shipped_demo_lowers_validation_loss_and_writes_the_report() {
         "loss, neighbour overlap, norm change, change scatter, norms, drift, PCA scatter, t-SNE, \
          cosines"
     );
+    // The t-SNE of initial against trained rows is a 2-D layout, not a line.
+    let corr = |k: &str| {
+        let p: Vec<(f64, f64)> = r[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v[0].as_f64().unwrap(), v[1].as_f64().unwrap()))
+            .collect();
+        let n = p.len() as f64;
+        let (mx, my) = (
+            p.iter().map(|v| v.0).sum::<f64>() / n,
+            p.iter().map(|v| v.1).sum::<f64>() / n,
+        );
+        let sxy: f64 = p.iter().map(|v| (v.0 - mx) * (v.1 - my)).sum();
+        let sxx: f64 = p.iter().map(|v| (v.0 - mx).powi(2)).sum();
+        let syy: f64 = p.iter().map(|v| (v.1 - my).powi(2)).sum();
+        sxy / (sxx * syy).sqrt()
+    };
+    assert_eq!(r["tsne_trained"].as_array().unwrap().len(), 400);
+    assert!(
+        corr("tsne_trained").abs() < 0.8,
+        "t-SNE on a line: {}",
+        corr("tsne_trained")
+    );
     // Checkpoints of the run are there to resume from.
     assert!(out.join("checkpoints").read_dir().unwrap().count() >= 1);
     the_run_in_use_as_a_user_would(&out);
@@ -226,7 +250,7 @@ fn align_phase_on_the_demo_run(run: &std::path::Path) {
         repulsion_pairs: 100,
         repulsion_threshold: 0.95,
         optimizer: OptimizerArg::Adafactor,
-        lr: 1e-3,
+        lr: 5e-5,
         warmup: 0.1,
         weight_decay: 0.0,
         micro_batch: 4,
@@ -254,7 +278,9 @@ fn align_phase_on_the_demo_run(run: &std::path::Path) {
     let (first, last) = (r.val[0].1, r.val.last().unwrap().1);
     let (t0, t1) = (r.terms[0], *r.terms.last().unwrap());
     eprintln!(
-        "alignment phase: {} of {} forms with parts, validation {first:.4} -> {last:.4} over {}          steps (6 by the CLI in {secs:.0} s); L_lm {:.4} -> {:.4}, L_morpheme {:.3e} -> {:.3e},          L_repulsion {:.3e} -> {:.3e}, L_norm {:.3e} -> {:.3e}",
+        "alignment phase: {} of {} forms with parts, validation {first:.4} -> {last:.4} over {} \
+         steps (6 by the CLI in {secs:.0} s); L_lm {:.4} -> {:.4}, L_morpheme {:.3e} -> {:.3e}, \
+         L_repulsion {:.3e} -> {:.3e}, L_norm {:.3e} -> {:.3e}",
         r.morpheme_forms,
         r.forms,
         r.step,
@@ -272,10 +298,9 @@ fn align_phase_on_the_demo_run(run: &std::path::Path) {
     // The seed's weights leave the regularisers tiny next to L_lm (as the seed project found):
     // their values are reported, not asserted to fall.
     assert!(t1.morpheme > 0.0 && t1.norm.is_finite() && t1.repulsion.is_finite());
-    assert!(
-        last.is_finite() && last < first + 0.05,
-        "validation {first} -> {last}"
-    );
+    // At the seed's learning rate the rows move little: the held-out loss stays where phase 2
+    // left it (at 1e-3, 20 times more, 8 steps raised it 3.238 -> 3.292).
+    assert!((last - first).abs() < 0.02, "validation {first} -> {last}");
     common::save(&mut h, "injection_align.png");
     h.get_by_label("Write report").click();
     settle(&mut h, Duration::from_secs(600));

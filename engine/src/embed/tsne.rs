@@ -136,6 +136,23 @@ mod tests {
                 }
             }
         }
+        // A real 2-D layout, not points on a line.
+        let n = y.len() as f32;
+        let (mx, my) = (
+            y.iter().map(|p| p[0]).sum::<f32>() / n,
+            y.iter().map(|p| p[1]).sum::<f32>() / n,
+        );
+        let (mut sxy, mut sxx, mut syy) = (0f32, 0f32, 0f32);
+        for p in &y {
+            sxy += (p[0] - mx) * (p[1] - my);
+            sxx += (p[0] - mx).powi(2);
+            syy += (p[1] - my).powi(2);
+        }
+        let corr = sxy / (sxx * syy).sqrt();
+        assert!(
+            corr.abs() < 0.99,
+            "the layout is a line (correlation {corr})"
+        );
         let mut calls = 0;
         let r = tsne(&x, &cfg, &mut |stage, _| {
             calls += 1;

@@ -468,7 +468,7 @@ fn tsne_figure(r: &GeometryReport) -> String {
     format!(
         "<h2>Initial against trained rows (t-SNE)</h2><p>{} sampled forms: each form's initial \
          row (its composition centroid, or a random direction for spherical init) and its \
-         trained row, embedded together by t-SNE (perplexity ≤ 30, 500 iterations). Trained \
+         trained row, embedded together by t-SNE (perplexity ≤ 10, 500 iterations). Trained \
          points that stay beside their centroids' cluster kept their composition; points that \
          leave it were moved by the corpus.</p>{}",
         r.tsne_initial.len(),
