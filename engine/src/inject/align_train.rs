@@ -1,7 +1,7 @@
 //! Phase 3's training: the trainee (rows under the full objective on a frozen model), its
 //! objective and gradient, one optimiser step, and the loop with checkpoints into `align/`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Tensor;
 use neoscope_api::align::{AlignConfig, AlignTerms};
@@ -9,11 +9,9 @@ use neoscope_api::align::{AlignConfig, AlignTerms};
 use super::align::{AlignPhase, AlignState, OptState, check, folder, save, schedule};
 use super::align_terms::{self, Targets};
 use super::optim;
-use super::train::{
-    self, Blocks, InjectConfig, InjectConfigExt, InjectEvent, Stopped, TrainHooks, Trainee,
-};
+use super::train::{self, Blocks, InjectConfig, InjectConfigExt, InjectEvent, Stopped, Trainee};
 use crate::artifact;
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::model::Llama;
 
 impl AlignPhase {
@@ -26,26 +24,9 @@ impl AlignPhase {
         steps: Option<usize>,
         on_event: &mut dyn FnMut(InjectEvent) -> bool,
     ) -> Result<Stopped> {
-        struct Hooks<'a> {
-            dir: PathBuf,
-            on_event: &'a mut dyn FnMut(InjectEvent) -> bool,
-        }
-        impl TrainHooks<AlignTraining<'_>> for Hooks<'_> {
-            fn event(&mut self, ev: InjectEvent) -> bool {
-                (self.on_event)(ev)
-            }
-            fn checkpoint(&mut self, t: &AlignTraining<'_>) -> Result<()> {
-                save(&self.dir, t.state).map(|_| ())
-            }
-        }
         let mut meta = self.meta.clone();
         if let Some(s) = steps.filter(|s| *s != meta.config.steps) {
-            if s <= state.step {
-                return Err(EngineError::Invalid(format!(
-                    "phase 3 is already at step {}; ask for more steps than that (got {s})",
-                    state.step
-                )));
-            }
+            train::check_more_steps("phase 3", state.step, s)?;
             meta.config.steps = s;
             check(&meta.config)?;
             artifact::write_json(&folder(dir).join("align.json"), &meta)?;
@@ -57,9 +38,11 @@ impl AlignPhase {
             config: &meta.config,
             state,
         };
-        let mut hooks = Hooks {
-            dir: folder(dir),
+        let af = folder(dir);
+        let save = |t: &AlignTraining<'_>| save(&af, t.state).map(drop);
+        let mut hooks = train::Hooks {
             on_event,
+            save: &save,
         };
         train::train(&mut t, &self.blocks, &cfg, &mut hooks)
     }
@@ -135,13 +118,8 @@ fn step(
     let refs: Vec<&[u32]> = idx.iter().map(|i| blocks.train[*i].as_slice()).collect();
     let n = st.rows.dim(0)?;
     let pairs = align_terms::pairs(config.seed, s, n, config.repulsion_pairs);
-    let (terms, mut g) = objective(m, targets, config, &st.rows, &refs, cfg.micro_batch, &pairs)?;
-    if let Some(c) = cfg.clip_norm {
-        let norm = f64::from(g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
-        if norm > c {
-            g = (g * (c / norm))?;
-        }
-    }
+    let (terms, g) = objective(m, targets, config, &st.rows, &refs, cfg.micro_batch, &pairs)?;
+    let g = train::clip_grads(vec![g], cfg.clip_norm)?.remove(0);
     let lr = cfg.lr_at(s);
     st.rows = match &mut st.opt {
         OptState::AdamW { m, v } => {
@@ -150,13 +128,7 @@ fn step(
         OptState::Adafactor(f) => optim::adafactor(&st.rows, &g, f, s, lr, cfg.weight_decay)?,
     };
     st.step = s;
-    let loss = align_terms::total(&terms, config);
-    if !loss.is_finite() {
-        return Err(EngineError::Invalid(format!(
-            "the objective became {loss} at step {s}; training stopped and the last checkpoint \
-             on disk is kept (resume from it, or start again with a lower learning rate)"
-        )));
-    }
+    let loss = train::check_finite(align_terms::total(&terms, config), s)?;
     st.losses.push(loss);
     st.terms.push(terms);
     Ok(loss)

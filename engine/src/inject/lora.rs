@@ -19,8 +19,7 @@ use super::forward::nll_sum;
 use super::run::{self, Curves};
 use super::session;
 use super::train::{
-    self, Blocks, InjectConfig, InjectConfigExt, InjectEvent, Stopped, TrainHooks, Trainee,
-    val_loss,
+    self, Blocks, InjectConfig, InjectConfigExt, InjectEvent, Stopped, Trainee, val_loss,
 };
 use crate::artifact::{self, BaseModel, Header, Kind};
 use crate::error::{EngineError, Result};
@@ -284,26 +283,9 @@ impl LoraPhase {
         steps: Option<usize>,
         on_event: &mut dyn FnMut(InjectEvent) -> bool,
     ) -> Result<Stopped> {
-        struct Hooks<'a> {
-            dir: PathBuf,
-            on_event: &'a mut dyn FnMut(InjectEvent) -> bool,
-        }
-        impl TrainHooks<LoraTraining<'_>> for Hooks<'_> {
-            fn event(&mut self, ev: InjectEvent) -> bool {
-                (self.on_event)(ev)
-            }
-            fn checkpoint(&mut self, t: &LoraTraining<'_>) -> Result<()> {
-                save(&self.dir, t.state).map(|_| ())
-            }
-        }
         let mut meta = self.meta.clone();
         if let Some(s) = steps.filter(|s| *s != meta.config.steps) {
-            if s <= state.step {
-                return Err(EngineError::Invalid(format!(
-                    "phase 2 is already at step {}; ask for more steps than that (got {s})",
-                    state.step
-                )));
-            }
+            train::check_more_steps("phase 2", state.step, s)?;
             meta.config.steps = s;
             check(&meta.config)?;
             artifact::write_json(&folder(dir).join("lora.json"), &meta)?;
@@ -315,9 +297,11 @@ impl LoraPhase {
             dropout: meta.config.dropout,
             state,
         };
-        let mut hooks = Hooks {
-            dir: folder(dir),
+        let lf = folder(dir);
+        let save = |t: &LoraTraining<'_>| save(&lf, t.state).map(drop);
+        let mut hooks = train::Hooks {
             on_event,
+            save: &save,
         };
         train::train(&mut t, &self.blocks, &cfg, &mut hooks)
     }
@@ -463,20 +447,8 @@ fn step(
             None => g,
         });
     }
-    let mut g = grads.ok_or_else(|| EngineError::Invalid("empty step".into()))?;
-    if let Some(c) = cfg.clip_norm {
-        let mut sq = 0.0f64;
-        for t in &g {
-            sq += f64::from(t.sqr()?.sum_all()?.to_scalar::<f32>()?);
-        }
-        let norm = sq.sqrt();
-        if norm > c {
-            g = g
-                .iter()
-                .map(|t| t * (c / norm))
-                .collect::<candle_core::Result<_>>()?;
-        }
-    }
+    let g = grads.ok_or_else(|| EngineError::Invalid("empty step".into()))?;
+    let g = train::clip_grads(g, cfg.clip_norm)?;
     let lr = cfg.lr_at(s);
     let params: Vec<Tensor> = st.adapters.named().into_iter().map(|(_, t)| t).collect();
     let mut new = Vec::with_capacity(params.len());
@@ -495,13 +467,7 @@ fn step(
     }
     st.adapters = st.adapters.with_tensors(&new)?;
     st.step = s;
-    let loss = loss as f32;
-    if !loss.is_finite() {
-        return Err(EngineError::Invalid(format!(
-            "the loss became {loss} at step {s}; training stopped and the last checkpoint on \
-             disk is kept (resume from it, or start again with a lower learning rate)"
-        )));
-    }
+    let loss = train::check_finite(loss as f32, s)?;
     st.losses.push(loss);
     Ok(loss)
 }

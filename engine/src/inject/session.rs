@@ -8,9 +8,7 @@ use candle_core::Tensor;
 
 use super::lexicon::{Morpheme, sort_forms};
 use super::run::{self, RunMeta};
-use super::train::{
-    self, Blocks, InjectConfig, InjectEvent, RowTraining, Stopped, TrainHooks, TrainState,
-};
+use super::train::{self, Blocks, InjectConfig, InjectEvent, RowTraining, Stopped, TrainState};
 use super::vocab::{Forms, initial_rows};
 use crate::artifact::BaseModel;
 use crate::error::{EngineError, Result};
@@ -158,18 +156,6 @@ impl Session {
         steps: Option<usize>,
         on_event: &mut dyn FnMut(InjectEvent) -> bool,
     ) -> Result<Stopped> {
-        struct Hooks<'a> {
-            dir: &'a Path,
-            on_event: &'a mut dyn FnMut(InjectEvent) -> bool,
-        }
-        impl TrainHooks<RowTraining<'_>> for Hooks<'_> {
-            fn event(&mut self, ev: InjectEvent) -> bool {
-                (self.on_event)(ev)
-            }
-            fn checkpoint(&mut self, t: &RowTraining<'_>) -> Result<()> {
-                run::save_checkpoint(self.dir, t.state).map(|_| ())
-            }
-        }
         let mut cfg = self.meta.config.clone();
         if let Some(s) = steps.filter(|s| *s != cfg.steps) {
             // A longer (or shorter) run from here on: record the new total in `run.json`
@@ -177,17 +163,17 @@ impl Session {
             // total is known to be valid: a refused resume leaves the run as it was.
             cfg.steps = s;
             cfg.check()?;
-            if s <= state.step {
-                return Err(EngineError::Invalid(format!(
-                    "the run is already at step {}; ask for more steps than that (got {s})",
-                    state.step
-                )));
-            }
+            train::check_more_steps("the run", state.step, s)?;
             let mut meta = self.meta.clone();
             meta.config.steps = s;
             run::write_meta(dir, &meta)?;
         }
         let mut t = RowTraining { m: &m.llama, state };
-        train::train(&mut t, &self.blocks, &cfg, &mut Hooks { dir, on_event })
+        let save = |t: &RowTraining<'_>| run::save_checkpoint(dir, t.state).map(drop);
+        let mut hooks = train::Hooks {
+            on_event,
+            save: &save,
+        };
+        train::train(&mut t, &self.blocks, &cfg, &mut hooks)
     }
 }

@@ -238,13 +238,8 @@ fn step(m: &Llama, state: &mut TrainState, blocks: &Blocks, cfg: &InjectConfig) 
             None => g,
         });
     }
-    let mut g = grad.ok_or_else(|| EngineError::Invalid("empty step".into()))?;
-    if let Some(c) = cfg.clip_norm {
-        let norm = f64::from(g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
-        if norm > c {
-            g = (g * (c / norm))?;
-        }
-    }
+    let g = grad.ok_or_else(|| EngineError::Invalid("empty step".into()))?;
+    let g = clip_grads(vec![g], cfg.clip_norm)?.remove(0);
     // With `lazy`, only rows whose form occurs in the step's blocks move and only their
     // moments change (LazyAdam); by default every row follows its full gradient, which includes
     // the softmax push-down of forms that were predicted but absent. ε (1e-4 by default) keeps
@@ -275,13 +270,7 @@ fn step(m: &Llama, state: &mut TrainState, blocks: &Blocks, cfg: &InjectConfig) 
     let upd = (upd + (&state.rows * cfg.weight_decay)?)?.broadcast_mul(&mask)?;
     state.rows = (&state.rows - (upd * lr)?)?.detach();
     state.step = s;
-    let loss = loss as f32;
-    if !loss.is_finite() {
-        return Err(EngineError::Invalid(format!(
-            "the loss became {loss} at step {s}; training stopped and the last checkpoint \
-             on disk is kept (resume from it, or start again with a lower learning rate)"
-        )));
-    }
+    let loss = check_finite(loss as f32, s)?;
     state.losses.push(loss);
     Ok(loss)
 }
@@ -337,6 +326,63 @@ pub trait TrainHooks<T: ?Sized> {
     fn event(&mut self, ev: InjectEvent) -> bool;
     /// Saves a checkpoint of what is trained.
     fn checkpoint(&mut self, t: &T) -> Result<()>;
+}
+
+/// The hooks every phase uses: events go to `on_event`, checkpoints are written by `save`.
+pub struct Hooks<'a, T: ?Sized> {
+    /// Receives events; false asks the run to stop.
+    pub on_event: &'a mut dyn FnMut(InjectEvent) -> bool,
+    /// Writes a checkpoint of what is trained.
+    pub save: &'a dyn Fn(&T) -> Result<()>,
+}
+
+impl<T: ?Sized> TrainHooks<T> for Hooks<'_, T> {
+    fn event(&mut self, ev: InjectEvent) -> bool {
+        (self.on_event)(ev)
+    }
+    fn checkpoint(&mut self, t: &T) -> Result<()> {
+        (self.save)(t)
+    }
+}
+
+/// Refuses a new total step count for `what` (already at `done` steps) that is not more.
+pub fn check_more_steps(what: &str, done: usize, want: usize) -> Result<()> {
+    if want <= done {
+        return Err(EngineError::Invalid(format!(
+            "{what} is already at step {done}; ask for more steps than that (got {want})"
+        )));
+    }
+    Ok(())
+}
+
+/// Scales `grads` (one or several tensors) down to global norm `clip`, if given and exceeded.
+pub fn clip_grads(grads: Vec<Tensor>, clip: Option<f64>) -> Result<Vec<Tensor>> {
+    let Some(c) = clip else {
+        return Ok(grads);
+    };
+    let mut sq = 0.0f64;
+    for t in &grads {
+        sq += f64::from(t.sqr()?.sum_all()?.to_scalar::<f32>()?);
+    }
+    let norm = sq.sqrt();
+    if norm <= c {
+        return Ok(grads);
+    }
+    Ok(grads
+        .iter()
+        .map(|t| t * (c / norm))
+        .collect::<candle_core::Result<_>>()?)
+}
+
+/// Stops training on a non-finite loss at step `s`, keeping the checkpoint on disk.
+pub fn check_finite(loss: f32, s: usize) -> Result<f32> {
+    if loss.is_finite() {
+        return Ok(loss);
+    }
+    Err(EngineError::Invalid(format!(
+        "the loss became {loss} at step {s}; training stopped and the last checkpoint on disk is \
+         kept (resume from it, or start again with a lower learning rate)"
+    )))
 }
 
 /// Trains until `cfg.steps` or a stop request, validating and checkpointing on schedule.
