@@ -277,7 +277,7 @@ pub(super) fn settings_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::U
             .add_enabled(!busy && p.run.is_some(), egui::Button::new("Write report"))
             .clicked()
         {
-            send_job(p, s, InjectCommand::Report { dir: None }, "report");
+            send_job(p, s, InjectCommand::Report { dir: p.run.clone() }, "report");
         }
         if let Some(job) = p.job.clone() {
             let step = p.losses.last().map_or(0, |l| l.0);
