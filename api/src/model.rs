@@ -142,6 +142,19 @@ pub struct InjectedVocab {
 }
 
 impl InjectedVocab {
+    /// What besides the phase-1 step is attached: `", LoRA adapters of step N, phase-3 rows of
+    /// step M"` (empty when neither).
+    pub fn phases(&self) -> String {
+        let mut s = String::new();
+        if let Some(l) = self.lora_step {
+            s.push_str(&format!(", LoRA adapters of step {l}"));
+        }
+        if let Some(a) = self.align_step {
+            s.push_str(&format!(", phase-3 rows of step {a}"));
+        }
+        s
+    }
+
     /// The form token `id` stands for, if it is one.
     pub fn form(&self, id: u32) -> Option<&str> {
         (id as usize)

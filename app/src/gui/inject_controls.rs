@@ -91,14 +91,11 @@ pub(super) fn use_row(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
         }
         match &attached {
             Some(v) => ui.label(format!(
-                "Attached: {} forms from {} at step {}{}{}",
+                "Attached: {} forms from {} at step {}{}",
                 v.forms.len(),
                 v.run.display(),
                 v.step,
-                v.lora_step
-                    .map_or(String::new(), |s| format!(" with adapters of step {s}")),
-                v.align_step
-                    .map_or(String::new(), |s| format!(", aligned rows of step {s}"))
+                v.phases()
             )),
             None => ui.weak("The model has its base vocabulary."),
         };

@@ -274,14 +274,11 @@ impl Panel for InjectPanel {
             InjectResult::Model(info) => {
                 s.notice = Some(match &info.injected {
                     Some(v) => format!(
-                        "The model's vocabulary now has {} injected forms (step {}{}{}): use \
+                        "The model's vocabulary now has {} injected forms (step {}{}): use \
                          them in the Playground, Lens and Words panels",
                         v.forms.len(),
                         v.step,
-                        v.lora_step
-                            .map_or(String::new(), |s| format!(", LoRA adapters of step {s}")),
-                        v.align_step
-                            .map_or(String::new(), |s| format!(", phase-3 rows of step {s}"))
+                        v.phases()
                     ),
                     None => "The model has its base vocabulary again".to_owned(),
                 });

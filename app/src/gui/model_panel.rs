@@ -308,9 +308,7 @@ fn info_grid(ui: &mut egui::Ui, info: &ModelInfo) {
                         v.base_vocab + v.forms.len().saturating_sub(1),
                         v.run.display(),
                         v.step,
-                        v.lora_step.map_or(String::new(), |s| format!(
-                            ", LoRA adapters of step {s} merged"
-                        ))
+                        v.phases()
                     ));
                     ui.end_row();
                 }

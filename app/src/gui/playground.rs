@@ -205,8 +205,7 @@ fn show(p: &mut Playground, s: &mut Shared, ui: &mut egui::Ui) {
                 v.forms.len(),
                 v.run.file_name().unwrap_or_default().to_string_lossy(),
                 v.step,
-                v.lora_step
-                    .map_or(String::new(), |s| format!(", adapters of step {s}"))
+                v.phases()
             );
             let hover = "Insert into the prompt; generated forms are underlined";
             insert_buttons(
