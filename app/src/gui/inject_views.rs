@@ -197,8 +197,10 @@ pub(super) fn probes_view(p: &InjectPanel, ui: &mut egui::Ui) {
                         };
                         ui.label(&pr.form).on_hover_text(end);
                         ui.label(format!("{:.3} ({end})", pr.cosine));
-                        // The form (one token) then what the model wrote, forms underlined.
-                        let text = format!("{}{}", pr.form, pr.with_run);
+                        // The form (one token) then what the model wrote, forms underlined;
+                        // line breaks shown as spaces (same byte length, so the spans hold), and
+                        // each cell as tall as its wrapped text.
+                        let text = format!("{}{}", pr.form, pr.with_run).replace('\n', " ");
                         let shift = pr.form.len();
                         let spans: Vec<(usize, usize)> = std::iter::once((0, shift))
                             .chain(
@@ -209,9 +211,15 @@ pub(super) fn probes_view(p: &InjectPanel, ui: &mut egui::Ui) {
                             .collect();
                         let mut job = super::widgets::marked_text(ui, &text, &spans);
                         job.wrap.max_width = col;
-                        ui.add_sized([col, 0.0], egui::Label::new(job).wrap());
-                        let base = format!("{}{}", pr.form, pr.base);
-                        ui.add_sized([col, 0.0], egui::Label::new(base).wrap());
+                        let cell = |ui: &mut egui::Ui, label: egui::Label| {
+                            ui.allocate_ui(egui::vec2(col, 0.0), |ui| {
+                                ui.set_width(col);
+                                ui.add(label.wrap());
+                            });
+                        };
+                        cell(ui, egui::Label::new(job));
+                        let base = format!("{}{}", pr.form, pr.base).replace('\n', " ");
+                        cell(ui, egui::Label::new(base));
                         ui.end_row();
                     }
                 });
