@@ -27,6 +27,7 @@ use super::session::{self, Session};
 use super::train::{Blocks, InjectConfig, InjectConfigExt, Stopped};
 use crate::artifact::{self, BaseModel, Header, Kind};
 use crate::error::{EngineError, Result};
+use crate::model::lora::Adapters;
 use crate::model::{Llama, LoadedModel};
 
 /// The phase-3 artifact.
@@ -127,8 +128,10 @@ pub struct AlignPhase {
     pub start: Tensor,
     /// The regularisers' targets.
     pub targets: Targets,
-    /// The model (with the phase-2 adapters merged when used).
-    pub model: Llama,
+    /// The base model.
+    pub base: Llama,
+    /// The phase-2 adapters it trains under, if any (merged only when training).
+    pub adapters: Option<Adapters>,
     /// The run's blocks.
     pub blocks: Blocks,
     /// The run's block length.
@@ -183,20 +186,20 @@ pub(crate) fn check(c: &AlignConfig) -> Result<()> {
 /// The most repulsion pairs one step may score.
 const MAX_PAIRS: usize = 1 << 20;
 
-/// The phase-2 adapters of `dir` at `lora` merged into the model (`None` without adapters).
-fn lora_model(
+/// The phase-2 adapters of `dir` at checkpoint `lora`, with the rows and phase-1 step they
+/// trained with (`None` without adapters).
+fn lora_adapters(
     m: &LoadedModel,
     dir: &Path,
     s: &Session,
     lora: Option<usize>,
-) -> Result<Option<(Llama, Tensor, usize)>> {
+) -> Result<Option<(Adapters, Tensor, usize)>> {
     let Some(at) = lora else {
         return Ok(None);
     };
     let phase = super::lora::open_with(m, dir, s)?;
     let st = phase.state(&m.llama, dir, Some(at))?;
-    let merged = crate::model::lora::merge(&m.llama, &st.adapters)?;
-    Ok(Some((merged, phase.rows, phase.meta.rows_step)))
+    Ok(Some((st.adapters, phase.rows, phase.meta.rows_step)))
 }
 
 /// Starts phase 3 of the run in `dir`: from its phase-1 checkpoint `rows_step` (default: the
@@ -241,7 +244,7 @@ pub fn create(
                 .into(),
         ));
     }
-    let (rows, rows_step) = match lora_model(m, dir, &s, lora_step)? {
+    let (rows, rows_step) = match lora_adapters(m, dir, &s, lora_step)? {
         Some((_, rows, at)) => (rows, at),
         None => match rows_step {
             Some(0) => (s.init.clone(), 0),
@@ -325,10 +328,7 @@ pub fn open_with(m: &LoadedModel, dir: &Path, s: &Session) -> Result<AlignPhase>
             Some(t.get("morph_mean", Some(&[k, d]))?),
         )
     };
-    let model = match lora_model(m, dir, s, meta.lora_step)? {
-        Some((merged, _, _)) => merged,
-        None => m.llama.clone(),
-    };
+    let adapters = lora_adapters(m, dir, s, meta.lora_step)?.map(|(a, _, _)| a);
     Ok(AlignPhase {
         targets: Targets {
             morph_idx,
@@ -337,7 +337,8 @@ pub fn open_with(m: &LoadedModel, dir: &Path, s: &Session) -> Result<AlignPhase>
         },
         meta,
         start,
-        model,
+        base: m.llama.clone(),
+        adapters,
         blocks: s.blocks.clone(),
         block_len: s.meta.config.block_len,
         forms: n,

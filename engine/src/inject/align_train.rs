@@ -32,8 +32,12 @@ impl AlignPhase {
             artifact::write_json(&folder(dir).join("align.json"), &meta)?;
         }
         let cfg = schedule(&meta.config, self.block_len);
+        let model = match &self.adapters {
+            Some(a) => crate::model::lora::merge(&self.base, a)?,
+            None => self.base.clone(),
+        };
         let mut t = AlignTraining {
-            m: &self.model,
+            m: &model,
             targets: &self.targets,
             config: &meta.config,
             state,

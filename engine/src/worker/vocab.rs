@@ -103,13 +103,7 @@ impl Worker {
             }
             let phase = crate::inject::align::open_with(m, &dir, session)?;
             let st = phase.state(&dir, None)?;
-            let lora = match phase.meta.lora_step {
-                Some(ls) => {
-                    let lp = crate::inject::lora::open_with(m, &dir, session)?;
-                    Some((ls, lp.state(&m.llama, &dir, Some(ls))?.adapters))
-                }
-                None => None,
-            };
+            let lora = phase.meta.lora_step.zip(phase.adapters.clone());
             let what = Attachment {
                 forms: session.vocab.clone(),
                 rows: st.rows,
