@@ -305,7 +305,8 @@ def lora_worker(report_path, model_path, threads):
 
 def lora(a):
     """Phase 2's LoRA training step, Neoscope then PyTorch + PEFT, alternating."""
-    ns = [a.neoscope, "--device", a.device] + (["--model", a.model, "--dtype", "f32"] if a.model else [])
+    ns = [a.neoscope, "--device", a.device] + (["--model", a.model] if a.model else [])
+    ns += ["--dtype", a.dtype or "f32"]
     info = json.loads(subprocess.check_output(ns + ["info", "--json"], stderr=subprocess.DEVNULL))
     model_path = info["model_file"] if not a.model or not os.path.exists(a.model) else a.model
     report_path = os.path.abspath(".neoscope-lora-report.json")
@@ -344,6 +345,8 @@ def main():
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--model", default=None, help="a GGUF file or Hugging Face folder (default: the default model)")
+    ap.add_argument("--dtype", default=None, choices=["f32", "bf16", "f16", "quantized"],
+                    help="Neoscope's weight type (PyTorch stays f32): `quantized` keeps the GGUF file's blocks")
     ap.add_argument("--scratch", action="store_true", help="compare the from-scratch lab's training step")
     ap.add_argument("--lora", action="store_true", help="compare phase 2's LoRA training step with PyTorch + PEFT")
     ap.add_argument("--lora-worker", nargs=3, metavar=("REPORT", "MODEL", "THREADS"), help=argparse.SUPPRESS)
@@ -361,7 +364,8 @@ def main():
     if a.lora:
         lora(a)
         return
-    ns = [a.neoscope, "--device", a.device] + (["--model", a.model, "--dtype", "f32"] if a.model else [])
+    ns = [a.neoscope, "--device", a.device] + (["--model", a.model] if a.model else [])
+    ns += ["--dtype", a.dtype or "f32"]
     info = json.loads(subprocess.check_output(ns + ["info", "--json"], stderr=subprocess.DEVNULL))
     ours, theirs = [], []
     report_path = os.path.abspath(".neoscope-bench-report.json")
@@ -383,7 +387,8 @@ def main():
     med = lambda runs, k: statistics.median(x[k] for x in runs)
     rows = []
     lines = [
-        f"Machine: {os.cpu_count()} CPUs, {ours[0]['threads']} threads each; device {a.device}; model {info['name']}; "
+        f"Machine: {os.cpu_count()} CPUs, {ours[0]['threads']} threads each; device {a.device}; model {info['name']} "
+        f"(Neoscope's weights {a.dtype or 'f32'}, PyTorch's f32); "
         f"{a.rounds} alternating rounds, medians.",
         "",
         "| workload | Neoscope | PyTorch | Neoscope/PyTorch time |",

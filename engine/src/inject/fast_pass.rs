@@ -141,7 +141,7 @@ fn pass(
     let rope = (w.cos.data(), w.sin.data());
     let mut tapes = Vec::with_capacity(w.layers.len());
     for (l, lw) in w.layers.iter().enumerate() {
-        let (tape, next) = layer_forward(dims, lw, &pk, x, rope, &past, lora.get(l));
+        let (tape, next) = layer_forward(dims, lw, &pk, x, rope, &past, lora.get(l))?;
         tapes.push(tape);
         x = next;
     }
@@ -256,7 +256,7 @@ fn pass(
             past: &past,
         };
         let lg = lora.get(l).zip(grads.get_mut(l));
-        dx = layer_backward(&ctx, &w.layers[l], &tape, dx, lg);
+        dx = layer_backward(&ctx, &w.layers[l], &tape, dx, lg)?;
     }
     if let Some(dr) = &mut drows {
         // Input side: each position holding a new id adds its input gradient to that row.

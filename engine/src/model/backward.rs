@@ -7,9 +7,10 @@
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::cpu::{matmul, rms_norm_backward_row, rope_head};
+use super::cpu::{rms_norm_backward_row, rope_head};
 use super::fast::{Dims, KeySource, LayerTape, LayerWeights, Packed, axpy, dot};
 use super::lora_cpu::{LayerGrads, LayerLora};
+use crate::error::Result;
 use neoscope_api::lora::LoraTarget;
 
 /// The rows a backward pass runs over: each packed sequence's rows from its first row whose
@@ -63,14 +64,14 @@ pub(crate) fn layer_backward(
     tape: &LayerTape,
     dx: Vec<f32>,
     mut lora: Option<(&LayerLora, &mut LayerGrads)>,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let (dims, active) = (ctx.dims, ctx.active);
     let (d, dm, na) = (dims.d, dims.dm, active.rows.len());
     // Adapters see every row: their caller makes every row active (packed row = active row).
     let lt = &tape.lora;
     // MLP: next = xm + down(silu(gate) · up).
     let mut dact = vec![0f32; na * dm];
-    matmul(&mut dact, &dx, lw.down.data(), (na, d, dm), false, false);
+    lw.down.backward(&mut dact, &dx, (na, d, dm), false)?;
     if let Some((lo, g)) = lora.as_mut() {
         lo.back(LoraTarget::Down, &dx, na, d, 0, lt, g, &mut dact);
     }
@@ -83,14 +84,7 @@ pub(crate) fn layer_backward(
         });
     drop(dact);
     let mut dh = vec![0f32; na * d];
-    matmul(
-        &mut dh,
-        &dgu,
-        lw.gate_up.data(),
-        (na, 2 * dm, d),
-        false,
-        false,
-    );
+    lw.gate_up.backward(&mut dh, &dgu, (na, 2 * dm, d), false)?;
     if let Some((lo, g)) = lora.as_mut() {
         lo.back(LoraTarget::Gate, &dgu, na, 2 * dm, 0, lt, g, &mut dh);
         lo.back(LoraTarget::Up, &dgu, na, 2 * dm, dm, lt, g, &mut dh);
@@ -107,26 +101,12 @@ pub(crate) fn layer_backward(
     );
     // Attention: xm = x + wo(attn(rope(q), rope(k), v)).
     let mut d_o = vec![0f32; na * dims.nq()];
-    matmul(
-        &mut d_o,
-        &dxm,
-        lw.wo.data(),
-        (na, d, dims.nq()),
-        false,
-        false,
-    );
+    lw.wo.backward(&mut d_o, &dxm, (na, d, dims.nq()), false)?;
     if let Some((lo, g)) = lora.as_mut() {
         lo.back(LoraTarget::O, &dxm, na, d, 0, lt, g, &mut d_o);
     }
     let dqkv = attention_backward(ctx, tape, &d_o);
-    matmul(
-        &mut dh,
-        &dqkv,
-        lw.qkv.data(),
-        (na, dims.w(), d),
-        false,
-        false,
-    );
+    lw.qkv.backward(&mut dh, &dqkv, (na, dims.w(), d), false)?;
     if let Some((lo, g)) = lora.as_mut() {
         let (w, nq, nk) = (dims.w(), dims.nq(), dims.nk());
         lo.back(LoraTarget::Q, &dqkv, na, w, 0, lt, g, &mut dh);
@@ -141,7 +121,7 @@ pub(crate) fn layer_backward(
         lw.attn_norm.data(),
         active,
     );
-    dxm
+    Ok(dxm)
 }
 
 /// `dx[a] += RMSNorm backward` of the active rows, given the norm output gradients `dy`.

@@ -139,6 +139,97 @@ pub fn matmul(
     }
 }
 
+/// One matrix (shape, strides) of [`gemm_strided`]: the slice, the offset of element (0, 0),
+/// and the (row, column) strides.
+pub type Strided<'a, T> = (T, usize, (usize, usize));
+
+/// The last element a (rows × cols) matrix at `off` with strides `(rs, cs)` touches.
+fn last_index(off: usize, (rows, cols): (usize, usize), (rs, cs): (usize, usize)) -> usize {
+    off + rows.saturating_sub(1) * rs + cols.saturating_sub(1) * cs
+}
+
+/// `dst (+)= lhs · rhs` with `(rows, inner, cols)` sizes and any element strides, on the calling
+/// thread (the callers split the work among threads themselves).
+///
+/// # Panics
+/// When an operand's extent lies outside its slice (a programming error, checked before the
+/// unchecked kernel runs).
+pub fn gemm_strided(
+    (rows, inner, cols): (usize, usize, usize),
+    (dst, d0, ds): Strided<&mut [f32]>,
+    lhs: Strided<&[f32]>,
+    rhs: Strided<&[f32]>,
+    accumulate: bool,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        last_index(d0, (rows, cols), ds) < dst.len(),
+        "gemm_strided: the result lies outside its slice"
+    );
+    gemm_into(
+        (rows, inner, cols),
+        (dst.as_mut_ptr() as usize, d0, ds),
+        lhs,
+        rhs,
+        accumulate,
+    );
+}
+
+/// [`gemm_strided`] into a result given by address, for threads that write disjoint parts of
+/// one buffer. The caller guarantees that the result's extent lies inside one live `f32` buffer
+/// that nothing else reads or writes at those elements during the call.
+pub(crate) fn gemm_into(
+    (rows, inner, cols): (usize, usize, usize),
+    (dst, d0, (drs, dcs)): Strided<usize>,
+    (lhs, l0, (lrs, lcs)): Strided<&[f32]>,
+    (rhs, r0, (rrs, rcs)): Strided<&[f32]>,
+    accumulate: bool,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    if inner == 0 {
+        assert!(accumulate, "gemm_into: an empty product must accumulate");
+        return;
+    }
+    assert!(
+        last_index(l0, (rows, inner), (lrs, lcs)) < lhs.len()
+            && last_index(r0, (inner, cols), (rrs, rcs)) < rhs.len(),
+        "gemm_into: an operand lies outside its slice"
+    );
+    // SAFETY: the assertion above keeps every element read inside `lhs` and `rhs`; the result's
+    // extent is the caller's guarantee (see above).
+    #[expect(
+        unsafe_code,
+        reason = "gemm's only entry point takes raw pointers and strides"
+    )]
+    unsafe {
+        gemm::gemm(
+            rows,
+            cols,
+            inner,
+            (dst as *mut f32).add(d0),
+            to_isize(dcs),
+            to_isize(drs),
+            accumulate,
+            lhs.as_ptr().add(l0),
+            to_isize(lcs),
+            to_isize(lrs),
+            rhs.as_ptr().add(r0),
+            to_isize(rcs),
+            to_isize(rrs),
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 fn to_isize(v: usize) -> isize {
     isize::try_from(v).unwrap_or(isize::MAX)
 }

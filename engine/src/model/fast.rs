@@ -15,6 +15,7 @@ use super::Llama;
 use super::batch::Batch;
 use super::cpu::{CpuView, matmul, rms_norm_rows, rope_head};
 use super::lora_cpu::{LayerLora, LoraTape};
+use super::proj::Proj;
 use crate::config::Arch;
 use crate::error::{EngineError, Result};
 use neoscope_api::lora::LoraTarget;
@@ -64,12 +65,12 @@ impl Dims {
 
 pub(crate) struct LayerWeights<'a> {
     pub(crate) attn_norm: CpuView<'a>,
-    pub(crate) qkv: CpuView<'a>,
+    pub(crate) qkv: Proj<'a>,
     pub(crate) qkv_bias: Option<CpuView<'a>>,
-    pub(crate) wo: CpuView<'a>,
+    pub(crate) wo: Proj<'a>,
     pub(crate) mlp_norm: CpuView<'a>,
-    pub(crate) gate_up: CpuView<'a>,
-    pub(crate) down: CpuView<'a>,
+    pub(crate) gate_up: Proj<'a>,
+    pub(crate) down: Proj<'a>,
 }
 
 pub(crate) struct Weights<'a> {
@@ -88,15 +89,15 @@ impl<'a> Weights<'a> {
             .iter()
             .enumerate()
             .map(|(l, b)| {
-                let (qkv, gate_up) = m.fused(l)?;
+                let (qkv, gate_up) = m.stacks(l);
                 Ok(LayerWeights {
                     attn_norm: CpuView::new(&b.attn_norm)?,
-                    qkv: CpuView::new(qkv)?,
+                    qkv: Proj::of_stack(qkv)?,
                     qkv_bias: b.qkv_bias.as_ref().map(CpuView::new).transpose()?,
-                    wo: CpuView::new(b.wo.dense()?)?,
+                    wo: Proj::of_mat(&b.wo)?,
                     mlp_norm: CpuView::new(&b.mlp_norm)?,
-                    gate_up: CpuView::new(gate_up)?,
-                    down: CpuView::new(b.w_down.dense()?)?,
+                    gate_up: Proj::of_stack(gate_up)?,
+                    down: Proj::of_mat(&b.w_down)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -202,7 +203,7 @@ impl KeySource<'_> {
     }
 }
 
-/// Whether the hand-written pass can run this model: f32 weights on the CPU.
+/// Whether the hand-written pass can run this model: f32 or quantized block weights on the CPU.
 pub fn supported(m: &Llama) -> bool {
     // Written here: Llama's block and Qwen2's q/k/v biases, full causal attention. Everything
     // else (q/k norms, other families' parts, sliding windows shorter than the context) takes
@@ -214,7 +215,7 @@ pub fn supported(m: &Llama) -> bool {
     m.device().is_cpu()
         && m.adapters().is_none()
         && m.embed.dtype() == DType::F32
-        && m.blocks_are(DType::F32)
+        && (m.blocks_are(DType::F32) || m.blocks_quantized())
         && m.cfg.arch == arch
         && m.cfg.sliding_window.is_none_or(|w| w >= m.cfg.n_ctx())
 }
@@ -248,7 +249,7 @@ pub fn forward_logits(m: &Llama, embeds: &Tensor, batch: &Batch) -> Result<Tenso
     drop(view);
     let past = vec![&[][..]; pk.len.len()];
     for lw in &w.layers {
-        x = layer_forward(dims, lw, &pk, x, (w.cos.data(), w.sin.data()), &past, None).1;
+        x = layer_forward(dims, lw, &pk, x, (w.cos.data(), w.sin.data()), &past, None)?.1;
     }
     // Final norm and the vocabulary product on the real rows only, then the logits are placed
     // into the padded layout (zero at padding).
@@ -308,14 +309,14 @@ pub(crate) fn layer_forward(
     (cos, sin): (&[f32], &[f32]),
     past: &[&[f32]],
     lora: Option<&LayerLora>,
-) -> (LayerTape, Vec<f32>) {
+) -> Result<(LayerTape, Vec<f32>)> {
     let (n, d, dm, w) = (pk.rows, dims.d, dims.dm, dims.w());
     let (nq, nk) = (dims.nq(), dims.nk());
     let mut lt = LoraTape::default();
     let mut h = vec![0f32; n * d];
     let r1 = rms_norm_rows(&x, lw.attn_norm.data(), dims.eps, &mut h);
     let mut qkv = vec![0f32; n * w];
-    matmul(&mut qkv, &h, lw.qkv.data(), (n, d, w), true, false);
+    lw.qkv.forward(&mut qkv, &h, (n, d, w), false)?;
     if let Some(lo) = lora {
         lo.add(LoraTarget::Q, &h, n, &mut qkv, w, 0, &mut lt);
         lo.add(LoraTarget::K, &h, n, &mut qkv, w, nq, &mut lt);
@@ -343,13 +344,13 @@ pub(crate) fn layer_forward(
         past,
     });
     let mut xm = x.clone();
-    matmul(&mut xm, &o, lw.wo.data(), (n, dims.nq(), d), true, true);
+    lw.wo.forward(&mut xm, &o, (n, dims.nq(), d), true)?;
     if let Some(lo) = lora {
         lo.add(LoraTarget::O, &o, n, &mut xm, d, 0, &mut lt);
     }
     let r2 = rms_norm_rows(&xm, lw.mlp_norm.data(), dims.eps, &mut h);
     let mut gu = vec![0f32; n * 2 * dm];
-    matmul(&mut gu, &h, lw.gate_up.data(), (n, d, 2 * dm), true, false);
+    lw.gate_up.forward(&mut gu, &h, (n, d, 2 * dm), false)?;
     if let Some(lo) = lora {
         lo.add(LoraTarget::Gate, &h, n, &mut gu, 2 * dm, 0, &mut lt);
         lo.add(LoraTarget::Up, &h, n, &mut gu, 2 * dm, dm, &mut lt);
@@ -359,11 +360,11 @@ pub(crate) fn layer_forward(
         .zip(gu.par_chunks(2 * dm))
         .for_each(|(a, g)| silu_mul_row(a, g));
     let mut next = xm.clone();
-    matmul(&mut next, &act, lw.down.data(), (n, dm, d), true, true);
+    lw.down.forward(&mut next, &act, (n, dm, d), true)?;
     if let Some(lo) = lora {
         lo.add(LoraTarget::Down, &act, n, &mut next, d, 0, &mut lt);
     }
-    (
+    Ok((
         LayerTape {
             x,
             r1,
@@ -375,7 +376,7 @@ pub(crate) fn layer_forward(
             lora: lt,
         },
         next,
-    )
+    ))
 }
 
 /// Dot product with eight independent partial sums, so that the compiler vectorizes it (a

@@ -109,6 +109,11 @@ pub struct Llama {
     local_rope: Option<(Tensor, Tensor)>,
     /// LoRA adapters the hooked pass adds (training and evaluating them; inference merges).
     adapters: Option<SharedAdapters>,
+    /// The output head's quantized blocks as the GGUF file stores them, when the blocks stay
+    /// quantized: the same weights as [`Llama::unembed`] (its f32 copy, which lookups and
+    /// gradients use), read by the head's products at a quarter of the bytes. Used only while
+    /// its shape is the unembedding's (an attached vocabulary appends rows it does not have).
+    head_q: Option<Mat>,
 }
 
 /// Result of a forward pass.
@@ -210,7 +215,30 @@ impl Llama {
             sin,
             local_rope,
             adapters: None,
+            head_q: None,
         })
+    }
+
+    /// The model with its output head's quantized blocks (see [`Llama::quantized_head`]); they
+    /// must have the unembedding's shape.
+    pub fn with_quantized_head(mut self, head: Mat) -> Result<Self> {
+        let want = self.unembed().dims2()?;
+        if head.dims()? != want {
+            return Err(EngineError::Invalid(format!(
+                "quantized output head of shape {:?}, the unembedding is {want:?}",
+                head.dims()?
+            )));
+        }
+        self.head_q = Some(head);
+        Ok(self)
+    }
+
+    /// The output head's quantized blocks, while they hold the unembedding's weights.
+    pub fn quantized_head(&self) -> Option<&Mat> {
+        let rows = self.unembed().dim(0).ok()?;
+        self.head_q
+            .as_ref()
+            .filter(|h| h.dims().is_ok_and(|(r, _)| r == rows))
     }
 
     /// The same model carrying `adapters` (its weights shared, not copied); only the hooked
@@ -237,6 +265,22 @@ impl Llama {
     pub fn fused(&self, l: usize) -> Result<(&Tensor, &Tensor)> {
         let (qkv, gu) = &self.fused[l];
         Ok((qkv.dense()?, gu.dense()?))
+    }
+
+    /// Block `l`'s stacked query/key/value and gate/up projections, dense or quantized.
+    pub fn stacks(&self, l: usize) -> (&Stack, &Stack) {
+        let (qkv, gu) = &self.fused[l];
+        (qkv, gu)
+    }
+
+    /// Whether every block matrix keeps a GGUF file's quantized blocks.
+    pub fn blocks_quantized(&self) -> bool {
+        self.blocks.iter().all(|b| {
+            [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_up, &b.w_down]
+                .into_iter()
+                .chain(&b.w_gate)
+                .all(|m| matches!(m, Mat::Quant(_)))
+        })
     }
 
     /// Whether every block matrix is dense and of `dtype`.
@@ -308,7 +352,13 @@ impl Llama {
 
     /// The output head alone, with its bias when it has one, before any soft-capping.
     pub fn head(&self, normed: &Tensor) -> Result<Tensor> {
-        let z = linear(normed, self.unembed())?;
+        // The quantized head for a few rows (decoding: a quarter of the bytes to read); many
+        // rows take the f32 copy (dequantizing the head would cost more than reading it).
+        let rows = normed.elem_count() / self.cfg.hidden_size.max(1);
+        let z = match self.quantized_head() {
+            Some(q) if rows <= super::qmatmul::DIRECT_ROWS => q.forward(normed)?,
+            _ => linear(normed, self.unembed())?,
+        };
         Ok(match &self.extra.head_bias {
             Some(b) => add_vec(&z, b)?,
             None => z,

@@ -152,6 +152,18 @@ impl GgufTensors<'_> {
         block_mat(&q, heads, self.keep, self.mat_dtype, self.dev)
     }
 
+    /// The output head's quantized blocks when the blocks stay quantized and the file stores
+    /// the head quantized (besides its f32 copy).
+    fn quantized_head(&mut self, name: &str) -> Result<Option<Mat>> {
+        if !self.keep {
+            return Ok(None);
+        }
+        let q = self.q(name)?;
+        is_quantized(q.dtype())
+            .then(|| block_mat(&q, None, true, self.mat_dtype, self.dev))
+            .transpose()
+    }
+
     /// A fused projection cut into consecutive row ranges of the given heights.
     fn split(&mut self, name: &str, heights: &[usize]) -> Result<Vec<Mat>> {
         let q = self.q(name)?;
@@ -520,6 +532,11 @@ pub(super) fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<
     } else {
         Some(r.f32("output.weight")?)
     };
+    let head_q = r.quantized_head(if tied {
+        "token_embd.weight"
+    } else {
+        "output.weight"
+    })?;
     let used = r.used;
     refuse_leftovers(
         path,
@@ -534,7 +551,12 @@ pub(super) fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<
         },
     )?;
     let tokenizer = ModelTokenizer::from_gguf(md, path)?;
-    let llama = Llama::with_extra(cfg, embed, blocks, final_norm, lm_head, extra)
+    let mut llama = Llama::with_extra(cfg, embed, blocks, final_norm, lm_head, extra)
         .map_err(|e| EngineError::bad_model(path, e.to_string()))?;
+    if let Some(h) = head_q {
+        llama = llama
+            .with_quantized_head(h)
+            .map_err(|e| EngineError::bad_model(path, e.to_string()))?;
+    }
     finish(llama, tokenizer, path, ("gguf", path, a, weights), dev)
 }

@@ -1,7 +1,8 @@
 //! A block's projection matrix: dense (f32, bf16, f16) or kept in a GGUF file's quantized
-//! blocks, whose products run straight from the blocks (candle's `QMatMul` kernels: no full
-//! dequantization). A quantized product has a backward pass for the input alone: a new word's
-//! gradient needs `grad · W`, computed by dequantizing that one matrix for the moment it is used.
+//! blocks, whose products run straight from the blocks (no full dequantization): on the CPU
+//! through `qmatmul` (f32 activations; candle's kernels for k-quants on a few rows), on a GPU
+//! through candle's `QMatMul`. A quantized product has a backward pass for the input alone: a
+//! new word's gradient needs `grad · W`, computed a dequantized tile at a time.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use super::ops::linear;
+use super::qmatmul;
 use crate::error::{EngineError, Result};
 
 /// A projection matrix (out, in).
@@ -95,7 +97,14 @@ impl CustomOp1 for QuantLinear {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.q.cpu_fwd(storage, layout)
+        let (m, _) = layout.shape().dims2()?;
+        let x = match (storage, layout.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
+            _ => candle_core::bail!("quantized product: input must be contiguous f32"),
+        };
+        let n = self.q.shape().dims2()?.0;
+        let y = qmatmul::forward(&self.q, x, m).map_err(candle_core::Error::wrap)?;
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
     #[cfg(feature = "cuda")]
@@ -113,9 +122,69 @@ impl CustomOp1 for QuantLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        // The matrix is dequantized only for this product and dropped right after.
+        if grad.device().is_cpu() {
+            // A tile of the matrix dequantized at a time.
+            let (m, _) = grad.dims2()?;
+            let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let dx = qmatmul::backward(&self.q, &g, m).map_err(candle_core::Error::wrap)?;
+            let k = self.q.shape().dims2()?.1;
+            return Ok(Some(Tensor::from_vec(dx, (m, k), grad.device())?));
+        }
+        // On a GPU the matrix is dequantized for this product and dropped right after.
         let w = self.q.dequantize(grad.device())?;
         Ok(Some(grad.matmul(&w)?))
+    }
+}
+
+/// Quantized parts stacked along the output, on the CPU: one pass for all (`qmatmul`), with the
+/// input gradient summed over the parts.
+struct QuantStack {
+    parts: Vec<Arc<QTensor>>,
+}
+
+impl CustomOp1 for QuantStack {
+    fn name(&self) -> &'static str {
+        "quantized-stacked-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, _) = layout.shape().dims2()?;
+        let x = match (storage, layout.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
+            _ => candle_core::bail!("quantized product: input must be contiguous f32"),
+        };
+        let parts: Vec<&QTensor> = self.parts.iter().map(AsRef::as_ref).collect();
+        let y = qmatmul::forward_stacked(&parts, x, m).map_err(candle_core::Error::wrap)?;
+        let n = y.len() / m.max(1);
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (m, _) = grad.dims2()?;
+        let mut off = 0;
+        let mut total: Option<Tensor> = None;
+        for q in &self.parts {
+            let (rows, k) = q.shape().dims2()?;
+            let g = grad.narrow(1, off, rows)?.contiguous()?;
+            let g = g.flatten_all()?.to_vec1::<f32>()?;
+            let dx = qmatmul::backward(q, &g, m).map_err(candle_core::Error::wrap)?;
+            let dx = Tensor::from_vec(dx, (m, k), grad.device())?;
+            total = Some(match total {
+                Some(t) => (t + dx)?,
+                None => dx,
+            });
+            off += rows;
+        }
+        Ok(total)
     }
 }
 
@@ -136,11 +205,40 @@ impl Stack {
         match self {
             Self::Fused(w) => Ok(linear(x, w)?),
             Self::Parts(parts) => {
-                let ys = parts
+                let quant: Option<Vec<Arc<QTensor>>> = parts
                     .iter()
-                    .map(|m| m.forward(x))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::cat(&ys, candle_core::D::Minus1)?)
+                    .map(|p| match p {
+                        Mat::Quant(q) => Some(q.clone()),
+                        Mat::Dense(_) => None,
+                    })
+                    .collect();
+                match quant {
+                    // On the CPU, quantized parts in one pass.
+                    Some(parts) if x.device().is_cpu() && parts.len() > 1 => {
+                        let dims = x.dims();
+                        let inner = dims[dims.len() - 1];
+                        let rows: usize = dims[..dims.len() - 1].iter().product();
+                        let mut out = dims[..dims.len() - 1].to_vec();
+                        out.push(
+                            parts
+                                .iter()
+                                .map(|q| q.shape().dims2().map(|d| d.0))
+                                .sum::<candle_core::Result<usize>>()?,
+                        );
+                        let y = x
+                            .reshape((rows, inner))?
+                            .contiguous()?
+                            .apply_op1(QuantStack { parts })?;
+                        Ok(y.reshape(out)?)
+                    }
+                    _ => {
+                        let ys = parts
+                            .iter()
+                            .map(|m| m.forward(x))
+                            .collect::<Result<Vec<_>>>()?;
+                        Ok(Tensor::cat(&ys, candle_core::D::Minus1)?)
+                    }
+                }
             }
         }
     }

@@ -15,6 +15,8 @@ pub mod lora;
 pub(crate) mod lora_cpu;
 pub mod mat;
 pub mod ops;
+pub mod proj;
+pub mod qmatmul;
 mod shapes;
 pub mod weights;
 

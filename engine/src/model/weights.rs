@@ -26,6 +26,9 @@ pub struct Census {
     /// Bytes of the blocks' matrices kept as the file stores them (quantized blocks as they
     /// are, float ones as f32); none for files that hold no quantized blocks.
     pub block_quantized_bytes: Option<u64>,
+    /// Bytes of the output head's quantized blocks (kept beside its f32 copy when the blocks
+    /// stay quantized: the head's products then read them); 0 when the head is stored as floats.
+    pub head_quantized_bytes: u64,
     /// The file's storage types, most common first (`Q4_1`, `F32+BF16`, …).
     pub stored_as: String,
 }
@@ -40,7 +43,7 @@ impl Census {
     /// file stores them, or as f32 when it holds no quantized blocks).
     pub fn bytes_as(&self, w: WeightDType) -> u64 {
         match (w, self.block_quantized_bytes) {
-            (WeightDType::Quantized, Some(q)) => q + self.other * 4,
+            (WeightDType::Quantized, Some(q)) => q + self.head_quantized_bytes + self.other * 4,
             _ => self.bytes(dtype_of(w)),
         }
     }
@@ -83,7 +86,13 @@ pub fn census_gguf(content: &gguf_file::Content) -> Census {
         block_matrices: 0,
         other: 0,
         block_quantized_bytes: None,
+        head_quantized_bytes: 0,
         stored_as: String::new(),
+    };
+    let head = if content.tensor_infos.contains_key("output.weight") {
+        "output.weight"
+    } else {
+        "token_embd.weight"
     };
     let mut kinds = BTreeMap::new();
     let mut quantized = 0u64;
@@ -99,6 +108,9 @@ pub fn census_gguf(content: &gguf_file::Content) -> Census {
                 elems as u64 * 4
             };
         }
+        if name == head && super::mat::is_quantized(t) {
+            c.head_quantized_bytes = (elems / t.block_size() * t.type_size()) as u64;
+        }
         let kind = format!("{t:?}").to_uppercase();
         c.add(name, elems as u64, &mut kinds, kind);
     }
@@ -112,6 +124,7 @@ pub fn census_safetensors(files: &[PathBuf]) -> Result<Census> {
         block_matrices: 0,
         other: 0,
         block_quantized_bytes: None,
+        head_quantized_bytes: 0,
         stored_as: String::new(),
     };
     let mut kinds = BTreeMap::new();
@@ -268,6 +281,7 @@ pub fn bytes_of(llama: &super::Llama) -> u64 {
         + size(&llama.embed)
         + size(&llama.final_norm)
         + llama.lm_head.as_ref().map_or(0, size)
+        + llama.quantized_head().map_or(0, super::mat::Mat::bytes)
         + x.pos_embed.as_ref().map_or(0, size)
         + x.final_norm_bias.as_ref().map_or(0, size)
         + x.head_bias.as_ref().map_or(0, size)

@@ -129,7 +129,7 @@ pub fn prefix_kv(m: &Llama, seqs: &[&ScoredSeq]) -> Result<Vec<PrefixKv>> {
     let (nq, nk, width) = (dims.nq(), dims.nk(), dims.w());
     for lw in &w.layers {
         let (tape, next) =
-            layer_forward(dims, lw, &pk, x, (w.cos.data(), w.sin.data()), &past, None);
+            layer_forward(dims, lw, &pk, x, (w.cos.data(), w.sin.data()), &past, None)?;
         for (si, p) in out.iter_mut().enumerate() {
             let rows = tape.qkv[pk.start[si] * width..(pk.start[si] + pk.len[si]) * width]
                 .chunks(width)
@@ -260,7 +260,7 @@ pub fn forward<'a>(
             (w.cos.data(), w.sin.data()),
             &past,
             None,
-        );
+        )?;
         layers.push(tape);
         x = next;
     }
@@ -382,7 +382,7 @@ impl Tape<'_> {
                 rope: (w.cos.data(), w.sin.data()),
                 past: &past,
             };
-            dx = layer_backward(&ctx, &w.layers[l], &self.layers[l], dx, None);
+            dx = layer_backward(&ctx, &w.layers[l], &self.layers[l], dx, None)?;
             // A word entering here replaced this row: its gradient is the vector's, and nothing
             // flows further down from it.
             for &(row, wi) in &pk.occ {
