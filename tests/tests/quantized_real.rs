@@ -1,14 +1,14 @@
 //! The default model with its Q4_1/Q8_0 blocks kept quantized (`--dtype quantized`): against
-//! candle-transformers' `quantized_llama` on its own quantized path (the same GGUF file and the
-//! same kind of kernels, an independent model implementation), and against the same file
-//! dequantized to f32: memory, logits, greedy tokens and a word's gradient.
+//! candle-transformers' `quantized_llama` on its own quantized path (the same GGUF file, an
+//! independent model implementation), and against the same file dequantized to f32: memory,
+//! logits, greedy tokens and a word's gradient.
 //!
-//! Tolerances: the quantized kernels quantize the activations to 8 bits per block, which moves
-//! the logits by up to ~0.7 against the f32 model (measured 0.65 here). `quantized_llama` also
-//! multiplies the unembedding quantized (Neoscope keeps it f32 for the analyses), so it too
-//! differs by ~0.7: both comparisons assert max |Δlogit| < 1.5 and the same top-1 token. The
-//! exact check of each quantized product (and its input gradient) against the dequantized
-//! weights is `model::mat`'s unit test.
+//! Tolerances: Neoscope's quantized products multiply f32 activations by exactly the dequantized
+//! weights (`model::qmatmul`), so against the f32 model the logits agree to summation order
+//! (bound 2e-3; measured ~1e-4), greedy decoding gives the same tokens, and a word's gradient is
+//! the same (cosine > 0.9999). `quantized_llama` rounds the activations to 8 bits per block and
+//! multiplies the unembedding quantized, which moves its logits by up to ~0.7: that comparison
+//! asserts max |Δlogit| < 1.5 and the same top-1 token.
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
@@ -117,9 +117,9 @@ fn quantized_blocks_match_quantized_llama_and_track_the_f32_model() {
         let got = last_logits(&q, &ids);
         let d = common::max_abs_diff(&got, &want);
         let df = common::max_abs_diff(&got, &last_logits(&f, &ids));
-        eprintln!("{p:?}: vs quantized_llama {d:e}, vs f32 {df:.3}");
+        eprintln!("{p:?}: vs quantized_llama {d:.3}, vs f32 {df:.1e}");
         assert!(d < 1.5, "{p:?}: quantized vs quantized_llama differ by {d}");
-        assert!(df < 1.5, "{p:?}: quantized vs f32 differ by {df}");
+        assert!(df < 2e-3, "{p:?}: quantized vs f32 differ by {df}");
         assert_eq!(
             argmax(&got),
             argmax(&want),
@@ -132,28 +132,29 @@ fn quantized_blocks_match_quantized_llama_and_track_the_f32_model() {
         );
     }
 
-    // Greedy decoding follows the f32 model's until the 8-bit activations tip a close call:
-    // all 29 tokens here; 16 of 50 on a story prompt; on the chat prompt "What is the capital
-    // of France?" the first token already differs (f32: "The" 0.152 vs "L" 0.140; quantized:
-    // "L" 0.139 vs "The" 0.119).
-    let ids = q.tokenizer.encode("The capital of France is").unwrap();
+    // Greedy decoding (the KV-cache path: the in-register kernels and the quantized head) gives
+    // the f32 model's tokens, on a story and on a chat prompt.
     let opts = GenerateOptions {
-        max_new_tokens: 40,
+        max_new_tokens: 50,
         sampling: Sampling::GREEDY,
-        stop_at_eos: true,
+        stop_at_eos: false,
     };
-    let gq = generate(&q, &ids, opts, &HookSpec::default(), &mut |_, _| true).unwrap();
-    let gf = generate(&f, &ids, opts, &HookSpec::default(), &mut |_, _| true).unwrap();
-    let same = gq.iter().zip(&gf).take_while(|(a, b)| a == b).count();
-    eprintln!(
-        "greedy: {same} of {} tokens equal before the first difference",
-        gf.len()
-    );
-    assert_eq!(gq, gf, "greedy tokens diverge after {same}");
+    for prompt in [
+        "Once upon a time, in a small village by the sea, there lived",
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+    ] {
+        let ids = q.tokenizer.encode(prompt).unwrap();
+        let gq = generate(&q, &ids, opts, &HookSpec::default(), &mut |_, _| true).unwrap();
+        let gf = generate(&f, &ids, opts, &HookSpec::default(), &mut |_, _| true).unwrap();
+        let same = gq.iter().zip(&gf).filter(|(a, b)| a == b).count();
+        eprintln!("greedy {prompt:?}: {same} of {} tokens equal", gf.len());
+        // The issue's bound: at least 45 of 50 (only a near-tie that summation order tips may
+        // differ); measured 50 of 50 on both.
+        assert!(same >= 45, "{prompt:?}: greedy tokens {gq:?} vs {gf:?}");
+    }
 
-    // A word's gradient through the quantized blocks points where the f32 one does: the
-    // backward multiplies by the exact (dequantized) weights, the forward's 8-bit activations
-    // tilt it (cosine measured 0.909; bound 0.85).
+    // A word's gradient through the quantized blocks is the f32 one's (the backward multiplies
+    // by the dequantized weights a tile at a time).
     let w = Word::create(
         &f,
         "<w>",
@@ -166,5 +167,5 @@ fn quantized_blocks_match_quantized_llama_and_track_the_f32_model() {
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     let cos = dot / (norm(&a) * norm(&b));
     eprintln!("word gradient cosine quantized vs f32: {cos:.4}");
-    assert!(cos > 0.85, "word gradient cosine {cos}");
+    assert!(cos > 0.9999, "word gradient cosine {cos}");
 }
