@@ -29,15 +29,20 @@ run() {
   /usr/bin/time -f "%e %M" -o "$work/time.txt" "$ns" --model "$model" "$@" >"$work/$name.out" 2>"$work/$name.err" \
     || { cat "$work/$name.err" >&2; exit 1; }
   read -r secs kb <"$work/time.txt"
-  printf '| %s | %s s | %.2f GB |\n' "$name" "$secs" "$(echo "$kb / 1048576" | bc -l)"
+  printf '| %s | %s s | %.2f GiB |\n' "$name" "$secs" "$(echo "$kb / 1048576" | bc -l)"
+  last_secs="$secs"
 }
 echo "| step (whole process, load included) | time | peak resident memory |"
 echo "| --- | --- | --- |"
 run "load + info" info
 prompt="The old lighthouse keeper climbed the stairs every night to light the lamp for ships"
 run "load + logit lens, 16 tokens, 32 layers" lens "$prompt"
-run "load + generate 20 tokens" generate --max-new-tokens 20 "$prompt"
+run "load + generate 1 token" generate --max-new-tokens 1 "$prompt"
+one="$last_secs"
+run "load + generate 21 tokens" generate --max-new-tokens 21 "$prompt"
+decode_rate="$(echo "20 / ($last_secs - $one)" | bc -l)"
 rm -rf "$work/word"
 run "load + train a word, 5 steps" word train --name "<w>" --data "$work/word.jsonl" \
   --out "$work/word" --epochs 5 --batch-size 2 --force
+printf 'decoding: %.2f tokens/s (the 20 tokens after the first, from the two generation runs)\n' "$decode_rate"
 grep -E "weights|format" "$work/load + info.out" >&2 || true

@@ -145,7 +145,7 @@ fn attached_model_computes_what_training_computed_and_detaches_exactly() -> R<()
     let mut rows = what.rows.to_vec2::<f32>()?;
     rows[q] = m
         .llama
-        .unembed()
+        .unembed()?
         .i(top as usize)?
         .affine(2.0, 0.0)?
         .to_vec1()?;

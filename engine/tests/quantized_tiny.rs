@@ -39,8 +39,9 @@ const HEADS: usize = 4;
 const KV: usize = 2;
 const HD: usize = 64;
 
-/// Writes the tiny model with its matrices (and the tied embedding) as `t`.
-fn write_model(t: GgmlDType, path: &std::path::Path) {
+/// Writes the tiny model with its matrices (and the tied embedding, or an untied output head) as
+/// `t`.
+fn write_model(t: GgmlDType, untied: bool, path: &std::path::Path) {
     let src = fixture("llama_linear_head_dim.gguf");
     let mut f = std::fs::File::open(&src).unwrap();
     let ct = gguf_file::Content::read(&mut f).unwrap();
@@ -83,6 +84,9 @@ fn write_model(t: GgmlDType, path: &std::path::Path) {
         ("token_embd.weight".into(), mat(vocab, D, 0.5)),
         ("output_norm.weight".into(), ones(D)),
     ];
+    if untied {
+        tensors.push(("output.weight".into(), mat(vocab, D, 0.5)));
+    }
     for l in 0..2 {
         let p = |n: &str| format!("blk.{l}.{n}");
         tensors.push((p("attn_norm.weight"), ones(D)));
@@ -111,14 +115,7 @@ fn load(path: &std::path::Path, dtype: WeightDType) -> LoadedModel {
 
 /// Largest difference over the largest magnitude of `want`.
 fn rel(got: &Tensor, want: &Tensor) -> f32 {
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    common::max_diff(got, want) / scale
+    common::max_diff(got, want) / common::max_abs(want)
 }
 
 /// Logits of one decode step after `ids` (the KV-cache path, one row).
@@ -188,9 +185,14 @@ fn every_quantization_computes_the_dequantized_model() {
         GgmlDType::Q5K,
         GgmlDType::Q6K,
     ];
-    for t in types {
-        let path = dir.path().join(format!("{t:?}.gguf"));
-        write_model(t, &path);
+    // Every type with a tied head, and an untied head kept only quantized (no f32 copy).
+    let cases = types
+        .iter()
+        .map(|t| (*t, false))
+        .chain([(GgmlDType::Q8_0, true), (GgmlDType::Q4K, true)]);
+    for (t, untied) in cases {
+        let path = dir.path().join(format!("{t:?}-{untied}.gguf"));
+        write_model(t, untied, &path);
         let q = load(&path, WeightDType::Quantized);
         let f = load(&path, WeightDType::F32);
         assert_eq!(q.info.weights.dtype, WeightDType::Quantized, "{t:?}");
@@ -202,6 +204,18 @@ fn every_quantization_computes_the_dequantized_model() {
             q.llama.quantized_head().is_some(),
             "{t:?}: head kept quantized"
         );
+        assert_eq!(q.llama.head_only_quantized(), untied, "{t:?}");
+        assert!(q.llama.lm_head.is_none(), "{t:?}: no f32 head copy");
+        assert_eq!(
+            f.llama.lm_head.is_some(),
+            untied,
+            "{t:?}: the f32 model's head"
+        );
+        if untied {
+            // What attaching a vocabulary or saving a folder appends to / writes.
+            let want = f.llama.lm_head.as_ref().unwrap();
+            assert_eq!(common::max_diff(&q.llama.dense_head().unwrap(), want), 0.0);
+        }
         let ids = q
             .tokenizer
             .encode("the cat sat on the mat and the dog sat on")
@@ -256,7 +270,7 @@ fn every_quantization_computes_the_dequantized_model() {
             .fold(0f32, |m, (a, b)| m.max((a - b).abs() / b.abs()));
         assert!(dt < 1e-4, "{t:?}: tuned lens losses {tq:?} vs {tf:?}");
         eprintln!(
-            "{t:?}: decode step {r:.1e}, word losses differ by {d:.1e}, tuned lens losses by \
+            "{t:?} (untied head: {untied}): decode step {r:.1e}, word losses differ by {d:.1e}, tuned lens losses by \
              {dt:.1e} (relative)"
         );
     }

@@ -88,6 +88,10 @@ pub fn attach(m: &mut LoadedModel, what: Attachment) -> Result<Attached> {
     };
     new.embed = cat(&l.embed)?;
     new.lm_head = l.lm_head.as_ref().map(cat).transpose()?;
+    if l.head_only_quantized() {
+        // The new rows need an f32 head to be appended to.
+        new = new.with_dense_head(cat(&l.dense_head()?)?);
+    }
     new.extra.head_bias = match &l.extra.head_bias {
         Some(b) => {
             let zeros = Tensor::zeros(n, b.dtype(), b.device())?;

@@ -171,7 +171,7 @@ fn pass(
             hr.copy_from_slice(&normed[row * d..(row + 1) * d]);
         }
         let mut zb = vec![0f32; c * v];
-        matmul(&mut zb, &hc, w.unembed.data(), (c, d, v), true, false);
+        w.unembed.forward(&mut zb, &hc, (c, d, v), false)?;
         // (At least one column, so that the rows pair up below even with no new rows.)
         let mut zn = vec![0f32; c * n_new.max(1)];
         matmul(&mut zn, &hc, new, (c, d, n_new), true, false);
@@ -206,7 +206,7 @@ fn pass(
             continue;
         }
         let mut dh = vec![0f32; c * d];
-        matmul(&mut dh, &zb, w.unembed.data(), (c, v, d), false, false);
+        w.unembed.backward(&mut dh, &zb, (c, v, d), false)?;
         matmul(&mut dh, &zn, new, (c, n_new, d), false, true);
         if let Some(dr) = &mut drows {
             // Output side: the rows are the new columns' weights, d rows += dzᵀ h.

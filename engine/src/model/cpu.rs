@@ -95,42 +95,16 @@ pub fn matmul(
             } else {
                 (m, cols, 0, 1, k, c0, 1, n, 1, n)
             };
-        let (lhs_ptr, rhs_ptr) = if b_transposed {
-            (b.as_ptr(), a.as_ptr())
-        } else {
-            (a.as_ptr(), b.as_ptr())
-        };
-        // SAFETY: the assertion above guarantees that every element the kernel reads or writes
-        // lies inside the slices: result rows < m, columns c0..c0+cols ≤ n, inner index < k,
-        // with the row-major strides given. The blocks' column ranges are disjoint, so no two
-        // threads write the same element of `dst`, which is borrowed mutably for the call.
-        #[expect(
-            unsafe_code,
-            reason = "gemm's only entry point takes raw pointers and strides"
-        )]
-        unsafe {
-            gemm::gemm(
-                rows,
-                cols_k,
-                k,
-                (dst_addr as *mut f32).add(c0),
-                to_isize(dst_cs),
-                to_isize(dst_rs),
-                accumulate,
-                lhs_ptr.add(lhs),
-                to_isize(lhs_cs),
-                to_isize(lhs_rs),
-                rhs_ptr.add(rhs),
-                to_isize(rhs_cs),
-                to_isize(rhs_rs),
-                if accumulate { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        let (lhs_src, rhs_src) = if b_transposed { (b, a) } else { (a, b) };
+        // The blocks' column ranges are disjoint, so no two threads write the same element of
+        // `dst`, which is borrowed mutably for the call and holds m·n elements (asserted).
+        gemm_into(
+            (rows, k, cols_k),
+            (dst_addr, c0, (dst_rs, dst_cs)),
+            (lhs_src, lhs, (lhs_rs, lhs_cs)),
+            (rhs_src, rhs, (rhs_rs, rhs_cs)),
+            accumulate,
+        );
     };
     if blocks.len() == 1 {
         blocks.iter().for_each(run);

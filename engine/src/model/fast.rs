@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::Llama;
 use super::batch::Batch;
-use super::cpu::{CpuView, matmul, rms_norm_rows, rope_head};
+use super::cpu::{CpuView, rms_norm_rows, rope_head};
 use super::lora_cpu::{LayerLora, LoraTape};
 use super::proj::Proj;
 use crate::config::Arch;
@@ -45,7 +45,7 @@ impl Dims {
             dm: m.cfg.intermediate_size,
             eps,
             scale,
-            vocab: m.unembed().dim(0).unwrap_or(0),
+            vocab: m.cfg.vocab_size,
         }
     }
     pub(crate) fn nq(self) -> usize {
@@ -77,7 +77,7 @@ pub(crate) struct Weights<'a> {
     pub(crate) embed: CpuView<'a>,
     pub(crate) layers: Vec<LayerWeights<'a>>,
     pub(crate) final_norm: CpuView<'a>,
-    pub(crate) unembed: CpuView<'a>,
+    pub(crate) unembed: Proj<'a>,
     pub(crate) cos: CpuView<'a>,
     pub(crate) sin: CpuView<'a>,
 }
@@ -106,7 +106,11 @@ impl<'a> Weights<'a> {
             embed: CpuView::new(&m.embed)?,
             layers,
             final_norm: CpuView::new(&m.final_norm)?,
-            unembed: CpuView::new(m.unembed())?,
+            unembed: match (m.unembed(), m.quantized_head()) {
+                (Ok(t), _) => Proj::Dense(CpuView::new(t)?),
+                (Err(_), Some(q)) => Proj::of_mat(q)?,
+                (Err(e), None) => return Err(e),
+            },
             cos: CpuView::new(cos)?,
             sin: CpuView::new(sin)?,
         })
@@ -258,14 +262,8 @@ pub fn forward_logits(m: &Llama, embeds: &Tensor, batch: &Batch) -> Result<Tenso
     drop(x);
     let v = dims.vocab;
     let mut packed = vec![0f32; pk.rows * v];
-    matmul(
-        &mut packed,
-        &normed,
-        w.unembed.data(),
-        (pk.rows, d, v),
-        true,
-        false,
-    );
+    w.unembed
+        .forward(&mut packed, &normed, (pk.rows, d, v), false)?;
     let logits = if pk.rows == b * t {
         // No padding: the packed rows already are the (B, T) layout.
         packed

@@ -110,10 +110,13 @@ pub struct Llama {
     /// LoRA adapters the hooked pass adds (training and evaluating them; inference merges).
     adapters: Option<SharedAdapters>,
     /// The output head's quantized blocks as the GGUF file stores them, when the blocks stay
-    /// quantized: the same weights as [`Llama::unembed`] (its f32 copy, which lookups and
-    /// gradients use), read by the head's products at a quarter of the bytes. Used only while
-    /// its shape is the unembedding's (an attached vocabulary appends rows it does not have).
+    /// quantized: the same weights as [`Llama::unembed`], read by the head's products at a
+    /// quarter of the bytes. Used only while its shape is the unembedding's (an attached
+    /// vocabulary appends rows it does not have).
     head_q: Option<Mat>,
+    /// An untied head kept only as `head_q` (no f32 copy in `lm_head`, which then is `None`
+    /// without meaning a tied head): big vocabularies, where the copy would take gigabytes.
+    head_only_quantized: bool,
 }
 
 /// Result of a forward pass.
@@ -216,13 +219,14 @@ impl Llama {
             local_rope,
             adapters: None,
             head_q: None,
+            head_only_quantized: false,
         })
     }
 
-    /// The model with its output head's quantized blocks (see [`Llama::quantized_head`]); they
-    /// must have the unembedding's shape.
+    /// The model with its output head's quantized blocks (see [`Llama::quantized_head`]) beside
+    /// its f32 copy; they must have the unembedding's shape.
     pub fn with_quantized_head(mut self, head: Mat) -> Result<Self> {
-        let want = self.unembed().dims2()?;
+        let want = (self.cfg.vocab_size, self.cfg.hidden_size);
         if head.dims()? != want {
             return Err(EngineError::Invalid(format!(
                 "quantized output head of shape {:?}, the unembedding is {want:?}",
@@ -233,12 +237,58 @@ impl Llama {
         Ok(self)
     }
 
+    /// An untied model whose output head is kept only as quantized blocks (`lm_head` must be
+    /// `None` here; the f32 copy is not made).
+    pub fn with_only_quantized_head(mut self, head: Mat) -> Result<Self> {
+        if self.lm_head.is_some() || self.cfg.tie_word_embeddings {
+            return Err(EngineError::Invalid(
+                "only an untied model without an f32 head keeps its head only quantized".into(),
+            ));
+        }
+        self = self.with_quantized_head(head)?;
+        self.head_only_quantized = true;
+        Ok(self)
+    }
+
+    /// `self` with `from`'s quantized output head (a model rebuilt from another's parts).
+    pub fn with_head_of(mut self, from: &Llama) -> Result<Self> {
+        if let Some(h) = &from.head_q {
+            self = if from.head_only_quantized {
+                self.with_only_quantized_head(h.clone())?
+            } else {
+                self.with_quantized_head(h.clone())?
+            };
+        }
+        Ok(self)
+    }
+
     /// The output head's quantized blocks, while they hold the unembedding's weights.
     pub fn quantized_head(&self) -> Option<&Mat> {
-        let rows = self.unembed().dim(0).ok()?;
+        let rows = self.cfg.vocab_size;
         self.head_q
             .as_ref()
             .filter(|h| h.dims().is_ok_and(|(r, _)| r == rows))
+    }
+
+    /// Whether the (untied) output head is kept only as quantized blocks.
+    pub fn head_only_quantized(&self) -> bool {
+        self.head_only_quantized
+    }
+
+    /// The output head as f32, dequantized when it is kept only quantized (for the few
+    /// computations that change the head's rows).
+    pub fn dense_head(&self) -> Result<Tensor> {
+        match (&self.head_q, self.head_only_quantized) {
+            (Some(Mat::Quant(q)), true) => Ok(q.dequantize(self.embed.device())?),
+            _ => Ok(self.unembed()?.clone()),
+        }
+    }
+
+    /// `self` with an f32 output head (untied) instead of one kept only quantized.
+    pub fn with_dense_head(mut self, head: Tensor) -> Self {
+        self.lm_head = Some(head);
+        self.head_only_quantized = false;
+        self
     }
 
     /// The same model carrying `adapters` (its weights shared, not copied); only the hooked
@@ -305,9 +355,18 @@ impl Llama {
         self.cfg.arch.embed_scale.map_or(1.0, |s| s as f32)
     }
 
-    /// Output head weight (the embedding when tied).
-    pub fn unembed(&self) -> &Tensor {
-        self.lm_head.as_ref().unwrap_or(&self.embed)
+    /// Output head weight as f32 (the embedding when tied); an error when the head is kept only
+    /// as quantized blocks ([`Llama::quantized_head`] has it).
+    pub fn unembed(&self) -> Result<&Tensor> {
+        match (&self.lm_head, self.head_only_quantized) {
+            (Some(h), _) => Ok(h),
+            (None, false) => Ok(&self.embed),
+            (None, true) => Err(EngineError::Invalid(
+                "this computation needs the output head as f32, and the model keeps it only as \
+                 quantized blocks (load it with --dtype f32, bf16 or f16)"
+                    .into(),
+            )),
+        }
     }
 
     /// The family's final norm followed by its output head: residual (…, d_model) → logits
@@ -356,8 +415,10 @@ impl Llama {
         // rows take the f32 copy (dequantizing the head would cost more than reading it).
         let rows = normed.elem_count() / self.cfg.hidden_size.max(1);
         let z = match self.quantized_head() {
-            Some(q) if rows <= super::qmatmul::DIRECT_ROWS => q.forward(normed)?,
-            _ => linear(normed, self.unembed())?,
+            Some(q) if rows <= super::qmatmul::DIRECT_ROWS || self.head_only_quantized => {
+                q.forward(normed)?
+            }
+            _ => linear(normed, self.unembed()?)?,
         };
         Ok(match &self.extra.head_bias {
             Some(b) => add_vec(&z, b)?,

@@ -527,16 +527,18 @@ pub(super) fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<
         },
         head_bias: None,
     };
-    let lm_head = if tied {
-        None
-    } else {
-        Some(r.f32("output.weight")?)
-    };
+    // An untied head kept quantized has no f32 copy (for an 8B model's 128k vocabulary the copy
+    // would take 2 GB); a tied one is the embedding, which lookups need as f32 anyway.
     let head_q = r.quantized_head(if tied {
         "token_embd.weight"
     } else {
         "output.weight"
     })?;
+    let lm_head = if tied || head_q.is_some() {
+        None
+    } else {
+        Some(r.f32("output.weight")?)
+    };
     let used = r.used;
     refuse_leftovers(
         path,
@@ -554,9 +556,12 @@ pub(super) fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<
     let mut llama = Llama::with_extra(cfg, embed, blocks, final_norm, lm_head, extra)
         .map_err(|e| EngineError::bad_model(path, e.to_string()))?;
     if let Some(h) = head_q {
-        llama = llama
-            .with_quantized_head(h)
-            .map_err(|e| EngineError::bad_model(path, e.to_string()))?;
+        llama = if tied {
+            llama.with_quantized_head(h)
+        } else {
+            llama.with_only_quantized_head(h)
+        }
+        .map_err(|e| EngineError::bad_model(path, e.to_string()))?;
     }
     finish(llama, tokenizer, path, ("gguf", path, a, weights), dev)
 }

@@ -359,7 +359,9 @@ pub fn save_hf_dir(llama: &Llama, tokenizer: &ModelTokenizer, dir: &Path) -> Res
     let mut t: HashMap<String, Tensor> = HashMap::new();
     t.insert("model.embed_tokens.weight".into(), llama.embed.clone());
     t.insert("model.norm.weight".into(), llama.final_norm.clone());
-    if let Some(h) = &llama.lm_head {
+    if llama.head_only_quantized() {
+        t.insert("lm_head.weight".into(), llama.dense_head()?);
+    } else if let Some(h) = &llama.lm_head {
         t.insert("lm_head.weight".into(), h.clone());
     }
     for (l, b) in llama.blocks.iter().enumerate() {

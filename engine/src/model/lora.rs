@@ -296,7 +296,8 @@ pub fn merge(m: &Llama, ad: &Adapters) -> Result<Llama> {
         m.final_norm.clone(),
         m.lm_head.clone(),
         m.extra.clone(),
-    )
+    )?
+    .with_head_of(m)
 }
 
 /// Shared adapters for a model (see [`Llama::with_adapters`]).

@@ -60,20 +60,28 @@ impl Mat {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Dense(w) => Ok(linear(x, w)?),
-            Self::Quant(q) => {
-                let dims = x.dims();
-                let inner = dims[dims.len() - 1];
-                let rows: usize = dims[..dims.len() - 1].iter().product();
-                let y = x
-                    .reshape((rows, inner))?
-                    .contiguous()?
-                    .apply_op1(QuantLinear { q: q.clone() })?;
-                let mut out = dims[..dims.len() - 1].to_vec();
-                out.push(q.shape().dims2()?.0);
-                Ok(y.reshape(out)?)
-            }
+            Self::Quant(q) => quant_forward(x, vec![q.clone()]),
         }
     }
+}
+
+/// `x @ [W₁; W₂; …]ᵀ` for quantized parts, `x` of shape (…, in).
+fn quant_forward(x: &Tensor, parts: Vec<Arc<QTensor>>) -> Result<Tensor> {
+    let dims = x.dims();
+    let inner = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let mut out = dims[..dims.len() - 1].to_vec();
+    out.push(
+        parts
+            .iter()
+            .map(|q| q.shape().dims2().map(|d| d.0))
+            .sum::<candle_core::Result<usize>>()?,
+    );
+    let y = x
+        .reshape((rows, inner))?
+        .contiguous()?
+        .apply_op1(QuantLinear { parts })?;
+    Ok(y.reshape(out)?)
 }
 
 /// Whether a GGUF tensor type stays quantized (float types are read as dense tensors).
@@ -81,10 +89,11 @@ pub fn is_quantized(t: GgmlDType) -> bool {
     !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
-/// The product with quantized blocks, with a backward pass for the input. Written here because
+/// The product with quantized blocks (parts stacked along the output: one pass for all on the
+/// CPU), with a backward pass for the input, summed over the parts. Written here because
 /// candle's quantized product has none (it is an inference-only op).
 struct QuantLinear {
-    q: Arc<QTensor>,
+    parts: Vec<Arc<QTensor>>,
 }
 
 impl CustomOp1 for QuantLinear {
@@ -102,8 +111,9 @@ impl CustomOp1 for QuantLinear {
             (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
             _ => candle_core::bail!("quantized product: input must be contiguous f32"),
         };
-        let n = self.q.shape().dims2()?.0;
-        let y = qmatmul::forward(&self.q, x, m).map_err(candle_core::Error::wrap)?;
+        let parts: Vec<&QTensor> = self.parts.iter().map(AsRef::as_ref).collect();
+        let y = qmatmul::forward_stacked(&parts, x, m).map_err(candle_core::Error::wrap)?;
+        let n = y.len().checked_div(m).unwrap_or(0);
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
@@ -113,54 +123,10 @@ impl CustomOp1 for QuantLinear {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        self.q.cuda_fwd(storage, layout)
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        if grad.device().is_cpu() {
-            // A tile of the matrix dequantized at a time.
-            let (m, _) = grad.dims2()?;
-            let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            let dx = qmatmul::backward(&self.q, &g, m).map_err(candle_core::Error::wrap)?;
-            let k = self.q.shape().dims2()?.1;
-            return Ok(Some(Tensor::from_vec(dx, (m, k), grad.device())?));
+        match self.parts.as_slice() {
+            [q] => q.cuda_fwd(storage, layout),
+            _ => candle_core::bail!("stacked quantized parts run one by one on a GPU"),
         }
-        // On a GPU the matrix is dequantized for this product and dropped right after.
-        let w = self.q.dequantize(grad.device())?;
-        Ok(Some(grad.matmul(&w)?))
-    }
-}
-
-/// Quantized parts stacked along the output, on the CPU: one pass for all (`qmatmul`), with the
-/// input gradient summed over the parts.
-struct QuantStack {
-    parts: Vec<Arc<QTensor>>,
-}
-
-impl CustomOp1 for QuantStack {
-    fn name(&self) -> &'static str {
-        "quantized-stacked-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (m, _) = layout.shape().dims2()?;
-        let x = match (storage, layout.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-            _ => candle_core::bail!("quantized product: input must be contiguous f32"),
-        };
-        let parts: Vec<&QTensor> = self.parts.iter().map(AsRef::as_ref).collect();
-        let y = qmatmul::forward_stacked(&parts, x, m).map_err(candle_core::Error::wrap)?;
-        let n = y.len() / m.max(1);
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
     fn bwd(
@@ -175,9 +141,15 @@ impl CustomOp1 for QuantStack {
         for q in &self.parts {
             let (rows, k) = q.shape().dims2()?;
             let g = grad.narrow(1, off, rows)?.contiguous()?;
-            let g = g.flatten_all()?.to_vec1::<f32>()?;
-            let dx = qmatmul::backward(q, &g, m).map_err(candle_core::Error::wrap)?;
-            let dx = Tensor::from_vec(dx, (m, k), grad.device())?;
+            let dx = if grad.device().is_cpu() {
+                // A tile of the matrix dequantized at a time.
+                let g = g.flatten_all()?.to_vec1::<f32>()?;
+                let dx = qmatmul::backward(q, &g, m).map_err(candle_core::Error::wrap)?;
+                Tensor::from_vec(dx, (m, k), grad.device())?
+            } else {
+                // On a GPU the matrix is dequantized for this product and dropped right after.
+                g.matmul(&q.dequantize(grad.device())?)?
+            };
             total = Some(match total {
                 Some(t) => (t + dx)?,
                 None => dx,
@@ -215,21 +187,7 @@ impl Stack {
                 match quant {
                     // On the CPU, quantized parts in one pass.
                     Some(parts) if x.device().is_cpu() && parts.len() > 1 => {
-                        let dims = x.dims();
-                        let inner = dims[dims.len() - 1];
-                        let rows: usize = dims[..dims.len() - 1].iter().product();
-                        let mut out = dims[..dims.len() - 1].to_vec();
-                        out.push(
-                            parts
-                                .iter()
-                                .map(|q| q.shape().dims2().map(|d| d.0))
-                                .sum::<candle_core::Result<usize>>()?,
-                        );
-                        let y = x
-                            .reshape((rows, inner))?
-                            .contiguous()?
-                            .apply_op1(QuantStack { parts })?;
-                        Ok(y.reshape(out)?)
+                        quant_forward(x, parts)
                     }
                     _ => {
                         let ys = parts

@@ -20,8 +20,8 @@
 use std::ops::Range;
 
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
-    BlockQ8_0, BlockQ8_1, BlockQ8K, GgmlType,
+    self, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K,
+    BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, GgmlType,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
@@ -149,20 +149,17 @@ fn dequantize(t: GgmlDType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     }
 }
 
-/// candle's own dequantization of a run of blocks (its block structs are `repr(C)` with the
+/// The bytes of whole blocks viewed as candle's block structs (they are `repr(C)` with the
 /// file's layout; their fields are private, so the bytes are viewed as blocks).
-fn deq<T: GgmlType>(bytes: &[u8], out: &mut [f32]) -> Result<()> {
+fn as_blocks<T: GgmlType>(bytes: &[u8]) -> Result<&[T]> {
     let size = std::mem::size_of::<T>();
-    let n = bytes.len() / size;
     if !bytes.len().is_multiple_of(size)
-        || out.len() != n * T::BLCK_SIZE
         || bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
     {
         return Err(EngineError::Invalid(format!(
-            "{:?}: {} bytes are not whole aligned blocks for {} values",
+            "{:?}: {} bytes are not whole aligned blocks",
             T::DTYPE,
-            bytes.len(),
-            out.len()
+            bytes.len()
         )));
     }
     // SAFETY: the blocks are `repr(C)` structs of plain numbers (f16, u8, i8 arrays) for which
@@ -172,9 +169,33 @@ fn deq<T: GgmlType>(bytes: &[u8], out: &mut [f32]) -> Result<()> {
         unsafe_code,
         reason = "candle's block structs have private fields; their bytes are read as blocks"
     )]
-    let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), n) };
+    let blocks =
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) };
+    Ok(blocks)
+}
+
+/// candle's own dequantization of a run of blocks.
+fn deq<T: GgmlType>(bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let blocks = as_blocks::<T>(bytes)?;
+    if out.len() != blocks.len() * T::BLCK_SIZE {
+        return Err(EngineError::Invalid(format!(
+            "{:?}: {} blocks do not hold {} values",
+            T::DTYPE,
+            blocks.len(),
+            out.len()
+        )));
+    }
     T::to_float(blocks, out);
     Ok(())
+}
+
+/// candle's vector-dot product kernel on the blocks as stored (not its repacked one, which
+/// keeps a second, larger copy of every matrix it multiplies: 5 GB more on an 8B Q4_K model).
+fn vec_dot_product<T: GgmlType>(b: &Blocks, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    let blocks = as_blocks::<T>(&b.data)?;
+    let mut y = vec![0f32; m * b.rows];
+    k_quants::matmul::<T>((m, b.cols, b.rows), x, blocks, &mut y)?;
+    Ok(y)
 }
 
 /// Weight rows per dequantized tile: about 512 KiB of f32 (16 to 512 rows), and small enough
@@ -217,9 +238,9 @@ pub fn forward_stacked(parts: &[&QTensor], x: &[f32], m: usize) -> Result<Vec<f3
         Some(kinds) if m <= DIRECT_ROWS => direct_forward(&blocks, &kinds, x, m, &mut y),
         _ => {
             let mut off = 0;
-            for (b, q) in blocks.iter().zip(parts) {
-                let yp = if m <= DIRECT_ROWS && Legacy::of(b.t).is_none() {
-                    candle_forward(q, x, m)?
+            for b in &blocks {
+                let yp = if m <= DIRECT_ROWS && b.t != GgmlDType::Q8_1 {
+                    candle_forward(b, x, m)?
                 } else {
                     let mut yp = vec![0f32; m * b.rows];
                     tiled_forward(b, x, m, &mut yp)?;
@@ -235,16 +256,21 @@ pub fn forward_stacked(parts: &[&QTensor], x: &[f32], m: usize) -> Result<Vec<f3
     Ok(y)
 }
 
-/// candle's own kernel (k-quants on few rows: SIMD, activations rounded to 8 bits).
-fn candle_forward(q: &QTensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
-    use candle_core::{CpuStorage, CustomOp1, Layout};
-    let k = x.len() / m.max(1);
-    let layout = Layout::contiguous((m, k));
-    match q.cpu_fwd(&CpuStorage::F32(x.to_vec()), &layout)? {
-        (CpuStorage::F32(y), _) => Ok(y),
-        _ => Err(EngineError::Invalid(
-            "quantized product: candle returned another type".into(),
-        )),
+/// candle's kernel (the other types but Q8_1 on few rows: SIMD, activations rounded to 8
+/// bits).
+fn candle_forward(b: &Blocks, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    match b.t {
+        GgmlDType::Q5_0 => vec_dot_product::<BlockQ5_0>(b, x, m),
+        GgmlDType::Q5_1 => vec_dot_product::<BlockQ5_1>(b, x, m),
+        GgmlDType::Q2K => vec_dot_product::<BlockQ2K>(b, x, m),
+        GgmlDType::Q3K => vec_dot_product::<BlockQ3K>(b, x, m),
+        GgmlDType::Q4K => vec_dot_product::<BlockQ4K>(b, x, m),
+        GgmlDType::Q5K => vec_dot_product::<BlockQ5K>(b, x, m),
+        GgmlDType::Q6K => vec_dot_product::<BlockQ6K>(b, x, m),
+        GgmlDType::Q8K => vec_dot_product::<BlockQ8K>(b, x, m),
+        other => Err(EngineError::Invalid(format!(
+            "{other:?} has no few-row kernel here"
+        ))),
     }
 }
 
@@ -625,9 +651,9 @@ mod tests {
         a.iter().zip(b).fold(0f32, |s, (x, y)| s.max((x - y).abs())) / scale
     }
 
-    /// Every type and both paths: products and input gradients equal the dense product with the
-    /// dequantized weights up to summation order (1e-5 of the range), unlike candle's kernels,
-    /// which round the activations to 8 bits.
+    /// Every type and every path: products and input gradients equal the dense product with the
+    /// dequantized weights up to summation order (1e-5 of the range), except where candle's
+    /// kernels run (other types on 1–8 rows), which round the activations to 8 bits.
     #[test]
     fn products_and_gradients_equal_the_dequantized_weights() -> Result<()> {
         let dev = Device::Cpu;
@@ -648,7 +674,10 @@ mod tests {
                 let want = x.matmul(&dense.t()?)?.flatten_all()?.to_vec1::<f32>()?;
                 let got = forward(&q, &x.flatten_all()?.to_vec1::<f32>()?, m)?;
                 let r = max_rel(&got, &want);
-                assert!(r < 1e-5, "{t:?}, {m} rows: product off by {r}");
+                // k-quants and Q5 on few rows: candle's kernels (8-bit activations).
+                let exact = Legacy::of(t).is_some() || m > DIRECT_ROWS;
+                let bound = if exact { 1e-5 } else { 0.03 };
+                assert!(r < bound, "{t:?}, {m} rows: product off by {r}");
                 let g = Tensor::randn(0f32, 1.0, (m, 300), &dev)?;
                 let want = g.matmul(&dense)?.flatten_all()?.to_vec1::<f32>()?;
                 let got = backward(&q, &g.flatten_all()?.to_vec1::<f32>()?, m)?;

@@ -26,9 +26,12 @@ pub struct Census {
     /// Bytes of the blocks' matrices kept as the file stores them (quantized blocks as they
     /// are, float ones as f32); none for files that hold no quantized blocks.
     pub block_quantized_bytes: Option<u64>,
-    /// Bytes of the output head's quantized blocks (kept beside its f32 copy when the blocks
-    /// stay quantized: the head's products then read them); 0 when the head is stored as floats.
+    /// Bytes of the output head's quantized blocks (kept when the blocks stay quantized: the
+    /// head's products then read them); 0 when the head is stored as floats.
     pub head_quantized_bytes: u64,
+    /// Elements of an untied output head stored quantized: no f32 copy of it is made when the
+    /// blocks stay quantized.
+    pub untied_quantized_head: u64,
     /// The file's storage types, most common first (`Q4_1`, `F32+BF16`, …).
     pub stored_as: String,
 }
@@ -43,7 +46,9 @@ impl Census {
     /// file stores them, or as f32 when it holds no quantized blocks).
     pub fn bytes_as(&self, w: WeightDType) -> u64 {
         match (w, self.block_quantized_bytes) {
-            (WeightDType::Quantized, Some(q)) => q + self.head_quantized_bytes + self.other * 4,
+            (WeightDType::Quantized, Some(q)) => {
+                q + self.head_quantized_bytes + (self.other - self.untied_quantized_head) * 4
+            }
             _ => self.bytes(dtype_of(w)),
         }
     }
@@ -87,6 +92,7 @@ pub fn census_gguf(content: &gguf_file::Content) -> Census {
         other: 0,
         block_quantized_bytes: None,
         head_quantized_bytes: 0,
+        untied_quantized_head: 0,
         stored_as: String::new(),
     };
     let head = if content.tensor_infos.contains_key("output.weight") {
@@ -110,6 +116,9 @@ pub fn census_gguf(content: &gguf_file::Content) -> Census {
         }
         if name == head && super::mat::is_quantized(t) {
             c.head_quantized_bytes = (elems / t.block_size() * t.type_size()) as u64;
+            if name == "output.weight" {
+                c.untied_quantized_head = elems as u64;
+            }
         }
         let kind = format!("{t:?}").to_uppercase();
         c.add(name, elems as u64, &mut kinds, kind);
@@ -125,6 +134,7 @@ pub fn census_safetensors(files: &[PathBuf]) -> Result<Census> {
         other: 0,
         block_quantized_bytes: None,
         head_quantized_bytes: 0,
+        untied_quantized_head: 0,
         stored_as: String::new(),
     };
     let mut kinds = BTreeMap::new();

@@ -23,7 +23,7 @@ use super::{Injection, Word};
 use crate::error::{EngineError, Result};
 use crate::model::Llama;
 use crate::model::backward::{Active, Backward, layer_backward};
-use crate::model::cpu::{matmul, rms_norm_backward_row, rms_norm_rows};
+use crate::model::cpu::{rms_norm_backward_row, rms_norm_rows};
 use crate::model::fast::{self, Dims, LayerTape, Weights, layer_forward};
 
 /// Whether the hand-written pass applies: f32 weights on the CPU, and every word entering as an
@@ -273,7 +273,7 @@ pub fn forward<'a>(
     let r_final = rms_norm_rows(&x_final, w.final_norm.data(), dims.eps, &mut h);
     let v = dims.vocab;
     let mut probs = vec![0f32; nt * v];
-    matmul(&mut probs, &h, w.unembed.data(), (nt, d, v), true, false);
+    w.unembed.forward(&mut probs, &h, (nt, d, v), false)?;
     let mut logprobs = vec![0f32; nt];
     probs
         .par_chunks_mut(v)
@@ -356,7 +356,7 @@ impl Tape<'_> {
                 z[*t as usize] += c;
             });
         let mut dh = vec![0f32; nt * d];
-        matmul(&mut dh, &dz, w.unembed.data(), (nt, v, d), false, false);
+        w.unembed.backward(&mut dh, &dz, (nt, v, d), false)?;
         drop(dz);
         let mut dx = vec![0f32; active.rows.len() * d];
         for (t, (row, _, s)) in pk.targets.iter().enumerate() {

@@ -20,14 +20,7 @@ pub fn tol(want: &Tensor) -> f32 {
 
 /// `base` on the ±20 scale, proportionally more when `want` spans more.
 pub fn tol_at(base: f32, want: &Tensor) -> f32 {
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    base * (scale / 20.0).max(1.0)
+    base * (max_abs(want) / 20.0).max(1.0)
 }
 
 /// Every family fixture `tests/fixtures/mkmodels.py` writes.
