@@ -310,13 +310,6 @@ impl Llama {
         self.embed.device()
     }
 
-    /// Block `l`'s stacked query/key/value projection (q + 2·kv, d_model) and stacked
-    /// gate/up projection (2·d_mlp, d_model).
-    pub fn fused(&self, l: usize) -> Result<(&Tensor, &Tensor)> {
-        let (qkv, gu) = &self.fused[l];
-        Ok((qkv.dense()?, gu.dense()?))
-    }
-
     /// Block `l`'s stacked query/key/value and gate/up projections, dense or quantized.
     pub fn stacks(&self, l: usize) -> (&Stack, &Stack) {
         let (qkv, gu) = &self.fused[l];
@@ -325,21 +318,20 @@ impl Llama {
 
     /// Whether every block matrix keeps a GGUF file's quantized blocks.
     pub fn blocks_quantized(&self) -> bool {
-        self.blocks.iter().all(|b| {
-            [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_up, &b.w_down]
-                .into_iter()
-                .chain(&b.w_gate)
-                .all(|m| matches!(m, Mat::Quant(_)))
-        })
+        self.every_block_matrix(|m| matches!(m, Mat::Quant(_)))
     }
 
     /// Whether every block matrix is dense and of `dtype`.
     pub fn blocks_are(&self, dtype: DType) -> bool {
+        self.every_block_matrix(|m| m.is_dense(dtype))
+    }
+
+    fn every_block_matrix(&self, f: impl Fn(&Mat) -> bool) -> bool {
         self.blocks.iter().all(|b| {
             [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_up, &b.w_down]
                 .into_iter()
                 .chain(&b.w_gate)
-                .all(|m| m.is_dense(dtype))
+                .all(&f)
         })
     }
 

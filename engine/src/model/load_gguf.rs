@@ -152,15 +152,11 @@ impl GgufTensors<'_> {
         block_mat(&q, heads, self.keep, self.mat_dtype, self.dev)
     }
 
-    /// The output head's quantized blocks when the blocks stay quantized and the file stores
-    /// the head quantized (besides its f32 copy).
-    fn quantized_head(&mut self, name: &str) -> Result<Option<Mat>> {
-        if !self.keep {
-            return Ok(None);
-        }
-        let q = self.q(name)?;
-        is_quantized(q.dtype())
-            .then(|| block_mat(&q, None, true, self.mat_dtype, self.dev))
+    /// The output head's quantized blocks (from its tensor `q`) when the blocks stay quantized
+    /// and the file stores the head quantized.
+    fn quantized_head(&self, q: &QTensor) -> Result<Option<Mat>> {
+        (self.keep && is_quantized(q.dtype()))
+            .then(|| block_mat(q, None, true, self.mat_dtype, self.dev))
             .transpose()
     }
 
@@ -403,8 +399,16 @@ pub(super) fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<
         keep: chosen == WeightDType::Quantized,
         mat_dtype: dtype_of(chosen),
     };
-    let embed = r.f32("token_embd.weight")?;
+    let embed_q = r.q("token_embd.weight")?;
+    let embed = dense(&embed_q, DType::F32, dev)?;
     let tied = !r.has("output.weight");
+    // A tied head's quantized blocks are the embedding's (read once).
+    let tied_head_q = if tied {
+        r.quantized_head(&embed_q)?
+    } else {
+        None
+    };
+    drop(embed_q);
     let cfg = config(
         md,
         &a,
@@ -529,15 +533,14 @@ pub(super) fn load_gguf(path: &Path, dev: &Device, opts: LoadOptions) -> Result<
     };
     // An untied head kept quantized has no f32 copy (for an 8B model's 128k vocabulary the copy
     // would take 2 GB); a tied one is the embedding, which lookups need as f32 anyway.
-    let head_q = r.quantized_head(if tied {
-        "token_embd.weight"
+    let (head_q, lm_head) = if tied {
+        (tied_head_q, None)
     } else {
-        "output.weight"
-    })?;
-    let lm_head = if tied || head_q.is_some() {
-        None
-    } else {
-        Some(r.f32("output.weight")?)
+        let q = r.q("output.weight")?;
+        match r.quantized_head(&q)? {
+            Some(h) => (Some(h), None),
+            None => (None, Some(dense(&q, DType::F32, dev)?)),
+        }
     };
     let used = r.used;
     refuse_leftovers(

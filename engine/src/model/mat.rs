@@ -70,17 +70,10 @@ fn quant_forward(x: &Tensor, parts: Vec<Arc<QTensor>>) -> Result<Tensor> {
     let dims = x.dims();
     let inner = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
+    let op = QuantLinear { parts };
     let mut out = dims[..dims.len() - 1].to_vec();
-    out.push(
-        parts
-            .iter()
-            .map(|q| q.shape().dims2().map(|d| d.0))
-            .sum::<candle_core::Result<usize>>()?,
-    );
-    let y = x
-        .reshape((rows, inner))?
-        .contiguous()?
-        .apply_op1(QuantLinear { parts })?;
+    out.push(op.rows()?);
+    let y = x.reshape((rows, inner))?.contiguous()?.apply_op1(op)?;
     Ok(y.reshape(out)?)
 }
 
@@ -111,10 +104,8 @@ impl CustomOp1 for QuantLinear {
             (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
             _ => candle_core::bail!("quantized product: input must be contiguous f32"),
         };
-        let parts: Vec<&QTensor> = self.parts.iter().map(AsRef::as_ref).collect();
-        let y = qmatmul::forward_stacked(&parts, x, m).map_err(candle_core::Error::wrap)?;
-        let n = y.len().checked_div(m).unwrap_or(0);
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+        let y = qmatmul::forward_stacked(&self.refs(), x, m).map_err(candle_core::Error::wrap)?;
+        Ok((CpuStorage::F32(y), Shape::from((m, self.rows()?))))
     }
 
     #[cfg(feature = "cuda")]
@@ -131,25 +122,27 @@ impl CustomOp1 for QuantLinear {
 
     fn bwd(
         &self,
-        _arg: &Tensor,
+        arg: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let (m, _) = grad.dims2()?;
-        let mut off = 0;
+        let (m, k) = arg.dims2()?;
+        if grad.device().is_cpu() {
+            // A tile of each matrix dequantized at a time.
+            let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let dx =
+                qmatmul::backward_stacked(&self.refs(), &g, m).map_err(candle_core::Error::wrap)?;
+            return Ok(Some(Tensor::from_vec(dx, (m, k), grad.device())?));
+        }
+        // On a GPU (one part: stacks run part by part there) the matrix is dequantized for this
+        // product and dropped right after.
         let mut total: Option<Tensor> = None;
+        let mut off = 0;
         for q in &self.parts {
-            let (rows, k) = q.shape().dims2()?;
-            let g = grad.narrow(1, off, rows)?.contiguous()?;
-            let dx = if grad.device().is_cpu() {
-                // A tile of the matrix dequantized at a time.
-                let g = g.flatten_all()?.to_vec1::<f32>()?;
-                let dx = qmatmul::backward(q, &g, m).map_err(candle_core::Error::wrap)?;
-                Tensor::from_vec(dx, (m, k), grad.device())?
-            } else {
-                // On a GPU the matrix is dequantized for this product and dropped right after.
-                g.matmul(&q.dequantize(grad.device())?)?
-            };
+            let rows = q.shape().dims2()?.0;
+            let dx = grad
+                .narrow(1, off, rows)?
+                .matmul(&q.dequantize(grad.device())?)?;
             total = Some(match total {
                 Some(t) => (t + dx)?,
                 None => dx,
@@ -157,6 +150,20 @@ impl CustomOp1 for QuantLinear {
             off += rows;
         }
         Ok(total)
+    }
+}
+
+impl QuantLinear {
+    fn refs(&self) -> Vec<&QTensor> {
+        self.parts.iter().map(AsRef::as_ref).collect()
+    }
+
+    /// Output rows of the parts together.
+    fn rows(&self) -> candle_core::Result<usize> {
+        self.parts
+            .iter()
+            .map(|q| q.shape().dims2().map(|d| d.0))
+            .sum()
     }
 }
 

@@ -59,9 +59,7 @@ impl<'a> Proj<'a> {
             Self::Dense(w) => matmul(dst, a, w.data(), (n, inner, out), true, accumulate),
             Self::Quant(parts) => {
                 let y = qmatmul::forward_stacked(parts, &a[..n * inner], n)?;
-                if let Some(rows) = y.len().checked_div(n) {
-                    check_rows(rows, out)?;
-                }
+                check_width(y.len(), n, out)?;
                 let d = &mut dst[..n * out];
                 if accumulate {
                     d.iter_mut().zip(&y).for_each(|(d, s)| *d += s);
@@ -84,37 +82,27 @@ impl<'a> Proj<'a> {
         match self {
             Self::Dense(w) => matmul(dst, g, w.data(), (n, out, inner), false, accumulate),
             Self::Quant(parts) => {
-                let mut off = 0;
-                for (i, q) in parts.iter().enumerate() {
-                    let rows = q.shape().dims2()?.0;
-                    let gp: Vec<f32> = g
-                        .chunks_exact(out)
-                        .take(n)
-                        .flat_map(|r| &r[off..off + rows])
-                        .copied()
-                        .collect();
-                    let dx = qmatmul::backward(q, &gp, n)?;
-                    let d = &mut dst[..n * inner];
-                    if accumulate || i > 0 {
-                        d.iter_mut().zip(&dx).for_each(|(d, s)| *d += s);
-                    } else {
-                        d.copy_from_slice(&dx);
-                    }
-                    off += rows;
+                let dx = qmatmul::backward_stacked(parts, &g[..n * out], n)?;
+                check_width(dx.len(), n, inner)?;
+                let d = &mut dst[..n * inner];
+                if accumulate {
+                    d.iter_mut().zip(&dx).for_each(|(d, s)| *d += s);
+                } else {
+                    d.copy_from_slice(&dx);
                 }
-                check_rows(off, out)?;
             }
         }
         Ok(())
     }
 }
 
-fn check_rows(rows: usize, out: usize) -> Result<()> {
-    if rows == out {
+/// `len` values must be `n` rows of `width`.
+fn check_width(len: usize, n: usize, width: usize) -> Result<()> {
+    if len == n * width {
         Ok(())
     } else {
         Err(EngineError::Invalid(format!(
-            "hand-written pass: quantized parts hold {rows} rows, the projection has {out}"
+            "hand-written pass: the quantized parts give {len} values for {n} rows of {width}"
         )))
     }
 }

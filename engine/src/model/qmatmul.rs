@@ -1,21 +1,19 @@
-//! Products with a GGUF file's quantized blocks on the CPU, with f32 activations: `x · Wᵀ` and
-//! the input gradient `g · W`, straight from the blocks (no full dequantization).
+//! Products with a GGUF file's quantized blocks on the CPU: `x · Wᵀ` and the input gradient
+//! `g · W`, straight from the blocks (no full dequantization). This module is the one place that
+//! chooses how, by type and number of activation rows:
+//! - **Q4_0, Q4_1, Q8_0 on 1–8 rows** (decoding, a handful of sequences): each block is widened
+//!   to f32 in registers and multiplied with the activations there (AVX2/FMA/F16C, chosen at
+//!   run time; a portable loop elsewhere). The weights are read once, 0.56–1.06 bytes per weight
+//!   instead of f32's 4.
+//! - **many rows**, every type, and every input gradient: a tile of weight rows is dequantized
+//!   into a small buffer and multiplied by the `gemm` kernel, tile after tile.
+//! - **the other types on 1–8 rows**: candle's vector-dot kernels on the blocks as stored (SIMD;
+//!   widening k-quant blocks in registers is not written here).
 //!
-//! Two ways, chosen by the number of activation rows:
-//! - **few rows** (decoding one token, a handful of sequences) with the legacy types Q4_0, Q4_1
-//!   and Q8_0: each block is widened to f32 in registers and multiplied with the activations
-//!   there (AVX2/FMA, chosen at run time; a portable loop elsewhere). The weights are read once,
-//!   0.56–1.06 bytes per weight instead of f32's 4.
-//! - **many rows**, every type, and the input gradient: a tile of weight rows is dequantized into
-//!   a small buffer and multiplied by the `gemm` kernel, tile after tile.
-//!
-//! Both multiply the activations in f32 against exactly the dequantized weights, so results
-//! equal the dense f32 model's up to the order of summation. Why by hand: candle's quantized
-//! product rounds the activations to 8 bits first (greedy tokens then drift from the f32
-//! path's) and its Q4_1 kernel is scalar (slower than f32 on these machines); it has no input
-//! gradient. For k-quants with few rows candle's kernels are kept (`mat::QuantLinear`): they are
-//! SIMD, and widening a k-quant block in registers is not written here. This module is the one
-//! place that chooses.
+//! The first two multiply f32 activations by exactly the dequantized weights, so results equal
+//! the dense f32 model's up to the order of summation. Why by hand: candle's quantized product
+//! rounds the activations to 8 bits first (greedy tokens then drift from the f32 path's), its
+//! Q4_1 kernel is scalar (slower than f32 on these machines), and it has no input gradient.
 
 use std::ops::Range;
 
@@ -128,25 +126,24 @@ fn dequantize_rows(b: &Blocks, rows: Range<usize>, out: &mut [f32]) -> Result<()
     dequantize(b.t, bytes, out)
 }
 
+/// `$f::<Block>($args…)` for the block struct of quantized type `$t`; an error for a type not
+/// listed (`$missing` names what is missing).
+macro_rules! by_block_type {
+    ($t:expr, $f:ident $args:tt, $missing:literal, [$($dt:ident => $block:ty),* $(,)?]) => {
+        match $t {
+            $(GgmlDType::$dt => $f::<$block> $args,)*
+            other => Err(EngineError::Invalid(format!("{other:?} {}", $missing))),
+        }
+    };
+}
+
 /// Dequantizes whole rows' blocks `bytes` of type `t` into `out`.
 fn dequantize(t: GgmlDType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    match t {
-        GgmlDType::Q4_0 => deq::<BlockQ4_0>(bytes, out),
-        GgmlDType::Q4_1 => deq::<BlockQ4_1>(bytes, out),
-        GgmlDType::Q5_0 => deq::<BlockQ5_0>(bytes, out),
-        GgmlDType::Q5_1 => deq::<BlockQ5_1>(bytes, out),
-        GgmlDType::Q8_0 => deq::<BlockQ8_0>(bytes, out),
-        GgmlDType::Q8_1 => deq::<BlockQ8_1>(bytes, out),
-        GgmlDType::Q2K => deq::<BlockQ2K>(bytes, out),
-        GgmlDType::Q3K => deq::<BlockQ3K>(bytes, out),
-        GgmlDType::Q4K => deq::<BlockQ4K>(bytes, out),
-        GgmlDType::Q5K => deq::<BlockQ5K>(bytes, out),
-        GgmlDType::Q6K => deq::<BlockQ6K>(bytes, out),
-        GgmlDType::Q8K => deq::<BlockQ8K>(bytes, out),
-        other => Err(EngineError::Invalid(format!(
-            "{other:?} is not a quantized block type"
-        ))),
-    }
+    by_block_type!(t, deq(bytes, out), "is not a quantized block type", [
+        Q4_0 => BlockQ4_0, Q4_1 => BlockQ4_1, Q5_0 => BlockQ5_0, Q5_1 => BlockQ5_1,
+        Q8_0 => BlockQ8_0, Q8_1 => BlockQ8_1, Q2K => BlockQ2K, Q3K => BlockQ3K,
+        Q4K => BlockQ4K, Q5K => BlockQ5K, Q6K => BlockQ6K, Q8K => BlockQ8K,
+    ])
 }
 
 /// The bytes of whole blocks viewed as candle's block structs (they are `repr(C)` with the
@@ -259,19 +256,10 @@ pub fn forward_stacked(parts: &[&QTensor], x: &[f32], m: usize) -> Result<Vec<f3
 /// candle's kernel (the other types but Q8_1 on few rows: SIMD, activations rounded to 8
 /// bits).
 fn candle_forward(b: &Blocks, x: &[f32], m: usize) -> Result<Vec<f32>> {
-    match b.t {
-        GgmlDType::Q5_0 => vec_dot_product::<BlockQ5_0>(b, x, m),
-        GgmlDType::Q5_1 => vec_dot_product::<BlockQ5_1>(b, x, m),
-        GgmlDType::Q2K => vec_dot_product::<BlockQ2K>(b, x, m),
-        GgmlDType::Q3K => vec_dot_product::<BlockQ3K>(b, x, m),
-        GgmlDType::Q4K => vec_dot_product::<BlockQ4K>(b, x, m),
-        GgmlDType::Q5K => vec_dot_product::<BlockQ5K>(b, x, m),
-        GgmlDType::Q6K => vec_dot_product::<BlockQ6K>(b, x, m),
-        GgmlDType::Q8K => vec_dot_product::<BlockQ8K>(b, x, m),
-        other => Err(EngineError::Invalid(format!(
-            "{other:?} has no few-row kernel here"
-        ))),
-    }
+    by_block_type!(b.t, vec_dot_product(b, x, m), "has no few-row kernel here", [
+        Q5_0 => BlockQ5_0, Q5_1 => BlockQ5_1, Q2K => BlockQ2K, Q3K => BlockQ3K,
+        Q4K => BlockQ4K, Q5K => BlockQ5K, Q6K => BlockQ6K, Q8K => BlockQ8K,
+    ])
 }
 
 /// `dx (m×k) = g (m×n) · W` for quantized `W` (n×k): the input gradient, a tile of `W` dequantized
@@ -314,6 +302,41 @@ pub fn backward(q: &QTensor, g: &[f32], m: usize) -> Result<Vec<f32>> {
         dx.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
     }
     Ok(dx)
+}
+
+/// `dx (m×k) = g (m×Σn) · [W₁; W₂; …]` for quantized parts stacked along the output (`g`'s
+/// columns split among them): the sum of each part's input gradient.
+pub fn backward_stacked(parts: &[&QTensor], g: &[f32], m: usize) -> Result<Vec<f32>> {
+    let rows = parts
+        .iter()
+        .map(|q| q.shape().dims2().map(|d| d.0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let n: usize = rows.iter().sum();
+    if g.len() != m * n {
+        return Err(EngineError::Invalid(format!(
+            "quantized input gradient: {} values are not {m}×{n}",
+            g.len()
+        )));
+    }
+    let mut dx: Option<Vec<f32>> = None;
+    let mut off = 0;
+    for (q, r) in parts.iter().zip(rows) {
+        let gp: Vec<f32> = g
+            .chunks_exact(n.max(1))
+            .flat_map(|row| &row[off..off + r])
+            .copied()
+            .collect();
+        let d = backward(q, &gp, m)?;
+        dx = Some(match dx {
+            Some(mut acc) => {
+                acc.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+                acc
+            }
+            None => d,
+        });
+        off += r;
+    }
+    Ok(dx.unwrap_or_default())
 }
 
 /// Many rows: dequantize a tile of weight rows, then one `gemm` product per tile.
