@@ -81,7 +81,49 @@ pub struct LensResult {
     pub cells: Vec<Vec<LensCell>>,
 }
 
+/// When a prompt's first target emerges at its last position: the first layer where its
+/// probability reaches the threshold and the first layer where it is the top-1 token.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Emergence {
+    /// The probability threshold.
+    pub threshold: f32,
+    /// First layer with p(target) ≥ threshold.
+    pub first_above: Option<usize>,
+    /// First layer where the target is the most likely token.
+    pub first_top1: Option<usize>,
+    /// p(target) at the last layer.
+    pub final_prob: f32,
+}
+
+/// The default threshold of `Emergence` (the seed's 10%).
+pub const EMERGENCE_THRESHOLD: f32 = 0.1;
+
 impl LensResult {
+    /// The first target's probability at the last position, one value per layer (empty
+    /// without a target).
+    pub fn target_curve(&self) -> Vec<f32> {
+        self.cells
+            .iter()
+            .filter_map(|row| Some(row.last()?.targets.first()?.prob))
+            .collect()
+    }
+
+    /// When the first target emerges at the last position (`None` without a target).
+    pub fn emergence(&self, threshold: f32) -> Option<Emergence> {
+        let stats: Vec<TargetStat> = self
+            .cells
+            .iter()
+            .filter_map(|row| row.last()?.targets.first().copied())
+            .collect();
+        let last = stats.last()?;
+        Some(Emergence {
+            threshold,
+            first_above: stats.iter().position(|t| t.prob >= threshold),
+            first_top1: stats.iter().position(|t| t.rank == 0),
+            final_prob: last.prob,
+        })
+    }
+
     /// Tokens that are top-1 at any layer at `position`, in order of first appearance.
     pub fn top1_any_layer(&self, position: usize) -> Vec<TokenProb> {
         let mut seen: Vec<TokenProb> = Vec::new();
@@ -167,8 +209,12 @@ pub enum LensCommand {
         chat: bool,
         /// Which lens.
         lens: LensKind,
-        /// Target texts (first token of each is followed).
+        /// Target texts (first token of each is followed), for every prompt.
         targets: Vec<String>,
+        /// Each prompt's own targets, followed before the shared `targets` (so the first
+        /// target of a result is its prompt's own): empty, or one list per prompt.
+        #[serde(default)]
+        prompt_targets: Vec<Vec<String>>,
         /// Top-k per cell.
         top_k: usize,
         /// Extra interventions given as vectors.

@@ -63,6 +63,16 @@ pub enum Loss {
     },
 }
 
+/// How a batch's per-example losses become the step's loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Reduction {
+    /// Their mean (the loss reads the same whatever the batch size).
+    #[default]
+    Mean,
+    /// Their sum (the neologism seed's recipe).
+    Sum,
+}
+
 /// Training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -80,6 +90,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Clip the gradient's global norm to this, if set.
     pub clip_norm: Option<f64>,
+    /// Mean or sum over the batch.
+    #[serde(default)]
+    pub reduction: Reduction,
 }
 
 impl Default for TrainConfig {
@@ -92,9 +105,60 @@ impl Default for TrainConfig {
             batch_size: 4,
             seed: 0,
             clip_norm: Some(1.0),
+            reduction: Reduction::Mean,
         }
     }
 }
+
+impl TrainConfig {
+    /// The neologism seed's recipe: AdamW at lr 0.5 with PyTorch's default weight decay 0.01,
+    /// no clipping, the batch's losses summed, 20 epochs of 4 examples.
+    pub fn seed_recipe() -> Self {
+        Self {
+            loss: Loss::CrossEntropy,
+            lr: 0.5,
+            weight_decay: 0.01,
+            epochs: 20,
+            batch_size: 4,
+            seed: 0,
+            clip_norm: None,
+            reduction: Reduction::Sum,
+        }
+    }
+}
+
+/// How the default recipe differs from the seed's, one line per setting: (setting, the seed's
+/// value, the default's value, why the default differs).
+pub const RECIPE_DIFFERENCES: [(&str, &str, &str, &str); 4] = [
+    (
+        "learning rate",
+        "0.5",
+        "0.02",
+        "0.5 moves a 576-wide vector by about 0.5 per coordinate each step, far past the token \
+         embeddings' scale (≈0.1), so the word leaves the region the model was trained on",
+    ),
+    (
+        "weight decay",
+        "0.01",
+        "0",
+        "decay pulls the vector towards zero, a point no real token sits at; at lr 0.02 it \
+         barely acts either way",
+    ),
+    (
+        "clipping",
+        "none",
+        "1.0",
+        "one batch with a large gradient (a rare target) cannot throw the vector away",
+    ),
+    (
+        "reduction",
+        "sum",
+        "mean",
+        "AdamW's steps do not depend on the loss's scale, so sum and mean train alike without \
+         clipping; the mean keeps the loss comparable across batch sizes and makes clipping \
+         independent of them",
+    ),
+];
 
 /// One optimiser step, reported as progress.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -120,12 +184,26 @@ pub enum StopReason {
     Diverged(String),
 }
 
-/// The plain definition prompts (`{w}` stands for the word).
-pub const PLAIN_DEFINITION_PROMPTS: [&str; 3] = [
-    "The word {w} means",
-    "A {w} is defined as",
-    "When someone says {w}, they mean",
+/// The plain definition prompts, the neologism seed's four (`{w}` stands for the word).
+pub const PLAIN_DEFINITION_PROMPTS: [&str; 4] = [
+    "The word {w} means:",
+    "A {w} is defined as:",
+    "{w} refers to:",
+    "When someone says {w}, they mean:",
 ];
+
+/// The seed's "can it generate new puns?" prompts (`{w}` stands for the word).
+pub const NEW_EXAMPLE_PROMPTS: [&str; 3] = [
+    "Here is a new {w}:",
+    "Tell me {w}:",
+    "Give me an example of {w}:",
+];
+
+/// Tokens generated per new-example prompt (the seed's 80).
+pub const NEW_EXAMPLE_TOKENS: usize = 80;
+
+/// The seed's similarity list: ordinary words a pun word's vector is compared with.
+pub const SIMILARITY_WORDS: [&str; 6] = ["pun", "joke", "humor", "funny", "wordplay", "wit"];
 
 /// The chat definition prompt.
 pub const CHAT_DEFINITION_PROMPT: &str = "What does the word {w} mean?";
@@ -219,6 +297,9 @@ pub struct WordReport {
     pub definitions: Vec<Definition>,
     /// Nearest base tokens.
     pub neighbors: Vec<Neighbor>,
+    /// Cosine similarity to each word of the comparison's similarity list.
+    #[serde(default)]
+    pub similarities: Vec<(String, f32)>,
     /// Held-out mean log-prob of the targets with this word, per held-out set (by name).
     pub heldout: Vec<(String, f32)>,
     /// Steering on the shared prompt.
@@ -239,6 +320,9 @@ pub struct CompareConfig {
     pub neighbors: usize,
     /// Steering prompt (`{w}` = the word).
     pub steer_prompt: String,
+    /// Ordinary words each word's vector is compared with (cosine).
+    #[serde(default)]
+    pub similar: Vec<String>,
 }
 
 impl Default for CompareConfig {
@@ -248,7 +332,97 @@ impl Default for CompareConfig {
             max_new_tokens: 40,
             neighbors: 10,
             steer_prompt: "Tell me something funny about {w} cats:".into(),
+            similar: SIMILARITY_WORDS.iter().map(|w| (*w).to_owned()).collect(),
         }
+    }
+}
+
+/// One held-out setup of the punchline-preference measure: a prompt with `{w}` where the word
+/// goes, the ending that should win (the punchline) and the one it is measured against (a
+/// literal ending).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreferenceSetup {
+    /// Prompt with `{w}` in the word's place.
+    pub prompt: String,
+    /// The ending that should be preferred.
+    pub chosen: String,
+    /// The ending it is compared with.
+    pub rejected: String,
+}
+
+/// What stands in the `{w}` slot of a preference measurement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Slot {
+    /// A trained word (by name).
+    Word(String),
+    /// The word removed (with the space before it).
+    Removed,
+    /// Plain text, e.g. the ordinary word `pun`.
+    Text(String),
+}
+
+impl Slot {
+    /// How a report labels it: the word's name, `no word`, or the text in quotes.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Word(n) => n.clone(),
+            Self::Removed => "no word".into(),
+            Self::Text(t) => format!("{t:?}"),
+        }
+    }
+}
+
+/// The preference of one slot filling over all setups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceRow {
+    /// What filled the slot.
+    pub slot: Slot,
+    /// Mean over setups of log P(chosen) − log P(rejected) (each summed over its tokens: the
+    /// log-odds of one ending against the other).
+    pub margin: f32,
+    /// Mean over setups of the same difference with each ending's log-probability averaged
+    /// over its tokens (insensitive to the endings' lengths).
+    #[serde(default)]
+    pub token_margin: f32,
+    /// Mean log P(chosen).
+    pub chosen: f32,
+    /// Mean log P(rejected).
+    pub rejected: f32,
+    /// Setups where the chosen ending is the likelier one.
+    pub wins: usize,
+    /// Per-setup margins, in setup order.
+    pub margins: Vec<f32>,
+}
+
+/// The punchline preference of several slot fillings on the same held-out setups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceReport {
+    /// Number of setups.
+    pub setups: usize,
+    /// One row per filling, in the order asked.
+    pub rows: Vec<PreferenceRow>,
+}
+
+impl PreferenceReport {
+    /// The report as an aligned text table.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<14} {:>8} {:>9} {:>10} {:>10} {:>6}\n",
+            "in {w}'s place", "margin", "per tok", "chosen", "rejected", "wins"
+        );
+        for r in &self.rows {
+            out.push_str(&format!(
+                "{:<14} {:>+8.3} {:>+9.3} {:>10.3} {:>10.3} {:>3}/{}\n",
+                r.slot.label(),
+                r.margin,
+                r.token_margin,
+                r.chosen,
+                r.rejected,
+                r.wins,
+                self.setups
+            ));
+        }
+        out
     }
 }
 
@@ -361,6 +535,14 @@ pub enum WordCommand {
         /// Settings.
         config: CompareConfig,
     },
+    /// How much each slot filling prefers the chosen ending over the rejected one on the
+    /// setups (the punchline preference); progress counts setups.
+    Preference {
+        /// The setups.
+        setups: Vec<PreferenceSetup>,
+        /// What to put in the `{w}` slot, one row each.
+        slots: Vec<Slot>,
+    },
 }
 
 /// Word results.
@@ -399,4 +581,6 @@ pub enum WordResult {
     Evaluation(PlugIn),
     /// Comparison.
     Comparison(Box<[WordReport; 2]>),
+    /// Punchline preference.
+    Preference(PreferenceReport),
 }

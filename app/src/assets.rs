@@ -14,13 +14,30 @@ pub const LITERAL_TRAIN: &str = include_str!("../../assets/datasets/literal.trai
 /// `literal` held-out split.
 pub const LITERAL_HELDOUT: &str = include_str!("../../assets/datasets/literal.heldout.jsonl");
 
-/// A shipped dataset by name (`pun`, `pun.heldout`, `literal`, `literal.heldout`).
+/// `pun.pref`: the `pun` training setups as preference triples for `<pun>` (chosen = the
+/// punchline, rejected = a literal ending).
+pub const PUN_PREF: &str = include_str!("../../assets/datasets/pun.pref.jsonl");
+/// `literal.pref`: the same setups for `<lit>`, the other way round (chosen = the literal
+/// ending, rejected = the punchline).
+pub const LITERAL_PREF: &str = include_str!("../../assets/datasets/literal.pref.jsonl");
+/// `contrast`: held-out pun setups written apart from the training jokes, each with its
+/// punchline (chosen) and a literal ending (rejected); `{w}` marks the word's place.
+pub const CONTRAST_HELDOUT: &str = include_str!("../../assets/datasets/contrast.heldout.jsonl");
+
+/// The names `dataset` knows, for messages.
+pub const DATASET_NAMES: &str =
+    "pun, pun.heldout, pun.pref, literal, literal.heldout, literal.pref, contrast";
+
+/// A shipped dataset by name (see `DATASET_NAMES`).
 pub fn dataset(name: &str) -> Option<&'static str> {
     match name {
         "pun" | "pun.train" => Some(PUN_TRAIN),
         "pun.heldout" => Some(PUN_HELDOUT),
         "literal" | "literal.train" => Some(LITERAL_TRAIN),
         "literal.heldout" => Some(LITERAL_HELDOUT),
+        "pun.pref" => Some(PUN_PREF),
+        "literal.pref" => Some(LITERAL_PREF),
+        "contrast" | "contrast.heldout" => Some(CONTRAST_HELDOUT),
         _ => None,
     }
 }

@@ -218,6 +218,18 @@ fn word_train_define_neighbors_steer_evaluate_compare_on_a_tiny_model() {
     assert_eq!(v["a"]["name"], "<a>");
     assert_eq!(v["b"]["name"], "<b>");
     assert_eq!(v["b"]["heldout"][0][0], "h");
+    // The punchline preference on the shipped held-out setups: the two words, no word, "pun".
+    let rows = v["preference"]["rows"].as_array().unwrap();
+    assert_eq!(v["preference"]["setups"], 32);
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0]["slot"]["Word"], "<a>");
+    assert_eq!(rows[2]["slot"], "Removed");
+    assert_eq!(rows[3]["slot"]["Text"], "pun");
+    for r in rows {
+        assert_eq!(r["margins"].as_array().unwrap().len(), 32);
+        assert!(r["margin"].as_f64().unwrap().is_finite());
+    }
+    assert_eq!(v["a"]["similarities"].as_array().unwrap().len(), 6);
 
     // A word file for another model is refused, naming both models.
     let other = dir.path().join("other");
@@ -271,6 +283,48 @@ fn lens_json_has_every_layer_and_tuned_lens_trains_and_loads() {
     assert_eq!(v["position"], n_tokens - 1);
     let rows = std::fs::read_to_string(&csv).unwrap().lines().count();
     assert_eq!(rows, 1 + 2 * n_tokens);
+
+    // Paired targets: each prompt follows its own, and says when it emerges.
+    let (ok, out, err) = neoscope(&[
+        "lens",
+        "--json",
+        "--model",
+        model,
+        "--paired",
+        "--threshold",
+        "0.01",
+        "--target",
+        " the",
+        "--target",
+        " cat",
+        "the cat and the",
+        "then the",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    let prompts = v["prompts"].as_array().unwrap();
+    for (p, want) in prompts.iter().zip([" the", " cat"]) {
+        let targets = p["targets"].as_array().unwrap();
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0]["text"], want);
+        let probs: Vec<f64> = p["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["p_target"].as_f64().unwrap())
+            .collect();
+        let first = probs.iter().position(|x| *x >= 0.01);
+        assert_eq!(
+            p["emergence"]["first_above"].as_u64().map(|x| x as usize),
+            first
+        );
+        assert!((p["emergence"]["final_prob"].as_f64().unwrap() - probs[1]).abs() < 1e-6);
+    }
+    let (ok, _, err) = neoscope(&[
+        "lens", "--model", model, "--paired", "--target", " the", "a", "b",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("1 targets for 2 prompts"), "{err}");
 
     let corpus = dir.path().join("corpus.txt");
     std::fs::write(&corpus, "the cat and the hat then the ant ".repeat(200)).unwrap();

@@ -86,6 +86,15 @@ fn bad_numbers_sizes_and_files_are_refused_by_name_and_leave_nothing() {
         (word(&[], &existing), "exists; pass --force"),
         (word(&["--clip", "NaN"], &words), "gradient clipping at NaN"),
         (word(&["--clip=-1"], &words), "gradient clipping at -1"),
+        (word(&["--weight-decay", "NaN"], &words), "weight decay NaN"),
+        (
+            own(&["lens", "--model", model, "--threshold", "2", "hi"]),
+            "--threshold 2: it must be a probability in (0, 1]",
+        ),
+        (
+            own(&["word", "preference", "--model", model, "--data", &data]),
+            "d.jsonl:1: the punchline preference needs `chosen`/`rejected` rows",
+        ),
         (
             own(&["info", "--model", model, "--max-memory", "NaN"]),
             "NaN GB: it must be a finite number > 0",

@@ -138,8 +138,41 @@ fn words_panel_creates_trains_defines_and_validates_a_word() {
         "{:?}",
         h.state().shared.error
     );
-    // The tiny model has no chat template: the three plain prompts are asked.
-    assert_eq!(h.state().panel::<WordsPanel>().definitions.len(), 3);
+    // The tiny model has no chat template: the seed's four plain prompts are asked.
+    assert_eq!(h.state().panel::<WordsPanel>().definitions.len(), 4);
+    assert!(
+        h.state().panel::<WordsPanel>().definitions[2]
+            .prompt
+            .starts_with("<w> refers to:")
+    );
+    // The seed's new-example prompts and its similarity list.
+    h.get_by_label("Generate").click();
+    settle_ok(&mut h);
+    let gens = &h.state().panel::<WordsPanel>().new_examples;
+    assert_eq!(gens.len(), 3);
+    assert_eq!(gens[0].prompt, "Here is a new <w>:");
+    h.get_by_label("Cosines").click();
+    settle_ok(&mut h);
+    let sims = &h.state().panel::<WordsPanel>().similarities;
+    assert_eq!(
+        sims.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>(),
+        ["pun", "joke", "humor", "funny", "wordplay", "wit"]
+    );
+    assert!(sims.iter().all(|(_, c)| c.abs() <= 1.0 + 1e-5));
+    // The seed's recipe in one click, and back.
+    h.get_by_label("as in the seed").click();
+    h.run_steps(2);
+    let cfg = h.state().panel::<WordsPanel>().config.clone();
+    assert_eq!(
+        (cfg.lr, cfg.weight_decay, cfg.clip_norm, cfg.reduction),
+        (0.5, 0.01, None, neoscope_api::words::Reduction::Sum)
+    );
+    h.get_by_label("tuned default").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().panel::<WordsPanel>().config.lr,
+        neoscope_api::words::TrainConfig::default().lr
+    );
     // Plug a definition in place of the word on the shipped held-out puns.
     h.state_mut().panel_mut::<WordsPanel>().definitions[0].text = "a small animal".into();
     h.run_steps(3);

@@ -61,7 +61,7 @@ fn model_and_playground_panels_with_the_real_model() {
     }
     h.get_by_label("Ask the model").click();
     settle(&mut h, Duration::from_secs(120));
-    assert_eq!(h.state().panel::<WordsPanel>().definitions.len(), 4);
+    assert_eq!(h.state().panel::<WordsPanel>().definitions.len(), 5);
     h.run_steps(3);
     let first = h
         .state()

@@ -1,15 +1,19 @@
 //! Comparing two words from the command line: `word compare`'s engine call and text report,
-//! and `neoscope demo pun-vs-literal` (trains `<pun>` and `<lit>`, then compares them).
+//! the punchline preference, and `neoscope demo pun-vs-literal` (trains `<pun>` and `<lit>`,
+//! then compares them).
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args as ClapArgs;
-use neoscope_api::words::{CompareConfig, TrainConfig, WordCommand, WordReport, WordResult};
+use neoscope_api::dataset::{Example, Origin};
+use neoscope_api::words::{
+    CompareConfig, PreferenceReport, PreferenceSetup, Slot, WordCommand, WordReport, WordResult,
+};
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
-use super::word::{LossArg, TrainArgs, fmt_losses, train_word};
+use super::word::{LossArg, RecipeArg, TrainArgs, fmt_losses, read_dataset, train_word};
 use super::{call, emit};
 
 pub(super) fn compare_words(
@@ -51,6 +55,58 @@ pub(super) fn steering_text(s: &neoscope_api::words::Steering) -> String {
     )
 }
 
+/// The preference setups of a dataset's preference rows, each prompt with `{w}` where one of
+/// `names` stood (a prompt may already use `{w}`). A row without a word, or a completion row,
+/// is refused with its file and line.
+pub(super) fn preference_setups(
+    (examples, origin): &(Vec<Example>, Origin),
+    names: &[&str],
+) -> Result<Vec<PreferenceSetup>> {
+    examples
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let line = origin.lines.get(i).copied().unwrap_or(i + 1);
+            let at = format!("{}:{line}", origin.path.display());
+            let Example::Preference {
+                prompt,
+                chosen,
+                rejected,
+            } = e
+            else {
+                bail!("{at}: the punchline preference needs `chosen`/`rejected` rows, this has `target`");
+            };
+            let prompt = names
+                .iter()
+                .fold(prompt.clone(), |p, n| p.replace(n, "{w}"));
+            if !prompt.contains("{w}") {
+                bail!("{at}: the prompt names no word (write {{w}} where the word goes)");
+            }
+            Ok(PreferenceSetup {
+                prompt,
+                chosen: chosen.clone(),
+                rejected: rejected.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The punchline preference of `a`, `b`, no word and each plain text on `setups`.
+pub(super) fn punchline_preference(
+    engine: &mut EngineHandle,
+    setups: Vec<PreferenceSetup>,
+    a: &str,
+    b: &str,
+    plain: &[String],
+) -> Result<PreferenceReport> {
+    let mut slots = vec![Slot::Word(a.into()), Slot::Word(b.into()), Slot::Removed];
+    slots.extend(plain.iter().map(|t| Slot::Text(t.clone())));
+    let WordResult::Preference(r) = call(engine, WordCommand::Preference { setups, slots })? else {
+        bail!("unexpected engine reply");
+    };
+    Ok(r)
+}
+
 /// The side-by-side report as text.
 pub fn report_text(r: &[WordReport; 2]) -> String {
     let mut out = String::new();
@@ -69,6 +125,14 @@ pub fn report_text(r: &[WordReport; 2]) -> String {
             .map(|n| format!("{:?}", n.text))
             .collect();
         out.push_str(&format!("nearest tokens: {}\n", n.join(" ")));
+        let sims: Vec<String> = w
+            .similarities
+            .iter()
+            .map(|(t, c)| format!("{t} {c:+.3}"))
+            .collect();
+        if !sims.is_empty() {
+            out.push_str(&format!("cosine similarity: {}\n", sims.join(", ")));
+        }
         for (set, lp) in &w.heldout {
             out.push_str(&format!("held-out {set}: mean target log-prob {lp:.3}\n"));
         }
@@ -84,26 +148,41 @@ pub struct DemoArgs {
     /// Epochs per word.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.02)]
+    pub lr: f64,
+    /// β of the preference loss.
+    #[arg(long, default_value_t = 0.2)]
+    pub beta: f64,
     /// Where to save the two words (folder).
     #[arg(long, default_value = "neoscope-demo")]
     pub out_dir: PathBuf,
 }
 
-/// Trains `<pun>` and `<lit>` on the shipped datasets and reports them side by side.
+/// Trains `<pun>` to prefer each setup's punchline over a literal ending and `<lit>` the other
+/// way round (the preference loss on `pun.pref` and `literal.pref`: the same setups, chosen
+/// and rejected swapped), then reports them side by side with the punchline preference on the
+/// held-out setups (`contrast`).
 pub fn demo(engine: &mut EngineHandle, json_mode: bool, a: &DemoArgs) -> Result<()> {
     let mut summaries = Vec::new();
-    for (name, data, file) in [("<pun>", "pun", "pun"), ("<lit>", "literal", "lit")] {
+    for (name, data, file) in [
+        ("<pun>", "pun.pref", "pun"),
+        ("<lit>", "literal.pref", "lit"),
+    ] {
         let args = TrainArgs {
             name: name.into(),
             data: data.into(),
             out: a.out_dir.join(file),
-            loss: LossArg::Ce,
-            beta: 0.2,
-            lr: TrainConfig::default().lr,
-            epochs: a.epochs,
-            batch_size: TrainConfig::default().batch_size,
+            loss: LossArg::Preference,
+            beta: a.beta,
+            recipe: RecipeArg::Default,
+            lr: Some(a.lr),
+            epochs: Some(a.epochs),
+            batch_size: None,
             seed: 0,
-            clip: 1.0,
+            clip: None,
+            weight_decay: None,
+            reduction: None,
             init_words: Vec::new(),
             init_zero: false,
             layer: None,
@@ -112,6 +191,8 @@ pub fn demo(engine: &mut EngineHandle, json_mode: bool, a: &DemoArgs) -> Result<
     }
     let heldout = crate::assets::shipped_heldout()?;
     let r = compare_words(engine, "<pun>", "<lit>", heldout)?;
+    let setups = preference_setups(&read_dataset("contrast")?, &[])?;
+    let pref = punchline_preference(engine, setups, "<pun>", "<lit>", &["pun".to_owned()])?;
     let mut text = String::new();
     for s in &summaries {
         text.push_str(&format!(
@@ -122,9 +203,14 @@ pub fn demo(engine: &mut EngineHandle, json_mode: bool, a: &DemoArgs) -> Result<
     }
     text.push('\n');
     text.push_str(&report_text(&r));
+    text.push_str(&format!(
+        "punchline preference on {} held-out setups:\n{}",
+        pref.setups,
+        pref.table()
+    ));
     emit(
         json_mode,
-        &json!({"training": summaries, "comparison": r}),
+        &json!({"training": summaries, "comparison": r, "preference": pref}),
         &text,
     )
 }

@@ -42,6 +42,14 @@ pub struct LensArgs {
     /// Target token text (its first token is followed); repeatable.
     #[arg(long = "target")]
     pub targets: Vec<String>,
+    /// Pair the targets with the prompts: the i-th `--target` is followed on the i-th prompt
+    /// only (as many targets as prompts).
+    #[arg(long)]
+    pub paired: bool,
+    /// Report the first layer where the target's probability at the last position reaches
+    /// this.
+    #[arg(long, default_value_t = neoscope_api::lens::EMERGENCE_THRESHOLD)]
+    pub threshold: f32,
     /// Position to report (default: the last).
     #[arg(long)]
     pub position: Option<usize>,
@@ -184,13 +192,35 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()
         LensArg::Logit => LensKind::Logit,
         LensArg::Tuned => LensKind::Tuned,
     };
+    if !(a.threshold.is_finite() && a.threshold > 0.0 && a.threshold <= 1.0) {
+        bail!(
+            "--threshold {}: it must be a probability in (0, 1]",
+            a.threshold
+        );
+    }
+    let (targets, prompt_targets) = if a.paired {
+        if a.targets.len() != a.texts.len() {
+            bail!(
+                "--paired: {} targets for {} prompts; give one --target per prompt",
+                a.targets.len(),
+                a.texts.len()
+            );
+        }
+        (
+            Vec::new(),
+            a.targets.iter().map(|t| vec![t.clone()]).collect(),
+        )
+    } else {
+        (a.targets.clone(), Vec::new())
+    };
     let LensOutput::Runs(results) = call(
         engine,
         LensCommand::Run {
             prompts: a.texts.clone(),
             chat: a.chat,
             lens,
-            targets: a.targets.clone(),
+            targets,
+            prompt_targets,
             top_k: a.top_k,
             hooks: HookSpec::default(),
             steer: a.steer.clone(),
@@ -213,12 +243,27 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, a: LensArgs) -> Result<()
         if pos >= len {
             bail!("--position {pos} is outside the prompt ({len} tokens)");
         }
-        objs.push(layers_json(r, pos));
+        let emergence = r.emergence(a.threshold);
+        let mut obj = layers_json(r, pos);
+        obj["emergence"] = json!(emergence);
+        objs.push(obj);
         let _ = writeln!(
             text,
             "position {pos} ({:?}), {:?} lens",
             r.tokens[pos], r.lens
         );
+        if let (Some(e), Some(t)) = (emergence, r.targets.first()) {
+            let at = |l: Option<usize>| l.map_or("never".to_owned(), |l| format!("layer {l}"));
+            let _ = writeln!(
+                text,
+                "{:?} at the last position: p ≥ {} first at {}, top-1 first at {}, final p {:.4}",
+                t.token,
+                e.threshold,
+                at(e.first_above),
+                at(e.first_top1),
+                e.final_prob
+            );
+        }
         for t in &r.targets {
             if let Some(n) = &t.note {
                 let _ = writeln!(text, "note: {n}");

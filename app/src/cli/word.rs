@@ -10,12 +10,14 @@ use neoscope_api::JobResult;
 use neoscope_api::dataset::{self, Example};
 use neoscope_api::text::Sampling;
 use neoscope_api::words::default_definition_prompts;
-use neoscope_api::words::{Init, Injection};
-use neoscope_api::words::{Loss, StopReason, TrainConfig};
+use neoscope_api::words::{Init, Injection, Slot};
+use neoscope_api::words::{Loss, Reduction, StopReason, TrainConfig};
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
-use super::compare::{compare_words, report_text, steering_text};
+use super::compare::{
+    compare_words, preference_setups, punchline_preference, report_text, steering_text,
+};
 use super::{call, emit};
 
 /// Word subcommands.
@@ -98,6 +100,22 @@ pub enum WordCmd {
         #[arg(long)]
         text: Option<String>,
     },
+    /// The punchline preference alone: on preference setups, mean log P(chosen) − log
+    /// P(rejected) with each word, with no word and with plain text in the word's place.
+    Preference {
+        /// Word file(s) to load.
+        #[arg(long = "words")]
+        files: Vec<PathBuf>,
+        /// A word to measure; repeatable.
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Setups (file or shipped name; `{w}` or a measured word's name where the word goes).
+        #[arg(long, default_value = "contrast")]
+        data: String,
+        /// Plain text measured in the word's place; repeatable.
+        #[arg(long = "plain", default_values_t = [String::from("pun")])]
+        plain: Vec<String>,
+    },
     /// Two words side by side.
     Compare {
         /// Word file(s) to load.
@@ -112,6 +130,14 @@ pub enum WordCmd {
         /// Held-out datasets as NAME=FILE (prompts may name either word); repeatable.
         #[arg(long = "heldout")]
         heldout: Vec<String>,
+        /// Preference setups for the punchline preference (file or shipped name; rows with
+        /// prompt/chosen/rejected, `{w}` or either word's name where the word goes).
+        #[arg(long, default_value = "contrast")]
+        contrast: String,
+        /// Plain text measured in the word's place besides the two words and no word;
+        /// repeatable.
+        #[arg(long = "plain", default_values_t = [String::from("pun")])]
+        plain: Vec<String>,
     },
 }
 
@@ -122,6 +148,24 @@ pub enum LossArg {
     Ce,
     /// DPO + APO-up on chosen/rejected.
     Preference,
+}
+
+/// A training recipe on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RecipeArg {
+    /// Tuned for this app (`TrainConfig::default()`).
+    Default,
+    /// As in the neologism seed (`TrainConfig::seed_recipe()`).
+    Seed,
+}
+
+/// A batch reduction on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReductionArg {
+    /// Mean over the batch.
+    Mean,
+    /// Sum over the batch.
+    Sum,
 }
 
 /// `word train` arguments.
@@ -142,21 +186,32 @@ pub struct TrainArgs {
     /// β of the preference loss.
     #[arg(long, default_value_t = 0.2)]
     pub beta: f64,
-    /// Learning rate.
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
-    pub lr: f64,
-    /// Epochs.
-    #[arg(long, default_value_t = TrainConfig::default().epochs)]
-    pub epochs: usize,
-    /// Batch size.
-    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
-    pub batch_size: usize,
+    /// Starting recipe: `default` (tuned for this app) or `seed` (the neologism notebook's:
+    /// lr 0.5, weight decay 0.01, no clipping, summed loss, 20 epochs of 4); the flags below
+    /// override its settings one by one.
+    #[arg(long, value_enum, default_value_t = RecipeArg::Default)]
+    pub recipe: RecipeArg,
+    /// Learning rate (default: the recipe's, 0.02 in `default`).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Epochs (default: the recipe's, 20).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Batch size (default: the recipe's, 4).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Shuffling and initialisation seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Gradient clipping norm (0 disables).
-    #[arg(long, default_value_t = 1.0)]
-    pub clip: f64,
+    /// Gradient clipping norm, 0 disables (default: the recipe's, 1.0 in `default`).
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// AdamW weight decay (default: the recipe's, 0 in `default`).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Mean or sum of the batch's losses (default: the recipe's, mean in `default`).
+    #[arg(long, value_enum)]
+    pub reduction: Option<ReductionArg>,
     /// Initialise from these words' embeddings (mean) instead of small random values;
     /// repeatable. `--init-zero` starts from zeros.
     #[arg(long = "init-word")]
@@ -195,17 +250,27 @@ impl TrainArgs {
     }
 
     fn config(&self) -> TrainConfig {
+        let base = match self.recipe {
+            RecipeArg::Default => TrainConfig::default(),
+            RecipeArg::Seed => TrainConfig::seed_recipe(),
+        };
         TrainConfig {
             loss: match self.loss {
                 LossArg::Ce => Loss::CrossEntropy,
                 LossArg::Preference => Loss::Preference { beta: self.beta },
             },
-            lr: self.lr,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
+            lr: self.lr.unwrap_or(base.lr),
+            weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
+            epochs: self.epochs.unwrap_or(base.epochs),
+            batch_size: self.batch_size.unwrap_or(base.batch_size),
             seed: self.seed,
-            clip_norm: (self.clip != 0.0).then_some(self.clip),
-            ..TrainConfig::default()
+            clip_norm: self
+                .clip
+                .map_or(base.clip_norm, |c| (c != 0.0).then_some(c)),
+            reduction: self.reduction.map_or(base.reduction, |r| match r {
+                ReductionArg::Mean => Reduction::Mean,
+                ReductionArg::Sum => Reduction::Sum,
+            }),
         }
     }
 }
@@ -217,7 +282,10 @@ pub fn read_dataset(spec: &str) -> Result<(Vec<Example>, dataset::Origin)> {
         dataset::load(path)?
     } else {
         let text = crate::assets::dataset(spec).with_context(|| {
-            format!("no file {spec} and no shipped dataset of that name (pun, literal, pun.heldout, literal.heldout)")
+            format!(
+                "no file {spec} and no shipped dataset of that name ({})",
+                crate::assets::DATASET_NAMES
+            )
         })?;
         dataset::parse_jsonl(text, path)?
     };
@@ -515,11 +583,33 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
             );
             emit(json_mode, &serde_json::to_value(&e)?, &t)
         }
+        WordCmd::Preference {
+            files,
+            names,
+            data,
+            plain,
+        } => {
+            load_words(engine, &files)?;
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let setups = preference_setups(&read_dataset(&data)?, &refs)?;
+            let mut slots: Vec<Slot> = names.iter().cloned().map(Slot::Word).collect();
+            slots.push(Slot::Removed);
+            slots.extend(plain.into_iter().map(Slot::Text));
+            let WordResult::Preference(r) =
+                call(engine, WordCommand::Preference { setups, slots })?
+            else {
+                bail!("unexpected engine reply");
+            };
+            let text = format!("preference on {} setups ({data}):\n{}", r.setups, r.table());
+            emit(json_mode, &serde_json::to_value(&r)?, text.trim_end())
+        }
         WordCmd::Compare {
             files,
             a,
             b,
             heldout,
+            contrast,
+            plain,
         } => {
             load_words(engine, &files)?;
             let mut sets = Vec::new();
@@ -534,9 +624,21 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, cmd: WordCmd) -> Result<(
                 sets.push((n.to_owned(), p));
             }
             let r = compare_words(engine, &a, &b, sets)?;
+            let setups = preference_setups(&read_dataset(&contrast)?, &[&a, &b])?;
+            let pref = punchline_preference(engine, setups, &a, &b, &plain)?;
             // One JSON object, as every `--json` reply: the two reports under `a` and `b`.
             let [ra, rb] = &r;
-            emit(json_mode, &json!({"a": ra, "b": rb}), &report_text(&r))
+            let text = format!(
+                "{}punchline preference on {} held-out setups ({contrast}):\n{}",
+                report_text(&r),
+                pref.setups,
+                pref.table()
+            );
+            emit(
+                json_mode,
+                &json!({"a": ra, "b": rb, "preference": pref}),
+                &text,
+            )
         }
     }
 }

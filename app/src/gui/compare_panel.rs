@@ -1,11 +1,13 @@
 //! The Compare panel: two words side by side — loss curves on one plot, definitions, nearest
 //! tokens, held-out evaluation, steering logit differences and generations for one prompt.
-//! The comparison can be exported as JSON.
+//! The punchline preference (held-out setups: log P(punchline) − log P(literal ending) with each
+//! word, no word and a plain word) is measured with every comparison, or on its own. The
+//! comparison can be exported as JSON.
 
 use egui_plot::{Bar, BarChart, Plot};
 use neoscope_api::words::WordCommand;
 use neoscope_api::words::WordResult;
-use neoscope_api::words::{CompareConfig, WordReport};
+use neoscope_api::words::{CompareConfig, PreferenceReport, PreferenceSetup, Slot, WordReport};
 use neoscope_api::{JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
@@ -24,6 +26,14 @@ pub struct ComparePanel {
     pub running: Option<RequestId>,
     /// The last comparison.
     pub result: Option<Box<[WordReport; 2]>>,
+    /// Ordinary words each word is compared with (cosine), space-separated.
+    pub similar: String,
+    /// Plain text measured in the word's place (the preference's fourth row).
+    pub plain: String,
+    /// Running preference measurement.
+    pub measuring: Option<RequestId>,
+    /// The last punchline preference.
+    pub preference: Option<PreferenceReport>,
     /// Export dialog in flight.
     pub dialog: Option<Pending<()>>,
     /// Where the comparison was drawn last frame (for PNG export).
@@ -38,6 +48,10 @@ impl Default for ComparePanel {
             steer_prompt: CompareConfig::default().steer_prompt,
             running: None,
             result: None,
+            plain: "pun".into(),
+            similar: neoscope_api::words::SIMILARITY_WORDS.join(" "),
+            measuring: None,
+            preference: None,
             dialog: None,
             view_rect: None,
         }
@@ -55,15 +69,19 @@ impl Panel for ComparePanel {
 
     fn finished(&mut self, _s: &mut Shared, id: RequestId, result: JobResult) {
         clear_id(&mut self.running, id);
-        if let JobResult::Words(r) = result
-            && let WordResult::Comparison(r) = *r
-        {
-            self.result = Some(r);
+        clear_id(&mut self.measuring, id);
+        if let JobResult::Words(r) = result {
+            match *r {
+                WordResult::Comparison(r) => self.result = Some(r),
+                WordResult::Preference(r) => self.preference = Some(r),
+                _ => {}
+            }
         }
     }
 
     fn failed(&mut self, id: RequestId) {
         clear_id(&mut self.running, id);
+        clear_id(&mut self.measuring, id);
     }
 }
 
@@ -71,6 +89,7 @@ impl Panel for ComparePanel {
 pub fn start(p: &mut ComparePanel, s: &mut Shared) {
     let config = CompareConfig {
         steer_prompt: p.steer_prompt.clone(),
+        similar: p.similar.split_whitespace().map(str::to_owned).collect(),
         ..CompareConfig::default()
     };
     let heldout = match crate::assets::shipped_heldout() {
@@ -87,6 +106,52 @@ pub fn start(p: &mut ComparePanel, s: &mut Shared) {
         config,
     };
     p.running = s.send(cmd);
+    measure(p, s);
+}
+
+/// The shipped held-out preference setups (`assets/datasets/contrast.heldout.jsonl`).
+pub fn shipped_setups() -> Result<Vec<PreferenceSetup>, neoscope_api::ApiError> {
+    use neoscope_api::dataset::{Example, parse_jsonl};
+    let ds = parse_jsonl(
+        crate::assets::CONTRAST_HELDOUT,
+        std::path::Path::new("contrast"),
+    )?;
+    Ok(ds
+        .examples
+        .into_iter()
+        .filter_map(|e| match e {
+            Example::Preference {
+                prompt,
+                chosen,
+                rejected,
+            } => Some(PreferenceSetup {
+                prompt,
+                chosen,
+                rejected,
+            }),
+            Example::Completion { .. } => None,
+        })
+        .collect())
+}
+
+/// Starts the punchline preference of the two words, no word and the plain text.
+pub fn measure(p: &mut ComparePanel, s: &mut Shared) {
+    let setups = match shipped_setups() {
+        Ok(v) => v,
+        Err(e) => {
+            s.error = Some(e.to_string());
+            return;
+        }
+    };
+    let mut slots = vec![
+        Slot::Word(p.a.clone()),
+        Slot::Word(p.b.clone()),
+        Slot::Removed,
+    ];
+    if !p.plain.trim().is_empty() {
+        slots.push(Slot::Text(p.plain.trim().to_owned()));
+    }
+    p.measuring = s.send(WordCommand::Preference { setups, slots });
 }
 
 /// Draws the Compare panel.
@@ -128,22 +193,35 @@ fn show(p: &mut ComparePanel, s: &mut Shared, ui: &mut egui::Ui) {
         }
         ui.label("steering prompt");
         ui.add(egui::TextEdit::singleline(&mut p.steer_prompt).desired_width(260.0));
+        ui.label("similar to").on_hover_text(
+            "Ordinary words each word's vector is compared with (cosine), space-separated",
+        );
+        ui.add(egui::TextEdit::singleline(&mut p.similar).desired_width(180.0));
+        ui.label("plain word").on_hover_text(
+            "Measured in the word's place besides the two words and no word (empty: left out)",
+        );
+        ui.add(egui::TextEdit::singleline(&mut p.plain).desired_width(60.0));
         let ok = names.contains(&p.a) && names.contains(&p.b);
-        match p.running {
-            Some(id) => {
-                if ui.button("Cancel").clicked() {
-                    s.cancel(id);
-                }
-                ui.spinner();
+        let busy: Vec<RequestId> = p.running.iter().chain(&p.measuring).copied().collect();
+        if busy.is_empty() {
+            if ui
+                .add_enabled(ok, egui::Button::new("Run comparison"))
+                .clicked()
+            {
+                start(p, s);
             }
-            None => {
-                if ui
-                    .add_enabled(ok, egui::Button::new("Run comparison"))
-                    .clicked()
-                {
-                    start(p, s);
-                }
+            if ui
+                .add_enabled(ok, egui::Button::new("Preference only"))
+                .on_hover_text("Only the punchline preference on the held-out setups (seconds)")
+                .clicked()
+            {
+                measure(p, s);
             }
+        } else {
+            if ui.button("Cancel").clicked() {
+                busy.iter().for_each(|id| s.cancel(*id));
+            }
+            ui.spinner();
         }
         if let Some(rect) = p.view_rect
             && p.result.is_some()
@@ -171,7 +249,10 @@ fn show(p: &mut ComparePanel, s: &mut Shared, ui: &mut egui::Ui) {
         .iter()
         .map(|(n, l)| (n.as_str(), l.as_slice()))
         .collect();
-    let plot_rect = loss_plot(ui, &runs, 110.0);
+    let mut top_rect = loss_plot(ui, &runs, 110.0);
+    if let Some(pref) = &p.preference {
+        top_rect = top_rect.union(preference_view(ui, pref));
+    }
     ui.add_space(4.0);
     let Some(result) = p.result.as_deref() else {
         ui.weak("Press “Run comparison” to see both words side by side.");
@@ -184,7 +265,7 @@ fn show(p: &mut ComparePanel, s: &mut Shared, ui: &mut egui::Ui) {
             }
         });
     });
-    p.view_rect = Some(plot_rect.union(view.inner_rect));
+    p.view_rect = Some(top_rect.union(view.inner_rect));
 }
 
 fn report(ui: &mut egui::Ui, r: &WordReport) {
@@ -219,6 +300,14 @@ fn report(ui: &mut egui::Ui, r: &WordReport) {
     ui.label(r.steering.generation_with.trim());
     ui.label(egui::RichText::new("without").italics());
     ui.label(r.steering.generation_without.trim());
+    if !r.similarities.is_empty() {
+        ui.strong("Cosine similarity to");
+        ui.horizontal_wrapped(|ui| {
+            for (w, c) in &r.similarities {
+                ui.monospace(format!("{w} {c:+.3}"));
+            }
+        });
+    }
     ui.strong("Nearest tokens");
     ui.horizontal_wrapped(|ui| {
         for n in &r.neighbors {
@@ -230,4 +319,70 @@ fn report(ui: &mut egui::Ui, r: &WordReport) {
         ui.label(egui::RichText::new(&d.prompt).italics());
         ui.label(&d.text);
     }
+}
+
+/// The punchline preference: a bar per slot filling (mean margin) and its numbers. Returns the
+/// rectangle it used.
+fn preference_view(ui: &mut egui::Ui, r: &PreferenceReport) -> egui::Rect {
+    ui.scope(|ui| {
+        ui.strong(format!(
+            "Punchline preference on {} held-out setups: mean log P(punchline) − log P(literal ending)",
+            r.setups
+        ));
+        ui.horizontal(|ui| {
+            let bars: Vec<Bar> = r
+                .rows
+                .iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    Bar::new(i as f64, f64::from(row.margin))
+                        .name(row.slot.label())
+                        .width(0.6)
+                        .fill(super::widgets::series_color(i))
+                })
+                .collect();
+            let labels: Vec<String> = r.rows.iter().map(|row| row.slot.label()).collect();
+            Plot::new("preference")
+                .height(90.0)
+                .width(ui.available_width().min(420.0) * 0.6)
+                .allow_scroll(false)
+                .allow_drag(false)
+                .show_axes([true, true])
+                .x_axis_formatter(move |m, _| {
+                    let i = m.value.round();
+                    if (m.value - i).abs() < 1e-6 && i >= 0.0 {
+                        labels.get(i as usize).cloned().unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                })
+                .show(ui, |p| p.bar_chart(BarChart::new("margin", bars)));
+            egui::Grid::new("preference-table")
+                .striped(true)
+                .show(ui, |ui| {
+                    for h in [
+                        "in {w}'s place",
+                        "margin",
+                        "per token",
+                        "punchline",
+                        "literal",
+                        "wins",
+                    ] {
+                        ui.strong(h);
+                    }
+                    ui.end_row();
+                    for row in &r.rows {
+                        ui.label(row.slot.label());
+                        ui.monospace(format!("{:+.3}", row.margin));
+                        ui.monospace(format!("{:+.3}", row.token_margin));
+                        ui.monospace(format!("{:.3}", row.chosen));
+                        ui.monospace(format!("{:.3}", row.rejected));
+                        ui.monospace(format!("{}/{}", row.wins, r.setups));
+                        ui.end_row();
+                    }
+                });
+        });
+    })
+    .response
+    .rect
 }

@@ -13,7 +13,7 @@ use neoscope_api::steer::Steer;
 use neoscope_api::{JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
-use super::lens_views::{heatmap, target_plot, top_table};
+use super::lens_views::{emergence_table, heatmap, target_plot, top_table};
 use super::panel::{JobView, Message, Panel, Shared, clear_id};
 
 /// The statistic the heatmap shows.
@@ -21,6 +21,10 @@ use super::panel::{JobView, Message, Panel, Shared, clear_id};
 pub enum Stat {
     /// Probability of the target token.
     TargetProb,
+    /// Log-probability of the target token (shows the small probabilities of early layers).
+    TargetLogProb,
+    /// Probability of the cell's own top-1 token (how sure the layer is).
+    Top1Prob,
     /// Rank of the target token (log scale).
     TargetRank,
     /// Entropy.
@@ -29,10 +33,31 @@ pub enum Stat {
     Kl,
 }
 
+/// The lowest log-probability the log scale shows (≈ 10⁻⁶; anything below is the darkest).
+const LOGP_FLOOR: f32 = -13.8;
+/// Ranks run up to about the vocabulary size on the rank scale.
+const RANK_CEIL: f32 = 49152.0;
+/// The entropy that shows as the darkest (ln of the vocabulary size is about 10.8).
+const ENTROPY_CEIL: f32 = 10.8;
+/// The KL that shows as the darkest.
+const KL_CEIL: f32 = 10.0;
+
 impl Stat {
+    /// Every statistic, in menu order.
+    pub const ALL: [Stat; 6] = [
+        Self::TargetProb,
+        Self::TargetLogProb,
+        Self::Top1Prob,
+        Self::TargetRank,
+        Self::Entropy,
+        Self::Kl,
+    ];
+
     pub(super) fn label(self) -> &'static str {
         match self {
-            Self::TargetProb => "target probability",
+            Self::TargetProb => "target p",
+            Self::TargetLogProb => "target log p",
+            Self::Top1Prob => "top-1 p",
             Self::TargetRank => "target rank",
             Self::Entropy => "entropy",
             Self::Kl => "KL to final",
@@ -43,12 +68,46 @@ impl Stat {
     pub(super) fn shade(self, c: &LensCell) -> f32 {
         match self {
             Self::TargetProb => c.targets.first().map_or(0.0, |t| t.prob),
+            Self::TargetLogProb => c
+                .targets
+                .first()
+                .map_or(0.0, |t| 1.0 - (t.logprob / LOGP_FLOOR).clamp(0.0, 1.0)),
+            Self::Top1Prob => c.top.first().map_or(0.0, |t| t.prob),
             Self::TargetRank => c.targets.first().map_or(0.0, |t| {
-                1.0 - ((t.rank as f32 + 1.0).ln() / 49152f32.ln()).min(1.0)
+                1.0 - ((t.rank as f32 + 1.0).ln() / RANK_CEIL.ln()).min(1.0)
             }),
-            Self::Entropy => 1.0 - (c.entropy / 10.8).min(1.0),
-            Self::Kl => 1.0 - (c.kl_to_final / 10.0).min(1.0),
+            Self::Entropy => 1.0 - (c.entropy / ENTROPY_CEIL).min(1.0),
+            Self::Kl => 1.0 - (c.kl_to_final / KL_CEIL).min(1.0),
         }
+    }
+
+    /// The statistic's value at shade `t` (the inverse of `shade`), for the colour bar.
+    pub(super) fn value_at(self, t: f32) -> String {
+        match self {
+            Self::TargetProb | Self::Top1Prob => format!("{t:.1}"),
+            Self::TargetLogProb => {
+                let p = ((1.0 - t) * LOGP_FLOOR).exp();
+                if p >= 0.1 {
+                    format!("{p:.1}")
+                } else {
+                    format!("{p:.0e}")
+                }
+            }
+            Self::TargetRank => format!("rank {:.0}", ((1.0 - t) * RANK_CEIL.ln()).exp() - 1.0),
+            Self::Entropy => format!("{:.1} nats", (1.0 - t) * ENTROPY_CEIL),
+            Self::Kl => format!("{:.1} nats", (1.0 - t) * KL_CEIL),
+        }
+    }
+}
+
+/// A prompt line of the panel: `PROMPT => TARGET` gives the prompt its own target (everything
+/// after `=>`, spaces included, so `… the => current` follows `" current"`); a line without
+/// `=>` uses the shared target.
+pub fn split_prompt_line(line: &str) -> (String, Option<String>) {
+    match line.split_once("=>") {
+        Some((p, t)) if !t.trim().is_empty() => (p.trim_end().to_owned(), Some(t.to_owned())),
+        Some((p, _)) => (p.trim_end().to_owned(), None),
+        None => (line.trim_end().to_owned(), None),
     }
 }
 
@@ -73,6 +132,8 @@ pub struct LensPanel {
     pub lens: LensKind,
     /// Heatmap statistic.
     pub stat: Stat,
+    /// Probability threshold of the "first layer above p" column.
+    pub threshold: f32,
     /// Which prompt the heatmap and table show.
     pub shown: usize,
     /// Position of the top-k table (None: last).
@@ -91,8 +152,8 @@ pub struct LensPanel {
     pub report: Option<TunedReport>,
     /// Export dialog in flight.
     pub dialog: Option<Pending<Export>>,
-    /// Where the heatmap was drawn (for PNG export).
-    pub heatmap_rect: Option<Rect>,
+    /// What the PNG export captures: the heatmap, its colour bar and the curves.
+    pub export_rect: Option<Rect>,
     /// Steer with this word's vector (None: no word steering).
     pub steer_word: Option<String>,
     /// Layer whose input the word steering changes.
@@ -125,7 +186,8 @@ impl Default for LensPanel {
             target: " current".into(),
             chat: false,
             lens: LensKind::Logit,
-            stat: Stat::TargetProb,
+            stat: Stat::TargetLogProb,
+            threshold: neoscope_api::lens::EMERGENCE_THRESHOLD,
             shown: 0,
             position: None,
             stride: 1,
@@ -135,7 +197,7 @@ impl Default for LensPanel {
             tuned_ready: false,
             report: None,
             dialog: None,
-            heatmap_rect: None,
+            export_rect: None,
             steer_word: None,
             steer_layer: 10,
             steer_scale: 4.0,
@@ -191,23 +253,34 @@ impl Panel for LensPanel {
 
 /// Runs the lens on the panel's prompts.
 pub fn start(p: &mut LensPanel, s: &mut Shared) {
-    let prompts: Vec<String> = p
+    let lines: Vec<(String, Option<String>)> = p
         .prompts
         .lines()
-        .map(str::trim_end)
         .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
+        .map(split_prompt_line)
         .collect();
-    let targets = if p.target.is_empty() {
+    let own = lines.iter().any(|(_, t)| t.is_some());
+    // A prompt with its own target follows it alone; the others follow the shared one.
+    let shared = (!p.target.is_empty()).then(|| p.target.clone());
+    let prompt_targets: Vec<Vec<String>> = if own {
+        lines
+            .iter()
+            .map(|(_, t)| t.clone().or_else(|| shared.clone()).into_iter().collect())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let targets = if own {
         Vec::new()
     } else {
-        vec![p.target.clone()]
+        shared.into_iter().collect()
     };
     let cmd = LensCommand::Run {
-        prompts,
+        prompts: lines.into_iter().map(|(p, _)| p).collect(),
         chat: p.chat,
         lens: p.lens,
         targets,
+        prompt_targets,
         top_k: 10,
         hooks: HookSpec::default(),
         steer: p.steering(),
@@ -255,13 +328,29 @@ fn show(p: &mut LensPanel, s: &mut Shared, ui: &mut egui::Ui) {
     if let Some(note) = r.targets.first().and_then(|t| t.note.clone()) {
         ui.weak(note);
     }
-    egui::ScrollArea::vertical().show(ui, |ui| {
-        heatmap(p, ui, &r);
-        ui.add_space(6.0);
-        ui.columns(2, |cols| {
-            target_plot(&mut cols[0], &p.results);
-            top_table(&mut cols[1], &r, p.position);
-        });
+    // The heatmap (with its colour bar) on the left, the curves, the emergence table and the
+    // top-k table on the right, so that all of it shows at the default window size.
+    let left_w = (ui.available_width() * 0.6).max(320.0);
+    ui.horizontal_top(|ui| {
+        let left = ui
+            .allocate_ui(egui::vec2(left_w, ui.available_height()), |ui| {
+                egui::ScrollArea::vertical()
+                    .id_salt("lens_heatmap")
+                    .show(ui, |ui| heatmap(p, ui, &r));
+            })
+            .response
+            .rect;
+        ui.separator();
+        let right = ui
+            .vertical(|ui| {
+                let curves = target_plot(ui, &p.results, p.threshold);
+                emergence_table(ui, &p.results, p.threshold, p.shown);
+                ui.add_space(4.0);
+                top_table(ui, &r, p.position);
+                curves
+            })
+            .inner;
+        p.export_rect = Some(left.union(right));
     });
 }
 
@@ -271,7 +360,7 @@ fn controls(p: &mut LensPanel, s: &mut Shared, ui: &mut egui::Ui) {
             egui::TextEdit::multiline(&mut p.prompts)
                 .desired_rows(2)
                 .desired_width(ui.available_width() - 260.0)
-                .hint_text("One prompt per line"),
+                .hint_text("One prompt per line; `PROMPT => TARGET` gives a prompt its own target"),
         );
         ui.vertical(|ui| {
             ui.horizontal(|ui| {
@@ -292,13 +381,20 @@ fn controls(p: &mut LensPanel, s: &mut Shared, ui: &mut egui::Ui) {
         });
         ui.separator();
         ui.label("show");
-        for s in [Stat::TargetProb, Stat::TargetRank, Stat::Entropy, Stat::Kl] {
+        for s in Stat::ALL {
             ui.selectable_value(&mut p.stat, s, s.label());
         }
         ui.separator();
         ui.label("every");
         ui.add(egui::DragValue::new(&mut p.stride).range(1..=10));
         ui.label("layers");
+        ui.separator();
+        ui.label("first p ≥");
+        ui.add(
+            egui::DragValue::new(&mut p.threshold)
+                .range(0.01..=1.0)
+                .speed(0.01),
+        );
     });
     steering_row(p, s, ui);
     ui.horizontal(|ui| {
@@ -369,7 +465,7 @@ fn controls(p: &mut LensPanel, s: &mut Shared, ui: &mut egui::Ui) {
                     "lens.json",
                 ));
             }
-            if let Some(rect) = p.heatmap_rect
+            if let Some(rect) = p.export_rect
                 && s.png.is_none()
                 && ui.button("PNG…").clicked()
             {

@@ -1,8 +1,9 @@
-//! The Lens panel's views: the layer × position heatmap, the target's probability across
-//! layers, and the per-layer top-k table of a position.
+//! The Lens panel's views: the layer × position heatmap with its colour bar, each prompt's
+//! target probability across layers, when each target emerges, and the per-layer top-k table
+//! of a position.
 
 use egui::{Color32, Rect, Sense, Stroke, pos2, vec2};
-use egui_plot::{Legend, Line, Plot, PlotPoints};
+use egui_plot::{Corner, HLine, Legend, Line, Plot, PlotPoints};
 use neoscope_api::lens::LensResult;
 
 use super::lens_panel::{LensPanel, strided_layers};
@@ -35,14 +36,23 @@ pub(super) fn heatmap(p: &mut LensPanel, ui: &mut egui::Ui, r: &LensResult) {
     let cols = r.tokens.len();
     let label_w = 40.0;
     let header_h = 18.0;
-    let cell_w = ((ui.available_width() - label_w) / cols as f32).clamp(18.0, 110.0);
+    let bar_w = 70.0;
+    let cell_w = ((ui.available_width() - label_w - bar_w) / cols as f32).clamp(18.0, 110.0);
     let cell_h = if layers.len() > 20 { 15.0 } else { 20.0 };
     let size = vec2(
         label_w + cell_w * cols as f32,
         header_h + cell_h * layers.len() as f32,
     );
-    let (rect, resp) = ui.allocate_exact_size(size, Sense::click());
-    p.heatmap_rect = Some(rect);
+    let (rect, resp) = ui.allocate_exact_size(size + vec2(bar_w, 0.0), Sense::click());
+    colour_bar(
+        ui,
+        Rect::from_min_max(
+            pos2(rect.right() - bar_w + 8.0, rect.top() + header_h),
+            pos2(rect.right() - bar_w + 20.0, rect.bottom()),
+        ),
+        p.stat,
+    );
+    let rect = Rect::from_min_size(rect.min, size);
     let painter = ui.painter_at(rect);
     let font = egui::FontId::proportional(10.0);
     let text_color = ui.visuals().text_color();
@@ -135,34 +145,115 @@ pub(super) fn heatmap(p: &mut LensPanel, ui: &mut egui::Ui, r: &LensResult) {
     }
 }
 
-pub(super) fn target_plot(ui: &mut egui::Ui, results: &[LensResult]) {
-    let name = results
-        .first()
-        .and_then(|r| r.targets.first())
-        .map_or("target".to_owned(), |t| {
-            format!("p({:?}) at the last position", t.token)
-        });
-    ui.strong(name);
-    Plot::new("target_curves")
-        .height(200.0)
-        .legend(Legend::default())
+/// A vertical colour bar of `stat` in `rect`, labelled at its ends and middle.
+fn colour_bar(ui: &egui::Ui, rect: Rect, stat: super::lens_panel::Stat) {
+    let painter = ui.painter();
+    let steps = 48;
+    let h = rect.height() / steps as f32;
+    for i in 0..steps {
+        let t = 1.0 - (i as f32 + 0.5) / steps as f32;
+        let y = rect.top() + h * i as f32;
+        painter.rect_filled(
+            Rect::from_min_size(pos2(rect.left(), y), vec2(rect.width(), h + 0.5)),
+            0.0,
+            ramp(t),
+        );
+    }
+    let font = egui::FontId::proportional(10.0);
+    let color = ui.visuals().text_color();
+    for t in [1.0f32, 0.5, 0.0] {
+        let y = rect.bottom() - t * rect.height();
+        painter.text(
+            pos2(rect.right() + 3.0, y),
+            egui::Align2::LEFT_CENTER,
+            stat.value_at(t),
+            font.clone(),
+            color,
+        );
+    }
+}
+
+/// Each prompt's own first target at its last position, across layers, with the threshold as a
+/// dashed line. Returns where it was drawn.
+pub(super) fn target_plot(ui: &mut egui::Ui, results: &[LensResult], threshold: f32) -> Rect {
+    let header = ui.strong("p(target) at the last position, by layer").rect;
+    let plot = Plot::new("target_curves")
+        .height(190.0)
+        .legend(Legend::default().position(Corner::LeftTop))
         .x_axis_label("layer")
         .include_y(0.0)
         .include_y(1.0)
         .allow_scroll(false)
         .show(ui, |plot| {
+            plot.hline(
+                HLine::new("threshold", f64::from(threshold))
+                    .style(egui_plot::LineStyle::dashed_loose())
+                    .color(Color32::GRAY),
+            );
             for (i, r) in results.iter().enumerate() {
                 let pts: Vec<[f64; 2]> = r
-                    .cells
-                    .iter()
+                    .target_curve()
+                    .into_iter()
                     .enumerate()
-                    .filter_map(|(l, row)| {
-                        let p = row.last()?.targets.first()?.prob;
-                        Some([l as f64, f64::from(p)])
-                    })
+                    .map(|(l, p)| [l as f64, f64::from(p)])
                     .collect();
-                let label: String = r.tokens.concat().chars().take(36).collect();
-                plot.line(Line::new(format!("{i}: {label}…"), PlotPoints::from(pts)));
+                if pts.is_empty() {
+                    continue;
+                }
+                plot.line(Line::new(curve_label(i, r), PlotPoints::from(pts)));
+            }
+        });
+    header.union(plot.response.rect)
+}
+
+/// `i: "target" · prompt…`, short enough for a legend.
+fn curve_label(i: usize, r: &LensResult) -> String {
+    let prompt: String = r.tokens.concat().chars().take(26).collect();
+    match r.targets.first() {
+        Some(t) => format!("{i}: {:?} · {}…", t.token, prompt.trim()),
+        None => format!("{i}: {}…", prompt.trim()),
+    }
+}
+
+/// Per prompt: its target, the first layer where p(target) reaches the threshold, the first
+/// layer where it is top-1, and its final probability (the prompt whose heatmap shows is bold).
+pub(super) fn emergence_table(
+    ui: &mut egui::Ui,
+    results: &[LensResult],
+    threshold: f32,
+    shown: usize,
+) {
+    if results.iter().all(|r| r.targets.is_empty()) {
+        return;
+    }
+    let at = |l: Option<usize>| l.map_or("never".to_owned(), |l| format!("L{l}"));
+    egui::Grid::new("lens_emergence")
+        .striped(true)
+        .show(ui, |ui| {
+            for h in [
+                "#".to_owned(),
+                "target".to_owned(),
+                format!("first p ≥ {threshold:.2}"),
+                "first top-1".to_owned(),
+                "final p".to_owned(),
+            ] {
+                ui.strong(h);
+            }
+            ui.end_row();
+            for (i, r) in results.iter().enumerate() {
+                let (Some(t), Some(e)) = (r.targets.first(), r.emergence(threshold)) else {
+                    continue;
+                };
+                let cell = |s: String| {
+                    let text = egui::RichText::new(s).monospace();
+                    if i == shown { text.strong() } else { text }
+                };
+                ui.label(cell(i.to_string()));
+                ui.label(cell(format!("{:?}", t.token)));
+                ui.label(cell(at(e.first_above)));
+                ui.label(cell(at(e.first_top1)));
+                ui.label(cell(format!("{:.3}", e.final_prob)));
+                ui.end_row();
             }
         });
 }

@@ -23,6 +23,7 @@ mod scratch_views;
 pub mod widgets;
 mod window;
 pub mod words_panel;
+mod words_training;
 mod words_views;
 
 use std::time::{Duration, Instant};

@@ -196,3 +196,16 @@ pub fn marked_text(ui: &egui::Ui, text: &str, spans: &[(usize, usize)]) -> egui:
     job.wrap.max_width = ui.available_width();
     job
 }
+
+/// A distinct colour for series `i` (bars of one chart that stand for different things).
+pub fn series_color(i: usize) -> egui::Color32 {
+    const PALETTE: [egui::Color32; 6] = [
+        egui::Color32::from_rgb(230, 120, 80),
+        egui::Color32::from_rgb(90, 170, 250),
+        egui::Color32::from_rgb(150, 150, 150),
+        egui::Color32::from_rgb(120, 200, 120),
+        egui::Color32::from_rgb(200, 140, 220),
+        egui::Color32::from_rgb(230, 200, 90),
+    ];
+    PALETTE[i % PALETTE.len()]
+}

@@ -13,8 +13,8 @@ use neoscope_api::{Event, JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
 use super::panel::{Message, Panel, Shared, clear_id};
-use super::widgets::loss_plot;
-use super::words_views::{dataset_table, definitions};
+use super::words_training::training;
+use super::words_views::{dataset_table, definitions, explore};
 
 /// How a new word starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +129,16 @@ pub struct WordsPanel {
     pub heldout_set: String,
     /// File dialog in flight.
     pub dialog: Option<Pending<FileAction>>,
+    /// Answers to the new-example prompts ("can it make new ones?").
+    pub new_examples: Vec<Definition>,
+    /// Running new-example request.
+    pub generating: Option<RequestId>,
+    /// Ordinary words the selected word is compared with (cosine), space-separated.
+    pub similar: String,
+    /// The selected word's cosine with each of them.
+    pub similarities: Vec<(String, f32)>,
+    /// Running similarity request.
+    pub measuring: Option<RequestId>,
 }
 
 impl Default for WordsPanel {
@@ -153,6 +163,11 @@ impl Default for WordsPanel {
             evaluating: None,
             heldout_set: "pun".into(),
             dialog: None,
+            new_examples: Vec::new(),
+            generating: None,
+            similar: neoscope_api::words::SIMILARITY_WORDS.join(" "),
+            similarities: Vec::new(),
+            measuring: None,
         }
     }
 }
@@ -192,6 +207,7 @@ impl Panel for WordsPanel {
     }
 
     fn finished(&mut self, s: &mut Shared, id: RequestId, result: JobResult) {
+        let new_examples = self.generating == Some(id);
         self.failed(id);
         let JobResult::Words(r) = result else { return };
         match *r {
@@ -216,9 +232,11 @@ impl Panel for WordsPanel {
                 });
             }
             WordResult::Evaluation(r) => self.plugins.push((self.heldout_set.clone(), r)),
+            WordResult::Definitions(defs) if new_examples => self.new_examples = defs,
             WordResult::Definitions(defs) => self.definitions = defs,
-            // Comparisons belong to the Compare panel; neighbours and steering to the CLI.
-            WordResult::Comparison(_) | WordResult::Neighbors { .. } | WordResult::Steering(_) => {}
+            WordResult::Neighbors { similarities, .. } => self.similarities = similarities,
+            // Comparisons and preferences belong to the Compare panel; steering to the CLI.
+            WordResult::Comparison(_) | WordResult::Preference(_) | WordResult::Steering(_) => {}
         }
     }
 
@@ -226,6 +244,8 @@ impl Panel for WordsPanel {
         clear_id(&mut self.training, id);
         clear_id(&mut self.defining, id);
         clear_id(&mut self.evaluating, id);
+        clear_id(&mut self.generating, id);
+        clear_id(&mut self.measuring, id);
     }
 }
 
@@ -412,6 +432,8 @@ fn show(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui) {
             training(p, s, ui, &name);
             ui.separator();
             definitions(p, s, ui, &name);
+            ui.separator();
+            explore(p, s, ui, &name);
         });
     });
 }
@@ -425,6 +447,8 @@ fn word_list(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui) {
             p.selected = Some(n.clone());
             p.definitions.clear();
             p.plugins.clear();
+            p.new_examples.clear();
+            p.similarities.clear();
             p.live = s
                 .words
                 .iter()
@@ -498,62 +522,5 @@ fn word_list(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui) {
     {
         s.post(Message::SteerLensWithWord(name));
         s.goto("Lens");
-    }
-}
-
-fn training(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui, name: &str) {
-    ui.strong("Training");
-    ui.horizontal_wrapped(|ui| {
-        ui.label("loss");
-        ui.selectable_value(&mut p.preference, false, "cross-entropy");
-        ui.selectable_value(&mut p.preference, true, "preference (DPO + APO-up)");
-        ui.separator();
-        ui.label("lr");
-        ui.add(
-            egui::DragValue::new(&mut p.config.lr)
-                .speed(0.001)
-                .range(1e-5..=5.0),
-        );
-        ui.label("epochs");
-        ui.add(egui::DragValue::new(&mut p.config.epochs).range(1..=500));
-        ui.label("batch");
-        ui.add(egui::DragValue::new(&mut p.config.batch_size).range(1..=64));
-        ui.label("seed");
-        ui.add(egui::DragValue::new(&mut p.config.seed));
-    });
-    let rows = p.datasets.get(name).map_or(0, Vec::len);
-    ui.horizontal(|ui| match p.training {
-        Some(id) => {
-            if ui.button("Cancel").clicked() {
-                s.cancel(id);
-            }
-            let done = p.live.len();
-            let total = p.total_steps.max(1);
-            let frac = done as f32 / total as f32;
-            ui.add(
-                egui::ProgressBar::new(frac)
-                    .text(format!("step {done}/{total}"))
-                    .desired_width(240.0),
-            );
-        }
-        None => {
-            if ui
-                .add_enabled(rows > 0, egui::Button::new("Train"))
-                .clicked()
-            {
-                start_training(p, s);
-            }
-            if !p.live.is_empty() && ui.button("Export losses…").clicked() {
-                dialog(p, FileAction::ExportLosses);
-            }
-            if let Some(r) = &p.last_result {
-                ui.weak(r);
-            }
-        }
-    });
-    let rect = loss_plot(ui, &[(name, &p.live)], 180.0);
-    if !p.live.is_empty() && s.png.is_none() && ui.small_button("Save plot as PNG…").clicked() {
-        let file = format!("{}-loss.png", name.trim_matches(|c| c == '<' || c == '>'));
-        s.png = Some(super::png_export::PngExport::start(rect, &file));
     }
 }

@@ -1,11 +1,14 @@
-//! The Words panel's dataset table and definition views (split from `words_panel`, which
-//! owns the state, the word list and training).
+//! The Words panel's dataset table, definition views, and the seed's further probes: new
+//! examples made with the word, and its cosine with an editable list of ordinary words (split
+//! from `words_panel`, which owns the state and the word list).
 
 use std::path::Path;
 
 use neoscope_api::dataset;
 use neoscope_api::text::Sampling;
-use neoscope_api::words::{WordCommand, default_definition_prompts};
+use neoscope_api::words::{
+    NEW_EXAMPLE_PROMPTS, NEW_EXAMPLE_TOKENS, WordCommand, default_definition_prompts,
+};
 
 use super::panel::Shared;
 use super::words_panel::{FileAction, Row, WordsPanel, dialog};
@@ -16,7 +19,15 @@ pub(super) fn dataset_table(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::U
         egui::ComboBox::from_id_salt("shipped")
             .selected_text("Use a shipped dataset")
             .show_ui(ui, |ui| {
-                for (label, key) in [("pun (40 rows)", "pun"), ("literal (40 rows)", "literal")] {
+                for (label, key) in [
+                    ("pun (40 rows)", "pun"),
+                    ("literal (40 rows)", "literal"),
+                    ("pun preference: punchline over literal (40)", "pun.pref"),
+                    (
+                        "literal preference: literal over punchline (40)",
+                        "literal.pref",
+                    ),
+                ] {
                     if ui.selectable_label(false, label).clicked()
                         && let Some(text) = crate::assets::dataset(key)
                     {
@@ -168,5 +179,65 @@ fn start_plugin(p: &mut WordsPanel, s: &mut Shared, name: &str, text: String) {
         name: name.to_owned(),
         heldout,
         text,
+    });
+}
+
+/// "Can it make new ones?" (the seed's new-example prompts) and the similarity list.
+pub(super) fn explore(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui, name: &str) {
+    ui.horizontal(|ui| {
+        ui.strong("Can it make new ones?");
+        let busy = p.generating.is_some() || p.training.is_some();
+        if ui
+            .add_enabled(!busy, egui::Button::new("Generate"))
+            .on_hover_text("Greedy answers to the seed's prompts: “Here is a new {w}:”, …")
+            .clicked()
+        {
+            p.new_examples.clear();
+            p.generating = s.send(WordCommand::Define {
+                name: name.to_owned(),
+                prompts: NEW_EXAMPLE_PROMPTS
+                    .iter()
+                    .map(|t| ((*t).to_owned(), false))
+                    .collect(),
+                max_new_tokens: NEW_EXAMPLE_TOKENS,
+                sampling: Sampling::GREEDY,
+            });
+        }
+        if p.generating.is_some() {
+            ui.spinner();
+        }
+    });
+    for d in &p.new_examples {
+        ui.horizontal_wrapped(|ui| {
+            ui.strong(&d.prompt);
+            ui.label(&d.text);
+        });
+    }
+    ui.horizontal_wrapped(|ui| {
+        ui.strong("Similar to");
+        ui.add(
+            egui::TextEdit::singleline(&mut p.similar)
+                .desired_width(240.0)
+                .hint_text("ordinary words, space-separated"),
+        );
+        let words: Vec<String> = p.similar.split_whitespace().map(str::to_owned).collect();
+        if ui
+            .add_enabled(
+                p.measuring.is_none() && !words.is_empty(),
+                egui::Button::new("Cosines"),
+            )
+            .on_hover_text("Cosine similarity of the word's vector with each word's embedding")
+            .clicked()
+        {
+            p.measuring = s.send(WordCommand::Neighbors {
+                expr: name.to_owned(),
+                k: 0,
+                others: words,
+                save_as: None,
+            });
+        }
+        for (w, c) in &p.similarities {
+            ui.monospace(format!("{w} {c:+.3}"));
+        }
     });
 }

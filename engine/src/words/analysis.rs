@@ -305,6 +305,11 @@ pub fn compare(
             norm: w.vector.iter().map(|x| x * x).sum::<f32>().sqrt(),
             definitions: define(m, w, &prompts, cfg.max_new_tokens, Sampling::GREEDY, cancel)?,
             neighbors: nearest(m, &w.vector, cfg.neighbors)?,
+            similarities: cfg
+                .similar
+                .iter()
+                .map(|o| Ok((o.clone(), cosine(&w.vector, &term_vector(m, &[], o)?))))
+                .collect::<Result<_>>()?,
             heldout: held,
             steering: steer(
                 m,

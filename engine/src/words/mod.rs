@@ -10,6 +10,7 @@ pub mod analysis;
 pub mod dataset;
 pub mod file;
 pub mod grad;
+pub mod preference;
 pub mod train;
 
 use serde::{Deserialize, Serialize};

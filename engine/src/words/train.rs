@@ -2,7 +2,8 @@
 //! vectors are `Var`s. Loss (a): cross-entropy on target completions (mean over each example's
 //! target tokens, then over the batch), as in the seed. Loss (b): preference — DPO plus an
 //! APO-up term, `−log σ(β(Δc − Δr)) − log σ(βΔc)` with `Δ = log π − log π_ref` summed over the
-//! completion, the reference being the same model with the initial vectors.
+//! completion, the reference being the same model with the initial vectors. The batch's loss
+//! is the mean over its examples, or their sum (`Reduction::Sum`, the seed's recipe).
 
 use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Tensor, Var};
@@ -19,7 +20,7 @@ use crate::model::LoadedModel;
 use crate::model::batch::{Batch, PadSide};
 use crate::model::intervene::{ResolvedIntervention, ResolvedOp};
 use crate::model::ops::log_softmax_last;
-pub use neoscope_api::words::{Loss, StopReason, TrainConfig, TrainStep};
+pub use neoscope_api::words::{Loss, Reduction, StopReason, TrainConfig, TrainStep};
 
 /// The result of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -465,6 +466,19 @@ pub fn train(
                 });
             }
             let mut grads = pass_gradients(m, &vars, pass)?;
+            // The passes compute the batch mean; the summed loss is it times the batch size.
+            let loss = match cfg.reduction {
+                Reduction::Mean => loss,
+                Reduction::Sum => {
+                    let k = batch.len() as f64;
+                    for v in &vars {
+                        if let Some(g) = grads.remove(v.as_tensor()) {
+                            grads.insert(v.as_tensor(), (g * k)?);
+                        }
+                    }
+                    loss * k as f32
+                }
+            };
             if let Some(clip) = cfg.clip_norm {
                 let mut sq = 0.0f64;
                 for v in &vars {

@@ -16,22 +16,38 @@ impl Worker {
                 chat,
                 lens,
                 targets,
+                prompt_targets,
                 top_k,
                 hooks,
                 steer,
             } => {
+                if !prompt_targets.is_empty() && prompt_targets.len() != prompts.len() {
+                    return Err(EngineError::Invalid(format!(
+                        "{} prompts but {} per-prompt target lists: give one list per prompt",
+                        prompts.len(),
+                        prompt_targets.len()
+                    )));
+                }
                 let steering = self.resolve_steer(&steer)?;
                 let m = self.model()?;
-                let targets = crate::lens::resolve_targets(m, &targets)?;
-                let lens_spec = crate::lens::LensSpec {
-                    kind: lens,
-                    tuned: self.tuned.as_ref().map(|t| &t.lens),
-                    targets: &targets,
-                    top_k,
-                };
                 let results = prompts
                     .iter()
-                    .map(|p| {
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let texts: Vec<String> = prompt_targets
+                            .get(i)
+                            .into_iter()
+                            .flatten()
+                            .chain(&targets)
+                            .cloned()
+                            .collect();
+                        let targets = crate::lens::resolve_targets(m, &texts)?;
+                        let lens_spec = crate::lens::LensSpec {
+                            kind: lens,
+                            tuned: self.tuned.as_ref().map(|t| &t.lens),
+                            targets: &targets,
+                            top_k,
+                        };
                         let (wt, pieces) = self.word_tokens(p, chat)?;
                         let mut spec = HookSpec {
                             capture: Vec::new(),

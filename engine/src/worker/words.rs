@@ -11,6 +11,7 @@ use crate::words::analysis::{
     SteerOptions, arithmetic, compare, cosine, define, nearest, plug_in, steer, term_vector,
 };
 use crate::words::dataset::Dataset;
+use crate::words::preference::measure;
 use crate::words::train::{TrainConfig, train};
 use crate::words::{Init, Word, check_name, file};
 
@@ -188,6 +189,14 @@ impl Worker {
                 let (wa, wb) = (self.word(&a)?, self.word(&b)?);
                 let r = compare(m, wa, wb, &heldout, &config, &|| job.cancelled())?;
                 Ok(WordResult::Comparison(Box::new(r)))
+            }
+            WordCommand::Preference { setups, slots } => {
+                let m = self.model()?;
+                let r = measure(m, &self.words, &setups, &slots, &mut |done, total| {
+                    job.progress("scoring setups", Some(done as f32 / total.max(1) as f32));
+                    !job.cancelled()
+                })?;
+                Ok(WordResult::Preference(r))
             }
         }
     }
