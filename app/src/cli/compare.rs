@@ -8,15 +8,17 @@ use anyhow::{Result, bail};
 use clap::Args as ClapArgs;
 use neoscope_api::dataset::{Example, Origin};
 use neoscope_api::words::{
-    CompareConfig, PreferenceReport, PreferenceSetup, Slot, WordCommand, WordReport, WordResult,
+    CompareConfig, HeldoutSets, Loss, PreferenceReport, PreferenceSetup, Slot, TrainConfig,
+    WordCommand, WordReport, WordResult,
 };
 use neoscope_engine::worker::EngineHandle;
 use serde_json::json;
 
-use super::word::{LossArg, RecipeArg, TrainArgs, fmt_losses, read_dataset, train_word};
+use super::word::read_dataset;
+use super::word_train::{LossArg, RecipeArg, TrainArgs, fmt_losses, train_word};
 use super::{call, emit};
 
-pub(super) fn compare_words(
+fn compare_words(
     engine: &mut EngineHandle,
     a: &str,
     b: &str,
@@ -58,7 +60,7 @@ pub(super) fn steering_text(s: &neoscope_api::words::Steering) -> String {
 /// The preference setups of a dataset's preference rows, each prompt with `{w}` where one of
 /// `names` stood (a prompt may already use `{w}`). A row without a word, or a completion row,
 /// is refused with its file and line.
-pub(super) fn preference_setups(
+fn preference_setups(
     (examples, origin): &(Vec<Example>, Origin),
     names: &[&str],
 ) -> Result<Vec<PreferenceSetup>> {
@@ -91,20 +93,62 @@ pub(super) fn preference_setups(
         .collect()
 }
 
-/// The punchline preference of `a`, `b`, no word and each plain text on `setups`.
-pub(super) fn punchline_preference(
+/// The preference of each of `words`, no word and each plain text on `setups`.
+fn measure_preference(
     engine: &mut EngineHandle,
     setups: Vec<PreferenceSetup>,
-    a: &str,
-    b: &str,
+    words: &[&str],
     plain: &[String],
 ) -> Result<PreferenceReport> {
-    let mut slots = vec![Slot::Word(a.into()), Slot::Word(b.into()), Slot::Removed];
+    let mut slots: Vec<Slot> = words.iter().map(|w| Slot::Word((*w).to_owned())).collect();
+    slots.push(Slot::Removed);
     slots.extend(plain.iter().map(|t| Slot::Text(t.clone())));
     let WordResult::Preference(r) = call(engine, WordCommand::Preference { setups, slots })? else {
         bail!("unexpected engine reply");
     };
     Ok(r)
+}
+
+/// `word preference`: the measure alone, for the loaded `names`.
+pub(super) fn preference_cmd(
+    engine: &mut EngineHandle,
+    json_mode: bool,
+    names: &[String],
+    data: &str,
+    plain: &[String],
+) -> Result<()> {
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let setups = preference_setups(&read_dataset(data)?, &refs)?;
+    let r = measure_preference(engine, setups, &refs, plain)?;
+    let text = format!("preference on {} setups ({data}):\n{}", r.setups, r.table());
+    emit(json_mode, &serde_json::to_value(&r)?, text.trim_end())
+}
+
+/// `word compare`: the side-by-side reports and the punchline preference on `contrast`.
+pub(super) fn compare_cmd(
+    engine: &mut EngineHandle,
+    json_mode: bool,
+    [a, b]: [&str; 2],
+    heldout: HeldoutSets,
+    contrast: &str,
+    plain: &[String],
+) -> Result<()> {
+    let r = compare_words(engine, a, b, heldout)?;
+    let setups = preference_setups(&read_dataset(contrast)?, &[a, b])?;
+    let pref = measure_preference(engine, setups, &[a, b], plain)?;
+    // One JSON object, as every `--json` reply: the two reports under `a` and `b`.
+    let [ra, rb] = &r;
+    let text = format!(
+        "{}punchline preference on {} held-out setups ({contrast}):\n{}",
+        report_text(&r),
+        pref.setups,
+        pref.table()
+    );
+    emit(
+        json_mode,
+        &json!({"a": ra, "b": rb, "preference": pref}),
+        &text,
+    )
 }
 
 /// The side-by-side report as text.
@@ -146,14 +190,11 @@ pub fn report_text(r: &[WordReport; 2]) -> String {
 #[derive(Debug, ClapArgs)]
 pub struct DemoArgs {
     /// Epochs per word.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = TrainConfig::punchline_demo().epochs)]
     pub epochs: usize,
     /// Learning rate.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = TrainConfig::punchline_demo().lr)]
     pub lr: f64,
-    /// β of the preference loss.
-    #[arg(long, default_value_t = 0.2)]
-    pub beta: f64,
     /// Where to save the two words (folder).
     #[arg(long, default_value = "neoscope-demo")]
     pub out_dir: PathBuf,
@@ -174,7 +215,10 @@ pub fn demo(engine: &mut EngineHandle, json_mode: bool, a: &DemoArgs) -> Result<
             data: data.into(),
             out: a.out_dir.join(file),
             loss: LossArg::Preference,
-            beta: a.beta,
+            beta: match TrainConfig::punchline_demo().loss {
+                Loss::Preference { beta } => beta,
+                Loss::CrossEntropy => 0.2,
+            },
             recipe: RecipeArg::Default,
             lr: Some(a.lr),
             epochs: Some(a.epochs),
@@ -192,7 +236,7 @@ pub fn demo(engine: &mut EngineHandle, json_mode: bool, a: &DemoArgs) -> Result<
     let heldout = crate::assets::shipped_heldout()?;
     let r = compare_words(engine, "<pun>", "<lit>", heldout)?;
     let setups = preference_setups(&read_dataset("contrast")?, &[])?;
-    let pref = punchline_preference(engine, setups, "<pun>", "<lit>", &["pun".to_owned()])?;
+    let pref = measure_preference(engine, setups, &["<pun>", "<lit>"], &["pun".to_owned()])?;
     let mut text = String::new();
     for s in &summaries {
         text.push_str(&format!(

@@ -29,6 +29,7 @@ pub mod lens;
 pub mod mfa;
 pub mod scratch;
 pub mod word;
+pub mod word_train;
 
 pub use crate::options::{DeviceArg, Global};
 

@@ -11,7 +11,8 @@ use neoscope_api::words::{CompareConfig, PreferenceReport, PreferenceSetup, Slot
 use neoscope_api::{JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
-use super::panel::{Panel, Shared, clear_id};
+use super::lessons::Do;
+use super::panel::{Message, Panel, Shared, clear_id};
 use super::widgets::{loss_plot, shift_bars};
 
 /// State of the Compare panel.
@@ -82,6 +83,14 @@ impl Panel for ComparePanel {
     fn failed(&mut self, id: RequestId) {
         clear_id(&mut self.running, id);
         clear_id(&mut self.measuring, id);
+    }
+
+    fn receive(&mut self, s: &mut Shared, msg: &Message) {
+        if let Message::Lesson(Do::Compare(a, b)) = msg {
+            (*a).clone_into(&mut self.a);
+            (*b).clone_into(&mut self.b);
+            start(self, s);
+        }
     }
 }
 

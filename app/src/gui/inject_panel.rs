@@ -14,6 +14,7 @@ use neoscope_api::lora::{LoraConfig, LoraRun};
 use neoscope_api::{Command, Event, JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
+use super::lessons::Do;
 use super::panel::{JobView, Message, Panel, Shared};
 
 /// What a file dialog of this panel is for.
@@ -341,6 +342,12 @@ impl Panel for InjectPanel {
 
     fn failed(&mut self, id: RequestId) {
         JobView::clear(&mut self.job, id);
+    }
+
+    fn receive(&mut self, s: &mut Shared, msg: &Message) {
+        if let Message::Lesson(Do::Inject) = msg {
+            start(self, s);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use neoscope_api::{JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
 use super::lens_views::{emergence_table, heatmap, target_plot, top_table};
+use super::lessons::Do;
 use super::panel::{JobView, Message, Panel, Shared, clear_id};
 
 /// The statistic the heatmap shows.
@@ -242,12 +243,41 @@ impl Panel for LensPanel {
         JobView::clear(&mut self.training, id);
     }
 
-    fn receive(&mut self, _s: &mut Shared, msg: &Message) {
+    fn receive(&mut self, s: &mut Shared, msg: &Message) {
         match msg {
             Message::SteerLensWithWord(name) => self.steer_word = Some(name.clone()),
             Message::SteerLens(steer) => self.external = Some(steer.clone()),
-            Message::VocabularyChanged => {}
+            Message::Lesson(Do::Lens {
+                prompts,
+                target,
+                stat,
+            }) => {
+                (*prompts).clone_into(&mut self.prompts);
+                (*target).clone_into(&mut self.target);
+                self.stat = *stat;
+                self.lens = LensKind::Logit;
+                self.shown = 0;
+                self.position = None;
+                start(self, s);
+            }
+            Message::Lesson(Do::TunedLens) => train_tuned(self, s),
+            Message::Lesson(_) | Message::VocabularyChanged => {}
         }
+    }
+}
+
+/// Trains a tuned lens on the shipped corpus.
+pub fn train_tuned(p: &mut LensPanel, s: &mut Shared) {
+    let cmd = LensCommand::TrainTuned {
+        corpus: crate::assets::CORPUS.to_owned(),
+        config: TunedConfig::default(),
+    };
+    if let Some(id) = s.send(cmd) {
+        p.training = Some(JobView {
+            id,
+            stage: "starting".into(),
+            fraction: Some(0.0),
+        });
     }
 }
 
@@ -431,17 +461,7 @@ fn controls(p: &mut LensPanel, s: &mut Shared, ui: &mut egui::Ui) {
                     .on_hover_text("Per-layer affine translators trained on the shipped corpus")
                     .clicked()
                 {
-                    let cmd = LensCommand::TrainTuned {
-                        corpus: crate::assets::CORPUS.to_owned(),
-                        config: TunedConfig::default(),
-                    };
-                    if let Some(id) = s.send(cmd) {
-                        p.training = Some(JobView {
-                            id,
-                            stage: "starting".into(),
-                            fraction: Some(0.0),
-                        });
-                    }
+                    train_tuned(p, s);
                 }
             }
         }

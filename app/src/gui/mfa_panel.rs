@@ -11,7 +11,8 @@ use neoscope_api::mfa::{MfaCommand, SubspacePoint};
 use neoscope_api::{Command, Event, JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
-use super::panel::{JobView, Panel, Shared, clear_id};
+use super::lessons::Do;
+use super::panel::{JobView, Message, Panel, Shared, clear_id};
 
 /// What a file dialog of this panel is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +186,17 @@ impl Panel for MfaPanel {
         JobView::clear(&mut self.job, id);
         clear_id(&mut self.subspace_running, id);
         clear_id(&mut self.steering, id);
+    }
+
+    fn receive(&mut self, s: &mut Shared, msg: &Message) {
+        match msg {
+            Message::Lesson(Do::MfaCollect) => collect(self, s),
+            Message::Lesson(Do::MfaFit { epochs }) => {
+                self.config.epochs = *epochs;
+                fit(self, s);
+            }
+            _ => {}
+        }
     }
 }
 

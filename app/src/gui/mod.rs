@@ -11,6 +11,8 @@ pub mod inject_panel;
 mod inject_views;
 pub mod lens_panel;
 mod lens_views;
+pub mod lessons;
+pub mod lessons_panel;
 mod lora_controls;
 pub mod mfa_panel;
 mod mfa_views;
@@ -35,6 +37,7 @@ pub use compare_panel::ComparePanel;
 pub use embed_panel::EmbedPanel;
 pub use inject_panel::InjectPanel;
 pub use lens_panel::LensPanel;
+pub use lessons_panel::LessonsPanel;
 pub use mfa_panel::MfaPanel;
 pub use model_panel::ModelPanel;
 pub use panel::{JobView, Message, Panel, Shared};
@@ -47,6 +50,7 @@ pub use words_panel::WordsPanel;
 fn registry() -> Vec<Box<dyn Panel>> {
     vec![
         Box::new(ModelPanel::default()),
+        Box::new(LessonsPanel::default()),
         Box::new(ScratchPanel::default()),
         Box::new(Playground::default()),
         Box::new(WordsPanel::default()),
@@ -229,6 +233,14 @@ impl NeoApp {
                 }
             });
         });
+        if let Some(lp) = self
+            .panels
+            .iter_mut()
+            .find_map(|p| panel::downcast_mut::<LessonsPanel>(p.as_mut()))
+            && lp.active.is_some()
+        {
+            egui::Panel::top("lesson_bar").show(ui, |ui| lessons_panel::bar(lp, s, ui));
+        }
         let active = &mut self.active;
         let panels = &mut self.panels;
         egui::Panel::left("nav")

@@ -52,6 +52,8 @@ pub enum Message {
     SteerLens(Steer),
     /// The vocabulary of projections changed (an injection run opened or trained).
     VocabularyChanged,
+    /// A lesson step's action (Lessons → the panel that carries it out).
+    Lesson(super::lessons::Do),
 }
 
 /// A running job as the UI shows it.

@@ -10,7 +10,8 @@ use neoscope_api::text::{Sampling, TokenScore};
 use neoscope_api::text::TextResult;
 use neoscope_api::{Event, JobResult};
 
-use super::panel::{Panel, Shared, clear_id};
+use super::lessons::Do;
+use super::panel::{Message, Panel, Shared, clear_id};
 use super::widgets::word_chips;
 
 /// State of the Playground.
@@ -133,6 +134,20 @@ impl Panel for Playground {
     fn failed(&mut self, id: RequestId) {
         clear_id(&mut self.generating, id);
         clear_id(&mut self.predicting, id);
+    }
+
+    fn receive(&mut self, s: &mut Shared, msg: &Message) {
+        if let Message::Lesson(Do::Generate {
+            prompt,
+            max_new_tokens,
+        }) = msg
+        {
+            (*prompt).clone_into(&mut self.prompt);
+            self.max_new_tokens = *max_new_tokens;
+            self.greedy = true;
+            self.chat = false;
+            start(self, s);
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use neoscope_api::scratch::{
 use neoscope_api::{Command, Event, JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
-use super::panel::{JobView, Panel, Shared};
+use super::lessons::Do;
+use super::panel::{JobView, Message, Panel, Shared};
 
 /// Where the training text comes from, as the panel offers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +214,13 @@ impl Panel for ScratchPanel {
 
     fn failed(&mut self, id: RequestId) {
         JobView::clear(&mut self.job, id);
+    }
+
+    fn receive(&mut self, s: &mut Shared, msg: &Message) {
+        if let Message::Lesson(Do::Scratch { steps }) = msg {
+            self.spec.train.steps = *steps;
+            start(self, s);
+        }
     }
 }
 

@@ -12,9 +12,10 @@ use neoscope_api::words::{Loss, TrainConfig};
 use neoscope_api::{Event, JobResult, RequestId};
 
 use super::dialogs::{Mode, Pending};
+use super::lessons::Do;
 use super::panel::{Message, Panel, Shared, clear_id};
 use super::words_training::training;
-use super::words_views::{dataset_table, definitions, explore};
+use super::words_views::{ask, cosines, dataset_table, definitions, explore, new_examples};
 
 /// How a new word starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +241,27 @@ impl Panel for WordsPanel {
         }
     }
 
+    fn receive(&mut self, s: &mut Shared, msg: &Message) {
+        let Message::Lesson(action) = msg else { return };
+        match action {
+            Do::Word { name, data, config } => lesson_word(self, s, name, data, config),
+            Do::Define(name) => {
+                self.selected = Some((*name).to_owned());
+                let chat = s.model_info().is_some_and(|i| i.has_chat_template);
+                ask(self, s, name, chat);
+            }
+            Do::NewExamples(name) => {
+                self.selected = Some((*name).to_owned());
+                new_examples(self, s, name);
+            }
+            Do::Similar(name) => {
+                self.selected = Some((*name).to_owned());
+                cosines(self, s, name);
+            }
+            _ => {}
+        }
+    }
+
     fn failed(&mut self, id: RequestId) {
         clear_id(&mut self.training, id);
         clear_id(&mut self.defining, id);
@@ -247,6 +269,31 @@ impl Panel for WordsPanel {
         clear_id(&mut self.generating, id);
         clear_id(&mut self.measuring, id);
     }
+}
+
+/// A lesson's word: created afresh (small random vector), the shipped dataset `data` in its
+/// table, trained with `config` (the engine runs the two requests in order).
+fn lesson_word(p: &mut WordsPanel, s: &mut Shared, name: &str, data: &str, config: &TrainConfig) {
+    let examples = crate::assets::dataset(data)
+        .ok_or_else(|| format!("no shipped dataset {data}"))
+        .and_then(|t| {
+            dataset::parse_jsonl(t, std::path::Path::new(data)).map_err(|e| e.to_string())
+        });
+    let examples = match examples {
+        Ok(ds) => ds.examples,
+        Err(e) => {
+            s.error = Some(e);
+            return;
+        }
+    };
+    name.clone_into(&mut p.new_name);
+    p.init_kind = InitKind::Random;
+    p.layer = None;
+    create_word(p, s);
+    p.set_rows(name, &examples);
+    p.config = config.clone();
+    p.preference = matches!(config.loss, Loss::Preference { .. });
+    start_training(p, s);
 }
 
 /// Starts training the selected word on its table.

@@ -90,6 +90,43 @@ pub(super) fn dataset_table(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::U
     }
 }
 
+/// Asks the model what `name` means (the plain prompts, and the chat one when `chat`).
+pub fn ask(p: &mut WordsPanel, s: &mut Shared, name: &str, chat: bool) {
+    p.definitions.clear();
+    p.plugins.clear();
+    p.defining = s.send(WordCommand::Define {
+        name: name.to_owned(),
+        prompts: default_definition_prompts(chat),
+        max_new_tokens: 40,
+        sampling: Sampling::GREEDY,
+    });
+}
+
+/// Answers to the seed's new-example prompts with `name`.
+pub fn new_examples(p: &mut WordsPanel, s: &mut Shared, name: &str) {
+    p.new_examples.clear();
+    p.generating = s.send(WordCommand::Define {
+        name: name.to_owned(),
+        prompts: NEW_EXAMPLE_PROMPTS
+            .iter()
+            .map(|t| ((*t).to_owned(), false))
+            .collect(),
+        max_new_tokens: NEW_EXAMPLE_TOKENS,
+        sampling: Sampling::GREEDY,
+    });
+}
+
+/// Cosines of `name` with the panel's similarity list.
+pub fn cosines(p: &mut WordsPanel, s: &mut Shared, name: &str) {
+    let words: Vec<String> = p.similar.split_whitespace().map(str::to_owned).collect();
+    p.measuring = s.send(WordCommand::Neighbors {
+        expr: name.to_owned(),
+        k: 0,
+        others: words,
+        save_as: None,
+    });
+}
+
 pub(super) fn definitions(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui, name: &str) {
     ui.horizontal(|ui| {
         ui.strong("What does it mean?");
@@ -99,14 +136,7 @@ pub(super) fn definitions(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui,
             .add_enabled(!busy, egui::Button::new("Ask the model"))
             .clicked()
         {
-            p.definitions.clear();
-            p.plugins.clear();
-            p.defining = s.send(WordCommand::Define {
-                name: name.to_owned(),
-                prompts: default_definition_prompts(chat),
-                max_new_tokens: 40,
-                sampling: Sampling::GREEDY,
-            });
+            ask(p, s, name, chat);
         }
         if p.defining.is_some() {
             ui.spinner();
@@ -192,16 +222,7 @@ pub(super) fn explore(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui, nam
             .on_hover_text("Greedy answers to the seed's prompts: “Here is a new {w}:”, …")
             .clicked()
         {
-            p.new_examples.clear();
-            p.generating = s.send(WordCommand::Define {
-                name: name.to_owned(),
-                prompts: NEW_EXAMPLE_PROMPTS
-                    .iter()
-                    .map(|t| ((*t).to_owned(), false))
-                    .collect(),
-                max_new_tokens: NEW_EXAMPLE_TOKENS,
-                sampling: Sampling::GREEDY,
-            });
+            new_examples(p, s, name);
         }
         if p.generating.is_some() {
             ui.spinner();
@@ -220,21 +241,15 @@ pub(super) fn explore(p: &mut WordsPanel, s: &mut Shared, ui: &mut egui::Ui, nam
                 .desired_width(240.0)
                 .hint_text("ordinary words, space-separated"),
         );
-        let words: Vec<String> = p.similar.split_whitespace().map(str::to_owned).collect();
         if ui
             .add_enabled(
-                p.measuring.is_none() && !words.is_empty(),
+                p.measuring.is_none() && !p.similar.trim().is_empty(),
                 egui::Button::new("Cosines"),
             )
             .on_hover_text("Cosine similarity of the word's vector with each word's embedding")
             .clicked()
         {
-            p.measuring = s.send(WordCommand::Neighbors {
-                expr: name.to_owned(),
-                k: 0,
-                others: words,
-                save_as: None,
-            });
+            cosines(p, s, name);
         }
         for (w, c) in &p.similarities {
             ui.monospace(format!("{w} {c:+.3}"));

@@ -75,10 +75,21 @@ pub fn measure(
             .map(|w| Tensor::from_slice(&w.vector, w.vector.len(), m.llama.device()))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let mut seqs: Vec<ScoredSeq> = Vec::with_capacity(2 * setups.len());
-        for s in setups {
+        let n_ctx = m.llama.cfg.n_ctx();
+        for (i, s) in setups.iter().enumerate() {
             let prompt = fill(s, slot);
-            seqs.push(scored_seq(m, &prompt, &s.chosen, &names)?);
-            seqs.push(scored_seq(m, &prompt, &s.rejected, &names)?);
+            for ending in [&s.chosen, &s.rejected] {
+                let seq = scored_seq(m, &prompt, ending, &names)?;
+                if seq.ids.len() > n_ctx {
+                    return Err(EngineError::Invalid(format!(
+                        "setup {} (`{prompt}` + `{ending}`) is {} tokens, more than the model's \
+                         context of {n_ctx}",
+                        i + 1,
+                        seq.ids.len()
+                    )));
+                }
+                seqs.push(seq);
+            }
         }
         let mut lps = Vec::with_capacity(seqs.len());
         for chunk in seqs.chunks(CHUNK) {
