@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::kittest::Queryable;
 use neoscope::gui::{
-    ComparePanel, EmbedPanel, InjectPanel, LensPanel, MfaPanel, ModelPanel, Playground, WordsPanel,
+    ComparePanel, EmbedPanel, InjectPanel, LensPanel, LessonsPanel, MfaPanel, ModelPanel,
+    Playground, WordsPanel,
 };
 
 #[test]
@@ -85,16 +86,42 @@ fn model_and_playground_panels_with_the_real_model() {
     assert_eq!(h.state().panel::<WordsPanel>().plugins.len(), 1);
     save(&mut h, "words.png");
 
-    h.get_by_label("Compare").click();
+    // Every lesson's page, with the real model loaded.
+    h.get_by_label("Lessons").click();
     h.step();
-    h.get_by_label("Run comparison").click();
+    let titles: Vec<String> = h
+        .state()
+        .panel::<LessonsPanel>()
+        .lessons
+        .iter()
+        .map(|l| format!("{} (~{:.0} min)", l.title, l.minutes))
+        .collect();
+    for (i, t) in titles.iter().enumerate() {
+        h.get_by_label(t).click();
+        h.run_steps(3);
+        save(&mut h, &format!("lesson-{}.png", i + 1));
+    }
+
+    // The comparison through the pun-vs-literal lesson's last step (the words trained above).
+    h.get_by_label(&titles[3]).click();
+    h.step();
+    h.get_all_by_label("Do it").nth(2).unwrap().click();
     settle(&mut h, Duration::from_secs(300));
+    assert_eq!(h.state().active(), "Compare");
     assert!(
         h.state().shared.error.is_none(),
         "{:?}",
         h.state().shared.error
     );
     assert!(h.state().panel::<ComparePanel>().result.is_some());
+    assert_eq!(
+        h.state()
+            .panel::<ComparePanel>()
+            .preference
+            .as_ref()
+            .map(|p| p.rows.len()),
+        Some(4)
+    );
     // The toolbar wraps instead of widening the panel past the window.
     let export = h.get_by_label("Export JSON…").rect();
     assert!(
@@ -120,6 +147,23 @@ fn model_and_playground_panels_with_the_real_model() {
     h.state_mut().panel_mut::<LensPanel>().stride = 2;
     h.run_steps(3);
     save(&mut h, "lens.png");
+
+    // The lens lesson's first exercise: four puns, each with its own target.
+    h.get_by_label("Lessons").click();
+    h.step();
+    h.get_by_label(&titles[1]).click();
+    h.step();
+    h.get_all_by_label("Do it").nth(1).unwrap().click();
+    settle(&mut h, Duration::from_secs(120));
+    assert!(
+        h.state().shared.error.is_none(),
+        "{:?}",
+        h.state().shared.error
+    );
+    assert_eq!(h.state().panel::<LensPanel>().results.len(), 4);
+    save(&mut h, "lesson-lens-exercise.png");
+    h.get_by_label("End lesson").click();
+    h.step();
 
     // MFA: collect at the middle layer over the shipped corpus, fit (CPU preset, fewer epochs),
     // steer toward the largest component, then hand the steering to the Lens panel.
