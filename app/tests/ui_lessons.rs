@@ -24,6 +24,7 @@ fn shorten(h: &mut Harness<'static, NeoApp>, i: usize) {
             Some(Do::Scratch { steps }) => *steps = 30,
             Some(Do::Word { config, .. }) => config.epochs = 1,
             Some(Do::MfaFit { epochs }) => *epochs = 2,
+            Some(Do::TunedLens { steps }) => *steps = 5,
             _ => {}
         }
     }

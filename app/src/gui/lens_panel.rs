@@ -260,17 +260,20 @@ impl Panel for LensPanel {
                 self.position = None;
                 start(self, s);
             }
-            Message::Lesson(Do::TunedLens) => train_tuned(self, s),
+            Message::Lesson(Do::TunedLens { steps }) => train_tuned(self, s, *steps),
             Message::Lesson(_) | Message::VocabularyChanged => {}
         }
     }
 }
 
-/// Trains a tuned lens on the shipped corpus.
-pub fn train_tuned(p: &mut LensPanel, s: &mut Shared) {
+/// Trains a tuned lens on the shipped corpus for `steps` steps.
+pub fn train_tuned(p: &mut LensPanel, s: &mut Shared, steps: usize) {
     let cmd = LensCommand::TrainTuned {
         corpus: crate::assets::CORPUS.to_owned(),
-        config: TunedConfig::default(),
+        config: TunedConfig {
+            steps,
+            ..TunedConfig::default()
+        },
     };
     if let Some(id) = s.send(cmd) {
         p.training = Some(JobView {
@@ -364,8 +367,11 @@ fn show(p: &mut LensPanel, s: &mut Shared, ui: &mut egui::Ui) {
     ui.horizontal_top(|ui| {
         let left = ui
             .allocate_ui(egui::vec2(left_w, ui.available_height()), |ui| {
-                egui::ScrollArea::vertical()
+                ui.set_max_width(left_w);
+                // A long prompt scrolls sideways instead of pushing the curves off screen.
+                egui::ScrollArea::both()
                     .id_salt("lens_heatmap")
+                    .max_width(left_w)
                     .show(ui, |ui| heatmap(p, ui, &r));
             })
             .response
@@ -461,7 +467,7 @@ fn controls(p: &mut LensPanel, s: &mut Shared, ui: &mut egui::Ui) {
                     .on_hover_text("Per-layer affine translators trained on the shipped corpus")
                     .clicked()
                 {
-                    train_tuned(p, s);
+                    train_tuned(p, s, TunedConfig::default().steps);
                 }
             }
         }

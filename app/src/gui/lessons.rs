@@ -31,8 +31,11 @@ pub enum Do {
         /// Heatmap colouring.
         stat: Stat,
     },
-    /// Lens: train a tuned lens on the shipped corpus.
-    TunedLens,
+    /// Lens: train a tuned lens on the shipped corpus for this many steps.
+    TunedLens {
+        /// Optimiser steps.
+        steps: usize,
+    },
     /// Words: create a word, put a shipped dataset in its table and train it.
     Word {
         /// Name.
@@ -67,7 +70,7 @@ impl Do {
         match self {
             Self::Scratch { .. } => "From scratch",
             Self::Generate { .. } => "Playground",
-            Self::Lens { .. } | Self::TunedLens => "Lens",
+            Self::Lens { .. } | Self::TunedLens { .. } => "Lens",
             Self::Word { .. } | Self::Define(_) | Self::NewExamples(_) | Self::Similar(_) => {
                 "Words"
             }
@@ -130,6 +133,9 @@ Why did the banker break up with his girlfriend? He lost => interest
 Why do cows wear bells? Because their horns don't => work
 What do you call a fish without eyes? A => f";
 
+/// Tuned-lens steps of the lens lesson (200, the default, take 13 minutes on 2 cores).
+const TUNED_LESSON_STEPS: usize = 40;
+
 /// Epochs the word lesson trains for (the tuned default's recipe otherwise).
 const WORD_EPOCHS: usize = 10;
 
@@ -145,7 +151,7 @@ pub fn lessons() -> Vec<Lesson> {
                 step(
                     "Train a tiny transformer",
                     "A language model learns one thing: given the text so far, a probability for \
-                     every possible next token. We train a 2-layer transformer on Shakespeare; its \
+                     every possible next token. We train a small transformer on Shakespeare; its \
                      loss is the average surprise (−log p) of the true next character.",
                     Some(Do::Scratch { steps: 400 }),
                     "",
@@ -219,9 +225,12 @@ pub fn lessons() -> Vec<Lesson> {
                 step(
                     "Exercise 4: the tuned lens",
                     "The logit lens assumes every layer speaks the final layer's language. A tuned \
-                     lens learns one small affine translator per layer; train it, then pick \
-                     'tuned' in the Lens panel and run again.",
-                    Some(Do::TunedLens),
+                     lens learns one small affine translator per layer. A short training (40 \
+                     steps; the panel's button runs 200) is enough to see it; then pick 'tuned' \
+                     and run again.",
+                    Some(Do::TunedLens {
+                        steps: TUNED_LESSON_STEPS,
+                    }),
                     "",
                     "Does the tuned lens see the punchline earlier than the logit lens?",
                 ),
