@@ -97,7 +97,11 @@ fn the_lens_lesson_gives_each_pun_its_own_target() {
     let mut h = loaded_tiny(22, dir.path());
     h.get_by_label("Lessons").click();
     h.step();
-    h.get_by_label("The logit lens on puns (~3 min)").click();
+    let title = {
+        let l = &h.state().panel::<LessonsPanel>().lessons[1];
+        format!("{} (~{:.0} min)", l.title, l.minutes)
+    };
+    h.get_by_label(&title).click();
     h.step();
     h.get_all_by_label("Do it").nth(1).unwrap().click();
     settle_ok(&mut h);

@@ -146,7 +146,7 @@ pub fn lessons() -> Vec<Lesson> {
             title: "Next-token prediction, from scratch",
             source: "A minimal transformer LM for teaching",
             needs_model: false,
-            minutes: 6.0,
+            minutes: 1.5,
             steps: vec![
                 step(
                     "Train a tiny transformer",
@@ -182,7 +182,7 @@ pub fn lessons() -> Vec<Lesson> {
             title: "The logit lens on puns",
             source: "Logit lens on puns",
             needs_model: true,
-            minutes: 3.0,
+            minutes: 5.0,
             steps: vec![
                 step(
                     "When does the model get the joke?",
@@ -240,7 +240,7 @@ pub fn lessons() -> Vec<Lesson> {
             title: "Teaching the model a new word",
             source: "Neologism learning",
             needs_model: true,
-            minutes: 4.0,
+            minutes: 2.0,
             steps: vec![
                 step(
                     "Train <pun>",
@@ -327,7 +327,7 @@ pub fn lessons() -> Vec<Lesson> {
             title: "A mixture of factor analyzers",
             source: "Mixture of Factor Analyzers on residual-stream activations",
             needs_model: true,
-            minutes: 4.0,
+            minutes: 1.0,
             steps: vec![
                 step(
                     "Collect activations",
@@ -360,7 +360,7 @@ pub fn lessons() -> Vec<Lesson> {
             title: "Injecting a new vocabulary",
             source: "Wake2Vec",
             needs_model: true,
-            minutes: 5.0,
+            minutes: 3.5,
             steps: vec![
                 step(
                     "Inject and train the new rows",
