@@ -48,6 +48,8 @@ fn load_a_model_by_path_then_generate_in_the_playground() {
         p.max_new_tokens = 8;
     }
     h.step();
+    h.get_by_label("Generate").scroll_to_me();
+    h.run_steps(3);
     h.get_by_label("Generate").click();
     settle(&mut h);
     let p = h.state().panel::<Playground>();
@@ -151,6 +153,8 @@ fn words_panel_creates_trains_defines_and_validates_a_word() {
     let gens = &h.state().panel::<WordsPanel>().new_examples;
     assert_eq!(gens.len(), 3);
     assert_eq!(gens[0].prompt, "Here is a new <w>:");
+    h.get_by_label("Cosines").scroll_to_me();
+    h.run_steps(3);
     h.get_by_label("Cosines").click();
     settle_ok(&mut h);
     let sims = &h.state().panel::<WordsPanel>().similarities;
@@ -160,6 +164,8 @@ fn words_panel_creates_trains_defines_and_validates_a_word() {
     );
     assert!(sims.iter().all(|(_, c)| c.abs() <= 1.0 + 1e-5));
     // The seed's recipe in one click, and back.
+    h.get_by_label("as in the seed").scroll_to_me();
+    h.run_steps(3);
     h.get_by_label("as in the seed").click();
     h.run_steps(2);
     let cfg = h.state().panel::<WordsPanel>().config.clone();
@@ -167,6 +173,8 @@ fn words_panel_creates_trains_defines_and_validates_a_word() {
         (cfg.lr, cfg.weight_decay, cfg.clip_norm, cfg.reduction),
         (0.5, 0.01, None, neoscope_api::words::Reduction::Sum)
     );
+    h.get_by_label("tuned default").scroll_to_me();
+    h.run_steps(3);
     h.get_by_label("tuned default").click();
     h.run_steps(2);
     assert_eq!(

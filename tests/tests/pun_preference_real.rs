@@ -12,42 +12,18 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use neoscope_api::words::{PreferenceSetup, Slot};
-use neoscope_engine::words::dataset::{self, Example};
+use neoscope_engine::words::Word;
+use neoscope_engine::words::dataset::Example;
 use neoscope_engine::words::preference::measure;
-use neoscope_engine::words::train::{StopReason, TrainConfig, train};
-use neoscope_engine::words::{Init, Injection, Word, init_vector};
+use neoscope_engine::words::train::TrainConfig;
 
 fn data(name: &str) -> Vec<Example> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/datasets");
-    dataset::load(&root.join(name)).unwrap().examples
+    common::shipped_data(name)
 }
 
 fn trained(name: &str, file: &str) -> Word {
-    let m = common::model();
-    let init = Init::default();
-    let mut w = Word {
-        name: name.into(),
-        vector: init_vector(m, &init).unwrap(),
-        injection: Injection::Embedding,
-        init,
-    };
-    let t = std::time::Instant::now();
-    let cfg = TrainConfig::punchline_demo();
-    let out = train(m, std::slice::from_ref(&w), &data(file), &cfg, &mut |_| {
-        true
-    })
-    .unwrap();
-    eprintln!(
-        "{name}: epoch losses {:?} in {:.1} s",
-        out.epoch_losses,
-        t.elapsed().as_secs_f32()
-    );
-    assert_eq!(out.stop, StopReason::Completed);
-    w.vector = out.vectors[0].clone();
-    w
+    common::trained_word(name, file, &TrainConfig::punchline_demo()).0
 }
 
 #[test]

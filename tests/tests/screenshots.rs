@@ -60,6 +60,8 @@ fn model_and_playground_panels_with_the_real_model() {
         );
         assert_eq!(h.state().panel::<WordsPanel>().live.len(), 20);
     }
+    h.get_by_label("Ask the model").scroll_to_me();
+    h.run_steps(3);
     h.get_by_label("Ask the model").click();
     settle(&mut h, Duration::from_secs(120));
     assert_eq!(h.state().panel::<WordsPanel>().definitions.len(), 5);

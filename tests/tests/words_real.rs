@@ -9,45 +9,22 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use neoscope_engine::sampling::Sampling;
+use neoscope_engine::words::Word;
 use neoscope_engine::words::analysis::{define, mean_logprob};
-use neoscope_engine::words::dataset::{self, Example};
-use neoscope_engine::words::train::{StopReason, TrainConfig, train};
-use neoscope_engine::words::{Init, Injection, Word, init_vector};
-
-fn data(name: &str) -> Vec<Example> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/datasets");
-    dataset::load(&root.join(name)).unwrap().examples
-}
+use neoscope_engine::words::dataset::Example;
+use neoscope_engine::words::train::TrainConfig;
 
 fn trained(name: &str, file: &str) -> (Word, Vec<f32>) {
-    let m = common::model();
-    let init = Init::default();
-    let mut w = Word {
-        name: name.into(),
-        vector: init_vector(m, &init).unwrap(),
-        injection: Injection::Embedding,
-        init,
-    };
     let cfg = TrainConfig {
         epochs: 6,
         ..TrainConfig::default()
     };
-    let t = std::time::Instant::now();
-    let out = train(m, std::slice::from_ref(&w), &data(file), &cfg, &mut |_| {
-        true
-    })
-    .unwrap();
-    eprintln!(
-        "{name}: epoch losses {:?} in {:.1} s",
-        out.epoch_losses,
-        t.elapsed().as_secs_f32()
-    );
-    assert_eq!(out.stop, StopReason::Completed);
-    w.vector = out.vectors[0].clone();
-    (w, out.epoch_losses)
+    common::trained_word(name, file, &cfg)
+}
+
+fn data(name: &str) -> Vec<Example> {
+    common::shipped_data(name)
 }
 
 #[test]

@@ -31,6 +31,50 @@ pub fn model() -> &'static LoadedModel {
     })
 }
 
+/// A shipped dataset file from `assets/datasets/`.
+pub fn shipped_data(name: &str) -> Vec<neoscope_engine::words::dataset::Example> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/datasets");
+    neoscope_engine::words::dataset::load(&root.join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .examples
+}
+
+/// A new word `name` (the default small random start) trained on the real model on the
+/// shipped dataset `file` with `cfg`; returns it with its epoch losses.
+pub fn trained_word(
+    name: &str,
+    file: &str,
+    cfg: &neoscope_engine::words::train::TrainConfig,
+) -> (neoscope_engine::words::Word, Vec<f32>) {
+    use neoscope_engine::words::train::{StopReason, train};
+    use neoscope_engine::words::{Init, Injection, Word, init_vector};
+    let m = model();
+    let init = Init::default();
+    let mut w = Word {
+        name: name.into(),
+        vector: init_vector(m, &init).unwrap_or_else(|e| panic!("{e}")),
+        injection: Injection::Embedding,
+        init,
+    };
+    let t = std::time::Instant::now();
+    let out = train(
+        m,
+        std::slice::from_ref(&w),
+        &shipped_data(file),
+        cfg,
+        &mut |_| true,
+    )
+    .unwrap_or_else(|e| panic!("training {name}: {e}"));
+    eprintln!(
+        "{name}: epoch losses {:?} in {:.1} s",
+        out.epoch_losses,
+        t.elapsed().as_secs_f32()
+    );
+    assert_eq!(out.stop, StopReason::Completed);
+    w.vector = out.vectors[0].clone();
+    (w, out.epoch_losses)
+}
+
 /// The app rendered through wgpu with the real default model loaded.
 pub fn loaded_app() -> egui_kittest::Harness<'static, neoscope::gui::NeoApp> {
     let model_path = default_model_path();
