@@ -48,8 +48,6 @@ fn load_a_model_by_path_then_generate_in_the_playground() {
         p.max_new_tokens = 8;
     }
     h.step();
-    h.get_by_label("Generate").scroll_to_me();
-    h.run_steps(3);
     h.get_by_label("Generate").click();
     settle(&mut h);
     let p = h.state().panel::<Playground>();
@@ -148,6 +146,8 @@ fn words_panel_creates_trains_defines_and_validates_a_word() {
             .starts_with("<w> refers to:")
     );
     // The seed's new-example prompts and its similarity list.
+    h.get_by_label("Generate").scroll_to_me();
+    h.run_steps(3);
     h.get_by_label("Generate").click();
     settle_ok(&mut h);
     let gens = &h.state().panel::<WordsPanel>().new_examples;
