@@ -8,7 +8,6 @@
 //! Thresholds (measured on CPU, `TrainConfig::punchline_demo()`, seed 0): the margins were
 //! <pun> +0.38, <lit> −2.5, no word −1.95 nats; the test asks for a lead of at least 1 nat over
 //! both, and for the lead to hold per token too.
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod common;
 

@@ -165,7 +165,8 @@ fn model_and_playground_panels_with_the_real_model() {
     assert_eq!(h.state().panel::<LensPanel>().results.len(), 4);
     save(&mut h, "lesson-lens-exercise.png");
     h.get_by_label("End lesson").click();
-    h.step();
+    // The bar goes away and the panels move up: let the layout settle before the next click.
+    h.run_steps(3);
 
     // MFA: collect at the middle layer over the shipped corpus, fit (CPU preset, fewer epochs),
     // steer toward the largest component, then hand the steering to the Lens panel.
