@@ -380,8 +380,13 @@ fn preference_view(ui: &mut egui::Ui, r: &PreferenceReport) -> egui::Rect {
                         ui.strong(h);
                     }
                     ui.end_row();
-                    for row in &r.rows {
-                        ui.label(row.slot.label());
+                    // Each label in its bar's colour: the table is the chart's legend.
+                    for (i, row) in r.rows.iter().enumerate() {
+                        ui.label(
+                            egui::RichText::new(row.slot.label())
+                                .color(super::widgets::series_color(i))
+                                .strong(),
+                        );
                         ui.monospace(format!("{:+.3}", row.margin));
                         ui.monospace(format!("{:+.3}", row.token_margin));
                         ui.monospace(format!("{:.3}", row.chosen));
