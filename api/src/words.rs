@@ -365,6 +365,28 @@ pub struct PreferenceSetup {
     pub rejected: String,
 }
 
+impl PreferenceSetup {
+    /// A dataset's preference row as a setup, each of `names` in its prompt replaced by `{w}`
+    /// (a prompt may already use `{w}`); `None` for a completion row.
+    pub fn from_example(e: &Example, names: &[&str]) -> Option<Self> {
+        let Example::Preference {
+            prompt,
+            chosen,
+            rejected,
+        } = e
+        else {
+            return None;
+        };
+        Some(Self {
+            prompt: names
+                .iter()
+                .fold(prompt.clone(), |p, n| p.replace(n, "{w}")),
+            chosen: chosen.clone(),
+            rejected: rejected.clone(),
+        })
+    }
+}
+
 /// What stands in the `{w}` slot of a preference measurement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Slot {

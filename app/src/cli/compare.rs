@@ -70,25 +70,13 @@ fn preference_setups(
         .map(|(i, e)| {
             let line = origin.lines.get(i).copied().unwrap_or(i + 1);
             let at = format!("{}:{line}", origin.path.display());
-            let Example::Preference {
-                prompt,
-                chosen,
-                rejected,
-            } = e
-            else {
+            let Some(setup) = PreferenceSetup::from_example(e, names) else {
                 bail!("{at}: the punchline preference needs `chosen`/`rejected` rows, this has `target`");
             };
-            let prompt = names
-                .iter()
-                .fold(prompt.clone(), |p, n| p.replace(n, "{w}"));
-            if !prompt.contains("{w}") {
+            if !setup.prompt.contains("{w}") {
                 bail!("{at}: the prompt names no word (write {{w}} where the word goes)");
             }
-            Ok(PreferenceSetup {
-                prompt,
-                chosen: chosen.clone(),
-                rejected: rejected.clone(),
-            })
+            Ok(setup)
         })
         .collect()
 }

@@ -120,26 +120,14 @@ pub fn start(p: &mut ComparePanel, s: &mut Shared) {
 
 /// The shipped held-out preference setups (`assets/datasets/contrast.heldout.jsonl`).
 pub fn shipped_setups() -> Result<Vec<PreferenceSetup>, neoscope_api::ApiError> {
-    use neoscope_api::dataset::{Example, parse_jsonl};
-    let ds = parse_jsonl(
+    let ds = neoscope_api::dataset::parse_jsonl(
         crate::assets::CONTRAST_HELDOUT,
         std::path::Path::new("contrast"),
     )?;
     Ok(ds
         .examples
-        .into_iter()
-        .filter_map(|e| match e {
-            Example::Preference {
-                prompt,
-                chosen,
-                rejected,
-            } => Some(PreferenceSetup {
-                prompt,
-                chosen,
-                rejected,
-            }),
-            Example::Completion { .. } => None,
-        })
+        .iter()
+        .filter_map(|e| PreferenceSetup::from_example(e, &[]))
         .collect())
 }
 
