@@ -258,6 +258,44 @@ fn preference_loss_decreases_on_a_toy_set() {
     assert!(err.to_string().contains("needs `target` rows"), "{err}");
 }
 
+/// The summed batch loss (the seed's recipe) is the mean times the batch size, and without
+/// clipping AdamW takes the same steps for both (its update does not depend on the loss's scale,
+/// up to its ε); clipping rescales each step differently, so with it they differ.
+#[test]
+fn a_summed_batch_loss_is_the_mean_times_the_batch_and_trains_alike_without_clipping() {
+    use neoscope_engine::words::train::Reduction;
+    let m = tiny();
+    let w = word(&m, "<w>", Injection::Embedding, 8);
+    let run = |reduction, clip_norm| {
+        let cfg = TrainConfig {
+            epochs: 3,
+            batch_size: 2,
+            clip_norm,
+            reduction,
+            ..TrainConfig::default()
+        };
+        train(
+            &m,
+            std::slice::from_ref(&w),
+            &ce_data("<w>"),
+            &cfg,
+            &mut |_| true,
+        )
+        .unwrap()
+    };
+    let mean = run(Reduction::Mean, None);
+    let sum = run(Reduction::Sum, None);
+    assert!((sum.losses[0] - 2.0 * mean.losses[0]).abs() < 1e-5 * sum.losses[0].abs());
+    let drift = mean.vectors[0]
+        .iter()
+        .zip(&sum.vectors[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(drift < 1e-3, "mean and sum runs drifted apart by {drift}");
+    let clipped = run(Reduction::Sum, Some(1e-3));
+    assert_ne!(clipped.vectors[0], sum.vectors[0]);
+}
+
 #[test]
 fn word_files_round_trip_exactly_and_refuse_another_model() {
     let m = tiny();
