@@ -35,6 +35,9 @@ pub struct MfaConfig {
     pub init: InitKind,
     /// Seed (split, shuffling, directions, k-means).
     pub seed: u64,
+    /// Stop when the validation NLL has not improved for this many epochs (None: run them all).
+    #[serde(default)]
+    pub patience: Option<usize>,
 }
 
 impl MfaConfig {
@@ -49,6 +52,7 @@ impl MfaConfig {
             val_fraction: 0.1,
             init: InitKind::Kmeans,
             seed: 0,
+            patience: None,
         }
     }
 
@@ -95,6 +99,31 @@ pub struct MfaReport {
     pub n_val: usize,
     /// Whether the user stopped it.
     pub cancelled: bool,
+    /// Whether it stopped early because the validation NLL stopped improving.
+    #[serde(default)]
+    pub stopped_early: bool,
+}
+
+/// How the contexts shown for each component are chosen: `n` drawn at random (seeded, without
+/// repeats) from its `pool` best, so that they do not all look alike (the MFA seed: 10 of 5,000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextSample {
+    /// Contexts shown per component.
+    pub n: usize,
+    /// Drawn from this many top-scoring ones.
+    pub pool: usize,
+    /// Seed of the draw.
+    pub seed: u64,
+}
+
+impl Default for ContextSample {
+    fn default() -> Self {
+        Self {
+            n: 10,
+            pool: 5000,
+            seed: 0,
+        }
+    }
 }
 
 /// A context shown for a component: text before, the token itself, what follows.
@@ -125,9 +154,9 @@ pub struct ComponentInfo {
     pub top_tokens: Vec<(String, usize)>,
     /// Most common next tokens among its rows, with counts.
     pub top_next: Vec<(String, usize)>,
-    /// Top contexts by likelihood.
+    /// Contexts drawn from the top ones by likelihood, best first.
     pub by_likelihood: Vec<Context>,
-    /// Top contexts by responsibility.
+    /// Contexts drawn from the top ones by responsibility, best first.
     pub by_responsibility: Vec<Context>,
 }
 
@@ -176,6 +205,11 @@ pub enum MfaCommand {
         /// Path.
         path: PathBuf,
     },
+    /// Save the current activations (`PATH.safetensors` + `PATH.json`).
+    SaveActivations {
+        /// Path.
+        path: PathBuf,
+    },
     /// Fit an MFA to the current activations.
     Fit {
         /// Settings.
@@ -190,6 +224,11 @@ pub enum MfaCommand {
     Load {
         /// Path.
         path: PathBuf,
+    },
+    /// Describe the components again, with contexts drawn as `sample` says (kept for later fits).
+    Contexts {
+        /// How contexts are drawn.
+        sample: ContextSample,
     },
     /// Subspace coordinates of a component's points.
     Subspace {
@@ -210,8 +249,9 @@ pub enum MfaCommand {
         alpha: f32,
         /// Latent offset z (empty: centroid steering only).
         z: Vec<f32>,
-        /// Layer whose `hook_resid_post` is steered (None: the layer the MFA was fitted at).
-        layer: Option<usize>,
+        /// Layers whose `hook_resid_post` is steered, all at once (empty: the point the MFA was
+        /// fitted at).
+        layers: Vec<usize>,
         /// Which positions.
         positions: SteerPositions,
         /// Tokens listed each way.

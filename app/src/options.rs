@@ -51,6 +51,9 @@ pub struct Global {
     /// Print exactly one JSON object on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Open the window without the last session (it is still kept from now on).
+    #[arg(long)]
+    pub fresh: bool,
     /// Replace output files that exist (without it they are refused before any work).
     #[arg(long, global = true)]
     pub force: bool,

@@ -1,11 +1,13 @@
 //! The MFA on small problems: the Woodbury likelihood equals a dense multivariate normal, the
-//! analytic gradients match finite differences, a fit recovers a planted mixture, zero steering
-//! is the identity, and files round-trip.
+//! analytic gradients match finite differences, a fit recovers a planted mixture, early stopping
+//! stops where the validation NLL stopped improving, the scan keeps exactly the top rows and the
+//! contexts are drawn from them, zero steering is the identity, and files round-trip.
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use neoscope_engine::hooks::{HookPoint, HookSpec, Positions};
 use neoscope_engine::mfa::grad::nll_and_grads;
+use neoscope_engine::mfa::interpret::{ContextSample, Scored, draw, scan};
 use neoscope_engine::mfa::linalg::spd_inverse_logdet;
 use neoscope_engine::mfa::train::{InitKind, MfaConfig, fit, mean_nll};
 use neoscope_engine::mfa::{Mfa, kmeans};
@@ -195,6 +197,7 @@ fn fit_recovers_a_planted_mixture() {
         val_fraction: 0.2,
         init: InitKind::Kmeans,
         seed: 0,
+        patience: None,
     };
     let (m, report) = fit(&x, &cfg, &mut |_| true).unwrap();
     let truth32 = Mfa::new(
@@ -366,4 +369,115 @@ fn zero_steering_is_the_identity_and_files_round_trip() {
     };
     let err = neoscope_engine::mfa::file::load(&path, &other, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("was made for the model"), "{err}");
+}
+
+#[test]
+fn early_stopping_stops_after_patience_epochs_without_improvement() {
+    // Few rows and many components: the validation NLL turns up once the fit overfits.
+    let (_, x, _) = planted(240, 5);
+    let cfg = MfaConfig {
+        k: 12,
+        rank: 4,
+        epochs: 300,
+        batch: 32,
+        lr: 5e-2,
+        val_fraction: 0.3,
+        init: InitKind::RandomPoints,
+        seed: 1,
+        patience: Some(3),
+    };
+    let (m, r) = fit(&x, &cfg, &mut |_| true).unwrap();
+    let vals: Vec<f64> = r.epochs.iter().map(|e| e.val_nll).collect();
+    eprintln!(
+        "early stop: {} epochs, best {} at epoch {}",
+        vals.len(),
+        r.best_val_nll,
+        r.best_epoch
+    );
+    assert!(r.stopped_early, "ran all {} epochs", vals.len());
+    assert!(vals.len() < cfg.epochs);
+    // It stopped exactly `patience` epochs after the best one, none of which improved on it.
+    assert_eq!(r.best_epoch + 3, vals.len());
+    // (Epoch e is vals[e - 1].)
+    assert_eq!(vals[r.best_epoch - 1], r.best_val_nll);
+    assert!(vals[r.best_epoch..].iter().all(|v| *v >= r.best_val_nll));
+    assert!(vals[..r.best_epoch - 1].iter().all(|v| *v > r.best_val_nll));
+    // The best epoch's parameters are the ones returned.
+    let (_, val) = neoscope_engine::mfa::train::split(&x, cfg.val_fraction, cfg.seed).unwrap();
+    let back = mean_nll(&m, &val, 1024).unwrap();
+    assert!((back - r.best_val_nll).abs() < 1e-4 * r.best_val_nll.abs());
+    // Without patience the same fit runs every epoch.
+    let all = MfaConfig {
+        epochs: vals.len() + 2,
+        patience: None,
+        ..cfg
+    };
+    let (_, r2) = fit(&x, &all, &mut |_| true).unwrap();
+    assert!(!r2.stopped_early);
+    assert_eq!(r2.epochs.len(), all.epochs);
+}
+
+#[test]
+fn scan_keeps_exactly_the_top_rows_and_draws_come_from_them() {
+    let (truth, x, _) = planted(600, 9);
+    let m32 = Mfa::new(
+        truth.mu.as_tensor().to_dtype(DType::F32).unwrap(),
+        truth.dirs.as_tensor().to_dtype(DType::F32).unwrap(),
+        &truth.derive().unwrap().sigma.to_dtype(DType::F32).unwrap(),
+        &truth.derive().unwrap().psi.to_dtype(DType::F32).unwrap(),
+    )
+    .unwrap();
+    let s = scan(&m32, &x, 50, &|| false).unwrap();
+    assert_eq!(s.pool, 50);
+    // Brute force: every row's component log-likelihood, sorted.
+    let der = m32.derive().unwrap();
+    let f = der.forward(&x).unwrap();
+    let joint: Vec<Vec<f32>> = f.joint.to_vec2().unwrap();
+    let log_pi: Vec<f32> = der.log_pi.to_vec1().unwrap();
+    for c in 0..4 {
+        let mut all: Vec<(usize, f32)> = joint
+            .iter()
+            .enumerate()
+            .map(|(r, j)| (r, j[c] - log_pi[c]))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let want: Vec<usize> = all.iter().take(50).map(|a| a.0).collect();
+        let got: Vec<usize> = s.by_likelihood[c].iter().map(|x| x.row).collect();
+        assert_eq!(got, want, "component {c}");
+        assert_eq!(s.by_responsibility[c].len(), 50);
+    }
+    // Draws: n distinct rows from the first `pool`, best first, fixed by the seed.
+    let top: Vec<Scored> = (0..100)
+        .map(|i| Scored {
+            row: i,
+            score: 100.0 - i as f32,
+        })
+        .collect();
+    let how = ContextSample {
+        n: 10,
+        pool: 40,
+        seed: 3,
+    };
+    let a = draw(&top, &how, 0);
+    assert_eq!(a.len(), 10);
+    assert!(a.iter().all(|x| x.row < 40));
+    assert!(a.windows(2).all(|w| w[0].score > w[1].score));
+    assert_eq!(draw(&top, &how, 0), a);
+    assert_ne!(draw(&top, &ContextSample { seed: 4, ..how }, 0), a);
+    assert_ne!(draw(&top, &how, 1), a, "each component draws its own");
+    // A pool larger than what was kept draws from all of it; n above the pool shows the pool.
+    assert_eq!(
+        draw(&top[..5], &how, 0)
+            .iter()
+            .map(|x| x.row)
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    // The draw reaches beyond the first n (it is not just the top n).
+    let reach = (0..20)
+        .flat_map(|salt| draw(&top, &how, salt))
+        .map(|x| x.row)
+        .max()
+        .unwrap();
+    assert!(reach >= 30, "draws stayed among the top {reach}");
 }

@@ -395,6 +395,7 @@ fn global() -> Global {
         dtype: neoscope::options::DTypeArg::Auto,
         max_memory: None,
         json: true,
+        fresh: false,
         force: false,
         engine: None,
         engine_token: None,

@@ -15,7 +15,7 @@ mod common;
 use neoscope_engine::hooks::{HookPoint, HookSpec, Positions};
 use neoscope_engine::infer::last_logits;
 use neoscope_engine::mfa::activations::{CollectConfig, collect};
-use neoscope_engine::mfa::interpret::{coherence, components, scan};
+use neoscope_engine::mfa::interpret::{ContextSample, coherence, components, scan};
 use neoscope_engine::mfa::steer::interventions;
 use neoscope_engine::mfa::train::{MfaConfig, fit};
 
@@ -50,12 +50,22 @@ fn mfa_components_are_coherent_and_centroid_steering_promotes_their_tokens() {
     );
     assert!(report.best_val_nll < report.init_val_nll);
 
-    let s = scan(&mfa, &acts.x, 20, &|| false).unwrap();
+    // The seed's view: 10 contexts drawn from each component's top 5,000.
+    let how = ContextSample::default();
+    let started = std::time::Instant::now();
+    let s = scan(&mfa, &acts.x, how.pool, &|| false).unwrap();
+    eprintln!(
+        "scan keeping the top {} per component: {:.2} s",
+        how.pool,
+        started.elapsed().as_secs_f64()
+    );
     let (obs, chance) = coherence(&s, &acts, 20, 0);
     eprintln!("coherence {obs:.3} vs chance {chance:.3}");
     assert!(obs > 3.0 * chance, "coherence {obs} vs chance {chance}");
 
-    let infos = components(&mfa, &acts, &s, &m.tokenizer, 5).unwrap();
+    let infos = components(&mfa, &acts, &s, &m.tokenizer, &how).unwrap();
+    // Every row is scored under every component, so each has 10 drawn of its top 5,000.
+    assert!(infos.iter().all(|c| c.by_likelihood.len() == how.n));
     let mut largest: Vec<_> = infos.iter().collect();
     largest.sort_by_key(|c| std::cmp::Reverse(c.size));
     let prompt = "I think that";

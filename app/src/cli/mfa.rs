@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use neoscope_api::hooks::HookPoint;
-use neoscope_api::mfa::ComponentInfo;
+use neoscope_api::mfa::{ComponentInfo, ContextSample};
 use neoscope_api::mfa::{InitKind, MfaConfig};
 use neoscope_api::mfa::{MfaCommand, MfaResult, SteerPositions};
 use neoscope_api::{Command, Event, JobResult};
@@ -50,6 +50,15 @@ pub enum MfaCmd {
         /// Show only these components (default: the 10 largest).
         #[arg(long = "component")]
         components: Vec<usize>,
+        /// Contexts shown per component, drawn at random from its top `--pool`.
+        #[arg(long, default_value_t = ContextSample::default().n)]
+        sample: usize,
+        /// How many top contexts (by likelihood) the shown ones are drawn from.
+        #[arg(long, default_value_t = ContextSample::default().pool)]
+        pool: usize,
+        /// Seed of the draw.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Steer a prompt toward a component; shows promoted/suppressed tokens and generations.
     Steer {
@@ -65,9 +74,10 @@ pub enum MfaCmd {
         /// Latent offset z, comma-separated (R values).
         #[arg(long, value_delimiter = ',')]
         z: Vec<f32>,
-        /// Steer this layer's `hook_resid_post` (default: the layer the MFA was fitted at).
-        #[arg(long)]
-        layer: Option<usize>,
+        /// Steer these layers' `hook_resid_post` at once, comma-separated or repeated (default:
+        /// the layer the MFA was fitted at).
+        #[arg(long = "layer", value_delimiter = ',')]
+        layers: Vec<usize>,
         /// Steer every position or only the last (and generated) ones.
         #[arg(long, value_enum, default_value_t = PositionsArg::All)]
         positions: PositionsArg,
@@ -139,6 +149,10 @@ pub struct FitArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Stop when the validation NLL has not improved for this many epochs (the best epoch is
+    /// kept either way).
+    #[arg(long)]
+    pub patience: Option<usize>,
     /// Where to save the MFA.
     #[arg(long)]
     pub out: PathBuf,
@@ -172,6 +186,7 @@ impl FitArgs {
                 InitArg::Random => InitKind::RandomPoints,
             },
             seed: self.seed,
+            patience: self.patience,
             ..base
         }
     }
@@ -192,8 +207,8 @@ fn mfa_call(engine: &mut EngineHandle, c: MfaCommand) -> Result<MfaResult> {
     Ok(*r)
 }
 
-/// Text lines describing components.
-pub fn components_text(cs: &[&ComponentInfo]) -> String {
+/// Text lines describing components, with at most `per` contexts each.
+pub fn components_text(cs: &[&ComponentInfo], per: usize) -> String {
     let mut t = String::new();
     for c in cs {
         let toks: Vec<String> = c
@@ -209,7 +224,7 @@ pub fn components_text(cs: &[&ComponentInfo]) -> String {
             c.weight,
             toks.join(" ")
         );
-        for x in c.by_likelihood.iter().take(5) {
+        for x in c.by_likelihood.iter().take(per) {
             let _ = writeln!(
                 t,
                 "    …{}[{}]{}",
@@ -309,8 +324,15 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
                 );
                 let _ = writeln!(
                     text,
-                    "validation NLL {:.2} after init, {:.2} at best epoch {}",
-                    r.init_val_nll, r.best_val_nll, r.best_epoch
+                    "validation NLL {:.2} after init, {:.2} at best epoch {}{}",
+                    r.init_val_nll,
+                    r.best_val_nll,
+                    r.best_epoch,
+                    if r.stopped_early {
+                        format!(" (stopped early after {} epochs)", r.epochs.len())
+                    } else {
+                        String::new()
+                    }
                 );
             }
             if let Some((obs, chance)) = coherence {
@@ -321,7 +343,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
             }
             let mut largest: Vec<&ComponentInfo> = components.iter().collect();
             largest.sort_by_key(|c| std::cmp::Reverse(c.size));
-            text.push_str(&components_text(&largest[..largest.len().min(5)]));
+            text.push_str(&components_text(&largest[..largest.len().min(5)], 5));
             let _ = write!(text, "saved {}", path.display());
             emit(
                 json_mode,
@@ -333,13 +355,22 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
             acts,
             mfa,
             components,
+            sample,
+            pool,
+            seed,
         } => {
             mfa_call(engine, MfaCommand::LoadActivations { path: acts })?;
+            mfa_call(engine, MfaCommand::Load { path: mfa })?;
+            let sample = ContextSample {
+                n: sample,
+                pool,
+                seed,
+            };
             let MfaResult::Model {
                 components: all,
                 coherence,
                 ..
-            } = mfa_call(engine, MfaCommand::Load { path: mfa })?
+            } = mfa_call(engine, MfaCommand::Contexts { sample })?
             else {
                 bail!("unexpected engine reply");
             };
@@ -362,7 +393,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
             emit(
                 json_mode,
                 &json!({"coherence": coherence, "components": chosen}),
-                &components_text(&chosen),
+                &components_text(&chosen, sample.n),
             )
         }
         MfaCmd::Steer {
@@ -370,7 +401,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
             component,
             alpha,
             z,
-            layer,
+            layers,
             positions,
             max_new_tokens,
             chat,
@@ -389,7 +420,7 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
                     component,
                     alpha,
                     z,
-                    layer,
+                    layers,
                     positions,
                     top: 10,
                     max_new_tokens,

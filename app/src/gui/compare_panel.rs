@@ -60,6 +60,8 @@ impl Default for ComparePanel {
 }
 
 impl Panel for ComparePanel {
+    super::panel::panel_settings!(a, b, steer_prompt, similar, plain);
+
     fn title(&self) -> &'static str {
         "Compare"
     }
@@ -286,13 +288,7 @@ fn report(ui: &mut egui::Ui, r: &WordReport) {
         }
     });
     ui.strong(format!("Steering: {}", r.steering.prompt_with));
-    shift_bars(
-        ui,
-        &r.name,
-        &r.steering.promoted,
-        &r.steering.suppressed,
-        110.0,
-    );
+    shift_bars(ui, &r.steering.promoted, &r.steering.suppressed);
     ui.label(egui::RichText::new("generation with the word").italics());
     ui.label(r.steering.generation_with.trim());
     ui.label(egui::RichText::new("without").italics());

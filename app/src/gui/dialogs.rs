@@ -11,6 +11,8 @@ pub enum Mode {
     Open,
     /// Choose where to save.
     Save,
+    /// Pick (or create) a folder.
+    Folder,
 }
 
 /// Starts a dialog; the receiver yields the chosen path (or `None` if cancelled).
@@ -34,6 +36,7 @@ pub fn start(
         let picked = match mode {
             Mode::Open => d.pick_file(),
             Mode::Save => d.set_file_name(&name).save_file(),
+            Mode::Folder => rfd::FileDialog::new().set_title(&title).pick_folder(),
         };
         let _ = tx.send(picked);
     });

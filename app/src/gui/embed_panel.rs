@@ -16,7 +16,7 @@ use neoscope_api::{Command, JobResult, RequestId};
 use super::panel::{JobView, Message, Panel, Shared, clear_id};
 
 /// Which base rows the panel projects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BaseChoice {
     /// All of them.
     All,
@@ -116,6 +116,16 @@ const KINDS: [(&str, PointKind); 4] = [
 ];
 
 impl Panel for EmbedPanel {
+    super::panel::panel_settings!(
+        tsne,
+        tsne_cfg,
+        base,
+        sample,
+        containing,
+        include_new,
+        include_activations
+    );
+
     fn title(&self) -> &'static str {
         "Embeddings"
     }

@@ -18,7 +18,7 @@ use super::lessons::Do;
 use super::panel::{JobView, Message, Panel, Shared, clear_id};
 
 /// The statistic the heatmap shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Stat {
     /// Probability of the target token.
     TargetProb,
@@ -208,6 +208,18 @@ impl Default for LensPanel {
 }
 
 impl Panel for LensPanel {
+    super::panel::panel_settings!(
+        prompts,
+        target,
+        chat,
+        lens,
+        stat,
+        threshold,
+        stride,
+        steer_layer,
+        steer_scale
+    );
+
     fn title(&self) -> &'static str {
         "Lens"
     }

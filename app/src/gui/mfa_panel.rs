@@ -3,33 +3,18 @@
 //! and steer toward it (in `mfa_views`).
 
 use neoscope_api::hooks::HookPoint;
-use neoscope_api::mfa::ComponentInfo;
 use neoscope_api::mfa::MfaResult;
 use neoscope_api::mfa::SteerReport;
+use neoscope_api::mfa::{ComponentInfo, ContextSample};
 use neoscope_api::mfa::{InitKind, MfaConfig, MfaEpoch, MfaReport};
 use neoscope_api::mfa::{MfaCommand, SubspacePoint};
 use neoscope_api::{Command, Event, JobResult, RequestId};
 
-use super::dialogs::{Mode, Pending};
+use super::dialogs::Pending;
 use super::lessons::Do;
+pub use super::mfa_files::{MfaFile, components_csv};
+use super::mfa_files::{dialog, handle_dialog};
 use super::panel::{JobView, Message, Panel, Shared, clear_id};
-
-/// What a file dialog of this panel is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MfaFile {
-    /// Save the fitted MFA.
-    Save,
-    /// Load an MFA.
-    Load,
-    /// Load saved activations.
-    LoadActivations,
-    /// Add a text file to the corpus.
-    AddText,
-    /// Export the component table as CSV.
-    Csv,
-    /// Export components and steering as JSON.
-    Json,
-}
 
 /// A fitted (or loaded) MFA as the panel shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -72,6 +57,14 @@ pub struct MfaPanel {
     pub selected: Option<usize>,
     /// Show contexts by responsibility instead of likelihood.
     pub by_responsibility: bool,
+    /// How the shown contexts are drawn from the top ones.
+    pub sample: ContextSample,
+    /// A new draw of contexts in flight.
+    pub drawing: Option<RequestId>,
+    /// Scatter points labelled with their token (at most).
+    pub max_labels: usize,
+    /// Counts changes of the engine's activations or MFA (the session keeps them on change).
+    pub generation: u64,
     /// Subspace points of the selected component.
     pub subspace: Option<(usize, Vec<SubspacePoint>)>,
     /// Subspace request in flight.
@@ -84,8 +77,8 @@ pub struct MfaPanel {
     pub alpha: f32,
     /// Latent offset.
     pub z: Vec<f32>,
-    /// Steered layer (None: the fitted one).
-    pub steer_layer: Option<usize>,
+    /// Steered layers, comma-separated (empty: the fitted one).
+    pub steer_layers: String,
     /// Steer only the last position (and generated ones).
     pub last_only: bool,
     /// Steering request in flight.
@@ -113,13 +106,17 @@ impl Default for MfaPanel {
             fitted: None,
             selected: None,
             by_responsibility: false,
+            sample: ContextSample::default(),
+            drawing: None,
+            max_labels: 250,
+            generation: 0,
             subspace: None,
             subspace_running: None,
             dims: (0, 1),
             prompt: "I think that".into(),
             alpha: 0.6,
             z: Vec::new(),
-            steer_layer: None,
+            steer_layers: String::new(),
             last_only: false,
             steering: None,
             steer: None,
@@ -130,6 +127,22 @@ impl Default for MfaPanel {
 }
 
 impl Panel for MfaPanel {
+    super::panel::panel_settings!(
+        layer,
+        window,
+        texts,
+        shipped,
+        max,
+        config,
+        by_responsibility,
+        sample,
+        max_labels,
+        prompt,
+        alpha,
+        steer_layers,
+        last_only
+    );
+
     fn title(&self) -> &'static str {
         "MFA"
     }
@@ -149,12 +162,19 @@ impl Panel for MfaPanel {
     }
 
     fn finished(&mut self, s: &mut Shared, id: RequestId, result: JobResult) {
+        let redraw = self.drawing == Some(id);
         self.failed(id);
         let JobResult::Mfa(r) = result else { return };
         match *r {
+            MfaResult::Model { components, .. } if redraw => {
+                if let Some(f) = &mut self.fitted {
+                    f.components = components;
+                }
+            }
             MfaResult::Activations {
                 count, d, point, ..
             } => {
+                self.generation += 1;
                 self.acts = Some((count, d, point));
                 s.notice = Some(format!("{count} activations collected at {point}"));
             }
@@ -172,6 +192,7 @@ impl Panel for MfaPanel {
                     components,
                     coherence,
                 };
+                self.generation += 1;
                 fitted(self, s, v);
             }
             MfaResult::Saved { path } => s.notice = Some(format!("Saved {}", path.display())),
@@ -186,6 +207,7 @@ impl Panel for MfaPanel {
         JobView::clear(&mut self.job, id);
         clear_id(&mut self.subspace_running, id);
         clear_id(&mut self.steering, id);
+        clear_id(&mut self.drawing, id);
     }
 
     fn receive(&mut self, s: &mut Shared, msg: &Message) {
@@ -201,7 +223,7 @@ impl Panel for MfaPanel {
 }
 
 /// Sends an MFA command owned by this panel's main job slot.
-fn send_job(p: &mut MfaPanel, s: &mut Shared, c: MfaCommand, stage: &str) {
+pub(super) fn send_job(p: &mut MfaPanel, s: &mut Shared, c: MfaCommand, stage: &str) {
     if let Some(id) = s.send(Command::Mfa(c)) {
         p.job = Some(JobView {
             id,
@@ -268,6 +290,11 @@ fn fitted(p: &mut MfaPanel, s: &mut Shared, v: FittedView) {
     request_subspace(p, s);
 }
 
+/// Draws the shown contexts again with the panel's sampling settings.
+pub fn redraw_contexts(p: &mut MfaPanel, s: &mut Shared) {
+    p.drawing = s.send(Command::Mfa(MfaCommand::Contexts { sample: p.sample }));
+}
+
 /// Asks for the selected component's subspace points.
 pub fn request_subspace(p: &mut MfaPanel, s: &mut Shared) {
     let Some(k) = p.selected else { return };
@@ -279,97 +306,6 @@ pub fn request_subspace(p: &mut MfaPanel, s: &mut Shared) {
         max_points: 400,
     });
     p.subspace_running = s.send(c);
-}
-
-fn handle_dialog(p: &mut MfaPanel, s: &mut Shared) {
-    let Some(d) = &p.dialog else { return };
-    let Some(answer) = d.poll() else { return };
-    let what = d.purpose;
-    p.dialog = None;
-    let Some(path) = answer else { return };
-    let write = |s: &mut Shared, path: std::path::PathBuf, bytes: Vec<u8>| {
-        match neoscope_api::files::write_atomic(&path, &bytes) {
-            Ok(()) => s.notice = Some(format!("Saved {}", path.display())),
-            Err(e) => s.error = Some(e.to_string()),
-        }
-    };
-    match what {
-        MfaFile::Save => send_job(p, s, MfaCommand::Save { path }, "saving"),
-        MfaFile::Load => send_job(p, s, MfaCommand::Load { path }, "loading"),
-        MfaFile::LoadActivations => send_job(
-            p,
-            s,
-            MfaCommand::LoadActivations { path },
-            "loading activations",
-        ),
-        MfaFile::AddText => p.texts.push(path),
-        MfaFile::Csv => {
-            let csv = p
-                .fitted
-                .as_ref()
-                .map(|f| components_csv(&f.components))
-                .unwrap_or_default();
-            write(s, path.with_extension("csv"), csv.into_bytes());
-        }
-        MfaFile::Json => {
-            let v = serde_json::json!({"mfa": p.fitted, "steering": p.steer});
-            match serde_json::to_vec_pretty(&v) {
-                Ok(b) => write(s, path.with_extension("json"), b),
-                Err(e) => s.error = Some(e.to_string()),
-            }
-        }
-    }
-}
-
-/// The component table as CSV.
-pub fn components_csv(cs: &[ComponentInfo]) -> String {
-    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let mut out = String::from("component,size,weight,top_tokens,top_next_tokens\n");
-    for c in cs {
-        // Tokens in Rust string syntax so spaces and newlines stay visible.
-        let join = |v: &[(String, usize)]| {
-            v.iter()
-                .map(|(t, n)| format!("{t:?}:{n}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        out.push_str(&format!(
-            "{},{},{},{},{}\n",
-            c.index,
-            c.size,
-            c.weight,
-            q(&join(&c.top_tokens)),
-            q(&join(&c.top_next))
-        ));
-    }
-    out
-}
-
-fn dialog(p: &mut MfaPanel, what: MfaFile) {
-    let (mode, title, filter, name): (Mode, &str, (&str, &[&str]), &str) = match what {
-        MfaFile::Save => (Mode::Save, "Save MFA", ("MFA", &["json"]), "mfa.json"),
-        MfaFile::Load => (Mode::Open, "Load MFA", ("MFA", &["json"]), ""),
-        MfaFile::LoadActivations => (
-            Mode::Open,
-            "Load activations",
-            ("Activations", &["json"]),
-            "",
-        ),
-        MfaFile::AddText => (Mode::Open, "Add a text file", ("Text", &["txt", "md"]), ""),
-        MfaFile::Csv => (
-            Mode::Save,
-            "Export components",
-            ("CSV", &["csv"]),
-            "components.csv",
-        ),
-        MfaFile::Json => (
-            Mode::Save,
-            "Export MFA results",
-            ("JSON", &["json"]),
-            "mfa.json",
-        ),
-    };
-    p.dialog = Some(Pending::new(what, mode, title, filter, name));
 }
 
 /// Draws the MFA panel.
@@ -391,7 +327,7 @@ fn show(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
     }
     ui.columns(3, |cols| {
         component_list(p, s, &mut cols[0]);
-        super::mfa_views::component_detail(p, &mut cols[1]);
+        super::mfa_views::component_detail(p, s, &mut cols[1]);
         egui::ScrollArea::vertical()
             .id_salt("mfa_right")
             .show(&mut cols[2], |ui| {
@@ -477,6 +413,20 @@ fn controls(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
                 .speed(0.001)
                 .prefix("lr "),
         );
+        let mut early = p.config.patience.is_some();
+        ui.checkbox(&mut early, "stop early")
+            .on_hover_text("Stop when the validation NLL has not improved for this many epochs; the best epoch is kept either way");
+        if early {
+            let mut n = p.config.patience.unwrap_or(3);
+            ui.add(
+                egui::DragValue::new(&mut n)
+                    .range(1..=100)
+                    .suffix(" epochs"),
+            );
+            p.config.patience = Some(n);
+        } else {
+            p.config.patience = None;
+        }
         ui.selectable_value(&mut p.config.init, InitKind::Kmeans, "k-means");
         ui.selectable_value(&mut p.config.init, InitKind::RandomPoints, "random points");
         let can_fit = p.acts.is_some() && !busy;
@@ -519,8 +469,15 @@ fn component_list(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
     let Some(f) = &p.fitted else { return };
     if let Some(r) = &f.report {
         ui.label(format!(
-            "Validation NLL {:.1} (best epoch {}, init {:.1})",
-            r.best_val_nll, r.best_epoch, r.init_val_nll
+            "Validation NLL {:.1} (best epoch {}, init {:.1}){}",
+            r.best_val_nll,
+            r.best_epoch,
+            r.init_val_nll,
+            if r.stopped_early {
+                format!(" · stopped early after {} epochs", r.epochs.len())
+            } else {
+                String::new()
+            }
         ));
     }
     if let Some((o, c)) = f.coherence {

@@ -1,17 +1,14 @@
-//! Plots of the MFA panel: the NLL curve, a component's subspace scatter, and steering (controls,
-//! promoted/suppressed bar chart, steered and plain generations side by side).
+//! Views of the MFA panel: the NLL curve, a component's subspace scatter with token labels, and
+//! a component's contexts drawn from its top ones (steering is in `mfa_steering`).
 
 use egui::text::LayoutJob;
 use egui::{Color32, TextFormat};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
-use neoscope_api::Command;
+use egui_plot::{PlotPoint, Text};
 use neoscope_api::mfa::{Context, MfaEpoch};
-use neoscope_api::mfa::{MfaCommand, SteerPositions};
-use neoscope_api::steer::Steer;
 
 use super::mfa_panel::MfaPanel;
-use super::panel::{Message, Shared};
-use super::widgets::{ragged, shift_bars};
+use super::panel::Shared;
 
 /// Train and validation NLL per epoch.
 pub fn nll_plot(ui: &mut egui::Ui, epochs: &[MfaEpoch], height: f32) {
@@ -34,7 +31,7 @@ pub fn subspace_and_steering(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui
     let top = ui.cursor().min;
     scatter(p, ui);
     ui.separator();
-    steering(p, s, ui);
+    super::mfa_steering::steering(p, s, ui);
     egui::Rect::from_min_max(top, ui.min_rect().max)
 }
 
@@ -54,6 +51,12 @@ fn scatter(p: &mut MfaPanel, ui: &mut egui::Ui) {
                     .prefix("y: z"),
             );
         }
+        ui.add(
+            egui::DragValue::new(&mut p.max_labels)
+                .range(0..=1000)
+                .prefix("labels ≤ "),
+        )
+        .on_hover_text("Write the token beside this many points (the seed: 250); hover any point for its context");
         if p.subspace_running.is_some() {
             ui.spinner();
         }
@@ -72,12 +75,15 @@ fn scatter(p: &mut MfaPanel, ui: &mut egui::Ui) {
             ]
         })
         .collect();
+    let tokens: Vec<String> = pts.iter().map(|s| s.token.trim().to_owned()).collect();
+    let max_labels = p.max_labels;
+    let label_color = ui.visuals().weak_text_color();
     let labels: Vec<(String, String)> = pts
         .iter()
         .map(|s| (s.token.clone(), s.context.clone()))
         .collect();
     Plot::new("mfa_subspace")
-        .height(170.0)
+        .height(220.0)
         .x_axis_label(format!("z{a}"))
         .y_axis_label(format!("z{b}"))
         .label_formatter(move |hover| match hover {
@@ -87,83 +93,15 @@ fn scatter(p: &mut MfaPanel, ui: &mut egui::Ui) {
             egui_plot::HoverPosition::Elsewhere { .. } => None,
         })
         .show(ui, |plot| {
+            for (pt, t) in xy.iter().zip(&tokens).take(max_labels) {
+                plot.text(
+                    Text::new("labels", PlotPoint::new(pt[0], pt[1]), t.as_str())
+                        .anchor(egui::Align2::LEFT_BOTTOM)
+                        .color(label_color),
+                );
+            }
             plot.points(Points::new(format!("component {k}"), xy).radius(2.5));
         });
-}
-
-fn steering(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
-    let Some(k) = p.selected else { return };
-    ui.strong(format!("Steer toward component {k}"));
-    let n_layers = s.model_info().map_or(1, |i| i.dims.n_layers);
-    let fitted_layer = p.fitted.as_ref().and_then(|f| f.point.layer());
-    ui.add(
-        egui::TextEdit::singleline(&mut p.prompt)
-            .desired_width(f32::INFINITY)
-            .hint_text("prompt"),
-    );
-    ui.add(egui::Slider::new(&mut p.alpha, 0.0..=1.0).text("alpha (centroid)"));
-    ui.horizontal(|ui| {
-        let mut layer = p.steer_layer.or(fitted_layer).unwrap_or(0);
-        ui.add(egui::Slider::new(&mut layer, 0..=n_layers.saturating_sub(1)).text("layer"))
-            .on_hover_text("The component lives in the space of the layer it was fitted at; other layers are an experiment");
-        p.steer_layer = (Some(layer) != fitted_layer).then_some(layer);
-        ui.checkbox(&mut p.last_only, "last position only");
-    });
-    ui.collapsing("latent offset z", |ui| {
-        for (i, z) in p.z.iter_mut().enumerate() {
-            ui.add(egui::Slider::new(z, -30.0..=30.0).text(format!("z{i}")));
-        }
-        if ui.small_button("reset z").clicked() {
-            p.z.iter_mut().for_each(|z| *z = 0.0);
-        }
-    });
-    let mut go = false;
-    let mut to_lens = false;
-    ui.horizontal(|ui| {
-        if p.steering.is_some() {
-            ui.spinner();
-        } else {
-            go = ui.button("Steer").clicked();
-        }
-        to_lens = ui
-            .button("Use in Lens")
-            .on_hover_text("Apply this steering to lens runs")
-            .clicked();
-    });
-    if go {
-        let c = MfaCommand::Steer {
-            prompt: p.prompt.clone(),
-            chat: false,
-            component: k,
-            alpha: p.alpha,
-            z: p.z.clone(),
-            layer: p.steer_layer,
-            positions: if p.last_only {
-                SteerPositions::Last
-            } else {
-                SteerPositions::All
-            },
-            top: 10,
-            max_new_tokens: 20,
-        };
-        p.steering = s.send(Command::Mfa(c));
-    }
-    if to_lens {
-        s.post(Message::SteerLens(Steer::MfaComponent {
-            component: k,
-            alpha: p.alpha,
-            z: p.z.clone(),
-        }));
-        s.goto("Lens");
-    }
-    let Some(r) = &p.steer else { return };
-    shift_bars(ui, "mfa_steer", &r.promoted, &r.suppressed, 110.0);
-    ui.columns(2, |cols| {
-        cols[0].strong("steered");
-        ragged(&mut cols[0], format!("{}{}", r.prompt, r.steered));
-        cols[1].strong("plain");
-        ragged(&mut cols[1], format!("{}{}", r.prompt, r.plain));
-    });
 }
 
 /// A context with its token highlighted.
@@ -192,7 +130,7 @@ fn context_job(c: &Context, ui: &egui::Ui) -> LayoutJob {
     job
 }
 
-pub(super) fn component_detail(p: &mut MfaPanel, ui: &mut egui::Ui) {
+pub(super) fn component_detail(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
     let (Some(f), Some(k)) = (&p.fitted, p.selected) else {
         return;
     };
@@ -210,10 +148,34 @@ pub(super) fn component_detail(p: &mut MfaPanel, ui: &mut egui::Ui) {
     ui.label(format!("tokens: {}", list(&c.top_tokens)));
     ui.label(format!("next: {}", list(&c.top_next)));
     ui.horizontal(|ui| {
-        ui.label("top contexts by");
+        ui.label("contexts by");
         ui.selectable_value(&mut p.by_responsibility, false, "likelihood");
         ui.selectable_value(&mut p.by_responsibility, true, "responsibility");
     });
+    let mut draw = false;
+    ui.horizontal_wrapped(|ui| {
+        ui.add(egui::DragValue::new(&mut p.sample.n).range(1..=200).prefix("show "));
+        ui.add(
+            egui::DragValue::new(&mut p.sample.pool)
+                .range(1..=100_000)
+                .prefix("drawn from top "),
+        )
+        .on_hover_text("Contexts are drawn at random from this many best ones so they do not all look alike (the seed: 10 of 5,000)");
+        p.sample.pool = p.sample.pool.max(p.sample.n);
+        if p.drawing.is_some() {
+            ui.spinner();
+        } else if ui.button("Draw again").clicked() {
+            p.sample.seed += 1;
+            draw = true;
+        }
+    });
+    if draw {
+        super::mfa_panel::redraw_contexts(p, s);
+    }
+    let (Some(f), Some(k)) = (&p.fitted, p.selected) else {
+        return;
+    };
+    let Some(c) = f.components.get(k) else { return };
     let ctxs = if p.by_responsibility {
         &c.by_responsibility
     } else {

@@ -14,7 +14,9 @@ mod lens_views;
 pub mod lessons;
 pub mod lessons_panel;
 mod lora_controls;
+mod mfa_files;
 pub mod mfa_panel;
+mod mfa_steering;
 mod mfa_views;
 pub mod model_panel;
 pub mod panel;
@@ -22,11 +24,13 @@ pub mod playground;
 pub mod png_export;
 pub mod scratch_panel;
 mod scratch_views;
+pub mod session;
 pub mod widgets;
 mod window;
 pub mod words_panel;
 mod words_training;
 mod words_views;
+pub mod workspace;
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +72,10 @@ pub struct NeoApp {
     pub shared: Shared,
     panels: Vec<Box<dyn Panel>>,
     active: usize,
+    /// The last session kept in the data folder (the window keeps one; tests do not).
+    session: Option<session::LastSession>,
+    /// A workspace folder dialog in flight.
+    workspace_dialog: Option<dialogs::Pending<workspace::Action>>,
 }
 
 impl NeoApp {
@@ -89,6 +97,8 @@ impl NeoApp {
             shared: Shared::new(engine, model_dir),
             panels: registry(),
             active: 0,
+            session: None,
+            workspace_dialog: None,
         }
     }
 
@@ -199,14 +209,17 @@ impl NeoApp {
         if let Some(title) = self.shared.take_goto() {
             self.open(title);
         }
+        self.save_session_changes();
     }
 
     /// Draws the whole window.
     pub fn draw(&mut self, ui: &mut egui::Ui) {
+        self.poll_workspace_dialog();
         let s = &mut self.shared;
         egui::Panel::top("top_bar").show(ui, |ui| {
             ui.horizontal(|ui| {
                 ui.heading("Neoscope");
+                ui.menu_button("File", |ui| workspace::menu(&mut self.workspace_dialog, ui));
                 ui.separator();
                 match s.model_info() {
                     Some(i) => ui.label(format!("{} · {}", i.name, i.device)),

@@ -41,7 +41,50 @@ pub trait Panel: Any {
 
     /// A message another panel posted (`Shared::post`).
     fn receive(&mut self, _s: &mut Shared, _msg: &Message) {}
+
+    /// The settings worth keeping between sessions (prompts, choices), as JSON; results and
+    /// running jobs are not settings. Written with `panel_settings!`.
+    fn settings(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Takes back what `settings` wrote; returns the fields it could not read (they keep their
+    /// current values).
+    fn restore(&mut self, _v: &serde_json::Value) -> Vec<String> {
+        Vec::new()
+    }
 }
+
+/// Implements `Panel::settings` and `Panel::restore` for the named fields of a panel: each is
+/// written under its own name and read back on its own, so a field a newer or older version
+/// does not know is skipped, not fatal.
+macro_rules! panel_settings {
+    ($($field:ident),+ $(,)?) => {
+        fn settings(&self) -> Option<serde_json::Value> {
+            let mut m = serde_json::Map::new();
+            $(
+                if let Ok(v) = serde_json::to_value(&self.$field) {
+                    m.insert(stringify!($field).to_owned(), v);
+                }
+            )+
+            Some(serde_json::Value::Object(m))
+        }
+
+        fn restore(&mut self, v: &serde_json::Value) -> Vec<String> {
+            let mut bad = Vec::new();
+            $(
+                if let Some(x) = v.get(stringify!($field)) {
+                    match serde_json::from_value(x.clone()) {
+                        Ok(y) => self.$field = y,
+                        Err(e) => bad.push(format!("{}: {e}", stringify!($field))),
+                    }
+                }
+            )+
+            bad
+        }
+    };
+}
+pub(crate) use panel_settings;
 
 /// What panels tell each other.
 #[derive(Debug, Clone, PartialEq)]

@@ -85,6 +85,17 @@ impl Playground {
 }
 
 impl Panel for Playground {
+    super::panel::panel_settings!(
+        prompt,
+        chat,
+        greedy,
+        temperature,
+        top_p,
+        seed,
+        max_new_tokens,
+        top_k
+    );
+
     fn title(&self) -> &'static str {
         "Playground"
     }

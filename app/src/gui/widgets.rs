@@ -1,7 +1,7 @@
 //! Widgets more than one panel draws: the running-job row, loss plots, logit-shift bars,
 //! word chips in text and ragged labels.
 
-use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints};
+use egui_plot::{Legend, Line, Plot, PlotPoints};
 use neoscope_api::words::LogitShift;
 
 use super::panel::{JobView, Shared};
@@ -79,60 +79,64 @@ pub fn train_val_plot(
         });
 }
 
-/// Bars of the most promoted (green) and suppressed (red) next tokens, the tokens under the
-/// bars, then the values as text.
-pub fn shift_bars(
-    ui: &mut egui::Ui,
-    id: &str,
-    promoted: &[LogitShift],
-    suppressed: &[LogitShift],
-    height: f32,
-) {
-    let promoted = &promoted[..promoted.len().min(8)];
-    let suppressed = &suppressed[..suppressed.len().min(8)];
-    let mut bars = Vec::new();
-    for (i, s) in promoted.iter().enumerate() {
-        bars.push(
-            Bar::new(i as f64, f64::from(s.delta))
-                .name(format!("{:?}", s.text))
-                .fill(egui::Color32::from_rgb(80, 160, 90)),
-        );
-    }
-    for (i, s) in suppressed.iter().enumerate() {
-        let x = (promoted.len() + 1 + i) as f64;
-        bars.push(
-            Bar::new(x, f64::from(s.delta))
-                .name(format!("{:?}", s.text))
-                .fill(egui::Color32::from_rgb(200, 80, 70)),
-        );
-    }
-    let names: Vec<String> = promoted
+/// The tokens a change promoted and suppressed most, as labelled bars: two columns (promoted in
+/// green, suppressed in red), each row the token, a bar scaled to the largest change, and the
+/// logit change. Drawn by hand because a plot's axis labels skip bars when they crowd.
+pub fn shift_bars(ui: &mut egui::Ui, promoted: &[LogitShift], suppressed: &[LogitShift]) {
+    let promoted = &promoted[..promoted.len().min(10)];
+    let suppressed = &suppressed[..suppressed.len().min(10)];
+    let max = promoted
         .iter()
         .chain(suppressed)
-        .map(|s| s.text.clone())
-        .collect();
-    let n_prom = promoted.len();
-    Plot::new(("shift_bars", id))
-        .height(height)
-        .allow_scroll(false)
-        .y_axis_label("logit change")
-        .x_axis_formatter(move |m, _| {
-            let i = m.value.round() as usize;
-            let j = if i < n_prom {
-                Some(i)
-            } else {
-                i.checked_sub(n_prom + 1).map(|j| j + n_prom)
-            };
-            j.and_then(|j| names.get(j))
-                .map_or_else(String::new, |s| s.trim().chars().take(8).collect())
-        })
-        .show(ui, |plot| {
-            plot.bar_chart(BarChart::new("logit change", bars));
-        });
-    ui.horizontal_wrapped(|ui| {
-        for s in promoted.iter().chain(suppressed) {
-            ui.monospace(format!("{:?} {:+.1}", s.text, s.delta));
+        .map(|s| s.delta.abs())
+        .fold(1e-6_f32, f32::max);
+    ui.columns(2, |cols| {
+        let sides = [
+            ("promoted", promoted, egui::Color32::from_rgb(80, 160, 90)),
+            (
+                "suppressed",
+                suppressed,
+                egui::Color32::from_rgb(200, 80, 70),
+            ),
+        ];
+        for (ui, (title, rows, color)) in cols.iter_mut().zip(sides) {
+            ui.label(egui::RichText::new(title).small().strong());
+            for r in rows {
+                bar_row(ui, r, max, color);
+            }
         }
+    });
+}
+
+/// One labelled bar: token, bar, value (the token and value are labels, so they can be read
+/// out and found by tests).
+fn bar_row(ui: &mut egui::Ui, r: &LogitShift, max: f32, color: egui::Color32) {
+    let label: String = {
+        let t = format!("{:?}", r.text);
+        if t.chars().count() > 11 {
+            t.chars().take(10).chain(['…']).collect()
+        } else {
+            t
+        }
+    };
+    let full = ui.available_width();
+    let text_w = (full * 0.42).min(96.0);
+    ui.horizontal(|ui| {
+        ui.spacing_mut().item_spacing.x = 4.0;
+        let h = ui.text_style_height(&egui::TextStyle::Monospace);
+        ui.add_sized(
+            [text_w, h],
+            egui::Label::new(egui::RichText::new(label).monospace()).truncate(),
+        )
+        .on_hover_text(format!("{:?}: logit change {:+.3}", r.text, r.delta));
+        let bar_w = (full - text_w - 48.0).max(4.0) * r.delta.abs() / max;
+        let (rect, _) = ui.allocate_exact_size(egui::vec2(bar_w, h - 2.0), egui::Sense::hover());
+        ui.painter().rect_filled(rect, 2.0, color);
+        ui.label(
+            egui::RichText::new(format!("{:+.1}", r.delta))
+                .small()
+                .color(ui.visuals().weak_text_color()),
+        );
     });
 }
 

@@ -18,7 +18,7 @@ use super::words_training::training;
 use super::words_views::{ask, cosines, dataset_table, definitions, explore, new_examples};
 
 /// How a new word starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum InitKind {
     /// Small random values.
     Random,
@@ -44,7 +44,7 @@ pub enum FileAction {
 }
 
 /// One editable dataset row. `rejected` empty means a completion row (`target` = `chosen`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     /// Prompt naming the word.
     pub prompt: String,
@@ -192,6 +192,19 @@ impl WordsPanel {
 }
 
 impl Panel for WordsPanel {
+    super::panel::panel_settings!(
+        new_name,
+        init_kind,
+        init_words,
+        init_seed,
+        layer,
+        datasets,
+        config,
+        preference,
+        heldout_set,
+        similar
+    );
+
     fn title(&self) -> &'static str {
         "Words"
     }

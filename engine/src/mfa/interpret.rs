@@ -1,8 +1,9 @@
-//! What each Gaussian means: sizes by hard assignment, most common tokens, top contexts by
-//! likelihood or responsibility, a coherence measure against chance, and subspace coordinates
+//! What each Gaussian means: sizes by hard assignment, most common tokens, contexts drawn from
+//! the top ones by likelihood or responsibility, a coherence measure against chance, and subspace coordinates
 //! (least squares on the unit loading columns).
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
 
 use candle_core::{DType, IndexOp, Tensor};
 use rand::SeedableRng;
@@ -15,7 +16,7 @@ use super::linalg::spd_inverse_logdet;
 use super::model::Mfa;
 use crate::error::{EngineError, Result};
 use crate::tokenizer::ModelTokenizer;
-pub use neoscope_api::mfa::{ComponentInfo, Context};
+pub use neoscope_api::mfa::{ComponentInfo, Context, ContextSample};
 
 /// Rows per scoring batch.
 const BATCH: usize = 1024;
@@ -38,18 +39,41 @@ pub struct Scan {
     pub by_likelihood: Vec<Vec<Scored>>,
     /// Top rows per component by responsibility, best first.
     pub by_responsibility: Vec<Vec<Scored>>,
+    /// How many rows per component were kept.
+    pub pool: usize,
 }
 
-fn push_top(list: &mut Vec<Scored>, s: Scored, n: usize) {
-    if list.len() < n {
-        list.push(s);
-    } else if let Some((i, min)) = list
-        .iter()
-        .enumerate()
-        .min_by(|a, b| a.1.score.total_cmp(&b.1.score))
-        && s.score > min.score
+/// A heap entry ordered so that the lowest score is on top (the one to drop).
+#[derive(Clone, Copy)]
+struct Lowest(Scored);
+
+impl PartialEq for Lowest {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Lowest {}
+impl PartialOrd for Lowest {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Lowest {
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.0.score
+            .total_cmp(&self.0.score)
+            .then(self.0.row.cmp(&o.0.row))
+    }
+}
+
+fn push_top(heap: &mut BinaryHeap<Lowest>, s: Scored, n: usize) {
+    if heap.len() < n {
+        heap.push(Lowest(s));
+    } else if let Some(min) = heap.peek()
+        && s.score > min.0.score
     {
-        list[i] = s;
+        heap.pop();
+        heap.push(Lowest(s));
     }
 }
 
@@ -60,8 +84,8 @@ pub fn scan(mfa: &Mfa, x: &Tensor, n: usize, cancel: &dyn Fn() -> bool) -> Resul
     let k = mfa.dims()?.0;
     let log_pi: Vec<f32> = der.log_pi.to_dtype(DType::F32)?.to_vec1()?;
     let mut assign = Vec::with_capacity(rows);
-    let mut by_l = vec![Vec::new(); k];
-    let mut by_r = vec![Vec::new(); k];
+    let mut by_l = vec![BinaryHeap::with_capacity(n.min(rows)); k];
+    let mut by_r = by_l.clone();
     for s in (0..rows).step_by(BATCH) {
         if cancel() {
             return Err(EngineError::Cancelled);
@@ -91,13 +115,17 @@ pub fn scan(mfa: &Mfa, x: &Tensor, n: usize, cancel: &dyn Fn() -> bool) -> Resul
             }
         }
     }
-    for l in by_l.iter_mut().chain(by_r.iter_mut()) {
-        l.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
-    }
+    // Ascending in `Lowest`'s order is best first.
+    let sorted = |v: Vec<BinaryHeap<Lowest>>| -> Vec<Vec<Scored>> {
+        v.into_iter()
+            .map(|h| h.into_sorted_vec().into_iter().map(|l| l.0).collect())
+            .collect()
+    };
     Ok(Scan {
         assign,
-        by_likelihood: by_l,
-        by_responsibility: by_r,
+        by_likelihood: sorted(by_l),
+        by_responsibility: sorted(by_r),
+        pool: n,
     })
 }
 
@@ -114,13 +142,25 @@ fn counts(ids: impl Iterator<Item = u32>, tok: &ModelTokenizer, n: usize) -> Vec
         .collect()
 }
 
-/// Describes every component: sizes, common tokens and `n_ctx` contexts each way.
+/// `how.n` of the first `how.pool` rows of `top` (best first), drawn without repeats with a seed
+/// of its own per component and list, kept in best-first order.
+pub fn draw(top: &[Scored], how: &ContextSample, salt: u64) -> Vec<Scored> {
+    let pool = &top[..top.len().min(how.pool)];
+    let n = how.n.min(pool.len());
+    let mut rng = StdRng::seed_from_u64(how.seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut picked = sample(&mut rng, pool.len(), n).into_vec();
+    picked.sort_unstable();
+    picked.into_iter().map(|i| pool[i]).collect()
+}
+
+/// Describes every component: sizes, common tokens and contexts each way, drawn as `how` says
+/// from the scan's top rows.
 pub fn components(
     mfa: &Mfa,
     acts: &Activations,
     scan: &Scan,
     tok: &ModelTokenizer,
-    n_ctx: usize,
+    how: &ContextSample,
 ) -> Result<Vec<ComponentInfo>> {
     let k = mfa.dims()?.0;
     let pi: Vec<f32> = candle_nn::ops::softmax(mfa.logits.as_tensor(), 0)?
@@ -157,10 +197,12 @@ pub fn components(
                 tok,
                 8,
             ),
-            by_likelihood: scan.by_likelihood[c].iter().take(n_ctx).map(ctx).collect(),
-            by_responsibility: scan.by_responsibility[c]
+            by_likelihood: draw(&scan.by_likelihood[c], how, 2 * c as u64)
                 .iter()
-                .take(n_ctx)
+                .map(ctx)
+                .collect(),
+            by_responsibility: draw(&scan.by_responsibility[c], how, 2 * c as u64 + 1)
+                .iter()
                 .map(ctx)
                 .collect(),
         })

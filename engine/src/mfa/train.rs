@@ -1,6 +1,7 @@
 //! Fitting an MFA: initialisation (k-means or random points), Adam on the mean NLL over shuffled
-//! minibatches, a held-out validation split, per-epoch progress, cancel, and the best epoch
-//! (by validation NLL) restored at the end.
+//! minibatches, a held-out validation split, per-epoch progress, cancel, optional early stopping
+//! when the validation NLL stops improving, and the best epoch (by validation NLL) restored at
+//! the end.
 
 use candle_core::{DType, IndexOp, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -132,7 +133,7 @@ pub fn fit(
     let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(7));
     let mut order: Vec<u32> = (0..u32::try_from(n_train).unwrap_or(u32::MAX)).collect();
     let mut epochs = Vec::new();
-    let mut cancelled = false;
+    let (mut cancelled, mut stopped_early) = (false, false);
     'outer: for e in 1..=cfg.epochs {
         order.shuffle(&mut rng);
         let (mut sum, mut count) = (0.0, 0usize);
@@ -175,6 +176,13 @@ pub fn fit(
             cancelled = true;
             break;
         }
+        if let Some(p) = cfg.patience
+            && e >= best.0 + p.max(1)
+            && e < cfg.epochs
+        {
+            stopped_early = true;
+            break;
+        }
     }
     restore(&mfa, &best.2)?;
     Ok((
@@ -187,6 +195,7 @@ pub fn fit(
             n_train,
             n_val: val.dim(0)?,
             cancelled,
+            stopped_early,
         },
     ))
 }

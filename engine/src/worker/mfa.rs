@@ -3,7 +3,7 @@
 
 use super::Worker;
 use neoscope_api::Event;
-use neoscope_api::mfa::{MfaCommand, MfaResult, SteerPositions, SubspacePoint};
+use neoscope_api::mfa::{ContextSample, MfaCommand, MfaResult, SteerPositions, SubspacePoint};
 
 use super::Job;
 use crate::artifact::BaseModel;
@@ -14,8 +14,8 @@ use crate::mfa::activations::{self, Activations, CollectConfig};
 use crate::mfa::file::{self, MfaMeta};
 use crate::mfa::interpret::{self, Scan};
 
-/// Contexts kept per component and used by the coherence measure.
-const TOP_CONTEXTS: usize = 20;
+/// Top contexts per component used by the coherence measure.
+const COHERENCE_TOP: usize = 20;
 
 /// What the engine thread holds for the MFA panel.
 #[derive(Default)]
@@ -23,6 +23,7 @@ pub(super) struct MfaState {
     acts: Option<Activations>,
     model: Option<(Mfa, MfaMeta)>,
     scan: Option<Scan>,
+    sample: ContextSample,
 }
 
 impl Worker {
@@ -95,6 +96,16 @@ impl Worker {
                 self.mfa.scan = None;
                 res
             }
+            MfaCommand::SaveActivations { path } => {
+                let acts = self.mfa.acts.as_ref().ok_or_else(|| {
+                    EngineError::Invalid(
+                        "no activations to save: collect or load some first".into(),
+                    )
+                })?;
+                MfaResult::Saved {
+                    path: activations::save(&path, acts, &self.base()?)?,
+                }
+            }
             MfaCommand::Fit { config } => {
                 let acts = self.mfa.acts.as_ref().ok_or_else(|| {
                     EngineError::Invalid("no activations: collect or load some first".into())
@@ -123,6 +134,7 @@ impl Worker {
                     report: Some(report),
                 };
                 self.mfa.model = Some((mfa, meta));
+                self.mfa.scan = None;
                 self.describe(job)?
             }
             MfaCommand::Save { path } => {
@@ -138,6 +150,16 @@ impl Worker {
                 let (mfa, meta) = file::load(&path, &self.base()?, &self.dev)?;
                 self.mfa.model = Some((mfa, meta));
                 self.mfa.scan = None;
+                self.describe(job)?
+            }
+            MfaCommand::Contexts { sample } => {
+                if sample.n == 0 || sample.pool < sample.n {
+                    return Err(EngineError::Invalid(format!(
+                        "draw at least one context, from a pool at least as large ({} of {})",
+                        sample.n, sample.pool
+                    )));
+                }
+                self.mfa.sample = sample;
                 self.describe(job)?
             }
             MfaCommand::Subspace {
@@ -196,16 +218,24 @@ impl Worker {
                 component,
                 alpha,
                 z,
-                layer,
+                layers,
                 positions,
                 top,
                 max_new_tokens,
             } => {
                 let (mfa, fitted_point) = self.fitted_mfa()?;
                 let m = self.model()?;
-                let point = match layer {
-                    Some(l) => HookPoint::ResidPost(l),
-                    None => fitted_point,
+                let n_layers = m.info.dims.n_layers;
+                if let Some(l) = layers.iter().find(|l| **l >= n_layers) {
+                    return Err(EngineError::Invalid(format!(
+                        "steering layer {l} is out of range: the model has layers 0..{}",
+                        n_layers - 1
+                    )));
+                }
+                let points: Vec<HookPoint> = if layers.is_empty() {
+                    vec![fitted_point]
+                } else {
+                    layers.iter().map(|l| HookPoint::ResidPost(*l)).collect()
                 };
                 let pos = match positions {
                     SteerPositions::All => Positions::All,
@@ -214,7 +244,17 @@ impl Worker {
                         Positions::Columns((n - 1..n + max_new_tokens).collect())
                     }
                 };
-                let ivs = crate::mfa::steer::interventions(mfa, point, component, alpha, &z, pos)?;
+                let mut ivs = Vec::new();
+                for point in points {
+                    ivs.extend(crate::mfa::steer::interventions(
+                        mfa,
+                        point,
+                        component,
+                        alpha,
+                        &z,
+                        pos.clone(),
+                    )?);
+                }
                 let hooks = HookSpec {
                     capture: Vec::new(),
                     interventions: ivs,
@@ -236,6 +276,7 @@ impl Worker {
 
     /// Scans the activations (if any) and describes the current MFA.
     fn describe(&mut self, job: &Job) -> Result<MfaResult> {
+        let old_scan = self.mfa.scan.take();
         let (mfa, meta) = self
             .mfa
             .model
@@ -248,11 +289,17 @@ impl Worker {
             && acts.point == meta.point
             && acts.x.dim(1)? == meta.d
         {
-            job.progress("describing components", None);
-            let x = acts.x.to_device(&self.dev)?;
-            let scan = interpret::scan(mfa, &x, TOP_CONTEXTS, &|| job.cancelled())?;
-            components = interpret::components(mfa, acts, &scan, tok, 10)?;
-            coherence = Some(interpret::coherence(&scan, acts, TOP_CONTEXTS, 0));
+            let pool = self.mfa.sample.pool.max(COHERENCE_TOP);
+            let scan = match old_scan {
+                Some(s) if s.pool >= pool && s.assign.len() == acts.len() => s,
+                _ => {
+                    job.progress("describing components", None);
+                    let x = acts.x.to_device(&self.dev)?;
+                    interpret::scan(mfa, &x, pool, &|| job.cancelled())?
+                }
+            };
+            components = interpret::components(mfa, acts, &scan, tok, &self.mfa.sample)?;
+            coherence = Some(interpret::coherence(&scan, acts, COHERENCE_TOP, 0));
             scan_out = Some(scan);
         }
         let res = MfaResult::Model {
