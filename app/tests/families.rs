@@ -153,9 +153,31 @@ fn analyses_run_at(model: &str, name: &str, n_layers: usize, lr: &str) {
         "2",
         "--epochs",
         "3",
+        "--patience",
+        "1",
         "--out",
         mfa.to_str().unwrap(),
     ]);
+    let v = run(&[
+        "mfa",
+        "components",
+        "--json",
+        "--acts",
+        acts.to_str().unwrap(),
+        "--mfa",
+        mfa.to_str().unwrap(),
+        "--sample",
+        "3",
+        "--pool",
+        "20",
+    ]);
+    for c in v["components"].as_array().unwrap() {
+        assert_eq!(
+            c["by_likelihood"].as_array().unwrap().len(),
+            3,
+            "{name}: {c}"
+        );
+    }
     let v = run(&[
         "mfa",
         "steer",
@@ -164,6 +186,8 @@ fn analyses_run_at(model: &str, name: &str, n_layers: usize, lr: &str) {
         mfa.to_str().unwrap(),
         "--component",
         "0",
+        "--layer",
+        "0,1",
         "--max-new-tokens",
         "3",
         "the cat",
@@ -265,6 +289,36 @@ fn analyses_run_at(model: &str, name: &str, n_layers: usize, lr: &str) {
     refused(
         &["mfa", "fit", "--acts", a, "--lr", "NaN", "--out", o],
         "learning rate",
+    );
+    let m = mfa.to_str().unwrap();
+    refused(
+        &[
+            "mfa",
+            "steer",
+            "--mfa",
+            m,
+            "--component",
+            "0",
+            "--layer",
+            "0,99",
+            "hi",
+        ],
+        "steering layer 99 is out of range",
+    );
+    refused(
+        &[
+            "mfa",
+            "components",
+            "--acts",
+            a,
+            "--mfa",
+            m,
+            "--sample",
+            "5",
+            "--pool",
+            "2",
+        ],
+        "from a pool at least as large",
     );
     // Rows the engine refuses name the user's file and line, not a row number.
     let bad = dir.path().join("bad.jsonl");

@@ -191,6 +191,27 @@ fn model_and_playground_panels_with_the_real_model() {
     );
     assert_eq!(h.state().panel::<MfaPanel>().epochs.len(), 8);
     assert!(h.state().panel::<MfaPanel>().subspace.is_some());
+    // A component of words (not punctuation), so the scatter's token labels read.
+    let (index, size) = {
+        let f = h.state().panel::<MfaPanel>().fitted.clone().unwrap();
+        let mut cs = f.components;
+        cs.sort_by_key(|c| std::cmp::Reverse(c.size));
+        let c = cs
+            .iter()
+            .find(|c| {
+                c.top_tokens
+                    .first()
+                    .is_some_and(|(t, _)| t.trim().chars().count() > 2)
+            })
+            .unwrap();
+        (c.index, c.size)
+    };
+    h.get_by_label_contains(&format!("#{index:<3} {size:>5}"))
+        .click();
+    settle(&mut h, Duration::from_secs(60));
+    // The seed steers a list of layers: the fitted layer and the one before it at once.
+    h.state_mut().panel_mut::<MfaPanel>().steer_layers = "14, 15".into();
+    h.step();
     h.get_by_label("Steer").click();
     settle(&mut h, Duration::from_secs(120));
     assert!(h.state().panel::<MfaPanel>().steer.is_some());

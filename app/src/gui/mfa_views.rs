@@ -77,7 +77,7 @@ fn scatter(p: &mut MfaPanel, ui: &mut egui::Ui) {
         .collect();
     let tokens: Vec<String> = pts.iter().map(|s| s.token.trim().to_owned()).collect();
     let max_labels = p.max_labels;
-    let label_color = ui.visuals().weak_text_color();
+    let label_color = ui.visuals().text_color();
     let labels: Vec<(String, String)> = pts
         .iter()
         .map(|s| (s.token.clone(), s.context.clone()))
