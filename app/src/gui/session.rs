@@ -43,8 +43,17 @@ impl NeoApp {
         if !dir.join(super::workspace::FILE).exists() {
             return;
         }
-        if let Err(e) = self.open_workspace(&dir, with_model) {
-            self.shared.error = Some(format!("The last session could not be restored: {e:#}"));
+        match self.open_workspace(&dir, with_model) {
+            Ok(()) if self.shared.error.is_none() => {
+                self.shared.notice = Some(format!(
+                    "Restored the last session ({}); start with --fresh to skip it",
+                    dir.display()
+                ));
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.shared.error = Some(format!("The last session could not be restored: {e:#}"));
+            }
         }
     }
 
