@@ -5,3 +5,4 @@ pub mod assets;
 pub mod cli;
 pub mod gui;
 pub mod options;
+pub mod runs;

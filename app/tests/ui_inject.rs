@@ -56,6 +56,41 @@ fn injection_panel_counts_trains_resumes_and_reports_then_embeddings_show_new_ro
     assert!(html.exists() && r.drift.base_identical);
     assert_eq!(r.steps, 8);
 
+    // The run joins the panel's comparison table, read from its report as `inject compare` does.
+    h.get_by_label("Compare runs (0)").scroll_to_me();
+    h.run_steps(20); // the scroll animation
+    h.get_by_label("Compare runs (0)").click();
+    h.run_steps(20); // the header's opening animation
+    h.get_by_label("Add this run").scroll_to_me();
+    h.run_steps(20);
+    h.get_by_label("Add this run").click();
+    h.run_steps(2);
+    let rows = h.state().panel::<InjectPanel>().compared.clone();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0], neoscope::runs::row(&run).unwrap());
+    assert_eq!((rows[0].steps, rows[0].forms), (8, c.new));
+    // (The table reads the report's JSON: equal to the last bit or so.)
+    assert!((rows[0].drift_cos_mean - r.drift.new.mean).abs() < 1e-12);
+    assert_eq!(
+        rows[0].phase1.as_ref().map(|p| p.step),
+        r.phases
+            .iter()
+            .find(|p| p.phase.starts_with("phase 1"))
+            .map(|p| p.step)
+    );
+    h.get_by_label("Compare runs (1)");
+    h.get_by_label("drift cos");
+    if std::env::var("NEOSCOPE_DEBUG_PNG").is_ok() {
+        h.render().unwrap().save("/tmp/inj.png").unwrap();
+    }
+    // Adding it again refreshes its row instead of doubling it.
+    h.get_by_label("Add this run").click();
+    h.run_steps(2);
+    assert_eq!(h.state().panel::<InjectPanel>().compared.len(), 1);
+    // A folder without a report is refused, naming the file.
+    let e = format!("{:#}", neoscope::runs::row(dir.path()).unwrap_err());
+    assert!(e.contains("report.json"), "{e}");
+
     // The Embeddings panel projects base + new rows, finds a form and lists neighbours.
     h.get_by_label("Embeddings").click();
     h.step();

@@ -32,6 +32,8 @@ pub enum InjectFile {
     SaveReport,
     /// Save the loss curves (CSV).
     SaveCurves,
+    /// Another run's `run.json`, for the comparison table.
+    CompareRun,
 }
 
 /// State of the Injection panel.
@@ -58,6 +60,8 @@ pub struct InjectPanel {
     pub steps: usize,
     /// The run last trained or opened.
     pub run: Option<PathBuf>,
+    /// Runs side by side (from their reports).
+    pub compared: Vec<crate::runs::RunRow>,
     /// Last status line.
     pub status: Option<String>,
     /// Last report and its HTML file.
@@ -116,6 +120,7 @@ impl Default for InjectPanel {
             val: Vec::new(),
             steps: 0,
             run: None,
+            compared: Vec::new(),
             status: None,
             report: None,
             dialog: None,
@@ -198,6 +203,22 @@ pub fn shakespeare(p: &mut InjectPanel, s: &mut Shared) {
 }
 
 impl Panel for InjectPanel {
+    super::panel::panel_settings!(
+        lexicon,
+        morphemes,
+        corpus,
+        config,
+        dir,
+        shakespeare,
+        min_pieces,
+        min_count,
+        max_forms,
+        probe_count,
+        probe_tokens,
+        lora,
+        align
+    );
+
     fn title(&self) -> &'static str {
         "Injection"
     }
@@ -420,6 +441,12 @@ fn handle_dialog(p: &mut InjectPanel, s: &mut Shared) {
             save(s, &path.with_extension("csv"), Ok(Some(csv.into_bytes())));
             return;
         }
+        InjectFile::CompareRun => {
+            if let Some(dir) = path.parent() {
+                super::run_table::add_run(p, s, dir);
+            }
+            return;
+        }
     }
     p.counts = None;
 }
@@ -465,6 +492,7 @@ pub(super) fn dialog(p: &mut InjectPanel, what: InjectFile) {
         InjectFile::Morphemes => ("Choose a morpheme table", ("CSV", &["csv"])),
         InjectFile::Corpus => ("Add a corpus file", ("Text", &["txt", "md"])),
         InjectFile::OpenRun => ("Open an injection run (run.json)", ("Run", &["json"])),
+        InjectFile::CompareRun => ("Add a run to the table (its run.json)", ("Run", &["json"])),
         InjectFile::SaveReport => ("Save the report as JSON", ("JSON", &["json"])),
         InjectFile::SaveCurves => ("Save the loss curves as CSV", ("CSV", &["csv"])),
     };
@@ -495,9 +523,15 @@ fn show(p: &mut InjectPanel, s: &mut Shared, ui: &mut egui::Ui) {
     super::align_controls::align_row(p, s, ui);
     super::inject_controls::use_row(p, s, ui);
     ui.separator();
-    ui.columns(2, |cols| {
-        super::inject_views::curves(p, &mut cols[0]);
-        super::inject_views::report_view(p, s, &mut cols[1]);
-    });
-    super::inject_views::probes_view(p, ui);
+    // Results scroll under the controls, so the run table below the probes is reachable.
+    egui::ScrollArea::vertical()
+        .id_salt("inject_results")
+        .show(ui, |ui| {
+            ui.columns(2, |cols| {
+                super::inject_views::curves(p, &mut cols[0]);
+                super::inject_views::report_view(p, s, &mut cols[1]);
+            });
+            super::inject_views::probes_view(p, ui);
+            super::run_table::runs_table(p, s, ui);
+        });
 }

@@ -10,6 +10,11 @@ use neoscope_api::mfa::{Context, MfaEpoch};
 use super::mfa_panel::MfaPanel;
 use super::panel::Shared;
 
+/// A scatter label's height and width per character on screen (the plot's small text style),
+/// for keeping labels from covering each other.
+const LABEL_H: f32 = 11.0;
+const LABEL_CHAR_W: f32 = 6.0;
+
 /// Train and validation NLL per epoch.
 pub fn nll_plot(ui: &mut egui::Ui, epochs: &[MfaEpoch], height: f32) {
     let pts = |f: fn(&MfaEpoch) -> f64| -> PlotPoints<'static> {
@@ -56,7 +61,7 @@ fn scatter(p: &mut MfaPanel, ui: &mut egui::Ui) {
                 .range(0..=1000)
                 .prefix("labels ≤ "),
         )
-        .on_hover_text("Write the token beside this many points (the seed: 250); hover any point for its context");
+        .on_hover_text("Write the token beside up to this many points (the seed: 250), leaving out labels that would cover another; zoom in for more; hover any point for its context");
         if p.subspace_running.is_some() {
             ui.spinner();
         }
@@ -93,9 +98,26 @@ fn scatter(p: &mut MfaPanel, ui: &mut egui::Ui) {
             egui_plot::HoverPosition::Elsewhere { .. } => None,
         })
         .show(ui, |plot| {
-            for (pt, t) in xy.iter().zip(&tokens).take(max_labels) {
+            // Up to `max_labels` tokens, skipping any that would cover one already written (in
+            // the last frame's screen coordinates), so the labels stay legible; zooming in
+            // makes room for more.
+            let mut placed: Vec<egui::Rect> = Vec::new();
+            for (pt, t) in xy.iter().zip(&tokens) {
+                if placed.len() >= max_labels {
+                    break;
+                }
+                let at = PlotPoint::new(pt[0], pt[1]);
+                let s = plot.screen_from_plot(at);
+                let r = egui::Rect::from_min_size(
+                    egui::pos2(s.x, s.y - LABEL_H),
+                    egui::vec2(LABEL_CHAR_W * t.chars().count() as f32 + 2.0, LABEL_H),
+                );
+                if placed.iter().any(|p| p.intersects(r)) {
+                    continue;
+                }
+                placed.push(r);
                 plot.text(
-                    Text::new("labels", PlotPoint::new(pt[0], pt[1]), t.as_str())
+                    Text::new("labels", at, t.as_str())
                         .anchor(egui::Align2::LEFT_BOTTOM)
                         .color(label_color),
                 );

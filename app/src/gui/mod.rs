@@ -22,6 +22,7 @@ pub mod model_panel;
 pub mod panel;
 pub mod playground;
 pub mod png_export;
+mod run_table;
 pub mod scratch_panel;
 mod scratch_views;
 pub mod session;

@@ -17,7 +17,7 @@ use super::lessons::Do;
 use super::panel::{JobView, Message, Panel, Shared};
 
 /// Where the training text comes from, as the panel offers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CorpusChoice {
     /// Shakespeare (fetched).
     Shakespeare,
@@ -118,6 +118,8 @@ impl Default for ScratchPanel {
 }
 
 impl Panel for ScratchPanel {
+    super::panel::panel_settings!(corpus, files, spec, bpe_vocab, dir, probe, layer, sampling);
+
     fn title(&self) -> &'static str {
         "From scratch"
     }
