@@ -104,6 +104,14 @@ pub struct MfaReport {
     pub stopped_early: bool,
 }
 
+impl MfaReport {
+    /// "stopped early after N epochs" when the fit stopped early, else nothing.
+    pub fn early_stop(&self) -> Option<String> {
+        self.stopped_early
+            .then(|| format!("stopped early after {} epochs", self.epochs.len()))
+    }
+}
+
 /// How the contexts shown for each component are chosen: `n` drawn at random (seeded, without
 /// repeats) from its `pool` best, so that they do not all look alike (the MFA seed: 10 of 5,000).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -145,10 +145,13 @@ fn a_saved_workspace_opens_in_a_fresh_app_with_words_mfa_and_settings() {
     // A fresh app on the same model opens it.
     let dir2 = tempfile::tempdir().unwrap();
     let mut h2 = loaded_tiny(22, dir2.path());
-    h2.state_mut().open_workspace(&ws_dir, false).unwrap();
+    let own_path = h2.state().shared.model_info().unwrap().path.clone();
+    // The same model from another folder (same SHA-256) is not loaded again.
+    h2.state_mut().open_workspace(&ws_dir, true).unwrap();
     settle_ok(&mut h2);
     settle_ok(&mut h2);
     let a = h2.state();
+    assert_eq!(a.shared.model_info().unwrap().path, own_path);
     assert_eq!(a.shared.words, words);
     assert_eq!(a.panel::<Playground>().prompt, "the dog and");
     assert_eq!(

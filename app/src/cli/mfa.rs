@@ -328,11 +328,8 @@ pub fn run(engine: &mut EngineHandle, json_mode: bool, n_layers: usize, cmd: Mfa
                     r.init_val_nll,
                     r.best_val_nll,
                     r.best_epoch,
-                    if r.stopped_early {
-                        format!(" (stopped early after {} epochs)", r.epochs.len())
-                    } else {
-                        String::new()
-                    }
+                    r.early_stop()
+                        .map_or_else(String::new, |t| format!(" ({t})"))
                 );
             }
             if let Some((obs, chance)) = coherence {

@@ -473,11 +473,8 @@ fn component_list(p: &mut MfaPanel, s: &mut Shared, ui: &mut egui::Ui) {
             r.best_val_nll,
             r.best_epoch,
             r.init_val_nll,
-            if r.stopped_early {
-                format!(" · stopped early after {} epochs", r.epochs.len())
-            } else {
-                String::new()
-            }
+            r.early_stop()
+                .map_or_else(String::new, |t| format!(" · {t}"))
         ));
     }
     if let Some((o, c)) = f.coherence {

@@ -45,6 +45,10 @@ pub struct Workspace {
     pub version: u32,
     /// The model file or folder (None: none was loaded).
     pub model: Option<PathBuf>,
+    /// Its SHA-256: a model with the same hash loaded from elsewhere (another machine's cache)
+    /// is the same model.
+    #[serde(default)]
+    pub model_sha256: Option<String>,
     /// The new words saved beside it.
     pub words: Vec<SavedWord>,
     /// Whether `mfa.*` holds a fitted MFA.
@@ -99,6 +103,7 @@ impl NeoApp {
             format: FORMAT.into(),
             version: VERSION,
             model: self.shared.model.as_ref().map(|m| m.path.clone()),
+            model_sha256: self.shared.model.as_ref().map(|m| m.sha256.clone()),
             words: self
                 .shared
                 .words
@@ -172,9 +177,17 @@ impl NeoApp {
                 );
             }
         }
+        let loaded = self.shared.model.as_ref();
+        let same = loaded.is_some_and(|m| {
+            ws.model.as_ref() == Some(&m.path)
+                || ws
+                    .model_sha256
+                    .as_deref()
+                    .is_some_and(|h| !h.is_empty() && h == m.sha256)
+        });
         if with_model
+            && !same
             && let Some(path) = &ws.model
-            && self.shared.model.as_ref().is_none_or(|m| &m.path != path)
         {
             if path.exists() {
                 self.send_as::<ModelPanel>(ModelCommand::Load {
