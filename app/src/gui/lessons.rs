@@ -348,8 +348,10 @@ pub fn lessons() -> Vec<Lesson> {
                 ),
                 step(
                     "Interpret and steer",
-                    "Pick a component: its top contexts say what it stands for, the scatter shows \
-                     its subspace. Press Steer to push generation towards its centre.",
+                    "Pick a component: ten contexts drawn from its top 5,000 say what it stands \
+                     for (Draw again for ten more), the scatter shows its subspace with tokens \
+                     written beside the points. Press Steer to push generation towards its \
+                     centre, at its own layer or several at once.",
                     None,
                     "MFA",
                     "Which tokens does steering promote, and do they match the contexts?",
