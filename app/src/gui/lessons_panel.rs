@@ -81,9 +81,11 @@ fn lesson_view(p: &mut LessonsPanel, s: &mut Shared, ui: &mut egui::Ui) {
     };
     let i = p.shown;
     ui.heading(l.title);
+    let minutes = l.minutes.round().max(1.0);
     ui.weak(format!(
-        "Follows: {} · about {:.0} minutes",
-        l.source, l.minutes
+        "Follows: {} · about {minutes:.0} minute{}",
+        l.source,
+        if minutes > 1.0 { "s" } else { "" }
     ));
     if l.needs_model && s.model_info().is_none() {
         ui.colored_label(
