@@ -19,12 +19,7 @@ pub fn word_direction(
             "no word named {name} to steer with: create or load it in the Words panel"
         ))
     })?;
-    if layer >= n_layers {
-        return Err(EngineError::Invalid(format!(
-            "steering layer {layer} is out of range: the model has layers 0..{}",
-            n_layers - 1
-        )));
-    }
+    check_layer(layer, n_layers)?;
     Ok(Intervention {
         point: HookPoint::ResidPre(layer),
         positions: Positions::All,
@@ -33,4 +28,15 @@ pub fn word_direction(
             scale,
         },
     })
+}
+
+/// Refuses a steering layer the model does not have (`n_layers` layers).
+pub fn check_layer(layer: usize, n_layers: usize) -> Result<()> {
+    if layer >= n_layers {
+        return Err(EngineError::Invalid(format!(
+            "steering layer {layer} is out of range: the model has layers 0..{}",
+            n_layers.saturating_sub(1)
+        )));
+    }
+    Ok(())
 }

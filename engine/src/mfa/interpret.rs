@@ -1,6 +1,6 @@
 //! What each Gaussian means: sizes by hard assignment, most common tokens, contexts drawn from
-//! the top ones by likelihood or responsibility, a coherence measure against chance, and subspace coordinates
-//! (least squares on the unit loading columns).
+//! the top ones by likelihood or responsibility, a coherence measure against chance, and
+//! subspace coordinates (least squares on the unit loading columns).
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};

@@ -225,12 +225,8 @@ impl Worker {
             } => {
                 let (mfa, fitted_point) = self.fitted_mfa()?;
                 let m = self.model()?;
-                let n_layers = m.info.dims.n_layers;
-                if let Some(l) = layers.iter().find(|l| **l >= n_layers) {
-                    return Err(EngineError::Invalid(format!(
-                        "steering layer {l} is out of range: the model has layers 0..{}",
-                        n_layers - 1
-                    )));
+                for l in &layers {
+                    crate::steer::check_layer(*l, m.info.dims.n_layers)?;
                 }
                 let points: Vec<HookPoint> = if layers.is_empty() {
                     vec![fitted_point]
