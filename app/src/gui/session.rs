@@ -4,10 +4,11 @@
 //! 30 seconds and on exit). On start the window opens it again, so a crash or a close loses at
 //! most half a minute of settings and nothing that was trained.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use neoscope_api::words::WordInfo;
 
+use super::workspace::{FILE, Workspace};
 use super::{MfaPanel, NeoApp};
 
 /// What was last written to the session folder.
@@ -16,6 +17,8 @@ pub struct LastSession {
     pub dir: PathBuf,
     words: Vec<WordInfo>,
     mfa_generation: u64,
+    /// The session found there when it was kept, read once, until it is restored.
+    saved: Option<anyhow::Result<Workspace>>,
 }
 
 impl LastSession {
@@ -28,22 +31,33 @@ impl LastSession {
 impl NeoApp {
     /// Keeps the session in `dir` from now on (what is there now is what it starts from).
     pub fn keep_session(&mut self, dir: PathBuf) {
+        let saved = dir.join(FILE).exists().then(|| Workspace::read(&dir));
         self.session = Some(LastSession {
             dir,
             words: self.shared.words.clone(),
             mfa_generation: self.panel::<MfaPanel>().generation,
+            saved,
         });
+    }
+
+    /// The model the kept session was using, if it names one.
+    pub fn session_model(&self) -> Option<&Path> {
+        match self.session.as_ref()?.saved.as_ref()? {
+            Ok(ws) => ws.model.as_deref(),
+            Err(_) => None,
+        }
     }
 
     /// Opens the kept session's workspace if there is one; `with_model`: also its model.
     pub fn restore_session(&mut self, with_model: bool) {
-        let Some(dir) = self.session.as_ref().map(|s| s.dir.clone()) else {
+        let Some((dir, saved)) = self
+            .session
+            .as_mut()
+            .and_then(|s| Some((s.dir.clone(), s.saved.take()?)))
+        else {
             return;
         };
-        if !dir.join(super::workspace::FILE).exists() {
-            return;
-        }
-        match self.open_workspace(&dir, with_model) {
+        match saved.map(|ws| self.apply_workspace(&dir, ws, with_model)) {
             Ok(()) if self.shared.error.is_none() => {
                 self.shared.notice = Some(format!(
                     "Restored the last session ({}); start with --fresh to skip it",

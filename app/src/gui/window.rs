@@ -26,30 +26,21 @@ pub fn run(g: &Global) -> anyhow::Result<()> {
             let waker: Waker = std::sync::Arc::new(move || ctx.request_repaint());
             let model_dir = g.engine_options().model_dir;
             let mut app = NeoApp::with_engine(g.open_engine(waker), model_dir);
-            // The model named on the command line wins over the last session's.
-            let restore_model = g.model.is_none();
-            if !restore_model || !session_has_model(g.fresh) {
-                app.send_as::<ModelPanel>(load);
-            }
             if let Some(dir) = LastSession::default_dir() {
                 app.keep_session(dir);
-                if !g.fresh {
-                    app.restore_session(restore_model);
-                }
+            }
+            // The model named on the command line wins over the last session's.
+            let restore_model = g.model.is_none() && !g.fresh;
+            if !(restore_model && app.session_model().is_some_and(|m| m.exists())) {
+                app.send_as::<ModelPanel>(load);
+            }
+            if !g.fresh {
+                app.restore_session(restore_model);
             }
             Ok(Box::new(app))
         }),
     )
     .map_err(|e| anyhow::anyhow!("could not open the window: {e}"))
-}
-
-/// Whether the last session names a model to load (it is loaded instead of the default).
-fn session_has_model(fresh: bool) -> bool {
-    !fresh
-        && LastSession::default_dir()
-            .and_then(|d| super::workspace::Workspace::read(&d).ok())
-            .and_then(|w| w.model)
-            .is_some_and(|m| m.exists())
 }
 
 impl eframe::App for NeoApp {

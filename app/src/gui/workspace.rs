@@ -167,6 +167,12 @@ impl NeoApp {
     /// order. Settings a panel could not read are named in the status line.
     pub fn open_workspace(&mut self, dir: &Path, with_model: bool) -> Result<()> {
         let ws = Workspace::read(dir)?;
+        self.apply_workspace(dir, ws, with_model);
+        Ok(())
+    }
+
+    /// Applies a workspace read from `dir` (see `open_workspace`).
+    pub(super) fn apply_workspace(&mut self, dir: &Path, ws: Workspace, with_model: bool) {
         let mut unread = Vec::new();
         for p in &mut self.panels {
             if let Some(v) = ws.panels.get(p.title()) {
@@ -226,7 +232,6 @@ impl NeoApp {
                 unread.join("; ")
             ));
         }
-        Ok(())
     }
 }
 
