@@ -83,6 +83,47 @@ fn every_weight_gradient_matches_finite_differences() {
     }
 }
 
+/// The hand-written CPU pass that training uses (`pass::gradients`) against candle's autograd
+/// on the same weights, batch and dropout masks: every parameter's gradient and the loss.
+#[test]
+fn the_hand_written_pass_matches_autograd() {
+    for arch in [ScratchArch::Seed, ScratchArch::Modern] {
+        for dropout in [0.0, 0.25] {
+            let cfg = ScratchModelConfig {
+                n_layers: 3,
+                n_heads: 4,
+                d_model: 32,
+                d_ff: 48,
+                n_ctx: 10,
+                dropout,
+                ..tiny(arch)
+            };
+            let net = Net::init(&cfg, 23, 5, &Device::Cpu).unwrap();
+            let ids: Vec<u32> = (0..200).map(|i| (i * 13 % 23) as u32).collect();
+            let (inputs, targets) = windows(&ids, &[0, 17, 40, 99, 150], cfg.n_ctx);
+            let batch = (inputs.as_slice(), targets.as_slice());
+            let (want, want_loss) = gradients(&net, batch, 77).unwrap();
+            let (got, loss) = neoscope_engine::scratch::pass::gradients(&net, batch, 77).unwrap();
+            assert!(
+                (loss - want_loss).abs() < 1e-5,
+                "{arch:?} dropout {dropout}: loss {loss} vs autograd {want_loss}"
+            );
+            for (i, (name, _)) in net.params.iter().enumerate() {
+                let w: Vec<f32> = want[i].flatten_all().unwrap().to_vec1().unwrap();
+                let scale = w.iter().fold(0f32, |a, b| a.max(b.abs())).max(1e-6);
+                let err = w
+                    .iter()
+                    .zip(&got[i])
+                    .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                assert!(
+                    err <= 1e-4 * scale,
+                    "{arch:?} dropout {dropout} {name}: largest difference {err:e} (scale {scale:e})"
+                );
+            }
+        }
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct RefStep {
     starts: Vec<usize>,

@@ -77,8 +77,16 @@ pub fn matmul(
         return;
     }
     let threads = candle_core::utils::get_num_threads().max(1);
-    // Blocks of whole cache lines (16 floats), at least 128 columns each.
+    // Blocks of whole cache lines (16 floats), at least 128 columns each. A result too narrow
+    // to give every thread such a block (a product back to the model's width) but with many
+    // rows is left to the kernel's own threading instead, which splits it both ways: on the
+    // lab's 768-row products that took a training step from 0.052 to 0.045 s (2 cores).
     let parts = threads.min(n / 128).max(1);
+    let inner = if parts < threads && m >= 128 {
+        threads
+    } else {
+        1
+    };
     let width = (n.div_ceil(parts)).div_ceil(16) * 16;
     let blocks: Vec<(usize, usize)> = (0..n)
         .step_by(width)
@@ -103,7 +111,7 @@ pub fn matmul(
             (dst_addr, c0, (dst_rs, dst_cs)),
             (lhs_src, lhs, (lhs_rs, lhs_cs)),
             (rhs_src, rhs, (rhs_rs, rhs_cs)),
-            accumulate,
+            (accumulate, inner),
         );
     };
     if blocks.len() == 1 {
@@ -147,19 +155,20 @@ pub fn gemm_strided(
         (dst.as_mut_ptr() as usize, d0, ds),
         lhs,
         rhs,
-        accumulate,
+        (accumulate, 1),
     );
 }
 
 /// [`gemm_strided`] into a result given by address, for threads that write disjoint parts of
-/// one buffer. The caller guarantees that the result's extent lies inside one live `f32` buffer
+/// one buffer, run by the kernel's own threading on `threads` threads when that is above 1.
+/// The caller guarantees that the result's extent lies inside one live `f32` buffer
 /// that nothing else reads or writes at those elements during the call.
 pub(crate) fn gemm_into(
     (rows, inner, cols): (usize, usize, usize),
     (dst, d0, (drs, dcs)): Strided<usize>,
     (lhs, l0, (lrs, lcs)): Strided<&[f32]>,
     (rhs, r0, (rrs, rcs)): Strided<&[f32]>,
-    accumulate: bool,
+    (accumulate, threads): (bool, usize),
 ) {
     if rows == 0 || cols == 0 {
         return;
@@ -199,7 +208,11 @@ pub(crate) fn gemm_into(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
 }

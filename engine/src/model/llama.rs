@@ -831,7 +831,7 @@ fn attention_mask(
 /// RoPE cos/sin tables (n_ctx, d_head/2), computed in f32 as the reference implementations do,
 /// with the configuration's frequency scaling. Only `n_ctx` positions get a row, so a longer
 /// sequence is refused (`forward_embeds`) rather than computed wrongly.
-fn rope_tables(
+pub(crate) fn rope_tables(
     cfg: &LlamaConfig,
     base: f64,
     scaling: Option<&RopeScaling>,

@@ -363,7 +363,7 @@ fn tiled_forward(b: &Blocks, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
                 (y_addr, r0, (1, n)),
                 (w, 0, (k, 1)),
                 (x, 0, (1, k)),
-                false,
+                (false, 1),
             );
             Ok(())
         },

@@ -6,7 +6,9 @@
 
 pub mod corpus;
 pub mod inspect;
+mod kernels;
 pub mod net;
+pub mod pass;
 pub mod run;
 pub mod tokenize;
 pub mod train;

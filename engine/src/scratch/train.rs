@@ -23,8 +23,8 @@ pub use neoscope_api::scratch::{ScratchEvent, ScratchTrainConfig};
 /// Seed salt of the validation windows (fixed for a run, so validations compare).
 const VAL_SALT: u64 = 0x5EED_0000_0000_0001;
 /// Adam's β₁ and ε (PyTorch's defaults).
-const BETA1: f64 = 0.9;
-const EPS: f64 = 1e-8;
+pub(crate) const BETA1: f64 = 0.9;
+pub(crate) const EPS: f64 = 1e-8;
 
 /// Checks training settings against the corpus size.
 pub fn check(cfg: &ScratchTrainConfig) -> Result<()> {
@@ -119,7 +119,21 @@ pub fn windows(ids: &[u32], starts: &[usize], n_ctx: usize) -> (Vec<Vec<u32>>, V
     (inputs, targets)
 }
 
-/// Dropout masks for every block's attention and MLP outputs (scaled by 1/(1−p)).
+/// Dropout masks (scaled by 1/(1−p)) of `n` values each for every block's attention output
+/// and then its MLP output, drawn from `seed`: the same masks for both training passes.
+pub(crate) fn dropout_masks(p: f32, seed: u64, layers: usize, n: usize) -> Vec<Vec<f32>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - p);
+    (0..2 * layers)
+        .map(|_| {
+            (0..n)
+                .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+                .collect()
+        })
+        .collect()
+}
+
+/// [`dropout_masks`] as interventions at every block's attention and MLP outputs.
 fn dropout(
     llama: &Llama,
     p: f32,
@@ -127,24 +141,20 @@ fn dropout(
     (b, t): (usize, usize),
 ) -> Result<Vec<ResolvedIntervention>> {
     let dev = llama.device();
-    let d = llama.cfg.hidden_size;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let keep = 1.0 / (1.0 - p);
+    let (d, layers) = (llama.cfg.hidden_size, llama.cfg.num_hidden_layers);
     let ones = Tensor::ones((b, t, 1), DType::U8, dev)?;
-    let mut ivs = Vec::new();
-    for l in 0..llama.cfg.num_hidden_layers {
-        for point in [HookPoint::AttnOut(l), HookPoint::MlpOut(l)] {
-            let m: Vec<f32> = (0..b * t * d)
-                .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
-                .collect();
-            ivs.push(ResolvedIntervention {
+    let masks = dropout_masks(p, seed, layers, b * t * d);
+    let points = (0..layers).flat_map(|l| [HookPoint::AttnOut(l), HookPoint::MlpOut(l)]);
+    points
+        .zip(masks)
+        .map(|(point, m)| {
+            Ok(ResolvedIntervention {
                 point,
                 mask: ones.clone(),
                 op: ResolvedOp::Scale(Tensor::from_vec(m, (b, t, d), dev)?),
-            });
-        }
-    }
-    Ok(ivs)
+            })
+        })
+        .collect()
 }
 
 /// Mean next-token cross-entropy (nats) of `inputs` against `targets`.
@@ -215,8 +225,10 @@ pub fn step_batch(
     windows(&data.train, &step_starts(cfg, data, n_ctx, s), n_ctx)
 }
 
-/// Gradients of the mean loss on `(inputs, targets)`, one per parameter, and the loss; with
-/// dropout drawn from `dropout_seed` when the model has it.
+/// Gradients of the mean loss on `(inputs, targets)` by candle's autograd, one per parameter,
+/// and the loss; with dropout drawn from `dropout_seed` when the model has it. Training on the
+/// CPU takes the hand-written pass instead (`pass::gradients`, the same values); this one runs
+/// on CUDA and is the reference the tests hold it to.
 pub fn gradients(
     net: &Net,
     (inputs, targets): (&[Vec<u32>], &[u32]),
@@ -252,12 +264,26 @@ pub fn step_on(
     batch: (&[Vec<u32>], &[u32]),
 ) -> Result<f32> {
     let s = state.step + 1;
-    let (mut grads, loss) = gradients(&state.net, batch, step_seed(cfg.seed ^ 0xD0, s))?;
-    if !loss.is_finite() {
-        return Err(EngineError::Invalid(format!(
+    let dropout_seed = step_seed(cfg.seed ^ 0xD0, s);
+    let not_finite = |loss: f32| {
+        EngineError::Invalid(format!(
             "the loss became {loss} at step {s}; training stopped and the last checkpoint \
              on disk is kept (resume from it, or start again with a lower learning rate)"
-        )));
+        ))
+    };
+    if super::pass::supported(&state.net) {
+        let (grads, loss) = super::pass::gradients(&state.net, batch, dropout_seed)?;
+        if !loss.is_finite() {
+            return Err(not_finite(loss));
+        }
+        super::pass::adamw(state, cfg, s, grads)?;
+        state.step = s;
+        state.losses.push(loss);
+        return Ok(loss);
+    }
+    let (mut grads, loss) = gradients(&state.net, batch, dropout_seed)?;
+    if !loss.is_finite() {
+        return Err(not_finite(loss));
     }
     if cfg.clip_norm > 0.0 {
         let mut sq = 0f64;
