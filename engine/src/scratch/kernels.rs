@@ -8,8 +8,7 @@
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use crate::model::cpu::{gemm_into, matmul};
-use crate::model::fast::{axpy, dot};
+use crate::model::cpu::{gemm_into, gemm_strided, matmul};
 
 /// Windows of a batch: `b` windows of `t` rows each, packed one after another.
 #[derive(Clone, Copy)]
@@ -187,36 +186,48 @@ pub(crate) fn attention(qkv: &[f32], sh: Shape, scale: f32) -> (Vec<f32>, Vec<Ve
     (out, probs)
 }
 
-/// Query `i`, key `j` and value `j` of window `w`, head `h`.
-fn qkv_row(qkv: &[f32], sh: Shape, w: usize, i: usize, part: usize, h: usize) -> &[f32] {
-    let d = sh.d();
-    &qkv[(w * sh.t + i) * 3 * d + part * d + h * sh.hd..][..sh.hd]
+/// Offset of window `w`'s first query (`part` 0), key (1) or value (2) of head `h` in `qkv`.
+fn offset(sh: Shape, w: usize, part: usize, h: usize) -> usize {
+    w * sh.t * 3 * sh.d() + part * sh.d() + h * sh.hd
 }
 
+/// One (window, head): scores `Q Kᵀ` and `P V` as matrix products (the upper triangle is
+/// computed and then masked: at these sizes a full product is faster than a triangle of dot
+/// products), the softmax per row in between.
 #[multiversion(targets = "simd")]
 fn attend(qkv: &[f32], sh: Shape, scale: f32, w: usize, h: usize) -> (Vec<f32>, Vec<f32>) {
-    let (t, hd) = (sh.t, sh.hd);
+    let (t, hd, s3) = (sh.t, sh.hd, 3 * sh.d());
     let mut p = vec![0f32; t * t];
-    let mut o = vec![0f32; t * hd];
-    for i in 0..t {
-        let q = qkv_row(qkv, sh, w, i, 0, h);
-        let row = &mut p[i * t..=i * t + i];
+    gemm_strided(
+        (t, hd, t),
+        (&mut p, 0, (t, 1)),
+        (qkv, offset(sh, w, 0, h), (s3, 1)),
+        (qkv, offset(sh, w, 1, h), (1, s3)),
+        false,
+    );
+    for (i, row) in p.chunks_mut(t).enumerate() {
+        let (keep, masked) = row.split_at_mut(i + 1);
+        masked.fill(0.0);
         let mut mx = f32::NEG_INFINITY;
-        for (j, e) in row.iter_mut().enumerate() {
-            *e = dot(q, qkv_row(qkv, sh, w, j, 1, h)) * scale;
+        for e in keep.iter_mut() {
+            *e *= scale;
             mx = mx.max(*e);
         }
         let mut sum = 0f32;
-        for e in row.iter_mut() {
+        for e in keep.iter_mut() {
             *e = (*e - mx).exp();
             sum += *e;
         }
-        let oi = &mut o[i * hd..(i + 1) * hd];
-        for (j, e) in row.iter_mut().enumerate() {
-            *e /= sum;
-            axpy(oi, *e, qkv_row(qkv, sh, w, j, 2, h));
-        }
+        keep.iter_mut().for_each(|e| *e /= sum);
     }
+    let mut o = vec![0f32; t * hd];
+    gemm_strided(
+        (t, t, hd),
+        (&mut o, 0, (hd, 1)),
+        (&p, 0, (t, 1)),
+        (qkv, offset(sh, w, 2, h), (s3, 1)),
+        false,
+    );
     (o, p)
 }
 
@@ -250,6 +261,8 @@ pub(crate) fn attention_back(
     out
 }
 
+/// Backward of one (window, head) as matrix products: `dP = dO Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙
+/// dP)) · scale`, `dQ = dS K`, `dK = dSᵀ Q`, `dV = Pᵀ dO`; returns dQ, dK, dV (each t × hd).
 #[multiversion(targets = "simd")]
 fn attend_back(
     qkv: &[f32],
@@ -259,28 +272,48 @@ fn attend_back(
     scale: f32,
     (w, h): (usize, usize),
 ) -> Vec<f32> {
-    let (t, hd, d) = (sh.t, sh.hd, sh.d());
+    let (t, hd, d, s3) = (sh.t, sh.hd, sh.d(), 3 * sh.d());
+    let o0 = w * t * d + h * hd;
+    let mut ds = vec![0f32; t * t];
+    gemm_strided(
+        (t, hd, t),
+        (&mut ds, 0, (t, 1)),
+        (dout, o0, (d, 1)),
+        (qkv, offset(sh, w, 2, h), (1, s3)),
+        false,
+    );
+    for (dr, pr) in ds.chunks_mut(t).zip(p.chunks(t)) {
+        let mean: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+        dr.iter_mut()
+            .zip(pr)
+            .for_each(|(e, pv)| *e = pv * (*e - mean) * scale);
+    }
     let mut g = vec![0f32; 3 * t * hd];
     let (dq, rest) = g.split_at_mut(t * hd);
     let (dk, dv) = rest.split_at_mut(t * hd);
-    let mut dp = vec![0f32; t];
-    for i in 0..t {
-        let doi = &dout[(w * t + i) * d + h * hd..][..hd];
-        let q = qkv_row(qkv, sh, w, i, 0, h);
-        let prow = &p[i * t..=i * t + i];
-        let mut mean = 0f32;
-        for (j, (e, pij)) in dp.iter_mut().zip(prow).enumerate() {
-            *e = dot(doi, qkv_row(qkv, sh, w, j, 2, h));
-            mean += pij * *e;
-        }
-        let dqi = &mut dq[i * hd..(i + 1) * hd];
-        for (j, pij) in prow.iter().enumerate() {
-            let ds = pij * (dp[j] - mean) * scale;
-            axpy(dqi, ds, qkv_row(qkv, sh, w, j, 1, h));
-            axpy(&mut dk[j * hd..(j + 1) * hd], ds, q);
-            axpy(&mut dv[j * hd..(j + 1) * hd], *pij, doi);
-        }
-    }
+    let k0 = offset(sh, w, 1, h);
+    gemm_strided(
+        (t, t, hd),
+        (dq, 0, (hd, 1)),
+        (&ds, 0, (t, 1)),
+        (qkv, k0, (s3, 1)),
+        false,
+    );
+    let q0 = offset(sh, w, 0, h);
+    gemm_strided(
+        (t, t, hd),
+        (dk, 0, (hd, 1)),
+        (&ds, 0, (1, t)),
+        (qkv, q0, (s3, 1)),
+        false,
+    );
+    gemm_strided(
+        (t, t, hd),
+        (dv, 0, (hd, 1)),
+        (p, 0, (1, t)),
+        (dout, o0, (d, 1)),
+        false,
+    );
     g
 }
 
@@ -312,4 +345,62 @@ fn softmax_grad_row(row: &mut [f32], tg: usize, n: f32) -> f64 {
     }
     row[tg] -= 1.0 / n;
     loss
+}
+
+/// `eˣ` by range reduction (`x = n·ln 2 + r`, |r| ≤ ln 2 / 2) and a degree-6 Taylor polynomial
+/// (relative error below 2e-7), branch-free so that a loop over it is vectorized; libm's `expf`
+/// is a call per element, and in SwiGLU it took a tenth of the lab's training step.
+#[inline(always)]
+fn exp_vec(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    #[expect(
+        clippy::cast_sign_loss,
+        reason = "n + 127 lies in 1..=254 after the clamp"
+    )]
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// `act = silu(gate) · up` for every row of stacked (gate, up) pre-activations (rows × 2ff).
+pub(crate) fn silu_mul(act: &mut [f32], gu: &[f32], ff: usize) {
+    act.par_chunks_mut(ff)
+        .zip(gu.par_chunks(2 * ff))
+        .for_each(|(a, g)| silu_mul_row(a, g));
+}
+
+#[multiversion(targets = "simd")]
+fn silu_mul_row(a: &mut [f32], gu: &[f32]) {
+    let (gate, up) = gu.split_at(a.len());
+    for ((o, g), u) in a.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + exp_vec(-g)) * u;
+    }
+}
+
+/// Backward of [`silu_mul`]: `∂/∂(gate, up)` (rows × 2ff) from `∂/∂act`.
+pub(crate) fn silu_mul_back(dgu: &mut [f32], dact: &[f32], gu: &[f32], ff: usize) {
+    dgu.par_chunks_mut(2 * ff)
+        .zip(dact.par_chunks(ff).zip(gu.par_chunks(2 * ff)))
+        .for_each(|(o, (da, g))| silu_mul_back_row(o, da, g));
+}
+
+#[multiversion(targets = "simd")]
+fn silu_mul_back_row(o: &mut [f32], da: &[f32], gu: &[f32]) {
+    let ff = da.len();
+    let (gate, up) = gu.split_at(ff);
+    let (dg, du) = o.split_at_mut(ff);
+    for j in 0..ff {
+        let (gv, uv) = (gate[j], up[j]);
+        let sg = 1.0 / (1.0 + exp_vec(-gv));
+        dg[j] = da[j] * uv * sg * (1.0 + gv * (1.0 - sg));
+        du[j] = da[j] * gv * sg;
+    }
 }

@@ -14,7 +14,7 @@ use candle_core::Tensor;
 
 use super::kernels::{
     Shape, attention, attention_back, col_sums, cross_entropy, input_grad, layer_norm,
-    layer_norm_back, linear, rms_weight_grad, weight_grad,
+    layer_norm_back, linear, rms_weight_grad, silu_mul, silu_mul_back, weight_grad,
 };
 use super::net::{Net, ScratchArch, llama_config, sinusoidal};
 use crate::error::{EngineError, Result};
@@ -384,14 +384,7 @@ fn modern_forward(ctx: &Ctx<'_>, base: usize, l: usize, x: Vec<f32>) -> (Tape, V
     let mut u = vec![0f32; n * 2 * ff];
     linear(&mut u, &h2, &wgu, None, (n, d, 2 * ff));
     let mut act = vec![0f32; n * ff];
-    act.par_chunks_mut(ff)
-        .zip(u.par_chunks(2 * ff))
-        .for_each(|(a, gu)| {
-            let (gate, up) = gu.split_at(ff);
-            for ((o, g), u) in a.iter_mut().zip(gate).zip(up) {
-                *o = g / (1.0 + (-g).exp()) * u;
-            }
-        });
+    silu_mul(&mut act, &u, ff);
     let mut out = vec![0f32; n * d];
     linear(&mut out, &act, ctx.p(base + 8), None, (n, ff, d));
     apply_mask(&mut out, ctx.mask(l, 1));
@@ -439,18 +432,7 @@ fn modern_backward(
     input_grad(&mut dact, &df, ctx.p(base + 8), (n, ff, d), false);
     drop(df);
     let mut dgu = vec![0f32; n * 2 * ff];
-    dgu.par_chunks_mut(2 * ff)
-        .zip(dact.par_chunks(ff).zip(tp.u.par_chunks(2 * ff)))
-        .for_each(|(o, (da, gu))| {
-            let (gate, up) = gu.split_at(ff);
-            let (dg, du) = o.split_at_mut(ff);
-            for j in 0..ff {
-                let (gv, uv) = (gate[j], up[j]);
-                let sg = 1.0 / (1.0 + (-gv).exp());
-                dg[j] = da[j] * uv * sg * (1.0 + gv * (1.0 - sg));
-                du[j] = da[j] * gv * sg;
-            }
-        });
+    silu_mul_back(&mut dgu, &dact, &tp.u, ff);
     let mut dwgu = vec![0f32; 2 * ff * d];
     weight_grad(&mut dwgu, &dgu, &tp.h2, (n, d, 2 * ff));
     g[base + 6].copy_from_slice(&dwgu[..ff * d]);
@@ -512,26 +494,38 @@ pub fn adamw(
     let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
     let (b1f, b2f, eps) = (b1 as f32, b2 as f32, super::train::EPS as f32);
     let (step, sq_bc2) = ((lr / bc1) as f32, bc2.sqrt() as f32);
-    for (i, (_, p)) in state.net.params.iter().enumerate() {
-        let g = &grads[i];
-        let shape = p.shape().clone();
-        let mut m = state.m[i].flatten_all()?.to_vec1::<f32>()?;
-        let mut v = state.v[i].flatten_all()?.to_vec1::<f32>()?;
-        let mut w = p.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        let decay = if p.rank() >= 2 && cfg.weight_decay > 0.0 {
-            (1.0 - lr * cfg.weight_decay) as f32
-        } else {
-            1.0
-        };
-        for (((wv, mv), vv), gv) in w.iter_mut().zip(&mut m).zip(&mut v).zip(g) {
-            *mv = *mv * b1f + gv * (1.0 - b1f);
-            *vv = *vv * b2f + gv * gv * (1.0 - b2f);
-            *wv = *wv * decay - *mv / (vv.sqrt() / sq_bc2 + eps) * step;
-        }
-        let dev = p.device();
-        state.m[i] = Tensor::from_vec(m, shape.clone(), dev)?;
-        state.v[i] = Tensor::from_vec(v, shape.clone(), dev)?;
-        p.set(&Tensor::from_vec(w, shape, dev)?)?;
+    let updated = state
+        .net
+        .params
+        .par_iter()
+        .zip(grads.par_iter())
+        .zip(state.m.par_iter().zip(state.v.par_iter()))
+        .map(|(((_, p), g), (m, v))| -> Result<[Tensor; 3]> {
+            let mut m = m.flatten_all()?.to_vec1::<f32>()?;
+            let mut v = v.flatten_all()?.to_vec1::<f32>()?;
+            let mut w = p.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let decay = if p.rank() >= 2 && cfg.weight_decay > 0.0 {
+                (1.0 - lr * cfg.weight_decay) as f32
+            } else {
+                1.0
+            };
+            for (((wv, mv), vv), gv) in w.iter_mut().zip(&mut m).zip(&mut v).zip(g) {
+                *mv = *mv * b1f + gv * (1.0 - b1f);
+                *vv = *vv * b2f + gv * gv * (1.0 - b2f);
+                *wv = *wv * decay - *mv / (vv.sqrt() / sq_bc2 + eps) * step;
+            }
+            let (shape, dev) = (p.shape(), p.device());
+            Ok([
+                Tensor::from_vec(m, shape, dev)?,
+                Tensor::from_vec(v, shape, dev)?,
+                Tensor::from_vec(w, shape, dev)?,
+            ])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (i, [m, v, w]) in updated.into_iter().enumerate() {
+        state.m[i] = m;
+        state.v[i] = v;
+        state.net.params[i].1.set(&w)?;
     }
     Ok(())
 }
