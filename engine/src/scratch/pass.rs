@@ -293,6 +293,38 @@ fn seed_forward(ctx: &Ctx<'_>, base: usize, l: usize, x: Vec<f32>) -> (Tape, Vec
     (tape, out)
 }
 
+/// LayerNorm `idx` (weight, then bias) backward: its input's gradient, and its parameters'
+/// gradients into `g`.
+fn ln_back(
+    ctx: &Ctx<'_>,
+    g: &mut [Vec<f32>],
+    idx: usize,
+    dy: &[f32],
+    n: &(Vec<f32>, Vec<f32>),
+) -> Vec<f32> {
+    let mut dx = vec![0f32; dy.len()];
+    let (gw, gb) = two(g, idx);
+    layer_norm_back(dy, (&n.0, &n.1), ctx.p(idx), (gw, gb), &mut dx);
+    dx
+}
+
+/// Linear layer `idx` (weight, then bias when `bias`) backward from the output gradient `dy`
+/// and its input `x`: the parameters' gradients into `g`, and `dx (+)= dy · W`.
+fn linear_back(
+    ctx: &Ctx<'_>,
+    g: &mut [Vec<f32>],
+    (idx, bias): (usize, bool),
+    (dy, x): (&[f32], &[f32]),
+    dims: (usize, usize, usize),
+    (dx, accumulate): (&mut [f32], bool),
+) {
+    weight_grad(&mut g[idx], dy, x, dims);
+    if bias {
+        col_sums(&mut g[idx + 1], dy);
+    }
+    input_grad(dx, dy, ctx.p(idx), dims, accumulate);
+}
+
 fn seed_backward(
     ctx: &Ctx<'_>,
     base: usize,
@@ -303,48 +335,52 @@ fn seed_backward(
 ) -> Vec<f32> {
     let (sh, ff) = (ctx.sh, ctx.ff);
     let (n, d) = (sh.rows(), sh.d());
-    let mut dy2 = vec![0f32; n * d];
-    let (gw, gb) = two(g, base + 10);
-    layer_norm_back(
-        &dy,
-        (&tp.n2.0, &tp.n2.1),
-        ctx.p(base + 10),
-        (gw, gb),
-        &mut dy2,
-    );
+    let dy2 = ln_back(ctx, g, base + 10, &dy, &tp.n2);
     let mut df = dy2.clone();
     apply_mask(&mut df, ctx.mask(l, 1));
-    weight_grad(&mut g[base + 6], &df, &tp.act, (n, ff, d));
-    col_sums(&mut g[base + 7], &df);
     let mut du = vec![0f32; n * ff];
-    input_grad(&mut du, &df, ctx.p(base + 6), (n, ff, d), false);
+    linear_back(
+        ctx,
+        g,
+        (base + 6, true),
+        (&df, &tp.act),
+        (n, ff, d),
+        (&mut du, false),
+    );
     du.iter_mut()
         .zip(&tp.u)
         .for_each(|(g, u)| *g = if *u > 0.0 { *g } else { 0.0 });
-    weight_grad(&mut g[base + 4], &du, &tp.h2, (n, d, ff));
-    col_sums(&mut g[base + 5], &du);
     let mut dh = dy2;
-    input_grad(&mut dh, &du, ctx.p(base + 4), (n, d, ff), true);
-    let mut dy1 = vec![0f32; n * d];
-    let (gw, gb) = two(g, base + 8);
-    layer_norm_back(
-        &dh,
-        (&tp.n1.0, &tp.n1.1),
-        ctx.p(base + 8),
-        (gw, gb),
-        &mut dy1,
+    linear_back(
+        ctx,
+        g,
+        (base + 4, true),
+        (&du, &tp.h2),
+        (n, d, ff),
+        (&mut dh, true),
     );
+    let dy1 = ln_back(ctx, g, base + 8, &dh, &tp.n1);
     let mut dout = dy1.clone();
     apply_mask(&mut dout, ctx.mask(l, 0));
-    weight_grad(&mut g[base + 2], &dout, &tp.a, (n, d, d));
-    col_sums(&mut g[base + 3], &dout);
     let mut da = vec![0f32; n * d];
-    input_grad(&mut da, &dout, ctx.p(base + 2), (n, d, d), false);
+    linear_back(
+        ctx,
+        g,
+        (base + 2, true),
+        (&dout, &tp.a),
+        (n, d, d),
+        (&mut da, false),
+    );
     let dqkv = attention_back(&tp.qkv, &tp.probs, &da, sh, ctx.scale);
-    weight_grad(&mut g[base], &dqkv, &tp.x, (n, d, 3 * d));
-    col_sums(&mut g[base + 1], &dqkv);
     let mut dx = dy1;
-    input_grad(&mut dx, &dqkv, ctx.p(base), (n, d, 3 * d), true);
+    linear_back(
+        ctx,
+        g,
+        (base, true),
+        (&dqkv, &tp.x),
+        (n, d, 3 * d),
+        (&mut dx, true),
+    );
     dx
 }
 
@@ -427,9 +463,15 @@ fn modern_backward(
     let (n, d) = (sh.rows(), sh.d());
     let mut df = dy.clone();
     apply_mask(&mut df, ctx.mask(l, 1));
-    weight_grad(&mut g[base + 8], &df, &tp.act, (n, ff, d));
     let mut dact = vec![0f32; n * ff];
-    input_grad(&mut dact, &df, ctx.p(base + 8), (n, ff, d), false);
+    linear_back(
+        ctx,
+        g,
+        (base + 8, false),
+        (&df, &tp.act),
+        (n, ff, d),
+        (&mut dact, false),
+    );
     drop(df);
     let mut dgu = vec![0f32; n * 2 * ff];
     silu_mul_back(&mut dgu, &dact, &tp.u, ff);
@@ -450,9 +492,15 @@ fn modern_backward(
     );
     let mut dout = dxm.clone();
     apply_mask(&mut dout, ctx.mask(l, 0));
-    weight_grad(&mut g[base + 4], &dout, &tp.a, (n, d, d));
     let mut da = vec![0f32; n * d];
-    input_grad(&mut da, &dout, ctx.p(base + 4), (n, d, d), false);
+    linear_back(
+        ctx,
+        g,
+        (base + 4, false),
+        (&dout, &tp.a),
+        (n, d, d),
+        (&mut da, false),
+    );
     let mut dqkv = attention_back(&tp.qkv, &tp.probs, &da, sh, ctx.scale);
     rope_rows(ctx, &mut dqkv, true);
     let mut dw = vec![0f32; 3 * d * d];
