@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use neoscope_api::inject::{GeometryReport, PhaseScore};
+use neoscope_api::inject::{GeometryReport, InitKind, PhaseScore};
+use neoscope_engine::inject::run::RunMeta;
 use serde::{Deserialize, Serialize};
 
 /// One run's row of the table.
@@ -52,16 +53,16 @@ pub fn row(dir: &Path) -> Result<RunRow> {
     })?;
     let r: GeometryReport =
         serde_json::from_str(&text).with_context(|| format!("{}: not a report", rp.display()))?;
-    let run: serde_json::Value = serde_json::from_str(
+    let run: RunMeta = serde_json::from_str(
         &std::fs::read_to_string(dir.join("run.json"))
             .with_context(|| format!("{}: not a run folder", dir.display()))?,
     )
-    .with_context(|| format!("{}: run.json is not JSON", dir.display()))?;
-    let init = match &run["config"]["init"] {
-        serde_json::Value::String(s) => s.to_lowercase(),
-        v if v.get("Compositional").is_some() => "compositional".to_owned(),
-        _ => "?".to_owned(),
-    };
+    .with_context(|| format!("{}: run.json is not an injection run", dir.display()))?;
+    let init = match run.config.init {
+        InitKind::Compositional { .. } => "compositional",
+        InitKind::Spherical => "spherical",
+    }
+    .to_owned();
     let score = |name: &str| r.phases.iter().find(|p| p.phase.starts_with(name)).cloned();
     Ok(RunRow {
         run: dir.display().to_string(),

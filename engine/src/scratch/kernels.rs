@@ -143,16 +143,16 @@ pub(crate) fn layer_norm_back(
             }
         });
     dw.fill(0.0);
-    db.fill(0.0);
     for (g, xh) in dy.chunks(d).zip(xhat.chunks(d)) {
-        for (((a, b), gv), h) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(xh) {
-            *a += gv * h;
-            *b += gv;
-        }
+        dw.iter_mut()
+            .zip(g)
+            .zip(xh)
+            .for_each(|((a, gv), h)| *a += gv * h);
     }
+    col_sums(db, dy);
 }
 
-/// `dw += Σ_rows dy ⊙ x · r`: the weight gradient of RMSNorm (`y = x · r · w`).
+/// `dw = Σ_rows dy ⊙ x · r`: the weight gradient of RMSNorm (`y = x · r · w`).
 pub(crate) fn rms_weight_grad(dw: &mut [f32], dy: &[f32], x: &[f32], r: &[f32]) {
     let d = dw.len();
     dw.fill(0.0);

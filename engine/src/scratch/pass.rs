@@ -7,7 +7,7 @@
 //! Why by hand: at the lab's sizes (12 windows × 64 tokens, width 128) a step is ~4 GFLOP of
 //! small products, and candle's per-op tensors (allocated, mostly single-threaded, each kept by
 //! the autograd graph) took four fifths of it: 0.107 s a step for the lesson's model against
-//! PyTorch's 0.05 s. Here each layer is a few `gemm` calls and row-parallel loops over reused
+//! PyTorch's 0.05 s. Here each layer is a few `gemm` calls and row-parallel loops over plain
 //! buffers.
 
 use candle_core::Tensor;
@@ -75,6 +75,9 @@ struct Tape {
     act: Vec<f32>,
     /// Seed: LayerNorm 2's x̂ and 1/σ.
     n2: (Vec<f32>, Vec<f32>),
+    /// Modern: the q/k/v weights stacked (3d × d) and the gate/up ones (2ff × d), as the
+    /// forward multiplied by them; the backward multiplies by them again.
+    stacked: (Vec<f32>, Vec<f32>),
 }
 
 fn apply_mask(v: &mut [f32], m: Option<&[f32]>) {
@@ -86,10 +89,6 @@ fn apply_mask(v: &mut [f32], m: Option<&[f32]>) {
 fn two(g: &mut [Vec<f32>], i: usize) -> (&mut [f32], &mut [f32]) {
     let (a, b) = g.split_at_mut(i + 1);
     (&mut a[i], &mut b[0])
-}
-
-fn stack(parts: &[&[f32]]) -> Vec<f32> {
-    parts.concat()
 }
 
 /// Gradients of the mean next-token loss on `(inputs, targets)` for every parameter (in
@@ -114,6 +113,17 @@ pub fn gradients(
         hd: d / cfg.n_heads,
     };
     let n = sh.rows();
+    let ids: Vec<usize> = inputs.iter().flatten().map(|&i| i as usize).collect();
+    if let Some(bad) = ids.iter().find(|&&i| i >= v) {
+        return Err(EngineError::Invalid(format!(
+            "training batch: token id {bad} outside the vocabulary of {v}"
+        )));
+    }
+    if let Some(bad) = targets.iter().find(|&&i| i as usize >= v) {
+        return Err(EngineError::Invalid(format!(
+            "training batch: target id {bad} outside the vocabulary of {v}"
+        )));
+    }
     let views = net
         .params
         .iter()
@@ -143,17 +153,6 @@ pub fn gradients(
         },
         rope,
     };
-    let ids: Vec<usize> = inputs.iter().flatten().map(|&i| i as usize).collect();
-    if let Some(bad) = ids.iter().find(|&&i| i >= v) {
-        return Err(EngineError::Invalid(format!(
-            "training batch: token id {bad} outside the vocabulary of {v}"
-        )));
-    }
-    if let Some(bad) = targets.iter().find(|&&i| i as usize >= v) {
-        return Err(EngineError::Invalid(format!(
-            "training batch: target id {bad} outside the vocabulary of {v}"
-        )));
-    }
     // Embedding (× √d and + sinusoidal positions for the lesson's model).
     let seed = cfg.arch == ScratchArch::Seed;
     let emb_scale = lc.arch.embed_scale.map_or(1.0, |s| s as f32);
@@ -289,6 +288,7 @@ fn seed_forward(ctx: &Ctx<'_>, base: usize, l: usize, x: Vec<f32>) -> (Tape, Vec
         u,
         act,
         n2,
+        stacked: (Vec::new(), Vec::new()),
     };
     (tape, out)
 }
@@ -405,7 +405,7 @@ fn modern_forward(ctx: &Ctx<'_>, base: usize, l: usize, x: Vec<f32>) -> (Tape, V
     let (n, d) = (sh.rows(), sh.d());
     let mut h1 = vec![0f32; n * d];
     let r1 = rms_norm_rows(&x, ctx.p(base), ctx.eps, &mut h1);
-    let wqkv = stack(&[ctx.p(base + 1), ctx.p(base + 2), ctx.p(base + 3)]);
+    let wqkv = [ctx.p(base + 1), ctx.p(base + 2), ctx.p(base + 3)].concat();
     let mut qkv = vec![0f32; n * 3 * d];
     linear(&mut qkv, &h1, &wqkv, None, (n, d, 3 * d));
     rope_rows(ctx, &mut qkv, false);
@@ -416,7 +416,7 @@ fn modern_forward(ctx: &Ctx<'_>, base: usize, l: usize, x: Vec<f32>) -> (Tape, V
     xm.iter_mut().zip(&x).for_each(|(o, xv)| *o += xv);
     let mut h2 = vec![0f32; n * d];
     let r2 = rms_norm_rows(&xm, ctx.p(base + 5), ctx.eps, &mut h2);
-    let wgu = stack(&[ctx.p(base + 6), ctx.p(base + 7)]);
+    let wgu = [ctx.p(base + 6), ctx.p(base + 7)].concat();
     let mut u = vec![0f32; n * 2 * ff];
     linear(&mut u, &h2, &wgu, None, (n, d, 2 * ff));
     let mut act = vec![0f32; n * ff];
@@ -437,6 +437,7 @@ fn modern_forward(ctx: &Ctx<'_>, base: usize, l: usize, x: Vec<f32>) -> (Tape, V
         u,
         act,
         n2: (Vec::new(), Vec::new()),
+        stacked: (wqkv, wgu),
     };
     (tape, out)
 }
@@ -479,9 +480,8 @@ fn modern_backward(
     weight_grad(&mut dwgu, &dgu, &tp.h2, (n, d, 2 * ff));
     g[base + 6].copy_from_slice(&dwgu[..ff * d]);
     g[base + 7].copy_from_slice(&dwgu[ff * d..]);
-    let wgu = stack(&[ctx.p(base + 6), ctx.p(base + 7)]);
     let mut dh2 = vec![0f32; n * d];
-    input_grad(&mut dh2, &dgu, &wgu, (n, d, 2 * ff), false);
+    input_grad(&mut dh2, &dgu, &tp.stacked.1, (n, d, 2 * ff), false);
     let mut dxm = dy;
     rms_back(
         &mut dxm,
@@ -508,9 +508,8 @@ fn modern_backward(
     for (k, part) in dw.chunks(d * d).enumerate() {
         g[base + 1 + k].copy_from_slice(part);
     }
-    let wqkv = stack(&[ctx.p(base + 1), ctx.p(base + 2), ctx.p(base + 3)]);
     let mut dh1 = vec![0f32; n * d];
-    input_grad(&mut dh1, &dqkv, &wqkv, (n, d, 3 * d), false);
+    input_grad(&mut dh1, &dqkv, &tp.stacked.0, (n, d, 3 * d), false);
     let mut dx = dxm;
     rms_back(&mut dx, &dh1, (&tp.x, &tp.r1), ctx.p(base), &mut g[base]);
     dx

@@ -1,8 +1,8 @@
 //! Training a whole model by next-token prediction: batches of random windows, cross-entropy
-//! (mean over every position), gradients of every weight by candle's autograd through the
-//! engine's own forward, global-norm clipping, AdamW (weight decay on matrices and embeddings,
-//! not on biases or norms) with linear warmup and cosine decay, validation on fixed held-out
-//! windows, samples on schedule.
+//! (mean over every position), gradients of every weight (on the CPU by the hand-written pass
+//! in `pass`, elsewhere by candle's autograd through the engine's own forward), global-norm
+//! clipping, AdamW (weight decay on matrices and embeddings, not on biases or norms) with linear
+//! warmup and cosine decay, validation on fixed held-out windows, samples on schedule.
 //!
 //! Exact resume: the windows (and dropout masks) of step `s` are a pure function of
 //! (seed, s), and the optimiser's moments are saved with the weights, so a run stopped at a
@@ -271,27 +271,41 @@ pub fn step_on(
              on disk is kept (resume from it, or start again with a lower learning rate)"
         ))
     };
-    if super::pass::supported(&state.net) {
+    let loss = if super::pass::supported(&state.net) {
         let (grads, loss) = super::pass::gradients(&state.net, batch, dropout_seed)?;
         if !loss.is_finite() {
             return Err(not_finite(loss));
         }
         super::pass::adamw(state, cfg, s, grads)?;
-        state.step = s;
-        state.losses.push(loss);
-        return Ok(loss);
-    }
-    let (mut grads, loss) = gradients(&state.net, batch, dropout_seed)?;
-    if !loss.is_finite() {
-        return Err(not_finite(loss));
-    }
+        loss
+    } else {
+        let (grads, loss) = gradients(&state.net, batch, dropout_seed)?;
+        if !loss.is_finite() {
+            return Err(not_finite(loss));
+        }
+        adamw(state, cfg, s, grads)?;
+        loss
+    };
+    state.step = s;
+    state.losses.push(loss);
+    Ok(loss)
+}
+
+/// AdamW step `s` on tensors (any device), with global-norm clipping as PyTorch's
+/// `clip_grad_norm_`; `pass::adamw` is the same update on CPU slices.
+fn adamw(
+    state: &mut TrainState,
+    cfg: &ScratchTrainConfig,
+    s: usize,
+    mut grads: Vec<Tensor>,
+) -> Result<()> {
     if cfg.clip_norm > 0.0 {
         let mut sq = 0f64;
         for g in &grads {
             sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
         }
         let norm = sq.sqrt();
-        // PyTorch's `clip_grad_norm_`: scale by max_norm / (norm + 1e-6) when that is below 1.
+        // Scale by max_norm / (norm + 1e-6) when that is below 1.
         let coef = cfg.clip_norm / (norm + 1e-6);
         if coef < 1.0 {
             for g in &mut grads {
@@ -314,9 +328,7 @@ pub fn step_on(
         let w = (w - ((&state.m[i] / denom)? * (lr / bc1))?)?;
         p.set(&w)?;
     }
-    state.step = s;
-    state.losses.push(loss);
-    Ok(loss)
+    Ok(())
 }
 
 /// Mean loss over the run's fixed held-out windows (`cfg.eval_windows` of them).
