@@ -4,7 +4,8 @@ use candle_core::IndexOp;
 
 use crate::error::{EngineError, Result};
 use crate::hooks::{HookSpec, Positions};
-use crate::model::{Batch, KvCache, LoadedModel, PadSide};
+use crate::model::decode::Decoder;
+use crate::model::{Batch, KvCache, LoadedModel, PadSide, fast};
 use crate::sampling::{Sampler, Sampling, TokenScore, softmax, top_indices};
 
 /// Logit row of the last position of a single prompt.
@@ -88,19 +89,33 @@ pub fn generate(
             .cloned()
             .collect(),
     };
+    // Nothing hooked or steered: the hand-written decoder (same values, far less overhead).
+    let mut decoder = if hooks.capture.is_empty()
+        && hooks.interventions.is_empty()
+        && fast::supported(&m.llama)
+    {
+        Some(Decoder::new(&m.llama)?)
+    } else {
+        None
+    };
     let mut new_ids = Vec::new();
     let mut emitted = String::new();
     let mut input = prompt.to_vec();
     let mut spec = hooks;
     for _ in 0..opts.max_new_tokens {
-        let batch = Batch::new(&[input.clone()], PadSide::Right, dev)?;
-        let out = m.llama.forward(&batch, spec, Some(&mut cache))?;
-        let last = out.logits.i((0, input.len() - 1))?;
-        let next = if opts.sampling.is_greedy() && !dev.is_cpu() {
-            // Greedy on a GPU: only the chosen id crosses to the host, not the vocabulary row.
-            last.argmax(0)?.to_scalar::<u32>()?
+        let next = if let Some(dec) = decoder.as_mut() {
+            sampler.sample(&dec.step(&input)?)
         } else {
-            sampler.sample(&last.to_vec1::<f32>()?)
+            let batch = Batch::new(&[input.clone()], PadSide::Right, dev)?;
+            let out = m.llama.forward(&batch, spec, Some(&mut cache))?;
+            let last = out.logits.i((0, input.len() - 1))?;
+            if opts.sampling.is_greedy() && !dev.is_cpu() {
+                // Greedy on a GPU: only the chosen id crosses to the host, not the vocabulary
+                // row.
+                last.argmax(0)?.to_scalar::<u32>()?
+            } else {
+                sampler.sample(&last.to_vec1::<f32>()?)
+            }
         };
         if opts.stop_at_eos && Some(next) == m.tokenizer.eos_id {
             break;

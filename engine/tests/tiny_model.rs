@@ -5,6 +5,7 @@
 use candle_core::{Device, IndexOp, Tensor};
 use neoscope_engine::hooks::{HookPoint, HookSpec, Intervention, InterventionOp, Positions};
 use neoscope_engine::infer::{GenerateOptions, generate};
+use neoscope_engine::model::decode::Decoder;
 use neoscope_engine::model::save_hf_dir;
 use neoscope_engine::model::{Batch, KvCache, LoadedModel, PadSide, load_model};
 use neoscope_engine::sampling::Sampling;
@@ -264,6 +265,34 @@ fn kv_cache_matches_full_forward() {
         let d = max_diff(&got.logits.i((0, 0)).unwrap(), &want.i((0, i)).unwrap());
         assert!(d < 1e-5, "position {i}: {d}");
     }
+}
+
+/// The hand-written decoder (generation's path when nothing is hooked) gives the candle
+/// cache's logits at every step: a 4-token prompt, then one token at a time.
+#[test]
+fn hand_written_decoder_matches_the_candle_cache() {
+    let m = tiny();
+    let ids = m.tokenizer.encode("the cat and the ant then").unwrap();
+    let mut cache = KvCache::new(2);
+    let mut dec = Decoder::new(&m.llama).unwrap();
+    let split = 4;
+    let mut steps = vec![ids[..split].to_vec()];
+    steps.extend(ids[split..].iter().map(|id| vec![*id]));
+    for step in &steps {
+        let b = Batch::new(std::slice::from_ref(step), PadSide::Right, &Device::Cpu).unwrap();
+        let want = m
+            .llama
+            .forward(&b, &HookSpec::default(), Some(&mut cache))
+            .unwrap()
+            .logits
+            .i((0, step.len() - 1))
+            .unwrap();
+        let got = Tensor::new(dec.step(step).unwrap(), &Device::Cpu).unwrap();
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-5, "after {} positions: {d}", dec.len());
+    }
+    assert_eq!(dec.len(), ids.len());
+    assert!(dec.step(&[]).is_err(), "an empty step is refused");
 }
 
 #[test]

@@ -117,6 +117,20 @@ impl<'a> Weights<'a> {
     }
 }
 
+/// Input embeddings of `ids`, rows × d.
+pub(crate) fn embed_rows(w: &Weights<'_>, d: usize, ids: &[u32]) -> Result<Vec<f32>> {
+    let emb = w.embed.data();
+    let mut x = vec![0f32; ids.len() * d];
+    for (row, id) in x.chunks_mut(d).zip(ids) {
+        let id = *id as usize;
+        let src = emb
+            .get(id * d..(id + 1) * d)
+            .ok_or_else(|| EngineError::Invalid(format!("token id {id} outside the vocabulary")))?;
+        row.copy_from_slice(src);
+    }
+    Ok(x)
+}
+
 /// Sequences packed one after another, no padding.
 pub(crate) struct Packed {
     /// First packed row of each sequence.

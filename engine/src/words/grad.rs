@@ -24,7 +24,7 @@ use crate::error::{EngineError, Result};
 use crate::model::Llama;
 use crate::model::backward::{Active, Backward, layer_backward};
 use crate::model::cpu::{rms_norm_backward_row, rms_norm_rows};
-use crate::model::fast::{self, Dims, LayerTape, Weights, layer_forward};
+use crate::model::fast::{self, Dims, LayerTape, Weights, embed_rows, layer_forward};
 
 /// Whether the hand-written pass applies: f32 weights on the CPU, and every word entering as an
 /// embedding or into the residual stream of an existing layer.
@@ -140,20 +140,6 @@ pub fn prefix_kv(m: &Llama, seqs: &[&ScoredSeq]) -> Result<Vec<PrefixKv>> {
         x = next;
     }
     Ok(out)
-}
-
-/// Input embeddings of `ids`, rows × d.
-fn embed_rows(w: &Weights<'_>, d: usize, ids: &[u32]) -> Result<Vec<f32>> {
-    let emb = w.embed.data();
-    let mut x = vec![0f32; ids.len() * d];
-    for (row, id) in x.chunks_mut(d).zip(ids) {
-        let id = *id as usize;
-        let src = emb
-            .get(id * d..(id + 1) * d)
-            .ok_or_else(|| EngineError::Invalid(format!("token id {id} outside the vocabulary")))?;
-        row.copy_from_slice(src);
-    }
-    Ok(x)
 }
 
 /// A forward pass kept for [`Tape::backward`].
