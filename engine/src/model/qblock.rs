@@ -88,6 +88,42 @@ fn portable_dequantize(kind: Legacy, blk: &[u8], o: &mut [f32]) {
     }
 }
 
+/// Panics unless the slices hold what a kernel reads for `m` rows of `nb` blocks (the SIMD
+/// kernels' unchecked loads rely on it).
+fn check_extents(
+    kind: Legacy,
+    row: &[u8],
+    x: &[f32],
+    sums: &[f32],
+    (m, k, nb): (usize, usize, usize),
+    out: &[f32],
+) {
+    assert!(
+        row.len() >= nb * kind.block_bytes()
+            && x.len() >= m * k
+            && k >= nb * 32
+            && sums.len() >= m * nb
+            && out.len() >= m,
+        "row_dots: slices shorter than their shapes"
+    );
+}
+
+/// `$module::row_dots::<M>(…)` for `M` = `$m` activation rows (1 to `DIRECT_ROWS`).
+macro_rules! by_rows {
+    ($m:expr, $module:ident::row_dots($($a:expr),*)) => {
+        match $m {
+            1 => $module::row_dots::<1>($($a),*),
+            2 => $module::row_dots::<2>($($a),*),
+            3 => $module::row_dots::<3>($($a),*),
+            4 => $module::row_dots::<4>($($a),*),
+            5 => $module::row_dots::<5>($($a),*),
+            6 => $module::row_dots::<6>($($a),*),
+            7 => $module::row_dots::<7>($($a),*),
+            _ => $module::row_dots::<DIRECT_ROWS>($($a),*),
+        }
+    };
+}
+
 /// `out[r] = Σ_b dot(block b of `row`, x[r, 32b..32b+32])` for the `m` activation rows.
 pub(crate) fn row_dots(
     kind: Legacy,
@@ -106,17 +142,7 @@ pub(crate) fn row_dots(
             reason = "SIMD intrinsics, behind run-time feature detection"
         )]
         unsafe {
-            let a = (k, nb);
-            match m {
-                1 => avx512::row_dots::<1>(kind, row, x, sums, a, out),
-                2 => avx512::row_dots::<2>(kind, row, x, sums, a, out),
-                3 => avx512::row_dots::<3>(kind, row, x, sums, a, out),
-                4 => avx512::row_dots::<4>(kind, row, x, sums, a, out),
-                5 => avx512::row_dots::<5>(kind, row, x, sums, a, out),
-                6 => avx512::row_dots::<6>(kind, row, x, sums, a, out),
-                7 => avx512::row_dots::<7>(kind, row, x, sums, a, out),
-                _ => avx512::row_dots::<DIRECT_ROWS>(kind, row, x, sums, a, out),
-            }
+            by_rows!(m, avx512::row_dots(kind, row, x, sums, (k, nb), out));
         };
         return;
     }
@@ -129,17 +155,7 @@ pub(crate) fn row_dots(
             reason = "SIMD intrinsics, behind run-time feature detection"
         )]
         unsafe {
-            let a = (k, nb);
-            match m {
-                1 => avx2::row_dots::<1>(kind, row, x, sums, a, out),
-                2 => avx2::row_dots::<2>(kind, row, x, sums, a, out),
-                3 => avx2::row_dots::<3>(kind, row, x, sums, a, out),
-                4 => avx2::row_dots::<4>(kind, row, x, sums, a, out),
-                5 => avx2::row_dots::<5>(kind, row, x, sums, a, out),
-                6 => avx2::row_dots::<6>(kind, row, x, sums, a, out),
-                7 => avx2::row_dots::<7>(kind, row, x, sums, a, out),
-                _ => avx2::row_dots::<DIRECT_ROWS>(kind, row, x, sums, a, out),
-            }
+            by_rows!(m, avx2::row_dots(kind, row, x, sums, (k, nb), out));
         };
         return;
     }
@@ -326,14 +342,7 @@ mod avx2 {
         out: &mut [f32],
     ) {
         let bb = kind.block_bytes();
-        assert!(
-            row.len() >= nb * bb
-                && x.len() >= M * k
-                && k >= nb * 32
-                && sums.len() >= M * nb
-                && out.len() >= M,
-            "row_dots: slices shorter than their shapes"
-        );
+        super::check_extents(kind, row, x, sums, (M, k, nb), out);
         let mut acc = [_mm256_setzero_ps(); M];
         let mut mins = [0f32; M];
         for bi in 0..nb {
@@ -422,14 +431,7 @@ mod avx512 {
         out: &mut [f32],
     ) {
         let bb = kind.block_bytes();
-        assert!(
-            row.len() >= nb * bb
-                && x.len() >= M * k
-                && k >= nb * 32
-                && sums.len() >= M * nb
-                && out.len() >= M,
-            "row_dots: slices shorter than their shapes"
-        );
+        super::check_extents(kind, row, x, sums, (M, k, nb), out);
         let mut acc = [_mm512_setzero_ps(); M];
         let mut mins = [0f32; M];
         for bi in 0..nb {
@@ -462,13 +464,9 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::error::Result;
+    use crate::model::qmatmul::tests::max_rel;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
-
-    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
-        let scale = b.iter().fold(0f32, |s, v| s.max(v.abs()));
-        a.iter().zip(b).fold(0f32, |s, (x, y)| s.max((x - y).abs())) / scale
-    }
 
     /// The SIMD kernels and the portable loops agree on every legacy type, and dequantize as
     /// candle does.

@@ -373,11 +373,12 @@ fn direct_forward(parts: &[Blocks], kinds: &[Legacy], x: &[f32], m: usize, y: &m
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
-    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    /// Largest absolute difference relative to `b`'s largest magnitude.
+    pub(crate) fn max_rel(a: &[f32], b: &[f32]) -> f32 {
         let scale = b.iter().fold(0f32, |s, v| s.max(v.abs()));
         a.iter().zip(b).fold(0f32, |s, (x, y)| s.max((x - y).abs())) / scale
     }
