@@ -9,7 +9,7 @@
 
 use super::Llama;
 use super::cpu::rms_norm_rows;
-use super::fast::{self, Dims, Packed, Weights, embed_rows, layer_forward};
+use super::fast::{self, Dims, Packed, Weights, embed_rows, kv_rows, layer_forward};
 use super::proj::Proj;
 use crate::error::{EngineError, Result};
 
@@ -52,15 +52,15 @@ impl<'a> Decoder<'a> {
     /// Runs `ids` after the cached positions, caches their keys and values, and returns the
     /// logits of the last of them.
     pub fn step(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        let Some(n) = std::num::NonZeroUsize::new(ids.len()).map(usize::from) else {
+        if ids.is_empty() {
             return Err(EngineError::Invalid("a decoding step needs a token".into()));
-        };
+        }
         let (m, dims, len) = (self.m, self.dims, self.len);
         let kv = &mut self.kv;
         // The whole step runs on one of rayon's threads: each of its ~200 parallel loops then
         // starts from inside the pool instead of handing the caller's work to it and sleeping.
         let logits = rayon::scope(|_| step_in_pool(m, dims, kv, len, ids))?;
-        self.len += n;
+        self.len += ids.len();
         Ok(logits)
     }
 }
@@ -83,18 +83,12 @@ fn step_in_pool(
     let n = ids.len();
     let pk = Packed::with_prefix([(len, n)], m.cfg.n_ctx())?;
     let mut x = embed_rows(&w, dims.d, ids)?;
-    let (nq, nk, width) = (dims.nq(), dims.nk(), dims.w());
     let rope = (w.cos.data(), w.sin.data());
     let mut new_kv = Vec::with_capacity(kv.len());
     for (lw, cache) in w.layers.iter().zip(kv.iter()) {
         let past = [&cache[..]];
         let (tape, next) = layer_forward(dims, lw, &pk, x, rope, &past, None)?;
-        new_kv.push(
-            tape.qkv
-                .chunks_exact(width)
-                .flat_map(|row| row[nq..nq + 2 * nk].iter().copied())
-                .collect::<Vec<f32>>(),
-        );
+        new_kv.push(kv_rows(dims, &tape.qkv));
         x = next;
     }
     // Cached only once every layer has run (an error leaves the cache as it was).

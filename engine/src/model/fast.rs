@@ -131,6 +131,15 @@ pub(crate) fn embed_rows(w: &Weights<'_>, d: usize, ids: &[u32]) -> Result<Vec<f
     Ok(x)
 }
 
+/// The rotated keys and values of layer-input rows `qkv` (rows × (q + 2·kv), as `layer_forward`
+/// keeps them), as a cache holds them: rows × 2·kv.
+pub(crate) fn kv_rows(dims: Dims, qkv: &[f32]) -> Vec<f32> {
+    let (nq, nk) = (dims.nq(), dims.nk());
+    qkv.chunks_exact(dims.w())
+        .flat_map(|row| row[nq..nq + 2 * nk].iter().copied())
+        .collect()
+}
+
 /// Sequences packed one after another, no padding.
 pub(crate) struct Packed {
     /// First packed row of each sequence.

@@ -24,7 +24,7 @@ use crate::error::{EngineError, Result};
 use crate::model::Llama;
 use crate::model::backward::{Active, Backward, layer_backward};
 use crate::model::cpu::{rms_norm_backward_row, rms_norm_rows};
-use crate::model::fast::{self, Dims, LayerTape, Weights, embed_rows, layer_forward};
+use crate::model::fast::{self, Dims, LayerTape, Weights, embed_rows, kv_rows, layer_forward};
 
 /// Whether the hand-written pass applies: f32 weights on the CPU, and every word entering as an
 /// embedding or into the residual stream of an existing layer.
@@ -126,16 +126,13 @@ pub fn prefix_kv(m: &Llama, seqs: &[&ScoredSeq]) -> Result<Vec<PrefixKv>> {
         })
         .collect();
     let past = vec![&[][..]; seqs.len()];
-    let (nq, nk, width) = (dims.nq(), dims.nk(), dims.w());
+    let width = dims.w();
     for lw in &w.layers {
         let (tape, next) =
             layer_forward(dims, lw, &pk, x, (w.cos.data(), w.sin.data()), &past, None)?;
         for (si, p) in out.iter_mut().enumerate() {
-            let rows = tape.qkv[pk.start[si] * width..(pk.start[si] + pk.len[si]) * width]
-                .chunks(width)
-                .flat_map(|r| r[nq..nq + 2 * nk].iter().copied())
-                .collect();
-            p.layers.push(rows);
+            let rows = &tape.qkv[pk.start[si] * width..(pk.start[si] + pk.len[si]) * width];
+            p.layers.push(kv_rows(dims, rows));
         }
         x = next;
     }
